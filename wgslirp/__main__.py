@@ -1,0 +1,3 @@
+from wgslirp.cli import main
+
+raise SystemExit(main())
