@@ -1,0 +1,569 @@
+"""A WireGuard device with no I/O: datagrams and time in, datagrams and plaintext out.
+
+The shell (ingress) feeds every received datagram to `receive_handshake` or `decrypt` by
+type, hands plaintext to the data plane, encrypts outbound plaintext with `encrypt`, sends
+whatever accumulates in `outbox`, and calls `handle_timer` when `get_timer` says so. Every
+method takes `now` (a monotonic clock in seconds); wall time is only used for the TAI64N
+timestamp and the "latest handshake" shown to operators, through an injectable callable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+
+from wgslirp.wireguard import crypto, noise
+from wgslirp.wireguard.allowedips import AllowedIPs
+from wgslirp.wireguard.cookie import CookieChecker
+from wgslirp.wireguard.keypair import Keypair
+from wgslirp.wireguard.messages import (
+    INIT_MAC1,
+    INIT_MAC2,
+    INITIATION_SIZE,
+    MSG_COOKIE_REPLY,
+    MSG_INITIATION,
+    MSG_RESPONSE,
+    MSG_TRANSPORT,
+    RESP_MAC1,
+    RESP_MAC2,
+    RESPONSE_SIZE,
+    TRANSPORT_HDR,
+    TRANSPORT_MIN_SIZE,
+    message_type,
+)
+from wgslirp.wireguard.peer import Addr, Peer
+from wgslirp.wireguard.timers import (
+    INITIATION_MIN_INTERVAL,
+    KEEPALIVE_TIMEOUT,
+    MAX_HANDSHAKE_ATTEMPTS,
+    MAX_STAGED_PACKETS,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    ZERO_KEYS_AFTER,
+)
+
+_NONCE = struct.Struct("<4xQ")
+_IPV4_LEN_SRC = struct.Struct(">2xH8xI")  # total length, then source address at offset 12
+_ZEROS = bytes(16)
+DEFAULT_UNDER_LOAD_RATE = 2000  # handshake messages per second before MAC2 is demanded
+
+
+class DeviceStats:
+    """Drop and traffic counters; plain ints so the hot path pays one add each."""
+
+    __slots__ = (
+        "cookie_replies_sent",
+        "handshake_invalid",
+        "handshake_replayed",
+        "handshakes_completed",
+        "invalid_datagrams",
+        "keepalives_received",
+        "mac1_invalid",
+        "no_endpoint",
+        "no_session_dropped",
+        "not_ipv4",
+        "rx_bytes",
+        "rx_packets",
+        "source_rejected",
+        "transport_auth_failed",
+        "transport_expired",
+        "transport_replayed",
+        "tx_bytes",
+        "tx_packets",
+        "unknown_index",
+        "unknown_peer",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    peer: Peer
+    initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeGaveUp:
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class KeysZeroed:
+    peer: Peer
+
+
+Event = HandshakeCompleted | HandshakeGaveUp | KeysZeroed
+
+
+class Device:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        wall: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        rng: random.Random | None = None,
+        under_load_rate: int = DEFAULT_UNDER_LOAD_RATE,
+    ) -> None:
+        self.identity = noise.Identity(private_key)
+        self.public_key = self.identity.public
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed: AllowedIPs[Peer] = AllowedIPs()
+        self._hs_index: dict[int, Peer] = {}
+        self._kp_index: dict[int, Keypair] = {}
+        self._wall = wall
+        self._rng = rng or random.SystemRandom()
+        self.cookies = CookieChecker(self.identity.public, random_bytes)
+        self.under_load_rate = under_load_rate
+        self._load_window_start = float("-inf")
+        self._load_count = 0
+        self._under_load_until = float("-inf")
+        self.outbox: list[tuple[bytes | bytearray, Addr]] = []
+        self.events: deque[Event] = deque(maxlen=1024)
+        self.stats = DeviceStats()
+
+    # ----------------------------------------------------------------- peers
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None = None,
+        allowed_ips: tuple[str, ...] | list[str] = (),
+        endpoint: Addr | None = None,
+        keepalive: int = 0,
+        now: float = 0.0,
+    ) -> Peer:
+        if public_key in self.peers:
+            raise ValueError("peer already present")
+        if public_key == self.public_key:
+            raise ValueError("a peer cannot have the device's own public key")
+        hs = noise.new_handshake(self.identity, public_key, preshared_key)
+        peer = Peer(public_key, hs, endpoint, keepalive)
+        self.peers[public_key] = peer
+        for cidr in allowed_ips:
+            self.allowed.insert(cidr, peer)
+        if keepalive:
+            peer.t_persistent = now  # a persistent-keepalive peer connects right away
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed.remove_owner(peer)
+        self._zero_peer(peer)
+
+    def set_keepalive(self, peer: Peer, interval: int, now: float) -> None:
+        peer.keepalive = interval
+        peer.t_persistent = now if interval else None
+
+    def route(self, dst: int) -> Peer | None:
+        """Peer that owns destination address `dst` (an int) by longest prefix."""
+        return self.allowed.lookup(dst)
+
+    # ------------------------------------------------------------ handshakes
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._load_window_start >= 1.0:
+            self._load_window_start = now
+            self._load_count = 0
+        self._load_count += 1
+        if self._load_count > self.under_load_rate:
+            self._under_load_until = now + 1.0
+        return now < self._under_load_until
+
+    def _new_index(self) -> int:
+        while True:
+            idx = self._rng.getrandbits(32)
+            if idx not in self._hs_index and idx not in self._kp_index:
+                return idx
+
+    def receive_handshake(self, data: bytes | memoryview, addr: Addr, now: float) -> Peer | None:
+        """Process an initiation, response or cookie reply; replies go to `outbox`.
+
+        Returns the peer that authenticated, if any.
+        """
+        t = message_type(data)
+        try:
+            if t == MSG_INITIATION:
+                return self._on_initiation(data, addr, now)
+            if t == MSG_RESPONSE:
+                return self._on_response(data, addr, now)
+            if t == MSG_COOKIE_REPLY:
+                return self._on_cookie_reply(data, now)
+        except noise.HandshakeError:
+            self.stats.handshake_invalid += 1
+            return None
+        self.stats.invalid_datagrams += 1
+        return None
+
+    def _check_macs(
+        self, data: bytes | memoryview, sender: int, mac1_off: int, mac2_off: int,
+        addr: Addr, now: float,
+    ) -> bool:
+        if not self.cookies.check_mac1(data, mac1_off):
+            self.stats.mac1_invalid += 1
+            return False
+        if self._under_load(now) and not self.cookies.check_mac2(data, mac2_off, addr, now):
+            reply = self.cookies.create_reply(data, sender, mac1_off, addr, now)
+            self.outbox.append((reply, addr))
+            self.stats.cookie_replies_sent += 1
+            return False
+        return True
+
+    def _on_initiation(self, data: bytes | memoryview, addr: Addr, now: float) -> Peer | None:
+        if len(data) != INITIATION_SIZE:
+            self.stats.invalid_datagrams += 1
+            return None
+        sender: int = struct.unpack_from("<I", data, 4)[0]
+        if not self._check_macs(data, sender, INIT_MAC1, INIT_MAC2, addr, now):
+            return None
+        opened = noise.open_initiation(self.identity, data)
+        peer = self.peers.get(opened.remote_static)
+        if peer is None:
+            self.stats.unknown_peer += 1
+            return None
+        hs = peer.handshake
+        ts = noise.finish_initiation(hs, opened, data)
+        if ts <= hs.last_timestamp or now - hs.last_initiation_consumed < INITIATION_MIN_INTERVAL:
+            self.stats.handshake_replayed += 1
+            return None
+        self._hs_index.pop(hs.local_index, None)
+        noise.commit_initiation(hs, opened, ts)
+        hs.last_initiation_consumed = now
+        peer.endpoint = addr
+        self._authenticated_received(peer, now)
+        idx = self._new_index()
+        resp = noise.create_response(hs, idx)
+        peer.cookie.stamp(resp, RESP_MAC1, now)
+        send, recv, initiator = noise.derive_transport_keys(hs)
+        kp = Keypair(peer, send, recv, initiator, idx, hs.remote_index, now)
+        self._install_keypair(peer, kp, now)
+        self.outbox.append((resp, addr))
+        self._authenticated_sent(peer, now)
+        return peer
+
+    def _on_response(self, data: bytes | memoryview, addr: Addr, now: float) -> Peer | None:
+        if len(data) != RESPONSE_SIZE:
+            self.stats.invalid_datagrams += 1
+            return None
+        sender, receiver = struct.unpack_from("<II", data, 4)
+        if not self._check_macs(data, sender, RESP_MAC1, RESP_MAC2, addr, now):
+            return None
+        peer = self._hs_index.get(receiver)
+        if peer is None or peer.handshake.local_index != receiver:
+            self.stats.unknown_index += 1
+            return None
+        hs = peer.handshake
+        noise.consume_response(self.identity, hs, data)
+        del self._hs_index[receiver]
+        peer.endpoint = addr
+        send, recv, initiator = noise.derive_transport_keys(hs)
+        kp = Keypair(peer, send, recv, initiator, receiver, hs.remote_index, now)
+        self._install_keypair(peer, kp, now)
+        self._authenticated_received(peer, now)
+        self._handshake_complete(peer, now, initiator=True)
+        self._send_staged(peer, now, keepalive_if_empty=True)
+        return peer
+
+    def _on_cookie_reply(self, data: bytes | memoryview, now: float) -> Peer | None:
+        receiver: int = struct.unpack_from("<I", data, 4)[0] if len(data) >= 8 else 0
+        peer = self._hs_index.get(receiver)
+        if peer is None:
+            kp = self._kp_index.get(receiver)
+            peer = kp.peer if kp is not None else None
+        if peer is None:
+            self.stats.unknown_index += 1
+            return None
+        if not peer.cookie.consume_reply(data, now):
+            self.stats.handshake_invalid += 1
+            return None
+        return peer
+
+    def _install_keypair(self, peer: Peer, kp: Keypair, now: float) -> None:
+        """Rotate keypair slots the way WireGuard does on a new session."""
+        self._kp_index[kp.local_index] = kp
+        if kp.initiator:
+            if peer.next is not None:
+                self._drop_keypair(peer.previous)
+                self._drop_keypair(peer.current)
+                peer.previous, peer.next = peer.next, None
+            else:
+                self._drop_keypair(peer.previous)
+                peer.previous = peer.current
+            peer.current = kp
+        else:
+            self._drop_keypair(peer.next)
+            self._drop_keypair(peer.previous)
+            peer.previous = None
+            peer.next = kp
+        peer.t_zero_keys = now + ZERO_KEYS_AFTER
+        peer.last_handshake_wall = self._wall()
+        peer.handshakes += 1
+        self.stats.handshakes_completed += 1
+        if not kp.initiator:
+            self.events.append(HandshakeCompleted(peer, False))
+
+    def _drop_keypair(self, kp: Keypair | None) -> None:
+        if kp is not None:
+            self._kp_index.pop(kp.local_index, None)
+
+    def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
+        peer.t_retransmit = None
+        peer.handshake_attempts = 0
+        if initiator:
+            self.events.append(HandshakeCompleted(peer, True))
+
+    def initiate(self, peer: Peer, now: float, *, retry: bool = False) -> bool:
+        """Send a handshake initiation unless one went out less than REKEY_TIMEOUT ago."""
+        if not retry:
+            peer.handshake_attempts = 0
+        if now - peer.last_initiation_sent < REKEY_TIMEOUT:
+            return False
+        if peer.endpoint is None:
+            self.stats.no_endpoint += 1
+            return False
+        hs = peer.handshake
+        self._hs_index.pop(hs.local_index, None)
+        idx = self._new_index()
+        msg = noise.create_initiation(
+            self.identity, hs, idx, crypto.tai64n(self._wall())
+        )
+        peer.cookie.stamp(msg, INIT_MAC1, now)
+        self._hs_index[idx] = peer
+        peer.last_initiation_sent = now
+        self.outbox.append((msg, peer.endpoint))
+        self._authenticated_sent(peer, now)
+        peer.t_retransmit = now + REKEY_TIMEOUT + self._rng.random() * REKEY_TIMEOUT_JITTER_MAX
+        return True
+
+    # ------------------------------------------------------------- transport
+
+    def decrypt(
+        self, data: bytes | memoryview, addr: Addr, now: float, out: bytearray | memoryview
+    ) -> tuple[Peer, int] | None:
+        """Open a transport message into `out`; returns (peer, inner packet length).
+
+        Length 0 is a keepalive. The inner packet's source must be routed to the peer that
+        sent it (cryptokey routing); otherwise it is dropped and counted.
+        """
+        n = len(data)
+        if n < TRANSPORT_MIN_SIZE:
+            self.stats.invalid_datagrams += 1
+            return None
+        typ, idx, ctr = TRANSPORT_HDR.unpack_from(data, 0)
+        kp = self._kp_index.get(idx)
+        if kp is None or typ != MSG_TRANSPORT:
+            self.stats.unknown_index += 1
+            return None
+        if now - kp.created >= REJECT_AFTER_TIME:
+            self.stats.transport_expired += 1
+            return None
+        replay = kp.replay
+        if not replay.check(ctr):
+            self.stats.transport_replayed += 1
+            return None
+        plen = n - TRANSPORT_MIN_SIZE
+        try:
+            kp.recv.decrypt_into(_NONCE.pack(ctr), memoryview(data)[16:], None,
+                                 memoryview(out)[:plen])
+        except InvalidTag:
+            self.stats.transport_auth_failed += 1
+            return None
+        if not replay.accept(ctr):
+            self.stats.transport_replayed += 1
+            return None
+        peer = kp.peer
+        if peer.endpoint != addr:
+            peer.endpoint = addr
+        if kp is peer.next:
+            self._drop_keypair(peer.previous)
+            peer.previous, peer.current, peer.next = peer.current, kp, None
+            self._handshake_complete(peer, now, initiator=False)
+            self._send_staged(peer, now, keepalive_if_empty=False)
+        # any authenticated packet received / traversal
+        peer.t_new_handshake = None
+        if peer.keepalive:
+            peer.t_persistent = now + peer.keepalive
+        peer.rx_bytes += n
+        peer.rx_packets += 1
+        if kp.initiator and now - kp.created >= REKEY_ON_RECEIVE_AGE and kp is peer.current:
+            self.initiate(peer, now)
+        if plen == 0:
+            self.stats.keepalives_received += 1
+            return peer, 0
+        # data received: answer with a keepalive if we have nothing to send for a while
+        if peer.t_keepalive is None:
+            peer.t_keepalive = now + KEEPALIVE_TIMEOUT
+        else:
+            peer.need_another_keepalive = True
+        if plen < 20 or (out[0] >> 4) != 4:
+            self.stats.not_ipv4 += 1
+            return None
+        total, src = _IPV4_LEN_SRC.unpack_from(out, 0)
+        if total > plen or total < 20:
+            self.stats.invalid_datagrams += 1
+            return None
+        if self.allowed.lookup(src) is not peer:
+            self.stats.source_rejected += 1
+            return None
+        self.stats.rx_packets += 1
+        self.stats.rx_bytes += total
+        return peer, total
+
+    def encrypt(
+        self, peer: Peer, buf: bytearray | memoryview, n: int, now: float,
+        out: bytearray | memoryview,
+    ) -> int:
+        """Seal the `n`-byte packet at the start of `buf` into `out`; returns bytes written.
+
+        `buf` should have up to 15 spare bytes after the packet for WireGuard's padding to a
+        multiple of 16 (they are zeroed here); without them the packet is copied. Returns 0
+        when there is no usable session: the packet is staged (bounded) and a handshake is
+        started; it will come out of `outbox` once the session is up.
+        """
+        kp = peer.current
+        if (
+            kp is None
+            or now - kp.created >= REJECT_AFTER_TIME
+            or kp.send_counter >= REJECT_AFTER_MESSAGES
+        ):
+            self._stage(peer, bytes(memoryview(buf)[:n]), now)
+            return 0
+        padded = (n + 15) & ~15
+        mv = memoryview(buf)
+        if padded != n:
+            if len(mv) >= padded:
+                mv[n:padded] = _ZEROS[: padded - n]
+            else:
+                mv = memoryview(bytes(mv[:n]) + _ZEROS[: padded - n])
+        ctr = kp.send_counter
+        kp.send_counter = ctr + 1
+        o = memoryview(out)
+        TRANSPORT_HDR.pack_into(o, 0, MSG_TRANSPORT, kp.remote_index, ctr)
+        kp.send.encrypt_into(_NONCE.pack(ctr), mv[:padded], None, o[16 : 32 + padded])
+        total = padded + 32
+        peer.tx_bytes += total
+        peer.tx_packets += 1
+        # timers: any authenticated packet sent / traversal / data sent
+        peer.t_keepalive = None
+        if peer.keepalive:
+            peer.t_persistent = now + peer.keepalive
+        if n and peer.t_new_handshake is None:
+            peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+        if kp.initiator and (
+            ctr + 1 >= REKEY_AFTER_MESSAGES or now - kp.created >= REKEY_AFTER_TIME
+        ):
+            self.initiate(peer, now)
+        self.stats.tx_packets += 1
+        self.stats.tx_bytes += n
+        return total
+
+    def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self.stats.no_session_dropped += 1
+        peer.staged.append(packet)
+        self.initiate(peer, now)
+
+    def _send_staged(self, peer: Peer, now: float, *, keepalive_if_empty: bool) -> None:
+        if not peer.staged:
+            if keepalive_if_empty:
+                self.send_keepalive(peer, now)
+            return
+        staged = list(peer.staged)
+        peer.staged.clear()
+        for pkt in staged:
+            self._encrypt_to_outbox(peer, pkt, now)
+
+    def _encrypt_to_outbox(self, peer: Peer, packet: bytes, now: float) -> None:
+        out = bytearray(len(packet) + 48)
+        buf = bytearray(packet) + bytearray(16)
+        n = self.encrypt(peer, buf, len(packet), now, out)
+        if n and peer.endpoint is not None:
+            self.outbox.append((out[:n], peer.endpoint))
+
+    def send_keepalive(self, peer: Peer, now: float) -> None:
+        self._encrypt_to_outbox(peer, b"", now)
+
+    def _authenticated_received(self, peer: Peer, now: float) -> None:
+        peer.t_new_handshake = None
+        if peer.keepalive:
+            peer.t_persistent = now + peer.keepalive
+
+    def _authenticated_sent(self, peer: Peer, now: float) -> None:
+        peer.t_keepalive = None
+        if peer.keepalive:
+            peer.t_persistent = now + peer.keepalive
+
+    # ----------------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        best: float | None = None
+        for peer in self.peers.values():
+            t = peer.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            self._peer_timers(peer, now)
+
+    def _peer_timers(self, peer: Peer, now: float) -> None:
+        if peer.t_retransmit is not None and peer.t_retransmit <= now:
+            peer.t_retransmit = None
+            if peer.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS:
+                self.stats.no_session_dropped += len(peer.staged)
+                peer.staged.clear()
+                self._hs_index.pop(peer.handshake.local_index, None)
+                peer.handshake.zero()
+                if peer.t_zero_keys is None:
+                    peer.t_zero_keys = now + ZERO_KEYS_AFTER
+                self.events.append(HandshakeGaveUp(peer))
+            else:
+                peer.handshake_attempts += 1
+                self.initiate(peer, now, retry=True)
+        if peer.t_keepalive is not None and peer.t_keepalive <= now:
+            peer.t_keepalive = None
+            self.send_keepalive(peer, now)
+            if peer.need_another_keepalive:
+                peer.need_another_keepalive = False
+                peer.t_keepalive = now + KEEPALIVE_TIMEOUT
+        if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
+            peer.t_new_handshake = None
+            self.initiate(peer, now)
+        if peer.t_zero_keys is not None and peer.t_zero_keys <= now:
+            peer.t_zero_keys = None
+            self._zero_peer(peer)
+            self.events.append(KeysZeroed(peer))
+        if peer.t_persistent is not None and peer.t_persistent <= now:
+            peer.t_persistent = None
+            self.send_keepalive(peer, now)
+
+    def _zero_peer(self, peer: Peer) -> None:
+        for kp in peer.keypairs():
+            self._drop_keypair(kp)
+        peer.current = peer.previous = peer.next = None
+        self._hs_index.pop(peer.handshake.local_index, None)
+        peer.handshake.zero()
+        peer.t_retransmit = None
