@@ -1,0 +1,111 @@
+"""Command line: `wgslirp [run|genkey|pubkey|check-config|client-config]`.
+
+Configuration errors exit with status 2 and one line naming the setting; they are user
+errors, so no traceback is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from wgslirp import __version__
+from wgslirp.config import Config, ConfigError, load_config, redacted
+from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
+from wgslirp.obs.logs import setup_logging
+
+log = logging.getLogger("wgslirp")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wgslirp",
+        description="User-space WireGuard router: forwards peers' traffic through host sockets.",
+    )
+    p.add_argument("--version", action="version", version=f"wgslirp {__version__}")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="wg-quick style config file; environment variables override it")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the router in the foreground (default)")
+    sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    sub.add_parser("check-config", help="print the effective configuration, keys redacted")
+    sub.add_parser("client-config", help="print a wg-quick config for the default client")
+    return p
+
+
+def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
+    cfg = load_config(os.environ, args.config)
+    if embedded:
+        from wgslirp.state import ensure_default_identity
+
+        cfg = ensure_default_identity(cfg)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cmd = args.command or "run"
+    try:
+        if cmd == "genkey":
+            print(encode_key(generate_private_key()))
+            return 0
+        if cmd == "pubkey":
+            print(encode_key(public_key(decode_key(sys.stdin.read(), "stdin"))))
+            return 0
+        if cmd == "check-config":
+            cfg = _load(args, embedded=False)
+            print(json.dumps(redacted(cfg), indent=2, sort_keys=True))
+            return 0
+        if cmd == "client-config":
+            from wgslirp.state import client_config_text, read_client_private_key
+
+            cfg = _load(args, embedded=True)
+            print(client_config_text(cfg, read_client_private_key(cfg)), end="")
+            return 0
+        return _run(args)
+    except ConfigError as err:
+        print(f"wgslirp: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _load(args, embedded=True)
+    setup_logging(debug=bool(cfg.debug))
+    from wgslirp.runtime.ingress import Ingress
+
+    if cfg.private_key is not None and not cfg.peers:
+        log.warning("no peers configured: nobody can connect")
+    try:
+        ingress = Ingress(cfg)
+    except OSError as exc:
+        print(f"wgslirp: cannot listen on {cfg.listen_addr}:{cfg.listen_port} "
+              f"(WG_LISTEN_ADDR/WG_LISTEN_PORT): {exc.strerror}", file=sys.stderr)
+        return 1
+    _announce(cfg, ingress.address)
+    ingress.install_signal_handlers()
+    try:
+        ingress.run()
+    finally:
+        log.info("stopped; counters: %s", json.dumps(ingress.stats(), sort_keys=True))
+        ingress.close()
+    return 0
+
+
+def _announce(cfg: Config, address: tuple[str, int]) -> None:
+    from wgslirp.state import client_config_text, read_client_private_key
+
+    assert cfg.private_key is not None
+    client_key = read_client_private_key(cfg)
+    if client_key is not None:
+        sys.stdout.write("# wgslirp client configuration (also: `wgslirp client-config`)\n")
+        sys.stdout.write(client_config_text(cfg, client_key))
+        sys.stdout.flush()
+    log.info("listening on %s:%d, public key %s, %d peer(s)", address[0], address[1],
+             encode_key(public_key(cfg.private_key)), len(cfg.peers))

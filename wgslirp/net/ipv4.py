@@ -1,0 +1,71 @@
+"""IPv4 header parsing and building (RFC 791); options are tolerated, never emitted."""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from wgslirp.net.checksum import checksum
+
+PROTO_ICMP: Final = 1
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
+
+HEADER = struct.Struct(">BBHHHBBH4s4s")
+_SRC_DST = struct.Struct(">II")
+
+
+def addr_to_int(addr: str) -> int:
+    a, b, c, d = (int(x) for x in addr.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def int_to_addr(v: int) -> str:
+    return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
+
+
+def header_length(pkt: bytes | bytearray | memoryview) -> int:
+    return (pkt[0] & 0x0F) * 4
+
+
+def src_dst(pkt: bytes | bytearray | memoryview) -> tuple[int, int]:
+    s, d = _SRC_DST.unpack_from(pkt, 12)
+    return s, d
+
+
+def is_fragment(pkt: bytes | bytearray | memoryview) -> bool:
+    """True for any fragment (more-fragments set or a non-zero offset)."""
+    flags_frag: int = struct.unpack_from(">H", pkt, 6)[0]
+    return bool(flags_frag & 0x3FFF)
+
+
+def write_header(
+    buf: bytearray | memoryview,
+    *,
+    total_length: int,
+    proto: int,
+    src: int,
+    dst: int,
+    ttl: int = 64,
+    tos: int = 0,
+    ident: int = 0,
+    dont_fragment: bool = True,
+) -> None:
+    """Write a 20-byte header with a valid checksum at the start of `buf`."""
+    flags = 0x4000 if dont_fragment else 0
+    HEADER.pack_into(
+        buf, 0, 0x45, tos, total_length, ident, flags, ttl, proto, 0,
+        src.to_bytes(4, "big"), dst.to_bytes(4, "big"),
+    )
+    struct.pack_into(">H", buf, 10, checksum(memoryview(buf)[:20]))
+
+
+def header_valid(pkt: bytes | bytearray | memoryview, length: int) -> bool:
+    """Version 4, sane lengths, and a header checksum that verifies."""
+    if length < 20 or pkt[0] >> 4 != 4:
+        return False
+    ihl = (pkt[0] & 0x0F) * 4
+    total: int = struct.unpack_from(">H", pkt, 2)[0]
+    if ihl < 20 or ihl > total or total > length:
+        return False
+    return checksum(memoryview(pkt)[:ihl]) == 0
