@@ -1,0 +1,272 @@
+"""The real router against a real WireGuard client (wireguard-go + wg in a namespace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from harness import RouterProcess, WgClient, free_udp_port, generate_keypair
+
+pytestmark = pytest.mark.e2e
+
+GATEWAY = "10.77.0.1"
+
+
+def router_cmd(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "wgslirp", *extra]
+
+
+def base_env(tmp_path: Path, port: int) -> dict[str, str]:
+    return {
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+    }
+
+
+@contextmanager
+def router(env: dict[str, str], *args: str) -> Iterator[RouterProcess]:
+    with RouterProcess(router_cmd(*args), env) as r:
+        r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
+        yield r
+
+
+def stop_and_counters(r: RouterProcess) -> dict[str, int]:
+    assert r.terminate(timeout=5) == 0, r.output()
+    m = re.search(r"stopped; counters: (\{.*\})", r.output())
+    assert m, r.output()
+    counters: dict[str, int] = json.loads(m.group(1))
+    return counters
+
+
+def parse_client_config(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def client_from_router_output(r: RouterProcess, port: int) -> WgClient:
+    r.wait_for_line(r"^PersistentKeepalive", timeout=5)
+    cfg = parse_client_config(r.stdout())
+    assert cfg["Address"] == "10.77.0.2/32"
+    assert cfg["Endpoint"].endswith(f":{port}")
+    return WgClient(
+        cfg["PrivateKey"],
+        cfg["PublicKey"],
+        port,
+        address=cfg["Address"],
+        allowed_ips=("10.77.0.0/24",),
+        mtu=int(cfg["MTU"]),
+    )
+
+
+def test_embedded_default_handshake_and_20_pings(tmp_path: Path) -> None:
+    port = free_udp_port()
+    env = base_env(tmp_path, port)
+    with router(env) as r:
+        first_config = r.stdout()
+        with client_from_router_output(r, port) as c:
+            sent, received = c.ping(GATEWAY, count=20, interval=0.05)
+            assert (sent, received) == (20, 20), c.last_ping_output
+            stats = c.wg_show_dump().peer
+            assert stats.latest_handshake > 0 and stats.rx_bytes > 0 and stats.tx_bytes > 0
+        counters = stop_and_counters(r)
+    assert counters["gateway_echo_replies"] == 20
+    assert counters["handshakes_completed"] >= 1 and counters["internal_errors"] == 0
+    state = tmp_path / "state"
+    for name in os.listdir(state):
+        assert (state / name).stat().st_mode & 0o077 == 0, name
+    # a second start reuses the same keys and prints the same client config
+    with router(env) as r2:
+        r2.wait_for_line(r"^PersistentKeepalive", timeout=5)
+        assert r2.stdout() == first_config
+        stop_and_counters(r2)
+
+
+def test_unknown_client_key_gets_nothing_router_stays_healthy(tmp_path: Path) -> None:
+    port = free_udp_port()
+    with router(base_env(tmp_path, port)) as r:
+        r.wait_for_line(r"^PersistentKeepalive", timeout=5)
+        server_pub = parse_client_config(r.stdout())["PublicKey"]
+        stranger = generate_keypair()
+        with WgClient(stranger.private, server_pub, port, allowed_ips=("10.77.0.0/24",)) as bad:
+            assert bad.ping(GATEWAY, count=3, interval=0.2, wait=1) == (3, 0)
+            assert bad.wg_show_dump().peer.latest_handshake == 0
+        with client_from_router_output(r, port) as good:
+            assert good.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
+        counters = stop_and_counters(r)
+    assert counters["unknown_peer"] >= 1
+    assert counters["gateway_echo_replies"] == 5
+
+
+class Recorder:
+    """UDP relay between the client and the router that keeps what the client sent."""
+
+    def __init__(self, router_port: int) -> None:
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        self.back.connect(("127.0.0.1", router_port))
+        self.port = self.front.getsockname()[1]
+        self.client: tuple[str, int] | None = None
+        self.sent: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.front, self.back], [], [], 0.1)
+            for s in ready:
+                if s is self.front:
+                    data, self.client = self.front.recvfrom(65535)
+                    self.sent.append(data)
+                    self.back.send(data)
+                elif self.client is not None:
+                    self.front.sendto(self.back.recv(65535), self.client)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.front.close()
+        self.back.close()
+
+
+def test_replayed_capture_is_rejected(tmp_path: Path) -> None:
+    port = free_udp_port()
+    with router(base_env(tmp_path, port)) as r:
+        r.wait_for_line(r"^PersistentKeepalive", timeout=5)
+        cfg = parse_client_config(r.stdout())
+        with (
+            Recorder(port) as rec,
+            WgClient(
+                cfg["PrivateKey"], cfg["PublicKey"], rec.port, allowed_ips=("10.77.0.0/24",)
+            ) as c,
+        ):
+            assert c.ping(GATEWAY, count=10, interval=0.05) == (10, 10)
+            captured = list(rec.sent)
+            # replay everything the client sent, from the relay's router-facing socket
+            for data in captured:
+                rec.back.send(data)
+            time.sleep(0.3)
+            assert c.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+        counters = stop_and_counters(r)
+    initiations = sum(1 for d in captured if d[0] == 1)
+    transports = sum(1 for d in captured if d[0] == 4)
+    assert initiations >= 1 and transports >= 10
+    assert counters["handshake_replayed"] == initiations
+    assert counters["transport_replayed"] == transports
+    assert counters["gateway_echo_replies"] == 13  # replays produced no extra replies
+
+
+def test_garbage_burst_is_counted_and_router_survives(tmp_path: Path) -> None:
+    port = free_udp_port()
+    rnd = random.Random(2026)
+    with router(base_env(tmp_path, port)) as r, client_from_router_output(r, port) as c:
+        assert c.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(10_000):
+                kind = rnd.randrange(6)
+                if kind == 0:
+                    data = b""
+                elif kind == 1:
+                    data = rnd.randbytes(rnd.randrange(1, 32))
+                elif kind == 2:
+                    data = b"\x01\x00\x00\x00" + rnd.randbytes(144)  # initiation, bad MAC1
+                elif kind == 3:
+                    data = b"\x02\x00\x00\x00" + rnd.randbytes(rnd.choice([88, 50]))
+                elif kind == 4:
+                    data = b"\x04\x00\x00\x00" + rnd.randbytes(rnd.randrange(28, 1400))
+                else:
+                    data = rnd.randbytes(rnd.randrange(1, 1500))
+                s.sendto(data, ("127.0.0.1", port))
+                if i % 500 == 499:
+                    time.sleep(0.02)  # let the router drain: we test parsing, not buffers
+        finally:
+            s.close()
+        time.sleep(0.5)
+        assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
+        counters = stop_and_counters(r)
+    dropped = sum(
+        counters[k]
+        for k in (
+            "invalid_datagrams",
+            "mac1_invalid",
+            "unknown_index",
+            "handshake_invalid",
+            "transport_auth_failed",
+        )
+    )
+    assert dropped == 10_000, counters
+    assert counters["internal_errors"] == 0
+
+
+def test_router_initiates_with_endpoint_keepalive_and_psk(tmp_path: Path) -> None:
+    """Router-side config from a wg-quick file: endpoint + keepalive makes the router the
+    initiator; a preshared key must match on both sides."""
+    port, client_port = free_udp_port(), free_udp_port()
+    server, client = generate_keypair(), generate_keypair()
+    psk = generate_keypair().private
+    conf = tmp_path / "wgslirp.conf"
+    conf.write_text(
+        "[Interface]\n"
+        f"PrivateKey = {server.private}\nListenPort = {port}\n\n"
+        "[Peer]\n"
+        f"PublicKey = {client.public}\nPresharedKey = {psk}\nAllowedIPs = 10.77.0.2/32\n"
+        f"Endpoint = 127.0.0.1:{client_port}\nPersistentKeepalive = 1\n"
+    )
+    conf.chmod(0o600)
+    env = {
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_GATEWAY_IP": GATEWAY,
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+    }
+    with (
+        router(env, "--config", str(conf)) as r,
+        WgClient(
+            client.private,
+            server.public,
+            None,
+            allowed_ips=("10.77.0.0/24",),
+            preshared_key=psk,
+            listen_port=client_port,
+            peer_allowed_ips=("10.77.0.0/24",),
+        ) as c,
+    ):
+        stats = c.wait_handshake(timeout=10)  # no client traffic: the router initiated
+        assert stats.endpoint == f"127.0.0.1:{port}"
+        assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
+        r.wait_for_line(r"handshake completed .* \(we initiated\)", timeout=5)
+        counters = stop_and_counters(r)
+    assert counters["gateway_echo_replies"] == 5
+
+
+def test_sigint_also_exits_zero(tmp_path: Path) -> None:
+    port = free_udp_port()
+    with router(base_env(tmp_path, port)) as r:
+        r.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while r.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.returncode == 0, r.output()
