@@ -14,13 +14,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
 
-from wgslirp.keys import generate_private_key, public_key  # noqa: E402
-from wgslirp.wireguard.device import Device  # noqa: E402
+from wgslirp.keys import generate_private_key, public_key
+from wgslirp.wireguard.device import Device
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from tests.unit.wgpair import Pair, ip_packet  # noqa: E402
+from tests.unit.wgpair import Pair, ip_packet
 
 
 def bench(size: int, count: int) -> dict[str, float]:

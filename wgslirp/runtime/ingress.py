@@ -8,6 +8,7 @@ address itself and counts everything else as not forwarded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import signal
@@ -187,10 +188,8 @@ class Ingress:
 
     def stop(self) -> None:
         self._stopping = True
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\x00")
-        except OSError:
-            pass
 
     def install_signal_handlers(self) -> None:
         def _handler(signum: int, _frame: object) -> None:
@@ -212,10 +211,8 @@ class Ingress:
                 if key.data == "wg":
                     self._drain_socket()
                 else:
-                    try:
+                    with contextlib.suppress(OSError):
                         self._wake_r.recv(64)
-                    except OSError:
-                        pass
             now = self.clock()
             deadline = dev.get_timer()
             if deadline is not None and deadline <= now:

@@ -63,35 +63,33 @@ DEFAULT_UNDER_LOAD_RATE = 2000  # handshake messages per second before MAC2 is d
 class DeviceStats:
     """Drop and traffic counters; plain ints so the hot path pays one add each."""
 
-    __slots__ = (
-        "cookie_replies_sent",
-        "handshake_invalid",
-        "handshake_replayed",
-        "handshakes_completed",
-        "invalid_datagrams",
-        "keepalives_received",
-        "mac1_invalid",
-        "no_endpoint",
-        "no_session_dropped",
-        "not_ipv4",
-        "rx_bytes",
-        "rx_packets",
-        "source_rejected",
-        "transport_auth_failed",
-        "transport_expired",
-        "transport_replayed",
-        "tx_bytes",
-        "tx_packets",
-        "unknown_index",
-        "unknown_peer",
-    )
+    cookie_replies_sent: int
+    handshake_invalid: int
+    handshake_replayed: int
+    handshakes_completed: int
+    invalid_datagrams: int
+    keepalives_received: int
+    mac1_invalid: int
+    no_endpoint: int
+    no_session_dropped: int
+    not_ipv4: int
+    rx_bytes: int
+    rx_packets: int
+    source_rejected: int
+    transport_auth_failed: int
+    transport_expired: int
+    transport_replayed: int
+    tx_bytes: int
+    tx_packets: int
+    unknown_index: int
+    unknown_peer: int
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.__annotations__:
             setattr(self, name, 0)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__annotations__}
 
 
 @dataclass(frozen=True, slots=True)
