@@ -1,0 +1,33 @@
+"""Root test configuration: tells every run whether end-to-end tests can run here.
+
+It lives at the root (not in tests/e2e) because pytest loads it at start-up for any
+invocation, including the xdist controller, so the reason e2e tests are skipped is printed
+in the header and the summary even for a plain ``pytest`` or ``pytest -n 2``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_E2E_DIR = str(Path(__file__).resolve().parent / "e2e")
+if _E2E_DIR not in sys.path:
+    sys.path.insert(0, _E2E_DIR)
+
+import harness  # noqa: E402
+
+E2E_SKIP_REASON = harness.require_root_and_tun()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if E2E_SKIP_REASON is None:
+        return "e2e: enabled (root, /dev/net/tun, wireguard-go, wg, ip, ping, nft present)"
+    return f"e2e: tests marked e2e will be SKIPPED: {E2E_SKIP_REASON}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if E2E_SKIP_REASON is not None and terminalreporter.stats.get("skipped"):
+        terminalreporter.write_sep("=", "e2e tests skipped", yellow=True)
+        terminalreporter.write_line(E2E_SKIP_REASON)
