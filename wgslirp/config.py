@@ -1097,7 +1097,10 @@ def _parse_value(f: _Field, raw: str, resolve: Callable[[str], str]) -> Any:
         host, port = _split_hostport(raw, need_port=True)
         if not host:
             raise ValueError(f"{raw!r} has no host")
-        return (resolve(host), port)
+        try:
+            return (str(ipaddress.IPv4Address(host)), port)
+        except ValueError:
+            return (resolve(host), port)
     raise AssertionError(f"unhandled kind {kind}")
 
 
