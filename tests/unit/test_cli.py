@@ -1,0 +1,117 @@
+"""The command line as a user meets it: exit codes, one-line errors, key tools."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
+
+
+def run(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None,
+        tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp or "/nonexistent")}
+    if tmp is not None:
+        base["WGSLIRP_STATE_DIR"] = str(tmp / "state")
+    return subprocess.run([sys.executable, "-m", "wgslirp", *args], env={**base, **(env or {})},
+                          input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_genkey_pubkey_round_trip() -> None:
+    r = run(["genkey"])
+    assert r.returncode == 0
+    priv = r.stdout.strip()
+    assert len(decode_key(priv, "x")) == 32
+    r2 = run(["pubkey"], stdin=priv + "\n")
+    assert r2.returncode == 0
+    assert r2.stdout.strip() == encode_key(public_key(decode_key(priv, "x")))
+
+
+@pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools not installed")
+def test_interchangeable_with_wg_tools() -> None:
+    ours = run(["genkey"]).stdout.strip()
+    theirs_pub = subprocess.run(["wg", "pubkey"], input=ours + "\n", capture_output=True,
+                                text=True, check=True).stdout.strip()
+    assert run(["pubkey"], stdin=ours).stdout.strip() == theirs_pub
+    wg_priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    wg_pub = subprocess.run(["wg", "pubkey"], input=wg_priv, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert run(["pubkey"], stdin=wg_priv).stdout.strip() == wg_pub
+
+
+def test_pubkey_rejects_garbage_with_exit_2() -> None:
+    r = run(["pubkey"], stdin="not-a-key\n")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"WG_PRIVATE_KEY": "abc"}, "WG_PRIVATE_KEY"),
+        ({"WG_PRIVATE_KEY": encode_key(b"\x01" * 31)}, "WG_PRIVATE_KEY"),
+        ({"WG_LISTEN_PORT": "70000"}, "WG_LISTEN_PORT"),
+        ({"WG_LISTEN_PORT": "http"}, "WG_LISTEN_PORT"),
+        ({"METRICS_INTERVAL": "0s"}, "METRICS_INTERVAL"),
+        ({"WG_PEERS": "0"}, "WG_PEER_0_PUBLIC_KEY"),
+        ({"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": encode_key(b"\x02" * 32),
+          "WG_PEER_0_ALLOWED_IPS": "10.0.0.300/32"}, "WG_PEER_0_ALLOWED_IPS"),
+        ({"IP_TTL": "0"}, "IP_TTL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_bad_settings_exit_2_naming_the_setting(
+    env: dict[str, str], setting: str, command: str, tmp_path: Path
+) -> None:
+    r = run([command], env=env, tmp=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and setting in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_exit_2(tmp_path: Path) -> None:
+    r = run(["--config", str(tmp_path / "nope.conf"), "check-config"], tmp=tmp_path)
+    assert r.returncode == 2 and "nope.conf" in r.stderr
+
+
+def test_check_config_redacts_keys(tmp_path: Path) -> None:
+    priv, psk = generate_private_key(), b"\x07" * 32
+    peer_pub = public_key(generate_private_key())
+    env = {"WG_PRIVATE_KEY": encode_key(priv), "WG_PEERS": "0",
+           "WG_PEER_0_PUBLIC_KEY": encode_key(peer_pub),
+           "WG_PEER_0_PRESHARED_KEY": encode_key(psk),
+           "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32"}
+    r = run(["check-config"], env=env, tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert encode_key(priv) not in r.stdout and encode_key(psk) not in r.stdout
+    assert encode_key(peer_pub) in r.stdout and "10.77.0.2/32" in r.stdout
+
+
+def test_client_config_is_stable_and_keys_private(tmp_path: Path) -> None:
+    a = run(["client-config"], tmp=tmp_path)
+    b = run(["client-config"], tmp=tmp_path)
+    assert a.returncode == 0 and a.stdout == b.stdout
+    assert "[Interface]" in a.stdout and "[Peer]" in a.stdout and "Endpoint = " in a.stdout
+    for f in (tmp_path / "state").iterdir():
+        assert f.stat().st_mode & 0o077 == 0
+
+
+def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        port = s.getsockname()[1]
+        r = run(["run"], env={"WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(port)},
+                tmp=tmp_path)
+    finally:
+        s.close()
+    assert r.returncode == 1
+    assert "WG_LISTEN_PORT" in r.stderr and "Traceback" not in r.stderr
