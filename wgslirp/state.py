@@ -234,8 +234,7 @@ def client_config_text(
         lines.append(f"PrivateKey = {encode_key(client_private_key)}")
     else:
         lines.append(
-            "# PrivateKey = <the private key whose public key is "
-            f"{encode_key(peer.public_key)}>"
+            f"# PrivateKey = <the private key whose public key is {encode_key(peer.public_key)}>"
         )
     first = peer.allowed_ips[0] if peer.allowed_ips else None
     if first is not None and first.endswith("/32"):
