@@ -25,11 +25,12 @@ from wgslirp.keys import decode_key, encode_key, generate_private_key, public_ke
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-PRIV = generate_private_key()
+# Fixed keys, so parametrized test ids are the same in every xdist worker.
+PRIV = bytes(range(1, 33))
 PRIV_B64 = encode_key(PRIV)
-PEER_A = encode_key(public_key(generate_private_key()))
-PEER_B = encode_key(public_key(generate_private_key()))
-PSK_B64 = encode_key(generate_private_key())
+PEER_A = encode_key(public_key(bytes([0xA]) * 32))
+PEER_B = encode_key(public_key(bytes([0xB]) * 32))
+PSK_B64 = encode_key(bytes([0x5]) * 32)
 BASE = {"XDG_STATE_HOME": "/var/lib/test-state"}
 
 
@@ -78,6 +79,7 @@ def test_decode_key_strips_whitespace_and_round_trips() -> None:
         ("", "empty"),
         (PRIV_B64[:-2] + "B=", "canonical"),  # stray bits in the padding character
     ],
+    ids=["garbage", "31-bytes", "33-bytes", "empty", "non-canonical"],
 )
 def test_decode_key_rejects(text: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
