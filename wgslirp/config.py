@@ -580,6 +580,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             kind="unicast_ipv4",
         ),
     ] = None
+    dns_upstream: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_DNS_UPSTREAM",
+            "Comma-separated resolvers (ip[:port], port 53 by default) that queries to "
+            "WG_DNS_IP are forwarded to. When unset, the nameservers of /etc/resolv.conf.",
+            group="Addresses and state",
+            kind="upstreams",
+            default_doc="from /etc/resolv.conf",
+        ),
+    ] = ()
     public_endpoint: Annotated[
         str | None,
         _doc(
@@ -921,6 +932,15 @@ def _parse_cidrs(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _parse_upstreams(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in raw.split(","):
+        if part.strip():
+            host, port = _split_hostport(part.strip(), need_port=False)
+            out.append(f"{_parse_ipv4(host)}:{port or 53}")
+    return tuple(out)
+
+
 def _parse_ipv4(raw: str) -> ipaddress.IPv4Address:
     if ":" in raw:
         raise ValueError(f"{raw} is IPv6; wgslirp routes IPv4 only")
@@ -1070,6 +1090,8 @@ def _parse_value(f: _Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return _parse_cidrs(raw)
     if kind == "ipv4":
         return str(_parse_ipv4(raw))
+    if kind == "upstreams":
+        return _parse_upstreams(raw)
     if kind == "unicast_ipv4":
         return _parse_unicast_ipv4(raw)
     if kind == "listen_ipv4":
@@ -1614,6 +1636,7 @@ def _type_text(f: _Field) -> str:
         "hostport": "host:port",
         "endpoint": "host:port",
         "peers": "index list",
+        "upstreams": "list of ip[:port]",
     }[k]
 
 

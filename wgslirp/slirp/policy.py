@@ -1,0 +1,104 @@
+"""Destination policy: where a guest may send, and what the virtual addresses stand for.
+
+A WireGuard peer is a remote party; by default it must not reach what only local users
+should: the host's loopback services, link-local cloud metadata, multicast/broadcast, and the
+router's own sockets. The gateway alias is the explicit, opt-in way to reach host loopback,
+and the DNS address the way to reach the host's resolvers. Decisions are pure: the worker
+asks once per new flow, not per packet.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+from wgslirp.wireguard.allowedips import AllowedIPs
+
+DEFAULT_DENY: tuple[str, ...] = (
+    "127.0.0.0/8",
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",  # reserved, includes 255.255.255.255
+)
+
+
+class Verdict(enum.Enum):
+    ALLOW = 0
+    DENY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    host: int  # the address to contact on the host side (after alias translation)
+    port: int
+    reason: str = ""
+
+
+@dataclass
+class EgressPolicy:
+    """`gateway` maps to `gateway_host`; (`dns`, 53) maps to the upstream resolvers.
+
+    `own_sockets` lists (proto, port) of the router's listeners on the host; a guest flow
+    to them through any address (gateway included) would loop back into the router.
+    """
+
+    allow_cidrs: Iterable[str] = ()
+    deny_cidrs: Iterable[str] = ()
+    gateway: str | None = None
+    gateway_host: str = "127.0.0.1"
+    dns: str | None = None
+    dns_upstream: tuple[tuple[str, int], ...] = ()
+    own_sockets: frozenset[tuple[int, int]] = frozenset()
+    _table: AllowedIPs[Verdict] = field(init=False, repr=False)
+    _gateway: int | None = field(init=False, repr=False)
+    _gateway_host: int = field(init=False, repr=False)
+    _dns: int | None = field(init=False, repr=False)
+    _upstream: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Longest prefix decides; at equal length an explicit deny beats an allow, which
+        # beats the default deny (inserted first, so later inserts overwrite it).
+        self._table = AllowedIPs()
+        for cidr in DEFAULT_DENY:
+            self._table.insert(cidr, Verdict.DENY)
+        for cidr in self.allow_cidrs:
+            self._table.insert(cidr, Verdict.ALLOW)
+        for cidr in self.deny_cidrs:
+            self._table.insert(cidr, Verdict.DENY)
+        self._gateway = addr_to_int(self.gateway) if self.gateway else None
+        self._gateway_host = addr_to_int(self.gateway_host)
+        self._dns = addr_to_int(self.dns) if self.dns else None
+        self._upstream = tuple((addr_to_int(h), p) for h, p in self.dns_upstream)
+        self._explicit_deny = AllowedIPs[bool]()
+        for cidr in self.deny_cidrs:
+            self._explicit_deny.insert(cidr, True)
+
+    def decide(self, proto: int, dst: int, dport: int) -> Decision:
+        if self._dns is not None and dst == self._dns:
+            if proto == PROTO_UDP and dport == 53 and self._upstream:
+                host, port = self._upstream[0]
+                return Decision(Verdict.ALLOW, host, port)
+            return Decision(Verdict.DENY, dst, dport, "dns address serves only DNS")
+        if self._gateway is not None and dst == self._gateway:
+            if (proto, dport) in self.own_sockets:
+                return Decision(Verdict.DENY, dst, dport, "router's own socket")
+            if self._explicit_deny.lookup(self._gateway_host):
+                return Decision(Verdict.DENY, dst, dport, "gateway host denied")
+            return Decision(Verdict.ALLOW, self._gateway_host, dport)
+        if (proto, dport) in self.own_sockets and self._is_local(dst):
+            return Decision(Verdict.DENY, dst, dport, "router's own socket")
+        if self._table.lookup(dst) is Verdict.DENY:
+            return Decision(Verdict.DENY, dst, dport, "destination denied by policy")
+        return Decision(Verdict.ALLOW, dst, dport)
+
+    def upstreams(self) -> tuple[tuple[int, int], ...]:
+        return self._upstream
+
+    @staticmethod
+    def _is_local(dst: int) -> bool:
+        """Loopback is denied anyway unless allowed; treat it as the router's host."""
+        return dst >> 24 == 127
