@@ -1,0 +1,51 @@
+"""Flow table caps, eviction order and idle expiry with a fake clock."""
+
+from __future__ import annotations
+
+from wgslirp.slirp.flows import Flow, FlowTable
+
+
+def mk(t: FlowTable[Flow], key: str, peer: int, now: float) -> tuple[Flow, list[Flow]]:
+    evicted = t.make_room(peer)
+    f = Flow(key, peer, now)
+    t.add(f, now)
+    return f, evicted
+
+
+def test_idle_expiry_with_fake_clock() -> None:
+    t: FlowTable[Flow] = FlowTable(idle_timeout=60, sweep_interval=1)
+    a, _ = mk(t, "a", 0, 0.0)
+    b, _ = mk(t, "b", 0, 0.0)
+    assert t.get_timer() == 1.0
+    b.last_active = 30.0
+    assert t.expire(59.0) == []
+    assert t.expire(60.0) == [a]
+    assert t.get("a") is None and t.get("b") is b
+    assert t.expire(90.0) == [b]
+    assert t.get_timer() is None and t.expired == 2
+
+
+def test_per_peer_cap_evicts_that_peers_oldest() -> None:
+    t: FlowTable[Flow] = FlowTable(idle_timeout=60, max_per_peer=2)
+    f1, _ = mk(t, "p0-1", 0, 1.0)
+    f2, _ = mk(t, "p0-2", 0, 2.0)
+    other, _ = mk(t, "p1-1", 1, 0.5)  # older, but another peer's
+    f1.last_active = 3.0  # f2 is now the least recently active of peer 0
+    f3, ev = mk(t, "p0-3", 0, 4.0)
+    assert ev == [f2]
+    assert t.get("p1-1") is other and t.peer_count(0) == 2 and t.evicted == 1
+
+
+def test_global_cap_evicts_overall_oldest() -> None:
+    t: FlowTable[Flow] = FlowTable(idle_timeout=60, max_flows=3)
+    flows = [mk(t, f"k{i}", i % 2, float(i))[0] for i in range(3)]
+    _, ev = mk(t, "new", 1, 10.0)
+    assert ev == [flows[0]] and len(t) == 3
+
+
+def test_remove_peer() -> None:
+    t: FlowTable[Flow] = FlowTable(idle_timeout=60)
+    mk(t, "a", 0, 0.0)
+    mk(t, "b", 1, 0.0)
+    assert [f.key for f in t.remove_peer(0)] == ["a"]
+    assert len(t) == 1 and t.peer_count(0) == 0
