@@ -69,3 +69,38 @@ def header_valid(pkt: bytes | bytearray | memoryview, length: int) -> bool:
     if ihl < 20 or ihl > total or total > length:
         return False
     return checksum(memoryview(pkt)[:ihl]) == 0
+
+
+# --- Fields shared by the UDP, ICMP, fragment and flow modules -------------------------------
+
+FLAG_DF: Final = 0x4000
+FLAG_MF: Final = 0x2000
+OFFSET_MASK: Final = 0x1FFF
+LIMITED_BROADCAST: Final = 0xFFFFFFFF
+
+# One unpack gives everything the classifiers look at: version/IHL, total length, the
+# flags/offset word, protocol, source and destination. Skipping TOS, ident, TTL and checksum
+# keeps the result tuple small.
+SUMMARY = struct.Struct(">BxHxxHxBxxII")
+
+
+def total_length(pkt: bytes | bytearray | memoryview) -> int:
+    value: int = struct.unpack_from(">H", pkt, 2)[0]
+    return value
+
+
+def fragment_offset(pkt: bytes | bytearray | memoryview) -> int:
+    """Offset of this fragment's data in bytes (the header field counts 8-byte units)."""
+    word: int = struct.unpack_from(">H", pkt, 6)[0]
+    return (word & OFFSET_MASK) * 8
+
+
+def is_multicast(addr: int) -> bool:
+    return addr >> 28 == 0xE
+
+
+def is_host_address(addr: int) -> bool:
+    """Whether `addr` can name a single host as a source (RFC 1122 3.2.1.3): not "this
+    network" (0/8), loopback, multicast or class E (which includes limited broadcast)."""
+    top = addr >> 24
+    return top != 0 and top != 127 and top < 224

@@ -1,0 +1,137 @@
+"""UDP in IPv4 (RFC 768): parse without copying, build into the caller's buffer.
+
+Packets from the guest arrive decrypted and authenticated by WireGuard and were checksummed
+by the guest's own stack, so `parse` only checks lengths; `checksum_ok` is separate for the
+callers (tests, pcap tools, a paranoid mode) that want the end-to-end check anyway.
+
+Packets towards the guest are built around a payload that may already sit in the output
+buffer: a host socket can `recv_into(out[PAYLOAD_OFFSET:])` and `build_in_place` then writes
+the 28 header bytes in front of it, so the datagram is never copied.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from wgslirp.net import ipv4
+from wgslirp.net.checksum import fold, ones_sum
+
+HEADER = struct.Struct(">HHHH")
+HEADER_LEN: Final = 8
+# Offset of the payload in packets this module builds (20-byte IPv4 header, no options).
+PAYLOAD_OFFSET: Final = 20 + HEADER_LEN
+MAX_PAYLOAD: Final = 0xFFFF - PAYLOAD_OFFSET
+
+_CSUM = struct.Struct(">H")
+
+Parsed = tuple[int, int, int, int, int, int]
+
+
+def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
+    """(src, dst, sport, dport, payload offset, payload length), or None when the packet is
+    not a whole, well-formed UDP datagram.
+
+    Fragments are refused: ingress reassembles before anything reaches a UDP handler, so a
+    fragment here means a caller skipped that step, and its payload would be incomplete.
+    The UDP length, not the IP total, bounds the payload (trailing IP padding is ignored).
+    """
+    if length < PAYLOAD_OFFSET:
+        return None
+    vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
+    ihl = (vihl & 0x0F) * 4
+    if (
+        vihl >> 4 != 4 or ihl < 20 or proto != ipv4.PROTO_UDP
+        or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
+        or total > length or total < ihl + HEADER_LEN
+    ):
+        return None
+    sport, dport, ulen, _ = HEADER.unpack_from(pkt, ihl)
+    if ulen < HEADER_LEN or ulen > total - ihl:
+        return None
+    return src, dst, sport, dport, ihl + HEADER_LEN, ulen - HEADER_LEN
+
+
+def _sum(mv: memoryview, initial: int) -> int:
+    # An odd tail byte is the high half of a zero-padded word; summing it by hand spares
+    # `ones_sum` its padding copy.
+    n = len(mv)
+    if n & 1:
+        return ones_sum(mv[: n - 1], initial + (mv[n - 1] << 8))
+    return ones_sum(mv, initial)
+
+
+def _pseudo(src: int, dst: int, ulen: int) -> int:
+    return (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + ipv4.PROTO_UDP + ulen
+
+
+def checksum_ok(pkt: bytes | bytearray | memoryview, length: int) -> bool:
+    """Verify the UDP checksum of a packet `parse` accepts; a zero field means the sender
+    did not compute one, which IPv4 allows."""
+    parsed = parse(pkt, length)
+    if parsed is None:
+        return False
+    src, dst, _, _, off, plen = parsed
+    ihl = off - HEADER_LEN
+    if _CSUM.unpack_from(pkt, ihl + 6)[0] == 0:
+        return True
+    ulen = plen + HEADER_LEN
+    seg = memoryview(pkt)[ihl : ihl + ulen]
+    return fold(_sum(seg, _pseudo(src, dst, ulen))) == 0
+
+
+def build_in_place(
+    out: bytearray | memoryview,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload_len: int,
+    ttl: int = 64,
+    tos: int = 0,
+    ident: int = 0,
+    *,
+    dont_fragment: bool = False,
+) -> int:
+    """Write the IPv4 and UDP headers in front of a payload already at
+    `out[PAYLOAD_OFFSET:PAYLOAD_OFFSET + payload_len]`; returns the packet length.
+
+    DF is clear by default because the router itself originates these packets and may have
+    to fragment them for the tunnel MTU; a caller that can produce fragments should pass a
+    changing `ident` (RFC 6864), since reassembly keys on it.
+    """
+    if not 0 <= payload_len <= MAX_PAYLOAD:
+        raise ValueError(f"UDP payload of {payload_len} bytes does not fit an IPv4 datagram")
+    ulen = HEADER_LEN + payload_len
+    total = 20 + ulen
+    o = memoryview(out)
+    HEADER.pack_into(o, 20, sport, dport, ulen, 0)
+    csum = fold(_sum(o[20:total], _pseudo(src, dst, ulen)))
+    # A computed zero is sent as all ones: zero on the wire means "no checksum".
+    _CSUM.pack_into(o, 26, csum or 0xFFFF)
+    ipv4.write_header(o, total_length=total, proto=ipv4.PROTO_UDP, src=src, dst=dst, ttl=ttl,
+                      tos=tos, ident=ident, dont_fragment=dont_fragment)
+    return total
+
+
+def build_udp_into(
+    out: bytearray | memoryview,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload: bytes | bytearray | memoryview,
+    ttl: int = 64,
+    tos: int = 0,
+    ident: int = 0,
+    *,
+    dont_fragment: bool = False,
+) -> int:
+    """Copy `payload` after the headers and build around it; for payloads that did not come
+    from a `recv_into` on this buffer."""
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise ValueError(f"UDP payload of {n} bytes does not fit an IPv4 datagram")
+    memoryview(out)[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n] = payload
+    return build_in_place(out, src, dst, sport, dport, n, ttl, tos, ident,
+                          dont_fragment=dont_fragment)
