@@ -78,24 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = _load(args, embedded=True)
     setup_logging(debug=bool(cfg.debug))
-    from wgslirp.runtime.ingress import Ingress
+    from wgslirp.runtime import supervisor
 
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect")
     try:
-        ingress = Ingress(cfg)
-    except OSError as exc:
-        print(f"wgslirp: cannot listen on {cfg.listen_addr}:{cfg.listen_port} "
-              f"(WG_LISTEN_ADDR/WG_LISTEN_PORT): {exc.strerror}", file=sys.stderr)
+        return supervisor.run(cfg, lambda address: _announce(cfg, address))
+    except supervisor.ListenError as exc:
+        print(f"wgslirp: {exc} (WG_LISTEN_ADDR/WG_LISTEN_PORT)", file=sys.stderr)
         return 1
-    _announce(cfg, ingress.address)
-    ingress.install_signal_handlers()
-    try:
-        ingress.run()
-    finally:
-        log.info("stopped; counters: %s", json.dumps(ingress.stats(), sort_keys=True))
-        ingress.close()
-    return 0
 
 
 def _announce(cfg: Config, address: tuple[str, int]) -> None:

@@ -2,78 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
 import select
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import RouterProcess, WgClient, free_udp_port, generate_keypair
+from harness import WgClient, free_udp_port, generate_keypair
+from routerutil import (
+    GATEWAY,
+    base_env,
+    client_from_router_output,
+    parse_client_config,
+    router,
+    stop_and_counters,
+)
 
 pytestmark = pytest.mark.e2e
-
-GATEWAY = "10.77.0.1"
-
-
-def router_cmd(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "wgslirp", *extra]
-
-
-def base_env(tmp_path: Path, port: int) -> dict[str, str]:
-    return {
-        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
-        "WG_LISTEN_ADDR": "127.0.0.1",
-        "WG_LISTEN_PORT": str(port),
-    }
-
-
-@contextmanager
-def router(env: dict[str, str], *args: str) -> Iterator[RouterProcess]:
-    with RouterProcess(router_cmd(*args), env) as r:
-        r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
-        yield r
-
-
-def stop_and_counters(r: RouterProcess) -> dict[str, int]:
-    assert r.terminate(timeout=5) == 0, r.output()
-    m = re.search(r"stopped; counters: (\{.*\})", r.output())
-    assert m, r.output()
-    counters: dict[str, int] = json.loads(m.group(1))
-    return counters
-
-
-def parse_client_config(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-def client_from_router_output(r: RouterProcess, port: int) -> WgClient:
-    r.wait_for_line(r"^PersistentKeepalive", timeout=5)
-    cfg = parse_client_config(r.stdout())
-    assert cfg["Address"] == "10.77.0.2/32"
-    assert cfg["Endpoint"].endswith(f":{port}")
-    return WgClient(
-        cfg["PrivateKey"],
-        cfg["PublicKey"],
-        port,
-        address=cfg["Address"],
-        allowed_ips=("10.77.0.0/24",),
-        mtu=int(cfg["MTU"]),
-    )
-
 
 def test_embedded_default_handshake_and_20_pings(tmp_path: Path) -> None:
     port = free_udp_port()

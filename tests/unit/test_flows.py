@@ -31,7 +31,7 @@ def test_per_peer_cap_evicts_that_peers_oldest() -> None:
     f2, _ = mk(t, "p0-2", 0, 2.0)
     other, _ = mk(t, "p1-1", 1, 0.5)  # older, but another peer's
     f1.last_active = 3.0  # f2 is now the least recently active of peer 0
-    f3, ev = mk(t, "p0-3", 0, 4.0)
+    _f3, ev = mk(t, "p0-3", 0, 4.0)
     assert ev == [f2]
     assert t.get("p1-1") is other and t.peer_count(0) == 2 and t.evicted == 1
 

@@ -1,39 +1,37 @@
 """Ingress: the process that owns the WireGuard UDP socket and the Device.
 
-It reads datagrams in batches, decrypts transport messages into a reusable buffer, hands
-the plaintext to a data-plane sink, encrypts what the sink returns, and runs the device's
-timers. Until the sharded data plane exists the sink answers ICMP echo to the gateway
-address itself and counts everything else as not forwarded.
+It reads datagrams in batches, decrypts transport messages, answers pings to the router's
+own addresses, reassembles fragments, and hands each packet to the worker that owns its
+flow through that worker's inbound ring; it drains the workers' outbound rings, encrypts
+and sends. Handshake messages and device timers are handled here too, so keys never leave
+this process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
-import signal
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from wgslirp.net import icmp, ipv4
-from wgslirp.wireguard.device import (
-    Device,
-    HandshakeCompleted,
-    HandshakeGaveUp,
-    KeysZeroed,
-)
+from wgslirp.keys import encode_key
+from wgslirp.net import fragment, icmp, ipv4
+from wgslirp.net.flow import shard_of
+from wgslirp.runtime.loop import Loop
+from wgslirp.shm.ring import Consumer, Producer
+from wgslirp.wireguard.device import Device, HandshakeCompleted, HandshakeGaveUp, KeysZeroed
 from wgslirp.wireguard.messages import MSG_TRANSPORT
 from wgslirp.wireguard.peer import Peer
 
 log = logging.getLogger("wgslirp.ingress")
 
-RECV_BATCH = 256  # datagrams per readiness event before timers and sends get a turn
+RECV_BATCH = 256  # datagrams per readiness event before other work gets a turn
+DRAIN_BUDGET = 512  # packets per outbound ring per turn
 SOCKET_BUFFER = 8 << 20
 MAX_DATAGRAM = 65535
 _DST = struct.Struct(">I")
+_FRAG = struct.Struct(">H")
 
 
 class PeerSpec(Protocol):
@@ -55,56 +53,83 @@ class IngressSettings(Protocol):
     @property
     def private_key(self) -> bytes | None: ...
     @property
-    def listen_addr(self) -> str: ...
-    @property
-    def listen_port(self) -> int: ...
-    @property
     def mtu(self) -> int: ...
     @property
     def peers(self) -> tuple[PeerSpec, ...]: ...
     @property
     def gateway_ip(self) -> str | None: ...
+    @property
+    def dns_ip(self) -> str | None: ...
+    @property
+    def ip_ttl(self) -> int: ...
 
 
-class Sink(Protocol):
-    """Data plane: takes a decrypted, source-checked IPv4 packet from `peer`."""
+def open_wg_socket(addr: str, port: int) -> socket.socket:
+    """The WireGuard socket, opened by the supervisor so a restarted ingress inherits it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        _size_buffers(sock)
+        sock.bind((addr, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
-    def handle(self, peer: Peer, packet: memoryview, now: float) -> None: ...
 
+class RingWriter:
+    """Copies packets into a worker's inbound ring and publishes them once per batch."""
 
-class GatewayResponder:
-    """Stand-in data plane: answers pings to the gateway address, counts the rest."""
+    __slots__ = ("_prod", "_room", "_staged", "dropped")
 
-    def __init__(self, gateway_ip: str | None, send: Callable[[Peer, bytearray, int, float], None]):
-        self.gateway = ipv4.addr_to_int(gateway_ip) if gateway_ip else None
-        self._send = send
-        self._reply = bytearray(MAX_DATAGRAM + 16)
-        self.echo_replies = 0
-        self.not_forwarded = 0
+    def __init__(self, producer: Producer) -> None:
+        self._prod = producer
+        self._staged = 0
+        self._room = 0
+        self.dropped = 0
 
-    def handle(self, peer: Peer, packet: memoryview, now: float) -> None:
-        if self.gateway is not None and _DST.unpack_from(packet, 16)[0] == self.gateway:
-            n = icmp.echo_reply_into(packet, len(packet), self._reply)
-            if n:
-                self.echo_replies += 1
-                self._send(peer, self._reply, n, now)
-                return
-        self.not_forwarded += 1
+    def reserve(self) -> memoryview | None:
+        if self._staged >= self._room:
+            self._room = self._prod.free_slots()
+            if self._staged >= self._room:
+                return None
+        return self._prod.slot(self._staged)
+
+    def commit(self, length: int, peer: int) -> None:
+        self._prod.stage(self._staged, length, peer)
+        self._staged += 1
+
+    def push(self, pkt: memoryview, n: int, peer: int) -> None:
+        slot = self.reserve()
+        if slot is None or n > len(slot):
+            self._prod.drop(1)
+            self.dropped += 1
+            return
+        slot[:n] = pkt[:n]
+        self.commit(n, peer)
+
+    def flush(self) -> None:
+        if self._staged:
+            self._prod.publish(self._staged)
+            self._staged = 0
+            self._room = 0
 
 
 class Ingress:
     def __init__(
         self,
         settings: IngressSettings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sink: Sink | None = None,
+        sock: socket.socket,
+        loop: Loop,
+        to_workers: list[Producer],
+        from_workers: list[Consumer],
     ) -> None:
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
-        self.clock = clock
+        self.loop = loop
+        self.clock = loop.clock
         self.device = Device(settings.private_key)
-        now = clock()
+        now = self.clock()
         for p in settings.peers:
             self.device.add_peer(
                 p.public_key,
@@ -114,38 +139,44 @@ class Ingress:
                 keepalive=p.keepalive,
                 now=now,
             )
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _size_buffers(self.sock)
-        self.sock.bind((settings.listen_addr, settings.listen_port))
-        self.sock.setblocking(False)
-        self.address: tuple[str, int] = self.sock.getsockname()
+        self.sock = sock
+        self.address: tuple[str, int] = sock.getsockname()
+        self.ttl = settings.ip_ttl
+        self._own = {ipv4.addr_to_int(a) for a in (settings.gateway_ip, settings.dns_ip) if a}
         self._rx = bytearray(MAX_DATAGRAM)
-        self._plain = bytearray(MAX_DATAGRAM)
+        self._plain = bytearray(MAX_DATAGRAM + 64)
         self._tx = bytearray(MAX_DATAGRAM + 64)
-        self.sink: Sink = sink or GatewayResponder(settings.gateway_ip, self.send_packet)
+        self._reply = bytearray(MAX_DATAGRAM + 64)
+        self.writers = [RingWriter(p) for p in to_workers]
+        self.nworkers = len(self.writers)
+        self.from_workers = from_workers
+        self.reassembler = fragment.Reassembler()
         self.datagrams_received = 0
         self.internal_errors = 0
         self.send_errors = 0
-        self._stopping = False
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.echo_replies = 0
+        self.unknown_peer_index = 0
+        loop.register(sock, self._on_readable)
+        for cons in from_workers:
+            loop.register(cons.doorbell_fd, _doorbell(cons))
+            loop.sleepers.append(cons)
+        loop.hooks.append(self._drain_workers)
+        loop.hooks.append(self.after_turn)
+        loop.timers.append(self)
+        loop.timers.append(self.reassembler)
 
     # ------------------------------------------------------------------ sending
 
-    def send_packet(self, peer: Peer, buf: bytearray, n: int, now: float) -> None:
+    def send_packet(self, peer: Peer, buf: bytearray | memoryview, n: int, now: float) -> None:
         """Encrypt an IPv4 packet to `peer` and send it (or stage it until a handshake)."""
         k = self.device.encrypt(peer, buf, n, now, self._tx)
         if k and peer.endpoint is not None:
             self._sendto(memoryview(self._tx)[:k], peer.endpoint)
-        self._flush_outbox()
 
     def _sendto(self, data: bytes | bytearray | memoryview, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, addr)
-        except (BlockingIOError, OSError):
+        except OSError:
             self.send_errors += 1
 
     def _flush_outbox(self) -> None:
@@ -155,14 +186,41 @@ class Ingress:
                 self._sendto(data, addr)
             box.clear()
 
+    def _drain_workers(self, now: float) -> None:
+        by_index = self.device.by_index
+        encrypt = self.device.encrypt
+        tx = self._tx
+        txv = memoryview(tx)
+        sendto = self.sock.sendto
+        for cons in self.from_workers:
+            k = cons.available()
+            if not k:
+                continue
+            if k > DRAIN_BUDGET:
+                k = DRAIN_BUDGET
+            for i in range(k):
+                pkt, peer_index = cons.peek(i)
+                peer = by_index.get(peer_index)
+                if peer is None:
+                    self.unknown_peer_index += 1  # removed while its packets were queued
+                    continue
+                n = encrypt(peer, pkt, len(pkt), now, tx)
+                if n and peer.endpoint is not None:
+                    try:
+                        sendto(txv[:n], peer.endpoint)
+                    except OSError:
+                        self.send_errors += 1
+            cons.release(k)
+        self._flush_outbox()
+
     # ---------------------------------------------------------------- receiving
 
-    def _drain_socket(self) -> None:
-        sock, rx, plain, dev = self.sock, self._rx, self._plain, self.device
+    def _on_readable(self, now: float) -> None:
+        sock, rx, dev = self.sock, self._rx, self.device
         rxv = memoryview(rx)
+        plain = self._plain
         plainv = memoryview(plain)
-        sink = self.sink
-        now = self.clock()
+        deliver = self._deliver
         for _ in range(RECV_BATCH):
             try:
                 n, addr = sock.recvfrom_into(rx)
@@ -176,55 +234,44 @@ class Ingress:
                 if n and rx[0] == MSG_TRANSPORT:
                     res = dev.decrypt(rxv[:n], addr, now, plain)
                     if res is not None and res[1]:
-                        sink.handle(res[0], plainv[: res[1]], now)
+                        deliver(res[0], plainv, res[1], now)
                 else:
                     dev.receive_handshake(rxv[:n], addr, now)
             except Exception:  # a bug must not take the router down with it
                 self.internal_errors += 1
                 log.exception("error processing a datagram from %s:%d", *addr)
+        for w in self.writers:
+            w.flush()
         self._flush_outbox()
 
-    # --------------------------------------------------------------------- loop
+    def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
+        if _DST.unpack_from(pkt, 16)[0] in self._own and pkt[9] == ipv4.PROTO_ICMP:
+            k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
+            if k:
+                self.echo_replies += 1
+                self.send_packet(peer, self._reply, k, now)
+            return
+        if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return
+            pkt, n = memoryview(whole), len(whole)
+        shard = shard_of(pkt, n, self.nworkers) if self.nworkers > 1 else 0
+        self.writers[shard].push(pkt, n, peer.index)
 
-    def stop(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\x00")
+    # ------------------------------------------------------------------ timers
 
-    def install_signal_handlers(self) -> None:
-        def _handler(signum: int, _frame: object) -> None:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            self.stop()
+    def get_timer(self) -> float | None:
+        return self.device.get_timer()
 
-        signal.signal(signal.SIGTERM, _handler)
-        signal.signal(signal.SIGINT, _handler)
-
-    def run(self) -> None:
-        self._sel.register(self.sock, selectors.EVENT_READ, "wg")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        dev = self.device
-        while not self._stopping:
-            now = self.clock()
-            deadline = dev.get_timer()
-            timeout = 1.0 if deadline is None else min(max(deadline - now, 0.0), 1.0)
-            for key, _ in self._sel.select(timeout):
-                if key.data == "wg":
-                    self._drain_socket()
-                else:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(64)
-            now = self.clock()
-            deadline = dev.get_timer()
-            if deadline is not None and deadline <= now:
-                dev.handle_timer(now)
-                self._flush_outbox()
-            if dev.events:
-                self._log_events(dev.events)
-                dev.events.clear()
+    def handle_timer(self, now: float) -> None:
+        self.device.handle_timer(now)
+        self._flush_outbox()
+        if self.device.events:
+            self._log_events(self.device.events)
+            self.device.events.clear()
 
     def _log_events(self, events: Iterable[object]) -> None:
-        from wgslirp.keys import encode_key
-
         for ev in events:
             if isinstance(ev, HandshakeCompleted):
                 log.info("handshake completed with peer %s (%s)", encode_key(ev.peer.public_key),
@@ -236,21 +283,27 @@ class Ingress:
                 log.info("peer %s: session keys expired and discarded",
                          encode_key(ev.peer.public_key))
 
+    def after_turn(self, _now: float) -> None:
+        if self.device.events:
+            self._log_events(self.device.events)
+            self.device.events.clear()
+
     def stats(self) -> dict[str, int]:
         out = dict(self.device.stats.as_dict())
         out["datagrams_received"] = self.datagrams_received
         out["internal_errors"] = self.internal_errors
         out["send_errors"] = self.send_errors
-        if isinstance(self.sink, GatewayResponder):
-            out["gateway_echo_replies"] = self.sink.echo_replies
-            out["not_forwarded"] = self.sink.not_forwarded
+        out["gateway_echo_replies"] = self.echo_replies
+        out["ring_full_dropped"] = sum(w.dropped for w in self.writers)
+        out["fragments_reassembled_timeouts"] = self.reassembler.timed_out
         return out
 
-    def close(self) -> None:
-        self._sel.close()
-        self.sock.close()
-        self._wake_r.close()
-        self._wake_w.close()
+
+def _doorbell(cons: Consumer) -> Callable[[float], None]:
+    def handler(_now: float) -> None:
+        cons.woke(True)
+
+    return handler
 
 
 def _size_buffers(sock: socket.socket) -> None:

@@ -124,6 +124,8 @@ class Device:
         self.identity = noise.Identity(private_key)
         self.public_key = self.identity.public
         self.peers: dict[bytes, Peer] = {}
+        self.by_index: dict[int, Peer] = {}
+        self._next_peer_index = 1
         self.allowed: AllowedIPs[Peer] = AllowedIPs()
         self._hs_index: dict[int, Peer] = {}
         self._kp_index: dict[int, Keypair] = {}
@@ -155,8 +157,10 @@ class Device:
         if public_key == self.public_key:
             raise ValueError("a peer cannot have the device's own public key")
         hs = noise.new_handshake(self.identity, public_key, preshared_key)
-        peer = Peer(public_key, hs, endpoint, keepalive)
+        peer = Peer(public_key, hs, endpoint, keepalive, self._next_peer_index)
+        self._next_peer_index += 1  # never reused: a stale ring slot cannot reach a new peer
         self.peers[public_key] = peer
+        self.by_index[peer.index] = peer
         for cidr in allowed_ips:
             self.allowed.insert(cidr, peer)
         if keepalive:
@@ -167,6 +171,7 @@ class Device:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        del self.by_index[peer.index]
         self.allowed.remove_owner(peer)
         self._zero_peer(peer)
 

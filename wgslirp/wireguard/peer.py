@@ -22,7 +22,9 @@ class Peer:
         handshake: Handshake,
         endpoint: Addr | None,
         keepalive: int,
+        index: int = 0,
     ) -> None:
+        self.index = index  # small integer naming the peer to the data plane (ring slots)
         self.public_key = public_key
         self.handshake = handshake
         self.cookie = CookieGenerator(public_key)

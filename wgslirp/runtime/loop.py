@@ -1,0 +1,119 @@
+"""The one event loop shape every process runs: a selector, timers and per-turn hooks.
+
+Selector registrations carry a callable `handler(now)` as their data. Timers are objects
+with the sans-I/O pair `get_timer()` / `handle_timer(now)`. Hooks run once per turn after
+the events (draining rings, flushing batches); `sleepers` are asked, just before the loop
+would block, whether blocking is safe (an SPSC ring consumer announces it is about to sleep
+and re-checks for data, see wgslirp/shm/ring.py).
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+MAX_SLEEP = 1.0  # wake at least this often to notice stop requests and sweep timers
+
+
+class Sleeper(Protocol):
+    """A ring consumer: may the loop block, and the notice that it woke up."""
+
+    def prepare_sleep(self) -> bool: ...
+    def woke(self, drain: bool = True) -> None: ...
+
+
+class Timed(Protocol):
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+
+
+Handler = Callable[[float], None]
+
+
+class Loop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 selector: selectors.BaseSelector | None = None) -> None:
+        self.clock = clock
+        self.selector = selector or selectors.DefaultSelector()
+        self.timers: list[Timed] = []
+        self.hooks: list[Handler] = []
+        self.sleepers: list[Sleeper] = []
+        self.sleep_bound = 0.001  # longest wait once a sleeper armed (missed wake-up bound)
+        self.stopping = False
+        self.turns = 0  # health: proves the loop is ticking
+
+    def register(self, fileobj: int | object, handler: Handler) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, handler)  # type: ignore[arg-type]
+
+    def unregister(self, fileobj: int | object) -> None:
+        try:
+            self.selector.unregister(fileobj)  # type: ignore[arg-type]
+        except (KeyError, ValueError):
+            pass
+
+    def _timeout(self, now: float) -> float:
+        best = now + MAX_SLEEP
+        for t in self.timers:
+            d = t.get_timer()
+            if d is not None and d < best:
+                best = d
+        return max(0.0, best - now)
+
+    def run_once(self, block: bool = True) -> None:
+        now = self.clock()
+        timeout = self._timeout(now) if block else 0.0
+        armed: list[Sleeper] = []
+        if timeout > 0 and self.sleepers:
+            for sleeper in self.sleepers:
+                if not sleeper.prepare_sleep():
+                    timeout = 0.0
+                    break
+                armed.append(sleeper)
+            if timeout > self.sleep_bound:
+                timeout = self.sleep_bound
+        events = self.selector.select(timeout)
+        for sleeper in armed:
+            sleeper.woke(False)  # the doorbell handler drains the eventfd when it fired
+        for key, _ in events:
+            key.data(self.clock())
+        now = self.clock()
+        for hook in self.hooks:
+            hook(now)
+        for t in self.timers:
+            d = t.get_timer()
+            if d is not None and d <= now:
+                t.handle_timer(now)
+        self.turns += 1
+
+    def install_stop_signals(self, on_stop: Callable[[int], None] | None = None) -> None:
+        """SIGTERM/SIGINT stop the loop promptly: the signal's wake-up byte lands on a
+        socket in the selector, so a blocked select returns at once."""
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self._wake = (r, w)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+
+        def drain(_now: float) -> None:
+            try:
+                r.recv(4096)
+            except OSError:
+                pass
+
+        def handler(signum: int, _frame: object) -> None:
+            self.stopping = True
+            if on_stop is not None:
+                on_stop(signum)
+
+        self.register(r, drain)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.run_once()

@@ -1,0 +1,271 @@
+"""Supervisor: creates the rings and the WireGuard socket, forks ingress and the workers,
+restarts whatever dies, and stops everything on SIGTERM.
+
+Everything shared is created here before any fork, so a replacement process inherits the
+same mappings and socket: a dead worker is replaced within a second and the other shards
+never notice. Ring blocks are unlinked from /dev/shm as soon as they exist, so nothing is
+left behind however the router ends, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wgslirp.config import Config
+from wgslirp.runtime.ingress import Ingress, open_wg_socket
+from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.worker import Worker, die_with_parent, set_process_name
+from wgslirp.shm.ring import Ring
+from wgslirp.slirp.icmp_bridge import probe_mode
+
+log = logging.getLogger("wgslirp.supervisor")
+
+STOP_GRACE = 1.5  # seconds children get to exit after SIGTERM before SIGKILL
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+RESTART_MIN_INTERVAL = 0.2  # per slot, so a crash loop cannot eat the CPU
+
+
+def _pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+@dataclass
+class Plan:
+    nworkers: int  # 0 = inline
+    in_slots: int
+    out_slots: int
+    slot_size: int
+
+
+def plan_for(cfg: Config) -> Plan:
+    # A slot holds a whole tunnel packet plus WireGuard's padding to 16 bytes.
+    slot_size = (cfg.mtu + 16 + 63) & ~63
+    return Plan(cfg.processor_workers, _pow2(max(cfg.processor_queue_cap, 64)),
+                _pow2(max(cfg.tun_queue_cap, 64)), slot_size)
+
+
+def _counters_line(role: str, counters: dict[str, int]) -> None:
+    log.info("%s stopped; counters: %s", role, json.dumps(counters, sort_keys=True))
+
+
+def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
+               announce: Callable[[tuple[str, int]], None]) -> int:
+    """PROCESSOR_WORKERS=0: one process, one loop, ingress and a worker side by side."""
+    plan = plan_for(cfg)
+    rin = Ring.create(plan.in_slots, plan.slot_size)
+    rout = Ring.create(plan.out_slots, plan.slot_size)
+    loop = Loop()
+    try:
+        ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()])
+        worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode)
+        loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
+                                                     signal.Signals(s).name))
+        announce(ingress.address)
+        loop.run()
+        worker.close()
+        _counters_line("ingress", ingress.stats())
+        _counters_line("worker 0", worker.stats.as_dict())
+    finally:
+        rin.close()
+        rout.close()
+    return 0
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, sock: socket.socket, icmp_mode: str | None) -> None:
+        self.cfg = cfg
+        self.sock = sock
+        self.icmp_mode = icmp_mode
+        self.plan = plan_for(cfg)
+        n = self.plan.nworkers
+        self.rings_in = [Ring.create(self.plan.in_slots, self.plan.slot_size) for _ in range(n)]
+        self.rings_out = [Ring.create(self.plan.out_slots, self.plan.slot_size)
+                          for _ in range(n)]
+        self.children: dict[int, str] = {}  # pid -> role ("ingress" or "worker K")
+        self.last_start: dict[str, float] = {}
+        self.restarts = 0
+        self.stopping = False
+
+    # ------------------------------------------------------------- children
+
+    def _fork(self, role: str, body: Callable[[], int]) -> None:
+        # Signals stay blocked across the fork until the child has its own handlers (its
+        # Loop unblocks them), so a SIGTERM racing the start-up is handled, never lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        if pid == 0:  # child
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                die_with_parent()
+                set_process_name(f"wgslirp-{role.replace('worker ', 'w')}")
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                code = body()
+            except BaseException:
+                log.exception("%s crashed", role)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = role
+        self.last_start[role] = time.monotonic()
+
+    def _ingress_body(self) -> int:
+        loop = Loop()
+        ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
+                          [r.consumer() for r in self.rings_out])
+        loop.install_stop_signals()
+        loop.run()
+        _counters_line("ingress", ingress.stats())
+        return 0
+
+    def _worker_body(self, k: int) -> Callable[[], int]:
+        def body() -> int:
+            self.sock.close()  # workers never touch the WireGuard socket
+            loop = Loop()
+            worker = Worker(self.cfg, k, self.plan.nworkers, self.rings_in[k].consumer(),
+                            self.rings_out[k].producer(), loop, self.icmp_mode)
+            loop.install_stop_signals()
+            loop.run()
+            worker.close()
+            _counters_line(f"worker {k}", worker.stats.as_dict())
+            return 0
+
+        return body
+
+    def _start(self, role: str) -> None:
+        if role == "ingress":
+            self._fork(role, self._ingress_body)
+        else:
+            self._fork(role, self._worker_body(int(role.split()[1])))
+
+    # ----------------------------------------------------------------- loop
+
+    def run(self) -> int:
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+
+        def on_stop(signum: int, _frame: object) -> None:
+            if not self.stopping:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # just wake the selector
+        self._start("ingress")
+        for k in range(self.plan.nworkers):
+            self._start(f"worker {k}")
+        sel = selectors.DefaultSelector()
+        sel.register(r, selectors.EVENT_READ)
+        pending: list[str] = []
+        try:
+            while not self.stopping:
+                sel.select(0.1)
+                try:
+                    r.recv(4096)
+                except OSError:
+                    pass
+                pending.extend(self._reap())
+                now = time.monotonic()
+                for role in list(pending):
+                    if self.stopping:
+                        break
+                    if now - self.last_start.get(role, 0.0) >= RESTART_MIN_INTERVAL:
+                        pending.remove(role)
+                        self.restarts += 1
+                        log.warning("restarting %s (restart #%d)", role, self.restarts)
+                        self._start(role)
+            self._stop_children()
+        finally:
+            sel.close()
+            r.close()
+            w.close()
+            for ring in (*self.rings_in, *self.rings_out):
+                ring.close()
+        log.info("supervisor stopped; worker restarts: %d", self.restarts)
+        return 0
+
+    def _reap(self) -> list[str]:
+        died: list[str] = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            role = self.children.pop(pid, None)
+            if role is None:
+                continue
+            if os.WIFSIGNALED(status):
+                how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            else:
+                how = f"exited with status {os.WEXITSTATUS(status)}"
+            if not self.stopping:
+                log.warning("%s (pid %d) %s", role, pid, how)
+                died.append(role)
+        return died
+
+    def _stop_children(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            if self.children:
+                time.sleep(0.01)
+        for pid, role in list(self.children.items()):
+            log.warning("%s (pid %d) did not stop in time; killing it", role, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.children.pop(pid, None)
+
+
+def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit status."""
+    try:
+        sock = open_wg_socket(cfg.listen_addr, cfg.listen_port)
+    except OSError as exc:
+        raise ListenError(cfg.listen_addr, cfg.listen_port, exc.strerror or str(exc)) from exc
+    icmp_mode = probe_mode()
+    if icmp_mode is None:
+        log.warning("no ICMP socket available (net.ipv4.ping_group_range excludes this group "
+                    "and CAP_NET_RAW is missing): guest pings to the outside will be dropped")
+    try:
+        if cfg.processor_workers == 0:
+            return run_inline(cfg, sock, icmp_mode, announce)
+        set_process_name("wgslirp-main")
+        sup = Supervisor(cfg, sock, icmp_mode)
+        announce(sock.getsockname())
+        return sup.run()
+    finally:
+        sock.close()
+
+
+class ListenError(Exception):
+    def __init__(self, addr: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {addr}:{port}: {reason}")
+        self.addr, self.port, self.reason = addr, port, reason

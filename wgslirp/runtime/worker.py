@@ -1,0 +1,182 @@
+"""A worker: drains its inbound ring, runs the bridges, fills its outbound ring.
+
+Each worker owns the host sockets of the flows hashed to it and nothing else; it never sees
+a key. The same class runs in its own process (PROCESSOR_WORKERS >= 1) or inline on the
+ingress loop (PROCESSOR_WORKERS=0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+from wgslirp.config import Config
+from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_UDP
+from wgslirp.runtime.loop import Loop
+from wgslirp.shm.ring import Consumer, Producer
+from wgslirp.slirp.context import BridgeContext, WorkerStats
+from wgslirp.slirp.flows import FlowTable
+from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
+from wgslirp.slirp.policy import EgressPolicy
+from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
+
+log = logging.getLogger("wgslirp.worker")
+
+DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
+
+
+class RingEgress:
+    """The bridges' Egress over a ring producer: slots are filled in place and published
+    once per loop turn."""
+
+    __slots__ = ("_prod", "_room", "_staged")
+
+    def __init__(self, producer: Producer) -> None:
+        self._prod = producer
+        self._staged = 0
+        self._room = 0
+
+    def reserve(self) -> memoryview | None:
+        if self._staged >= self._room:
+            self._room = self._prod.free_slots()
+            if self._staged >= self._room:
+                return None
+        return self._prod.slot(self._staged)
+
+    def commit(self, length: int, peer: int) -> None:
+        self._prod.stage(self._staged, length, peer)
+        self._staged += 1
+
+    def flush(self, _now: float = 0.0) -> None:
+        if self._staged:
+            self._prod.publish(self._staged)
+            self._staged = 0
+            self._room = 0
+
+
+def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    """IPv4 nameservers of the host, for WG_DNS_IP when WG_DNS_UPSTREAM is unset."""
+    out: list[tuple[str, int]] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:
+                    out.append((parts[1], 53))
+    except OSError:
+        pass
+    return tuple(out)
+
+
+def build_policy(cfg: Config) -> EgressPolicy:
+    upstream: Iterable[tuple[str, int]]
+    if cfg.dns_upstream:
+        upstream = tuple((h, int(p)) for h, p in (u.rsplit(":", 1) for u in cfg.dns_upstream))
+    else:
+        upstream = read_resolv_conf()
+    return EgressPolicy(
+        allow_cidrs=cfg.egress.allow_cidrs,
+        deny_cidrs=cfg.egress.deny_cidrs,
+        gateway=cfg.gateway_ip,
+        gateway_host=cfg.gateway_host_ip,
+        dns=cfg.dns_ip,
+        dns_upstream=tuple(upstream),
+        own_sockets=frozenset({(PROTO_UDP, cfg.listen_port)}),
+    )
+
+
+def _share(total: int, n: int) -> int:
+    """A global cap split across workers (0 stays unlimited)."""
+    return 0 if total == 0 else max(1, -(-total // n))
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: Config,
+        index: int,
+        nworkers: int,
+        inbound: Consumer,
+        outbound: Producer,
+        loop: Loop,
+        icmp_mode: str | None,
+    ) -> None:
+        self.index = index
+        self.inbound = inbound
+        self.egress = RingEgress(outbound)
+        self.stats = WorkerStats()
+        n = max(1, nworkers)
+        self.ctx = BridgeContext(self.egress, loop.selector, mtu=cfg.mtu, ttl=cfg.ip_ttl,
+                                 stats=self.stats, worker_index=index, nworkers=n)
+        policy = build_policy(cfg)
+        self.udp = UdpBridge(self.ctx, policy, FlowTable[UdpFlow](
+            cfg.udp.idle_timeout, _share(cfg.udp.max_flows, n),
+            _share(cfg.udp.max_flows_per_peer, n)))
+        self.icmp = IcmpBridge(self.ctx, policy, FlowTable[EchoFlow](
+            ECHO_IDLE_TIMEOUT, _share(cfg.udp.max_flows, n),
+            _share(cfg.udp.max_flows_per_peer, n)), icmp_mode)
+        self._udp_in = self.udp.from_guest
+        self._icmp_in = self.icmp.from_guest
+        self._now = 0.0
+        loop.register(inbound.doorbell_fd, self._doorbell)
+        loop.sleepers.append(inbound)
+        loop.hooks.append(self.turn)
+        loop.timers.append(self)
+
+    def _doorbell(self, _now: float) -> None:
+        self.inbound.woke(True)
+
+    def turn(self, now: float) -> None:
+        self._now = now
+        self.inbound.drain(self._dispatch, DRAIN_BUDGET)
+        self.egress.flush()
+
+    def _dispatch(self, pkt: memoryview, peer: int) -> None:
+        proto = pkt[9]
+        if proto == PROTO_UDP:
+            self._udp_in(peer, pkt, len(pkt), self._now)
+        elif proto == PROTO_ICMP:
+            self._icmp_in(peer, pkt, len(pkt), self._now)
+        else:
+            self.stats.not_handled += 1
+
+    def get_timer(self) -> float | None:
+        a, b = self.udp.table.get_timer(), self.icmp.table.get_timer()
+        if a is None:
+            return b
+        return a if b is None or a < b else b
+
+    def handle_timer(self, now: float) -> None:
+        self.udp.expire(now)
+        self.icmp.expire(now)
+        self.egress.flush()
+
+    def close(self) -> None:
+        self.udp.close()
+        self.icmp.close()
+
+
+def set_process_name(name: str) -> None:
+    """Name the process (comm, what ps and psutil.name() show) after its role."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when the supervisor dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os._exit(0)

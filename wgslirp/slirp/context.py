@@ -1,0 +1,130 @@
+"""What every bridge in a worker shares: where packets to guests go, limits, counters.
+
+Bridges build packets for guests directly in egress slots (`reserve` a slot, write, then
+`commit`), so a datagram received from a host socket is copied once, by the kernel.
+"""
+
+from __future__ import annotations
+
+import selectors
+from typing import Protocol
+
+from wgslirp.net import fragment, icmp, ipv4
+
+
+class Egress(Protocol):
+    """Packets to guests, towards ingress for encryption (an SPSC ring in production)."""
+
+    def reserve(self) -> memoryview | None:
+        """A writable slot of at least `mtu + 16` bytes, or None while the ring is full."""
+        ...
+
+    def commit(self, length: int, peer: int) -> None:
+        """Queue the packet written at the start of the last reserved slot."""
+        ...
+
+
+class WorkerStats:
+    """Counters of one worker; plain ints, exported by the runtime."""
+
+    udp_flows_opened: int
+    udp_flows_evicted: int
+    udp_flows_expired: int
+    udp_rx_packets: int
+    udp_tx_packets: int
+    udp_rx_bytes: int
+    udp_tx_bytes: int
+    udp_malformed: int
+    udp_send_errors: int
+    udp_icmp_errors_relayed: int
+    icmp_echo_requests: int
+    icmp_echo_replies: int
+    icmp_unsupported: int
+    icmp_unavailable: int
+    policy_denied: int
+    egress_full: int
+    fragments_sent: int
+    too_big_dropped: int
+    not_handled: int
+    socket_errors: int
+
+    def __init__(self) -> None:
+        for name in self.__annotations__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__annotations__}
+
+
+class BridgeContext:
+    def __init__(
+        self,
+        egress: Egress,
+        selector: selectors.BaseSelector,
+        *,
+        mtu: int,
+        ttl: int = 64,
+        stats: WorkerStats | None = None,
+        worker_index: int = 0,
+        nworkers: int = 1,
+    ) -> None:
+        self.egress = egress
+        self.selector = selector
+        self.mtu = mtu
+        self.ttl = ttl
+        self.stats = stats or WorkerStats()
+        self.worker_index = worker_index
+        self.nworkers = max(1, nworkers)
+        self._ident = worker_index << 12
+        self.scratch = bytearray(65536 + 64)
+        self.scratch2 = bytearray(65536 + 64)
+
+    def next_ident(self) -> int:
+        """IPv4 identification for packets we originate (RFC 6864: unique per src/dst/proto
+        while fragments may be in flight; a counter per worker is enough)."""
+        self._ident = (self._ident + 1) & 0xFFFF
+        return self._ident
+
+    def emit(self, packet: bytes | bytearray | memoryview, length: int, peer: int) -> bool:
+        """Copy a whole packet to the egress, fragmenting it to the tunnel MTU if needed."""
+        if length > self.mtu:
+            return self._emit_fragments(packet, length, peer)
+        slot = self.egress.reserve()
+        if slot is None:
+            self.stats.egress_full += 1
+            return False
+        slot[:length] = memoryview(packet)[:length]
+        self.egress.commit(length, peer)
+        return True
+
+    def _emit_fragments(self, packet: bytes | bytearray | memoryview, length: int,
+                        peer: int) -> bool:
+        frags = fragment.fragment(packet, length, self.mtu)
+        if frags is None:  # DF set: nothing we can do but count it
+            self.stats.too_big_dropped += 1
+            return False
+        for frag in frags:
+            slot = self.egress.reserve()
+            if slot is None:
+                self.stats.egress_full += 1
+                return False
+            n = len(frag)
+            slot[:n] = frag
+            self.egress.commit(n, peer)
+            self.stats.fragments_sent += 1
+        return True
+
+    def send_unreachable(self, original: bytes | bytearray | memoryview, length: int,
+                         code: int, peer: int, router_src: int | None = None) -> None:
+        """ICMP destination unreachable to the guest about one of its packets."""
+        slot = self.egress.reserve()
+        if slot is None:
+            self.stats.egress_full += 1
+            return
+        n = icmp.dest_unreachable_into(slot, original, length, code, router_src, self.ttl)
+        if n:
+            self.egress.commit(n, peer)
+
+
+def addr(v: int) -> str:
+    return ipv4.int_to_addr(v)

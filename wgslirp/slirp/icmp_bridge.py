@@ -1,0 +1,261 @@
+"""ICMP echo bridge: guest pings go out through the host's own ICMP sockets.
+
+Two kinds of host socket can send an echo request without spawning `ping`:
+- an unprivileged "ping socket" (SOCK_DGRAM/IPPROTO_ICMP, allowed by
+  net.ipv4.ping_group_range): one per flow; the kernel picks the echo identifier and
+  delivers only that flow's replies to it;
+- a raw ICMP socket (needs CAP_NET_RAW): one per worker; it sees every ICMP packet the host
+  receives, so each worker owns the identifiers congruent to its index modulo the number of
+  workers and ignores the rest.
+Either way the guest's identifier is mapped to a host one per (peer, guest, destination, id),
+so two guests using the same identifier never see each other's replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import struct
+from functools import partial
+
+from wgslirp.net import icmp, ipv4
+from wgslirp.net.checksum import checksum
+from wgslirp.net.ipv4 import PROTO_ICMP
+from wgslirp.slirp.context import BridgeContext, addr
+from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+log = logging.getLogger("wgslirp.icmp")
+
+ICMP_FILTER = 1  # SOL_RAW option: bitmask of ICMP types the raw socket must NOT receive
+SOL_RAW = getattr(socket, "SOL_RAW", 255)
+_ECHO_HDR = struct.Struct(">BBHHH")
+RECV_BATCH = 64
+ECHO_IDLE_TIMEOUT = 30.0
+
+EchoKey = tuple[int, int, int, int]  # peer, guest addr, destination, guest echo id
+
+
+def probe_mode() -> str | None:
+    """'ping', 'raw' or None: which ICMP socket this process may open."""
+    for mode, kind in (("ping", socket.SOCK_DGRAM), ("raw", socket.SOCK_RAW)):
+        try:
+            socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+            return mode
+        except OSError:
+            continue
+    return None
+
+
+class EchoFlow(Flow):
+    __slots__ = ("guest", "guest_id", "host_id", "remote", "sock", "target")
+
+    def __init__(self, key: EchoKey, peer: int, now: float, guest: int, target: int,
+                 remote: int, guest_id: int, host_id: int, sock: socket.socket | None) -> None:
+        super().__init__(key, peer, now)
+        self.guest = guest
+        self.target = target  # what the guest pinged (replies come from it)
+        self.remote = remote  # what we actually ping (differs for the gateway alias)
+        self.guest_id = guest_id
+        self.host_id = host_id
+        self.sock = sock
+
+
+class IcmpBridge:
+    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[EchoFlow],
+                 mode: str | None) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.table = table
+        self.mode = mode
+        self._by_host_id: dict[int, EchoFlow] = {}
+        self._next_id = ctx.worker_index
+        self._raw: socket.socket | None = None
+        self._buf = bytearray(65536)
+        if mode == "raw":
+            self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            self._raw.setblocking(False)
+            wanted = (1 << icmp.ECHO_REPLY) | (1 << icmp.DEST_UNREACHABLE) | (
+                1 << icmp.TIME_EXCEEDED)
+            try:
+                self._raw.setsockopt(SOL_RAW, ICMP_FILTER,
+                                     struct.pack("I", ~wanted & 0xFFFFFFFF))
+            except OSError:
+                pass  # unfiltered works too, only costs more wake-ups
+            ctx.selector.register(self._raw, selectors.EVENT_READ,
+                                  partial(self.on_readable, None))
+
+    # ------------------------------------------------------------- guest -> host
+
+    def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        stats = self.ctx.stats
+        parsed = icmp.parse(pkt, n)
+        if parsed is None:
+            stats.icmp_unsupported += 1
+            return
+        itype, code, off, ilen = parsed
+        if itype != icmp.ECHO_REQUEST or code != 0 or ilen < 8:
+            stats.icmp_unsupported += 1  # errors and other queries are not forwarded
+            return
+        if self.mode is None:
+            stats.icmp_unavailable += 1
+            return
+        src, dst = ipv4.src_dst(pkt)
+        guest_id, seq = icmp.echo_id_seq(pkt, off)
+        key = (peer, src, dst, guest_id)
+        flow = self.table.get(key)
+        if flow is None:
+            flow = self._open(key, peer, pkt, n, now)
+            if flow is None:
+                return
+        flow.last_active = now
+        # Re-issue the request under our identifier, same sequence and payload.
+        out = memoryview(self._buf)
+        out[:ilen] = pkt[off : off + ilen]
+        _ECHO_HDR.pack_into(out, 0, icmp.ECHO_REQUEST, 0, 0, flow.host_id, seq)
+        struct.pack_into(">H", out, 2, checksum(out[:ilen]))
+        try:
+            if flow.sock is not None:
+                flow.sock.send(out[:ilen])
+            else:
+                assert self._raw is not None
+                self._raw.sendto(out[:ilen], (addr(flow.remote), 0))
+        except OSError:
+            stats.socket_errors += 1
+            return
+        stats.icmp_echo_requests += 1
+
+    def _alloc_id(self) -> int | None:
+        step = self.ctx.nworkers
+        for _ in range(0x10000 // step):
+            self._next_id = (self._next_id + step) & 0xFFFF
+            if self._next_id not in self._by_host_id:
+                return self._next_id
+        return None
+
+    def _open(self, key: EchoKey, peer: int, pkt: memoryview, n: int,
+              now: float) -> EchoFlow | None:
+        _, src, dst, guest_id = key
+        ctx = self.ctx
+        decision = self.policy.decide(PROTO_ICMP, dst, 0)
+        if decision.verdict is Verdict.DENY:
+            ctx.stats.policy_denied += 1
+            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer)
+            return None
+        for old in self.table.make_room(peer):
+            self._close(old)
+        sock: socket.socket | None = None
+        if self.mode == "ping":
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                sock.setblocking(False)
+                sock.connect((addr(decision.host), 0))
+            except OSError:
+                if sock is not None:
+                    sock.close()
+                ctx.stats.socket_errors += 1
+                return None
+            host_id = sock.getsockname()[1]  # the kernel's identifier for this socket
+        else:
+            alloc = self._alloc_id()
+            if alloc is None:
+                ctx.stats.socket_errors += 1
+                return None
+            host_id = alloc
+        flow = EchoFlow(key, peer, now, src, dst, decision.host, guest_id, host_id, sock)
+        if sock is not None:
+            ctx.selector.register(sock, selectors.EVENT_READ, partial(self.on_readable, flow))
+        else:
+            self._by_host_id[host_id] = flow
+        self.table.add(flow, now)
+        return flow
+
+    # ------------------------------------------------------------- host -> guest
+
+    def on_readable(self, flow: EchoFlow | None, now: float) -> None:
+        """`flow` is set for a ping socket; None means the shared raw socket."""
+        buf = self._buf
+        for _ in range(RECV_BATCH):
+            try:
+                if flow is not None and flow.sock is not None:
+                    n = flow.sock.recv_into(buf)
+                    self._reply(flow, memoryview(buf)[:n], now)
+                else:
+                    assert self._raw is not None
+                    n, (_src_str, _) = self._raw.recvfrom_into(buf)
+                    self._from_raw(memoryview(buf)[:n], n, now)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.ctx.stats.socket_errors += 1
+                return
+
+    def _from_raw(self, pkt: memoryview, n: int, now: float) -> None:
+        parsed = icmp.parse(pkt, n)
+        if parsed is None:
+            return
+        itype, _code, off, ilen = parsed
+        if itype != icmp.ECHO_REPLY or ilen < 8:
+            return
+        host_id, _seq = icmp.echo_id_seq(pkt, off)
+        flow = self._by_host_id.get(host_id)
+        src, _ = ipv4.src_dst(pkt)
+        if flow is None or src != flow.remote:
+            return  # another worker's, or a ping of the host's own
+        self._reply(flow, pkt[off : off + ilen], now)
+
+    def _reply(self, flow: EchoFlow, message: memoryview, now: float) -> None:
+        """`message` is an ICMP echo reply (header + data) from the host side."""
+        ctx = self.ctx
+        ilen = len(message)
+        if ilen < 8 or message[0] != icmp.ECHO_REPLY:
+            return
+        total = 20 + ilen
+        if total > ctx.mtu:
+            big = memoryview(ctx.scratch)
+            self._build_reply(big, flow, message, ilen)
+            ctx.emit(big, total, flow.peer)
+        else:
+            slot = ctx.egress.reserve()
+            if slot is None:
+                ctx.stats.egress_full += 1
+                return
+            self._build_reply(slot, flow, message, ilen)
+            ctx.egress.commit(total, flow.peer)
+        flow.last_active = now
+        ctx.stats.icmp_echo_replies += 1
+
+    def _build_reply(self, out: memoryview, flow: EchoFlow, message: memoryview,
+                     ilen: int) -> None:
+        out[20 : 20 + ilen] = message
+        seq: int = struct.unpack_from(">H", message, 6)[0]
+        _ECHO_HDR.pack_into(out, 20, icmp.ECHO_REPLY, 0, 0, flow.guest_id, seq)
+        struct.pack_into(">H", out, 22, checksum(out[20 : 20 + ilen]))
+        ipv4.write_header(out, total_length=20 + ilen, proto=PROTO_ICMP, src=flow.target,
+                          dst=flow.guest, ttl=self.ctx.ttl, ident=self.ctx.next_ident(),
+                          dont_fragment=False)
+
+    # ------------------------------------------------------------------ timers
+
+    def expire(self, now: float) -> None:
+        for flow in self.table.expire(now):
+            self._close(flow)
+
+    def _close(self, flow: EchoFlow) -> None:
+        if flow.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.ctx.selector.unregister(flow.sock)
+            flow.sock.close()
+        else:
+            self._by_host_id.pop(flow.host_id, None)
+
+    def close(self) -> None:
+        for flow in self.table.values():
+            self.table.remove(flow)
+            self._close(flow)
+        if self._raw is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.ctx.selector.unregister(self._raw)
+            self._raw.close()

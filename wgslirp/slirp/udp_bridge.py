@@ -1,0 +1,209 @@
+"""UDP bridge: one connected host socket per guest flow.
+
+A connected socket lets the kernel filter replies to the flow's peer and report ICMP errors
+for it; with IP_RECVERR the error queue says which ICMP type and code came back, so the
+guest gets the same error (port unreachable shows up as "connection refused" in its socket)
+instead of a silent timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import struct
+from functools import partial
+
+from wgslirp.net import icmp, udp
+from wgslirp.net.ipv4 import PROTO_UDP
+from wgslirp.slirp.context import BridgeContext, addr
+from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+SO_EE_ORIGIN_ICMP = 2
+_EXT_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
+RECV_BATCH = 64  # datagrams per readiness event per flow
+ERRQUEUE_BATCH = 16
+
+UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst addr, dst port
+
+
+class UdpFlow(Flow):
+    __slots__ = ("aport", "gport", "guest", "remote", "sock", "src_alias")
+
+    def __init__(self, key: UdpKey, peer: int, now: float, sock: socket.socket,
+                 guest: int, gport: int, src_alias: int, aport: int,
+                 remote: tuple[str, int]) -> None:
+        super().__init__(key, peer, now)
+        self.sock = sock
+        self.guest = guest
+        self.gport = gport
+        self.src_alias = src_alias  # the address the guest sent to: replies come from it
+        self.aport = aport
+        self.remote = remote
+
+
+class UdpBridge:
+    def __init__(self, ctx: BridgeContext, policy: EgressPolicy,
+                 table: FlowTable[UdpFlow]) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.table = table
+        self._quote = bytearray(1024)
+
+    # ------------------------------------------------------------- guest -> host
+
+    def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        parsed = udp.parse(pkt, n)
+        stats = self.ctx.stats
+        if parsed is None:
+            stats.udp_malformed += 1
+            return
+        src, dst, sport, dport, off, plen = parsed
+        key = (peer, src, sport, dst, dport)
+        flow = self.table.get(key)
+        if flow is None:
+            flow = self._open(key, peer, pkt, n, now)
+            if flow is None:
+                return
+        flow.last_active = now
+        try:
+            flow.sock.send(pkt[off : off + plen])
+        except BlockingIOError:
+            stats.udp_send_errors += 1
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self._drain_errqueue(flow)  # an earlier ICMP error; report it to the guest
+            else:
+                stats.udp_send_errors += 1
+            return
+        stats.udp_tx_packets += 1
+        stats.udp_tx_bytes += plen
+
+    def _open(self, key: UdpKey, peer: int, pkt: memoryview, n: int,
+              now: float) -> UdpFlow | None:
+        _, src, sport, dst, dport = key
+        decision = self.policy.decide(PROTO_UDP, dst, dport)
+        ctx = self.ctx
+        if decision.verdict is Verdict.DENY:
+            ctx.stats.policy_denied += 1
+            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer)
+            return None
+        for old in self.table.make_room(peer):
+            ctx.stats.udp_flows_evicted += 1
+            self._close(old)
+        remote = (addr(decision.host), decision.port)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError:
+            ctx.stats.socket_errors += 1
+            return None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            sock.connect(remote)
+        except OSError:
+            sock.close()
+            ctx.stats.socket_errors += 1
+            ctx.send_unreachable(pkt, n, icmp.HOST_UNREACHABLE, peer)
+            return None
+        flow = UdpFlow(key, peer, now, sock, src, sport, dst, dport, remote)
+        ctx.selector.register(sock, selectors.EVENT_READ, partial(self.on_readable, flow))
+        self.table.add(flow, now)
+        ctx.stats.udp_flows_opened += 1
+        return flow
+
+    # ------------------------------------------------------------- host -> guest
+
+    def on_readable(self, flow: UdpFlow, now: float) -> None:
+        ctx = self.ctx
+        egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
+        room = mtu - udp.PAYLOAD_OFFSET
+        overflow = memoryview(ctx.scratch2)
+        sock = flow.sock
+        for _ in range(RECV_BATCH):
+            slot = egress.reserve()
+            if slot is None:
+                stats.egress_full += 1  # leave the rest in the socket: backpressure
+                return
+            try:
+                nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET:mtu], overflow])[0]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drain_errqueue(flow)
+                continue
+            flow.last_active = now
+            stats.udp_rx_packets += 1
+            stats.udp_rx_bytes += nbytes
+            if nbytes <= room:
+                k = udp.build_in_place(slot, flow.src_alias, flow.guest, flow.aport,
+                                       flow.gport, nbytes, ctx.ttl, 0, ctx.next_ident())
+                egress.commit(k, flow.peer)
+            else:  # larger than the tunnel MTU: assemble, then fragment
+                big = memoryview(ctx.scratch)
+                big[udp.PAYLOAD_OFFSET:mtu] = slot[udp.PAYLOAD_OFFSET:mtu]
+                big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
+                k = udp.build_in_place(big, flow.src_alias, flow.guest, flow.aport,
+                                       flow.gport, nbytes, ctx.ttl, 0, ctx.next_ident())
+                ctx.emit(big, k, flow.peer)
+
+    def _drain_errqueue(self, flow: UdpFlow) -> None:
+        """Turn ICMP errors the kernel queued for this flow into ICMP errors to the guest."""
+        for _ in range(ERRQUEUE_BATCH):
+            try:
+                data, anc, _flags, _addr = flow.sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.ctx.stats.socket_errors += 1
+                return
+            for level, kind, payload in anc:
+                if level != socket.SOL_IP or kind != IP_RECVERR or len(payload) < 16:
+                    continue
+                _errno, origin, ee_type, ee_code, _pad, info, _data = _EXT_ERR.unpack_from(
+                    payload)
+                if origin != SO_EE_ORIGIN_ICMP:
+                    continue
+                self._relay_icmp_error(flow, ee_type, ee_code, info, data)
+
+    def _relay_icmp_error(self, flow: UdpFlow, ee_type: int, ee_code: int, info: int,
+                          payload: bytes) -> None:
+        # Rebuild the guest's datagram as the guest sent it, to quote it in the error.
+        q = self._quote
+        n = udp.build_udp_into(q, flow.guest, flow.src_alias, flow.gport, flow.aport,
+                               payload[: len(q) - udp.PAYLOAD_OFFSET])
+        slot = self.ctx.egress.reserve()
+        if slot is None:
+            self.ctx.stats.egress_full += 1
+            return
+        if ee_type == icmp.DEST_UNREACHABLE:
+            k = icmp.dest_unreachable_into(slot, q, n, ee_code, None, self.ctx.ttl,
+                                           next_hop_mtu=info)
+        elif ee_type == icmp.TIME_EXCEEDED:
+            k = icmp.time_exceeded_into(slot, q, n, ee_code, None, self.ctx.ttl)
+        else:
+            return
+        if k:
+            self.ctx.egress.commit(k, flow.peer)
+            self.ctx.stats.udp_icmp_errors_relayed += 1
+
+    # ------------------------------------------------------------------ timers
+
+    def expire(self, now: float) -> None:
+        for flow in self.table.expire(now):
+            self.ctx.stats.udp_flows_expired += 1
+            self._close(flow)
+
+    def _close(self, flow: UdpFlow) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.ctx.selector.unregister(flow.sock)
+        flow.sock.close()
+
+    def close(self) -> None:
+        for flow in self.table.values():
+            self.table.remove(flow)
+            self._close(flow)
