@@ -241,9 +241,10 @@ class Ring:
         """Unmap the block in this process (other processes keep theirs).
 
         The mmap refuses to close while any buffer into it is alive, so every view made here
-        is released first; endpoints share these views and fail loudly once closed. Views a
-        caller still holds (a memoryview from ``peek``, a numpy slice of ``data``) must be
-        dropped before calling this, or it raises BufferError and leaves the block mapped.
+        is released first; endpoints share these views and fail loudly once closed. A view
+        the caller still holds (a memoryview from ``peek``, a numpy slice of ``data``) keeps
+        the mapping alive: rather than raise BufferError, close lets the memory go with the
+        last such view. That view stays valid; nothing can touch unmapped memory.
         """
         shm = self._shm
         if shm is None:
@@ -258,7 +259,10 @@ class Ring:
         self._data = np.zeros((0, 0), np.uint8)
         self._lengths = np.zeros(0, np.uint32)
         self._peers = np.zeros(0, np.uint32)
-        shm.close()
+        try:
+            shm.close()
+        except BufferError:
+            pass  # a caller's view outlives the ring; see the docstring
         self._shm = None
         os.close(self._doorbell_fd)
         self._doorbell_fd = -1
@@ -275,8 +279,8 @@ class Ring:
         self.close()
 
     def __del__(self) -> None:
-        # Closing here, in the right order, keeps SharedMemory.__del__ from meeting our live
-        # numpy exports at interpreter exit and printing "Exception ignored".
+        # Closing here, in the right order, keeps the block's finalizer from meeting our own
+        # live views at interpreter exit.
         try:
             self.close()
         except Exception:
@@ -287,6 +291,22 @@ class Ring:
             raise ValueError("ring is closed")
 
 
+class _Block(SharedMemory):
+    """SharedMemory whose finalizer tolerates views that outlive it.
+
+    ``SharedMemory.close`` raises BufferError while any view into the mapping is alive, and
+    ``SharedMemory.__del__`` lets that escape as an "Exception ignored" message at exit. The
+    name is unlinked from the start, so nothing is lost by leaving the mapping to be freed
+    with the last view, which is what happens once this object lets go of it.
+    """
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (BufferError, OSError):
+            pass
+
+
 def _create_anonymous_shm(size: int) -> SharedMemory:
     """A SharedMemory block whose /dev/shm name is removed before anyone can leak it.
 
@@ -295,9 +315,9 @@ def _create_anonymous_shm(size: int) -> SharedMemory:
     twice at exit; and if we are killed between the two steps, the tracker removes the name.
     """
     if sys.version_info >= (3, 13):
-        shm = SharedMemory(create=True, size=size, track=False)
+        shm = _Block(create=True, size=size, track=False)
     else:
-        shm = SharedMemory(create=True, size=size)
+        shm = _Block(create=True, size=size)
     try:
         shm.unlink()
     except BaseException:
@@ -528,6 +548,8 @@ class Consumer:
     def release(self, count: int) -> None:
         """Hand the first ``count`` pending slots back to the producer."""
         tail = self._tail + count
+        if tail > self._head_seen:
+            self._head_seen = self._ctr[_HEAD]
         if count < 0 or tail > self._head_seen:
             raise ValueError(f"cannot release {count} of {self._head_seen - self._tail} pending")
         self._tail = tail
