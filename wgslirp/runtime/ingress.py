@@ -123,6 +123,7 @@ class Ingress:
         loop: Loop,
         to_workers: list[Producer],
         from_workers: list[Consumer],
+        to_workers_big: list[Producer] | None = None,
     ) -> None:
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
@@ -148,6 +149,9 @@ class Ingress:
         self._tx = bytearray(MAX_DATAGRAM + 64)
         self._reply = bytearray(MAX_DATAGRAM + 64)
         self.writers = [RingWriter(p) for p in to_workers]
+        # Reassembled datagrams larger than a slot travel on a small ring of 64 KiB slots.
+        self.big_writers = [RingWriter(p) for p in (to_workers_big or [])]
+        self.slot_size = to_workers[0].slot_size if to_workers else 0
         self.nworkers = len(self.writers)
         self.from_workers = from_workers
         self.reassembler = fragment.Reassembler()
@@ -242,6 +246,8 @@ class Ingress:
                 log.exception("error processing a datagram from %s:%d", *addr)
         for w in self.writers:
             w.flush()
+        for w in self.big_writers:
+            w.flush()
         self._flush_outbox()
 
     def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
@@ -257,7 +263,10 @@ class Ingress:
                 return
             pkt, n = memoryview(whole), len(whole)
         shard = shard_of(pkt, n, self.nworkers) if self.nworkers > 1 else 0
-        self.writers[shard].push(pkt, n, peer.index)
+        if n > self.slot_size and self.big_writers:
+            self.big_writers[shard].push(pkt, n, peer.index)
+        else:
+            self.writers[shard].push(pkt, n, peer.index)
 
     # ------------------------------------------------------------------ timers
 
@@ -294,7 +303,7 @@ class Ingress:
         out["internal_errors"] = self.internal_errors
         out["send_errors"] = self.send_errors
         out["gateway_echo_replies"] = self.echo_replies
-        out["ring_full_dropped"] = sum(w.dropped for w in self.writers)
+        out["ring_full_dropped"] = sum(w.dropped for w in (*self.writers, *self.big_writers))
         out["fragments_reassembled_timeouts"] = self.reassembler.timed_out
         return out
 

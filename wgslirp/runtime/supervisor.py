@@ -28,6 +28,8 @@ from wgslirp.slirp.icmp_bridge import probe_mode
 
 log = logging.getLogger("wgslirp.supervisor")
 
+BIG_SLOTS = 16  # per worker, for reassembled datagrams larger than a normal slot
+BIG_SLOT_SIZE = 65536
 STOP_GRACE = 1.5  # seconds children get to exit after SIGTERM before SIGKILL
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RESTART_MIN_INTERVAL = 0.2  # per slot, so a crash loop cannot eat the CPU
@@ -65,10 +67,13 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     plan = plan_for(cfg)
     rin = Ring.create(plan.in_slots, plan.slot_size)
     rout = Ring.create(plan.out_slots, plan.slot_size)
+    rbig = Ring.create(BIG_SLOTS, BIG_SLOT_SIZE)
     loop = Loop()
     try:
-        ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()])
-        worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode)
+        ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
+                          [rbig.producer()])
+        worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
+                        rbig.consumer())
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
         announce(ingress.address)
@@ -79,6 +84,7 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     finally:
         rin.close()
         rout.close()
+        rbig.close()
     return 0
 
 
@@ -92,6 +98,7 @@ class Supervisor:
         self.rings_in = [Ring.create(self.plan.in_slots, self.plan.slot_size) for _ in range(n)]
         self.rings_out = [Ring.create(self.plan.out_slots, self.plan.slot_size)
                           for _ in range(n)]
+        self.rings_big = [Ring.create(BIG_SLOTS, BIG_SLOT_SIZE) for _ in range(n)]
         self.children: dict[int, str] = {}  # pid -> role ("ingress" or "worker K")
         self.last_start: dict[str, float] = {}
         self.restarts = 0
@@ -127,7 +134,8 @@ class Supervisor:
     def _ingress_body(self) -> int:
         loop = Loop()
         ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
-                          [r.consumer() for r in self.rings_out])
+                          [r.consumer() for r in self.rings_out],
+                          [r.producer() for r in self.rings_big])
         loop.install_stop_signals()
         loop.run()
         _counters_line("ingress", ingress.stats())
@@ -138,7 +146,8 @@ class Supervisor:
             self.sock.close()  # workers never touch the WireGuard socket
             loop = Loop()
             worker = Worker(self.cfg, k, self.plan.nworkers, self.rings_in[k].consumer(),
-                            self.rings_out[k].producer(), loop, self.icmp_mode)
+                            self.rings_out[k].producer(), loop, self.icmp_mode,
+                            self.rings_big[k].consumer())
             loop.install_stop_signals()
             loop.run()
             worker.close()
@@ -197,7 +206,7 @@ class Supervisor:
             sel.close()
             r.close()
             w.close()
-            for ring in (*self.rings_in, *self.rings_out):
+            for ring in (*self.rings_in, *self.rings_out, *self.rings_big):
                 ring.close()
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0

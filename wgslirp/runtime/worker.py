@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_UDP
@@ -101,9 +101,11 @@ class Worker:
         outbound: Producer,
         loop: Loop,
         icmp_mode: str | None,
+        inbound_big: Consumer | None = None,
     ) -> None:
         self.index = index
         self.inbound = inbound
+        self.inbound_big = inbound_big
         self.egress = RingEgress(outbound)
         self.stats = WorkerStats()
         n = max(1, nworkers)
@@ -119,17 +121,18 @@ class Worker:
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
         self._now = 0.0
-        loop.register(inbound.doorbell_fd, self._doorbell)
-        loop.sleepers.append(inbound)
+        for cons in (inbound, inbound_big):
+            if cons is not None:
+                loop.register(cons.doorbell_fd, _doorbell(cons))
+                loop.sleepers.append(cons)
         loop.hooks.append(self.turn)
         loop.timers.append(self)
-
-    def _doorbell(self, _now: float) -> None:
-        self.inbound.woke(True)
 
     def turn(self, now: float) -> None:
         self._now = now
         self.inbound.drain(self._dispatch, DRAIN_BUDGET)
+        if self.inbound_big is not None:
+            self.inbound_big.drain(self._dispatch, DRAIN_BUDGET)
         self.egress.flush()
 
     def _dispatch(self, pkt: memoryview, peer: int) -> None:
@@ -155,6 +158,13 @@ class Worker:
     def close(self) -> None:
         self.udp.close()
         self.icmp.close()
+
+
+def _doorbell(cons: Consumer) -> Callable[[float], None]:
+    def handler(_now: float) -> None:
+        cons.woke(True)
+
+    return handler
 
 
 def set_process_name(name: str) -> None:

@@ -1,0 +1,125 @@
+"""Runs INSIDE a guest namespace (python3 guestprog.py CMD ...): the guest side of the
+e2e tests, printing one JSON line. Every loop is bounded in count and time."""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import struct
+import sys
+import time
+
+
+def dns(server: str, port: int, name: str) -> dict[str, object]:
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    msg = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for _ in range(3):
+        s.sendto(msg, (server, port))
+        try:
+            data, src = s.recvfrom(2048)
+        except TimeoutError:
+            continue
+        qid, flags, _qd, an = struct.unpack_from(">HHHH", data)
+        out: dict[str, object] = {"id": qid, "rcode": flags & 15, "from": list(src)}
+        if an:
+            out["address"] = socket.inet_ntoa(data[-4:])
+        return out
+    return {"error": "timeout"}
+
+
+def udp_echo(host: str, port: int, count: int, size: int, window: int) -> dict[str, object]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    s.settimeout(0.5)
+    pad = bytes(range(256)) * (size // 256 + 1)
+
+    def payload(i: int) -> bytes:
+        return struct.pack(">I", i) + pad[4:size] if size >= 4 else struct.pack(">I", i)
+
+    outstanding: dict[int, float] = {}
+    verified, corrupt, retries, nxt = 0, 0, 0, 0
+    got: set[int] = set()
+    deadline = time.monotonic() + 120
+    while (nxt < count or outstanding) and time.monotonic() < deadline:
+        while nxt < count and len(outstanding) < window:
+            s.send(payload(nxt))
+            outstanding[nxt] = time.monotonic()
+            nxt += 1
+        try:
+            data = s.recv(65535)
+        except TimeoutError:
+            now = time.monotonic()
+            for i, t in list(outstanding.items()):
+                if now - t > 0.5:
+                    retries += 1
+                    s.send(payload(i))
+                    outstanding[i] = now
+            continue
+        i = struct.unpack_from(">I", data)[0]
+        if data != payload(i):
+            corrupt += 1
+            continue
+        if i in outstanding:
+            del outstanding[i]
+            if i not in got:
+                got.add(i)
+                verified += 1
+    return {"sent": nxt, "verified": verified, "corrupt": corrupt, "retries": retries,
+            "missing": len(outstanding)}
+
+
+def udp_error(host: str, port: int) -> dict[str, object]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    s.settimeout(2)
+    for _ in range(3):
+        try:
+            s.send(b"anyone there?")
+            s.recv(100)
+            return {"error": None}
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            return {"error": errno.errorcode.get(exc.errno or 0, str(exc.errno))}
+    return {"error": "timeout"}
+
+
+def raw_udp(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str, object]:
+    """Hand IPv4 packets straight to the tunnel device, bypassing the guest's routing: the
+    only way a guest can put a packet for 127.0.0.1 into the tunnel (its kernel would keep
+    it on its own loopback otherwise)."""
+    payload = b"loopback probe"
+    udp = struct.pack(">HHHH", 40000, port, 8 + len(payload), 0) + payload
+    total = 20 + len(udp)
+    hdr = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    csum = sum(struct.unpack(">10H", hdr))
+    while csum >> 16:
+        csum = (csum & 0xFFFF) + (csum >> 16)
+    hdr = hdr[:10] + struct.pack(">H", ~csum & 0xFFFF) + hdr[12:]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    for _ in range(count):
+        s.sendto(hdr + udp, (ifname, 0x0800))
+    return {"sent": count}
+
+
+def main() -> None:
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "dns":
+        out = dns(args[0], int(args[1]), args[2])
+    elif cmd == "udp_echo":
+        out = udp_echo(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
+    elif cmd == "udp_error":
+        out = udp_error(args[0], int(args[1]))
+    elif cmd == "raw_udp":
+        out = raw_udp(args[0], args[1], args[2], int(args[3]), int(args[4]))
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
