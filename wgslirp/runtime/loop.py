@@ -42,7 +42,13 @@ class Loop:
         self.timers: list[Timed] = []
         self.hooks: list[Handler] = []
         self.sleepers: list[Sleeper] = []
-        self.sleep_bound = 0.001  # longest wait once a sleeper armed (missed wake-up bound)
+        # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
+        # cost. 1 ms while traffic flows; after a second with no event at all the loop
+        # relaxes it so an idle router does not wake a thousand times a second per process.
+        self.sleep_bound = 0.001
+        self.idle_sleep_bound = 0.1
+        self.idle_after = 1.0
+        self._last_event = 0.0
         self.stopping = False
         self.turns = 0  # health: proves the loop is ticking
 
@@ -73,9 +79,13 @@ class Loop:
                     timeout = 0.0
                     break
                 armed.append(sleeper)
-            if timeout > self.sleep_bound:
-                timeout = self.sleep_bound
+            bound = (self.sleep_bound if now - self._last_event < self.idle_after
+                     else self.idle_sleep_bound)
+            if timeout > bound:
+                timeout = bound
         events = self.selector.select(timeout)
+        if events:
+            self._last_event = now
         for sleeper in armed:
             sleeper.woke(False)  # the doorbell handler drains the eventfd when it fired
         for key, _ in events:

@@ -110,6 +110,7 @@ class Worker:
         self.stats = WorkerStats()
         n = max(1, nworkers)
         self.ctx = BridgeContext(self.egress, loop.selector, mtu=cfg.mtu, ttl=cfg.ip_ttl,
+                                 copy_tos=cfg.copy_tos,
                                  stats=self.stats, worker_index=index, nworkers=n)
         policy = build_policy(cfg)
         self.udp = UdpBridge(self.ctx, policy, FlowTable[UdpFlow](

@@ -64,6 +64,7 @@ class BridgeContext:
         *,
         mtu: int,
         ttl: int = 64,
+        copy_tos: bool = False,
         stats: WorkerStats | None = None,
         worker_index: int = 0,
         nworkers: int = 1,
@@ -72,6 +73,7 @@ class BridgeContext:
         self.selector = selector
         self.mtu = mtu
         self.ttl = ttl
+        self.copy_tos = copy_tos  # COPY_TOS: replies carry the DSCP/ECN byte the guest used
         self.stats = stats or WorkerStats()
         self.worker_index = worker_index
         self.nworkers = max(1, nworkers)

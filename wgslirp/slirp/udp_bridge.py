@@ -31,7 +31,7 @@ UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst add
 
 
 class UdpFlow(Flow):
-    __slots__ = ("aport", "gport", "guest", "remote", "sock", "src_alias")
+    __slots__ = ("aport", "gport", "guest", "remote", "sock", "src_alias", "tos")
 
     def __init__(self, key: UdpKey, peer: int, now: float, sock: socket.socket,
                  guest: int, gport: int, src_alias: int, aport: int,
@@ -43,6 +43,7 @@ class UdpFlow(Flow):
         self.src_alias = src_alias  # the address the guest sent to: replies come from it
         self.aport = aport
         self.remote = remote
+        self.tos = 0
 
 
 class UdpBridge:
@@ -69,6 +70,8 @@ class UdpBridge:
             if flow is None:
                 return
         flow.last_active = now
+        if self.ctx.copy_tos:
+            flow.tos = pkt[1]
         try:
             flow.sock.send(pkt[off : off + plen])
         except BlockingIOError:
@@ -141,14 +144,14 @@ class UdpBridge:
             stats.udp_rx_bytes += nbytes
             if nbytes <= room:
                 k = udp.build_in_place(slot, flow.src_alias, flow.guest, flow.aport,
-                                       flow.gport, nbytes, ctx.ttl, 0, ctx.next_ident())
+                                       flow.gport, nbytes, ctx.ttl, flow.tos, ctx.next_ident())
                 egress.commit(k, flow.peer)
             else:  # larger than the tunnel MTU: assemble, then fragment
                 big = memoryview(ctx.scratch)
                 big[udp.PAYLOAD_OFFSET:mtu] = slot[udp.PAYLOAD_OFFSET:mtu]
                 big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
                 k = udp.build_in_place(big, flow.src_alias, flow.guest, flow.aport,
-                                       flow.gport, nbytes, ctx.ttl, 0, ctx.next_ident())
+                                       flow.gport, nbytes, ctx.ttl, flow.tos, ctx.next_ident())
                 ctx.emit(big, k, flow.peer)
 
     def _drain_errqueue(self, flow: UdpFlow) -> None:
