@@ -80,7 +80,7 @@ def test_armed_sleeper_bounds_wait_then_relaxes_when_idle() -> None:
     loop, sel = make(now)
     s = Sleeper(has_data=False)
     loop.sleepers.append(s)
-    key = selectors.SelectorKey(0, 0, selectors.EVENT_READ, lambda _n: None)
+    key = selectors.SelectorKey(0, 0, selectors.EVENT_READ, lambda _n, _m: None)
     sel.ready = [(key, selectors.EVENT_READ)]
     loop.run_once()  # an event: the loop counts as busy from now
     now[0] = 0.5

@@ -219,7 +219,7 @@ class Ingress:
 
     # ---------------------------------------------------------------- receiving
 
-    def _on_readable(self, now: float) -> None:
+    def _on_readable(self, now: float, _mask: int = 0) -> None:
         sock, rx, dev = self.sock, self._rx, self.device
         rxv = memoryview(rx)
         plain = self._plain
@@ -308,8 +308,8 @@ class Ingress:
         return out
 
 
-def _doorbell(cons: Consumer) -> Callable[[float], None]:
-    def handler(_now: float) -> None:
+def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
+    def handler(_now: float, _mask: int = 0) -> None:
         cons.woke(True)
 
     return handler

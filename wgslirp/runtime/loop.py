@@ -1,6 +1,6 @@
 """The one event loop shape every process runs: a selector, timers and per-turn hooks.
 
-Selector registrations carry a callable `handler(now)` as their data. Timers are objects
+Selector registrations carry a callable `handler(now, events)` as their data. Timers are objects
 with the sans-I/O pair `get_timer()` / `handle_timer(now)`. Hooks run once per turn after
 the events (draining rings, flushing batches); `sleepers` are asked, just before the loop
 would block, whether blocking is safe (an SPSC ring consumer announces it is about to sleep
@@ -31,7 +31,8 @@ class Timed(Protocol):
     def handle_timer(self, now: float) -> None: ...
 
 
-Handler = Callable[[float], None]
+Handler = Callable[[float, int], None]  # (now, selector event mask)
+Hook = Callable[[float], None]
 
 
 class Loop:
@@ -40,7 +41,7 @@ class Loop:
         self.clock = clock
         self.selector = selector or selectors.DefaultSelector()
         self.timers: list[Timed] = []
-        self.hooks: list[Handler] = []
+        self.hooks: list[Hook] = []
         self.sleepers: list[Sleeper] = []
         # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
         # cost. 1 ms while traffic flows; after a second with no event at all the loop
@@ -52,8 +53,12 @@ class Loop:
         self.stopping = False
         self.turns = 0  # health: proves the loop is ticking
 
-    def register(self, fileobj: int | object, handler: Handler) -> None:
-        self.selector.register(fileobj, selectors.EVENT_READ, handler)  # type: ignore[arg-type]
+    def register(self, fileobj: int | object, handler: Handler,
+                 events: int = selectors.EVENT_READ) -> None:
+        self.selector.register(fileobj, events, handler)  # type: ignore[arg-type]
+
+    def modify(self, fileobj: int | object, handler: Handler, events: int) -> None:
+        self.selector.modify(fileobj, events, handler)  # type: ignore[arg-type]
 
     def unregister(self, fileobj: int | object) -> None:
         try:
@@ -88,8 +93,8 @@ class Loop:
             self._last_event = now
         for sleeper in armed:
             sleeper.woke(False)  # the doorbell handler drains the eventfd when it fired
-        for key, _ in events:
-            key.data(self.clock())
+        for key, mask in events:
+            key.data(self.clock(), mask)
         now = self.clock()
         for hook in self.hooks:
             hook(now)
@@ -108,7 +113,7 @@ class Loop:
         self._wake = (r, w)
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
 
-        def drain(_now: float) -> None:
+        def drain(_now: float, _mask: int = 0) -> None:
             try:
                 r.recv(4096)
             except OSError:

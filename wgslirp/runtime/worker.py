@@ -161,8 +161,8 @@ class Worker:
         self.icmp.close()
 
 
-def _doorbell(cons: Consumer) -> Callable[[float], None]:
-    def handler(_now: float) -> None:
+def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
+    def handler(_now: float, _mask: int = 0) -> None:
         cons.woke(True)
 
     return handler

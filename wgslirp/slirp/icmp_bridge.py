@@ -174,7 +174,7 @@ class IcmpBridge:
 
     # ------------------------------------------------------------- host -> guest
 
-    def on_readable(self, flow: EchoFlow | None, now: float) -> None:
+    def on_readable(self, flow: EchoFlow | None, now: float, _mask: int = 0) -> None:
         """`flow` is set for a ping socket; None means the shared raw socket."""
         buf = self._buf
         for _ in range(RECV_BATCH):

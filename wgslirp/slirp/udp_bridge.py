@@ -121,7 +121,7 @@ class UdpBridge:
 
     # ------------------------------------------------------------- host -> guest
 
-    def on_readable(self, flow: UdpFlow, now: float) -> None:
+    def on_readable(self, flow: UdpFlow, now: float, _mask: int = 0) -> None:
         ctx = self.ctx
         egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
         room = mtu - udp.PAYLOAD_OFFSET
