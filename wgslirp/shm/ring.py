@@ -1,8 +1,10 @@
 """Single-producer/single-consumer packet rings in shared memory.
 
 The supervisor creates every ring before it forks ingress and the workers, so the mapping is
-inherited and never looked up by name: the name is unlinked from ``/dev/shm`` the moment the
-block exists, which is what keeps a SIGKILLed router from leaking it.
+inherited and never looked up by name: the name is unlinked from ``/dev/shm`` right after
+the block is created, which is what keeps a SIGKILLed router from leaking it. (On 3.11/3.12
+the resource tracker also holds the name for those few microseconds, so even a kill between
+the two steps leaves nothing behind.)
 
 Layout of one block (every offset a multiple of 64)::
 
@@ -17,14 +19,16 @@ Head and tail are 64-bit counters that only grow; the slot of counter ``c`` is
 ``c & (slots - 1)``. At 10 million packets a second they would overflow in about 58,000
 years, so nothing handles that.
 
-Memory ordering. CPython performs the stores of one thread in program order, each in its own
-C call the compiler cannot move across, and x86-64 (TSO) makes stores visible to other cores
-in that order and never reorders a load with an earlier load. So "write the slot and its
-length, then store head" publishes a packet, and "read head, then read the slot" consumes it,
-with no fence. Every counter is an aligned 8-byte ``memoryview`` item, which CPython moves
-with a single instruction, so no reader ever sees half a counter. On a weakly ordered CPU
-(ARM, POWER) this would need a release store and an acquire load, which pure Python cannot
-express; porting there means a small C helper or a syscall between the two steps.
+Memory ordering. CPython performs the loads and stores of one thread in program order, each
+in its own C call the compiler cannot move across, and x86-64 (TSO) makes stores visible to
+other cores in that order, never reorders a load with an earlier load, nor a store with an
+earlier load. So "write the slot and its length, then store head" publishes a packet, "read
+head, then read the slot" consumes it, and "read the slot, then store tail" keeps the
+producer off a slot still being read, all with no fence. Every counter is an aligned 8-byte
+``memoryview`` item, which CPython copies with one 8-byte move (a fixed-size memcpy), so no
+reader ever sees half a counter. On a weakly ordered CPU (ARM, POWER) each of those steps
+needs a release store or an acquire load, which pure Python cannot express; porting there
+means a real barrier from a few lines of C. A syscall is not a documented barrier there.
 
 The one place where TSO is not enough is the sleep handshake: the consumer stores the flag
 then loads head, the producer stores head then loads the flag, and x86 may let each load pass
@@ -136,7 +140,8 @@ class Ring:
     A ring object is meant to be created once by the supervisor and inherited through fork.
     Each process then takes the end it plays with :meth:`producer` or :meth:`consumer`; the
     endpoint reads the shared counters when it is made, so a worker forked to replace a dead
-    one carries on from where the ring really is, not from the supervisor's stale view.
+    one carries on from where the ring really is. Hence: make endpoints after the fork, in
+    the process that uses them; one made earlier would carry the counters of that moment.
     """
 
     def __init__(self, shm: SharedMemory, doorbell_fd: int, slots: int, slot_size: int) -> None:
