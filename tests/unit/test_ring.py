@@ -62,17 +62,14 @@ def no_leaks() -> Iterator[None]:
     # process sharing this host (xdist workers, other suites) and is not ours to judge.
     assert not new & ours, f"ring blocks left in /dev/shm: {sorted(new & ours)}"
     assert not ours & shm_names()
+    # Zombies count too: every child must have been reaped, not merely have exited.
     deadline = time.monotonic() + 5
     while True:
-        left = [
-            c
-            for c in me.children(recursive=True)
-            if c.pid not in before_children and c.status() != psutil.STATUS_ZOMBIE
-        ]
+        left = {c.pid for c in me.children(recursive=True)} - before_children
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    assert not left, f"child processes left: {[(c.pid, c.cmdline()) for c in left]}"
+    assert not left, f"child processes left: {sorted(left)}"
 
 
 def readable(fd: int) -> bool:
