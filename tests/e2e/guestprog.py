@@ -106,6 +106,119 @@ def raw_udp(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str,
     return {"sent": count}
 
 
+def _pattern_stream(total: int):  # same stream as hostservers.stream_chunks
+    import random
+
+    period = 1_048_583
+    pat = random.Random(7).randbytes(period)
+    pos = 0
+    while pos < total:
+        n = min(256 * 1024, total - pos)
+        start = pos % period
+        if start + n <= period:
+            yield pat[start : start + n]
+        else:
+            yield pat[start:] + pat[: n - (period - start)]
+        pos += n
+
+
+def tcp_upload(host: str, port: int, size: int) -> dict[str, object]:
+    import hashlib
+
+    h = hashlib.sha256()
+    t0 = time.monotonic()
+    with socket.create_connection((host, port), timeout=60) as s:
+        for chunk in _pattern_stream(size):
+            h.update(chunk)
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)  # wait for the server's close: everything was read
+    dt = time.monotonic() - t0
+    return {"bytes": size, "sha256": h.hexdigest(), "seconds": dt, "mbit": size * 8 / dt / 1e6}
+
+
+def tcp_download(host: str, port: int, halfclose: bool) -> dict[str, object]:
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    t0 = time.monotonic()
+    with socket.create_connection((host, port), timeout=60) as s:
+        if halfclose:
+            s.sendall(b"request")
+            s.shutdown(socket.SHUT_WR)
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+    dt = time.monotonic() - t0
+    return {"bytes": n, "sha256": h.hexdigest(), "seconds": dt, "mbit": n * 8 / dt / 1e6}
+
+
+def tcp_echo_many(host: str, port: int, conns: int, size: int) -> dict[str, object]:
+    import os
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    payloads: dict[int, bytes] = {}
+    state: dict[int, list] = {}
+    for i in range(conns):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        data = os.urandom(size)
+        payloads[i] = data
+        state[i] = [s, 0, bytearray()]
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
+    ok = failed = 0
+    deadline = time.monotonic() + 120
+    while state and time.monotonic() < deadline:
+        for key, mask in sel.select(1.0):
+            i = key.data
+            s, sent, got = state[i]
+            try:
+                if mask & selectors.EVENT_WRITE and sent < size:
+                    sent += s.send(payloads[i][sent:])
+                    state[i][1] = sent
+                    if sent == size:
+                        sel.modify(s, selectors.EVENT_READ, i)
+                if mask & selectors.EVENT_READ:
+                    data = s.recv(65536)
+                    got += data
+                    if len(got) >= size or not data:
+                        ok += bytes(got) == payloads[i]
+                        failed += bytes(got) != payloads[i]
+                        sel.unregister(s)
+                        s.close()
+                        del state[i]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                failed += 1
+                sel.unregister(s)
+                s.close()
+                del state[i]
+    return {"ok": ok, "failed": failed, "unfinished": len(state)}
+
+
+def tcp_connect_time(host: str, port: int, tries: int, timeout: float) -> dict[str, object]:
+    results = []
+    for _ in range(tries):
+        s = socket.socket()
+        s.settimeout(timeout)
+        t0 = time.perf_counter()
+        try:
+            s.connect((host, port))
+            err = "connected"
+        except OSError as exc:
+            err = errno.errorcode.get(exc.errno or 0, "timeout" if exc.errno is None else "?")
+        results.append((err, (time.perf_counter() - t0) * 1000))
+        s.close()
+    return {"results": results}
+
+
 def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "dns":
@@ -114,6 +227,14 @@ def main() -> None:
         out = udp_echo(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
     elif cmd == "udp_error":
         out = udp_error(args[0], int(args[1]))
+    elif cmd == "tcp_upload":
+        out = tcp_upload(args[0], int(args[1]), int(args[2]))
+    elif cmd == "tcp_download":
+        out = tcp_download(args[0], int(args[1]), args[2] == "1")
+    elif cmd == "tcp_echo_many":
+        out = tcp_echo_many(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "tcp_connect_time":
+        out = tcp_connect_time(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "raw_udp":
         out = raw_udp(args[0], args[1], args[2], int(args[3]), int(args[4]))
     else:

@@ -92,3 +92,135 @@ class TinyDns(_UdpServer):
 def dns_query(name: str, qid: int = 0x1234) -> bytes:
     q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
     return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
+
+
+# ---------------------------------------------------------------------------- TCP
+
+PATTERN_LEN = 1_048_583  # prime-ish period: a misplaced segment cannot line up by accident
+
+
+def pattern(seed: int = 7) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(PATTERN_LEN)
+
+
+def stream_chunks(total: int, seed: int = 7, chunk: int = 256 * 1024):
+    """The deterministic byte stream both ends of a transfer agree on, in chunks."""
+    pat = pattern(seed)
+    pos = 0
+    while pos < total:
+        n = min(chunk, total - pos)
+        start = pos % PATTERN_LEN
+        if start + n <= PATTERN_LEN:
+            yield pat[start : start + n]
+        else:
+            first = PATTERN_LEN - start
+            yield pat[start:] + pat[: n - first]
+        pos += n
+
+
+class TcpServer:
+    """A selectors-based TCP server on host loopback running `mode` per connection:
+
+    - "sink": read to EOF, record sha256 and byte count, close;
+    - "source": send `size` bytes of the pattern, then close;
+    - "echo": echo everything, close after EOF;
+    - "halfclose": read to EOF, then send `size` bytes of the pattern, then close.
+    """
+
+    def __init__(self, mode: str, size: int = 0, lifetime: float = 600) -> None:
+        import selectors
+
+        self.mode, self.size = mode, size
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(4096)
+        self.lsock.setblocking(False)
+        self.port: int = self.lsock.getsockname()[1]
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.lsock, selectors.EVENT_READ, None)
+        self.results: list[tuple[int, str]] = []  # (bytes, sha256) per finished sink
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + lifetime
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TcpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.sel.close()
+
+    def _run(self) -> None:
+        import hashlib
+        import selectors
+
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            for key, mask in self.sel.select(0.1):
+                if key.data is None:
+                    try:
+                        conn, _ = self.lsock.accept()
+                    except OSError:
+                        continue
+                    conn.setblocking(False)
+                    self.accepted += 1
+                    st = {"sha": hashlib.sha256(), "n": 0, "out": b"", "eof": False,
+                          "gen": None}
+                    if self.mode == "source":
+                        st["gen"] = stream_chunks(self.size)
+                    self.sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, st)
+                    continue
+                self._service(key.fileobj, key.data, mask)  # type: ignore[arg-type]
+
+    def _service(self, conn: socket.socket, st: dict, mask: int) -> None:  # type: ignore[type-arg]
+        import selectors
+
+        try:
+            if mask & selectors.EVENT_READ and not st["eof"]:
+                data = conn.recv(1 << 20)
+                if not data:
+                    st["eof"] = True
+                    if self.mode == "sink":
+                        self.results.append((st["n"], st["sha"].hexdigest()))
+                        self._close(conn)
+                        return
+                    if self.mode == "halfclose":
+                        st["gen"] = stream_chunks(self.size)
+                    if self.mode == "echo" and not st["out"]:
+                        self._close(conn)
+                        return
+                else:
+                    st["n"] += len(data)
+                    if self.mode == "sink":
+                        st["sha"].update(data)
+                    elif self.mode == "echo":
+                        st["out"] += data
+            if mask & selectors.EVENT_WRITE:
+                if not st["out"] and st["gen"] is not None:
+                    st["out"] = next(st["gen"], b"")
+                    if not st["out"]:
+                        self._close(conn)
+                        return
+                if st["out"]:
+                    sent = conn.send(st["out"])
+                    st["out"] = st["out"][sent:]
+                elif self.mode == "echo" and st["eof"]:
+                    self._close(conn)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
