@@ -153,6 +153,7 @@ class Ingress:
         self.big_writers = [RingWriter(p) for p in (to_workers_big or [])]
         self.slot_size = to_workers[0].slot_size if to_workers else 0
         self.nworkers = len(self.writers)
+        self._last_shard = 0
         self.from_workers = from_workers
         self.reassembler = fragment.Reassembler()
         self.datagrams_received = 0
@@ -203,12 +204,12 @@ class Ingress:
             if k > DRAIN_BUDGET:
                 k = DRAIN_BUDGET
             for i in range(k):
-                pkt, peer_index = cons.peek(i)
+                slot, length, peer_index = cons.peek_slot(i)
                 peer = by_index.get(peer_index)
                 if peer is None:
                     self.unknown_peer_index += 1  # removed while its packets were queued
                     continue
-                n = encrypt(peer, pkt, len(pkt), now, tx)
+                n = encrypt(peer, slot, length, now, tx)
                 if n and peer.endpoint is not None:
                     try:
                         sendto(txv[:n], peer.endpoint)
@@ -225,6 +226,7 @@ class Ingress:
         plain = self._plain
         plainv = memoryview(plain)
         deliver = self._deliver
+        writers = self.writers
         for _ in range(RECV_BATCH):
             try:
                 n, addr = sock.recvfrom_into(rx)
@@ -236,9 +238,18 @@ class Ingress:
             self.datagrams_received += 1
             try:
                 if n and rx[0] == MSG_TRANSPORT:
-                    res = dev.decrypt(rxv[:n], addr, now, plain)
-                    if res is not None and res[1]:
-                        deliver(res[0], plainv, res[1], now)
+                    # Decrypt straight into a slot of the ring the last packet went to: a
+                    # bulk flow keeps hitting the same worker, so the plaintext is never
+                    # copied; a guess that turns out wrong costs one copy.
+                    slot = writers[self._last_shard].reserve() if writers else None
+                    if slot is not None and n - 32 <= len(slot):
+                        res = dev.decrypt(rxv[:n], addr, now, slot)
+                        if res is not None and res[1]:
+                            deliver(res[0], slot, res[1], now, True)
+                    else:
+                        res = dev.decrypt(rxv[:n], addr, now, plain)
+                        if res is not None and res[1]:
+                            deliver(res[0], plainv, res[1], now, False)
                 else:
                     dev.receive_handshake(rxv[:n], addr, now)
             except Exception:  # a bug must not take the router down with it
@@ -250,7 +261,9 @@ class Ingress:
             w.flush()
         self._flush_outbox()
 
-    def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
+    def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float, in_slot: bool) -> None:
+        """Route one decrypted packet; `in_slot` says it already sits in the reserved slot
+        of `writers[_last_shard]`."""
         if _DST.unpack_from(pkt, 16)[0] in self._own and pkt[9] == ipv4.PROTO_ICMP:
             k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
             if k:
@@ -262,7 +275,12 @@ class Ingress:
             if whole is None:
                 return
             pkt, n = memoryview(whole), len(whole)
+            in_slot = False
         shard = shard_of(pkt, n, self.nworkers) if self.nworkers > 1 else 0
+        if in_slot and shard == self._last_shard:
+            self.writers[shard].commit(n, peer.index)
+            return
+        self._last_shard = shard
         if n > self.slot_size and self.big_writers:
             self.big_writers[shard].push(pkt, n, peer.index)
         else:

@@ -80,7 +80,7 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         loop.run()
         worker.close()
         _counters_line("ingress", ingress.stats())
-        _counters_line("worker 0", worker.stats.as_dict())
+        _counters_line("worker 0", worker.counters())
     finally:
         rin.close()
         rout.close()
@@ -151,7 +151,7 @@ class Supervisor:
             loop.install_stop_signals()
             loop.run()
             worker.close()
-            _counters_line(f"worker {k}", worker.stats.as_dict())
+            _counters_line(f"worker {k}", worker.counters())
             return 0
 
         return body
@@ -259,6 +259,7 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
         sock = open_wg_socket(cfg.listen_addr, cfg.listen_port)
     except OSError as exc:
         raise ListenError(cfg.listen_addr, cfg.listen_port, exc.strerror or str(exc)) from exc
+    _raise_fd_limit()
     icmp_mode = probe_mode()
     if icmp_mode is None:
         log.warning("no ICMP socket available (net.ipv4.ping_group_range excludes this group "
@@ -272,6 +273,18 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
         return sup.run()
     finally:
         sock.close()
+
+
+def _raise_fd_limit() -> None:
+    """Every flow is a host socket: take the whole hard limit of file descriptors."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass
 
 
 class ListenError(Exception):

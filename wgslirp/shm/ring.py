@@ -550,6 +550,12 @@ class Consumer:
         j = (self._tail + i) & self._mask
         return self._views[j][: self._lens[j]], self._peers[j]
 
+    def peek_slot(self, i: int) -> tuple[memoryview, int, int]:
+        """The i-th pending packet's whole slot, its length and peer: for a consumer that
+        works in place past the packet's end (WireGuard pads to 16 bytes before sealing)."""
+        j = (self._tail + i) & self._mask
+        return self._views[j], self._lens[j], self._peers[j]
+
     def release(self, count: int) -> None:
         """Hand the first ``count`` pending slots back to the producer."""
         tail = self._tail + count
