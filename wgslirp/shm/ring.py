@@ -74,6 +74,7 @@ __all__ = [
     "Producer",
     "Ring",
     "RingStats",
+    "anonymous_block",
 ]
 
 CACHE_LINE = 64
@@ -310,6 +311,12 @@ class _Block(SharedMemory):
             self.close()
         except (BufferError, OSError):
             pass
+
+
+def anonymous_block(size: int) -> SharedMemory:
+    """A shared block reachable only through this mapping and forked inheritors; also used
+    for the metrics block."""
+    return _create_anonymous_shm(size)
 
 
 def _create_anonymous_shm(size: int) -> SharedMemory:

@@ -1,0 +1,71 @@
+"""Shared-memory counters across a real fork, and the renderers (Prometheus parsed by the
+real prometheus_client parser)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from wgslirp.obs.metrics import MetricsBlock, PeerSample, render_log, render_prometheus, snapshot
+
+KEY = bytes(range(32))
+
+
+def test_child_publishes_parent_reads() -> None:
+    block = MetricsBlock(["rx_packets", "rx_bytes"], ["udp_flows", "tcp_dials_ok"], nworkers=2)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                block.ingress.publish({"rx_packets": 5, "rx_bytes": 700, "unknown": 1}, 1, 9)
+                block.workers[1].publish({"udp_flows": 3, "tcp_dials_ok": 2}, 2, 4)
+                block.publish_peers([PeerSample(KEY, 1, 10, 20, 1, 2, 3, 1700000000.5)])
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        snap = snapshot(block)
+        assert snap.ingress == {"rx_packets": 5, "rx_bytes": 700}
+        assert snap.workers[1] == {"udp_flows": 3, "tcp_dials_ok": 2}
+        assert snap.workers[0] == {"udp_flows": 0, "tcp_dials_ok": 0}
+        assert block.ingress.turns == 9 and block.ingress.heartbeat_ns > 0
+        assert snap.totals()["udp_flows"] == 3
+        (peer,) = snap.peers
+        assert peer.public_key == KEY and peer.rx_bytes == 10 and peer.handshakes == 3
+        assert abs(peer.last_handshake - 1700000000.5) < 1e-6
+        block.publish_peers([])
+        assert snapshot(block).peers == []
+    finally:
+        block.close()
+
+
+def test_prometheus_text_parses_with_the_reference_parser() -> None:
+    block = MetricsBlock(["rx_packets", "mac1_invalid"], ["udp_flows", "tcp_flows",
+                                                           "tcp_dials_ok", "policy_denied"], 1)
+    try:
+        block.ingress.publish({"rx_packets": 5, "mac1_invalid": 2}, 1, 1)
+        block.workers[0].publish({"udp_flows": 4, "tcp_flows": 1, "tcp_dials_ok": 7,
+                                  "policy_denied": 1}, 2, 1)
+        block.publish_peers([PeerSample(KEY, 1, 1000, 2000, 10, 20, 1, 123.0)])
+        snap = snapshot(block, {"ring_depth:in0": 3, "worker_restarts": 1,
+                                "rss_bytes:ingress": 1e7, "cpu_seconds:w0": 1.5})
+        text = render_prometheus(snap)
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        rx = fams["wgslirp_peer_rx_bytes"].samples[0]
+        assert rx.value == 1000 and rx.labels["public_key"].endswith("=")
+        flows = {s.labels["proto"]: s.value for s in fams["wgslirp_flows"].samples}
+        assert flows == {"tcp": 1, "udp": 4, "icmp": 0}
+        dials = {s.labels["result"]: s.value for s in fams["wgslirp_tcp_dials"].samples}
+        assert dials == {"ok": 7, "failed": 0}
+        drops = {s.labels["reason"]: s.value for s in fams["wgslirp_dropped_packets"].samples}
+        assert drops == {"mac1_invalid": 2}
+        assert fams["wgslirp_ring_depth"].samples[0].labels == {"ring": "in0"}
+        assert fams["wgslirp_worker_restarts"].samples[0].value == 1
+        assert fams["wgslirp_peer_last_handshake_seconds"].samples[0].value == 123.0
+        line = render_log(snap, "text")
+        assert line.startswith("metrics ") and "rx_packets=5" in line and "udp_flows=4" in line
+        doc = json.loads(render_log(snap, "json"))
+        assert doc["rx_packets"] == 5 and doc["per_peer"][0]["tx_bytes"] == 2000
+    finally:
+        block.close()
