@@ -159,8 +159,11 @@ def tcp_download(host: str, port: int, halfclose: bool) -> dict[str, object]:
 
 def tcp_echo_many(host: str, port: int, conns: int, size: int) -> dict[str, object]:
     import os
+    import resource
     import selectors
 
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sel = selectors.DefaultSelector()
     payloads: dict[int, bytes] = {}
     state: dict[int, list] = {}
