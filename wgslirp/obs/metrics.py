@@ -12,8 +12,9 @@ a value at most one interval old.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,3 +268,32 @@ _DROP_COUNTERS = frozenset({
     "source_rejected", "not_ipv4", "no_session_dropped", "ring_full_dropped", "egress_full",
     "udp_malformed", "too_big_dropped", "not_handled", "icmp_unavailable", "icmp_unsupported",
 })
+
+
+class Publisher:
+    """A loop timer that copies one process's counters into its section every interval."""
+
+    def __init__(self, section: Section, counters: Callable[[], Mapping[str, int]],
+                 turns: Callable[[], int], *, interval: float = 1.0,
+                 peers: Callable[[], Iterable[PeerSample]] | None = None,
+                 block: MetricsBlock | None = None) -> None:
+        self.section = section
+        self.counters = counters
+        self.turns = turns
+        self.interval = interval
+        self.peers = peers
+        self.block = block
+        self.pid = os.getpid()
+        self._next = 0.0  # publish on the first turn: the supervisor sees us alive at once
+
+    def get_timer(self) -> float | None:
+        return self._next
+
+    def handle_timer(self, now: float) -> None:
+        self.publish()
+        self._next = now + self.interval
+
+    def publish(self) -> None:
+        self.section.publish(self.counters(), self.pid, self.turns())
+        if self.peers is not None and self.block is not None:
+            self.block.publish_peers(self.peers())

@@ -18,9 +18,16 @@ from typing import Protocol
 from wgslirp.keys import encode_key
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.net.flow import shard_of
+from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import Consumer, Producer
-from wgslirp.wireguard.device import Device, HandshakeCompleted, HandshakeGaveUp, KeysZeroed
+from wgslirp.wireguard.device import (
+    Device,
+    DeviceStats,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    KeysZeroed,
+)
 from wgslirp.wireguard.messages import MSG_TRANSPORT
 from wgslirp.wireguard.peer import Peer
 
@@ -124,6 +131,7 @@ class Ingress:
         to_workers: list[Producer],
         from_workers: list[Consumer],
         to_workers_big: list[Producer] | None = None,
+        metrics: MetricsBlock | None = None,
     ) -> None:
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
@@ -169,6 +177,9 @@ class Ingress:
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
         loop.timers.append(self.reassembler)
+        if metrics is not None:
+            loop.timers.append(Publisher(metrics.ingress, self.stats, lambda: loop.turns,
+                                         peers=self.peer_samples, block=metrics))
 
     # ------------------------------------------------------------------ sending
 
@@ -323,7 +334,21 @@ class Ingress:
         out["gateway_echo_replies"] = self.echo_replies
         out["ring_full_dropped"] = sum(w.dropped for w in (*self.writers, *self.big_writers))
         out["fragments_reassembled_timeouts"] = self.reassembler.timed_out
+        out["unknown_peer_index"] = self.unknown_peer_index
+        out["peers"] = len(self.device.peers)
         return out
+
+    def peer_samples(self) -> list[PeerSample]:
+        return [PeerSample(p.public_key, p.index, p.rx_bytes, p.tx_bytes, p.rx_packets,
+                           p.tx_packets, p.handshakes, p.last_handshake_wall)
+                for p in self.device.peers.values()]
+
+
+INGRESS_COUNTERS: tuple[str, ...] = (
+    *DeviceStats.__annotations__,
+    "datagrams_received", "internal_errors", "send_errors", "gateway_echo_replies",
+    "ring_full_dropped", "fragments_reassembled_timeouts", "unknown_peer_index", "peers",
+)
 
 
 def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
