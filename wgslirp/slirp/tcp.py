@@ -1,0 +1,1416 @@
+"""Sans-I/O TCP endpoint: the passive side of one guest connection (RFC 9293).
+
+The guest always opens; the endpoint stands in for the remote host. Guest bytes land in a
+receive ring the bridge drains into the host socket (`peek_data`/`consume`); host bytes land in
+a send ring the bridge fills from the host socket (`write_buffer`/`commit_write`) and the
+endpoint sends them to the guest within the guest's window and the congestion window. Time is
+passed in; packets go out through an `Egress` the bridge supplies; nothing here blocks.
+
+Sequence numbers. Every 32-bit number from the wire is unwrapped once (`tcp_seq.unwrap`)
+against RCV.NXT or SND.UNA into an unbounded integer, so all the state below is plain
+integers and comparisons need no modular care (see tcp_seq's docstring).
+
+Buffers. Both rings are anonymous mmaps: pages are committed only when touched, so an idle
+connection holding 2 x 256 KiB of address space costs a few KiB, while a busy one pays for
+the window it uses. Out-of-order data is written straight into the receive ring at its final
+place (the ring covers the whole window we advertise, so any acceptable segment has a slot);
+reassembly only tracks which ranges arrived, and delivery is advancing RCV.NXT. Unacked data
+toward the guest stays in the send ring until acknowledged, which is the retransmission
+queue: a retransmission re-reads the ring.
+
+Fast path. `receive` first tries header prediction (RFC 9293 3.10.7.4, Van Jacobson's
+scheme): ESTABLISHED, only ACK/PSH, the next expected sequence number, no reassembly pending,
+no options or the standard timestamp layout, and either pure new data or a plain new ACK.
+That is the segment of every bulk transfer, and it touches a handful of attributes; anything
+else goes through the full RFC processing in `_slow`.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from wgslirp.net import tcp as wire
+from wgslirp.slirp import tcp_cc
+from wgslirp.slirp.context import Egress
+from wgslirp.slirp.tcp_seq import MASK, unwrap
+
+INF: Final = float("inf")
+_HALF: Final = 1 << 31
+
+_FIN: Final = wire.FIN
+_SYN: Final = wire.SYN
+_RST: Final = wire.RST
+_PSH: Final = wire.PSH
+_ACK: Final = wire.ACK
+
+_HDR = struct.Struct(">HHIIHH")  # the TCP header fields receive() needs
+_TS = struct.Struct(">II")
+_TS_PREFIX: Final = wire.TS_PREFIX
+_TS_OPT = struct.Struct(">III")  # the RFC 7323 Appendix A layout: NOP NOP 8 10, TSval, TSecr
+_TS_PREFIX_WORD: Final = int.from_bytes(wire.TS_PREFIX, "big")
+
+# Bounds that keep one connection's bookkeeping small whatever the guest sends.
+MAX_OOO_RANGES: Final = 32  # disjoint out-of-order ranges held (SACK can report 3 or 4)
+MAX_SACKED_RANGES: Final = 32  # ranges the guest reported in SACK blocks that we remember
+CHALLENGE_ACK_LIMIT: Final = 10  # RFC 5961 7: challenge ACKs per second
+EGRESS_RETRY: Final = 0.002  # egress ring full: look again this soon
+CLOCK_GRANULARITY: Final = 0.001  # "G" of RFC 6298 2.2; also the timestamp tick
+
+
+class TcpState(enum.Enum):
+    LISTEN_PENDING = "LISTEN_PENDING"  # guest SYN stored, host connect in progress
+    SYN_RECEIVED = "SYN_RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    CLOSE_WAIT = "CLOSE_WAIT"
+    LAST_ACK = "LAST_ACK"
+    FIN_WAIT_1 = "FIN_WAIT_1"
+    FIN_WAIT_2 = "FIN_WAIT_2"
+    CLOSING = "CLOSING"
+    TIME_WAIT = "TIME_WAIT"
+    CLOSED = "CLOSED"
+
+
+_LISTEN: Final = TcpState.LISTEN_PENDING
+_SYN_RCVD: Final = TcpState.SYN_RECEIVED
+_EST: Final = TcpState.ESTABLISHED
+_CLOSE_WAIT: Final = TcpState.CLOSE_WAIT
+_LAST_ACK: Final = TcpState.LAST_ACK
+_FIN_WAIT_1: Final = TcpState.FIN_WAIT_1
+_FIN_WAIT_2: Final = TcpState.FIN_WAIT_2
+_CLOSING: Final = TcpState.CLOSING
+_TIME_WAIT: Final = TcpState.TIME_WAIT
+_CLOSED: Final = TcpState.CLOSED
+
+# States in which we may still send data or our FIN (or must retransmit them).
+_SENDING: Final = frozenset({_EST, _CLOSE_WAIT, _FIN_WAIT_1, _CLOSING, _LAST_ACK})
+# States in which data from the guest is still accepted (it has not sent its FIN).
+_RECEIVING: Final = frozenset({_EST, _FIN_WAIT_1, _FIN_WAIT_2})
+
+
+@dataclass(frozen=True)
+class TcpParams:
+    mss: int = 1340  # our MSS ceiling (WG_MTU - 40, lowered by TCP_MSS_CLAMP)
+    sack: bool = True  # TCP_ENABLE_SACK; used only when the guest offers SACK
+    ack_delay: float = 0.010  # TCP_ACK_DELAY_MS / 1000
+    rcv_buffer: int = 256 * 1024  # guest bytes held before the host side takes them
+    snd_buffer: int = 256 * 1024  # bytes toward the guest held (unacked + unsent)
+    wscale: int = 7  # our window-scale shift, used only if the guest sent WS
+    cc: str = "newreno"  # "newreno" | "cubic" | "off" (TCP_CC)
+    rto_min: float = 0.2
+    rto_max: float = 60.0
+    rto_initial: float = 1.0
+    # TIME_WAIT exists to absorb old duplicates of this 4-tuple and to re-ACK a
+    # retransmitted final FIN. Our "network" is one WireGuard hop: a segment cannot linger
+    # for the 2 minutes of MSL, only for the tunnel's queueing (milliseconds); the guest
+    # retransmits a lost final FIN within its RTO (200 ms to 1 s), which 2 s still covers;
+    # and only the guest itself can reuse the 4-tuple, and its own stack keeps its TIME_WAIT.
+    # Holding state longer would only pin a host socket and a flow-table slot.
+    time_wait: float = 2.0
+    keepalive_idle: float = 0.0  # 0 = off; else probe the guest after this idle time
+    keepalive_interval: float = 10.0
+    keepalive_count: int = 6  # unanswered probes before the connection is given up
+    idle_timeout: float = 3600.0  # reset a connection idle this long (0 = never)
+    max_ooo_bytes: int = 256 * 1024  # how far past RCV.NXT out-of-order data is kept
+    ttl: int = 64
+    init_cwnd: int = 10  # initial window in segments (RFC 6928; TCP_INIT_CWND_MSS)
+    max_retries: int = 15  # consecutive RTO expirations before giving up (RST)
+    synack_retries: int = 5  # SYN-ACK retransmissions before giving up silently
+
+
+def _ring(size: int) -> mmap.mmap:
+    return mmap.mmap(-1, max(size, 1))
+
+
+class TcpEndpoint:
+    """One guest connection; see the module docstring for the shape."""
+
+    __slots__ = (
+        "_ack_delay",
+        "_ack_now",
+        "_challenge_count",
+        "_challenge_second",
+        "_dupacks",
+        "_fin_queued",
+        "_fin_seq",
+        "_guest_mss",
+        "_in_recovery",
+        "_ka_probes",
+        "_last_ack_sent",
+        "_last_host",
+        "_last_rx",
+        "_max_snd_wnd",
+        "_mss",
+        "_ooo",
+        "_ooo_fin",
+        "_ooo_stamp",
+        "_p",
+        "_pending_rst",
+        "_persist_backoff",
+        "_probes",
+        "_rcv_adv_edge",
+        "_rcv_base",
+        "_rcv_buf",
+        "_rcv_cap",
+        "_rcv_mss",
+        "_rcv_mv",
+        "_rcv_nxt",
+        "_rcv_read",
+        "_rcv_ws",
+        "_recover",
+        "_retries",
+        "_rexmit",
+        "_rexmit_high",
+        "_rto",
+        "_rtt_seq",
+        "_rtt_time",
+        "_rttvar",
+        "_sack_ok",
+        "_sacked",
+        "_snd_base",
+        "_snd_buf",
+        "_snd_cap",
+        "_snd_end",
+        "_snd_max",
+        "_snd_mv",
+        "_snd_nxt",
+        "_snd_una",
+        "_snd_wl1",
+        "_snd_wl2",
+        "_snd_wnd",
+        "_snd_ws",
+        "_srtt",
+        "_sws_thresh",
+        "_synack_now",
+        "_synack_rexmitted",
+        "_t_delack",
+        "_t_persist",
+        "_t_retry",
+        "_t_rto",
+        "_t_tw",
+        "_ts_offset",
+        "_ts_ok",
+        "_ts_recent",
+        "_unacked",
+        "_writer",
+        "_wscale_ok",
+        "bytes_in",
+        "bytes_out",
+        "cc",
+        "challenge_acks",
+        "dup_acks",
+        "egress",
+        "fast_retransmits",
+        "guest_fin",
+        "irs",
+        "iss",
+        "local",
+        "ooo_segments",
+        "peer",
+        "remote",
+        "reopen",
+        "reset",
+        "retransmits",
+        "rto_expirations",
+        "state",
+        "timed_out",
+    )
+
+    def __init__(self, params: TcpParams, *, local: tuple[int, int], remote: tuple[int, int],
+                 iss: int, now: float, egress: Egress, peer: int = 0) -> None:
+        self._p = params
+        self.local = local
+        self.remote = remote
+        self.egress = egress
+        self.peer = peer
+        self.state = _LISTEN
+        self.guest_fin = False  # guest FIN received in order: no more guest data will come
+        self.reset = False  # the guest reset the connection
+        self.timed_out = False  # we gave up (retries, keepalive, idle) and sent RST
+        self.reopen = False  # a new SYN for this 4-tuple arrived in TIME_WAIT (see receive)
+        self._writer = wire.SegmentWriter(local[0], remote[0], local[1], remote[1],
+                                          params.ttl, 0, iss >> 7)
+        self._ack_delay = params.ack_delay
+
+        iss &= MASK
+        self.iss = iss
+        self._snd_una = iss
+        self._snd_nxt = iss
+        self._snd_max = iss
+        self._snd_base = iss + 1  # sequence number of the first data byte
+        self._snd_end = iss + 1  # one past the last byte queued by the host side
+        self._snd_cap = max(params.snd_buffer, 1)
+        self._snd_buf = _ring(self._snd_cap)
+        self._snd_mv = memoryview(self._snd_buf)
+        self._snd_wnd = 0
+        self._snd_wl1 = 0
+        self._snd_wl2 = iss
+        self._max_snd_wnd = 0
+        self._snd_ws = 0
+        self._fin_queued = False
+        self._fin_seq = -1
+
+        self.irs = 0
+        self._rcv_nxt = 0
+        self._rcv_base = 0
+        self._rcv_read = 0
+        self._rcv_cap = max(params.rcv_buffer, 1)
+        self._rcv_buf = _ring(self._rcv_cap)
+        self._rcv_mv = memoryview(self._rcv_buf)
+        self._rcv_adv_edge = 0
+        self._rcv_ws = 0
+        self._rcv_mss = min(wire.DEFAULT_MSS, params.mss)
+        self._ooo: list[list[int]] = []  # [start, end, stamp], sorted by start
+        self._ooo_fin = -1
+        self._ooo_stamp = 0
+        self._ack_now = False
+        self._unacked = 0
+        self._last_ack_sent = 0
+
+        self._guest_mss = wire.DEFAULT_MSS
+        self._mss = min(wire.DEFAULT_MSS, params.mss)  # payload of a full data segment
+        self._sws_thresh = 1
+        self._wscale_ok = False
+        self._sack_ok = False
+        self._ts_ok = False
+        self._ts_recent = 0
+        self._ts_offset = (iss * 2654435761) & MASK  # hides our uptime in TSval
+
+        self.cc = tcp_cc.make(params.cc, self._mss, params.init_cwnd * self._mss)
+        self._dupacks = 0
+        self._in_recovery = False
+        self._recover = iss
+        self._rexmit: list[int] = []  # starts of segments to retransmit on the next flush
+        self._rexmit_high = iss
+        self._sacked: list[list[int]] = []  # [start, end] the guest reported, sorted
+
+        self._srtt = 0.0
+        self._rttvar = 0.0
+        self._rto = params.rto_initial
+        self._rtt_seq = -1  # timed segment ends here (-1: nothing timed)
+        self._rtt_time = 0.0
+        self._retries = 0
+        self._synack_now = False
+        self._synack_rexmitted = False
+        self._pending_rst: tuple[int, int, int] | None = None
+
+        self._t_rto = INF
+        self._t_delack = INF
+        self._t_persist = INF
+        self._persist_backoff = 0
+        self._t_tw = INF
+        self._t_retry = INF
+        self._last_rx = now
+        self._last_host = now
+        self._ka_probes = 0
+        self._probes = 0
+        self._challenge_second = 0
+        self._challenge_count = 0
+
+        self.retransmits = 0
+        self.fast_retransmits = 0
+        self.rto_expirations = 0
+        self.dup_acks = 0
+        self.ooo_segments = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.challenge_acks = 0
+
+    # ================================================================== bridge queries
+
+    @property
+    def closed(self) -> bool:
+        return self.state is _CLOSED
+
+    @property
+    def tos(self) -> int:
+        return self._writer.tos
+
+    @tos.setter
+    def tos(self, value: int) -> None:
+        """COPY_TOS: the bridge may mirror the guest's DSCP/ECN byte."""
+        self._writer.tos = value & 0xFF
+
+    @property
+    def mss(self) -> int:
+        """Payload bytes of a full segment toward the guest."""
+        return self._mss
+
+    @property
+    def snd_wnd(self) -> int:
+        """The guest's current receive window in bytes."""
+        return self._snd_wnd
+
+    @property
+    def in_flight(self) -> int:
+        return self._snd_max - self._snd_una
+
+    @property
+    def srtt(self) -> float:
+        return self._srtt
+
+    @property
+    def rto(self) -> float:
+        return self._rto
+
+    def readable(self) -> int:
+        return self._rcv_nxt - self.guest_fin - self._rcv_read
+
+    def peek_data(self) -> memoryview:
+        avail = self._rcv_nxt - self.guest_fin - self._rcv_read
+        if avail <= 0:
+            return self._rcv_mv[:0]
+        cap = self._rcv_cap
+        idx = (self._rcv_read - self._rcv_base) % cap
+        end = idx + avail
+        return self._rcv_mv[idx : min(end, cap)]
+
+    def consume(self, n: int, now: float) -> None:
+        """The host side took `n` bytes. Reopening the window is announced with an ACK only
+        when it at least doubles what the guest was last told and grows by the SWS
+        threshold (RFC 9293 3.8.6.2.2), so a host reading in small pieces does not make us
+        send a window update per read."""
+        if n <= 0:
+            return
+        n = min(n, self.readable())
+        self._rcv_read += n
+        if self.state not in _RECEIVING:
+            return
+        cur = self._rcv_adv_edge - self._rcv_nxt
+        new = self._rcv_read + self._rcv_cap - self._rcv_nxt
+        if new >= 2 * cur and new - cur >= self._sws_thresh:
+            self._ack_now = True
+
+    def send_space(self) -> int:
+        if self._fin_queued or self.state not in _ACCEPTING_WRITES:
+            return 0
+        head = max(min(self._snd_una, self._snd_end), self._snd_base)
+        return self._snd_cap - (self._snd_end - head)
+
+    def write_buffer(self, n: int) -> memoryview:
+        space = self.send_space()
+        if n > space:
+            n = space
+        cap = self._snd_cap
+        idx = (self._snd_end - self._snd_base) % cap
+        if idx + n > cap:
+            n = cap - idx
+        return self._snd_mv[idx : idx + max(n, 0)]
+
+    def commit_write(self, n: int, now: float) -> None:
+        if n <= 0:
+            return
+        if n > self.send_space():
+            raise ValueError("commit_write beyond the space write_buffer offered")
+        self._snd_end += n
+        self._last_host = now
+
+    def write(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        src = memoryview(data)
+        done = 0
+        while done < len(src):
+            view = self.write_buffer(len(src) - done)
+            k = len(view)
+            if not k:
+                break
+            view[:] = src[done : done + k]
+            self.commit_write(k, now)
+            done += k
+        return done
+
+    def shutdown(self, now: float) -> None:
+        """The host side sent EOF: our FIN follows the data already queued."""
+        if self._fin_queued or self.state in (_CLOSED, _TIME_WAIT):
+            return
+        self._fin_queued = True
+        self._fin_seq = self._snd_end
+        self._last_host = now
+
+    def abort(self, now: float) -> None:
+        """Reset the guest's connection (host side failed) and close."""
+        st = self.state
+        if st is _CLOSED:
+            return
+        if st is _LISTEN:
+            self._pending_rst = (0, self.irs + 1, _RST | _ACK)
+        elif st is not _TIME_WAIT:
+            self._pending_rst = (self._snd_nxt, self._rcv_nxt, _RST | _ACK)
+        self._close()
+        self._send_pending_rst(now)
+
+    # ================================================================== handshake
+
+    def on_syn(self, pkt: memoryview, n: int, now: float) -> None:
+        """The guest's first SYN: remember its sequence number and options. The SYN-ACK
+        waits for `accept`, so a host that refuses can still be reported as a refusal."""
+        parsed = wire.parse(pkt, n)
+        if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
+            return
+        opts = wire.parse_options(pkt, parsed[8], parsed[9])
+        if opts is None:
+            opts = wire.Options()
+        p = self._p
+        seq = parsed[4]
+        self.irs = seq
+        self._rcv_nxt = seq + 1
+        self._rcv_base = seq + 1
+        self._rcv_read = seq + 1
+        self._last_ack_sent = seq + 1
+        self._snd_wl1 = seq
+        self._snd_wnd = parsed[7]  # RFC 7323 2.2: the window in a SYN is never scaled
+        self._max_snd_wnd = self._snd_wnd
+        self._guest_mss = opts.mss if opts.mss else wire.DEFAULT_MSS
+        self._wscale_ok = opts.wscale is not None
+        if opts.wscale is not None:
+            self._snd_ws = opts.wscale
+            self._rcv_ws = min(max(p.wscale, 0), wire.MAX_WSCALE)
+        else:
+            self._snd_ws = self._rcv_ws = 0
+        self._sack_ok = opts.sack_perm and p.sack
+        self._ts_ok = opts.ts_val is not None
+        self._ts_recent = opts.ts_val or 0
+        mss = max(min(self._guest_mss, p.mss) - (wire.TS_OPTION_LEN if self._ts_ok else 0),
+                  64)
+        self._mss = mss
+        self.cc.set_mss(mss)
+        self._rcv_mss = min(p.mss, 536)
+        self._sws_thresh = max(1, min(self._rcv_cap // 2, p.mss))
+        self._rcv_adv_edge = self._rcv_nxt + min(self._rcv_cap, 0xFFFF)
+        self._last_rx = now
+        self.state = _LISTEN
+
+    def accept(self, now: float) -> None:
+        """Host connect succeeded: answer the guest's SYN."""
+        if self.state is not _LISTEN:
+            return
+        self.state = _SYN_RCVD
+        self._snd_nxt = self._snd_max = self.iss + 1
+        self._synack_now = True
+        self._t_rto = now + self._rto
+        self._rtt_time = now
+        self._send_synack(now)
+
+    def refuse(self, now: float) -> None:
+        """Host connect failed and the bridge chose RST: RST/ACK for the guest's SYN."""
+        if self.state is not _LISTEN:
+            return
+        self._pending_rst = (0, self.irs + 1, _RST | _ACK)
+        self._close()
+        self._send_pending_rst(now)
+
+    def _syn_options(self, now: float) -> bytes:
+        p = self._p
+        return wire.options_bytes(
+            mss=p.mss,
+            wscale=self._rcv_ws if self._wscale_ok else None,
+            sack_perm=self._sack_ok,
+            ts=(self._ts_now(now), self._ts_recent) if self._ts_ok else None,
+        )
+
+    def _send_synack(self, now: float) -> None:
+        slot = self.egress.reserve()
+        if slot is None:
+            self._t_retry = now + EGRESS_RETRY
+            return
+        opts = self._syn_options(now)
+        n = self._writer.write(slot, self.iss, self._rcv_nxt, _SYN | _ACK,
+                               min(self._rcv_cap, 0xFFFF), opts, 0)
+        self.egress.commit(n, self.peer)
+        self._synack_now = False
+        self._ack_sent()
+
+    # ================================================================== receive
+
+    def receive(self, pkt: memoryview, n: int, now: float) -> None:
+        """A segment from the guest (a whole IPv4 packet whose header ingress checked)."""
+        ihl = (pkt[0] & 0x0F) << 2
+        total = (pkt[2] << 8) | pkt[3]
+        if total > n:
+            total = n
+        if total < ihl + 20:
+            return
+        _, _, seq_w, ack_w, offflags, wnd = _HDR.unpack_from(pkt, ihl)
+        doff = (offflags >> 12) << 2
+        flags = offflags & 0x3F
+        off = ihl + doff
+        plen = total - off
+        if plen < 0 or doff < 20:
+            return
+        self._last_rx = now
+        self._ka_probes = 0
+        self._probes = 0
+
+        # ---- header prediction -------------------------------------------------------
+        if (
+            self.state is _EST and flags & 0x17 == _ACK and not self._ooo
+            and seq_w == self._rcv_nxt & MASK
+        ):
+            tsval = -1
+            tsecr = 0
+            fast = True
+            if doff == 32:
+                prefix, tsval, tsecr = _TS_OPT.unpack_from(pkt, ihl + 20)
+                if prefix != _TS_PREFIX_WORD or not self._ts_ok:
+                    fast = False
+                elif (tsval - self._ts_recent) & MASK >= _HALF:
+                    fast = False  # PAWS: leave it to the full check
+            elif doff != 20:
+                fast = False
+            if fast:
+                una = self._snd_una
+                ack = unwrap(ack_w, una)
+                if plen:
+                    # New data, nothing new acknowledged: the bulk upload case.
+                    if (ack != una or self._ooo_fin >= 0
+                            or plen > self._rcv_read + self._rcv_cap - self._rcv_nxt):
+                        fast = False
+                elif ack <= una or ack > self._snd_max or self._in_recovery or self._sacked:
+                    fast = False  # duplicate ACK, window probe, or ACK needing care
+                if fast:
+                    if tsval >= 0 and self._rcv_nxt == self._last_ack_sent:
+                        self._ts_recent = tsval
+                    wnd <<= self._snd_ws
+                    self._snd_wnd = wnd
+                    if wnd > self._max_snd_wnd:
+                        self._max_snd_wnd = wnd
+                    self._snd_wl1 = self._rcv_nxt
+                    self._snd_wl2 = ack
+                    if plen:
+                        self._deliver(pkt, ihl + doff, plen, now)
+                    else:
+                        self._on_new_ack(ack, now, tsecr)
+                        if self._t_persist != INF and wnd:
+                            self._t_persist = INF
+                            self._persist_backoff = 0
+                    return
+        self._slow(pkt, ihl, doff, flags, seq_w, ack_w, wnd, plen, now)
+
+    def _deliver(self, pkt: memoryview, off: int, plen: int, now: float) -> None:
+        """In-order data at RCV.NXT that fits the ring: copy, advance, decide on the ACK
+        (RFC 1122 / RFC 5681 4.2: at least every second full-sized segment, otherwise
+        within the delayed-ACK time)."""
+        nxt = self._rcv_nxt
+        cap = self._rcv_cap
+        idx = (nxt - self._rcv_base) % cap
+        end = idx + plen
+        mv = self._rcv_mv
+        if end <= cap:
+            mv[idx:end] = pkt[off : off + plen]
+        else:
+            k = cap - idx
+            mv[idx:cap] = pkt[off : off + k]
+            mv[0 : end - cap] = pkt[off + k : off + plen]
+        self._rcv_nxt = nxt + plen
+        self.bytes_in += plen
+        if plen > self._rcv_mss:
+            self._rcv_mss = plen
+        unacked = self._unacked + plen
+        self._unacked = unacked
+        if unacked >= 2 * self._rcv_mss:
+            self._ack_now = True
+        elif self._t_delack == INF:
+            self._t_delack = now + self._ack_delay
+
+    def _slow(self, pkt: memoryview, ihl: int, doff: int, flags: int, seq_w: int,
+              ack_w: int, wnd: int, plen: int, now: float) -> None:
+        """RFC 9293 3.10.7 "SEGMENT ARRIVES", with RFC 5961 and RFC 7323 checks."""
+        st = self.state
+        if st is _CLOSED:
+            self._answer_closed(flags, seq_w, ack_w, plen)
+            return
+        if st is _LISTEN:
+            self._slow_listen(pkt, ihl + doff + plen, flags, seq_w, now)
+            return
+        opts: wire.Options | None = None
+        if doff > 20:
+            opts = wire.parse_options(pkt, ihl + 20, ihl + doff)
+            if opts is None:
+                return
+        rst = flags & _RST
+        syn = flags & _SYN
+        fin = flags & _FIN
+
+        if st is _SYN_RCVD:
+            if rst:
+                if 0 <= unwrap(seq_w, self._rcv_nxt) - self._rcv_nxt < max(
+                        self._rcv_adv_edge - self._rcv_nxt, 1):
+                    self.reset = True
+                    self._close()
+                return
+            if syn:
+                # The guest did not get our SYN-ACK (or it crossed its retransmission):
+                # answer with the same one.
+                if not flags & _ACK:
+                    self._synack_now = True
+                    self._synack_rexmitted = True
+                return
+            if not flags & _ACK:
+                return
+            ack = unwrap(ack_w, self._snd_una)
+            if ack != self.iss + 1:
+                self._pending_rst = (ack_w, 0, _RST)
+                return
+            self._establish(ack, wnd, unwrap(seq_w, self._rcv_nxt), now)
+            st = self.state
+
+        seq = unwrap(seq_w, self._rcv_nxt)
+        tsval = -1
+        tsecr = 0
+        if opts is not None and opts.ts_val is not None and self._ts_ok:
+            tsval = opts.ts_val
+            tsecr = opts.ts_ecr
+
+        # A new SYN for this 4-tuple while we linger in TIME_WAIT is the guest reusing its
+        # port: RFC 9293 3.10.7.4 / RFC 6191 accept it when it is clearly newer.
+        if st is _TIME_WAIT and syn and not rst and not flags & _ACK and (
+                seq > self._rcv_nxt or (
+                    tsval >= 0 and (tsval - self._ts_recent) & MASK < _HALF
+                    and tsval != self._ts_recent)):
+            self.reopen = True
+            self._close()
+            return
+
+        # PAWS (RFC 7323 5.3): a timestamp older than TS.Recent marks an old duplicate.
+        if tsval >= 0 and not rst and (tsval - self._ts_recent) & MASK >= _HALF:
+            self._ack_now = True
+            return
+
+        # Acceptability (RFC 9293 3.10.7.4 first check).
+        nxt = self._rcv_nxt
+        limit = self._rcv_read + self._rcv_cap  # we can hold up to here
+        rwnd = max(limit - nxt, self._rcv_adv_edge - nxt, 0)
+        seg_len = plen + (1 if syn else 0) + (1 if fin else 0)
+        if seg_len == 0:
+            ok = seq == nxt if rwnd == 0 else nxt <= seq < nxt + rwnd
+        elif rwnd == 0:
+            ok = False
+        else:
+            ok = nxt <= seq < nxt + rwnd or nxt <= seq + seg_len - 1 < nxt + rwnd
+        if not ok:
+            if rst:
+                return
+            if syn:
+                self._challenge_ack(now)
+                return
+            self._ack_now = True  # tells a window probe or a retransmission where we are
+            if st is _TIME_WAIT and fin:
+                self._t_tw = now + self._p.time_wait  # their FIN again: our ACK was lost
+            return
+
+        if rst:
+            # RFC 5961 3.2: only an exact hit resets; elsewhere in the window, challenge.
+            if seq == nxt:
+                self.reset = True
+                self._close()
+            else:
+                self._challenge_ack(now)
+            return
+        if syn:
+            self._challenge_ack(now)  # RFC 5961 4.2
+            return
+        if not flags & _ACK:
+            return
+
+        # ---- ACK ---------------------------------------------------------------------
+        una = self._snd_una
+        ack = unwrap(ack_w, una)
+        if ack > self._snd_max:
+            self._ack_now = True  # acknowledges something we never sent
+            return
+        if ack < una - max(self._max_snd_wnd, 1):
+            self._ack_now = True  # RFC 5961 5.2: too old to be believed
+            return
+        if opts is not None and opts.sack and self._sack_ok:
+            self._take_sack(opts.sack)
+        scaled = wnd << self._snd_ws
+        if ack > una:
+            self._on_new_ack(ack, now, tsecr)
+        elif (ack == una and plen == 0 and not fin and scaled == self._snd_wnd
+              and self._snd_max > una):
+            self._on_dup_ack(now)
+        if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
+            self._snd_wnd = scaled
+            if scaled > self._max_snd_wnd:
+                self._max_snd_wnd = scaled
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
+            if scaled and self._t_persist != INF:
+                self._t_persist = INF
+                self._persist_backoff = 0
+        if tsval >= 0 and seq <= self._last_ack_sent:
+            self._ts_recent = tsval
+
+        st = self.state
+        if st is _CLOSED:
+            return
+        if st is _TIME_WAIT:
+            if fin:
+                self._ack_now = True
+                self._t_tw = now + self._p.time_wait
+            return
+
+        # ---- data ----------------------------------------------------------------------
+        off = ihl + doff
+        if plen and st in _RECEIVING:
+            if seq < nxt:  # trim what we already have
+                cut = nxt - seq
+                off += cut
+                plen -= cut
+                seq = nxt
+            if seq + plen > limit:  # and what we cannot hold
+                plen = max(limit - seq, 0)
+                fin = 0
+            if plen:
+                if seq == nxt:
+                    self._deliver(pkt, off, plen, now)
+                    if self._ooo or self._ooo_fin >= 0:
+                        self._pull_ooo()
+                        self._ack_now = True  # RFC 5681 4.2: a filled gap is ACKed at once
+                else:
+                    self._store_ooo(seq, pkt, off, plen)
+                    self._ack_now = True  # RFC 5681 4.2: out-of-order data, ACK at once
+        elif plen:
+            plen = 0  # data after the guest's FIN: nothing can be done with it
+
+        # ---- FIN -----------------------------------------------------------------------
+        if fin and st in _RECEIVING:
+            fin_at = seq + plen
+            if fin_at == self._rcv_nxt:
+                self._on_guest_fin(now)
+            elif fin_at > self._rcv_nxt:
+                self._ooo_fin = fin_at
+                self._ack_now = True
+        elif fin:
+            self._ack_now = True  # a retransmitted FIN: re-ACK it
+
+    def _slow_listen(self, pkt: memoryview, n: int, flags: int, seq_w: int,
+                     now: float) -> None:
+        """Before `accept`: only a reset or a changed SYN from the guest matters."""
+        if flags & _RST:
+            if seq_w == self._rcv_nxt & MASK:
+                self.reset = True
+                self._close()
+            return
+        if flags & _SYN and not flags & _ACK and seq_w != self.irs:
+            self.on_syn(pkt, n, now)  # the guest started over with a new ISN
+
+    def _answer_closed(self, flags: int, seq_w: int, ack_w: int, plen: int) -> None:
+        """RFC 9293 3.10.7.1: anything but a RST to a closed connection is answered by RST."""
+        if flags & _RST:
+            return
+        if flags & _ACK:
+            self._pending_rst = (ack_w, 0, _RST)
+        else:
+            seg_len = plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
+            self._pending_rst = (0, (seq_w + seg_len) & MASK, _RST | _ACK)
+
+    def _establish(self, ack: int, wnd: int, seq: int, now: float) -> None:
+        self.state = _EST
+        self._snd_una = ack
+        self._snd_wnd = wnd << self._snd_ws
+        self._max_snd_wnd = max(self._max_snd_wnd, self._snd_wnd)
+        self._snd_wl1 = seq
+        self._snd_wl2 = ack
+        self._t_rto = INF
+        self._retries = 0
+        if not self._synack_rexmitted:
+            self._rtt_sample(now - self._rtt_time, now)  # Karn: only an unrepeated SYN-ACK
+        elif self._srtt == 0.0:
+            # RFC 6298 5.7: a retransmitted handshake without a sample starts data at 3 s.
+            self._rto = max(self._rto, 3.0)
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 7: challenge ACKs are rate limited so they cannot be used to flood."""
+        second = int(now)
+        if second != self._challenge_second:
+            self._challenge_second = second
+            self._challenge_count = 0
+        if self._challenge_count < CHALLENGE_ACK_LIMIT:
+            self._challenge_count += 1
+            self.challenge_acks += 1
+            self._ack_now = True
+
+    def _on_guest_fin(self, now: float) -> None:
+        self._rcv_nxt += 1
+        self.guest_fin = True
+        self._ooo_fin = -1
+        self._ack_now = True  # a FIN is acknowledged at once, also when it rode on data
+        st = self.state
+        if st is _EST:
+            self.state = _CLOSE_WAIT
+        elif st is _FIN_WAIT_1:
+            if self._fin_acked():
+                self._enter_time_wait(now)
+            else:
+                self.state = _CLOSING
+        elif st is _FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = _TIME_WAIT
+        self._t_tw = now + self._p.time_wait
+        self._t_rto = self._t_persist = INF
+        self._rexmit.clear()
+
+    def _fin_acked(self) -> bool:
+        return self._fin_queued and self._snd_una > self._fin_seq
+
+    # ---- out-of-order reassembly ---------------------------------------------------------
+
+    def _store_ooo(self, seq: int, pkt: memoryview, off: int, plen: int) -> None:
+        """Keep data beyond a gap in its final place in the ring and remember the range.
+        Bounded by `max_ooo_bytes` past RCV.NXT and MAX_OOO_RANGES disjoint ranges; what
+        does not fit is dropped (the guest retransmits it)."""
+        self.ooo_segments += 1
+        end = seq + plen
+        bound = self._rcv_nxt + self._p.max_ooo_bytes
+        if end > bound:
+            end = bound
+            plen = end - seq
+            if plen <= 0:
+                return
+        ranges = self._ooo
+        # Find the ranges this one touches (overlaps or abuts) and merge them.
+        i = 0
+        nr = len(ranges)
+        while i < nr and ranges[i][1] < seq:
+            i += 1
+        j = i
+        while j < nr and ranges[j][0] <= end:
+            j += 1
+        if i == j and nr >= MAX_OOO_RANGES:
+            return
+        cap = self._rcv_cap
+        idx = (seq - self._rcv_base) % cap
+        e = idx + plen
+        mv = self._rcv_mv
+        if e <= cap:
+            mv[idx:e] = pkt[off : off + plen]
+        else:
+            k = cap - idx
+            mv[idx:cap] = pkt[off : off + k]
+            mv[0 : e - cap] = pkt[off + k : off + plen]
+        self._ooo_stamp += 1
+        if i < j:
+            seq = min(seq, ranges[i][0])
+            end = max(end, ranges[j - 1][1])
+        ranges[i:j] = [[seq, end, self._ooo_stamp]]
+
+    def _pull_ooo(self) -> None:
+        ranges = self._ooo
+        nxt = self._rcv_nxt
+        while ranges and ranges[0][0] <= nxt:
+            r = ranges.pop(0)
+            if r[1] > nxt:
+                self.bytes_in += r[1] - nxt
+                nxt = r[1]
+        self._rcv_nxt = nxt
+        if self._ooo_fin == nxt:
+            self._on_guest_fin(self._last_rx)
+
+    def _sack_blocks(self) -> list[tuple[int, int]]:
+        """RFC 2018 4: the block holding the latest segment first, then the most recent
+        others, as many as fit next to the timestamp option."""
+        most = 3 if self._ts_ok else 4
+        ranges = sorted(self._ooo, key=lambda r: -r[2])[:most]
+        return [(r[0] & MASK, r[1] & MASK) for r in ranges]
+
+    # ================================================================== ACK processing
+
+    def _on_new_ack(self, ack: int, now: float, tsecr: int) -> None:
+        una = self._snd_una
+        flight = self._snd_max - una
+        self._snd_una = ack
+        if self._snd_nxt < ack:
+            self._snd_nxt = ack  # an ACK beyond a go-back-N restart point
+        resent = self._rexmit_high > ack  # recovery already resent the segment at `ack`
+        if not resent:
+            self._rexmit_high = ack
+        if self._sacked:
+            self._trim_sacked(ack)
+        # RTT: a timed segment (Karn: never a retransmitted one) or the echoed timestamp.
+        if self._rtt_seq >= 0 and ack >= self._rtt_seq:
+            self._rtt_sample(now - self._rtt_time, now, flight)
+            self._rtt_seq = -1
+        elif tsecr and self._ts_ok:
+            rtt_ms = (self._ts_now(now) - tsecr) & MASK
+            if rtt_ms < 60_000:
+                self._rtt_sample(rtt_ms / 1000.0, now, flight)
+        self._retries = 0
+        # Data bytes acknowledged (not SYN/FIN sequence numbers) feed the window.
+        data_acked = min(ack, self._snd_end) - max(una, self._snd_base)
+        if self._in_recovery:
+            if ack >= self._recover:
+                self._in_recovery = False
+                self._dupacks = 0
+                self.cc.on_recovery_end(self._snd_max - ack, now)
+            else:
+                # RFC 6582 3.2 step 5: partial ACK, the next hole is lost too.
+                self.cc.on_partial_ack(max(data_acked, 0))
+                if not resent:
+                    self._queue_rexmit(ack)
+        else:
+            self._dupacks = 0
+            if data_acked > 0:
+                self.cc.on_ack(data_acked, flight, now, self._srtt)
+        # RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
+        if ack >= self._snd_max:
+            self._t_rto = INF
+        else:
+            self._t_rto = now + self._rto
+        st = self.state
+        if st is not _EST and self._fin_queued and ack > self._fin_seq:
+            if st is _FIN_WAIT_1:
+                self.state = _FIN_WAIT_2
+            elif st is _CLOSING:
+                self._enter_time_wait(now)
+            elif st is _LAST_ACK:
+                self._close()
+
+    def _on_dup_ack(self, now: float) -> None:
+        self.dup_acks += 1
+        if self._in_recovery:
+            # Another segment left the network: fill the next SACK hole with it if there
+            # is one, else let the inflated window release new data.
+            hole = self._next_hole()
+            if hole >= 0:
+                self._queue_rexmit(hole)
+            else:
+                self.cc.on_dup_ack_in_recovery()
+            return
+        self._dupacks += 1
+        if self._dupacks == 3 and self._snd_una >= self._recover:
+            # RFC 5681 3.2 fast retransmit; RFC 6582 3.2 step 2 keeps a second loss
+            # within the same window (una below `recover`) from halving twice.
+            flight = self._snd_max - self._snd_una
+            self._in_recovery = True
+            self._recover = self._snd_max
+            self.cc.on_fast_retransmit(flight, now)
+            self.fast_retransmits += 1
+            self._rtt_seq = -1
+            self._rexmit_high = self._snd_una
+            self._queue_rexmit(self._snd_una)
+
+    def _queue_rexmit(self, seq: int) -> None:
+        if seq < self._snd_max and seq not in self._rexmit:
+            self._rexmit.append(seq)
+
+    def _take_sack(self, blocks: list[tuple[int, int]]) -> None:
+        una = self._snd_una
+        smax = self._snd_max
+        sacked = self._sacked
+        for left_w, right_w in blocks:
+            left = unwrap(left_w, una)
+            right = unwrap(right_w, una)
+            if not una <= left < right <= smax:
+                continue  # D-SACK (RFC 2883) or bogus: nothing to learn for recovery
+            i = 0
+            n = len(sacked)
+            while i < n and sacked[i][1] < left:
+                i += 1
+            j = i
+            while j < n and sacked[j][0] <= right:
+                j += 1
+            if i < j:
+                left = min(left, sacked[i][0])
+                right = max(right, sacked[j - 1][1])
+            elif n >= MAX_SACKED_RANGES:
+                continue
+            sacked[i:j] = [[left, right]]
+
+    def _trim_sacked(self, una: int) -> None:
+        sacked = self._sacked
+        while sacked and sacked[0][1] <= una:
+            sacked.pop(0)
+        if sacked and sacked[0][0] < una:
+            sacked[0][0] = una
+
+    def _next_hole(self) -> int:
+        """Start of the first unSACKed byte at or after what recovery already resent that
+        lies below the highest SACKed byte, or -1 (RFC 6675's NextSeg, simplified)."""
+        sacked = self._sacked
+        if not sacked:
+            return -1
+        s = max(self._rexmit_high, self._snd_una)
+        for left, right in sacked:
+            if s < left:
+                return s
+            if s < right:
+                s = right
+        return -1
+
+    def _rtt_sample(self, rtt: float, now: float, flight: int = 0) -> None:
+        """RFC 6298 2.2-2.3; with timestamps every ACK is a sample, so the gains are divided
+        by the samples expected per window (RFC 7323 Appendix G) to keep the estimator's
+        memory about one RTT long."""
+        if rtt < 0:
+            return
+        if self._srtt == 0.0:
+            self._srtt = rtt
+            self._rttvar = rtt / 2
+        else:
+            k = max(1, -(-flight // (2 * self._mss))) if self._ts_ok else 1
+            alpha = 0.125 / k
+            beta = 0.25 / k
+            self._rttvar = (1 - beta) * self._rttvar + beta * abs(self._srtt - rtt)
+            self._srtt = (1 - alpha) * self._srtt + alpha * rtt
+        p = self._p
+        self._rto = min(max(self._srtt + max(CLOCK_GRANULARITY, 4 * self._rttvar), p.rto_min),
+                        p.rto_max)
+
+    def _ts_now(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & MASK
+
+    # ================================================================== output
+
+    def flush(self, now: float) -> None:
+        """Send what the windows allow and any ACK that is due."""
+        if self._pending_rst is not None:
+            self._send_pending_rst(now)
+        st = self.state
+        if st is _CLOSED or st is _LISTEN:
+            return
+        if self._t_retry != INF:
+            if now < self._t_retry:
+                return
+            self._t_retry = INF
+        if st is _SYN_RCVD:
+            if self._synack_now:
+                self._send_synack(now)
+            return
+        sent = False
+        if st in _SENDING and (self._rexmit or self._snd_nxt < self._snd_end
+                               or (self._fin_queued and self._snd_nxt <= self._fin_seq)):
+            sent = self._send_data(now)
+        if self._ack_now and not sent and self._t_retry == INF:
+            self._send_ack(now)
+
+    def _ack_fields(self, now: float) -> tuple[int, bytes]:
+        """Window field and options for the segments of one flush."""
+        nxt = self._rcv_nxt
+        edge = self._rcv_read + self._rcv_cap
+        adv = self._rcv_adv_edge
+        if edge - adv < self._sws_thresh and adv >= nxt:
+            edge = adv  # receiver SWS avoidance: do not open the window by a sliver
+        wnd = edge - nxt
+        if wnd < 0:
+            wnd = 0
+        ws = self._rcv_ws
+        field = wnd >> ws
+        if field > 0xFFFF:
+            field = 0xFFFF
+        new_edge = nxt + (field << ws)
+        if new_edge > adv:
+            self._rcv_adv_edge = new_edge
+        if self._ts_ok:
+            opts = _TS_PREFIX + _TS.pack(self._ts_now(now), self._ts_recent)
+            if self._ooo and self._sack_ok:
+                opts = wire.options_bytes(ts=(self._ts_now(now), self._ts_recent),
+                                          sack=self._sack_blocks())
+        elif self._ooo and self._sack_ok:
+            opts = wire.options_bytes(sack=self._sack_blocks())
+        else:
+            opts = b""
+        return field, opts
+
+    def _ack_sent(self) -> None:
+        self._ack_now = False
+        self._t_delack = INF
+        self._unacked = 0
+        self._last_ack_sent = self._rcv_nxt
+
+    def _send_ack(self, now: float, seq: int = -1) -> bool:
+        slot = self.egress.reserve()
+        if slot is None:
+            self._t_retry = now + EGRESS_RETRY
+            return False
+        window, opts = self._ack_fields(now)
+        n = self._writer.write(slot, self._snd_nxt if seq < 0 else seq, self._rcv_nxt, _ACK,
+                               window, opts, 0)
+        self.egress.commit(n, self.peer)
+        self._ack_sent()
+        return True
+
+    def _send_pending_rst(self, now: float) -> None:
+        rst = self._pending_rst
+        if rst is None:
+            return
+        slot = self.egress.reserve()
+        if slot is None:
+            self._t_retry = now + EGRESS_RETRY
+            return
+        seq, ack, flags = rst
+        n = self._writer.write(slot, seq, ack, flags, 0, b"", 0)
+        self.egress.commit(n, self.peer)
+        self._pending_rst = None
+
+    def _emit(self, seq: int, n: int, flags: int, window: int, opts: bytes) -> bool:
+        slot = self.egress.reserve()
+        if slot is None:
+            return False
+        if n:
+            start = 40 + len(opts)
+            cap = self._snd_cap
+            idx = (seq - self._snd_base) % cap
+            end = idx + n
+            mv = self._snd_mv
+            if end <= cap:
+                slot[start : start + n] = mv[idx:end]
+            else:
+                k = cap - idx
+                slot[start : start + k] = mv[idx:cap]
+                slot[start + k : start + n] = mv[0 : end - cap]
+        length = self._writer.write(slot, seq, self._rcv_nxt, flags, window, opts, n)
+        self.egress.commit(length, self.peer)
+        return True
+
+    def _send_data(self, now: float) -> bool:
+        """Retransmissions first, then new data within min(guest window, cwnd), then our
+        FIN once everything before it went out. Returns whether anything was sent (every
+        segment carries the current ACK)."""
+        window, opts = self._ack_fields(now)
+        mss = self._mss - (len(opts) - (wire.TS_OPTION_LEN if self._ts_ok else 0))
+        fin_seq = self._fin_seq if self._fin_queued else -1
+        sent = False
+        una = self._snd_una
+
+        rexmit = self._rexmit
+        while rexmit:
+            seq = rexmit[0]
+            if seq < self._snd_una:
+                rexmit.pop(0)
+                continue
+            n = min(mss, self._snd_end - seq, self._snd_max - seq)
+            for left, _ in self._sacked:
+                if left > seq:
+                    n = min(n, left - seq)
+                    break
+            flags = _ACK
+            if n <= 0:
+                n = 0
+            if seq + n == fin_seq and self._snd_max > fin_seq:
+                flags |= _FIN
+            elif n == 0:
+                rexmit.pop(0)
+                continue
+            if not self._emit(seq, n, flags, window, opts):
+                self._t_retry = now + EGRESS_RETRY
+                return sent
+            rexmit.pop(0)
+            sent = True
+            self.retransmits += 1
+            self._rexmit_high = max(self._rexmit_high, seq + n)
+            if self._rtt_seq >= 0 and seq < self._rtt_seq:
+                self._rtt_seq = -1  # Karn: the timed segment was resent
+            if self._t_rto == INF:
+                self._t_rto = now + self._rto
+
+        nxt = self._snd_nxt
+        end = self._snd_end
+        smax = self._snd_max
+        cwnd = self.cc.cwnd
+        if self._dupacks and not self._in_recovery:
+            cwnd += min(self._dupacks, 2) * mss  # RFC 3042 limited transmit
+        edge = min(una + self._snd_wnd, una + cwnd)
+        half_wnd = self._max_snd_wnd >> 1
+        while nxt < end:
+            n = end - nxt
+            if n > mss:
+                n = mss
+            room = edge - nxt
+            if room < n:
+                # Sender SWS avoidance (RFC 9293 3.8.6.2.1): a partial segment only when it
+                # is at least half the largest window the guest ever offered.
+                if room <= 0 or (room < half_wnd and room < mss) or room < 1:
+                    break
+                n = room
+            flags = _ACK
+            if nxt + n == end:
+                flags = _ACK | _PSH
+                if fin_seq == end:
+                    flags |= _FIN
+            if not self._emit(nxt, n, flags, window, opts):
+                self._t_retry = now + EGRESS_RETRY
+                break
+            sent = True
+            if nxt < smax:
+                self.retransmits += 1
+            else:
+                self.bytes_out += n
+                if self._rtt_seq < 0:
+                    self._rtt_seq = nxt + n
+                    self._rtt_time = now
+            nxt += n
+            if flags & _FIN:
+                nxt += 1
+            if nxt > smax:
+                smax = nxt
+        else:
+            if fin_seq == end and nxt == end and self._t_retry == INF:
+                # All data went out earlier: a bare FIN (it needs no window).
+                if self._emit(nxt, 0, _ACK | _FIN, window, opts):
+                    if nxt < smax:
+                        self.retransmits += 1
+                    nxt += 1
+                    if nxt > smax:
+                        smax = nxt
+                    sent = True
+                else:
+                    self._t_retry = now + EGRESS_RETRY
+        self._snd_nxt = nxt
+        self._snd_max = smax
+        if fin_seq >= 0 and smax > fin_seq:
+            if self.state is _EST:
+                self.state = _FIN_WAIT_1
+            elif self.state is _CLOSE_WAIT:
+                self.state = _LAST_ACK
+        if smax > self._snd_una:
+            if self._t_rto == INF:
+                self._t_rto = now + self._rto
+        elif (nxt < end or (fin_seq >= 0 and nxt <= fin_seq)) and self._t_persist == INF:
+            # Nothing in flight yet data waits: only a probe can learn the window opened.
+            self._t_persist = now + self._persist_interval()
+        if sent:
+            self._ack_sent()
+        return sent
+
+    def _persist_interval(self) -> float:
+        return min(max(self._rto, self._p.rto_min) * (1 << self._persist_backoff),
+                   self._p.rto_max)
+
+    # ================================================================== timers
+
+    def get_timer(self) -> float | None:
+        p = self._p
+        t = min(self._t_rto, self._t_delack, self._t_persist, self._t_tw, self._t_retry)
+        st = self.state
+        if st is not _CLOSED and st is not _TIME_WAIT:
+            if p.idle_timeout > 0:
+                t = min(t, max(self._last_rx, self._last_host) + p.idle_timeout)
+            if p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
+                t = min(t, self._last_rx + p.keepalive_idle
+                        + self._ka_probes * p.keepalive_interval)
+        elif st is _CLOSED:
+            return self._t_retry if self._pending_rst is not None else None
+        return None if t == INF else t
+
+    def handle_timer(self, now: float) -> None:
+        st = self.state
+        p = self._p
+        if st is _CLOSED:
+            if self._pending_rst is not None:
+                self._t_retry = INF
+                self._send_pending_rst(now)
+            return
+        if now >= self._t_tw:
+            self._close()
+            return
+        if st is _TIME_WAIT:
+            return
+        if p.idle_timeout > 0 and now >= max(self._last_rx, self._last_host) + p.idle_timeout:
+            self._give_up(now)
+            return
+        if now >= self._t_retry:
+            self._t_retry = INF
+        if now >= self._t_rto:
+            self._on_rto(now)
+            if self.state is _CLOSED:
+                return
+        if now >= self._t_persist:
+            self._on_persist(now)
+        if now >= self._t_delack:
+            self._t_delack = INF
+            self._ack_now = True
+        if (p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD
+                and now >= self._last_rx + p.keepalive_idle
+                + self._ka_probes * p.keepalive_interval):
+            if self._ka_probes >= p.keepalive_count:
+                self._give_up(now)
+                return
+            self._ka_probes += 1
+            self._send_ack(now, (self._snd_una - 1) & MASK)
+        self.flush(now)
+
+    def _on_rto(self, now: float) -> None:
+        p = self._p
+        st = self.state
+        if st is _SYN_RCVD:
+            if self._retries >= p.synack_retries:
+                self.timed_out = True
+                self._close()  # the guest went away; it never saw a connection
+                return
+            self._retries += 1
+            self.rto_expirations += 1
+            self.retransmits += 1
+            self._synack_rexmitted = True
+            self._rto = min(self._rto * 2, p.rto_max)
+            self._t_rto = now + self._rto
+            self._synack_now = True
+            return
+        if self._snd_max <= self._snd_una:
+            self._t_rto = INF
+            return
+        if self._retries >= p.max_retries:
+            self._give_up(now)
+            return
+        self._retries += 1
+        self.rto_expirations += 1
+        flight = self._snd_max - self._snd_una
+        self.cc.on_rto(flight, now)
+        # RFC 6582: losses revealed after a timeout are not a new congestion event.
+        self._recover = self._snd_max
+        self._in_recovery = False
+        self._dupacks = 0
+        self._sacked.clear()  # RFC 2018 8: the guest may have reneged
+        self._rexmit.clear()
+        self._snd_nxt = self._snd_una  # go back N, paced by the one-segment window
+        self._rexmit_high = self._snd_una
+        self._rtt_seq = -1
+        self._rto = min(self._rto * 2, p.rto_max)  # RFC 6298 5.5
+        self._t_rto = now + self._rto
+
+    def _on_persist(self, now: float) -> None:
+        """RFC 9293 3.8.6.1: the guest's window is closed (or too small to use) with data
+        waiting and nothing in flight. A probe makes the guest tell us its window again;
+        like Linux we probe with an already acknowledged sequence number, which never
+        lands in the guest's buffer, so probing can go on as long as the guest answers."""
+        self._t_persist = INF
+        if self.state not in _SENDING or self._snd_max > self._snd_una:
+            return
+        usable = self._snd_una + self._snd_wnd - self._snd_nxt
+        if usable > 0 and self._snd_nxt < self._snd_end:
+            # Window open but below the SWS threshold: send what fits (the SWS override).
+            window, opts = self._ack_fields(now)
+            n = min(usable, self._snd_end - self._snd_nxt, self._mss)
+            if self._emit(self._snd_nxt, n, _ACK | _PSH, window, opts):
+                self._snd_nxt += n
+                self._snd_max = max(self._snd_max, self._snd_nxt)
+                self.bytes_out += n
+                self._t_rto = now + self._rto
+                self._ack_sent()
+            return
+        if self._probes >= self._p.max_retries:
+            self._give_up(now)  # the guest stopped answering probes
+            return
+        self._probes += 1
+        self._send_ack(now, (self._snd_una - 1) & MASK)
+        self._persist_backoff = min(self._persist_backoff + 1, 16)
+        self._t_persist = now + self._persist_interval()
+
+    def _give_up(self, now: float) -> None:
+        self.timed_out = True
+        self._pending_rst = (self._snd_nxt, self._rcv_nxt, _RST | _ACK)
+        self._close()
+        self._send_pending_rst(now)
+
+    def _close(self) -> None:
+        self.state = _CLOSED
+        self._t_rto = self._t_delack = self._t_persist = self._t_tw = INF
+        self._rexmit.clear()
+        self._ack_now = False
+
+
+_ACCEPTING_WRITES: Final = frozenset({_LISTEN, _SYN_RCVD, _EST, _CLOSE_WAIT})

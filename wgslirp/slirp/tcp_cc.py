@@ -1,0 +1,210 @@
+"""Congestion control for the host-to-guest direction, in bytes.
+
+Split from the endpoint the way aioquic splits recovery from the connection: the endpoint
+decides *when* loss happened (three duplicate ACKs, a timeout) and *what* to retransmit
+(RFC 6582 NewReno recovery, SACK holes); a controller here only decides *how big* the
+congestion window is. The window arithmetic of fast recovery itself (RFC 5681 3.2: inflate by
+one segment per duplicate ACK, deflate on partial ACKs, RFC 6582 3.2 step 3 on exit) is the
+same for every growth law, so it lives in the base class; NewReno and CUBIC differ only in how
+they grow outside recovery and how far they back off.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Window of the "off" controller: far above any receive window (2**30, RFC 7323's ceiling),
+# so only the guest's advertised window limits what is in flight.
+UNLIMITED: Final = 1 << 40
+
+
+class CongestionControl:
+    """Reno-style slow start and congestion avoidance (RFC 5681) with NewReno recovery."""
+
+    name = "newreno"
+    beta = 0.5  # multiplicative decrease
+
+    def __init__(self, mss: int, initial_window: int) -> None:
+        self.mss = mss
+        self.cwnd = initial_window
+        self.ssthresh = UNLIMITED
+        self._ca_acc = 0  # bytes acked in congestion avoidance not yet turned into cwnd
+
+    def set_mss(self, mss: int) -> None:
+        """The effective MSS is known only after the handshake (options shrink it); the
+        initial window is scaled with it so it stays the same number of segments."""
+        if mss != self.mss and self.cwnd < UNLIMITED:
+            self.cwnd = max(mss, self.cwnd * mss // self.mss)
+        self.mss = mss
+
+    # ----------------------------------------------------------- outside recovery
+
+    def on_ack(self, acked: int, flight: int, now: float, srtt: float) -> None:
+        """New data acknowledged outside recovery. `flight` is what was outstanding before
+        this ACK: a window that was not being used is not evidence the path can carry a
+        bigger one (RFC 7661), so the window only grows while it is at least half used."""
+        if flight * 2 < self.cwnd:
+            return
+        if self.cwnd < self.ssthresh:
+            # RFC 5681 3.1 with RFC 3465's L = 2: at most two segments per ACK, so a
+            # stretch ACK after delayed ACKs still counts for what it covers.
+            self.cwnd += min(acked, 2 * self.mss)
+            return
+        self._avoid(acked, now, srtt)
+
+    def _avoid(self, acked: int, now: float, srtt: float) -> None:
+        # Byte counting: one MSS per window's worth of acknowledged bytes (RFC 5681 3.1).
+        self._ca_acc += acked
+        if self._ca_acc >= self.cwnd:
+            self._ca_acc -= self.cwnd
+            self.cwnd += self.mss
+
+    # ----------------------------------------------------------------- loss events
+
+    def _reduce(self, flight: int, now: float) -> None:
+        self.ssthresh = max(int(flight * self.beta), 2 * self.mss)
+
+    def on_fast_retransmit(self, flight: int, now: float) -> None:
+        """Three duplicate ACKs: RFC 5681 3.2 steps 2 and 3."""
+        self._reduce(flight, now)
+        self.cwnd = self.ssthresh + 3 * self.mss
+        self._ca_acc = 0
+
+    def on_dup_ack_in_recovery(self) -> None:
+        """Each further duplicate ACK means a segment left the network: inflate by one."""
+        self.cwnd += self.mss
+
+    def on_partial_ack(self, acked: int) -> None:
+        """RFC 6582 3.2 step 5: deflate by what was acknowledged, add back one segment if
+        that was at least one segment, so about ssthresh stays in flight."""
+        self.cwnd = max(self.cwnd - acked, self.mss)
+        if acked >= self.mss:
+            self.cwnd += self.mss
+
+    def on_recovery_end(self, flight: int, now: float) -> None:
+        """RFC 6582 3.2 step 3 option 1: no burst larger than one segment on exit."""
+        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+
+    def on_rto(self, flight: int, now: float) -> None:
+        """RFC 5681 3.1 equation 4, then a loss window of one segment."""
+        self._reduce(flight, now)
+        self.cwnd = self.mss
+        self._ca_acc = 0
+
+
+class NewReno(CongestionControl):
+    pass
+
+
+class Off(CongestionControl):
+    """TCP_CC=off: the guest's window alone limits the sender, for links known to be
+    clean where recovery from the occasional loss is still wanted but backing off is not."""
+
+    name = "off"
+
+    def __init__(self, mss: int, initial_window: int) -> None:
+        super().__init__(mss, UNLIMITED)
+
+    def on_ack(self, acked: int, flight: int, now: float, srtt: float) -> None:
+        pass
+
+    def on_fast_retransmit(self, flight: int, now: float) -> None:
+        pass
+
+    def on_dup_ack_in_recovery(self) -> None:
+        pass
+
+    def on_partial_ack(self, acked: int) -> None:
+        pass
+
+    def on_recovery_end(self, flight: int, now: float) -> None:
+        pass
+
+    def on_rto(self, flight: int, now: float) -> None:
+        pass
+
+
+class Cubic(CongestionControl):
+    """CUBIC (RFC 9438, formerly RFC 8312): window growth as a cubic function of the time
+    since the last reduction, so long fat paths refill faster than Reno's one segment per
+    RTT, with Reno's rate as a floor (the "Reno-friendly" region) on short paths."""
+
+    name = "cubic"
+    beta = 0.7
+    C = 0.4
+    FAST_CONVERGENCE = True
+
+    def __init__(self, mss: int, initial_window: int) -> None:
+        super().__init__(mss, initial_window)
+        self._w_max = 0.0  # window before the last reduction, in segments
+        self._k = 0.0
+        self._epoch: float | None = None
+        self._origin = 0.0
+        self._w_est = 0.0
+        self._cwnd_f = float(initial_window)  # fractional window in bytes between updates
+
+    def set_mss(self, mss: int) -> None:
+        super().set_mss(mss)
+        self._cwnd_f = float(self.cwnd)
+
+    def on_ack(self, acked: int, flight: int, now: float, srtt: float) -> None:
+        if self.cwnd != int(self._cwnd_f):
+            self._cwnd_f = float(self.cwnd)  # the base class changed it (recovery, RTO)
+        super().on_ack(acked, flight, now, srtt)
+        self._cwnd_f = max(self._cwnd_f, float(self.cwnd))
+
+    def _avoid(self, acked: int, now: float, srtt: float) -> None:
+        mss = self.mss
+        cwnd_seg = self._cwnd_f / mss
+        if self._epoch is None:
+            self._epoch = now
+            if cwnd_seg < self._w_max:
+                self._k = ((self._w_max - cwnd_seg) / self.C) ** (1.0 / 3.0)
+                self._origin = self._w_max
+            else:
+                self._k = 0.0
+                self._origin = cwnd_seg
+            self._w_est = cwnd_seg
+        t = now - self._epoch + srtt
+        target = self._origin + self.C * (t - self._k) ** 3
+        # RFC 9438 4.2: the target is kept between the current window and 1.5 times it.
+        target = min(max(target, cwnd_seg), 1.5 * cwnd_seg)
+        acked_seg = acked / mss
+        alpha = 3.0 * (1.0 - self.beta) / (1.0 + self.beta)
+        self._w_est += alpha * acked_seg / cwnd_seg
+        if self._w_est > target:
+            target = self._w_est
+        self._cwnd_f += (target - cwnd_seg) / cwnd_seg * acked_seg * mss
+        self.cwnd = int(self._cwnd_f)
+
+    def _reduce(self, flight: int, now: float) -> None:
+        cwnd_seg = self.cwnd / self.mss
+        if self.FAST_CONVERGENCE and cwnd_seg < self._w_max:
+            self._w_max = cwnd_seg * (1.0 + self.beta) / 2.0
+        else:
+            self._w_max = cwnd_seg
+        self._epoch = None
+        self.ssthresh = max(int(self.cwnd * self.beta), 2 * self.mss)
+
+    def on_fast_retransmit(self, flight: int, now: float) -> None:
+        super().on_fast_retransmit(flight, now)
+        self._cwnd_f = float(self.cwnd)
+
+    def on_recovery_end(self, flight: int, now: float) -> None:
+        super().on_recovery_end(flight, now)
+        self._cwnd_f = float(self.cwnd)
+
+    def on_rto(self, flight: int, now: float) -> None:
+        super().on_rto(flight, now)
+        self._cwnd_f = float(self.cwnd)
+
+
+def make(name: str, mss: int, initial_window: int) -> CongestionControl:
+    """The controller TCP_CC names ("newreno", "cubic" or "off")."""
+    if name == "cubic":
+        return Cubic(mss, initial_window)
+    if name == "off":
+        return Off(mss, initial_window)
+    if name in ("newreno", "reno", "new-reno"):
+        return NewReno(mss, initial_window)
+    raise ValueError(f"unknown congestion control {name!r}")
