@@ -19,6 +19,7 @@ from wgslirp.keys import encode_key
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.net.flow import shard_of
 from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
+from wgslirp.obs.pcap import open_capture
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import Consumer, Producer
 from wgslirp.wireguard.device import (
@@ -69,6 +70,8 @@ class IngressSettings(Protocol):
     def dns_ip(self) -> str | None: ...
     @property
     def ip_ttl(self) -> int: ...
+    @property
+    def pcap_path(self) -> str | None: ...
 
 
 def open_wg_socket(addr: str, port: int) -> socket.socket:
@@ -177,6 +180,12 @@ class Ingress:
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
         loop.timers.append(self.reassembler)
+        # WG_PCAP: the code path is chosen here, once; without a capture nothing is wrapped.
+        self.pcap = pcap = open_capture(settings.pcap_path)
+        self._encrypt = self.device.encrypt if pcap is None else pcap.tap(self.device.encrypt)
+        self._deliver_pkt = self._deliver if pcap is None else pcap.tap(self._deliver)
+        if pcap is not None:
+            loop.timers.append(pcap)
         if metrics is not None:
             loop.timers.append(Publisher(metrics.ingress, self.stats, lambda: loop.turns,
                                          peers=self.peer_samples, block=metrics))
@@ -185,7 +194,7 @@ class Ingress:
 
     def send_packet(self, peer: Peer, buf: bytearray | memoryview, n: int, now: float) -> None:
         """Encrypt an IPv4 packet to `peer` and send it (or stage it until a handshake)."""
-        k = self.device.encrypt(peer, buf, n, now, self._tx)
+        k = self._encrypt(peer, buf, n, now, self._tx)
         if k and peer.endpoint is not None:
             self._sendto(memoryview(self._tx)[:k], peer.endpoint)
 
@@ -204,7 +213,7 @@ class Ingress:
 
     def _drain_workers(self, now: float) -> None:
         by_index = self.device.by_index
-        encrypt = self.device.encrypt
+        encrypt = self._encrypt
         tx = self._tx
         txv = memoryview(tx)
         sendto = self.sock.sendto
@@ -236,7 +245,7 @@ class Ingress:
         rxv = memoryview(rx)
         plain = self._plain
         plainv = memoryview(plain)
-        deliver = self._deliver
+        deliver = self._deliver_pkt
         writers = self.writers
         for _ in range(RECV_BATCH):
             try:
@@ -296,6 +305,11 @@ class Ingress:
             self.big_writers[shard].push(pkt, n, peer.index)
         else:
             self.writers[shard].push(pkt, n, peer.index)
+
+    def close(self) -> None:
+        """Flush and close the packet capture, if any (the loop has stopped)."""
+        if self.pcap is not None:
+            self.pcap.close()
 
     # ------------------------------------------------------------------ timers
 
