@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgslirp.config import Config
+from wgslirp.obs.notify import Notifier, Watchdog
 from wgslirp.runtime.ingress import Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.worker import Worker, die_with_parent, set_process_name
@@ -77,7 +78,12 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
         announce(ingress.address)
+        sd = Notifier.from_environ()
+        loop.timers.append(Watchdog(sd))  # the loop turning is the health signal here
+        sd.ready(_status_line(cfg, 0))
         loop.run()
+        sd.stopping("stopping")
+        ingress.close()
         worker.close()
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
@@ -103,6 +109,8 @@ class Supervisor:
         self.last_start: dict[str, float] = {}
         self.restarts = 0
         self.stopping = False
+        self.sd = Notifier.from_environ()
+        self.watchdog = Watchdog(self.sd)
 
     # ------------------------------------------------------------- children
 
@@ -138,6 +146,7 @@ class Supervisor:
                           [r.producer() for r in self.rings_big])
         loop.install_stop_signals()
         loop.run()
+        ingress.close()
         _counters_line("ingress", ingress.stats())
         return 0
 
@@ -184,6 +193,7 @@ class Supervisor:
         sel = selectors.DefaultSelector()
         sel.register(r, selectors.EVENT_READ)
         pending: list[str] = []
+        self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         try:
             while not self.stopping:
                 sel.select(0.1)
@@ -201,6 +211,11 @@ class Supervisor:
                         self.restarts += 1
                         log.warning("restarting %s (restart #%d)", role, self.restarts)
                         self._start(role)
+                        self.watchdog.restarted(now)
+                        self.sd.status(_status_line(self.cfg, self.plan.nworkers,
+                                                    self.restarts))
+                self.watchdog.tick(now, healthy=not pending)
+            self.sd.stopping("stopping")
             self._stop_children()
         finally:
             sel.close()
@@ -251,6 +266,13 @@ class Supervisor:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.children.pop(pid, None)
+
+
+def _status_line(cfg: Config, nworkers: int, restarts: int = 0) -> str:
+    """The STATUS= text `systemctl status` shows."""
+    workers = f"{nworkers} workers" if nworkers else "inline worker"
+    extra = f", {restarts} restarts" if restarts else ""
+    return f"serving {len(cfg.peers)} peers, {workers}{extra}"
 
 
 def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
