@@ -1048,6 +1048,7 @@ class TcpEndpoint:
         memory about one RTT long."""
         if rtt < 0:
             return
+        rtt = max(rtt, 1e-6)  # srtt == 0.0 means "no sample yet"
         if self._srtt == 0.0:
             self._srtt = rtt
             self._rttvar = rtt / 2
