@@ -131,6 +131,7 @@ class Device:
         self._kp_index: dict[int, Keypair] = {}
         self._wall = wall
         self._rng = rng or random.SystemRandom()
+        self._random_bytes = random_bytes
         self.cookies = CookieChecker(self.identity.public, random_bytes)
         self.under_load_rate = under_load_rate
         self._load_window_start = float("-inf")
@@ -174,6 +175,25 @@ class Device:
         del self.by_index[peer.index]
         self.allowed.remove_owner(peer)
         self._zero_peer(peer)
+
+    def set_private_key(self, private_key: bytes) -> None:
+        """Take a new static identity while running (UAPI `private_key=`).
+
+        Every peer's precomputed static-static DH and the MAC1/cookie keys derive from it, so
+        they are recomputed, and every session and handshake in flight is dropped: they were
+        authenticated with the old identity. A peer whose public key is the new device key is
+        removed, as a device cannot be its own peer. Replay state (newest timestamp) stays.
+        """
+        if private_key == self.identity.private_bytes:
+            return
+        identity = noise.Identity(private_key)
+        self.remove_peer(identity.public)
+        self.identity = identity
+        self.public_key = identity.public
+        self.cookies = CookieChecker(identity.public, self._random_bytes)
+        for peer in self.peers.values():
+            self._zero_peer(peer)
+            peer.handshake.precomputed_ss = crypto.dh(identity.private, peer.public_key)
 
     def set_keepalive(self, peer: Peer, interval: int, now: float) -> None:
         peer.keepalive = interval
