@@ -21,6 +21,7 @@ from wgslirp.net.flow import shard_of
 from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
 from wgslirp.obs.pcap import open_capture
 from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.uapi_server import UapiServer
 from wgslirp.shm.ring import Consumer, Producer
 from wgslirp.wireguard.device import (
     Device,
@@ -70,6 +71,8 @@ class IngressSettings(Protocol):
     def dns_ip(self) -> str | None: ...
     @property
     def ip_ttl(self) -> int: ...
+    @property
+    def interface_name(self) -> str: ...
     @property
     def pcap_path(self) -> str | None: ...
 
@@ -180,6 +183,9 @@ class Ingress:
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
         loop.timers.append(self.reassembler)
+        # wg(8) talks to the Device here; the server closes itself when the loop stops
+        self.uapi = UapiServer.start(settings.interface_name, self.device, loop,
+                                     listen_port=self.address[1])
         # WG_PCAP: the code path is chosen here, once; without a capture nothing is wrapped.
         self.pcap = pcap = open_capture(settings.pcap_path)
         self._encrypt = self.device.encrypt if pcap is None else pcap.tap(self.device.encrypt)
