@@ -12,18 +12,22 @@ import os
 from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
-from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_UDP
+from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import Consumer, Producer
 from wgslirp.slirp.context import BridgeContext, WorkerStats
 from wgslirp.slirp.flows import FlowTable
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
 from wgslirp.slirp.policy import EgressPolicy
+from wgslirp.slirp.tcp import TcpParams
+from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")
 
-DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
+DRAIN_BUDGET = 512
+ERROR_LOG_INTERVAL = 10.0  # inbound packets per loop turn before sockets and timers get a turn
 
 
 class RingEgress:
@@ -86,6 +90,21 @@ def build_policy(cfg: Config) -> EgressPolicy:
     )
 
 
+WORKER_COUNTERS: tuple[str, ...] = (
+    *WorkerStats.__annotations__,
+    *TcpBridgeStats().as_dict(),
+    "udp_flows", "tcp_flows", "icmp_flows",
+)
+
+
+def tcp_params(cfg: Config) -> TcpParams:
+    mss = cfg.mtu - 40
+    if cfg.tcp.mss_clamp:
+        mss = min(mss, cfg.tcp.mss_clamp)
+    return TcpParams(mss=mss, sack=cfg.tcp.enable_sack, ack_delay=cfg.tcp.ack_delay_ms / 1000.0,
+                     cc=cfg.tcp.cc, ttl=cfg.ip_ttl)
+
+
 def _share(total: int, n: int) -> int:
     """A global cap split across workers (0 stays unlimited). Flows spread over workers by
     hash, not evenly, so each share has headroom; a cap is then exact with one worker and
@@ -106,6 +125,7 @@ class Worker:
         loop: Loop,
         icmp_mode: str | None,
         inbound_big: Consumer | None = None,
+        metrics: MetricsBlock | None = None,
     ) -> None:
         self.index = index
         self.inbound = inbound
@@ -123,9 +143,22 @@ class Worker:
         self.icmp = IcmpBridge(self.ctx, policy, FlowTable[EchoFlow](
             ECHO_IDLE_TIMEOUT, _share(cfg.udp.max_flows, n),
             _share(cfg.udp.max_flows_per_peer, n)), icmp_mode)
+        self.tcp = TcpBridge(
+            self.ctx, policy,
+            FlowTable[TcpFlow](float("inf"), _share(cfg.tcp.max_flows, n),
+                               _share(cfg.tcp.max_flows_per_peer, n)),
+            loop, tcp_params(cfg), error_signal=cfg.tcp.error_signal,
+            fast_dial=cfg.tcp.fast_dial_ms / 1000.0,
+            sock_rcvbuf=cfg.tcp.sock_rcvbuf or 0, sock_sndbuf=cfg.tcp.sock_sndbuf or 0)
+        loop.timers.append(self.tcp)
+        if metrics is not None:
+            loop.timers.append(Publisher(metrics.workers[index], self.counters,
+                                         lambda: loop.turns))
+        self._tcp_in = self.tcp.from_guest
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
         self._now = 0.0
+        self._next_error_log = 0.0
         for cons in (inbound, inbound_big):
             if cons is not None:
                 loop.register(cons.doorbell_fd, _doorbell(cons))
@@ -141,13 +174,23 @@ class Worker:
         self.egress.flush()
 
     def _dispatch(self, pkt: memoryview, peer: int) -> None:
-        proto = pkt[9]
-        if proto == PROTO_UDP:
-            self._udp_in(peer, pkt, len(pkt), self._now)
-        elif proto == PROTO_ICMP:
-            self._icmp_in(peer, pkt, len(pkt), self._now)
-        else:
-            self.stats.not_handled += 1
+        try:
+            proto = pkt[9]
+            if proto == PROTO_TCP:
+                self._tcp_in(peer, pkt, len(pkt), self._now)
+            elif proto == PROTO_UDP:
+                self._udp_in(peer, pkt, len(pkt), self._now)
+            elif proto == PROTO_ICMP:
+                self._icmp_in(peer, pkt, len(pkt), self._now)
+            else:
+                self.stats.not_handled += 1
+        except Exception:  # one bad flow must not take the worker's other flows down
+            self.stats.internal_errors += 1
+            if self._now >= self._next_error_log:
+                self._next_error_log = self._now + ERROR_LOG_INTERVAL
+                log.exception("worker %d: error handling a guest packet (further errors "
+                              "in the next %.0f s are only counted)", self.index,
+                              ERROR_LOG_INTERVAL)
 
     def get_timer(self) -> float | None:
         a, b = self.udp.table.get_timer(), self.icmp.table.get_timer()
@@ -161,9 +204,14 @@ class Worker:
         self.egress.flush()
 
     def counters(self) -> dict[str, int]:
-        return self.stats.as_dict()
+        out = self.stats.as_dict() | self.tcp.stats.as_dict()
+        out["udp_flows"] = len(self.udp.table)
+        out["tcp_flows"] = len(self.tcp.table)
+        out["icmp_flows"] = len(self.icmp.table)
+        return out
 
     def close(self) -> None:
+        self.tcp.close()
         self.udp.close()
         self.icmp.close()
 

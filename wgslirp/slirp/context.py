@@ -47,6 +47,7 @@ class WorkerStats:
     too_big_dropped: int
     not_handled: int
     socket_errors: int
+    internal_errors: int
 
     def __init__(self) -> None:
         for name in self.__annotations__:

@@ -1,0 +1,124 @@
+"""User-space TCP through the real tunnel: bulk both ways, loss, fan-out, half-close,
+refusals as TCP_ERROR_SIGNAL says, policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import NftGuard, WgClient, free_tcp_port, free_udp_port
+from hostservers import TcpServer, stream_chunks
+from relay import LossyRelay
+from routerutil import (
+    GATEWAY,
+    base_env,
+    client_from_router_output,
+    parse_client_config,
+    router,
+    stop_and_counters,
+)
+
+pytestmark = pytest.mark.e2e
+
+GUEST_PROG = str(Path(__file__).with_name("guestprog.py"))
+MB = 1 << 20
+
+
+def guest(c: WgClient, *args: object, timeout: float = 300) -> dict[str, Any]:
+    r = c.run([sys.executable, GUEST_PROG, *map(str, args)], timeout=timeout)
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def expected_sha(size: int) -> str:
+    h = hashlib.sha256()
+    for chunk in stream_chunks(size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def transfer_both_ways(c: WgClient, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    with TcpServer("sink") as sink, TcpServer("source", size=size) as source:
+        up = guest(c, "tcp_upload", GATEWAY, sink.port, size)
+        down = guest(c, "tcp_download", GATEWAY, source.port, 0)
+        assert sink.results == [(size, expected_sha(size))], sink.results
+    assert up["sha256"] == expected_sha(size)
+    assert down["bytes"] == size and down["sha256"] == expected_sha(size)
+    return up, down
+
+
+def test_100mb_upload_and_download_sha256(tmp_path: Path) -> None:
+    port = free_udp_port()
+    with router(base_env(tmp_path, port)) as r, client_from_router_output(r, port) as c:
+        up, down = transfer_both_ways(c, 100 * MB)
+        print(f"\nup {up['mbit']:.0f} Mbit/s, down {down['mbit']:.0f} Mbit/s")
+        counters = stop_and_counters(r)
+    assert counters["tcp_dials_ok"] == 2 and counters["internal_errors"] == 0
+
+
+def test_transfers_survive_loss_and_reordering(tmp_path: Path) -> None:
+    """1 % loss and 5 % reordering of the tunnel's datagrams, both directions (this kernel
+    has no netem, so a relay between the client and the router does it)."""
+    port = free_udp_port()
+    with router(base_env(tmp_path, port)) as r, LossyRelay(port, loss=0.01, reorder=0.05) as rl:
+        r.wait_for_line(r"^PersistentKeepalive", timeout=5)
+        cfg = parse_client_config(r.stdout())
+        with WgClient(cfg["PrivateKey"], cfg["PublicKey"], rl.port, address=cfg["Address"],
+                      allowed_ips=("10.77.0.0/24",), mtu=int(cfg["MTU"])) as c:
+            up, down = transfer_both_ways(c, 100 * MB)
+            print(f"\nwith loss: up {up['mbit']:.0f} Mbit/s, down {down['mbit']:.0f} Mbit/s, "
+                  f"dropped {rl.dropped}, reordered {rl.reordered}")
+        counters = stop_and_counters(r)
+    assert rl.dropped > 100 and rl.reordered > 100
+    assert counters["tcp_dials_ok"] == 2
+
+
+def test_1000_concurrent_connections_echo_16k(tmp_path: Path) -> None:
+    port = free_udp_port()
+    env = base_env(tmp_path, port)
+    with TcpServer("echo") as echo, router(env) as r, client_from_router_output(r, port) as c:
+        res = guest(c, "tcp_echo_many", GATEWAY, echo.port, 1000, 16 * 1024)
+        assert res == {"ok": 1000, "failed": 0, "unfinished": 0}, res
+        counters = stop_and_counters(r)
+    assert counters["tcp_opened"] == 1000
+
+
+def test_download_after_guest_half_close(tmp_path: Path) -> None:
+    port = free_udp_port()
+    size = 20 * MB
+    with TcpServer("halfclose", size=size) as srv, router(base_env(tmp_path, port)) as r, \
+            client_from_router_output(r, port) as c:
+        res = guest(c, "tcp_download", GATEWAY, srv.port, 1)
+        assert res["bytes"] == size and res["sha256"] == expected_sha(size)
+        stop_and_counters(r)
+
+
+@pytest.mark.parametrize(("signal_", "expect"), [("rst", "ECONNREFUSED"),
+                                                 ("icmp", "ECONNREFUSED"),
+                                                 ("none", "timeout")])
+def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str,
+                                                 expect: str) -> None:
+    port, closed = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {"TCP_ERROR_SIGNAL": signal_}
+    with router(env) as r, client_from_router_output(r, port) as c:
+        tries = 1 if expect == "timeout" else 5
+        res = guest(c, "tcp_connect_time", GATEWAY, closed, tries, 1.0)["results"]
+        assert all(err == expect for err, _ in res), res
+        if expect != "timeout":
+            assert min(ms for _, ms in res) < 5.0, res
+        stop_and_counters(r)
+
+
+def test_denied_destination_is_refused_and_never_leaves(tmp_path: Path) -> None:
+    port = free_udp_port()
+    with NftGuard("169.254.169.254") as guard, router(base_env(tmp_path, port)) as r, \
+            client_from_router_output(r, port, allowed_ips=("0.0.0.0/0",)) as c:
+        res = guest(c, "tcp_connect_time", "169.254.169.254", 80, 1, 2.0)["results"]
+        assert res[0][0] == "EHOSTUNREACH", res
+        counters = stop_and_counters(r)
+        assert guard.count() == 0
+    assert counters["policy_denied"] >= 1

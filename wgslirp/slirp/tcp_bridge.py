@@ -1,0 +1,426 @@
+"""TCP bridge: each guest connection is a TcpEndpoint (sans-I/O) plus a host TCP socket.
+
+The guest's SYN starts a non-blocking connect to the destination. The SYN is answered only
+once the connect is decided, or after TCP_FAST_DIAL_MS at the latest: a refused port is then
+reported the way TCP_ERROR_SIGNAL says (RST, ICMP, or nothing) instead of a SYN-ACK followed
+by a reset, so the guest sees exactly what it would see talking to the host directly.
+
+Backpressure both ways with bounded memory: bytes from the guest wait in the endpoint's
+receive buffer until the host socket takes them (the guest's window shrinks meanwhile), and
+the host socket is not read while the endpoint's send buffer is full (the host's TCP window
+shrinks meanwhile). Nothing is ever dropped for lack of room.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import selectors
+import socket
+import struct
+from functools import partial
+from typing import Final
+
+from wgslirp.net import icmp, ipv4
+from wgslirp.net.checksum import fold, ones_sum
+from wgslirp.net.ipv4 import PROTO_TCP
+from wgslirp.runtime.loop import Handler, Loop
+from wgslirp.slirp.context import BridgeContext, addr
+from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.policy import EgressPolicy, Verdict
+from wgslirp.slirp.tcp import TcpEndpoint, TcpParams
+
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
+_PORTS = struct.Struct(">HH")
+READ_RESUME_FRACTION = 4  # resume reading the host once a quarter of the send buffer is free
+RECV_CHUNK = 256 * 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+TcpKey = tuple[int, int, int, int, int]
+
+
+def _no_handler(_now: float, _mask: int) -> None:
+    pass
+
+
+class TcpFlow(Flow):
+    __slots__ = (
+        "connecting",
+        "dial_deadline",
+        "ep",
+        "events",
+        "handler",
+        "heap_at",
+        "host_eof",
+        "read_paused",
+        "shut_wr",
+        "sock",
+        "syn",
+        "synack_sent",
+    )
+
+    def __init__(self, key: TcpKey, peer: int, now: float, ep: TcpEndpoint,
+                 sock: socket.socket) -> None:
+        super().__init__(key, peer, now)
+        self.ep = ep
+        self.sock = sock
+        self.connecting = True
+        self.synack_sent = False
+        self.syn: bytes | None = None  # the guest's SYN, quoted if the dial fails
+        self.dial_deadline = 0.0
+        self.events = 0
+        self.read_paused = False
+        self.host_eof = False
+        self.shut_wr = False
+        self.heap_at = float("inf")
+        self.handler: Handler = _no_handler
+
+
+class TcpBridge:
+    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[TcpFlow],
+                 loop: Loop, params: TcpParams, *, error_signal: str = "icmp",
+                 fast_dial: float = 0.005, sock_rcvbuf: int = 0, sock_sndbuf: int = 0,
+                 iss_source: itertools.count[int] | None = None) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.table = table
+        self.loop = loop
+        self.params = params
+        self.error_signal = error_signal
+        self.fast_dial = fast_dial
+        self.sock_rcvbuf = sock_rcvbuf
+        self.sock_sndbuf = sock_sndbuf
+        self._heap: list[tuple[float, int, TcpFlow]] = []
+        self._seq = itertools.count()
+        self._rst = bytearray(128)
+        self.stats = TcpBridgeStats()
+
+    # ------------------------------------------------------------- guest -> host
+
+    def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        ihl = (pkt[0] & 0x0F) * 4
+        if n < ihl + 20:
+            self.stats.malformed += 1
+            return
+        src, dst = struct.unpack_from(">II", pkt, 12)
+        sport, dport = _PORTS.unpack_from(pkt, ihl)
+        key = (peer, src, sport, dst, dport)
+        flow = self.table.get(key)
+        if flow is None:
+            flags = pkt[ihl + 13]
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
+                self._open(key, peer, pkt, n, now)
+            elif not flags & TCP_RST:
+                self._reset_stray(pkt, n, peer)
+            return
+        flow.last_active = now
+        flow.ep.receive(pkt, n, now)
+        if flow.ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
+            self._drop(flow, rst=False)
+            self._open(key, peer, pkt, n, now)
+            return
+        self._pump(flow, now)
+
+    def _open(self, key: TcpKey, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        _, src, sport, dst, dport = key
+        ctx = self.ctx
+        decision = self.policy.decide(PROTO_TCP, dst, dport)
+        if decision.verdict is Verdict.DENY:
+            ctx.stats.policy_denied += 1
+            self._signal_failure(pkt, n, peer, None, icmp.ADMIN_PROHIBITED, now)
+            return
+        if self._at_cap(peer):
+            self.stats.refused_cap += 1
+            self._signal_failure(pkt, n, peer, None, None, now, force_rst=True)
+            return
+        iss = int.from_bytes(_random4(), "big")
+        ep = TcpEndpoint(self.params, local=(dst, dport), remote=(src, sport), iss=iss,
+                         now=now, egress=ctx.egress, peer=peer)
+        ep.on_syn(pkt, n, now)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            ctx.stats.socket_errors += 1
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock_rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
+            if self.sock_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
+        except OSError:
+            pass
+        flow = TcpFlow(key, peer, now, ep, sock)
+        flow.syn = bytes(pkt[:n])
+        flow.dial_deadline = now + self.fast_dial
+        err = sock.connect_ex((addr(decision.host), decision.port))
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._connect_failed(pkt, n, peer, err, now)
+            return
+        self.table.add(flow, now)
+        self.stats.opened += 1
+        flow.handler = partial(self._on_event, flow)
+        flow.events = selectors.EVENT_WRITE
+        self.loop.register(sock, flow.handler, flow.events)
+        self._schedule(flow, flow.dial_deadline)
+        if err == 0:
+            self._connected(flow, now)
+
+    def _at_cap(self, peer: int) -> bool:
+        t = self.table
+        return bool((t.max_flows and len(t) >= t.max_flows)
+                    or (t.max_per_peer and t.peer_count(peer) >= t.max_per_peer))
+
+    # ------------------------------------------------------- connect outcome
+
+    def _connected(self, flow: TcpFlow, now: float) -> None:
+        flow.connecting = False
+        flow.syn = None
+        self.stats.dials_ok += 1
+        if not flow.synack_sent:
+            flow.synack_sent = True
+            flow.ep.accept(now)
+        self._pump(flow, now)
+
+    def _connect_failed(self, pkt: memoryview | None, n: int, peer: int, err: int,
+                        now: float) -> None:
+        self.stats.dials_failed += 1
+        code = icmp.PORT_UNREACHABLE if err == errno.ECONNREFUSED else icmp.HOST_UNREACHABLE
+        if pkt is not None:
+            self._signal_failure(pkt, n, peer, err, code, now)
+
+    def _signal_failure(self, pkt: memoryview, n: int, peer: int, err: int | None,
+                        code: int | None, now: float, *, force_rst: bool = False) -> None:
+        """Tell the guest its SYN failed, the TCP_ERROR_SIGNAL way."""
+        how = "rst" if force_rst else self.error_signal
+        if how == "rst":
+            self._reset_stray(pkt, n, peer)
+        elif how == "icmp" and code is not None:
+            self.ctx.send_unreachable(pkt, n, code, peer)
+
+    def _reset_stray(self, pkt: memoryview, n: int, peer: int) -> None:
+        """RST for a segment that belongs to no connection (RFC 9293 3.10.7.1)."""
+        slot = self.ctx.egress.reserve()
+        if slot is None:
+            self.ctx.stats.egress_full += 1
+            return
+        k = rst_reply_into(slot, pkt, n, self.ctx.ttl)
+        if k:
+            self.ctx.egress.commit(k, peer)
+            self.stats.rst_sent += 1
+
+    # --------------------------------------------------------- socket events
+
+    def _on_event(self, flow: TcpFlow, now: float, mask: int) -> None:
+        if flow.connecting:
+            err = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:
+                self._connected(flow, now)
+            elif err != errno.EINPROGRESS:
+                self._dial_error(flow, err, now)
+                return
+            return
+        flow.last_active = now
+        if mask & selectors.EVENT_READ:
+            self._read_host(flow, now)
+        self._pump(flow, now)
+
+    def _dial_error(self, flow: TcpFlow, err: int, now: float) -> None:
+        self.stats.dials_failed += 1
+        if flow.synack_sent:
+            flow.ep.abort(now)  # the guest was already told yes: all we can do is reset
+        else:
+            code = icmp.PORT_UNREACHABLE if err == errno.ECONNREFUSED else icmp.HOST_UNREACHABLE
+            ep = flow.ep
+            if self.error_signal == "rst":
+                ep.refuse(now)
+            elif self.error_signal == "icmp":
+                syn = flow.syn
+                if syn is not None:
+                    self.ctx.send_unreachable(memoryview(syn), len(syn), code, flow.peer)
+        self._drop(flow, rst=False)
+
+    def _read_host(self, flow: TcpFlow, now: float) -> None:
+        ep, sock = flow.ep, flow.sock
+        for _ in range(16):
+            space = ep.send_space()
+            if space <= 0:
+                flow.read_paused = True  # backpressure: let the host's window close
+                return
+            buf = ep.write_buffer(min(space, RECV_CHUNK))
+            try:
+                got = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats.host_resets += 1
+                ep.abort(now)
+                flow.host_eof = True
+                return
+            if got == 0:
+                flow.host_eof = True
+                ep.shutdown(now)
+                return
+            ep.commit_write(got, now)
+            self.stats.bytes_to_guest += got
+            if got < len(buf):
+                return
+
+    def _write_host(self, flow: TcpFlow, now: float) -> None:
+        ep, sock = flow.ep, flow.sock
+        while ep.readable():
+            data = ep.peek_data()
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats.host_resets += 1
+                ep.abort(now)
+                return
+            ep.consume(sent, now)
+            self.stats.bytes_to_host += sent
+            if sent < len(data):
+                return
+        if ep.guest_fin and not flow.shut_wr:
+            flow.shut_wr = True
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _pump(self, flow: TcpFlow, now: float) -> None:
+        """After anything happened: move data both ways, emit segments, fix interests."""
+        ep = flow.ep
+        if not flow.connecting:
+            self._write_host(flow, now)
+            if flow.read_paused and ep.send_space() * READ_RESUME_FRACTION >= \
+                    self.params.snd_buffer:
+                flow.read_paused = False
+                self._read_host(flow, now)
+        ep.flush(now)
+        if ep.reset or ep.closed:
+            self._drop(flow, rst=ep.reset)
+            return
+        want = 0
+        if flow.connecting or ep.readable():
+            want |= selectors.EVENT_WRITE
+        if not flow.connecting and not flow.read_paused and not flow.host_eof:
+            want |= selectors.EVENT_READ
+        if want != flow.events:
+            if not flow.events:
+                self.loop.register(flow.sock, flow.handler, want)
+            elif want:
+                self.loop.modify(flow.sock, flow.handler, want)
+            else:
+                self.loop.unregister(flow.sock)
+            flow.events = want
+        t = ep.get_timer()
+        if t is not None:
+            self._schedule(flow, t)
+
+    # ----------------------------------------------------------------- timers
+
+    def _schedule(self, flow: TcpFlow, at: float) -> None:
+        if at < flow.heap_at:
+            flow.heap_at = at
+            heapq.heappush(self._heap, (at, next(self._seq), flow))
+
+    def get_timer(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, flow = heapq.heappop(heap)
+            if at != flow.heap_at or self.table.get(flow.key) is not flow:
+                continue  # superseded by an earlier schedule, or the flow is gone
+            flow.heap_at = float("inf")
+            if flow.connecting and not flow.synack_sent and now >= flow.dial_deadline:
+                # Fast-dial window over without an answer: say yes optimistically; a later
+                # failure resets the connection.
+                flow.synack_sent = True
+                flow.ep.accept(now)
+            t = flow.ep.get_timer()
+            if t is not None and t <= now:
+                flow.ep.handle_timer(now)
+            self._pump(flow, now)
+
+    # ---------------------------------------------------------------- teardown
+
+    def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
+        self.table.remove(flow)
+        if flow.events:
+            self.loop.unregister(flow.sock)
+            flow.events = 0
+        if rst:
+            try:
+                flow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except OSError:
+                pass
+        flow.sock.close()
+        self.stats.closed += 1
+
+    def close(self) -> None:
+        for flow in self.table.values():
+            self._drop(flow, rst=True)
+
+
+class TcpBridgeStats:
+    """TCP bridge counters (merged into the worker's counters)."""
+
+    opened: int
+    closed: int
+    dials_ok: int
+    dials_failed: int
+    refused_cap: int
+    rst_sent: int
+    malformed: int
+    host_resets: int
+    bytes_to_guest: int
+    bytes_to_host: int
+
+    def __init__(self) -> None:
+        for name in self.__annotations__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f"tcp_{name}": getattr(self, name) for name in self.__annotations__}
+
+
+def rst_reply_into(out: memoryview, pkt: memoryview, n: int, ttl: int) -> int:
+    """The RST RFC 9293 prescribes for a segment that matches no connection: if it had
+    ACK, <SEQ=SEG.ACK><CTL=RST>, else <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>."""
+    ihl = (pkt[0] & 0x0F) * 4
+    total: int = struct.unpack_from(">H", pkt, 2)[0]
+    if total > n or total < ihl + 20:
+        return 0
+    src, dst = struct.unpack_from(">II", pkt, 12)
+    sport, dport, seq, ack, off_flags = struct.unpack_from(">HHIIH", pkt, ihl)
+    flags = off_flags & 0x3F
+    if flags & TCP_RST:
+        return 0
+    doff = (off_flags >> 12) * 4
+    seg_len = total - ihl - doff + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+    if flags & TCP_ACK:
+        r_seq, r_ack, r_flags = ack, 0, TCP_RST
+    else:
+        r_seq, r_ack, r_flags = 0, (seq + seg_len) & 0xFFFFFFFF, TCP_RST | TCP_ACK
+    struct.pack_into(">HHIIHHHH", out, 20, dport, sport, r_seq, r_ack, (5 << 12) | r_flags,
+                     0, 0, 0)
+    pseudo = (dst >> 16) + (dst & 0xFFFF) + (src >> 16) + (src & 0xFFFF) + PROTO_TCP + 20
+    struct.pack_into(">H", out, 36, fold(ones_sum(out[20:40], pseudo)))
+    ipv4.write_header(out, total_length=40, proto=PROTO_TCP, src=dst, dst=src, ttl=ttl)
+    return 40
+
+
+def _random4() -> bytes:
+    import os
+
+    return os.urandom(4)
