@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import stat
 import struct
@@ -351,7 +350,7 @@ def test_router_captures_plaintext_both_directions(tmp_path: Path, workers: int)
     echo_port = echo.getsockname()[1]
     env = {"WGSLIRP_STATE_DIR": str(tmp_path / "state"), "WG_LISTEN_ADDR": "127.0.0.1",
            "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": str(workers),
-           "WG_PCAP": str(pcap)}
+           "WG_PCAP": str(pcap), "WG_INTERFACE_NAME": f"wgp{os.getpid():x}{workers}"}
     with RouterProcess([sys.executable, "-m", "wgslirp"], env) as r:
         r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
         state = tmp_path / "state"
@@ -378,7 +377,6 @@ def test_router_captures_plaintext_both_directions(tmp_path: Path, workers: int)
         finally:
             c.close()
             echo.close()
-        os.kill(r.pid, signal.SIGTERM)
         assert r.terminate(timeout=10) == 0, r.output()
     _, recs = read_pcap(pcap)
     pkts = [rec[2] for rec in recs]
