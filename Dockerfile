@@ -1,0 +1,66 @@
+# wgslirp container image: a user-space WireGuard router, no TUN device, no privileges.
+#
+#   docker build -t wgslirp .
+#   docker run -d --name wgslirp -p 51820:51820/udp -v wgslirp-state:/var/lib/wgslirp wgslirp
+#   docker logs wgslirp          # the client configuration (printed at every start)
+#
+# Guest pings use unprivileged ICMP sockets (net.ipv4.ping_group_range, which Docker opens
+# to all groups since 20.10); on older engines add `--cap-add NET_RAW` for raw ICMP
+# sockets. No other capability is needed: `--cap-drop ALL` works.
+# See docs/operations.md.
+
+# --- build: wheels for wgslirp and its dependencies ----------------------------------------
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY wgslirp ./wgslirp
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- runtime -------------------------------------------------------------------------------
+FROM python:3.11-slim
+
+# tini is PID 1: it forwards SIGTERM to wgslirp and reaps orphans, and wgslirp's own
+# processes never have PID 1 as their parent (a worker takes that as "supervisor gone").
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 wgslirp \
+ && useradd --system --uid 10001 --gid wgslirp --home-dir /var/lib/wgslirp \
+      --no-create-home --shell /usr/sbin/nologin wgslirp \
+ && install -d -m 0700 -o wgslirp -g wgslirp /var/lib/wgslirp
+
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/wgslirp-*.whl \
+ && rm -rf /wheels
+
+# Defaults from the Go original's docker-compose example; override any with -e.
+# Keys: unset here on purpose. Without WG_PRIVATE_KEY the router creates its key (and one
+# client's) in the state volume on first start and reuses them afterwards.
+# PROCESSOR_WORKERS is 4, not the example's 8: with these queue caps each worker's rings
+# take 8 MiB of /dev/shm, and 8 workers would overflow Docker's default 64 MiB --shm-size
+# (a SIGBUS under load, not an error at start). More workers need a larger --shm-size.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    WGSLIRP_STATE_DIR=/var/lib/wgslirp \
+    WG_LISTEN_PORT=51820 \
+    WG_MTU=1200 \
+    POOLING=1 \
+    PROCESSOR_WORKERS=4 \
+    PROCESSOR_QUEUE_CAP=4096 \
+    WG_TUN_QUEUE_CAP=2048 \
+    TCP_ACK_DELAY_MS=5 \
+    TCP_ENABLE_SACK=1 \
+    TCP_GATE_LOG=off
+
+VOLUME ["/var/lib/wgslirp"]
+EXPOSE 51820/udp
+USER 10001:10001
+
+# TODO(operations): switch to `wgslirp healthcheck` once it exists; until then this checks
+# that the configuration in the environment is valid.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["sh", "-c", "wgslirp check-config >/dev/null"]
+
+ENTRYPOINT ["/usr/bin/tini", "--", "wgslirp"]
+CMD ["run"]
