@@ -87,6 +87,9 @@ def _run(args: argparse.Namespace) -> int:
     except supervisor.ListenError as exc:
         print(f"wgslirp: {exc} (WG_LISTEN_ADDR/WG_LISTEN_PORT)", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. /dev/shm too small for the rings
+        print(f"wgslirp: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _announce(cfg: Config, address: tuple[str, int]) -> None:

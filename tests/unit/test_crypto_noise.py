@@ -68,3 +68,11 @@ def test_handshake_keys_agree_and_low_order_point_rejected() -> None:
     bad[8:40] = bytes(32)  # all-zero ephemeral: a low-order point
     with pytest.raises(noise.HandshakeError):
         noise.open_initiation(ir, bytes(bad))
+
+
+def test_fast_hchacha20_matches_reference() -> None:
+    import os
+
+    for _ in range(100):
+        k, n = os.urandom(32), os.urandom(16)
+        assert crypto.hchacha20(k, n) == crypto.hchacha20_reference(k, n)

@@ -151,11 +151,14 @@ def test_retransmit_with_jitter_then_give_up() -> None:
         p.a.outbox.clear()
         if any(isinstance(e, HandshakeGaveUp) for e in p.a.events):
             break
-    assert len(sent_at) == MAX_HANDSHAKE_ATTEMPTS
+    # wireguard-go's rule: retry while attempts <= MAX, so 1 + (MAX + 1) initiations in all
+    assert len(sent_at) == MAX_HANDSHAKE_ATTEMPTS + 1
     gaps = [b - a for a, b in zip([p.clock.t - 10**9, *sent_at], sent_at, strict=False)][1:]
     assert all(5.0 <= g < 5.0 + 0.334 for g in gaps)
     assert any(isinstance(e, HandshakeGaveUp) for e in p.a.events)
     assert not p.pa.staged and p.a.stats.no_session_dropped == 1
+    # a late response still completes the handshake that was given up on
+    assert p.pa.handshake.state.name == "INITIATION_CREATED"
 
 
 def test_passive_keepalive_after_receiving_data() -> None:
@@ -182,7 +185,7 @@ def test_new_handshake_when_sent_data_gets_no_reply() -> None:
     p.clock.advance(14.9)
     p.a.handle_timer(p.now)
     assert not p.a.outbox
-    p.clock.advance(0.1)
+    p.clock.advance(0.1 + 0.334)  # KEEPALIVE + REKEY timeouts, plus up to 334 ms jitter
     p.a.handle_timer(p.now)
     assert [d[0] for d, _ in p.a.outbox] == [1]
 
@@ -281,6 +284,47 @@ def test_bogus_cookie_reply_ignored() -> None:
     assert p.a.stats.handshake_invalid == 1
 
 
+def test_response_blocks_a_crossing_initiation() -> None:
+    """A responder holding data for the peer must not answer with its own initiation
+    right after its response (wireguard-go sets lastSentHandshake on responses too)."""
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    (init, _), = p.a.outbox
+    p.a.outbox.clear()
+    assert p.send_b_to_a() is None  # b has no session yet: staged, wants a handshake
+    p.b.outbox.clear()
+    p.clock.advance(1)
+    p.b.receive_handshake(init, A_ADDR, p.now)
+    assert [d[0] for d, _ in p.b.outbox] == [2]  # the response only
+    assert p.send_b_to_a() is None
+    assert [d[0] for d, _ in p.b.outbox] == [2]
+    p.deliver()
+    assert p.pa.handshakes == 1 and p.pb.handshakes == 1
+
+
+def test_responder_reports_handshake_only_on_confirmation() -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    (init, _), = p.a.outbox
+    p.a.outbox.clear()
+    p.b.receive_handshake(init, A_ADDR, p.now)
+    assert p.pb.last_handshake_wall == 0 and p.pb.handshakes == 0
+    p.deliver()  # response, then a's confirming keepalive
+    assert p.pb.last_handshake_wall == p.clock.wall and p.pb.handshakes == 1
+    assert any(isinstance(e, HandshakeCompleted) and not e.initiator for e in p.b.events)
+
+
+def test_padding_never_exceeds_mtu() -> None:
+    p = Pair()
+    p.a.mtu = 1380
+    p.handshake()
+    pkt = ip_packet("10.0.0.1", "10.0.0.2", b"q" * (1370 - 28))  # 1370 bytes: pads to 1376
+    out = bytearray(2000)
+    assert p.a.encrypt(p.pa, pkt, 1370, p.now, out) == 1376 + 32
+    pkt = ip_packet("10.0.0.1", "10.0.0.2", b"q" * (1379 - 28))  # 1392 would pass the MTU
+    assert p.a.encrypt(p.pa, pkt, 1379, p.now, out) == 1380 + 32
+
+
 def test_index_table_bounded_over_many_rekeys() -> None:
     p = Pair()
     for _ in range(20):
@@ -308,3 +352,34 @@ def test_garbage_is_counted_not_raised() -> None:
             p.b.receive_handshake(data, A_ADDR, p.now)
     s = p.b.stats
     assert s.invalid_datagrams + s.mac1_invalid + s.unknown_index > 2900
+
+
+def test_source_limiter_bucket() -> None:
+    from wgslirp.wireguard.device import SourceLimiter
+
+    lim = SourceLimiter(rate=20, burst=5)
+    assert [lim.allow("192.0.2.1", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert lim.allow("192.0.2.2", 0.0)  # other sources have their own bucket
+    assert not lim.allow("192.0.2.1", 0.01)
+    assert lim.allow("192.0.2.1", 0.06)  # 20/s refills one token every 50 ms
+
+
+def test_under_load_cookie_holder_is_rate_limited() -> None:
+    p = Pair()
+    p.b.under_load_rate = 0
+    p.b.limiter.burst = 1.0
+    p.a.initiate(p.pa, p.now)
+    p.deliver()  # cookie reply
+    p.clock.advance(5.4)
+    p.a.handle_timer(p.now)
+    p.deliver()  # MAC2 valid, first token: handshake completes
+    assert p.pa.current is not None
+    p.clock.advance(5.4)
+    p.a.initiate(p.pa, p.now)
+    (init, _), = p.a.outbox
+    p.a.outbox.clear()
+    p.b.receive_handshake(init, A_ADDR, p.now)  # 5.4 s later: a token again
+    assert p.b.stats.handshake_rate_limited == 0
+    p.clock.advance(0.01)
+    p.b.receive_handshake(init, A_ADDR, p.now)  # same source at once: refused before DH
+    assert p.b.stats.handshake_rate_limited == 1

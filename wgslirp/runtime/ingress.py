@@ -143,7 +143,7 @@ class Ingress:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
         self.loop = loop
         self.clock = loop.clock
-        self.device = Device(settings.private_key)
+        self.device = Device(settings.private_key, mtu=settings.mtu)
         now = self.clock()
         for p in settings.peers:
             self.device.add_peer(
@@ -168,6 +168,7 @@ class Ingress:
         self.slot_size = to_workers[0].slot_size if to_workers else 0
         self.nworkers = len(self.writers)
         self._last_shard = 0
+        self._next_error_log = 0.0
         self.from_workers = from_workers
         self.reassembler = fragment.Reassembler()
         self.datagrams_received = 0
@@ -280,7 +281,10 @@ class Ingress:
                     dev.receive_handshake(rxv[:n], addr, now)
             except Exception:  # a bug must not take the router down with it
                 self.internal_errors += 1
-                log.exception("error processing a datagram from %s:%d", *addr)
+                if now >= self._next_error_log:
+                    self._next_error_log = now + 10.0
+                    log.exception("error processing a datagram from %s:%d (more errors in "
+                                  "the next 10 s are only counted)", *addr)
         for w in self.writers:
             w.flush()
         for w in self.big_writers:

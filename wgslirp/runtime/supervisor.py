@@ -118,6 +118,7 @@ class Supervisor:
         # Signals stay blocked across the fork until the child has its own handlers (its
         # Loop unblocks them), so a SIGTERM racing the start-up is handled, never lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        parent = os.getpid()
         pid = os.fork()
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -127,7 +128,7 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
-                die_with_parent()
+                die_with_parent(parent)
                 set_process_name(f"wgslirp-{role.replace('worker ', 'w')}")
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 code = body()

@@ -234,8 +234,10 @@ def set_process_name(name: str) -> None:
         pass
 
 
-def die_with_parent() -> None:
-    """SIGTERM this process when the supervisor dies, even by SIGKILL."""
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when the supervisor (pid `parent`, read before the fork) dies,
+    even by SIGKILL. Comparing with that pid, not with 1, keeps this right when the
+    supervisor itself is PID 1, as in a container without an init."""
     try:
         import ctypes
         import signal
@@ -244,5 +246,5 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:
+    if os.getppid() != parent:  # it died before the death signal was armed
         os._exit(0)

@@ -322,19 +322,45 @@ def anonymous_block(size: int) -> SharedMemory:
 def _create_anonymous_shm(size: int) -> SharedMemory:
     """A SharedMemory block whose /dev/shm name is removed before anyone can leak it.
 
-    On 3.13+ the resource tracker is never involved. On 3.11/3.12 creation registers the name
-    with the tracker and ``unlink`` unregisters it, so the tracker neither warns nor unlinks
-    twice at exit; and if we are killed between the two steps, the tracker removes the name.
+    The name lives for microseconds, so Python's resource tracker has nothing to guard: on
+    3.13+ it is told so (track=False); before that its register/unregister hooks are
+    bypassed for this one block, so no tracker process is ever started (it would otherwise
+    outlive a stopped router by a moment, as a child nobody asked for).
+
+    The whole block is allocated up front: /dev/shm pages are otherwise only taken on first
+    touch, and a full /dev/shm (64 MiB in a default container) would then kill the router
+    with SIGBUS under load instead of failing at start with a clear error.
     """
     if sys.version_info >= (3, 13):
         shm = _Block(create=True, size=size, track=False)
+        try:
+            shm.unlink()
+        except BaseException:
+            shm.close()
+            raise
     else:
-        shm = _Block(create=True, size=size)
-    try:
-        shm.unlink()
-    except BaseException:
-        shm.close()
-        raise
+        from multiprocessing import shared_memory as _sm
+
+        tracker = _sm.resource_tracker  # type: ignore[attr-defined]
+        saved = tracker.register, tracker.unregister
+        tracker.register = tracker.unregister = lambda *_a, **_k: None
+        try:
+            shm = _Block(create=True, size=size)
+            try:
+                shm.unlink()
+            except BaseException:
+                shm.close()
+                raise
+        finally:
+            tracker.register, tracker.unregister = saved
+    fd = getattr(shm, "_fd", -1)
+    if fd >= 0:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            shm.close()
+            raise OSError(exc.errno, f"cannot reserve {size} bytes of shared memory "
+                          f"(/dev/shm full? {exc.strerror})") from exc
     return shm
 
 

@@ -57,7 +57,44 @@ from wgslirp.wireguard.timers import (
 _NONCE = struct.Struct("<4xQ")
 _IPV4_LEN_SRC = struct.Struct(">2xH8xI")  # total length, then source address at offset 12
 _ZEROS = bytes(16)
-DEFAULT_UNDER_LOAD_RATE = 2000  # handshake messages per second before MAC2 is demanded
+# Handshake messages per second before MAC2 is demanded. A responder handshake costs about
+# 0.2 ms of CPU here, so 500/s is a tenth of a core: past that, senders prove their address.
+DEFAULT_UNDER_LOAD_RATE = 500
+SOURCE_RATE = 20.0  # handshakes per second per source address once under load
+SOURCE_BURST = 5.0
+SOURCE_TABLE_MAX = 8192
+
+
+class SourceLimiter:
+    """Token bucket per source IP, the under-load limit wireguard-go applies after MAC2:
+    a source holding a valid cookie still cannot make us do DH at line rate. The table is
+    bounded: when full, buckets idle for a second (which are full again anyway) go."""
+
+    def __init__(self, rate: float = SOURCE_RATE, burst: float = SOURCE_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, list[float]] = {}
+
+    def allow(self, ip: str, now: float) -> bool:
+        b = self._buckets.get(ip)
+        if b is None:
+            if len(self._buckets) >= SOURCE_TABLE_MAX:
+                self._prune(now)
+            self._buckets[ip] = [self.burst - 1.0, now]
+            return True
+        tokens = min(self.burst, b[0] + (now - b[1]) * self.rate)
+        b[1] = now
+        if tokens < 1.0:
+            b[0] = tokens
+            return False
+        b[0] = tokens - 1.0
+        return True
+
+    def _prune(self, now: float) -> None:
+        stale = [ip for ip, b in self._buckets.items() if now - b[1] >= 1.0]
+        for ip in stale:
+            del self._buckets[ip]
+        if len(self._buckets) >= SOURCE_TABLE_MAX:
+            self._buckets.clear()
 
 
 class DeviceStats:
@@ -65,6 +102,7 @@ class DeviceStats:
 
     cookie_replies_sent: int
     handshake_invalid: int
+    handshake_rate_limited: int
     handshake_replayed: int
     handshakes_completed: int
     invalid_datagrams: int
@@ -120,7 +158,9 @@ class Device:
         random_bytes: Callable[[int], bytes] = os.urandom,
         rng: random.Random | None = None,
         under_load_rate: int = DEFAULT_UNDER_LOAD_RATE,
+        mtu: int = 1420,
     ) -> None:
+        self.mtu = mtu  # padding never takes a packet past the tunnel MTU
         self.identity = noise.Identity(private_key)
         self.public_key = self.identity.public
         self.peers: dict[bytes, Peer] = {}
@@ -133,6 +173,7 @@ class Device:
         self._rng = rng or random.SystemRandom()
         self._random_bytes = random_bytes
         self.cookies = CookieChecker(self.identity.public, random_bytes)
+        self.limiter = SourceLimiter()
         self.under_load_rate = under_load_rate
         self._load_window_start = float("-inf")
         self._load_count = 0
@@ -214,6 +255,13 @@ class Device:
             self._under_load_until = now + 1.0
         return now < self._under_load_until
 
+    def _drop_hs_index(self, peer: Peer) -> None:
+        """Forget the peer's in-flight handshake index, but only if it is still this
+        peer's: once a session took the index over, the number may belong to another."""
+        idx = peer.handshake.local_index
+        if self._hs_index.get(idx) is peer:
+            del self._hs_index[idx]
+
     def _new_index(self) -> int:
         while True:
             idx = self._rng.getrandbits(32)
@@ -246,11 +294,15 @@ class Device:
         if not self.cookies.check_mac1(data, mac1_off):
             self.stats.mac1_invalid += 1
             return False
-        if self._under_load(now) and not self.cookies.check_mac2(data, mac2_off, addr, now):
-            reply = self.cookies.create_reply(data, sender, mac1_off, addr, now)
-            self.outbox.append((reply, addr))
-            self.stats.cookie_replies_sent += 1
-            return False
+        if self._under_load(now):
+            if not self.cookies.check_mac2(data, mac2_off, addr, now):
+                reply = self.cookies.create_reply(data, sender, mac1_off, addr, now)
+                self.outbox.append((reply, addr))
+                self.stats.cookie_replies_sent += 1
+                return False
+            if not self.limiter.allow(addr[0], now):
+                self.stats.handshake_rate_limited += 1
+                return False
         return True
 
     def _on_initiation(self, data: bytes | memoryview, addr: Addr, now: float) -> Peer | None:
@@ -270,7 +322,7 @@ class Device:
         if ts <= hs.last_timestamp or now - hs.last_initiation_consumed < INITIATION_MIN_INTERVAL:
             self.stats.handshake_replayed += 1
             return None
-        self._hs_index.pop(hs.local_index, None)
+        self._drop_hs_index(peer)
         noise.commit_initiation(hs, opened, ts)
         hs.last_initiation_consumed = now
         peer.endpoint = addr
@@ -282,6 +334,7 @@ class Device:
         kp = Keypair(peer, send, recv, initiator, idx, hs.remote_index, now)
         self._install_keypair(peer, kp, now)
         self.outbox.append((resp, addr))
+        peer.last_initiation_sent = now  # no initiation of ours may cross this response
         self._authenticated_sent(peer, now)
         return peer
 
@@ -340,11 +393,15 @@ class Device:
             peer.previous = None
             peer.next = kp
         peer.t_zero_keys = now + ZERO_KEYS_AFTER
+        if kp.initiator:
+            self._confirmed(peer)
+
+    def _confirmed(self, peer: Peer) -> None:
+        """A session both sides provably hold: what operators see as a handshake."""
         peer.last_handshake_wall = self._wall()
         peer.handshakes += 1
+        peer.rekey_on_receive_sent = False
         self.stats.handshakes_completed += 1
-        if not kp.initiator:
-            self.events.append(HandshakeCompleted(peer, False))
 
     def _drop_keypair(self, kp: Keypair | None) -> None:
         if kp is not None:
@@ -366,7 +423,7 @@ class Device:
             self.stats.no_endpoint += 1
             return False
         hs = peer.handshake
-        self._hs_index.pop(hs.local_index, None)
+        self._drop_hs_index(peer)
         idx = self._new_index()
         msg = noise.create_initiation(
             self.identity, hs, idx, crypto.tai64n(self._wall())
@@ -421,6 +478,8 @@ class Device:
         if kp is peer.next:
             self._drop_keypair(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, kp, None
+            self._confirmed(peer)
+            self.events.append(HandshakeCompleted(peer, False))
             self._handshake_complete(peer, now, initiator=False)
             self._send_staged(peer, now, keepalive_if_empty=False)
         # any authenticated packet received / traversal
@@ -429,7 +488,9 @@ class Device:
             peer.t_persistent = now + peer.keepalive
         peer.rx_bytes += n
         peer.rx_packets += 1
-        if kp.initiator and now - kp.created >= REKEY_ON_RECEIVE_AGE and kp is peer.current:
+        if (kp.initiator and not peer.rekey_on_receive_sent and kp is peer.current
+                and now - kp.created >= REKEY_ON_RECEIVE_AGE):
+            peer.rekey_on_receive_sent = True
             self.initiate(peer, now)
         if plen == 0:
             self.stats.keepalives_received += 1
@@ -473,6 +534,8 @@ class Device:
             self._stage(peer, bytes(memoryview(buf)[:n]), now)
             return 0
         padded = (n + 15) & ~15
+        if padded > self.mtu:
+            padded = max(n, self.mtu)
         mv = memoryview(buf)
         if padded != n:
             if len(mv) >= padded:
@@ -492,7 +555,8 @@ class Device:
         if peer.keepalive:
             peer.t_persistent = now + peer.keepalive
         if n and peer.t_new_handshake is None:
-            peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+            peer.t_new_handshake = (now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+                                    + self._rng.random() * REKEY_TIMEOUT_JITTER_MAX)
         if kp.initiator and (
             ctr + 1 >= REKEY_AFTER_MESSAGES or now - kp.created >= REKEY_AFTER_TIME
         ):
@@ -555,11 +619,11 @@ class Device:
     def _peer_timers(self, peer: Peer, now: float) -> None:
         if peer.t_retransmit is not None and peer.t_retransmit <= now:
             peer.t_retransmit = None
-            if peer.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS:
+            if peer.handshake_attempts > MAX_HANDSHAKE_ATTEMPTS:
                 self.stats.no_session_dropped += len(peer.staged)
                 peer.staged.clear()
-                self._hs_index.pop(peer.handshake.local_index, None)
-                peer.handshake.zero()
+                # The handshake state is kept: a late response still completes it.
+                peer.t_keepalive = None
                 if peer.t_zero_keys is None:
                     peer.t_zero_keys = now + ZERO_KEYS_AFTER
                 self.events.append(HandshakeGaveUp(peer))
@@ -587,6 +651,8 @@ class Device:
         for kp in peer.keypairs():
             self._drop_keypair(kp)
         peer.current = peer.previous = peer.next = None
-        self._hs_index.pop(peer.handshake.local_index, None)
+        self._drop_hs_index(peer)
         peer.handshake.zero()
         peer.t_retransmit = None
+        self.stats.no_session_dropped += len(peer.staged)
+        peer.staged.clear()

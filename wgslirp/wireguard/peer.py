@@ -42,6 +42,7 @@ class Peer:
         self.t_persistent: float | None = None
         self.need_another_keepalive = False
         self.handshake_attempts = 0
+        self.rekey_on_receive_sent = False  # one rekey attempt per session from receiving
         self.last_initiation_sent = float("-inf")
         self.last_handshake_wall = 0.0  # unix time of the last completed handshake, 0 = never
         self.rx_bytes = 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
-WINDOW_WORDS: Final = 64  # ring size in 64-bit words (a power of two)
-WINDOW_BITS: Final = (WINDOW_WORDS - 1) * 64  # 4032 usable counters behind the top
+WINDOW_WORDS: Final = 128  # ring size in 64-bit words (a power of two), as wireguard-go
+WINDOW_BITS: Final = (WINDOW_WORDS - 1) * 64  # 8128 usable counters behind the top
 REJECT_AFTER_MESSAGES: Final = (1 << 64) - (1 << 13) - 1
 _RING_MASK: Final = WINDOW_WORDS - 1
 
