@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("check-config", help="print the effective configuration, keys redacted")
     sub.add_parser("client-config", help="print a wg-quick config for the default client")
+    sub.add_parser("healthcheck", help="exit 0 if the running router reports healthy "
+                   "(asks /healthz on METRICS_LISTEN; for Docker's HEALTHCHECK)")
     return p
 
 
@@ -69,10 +71,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _load(args, embedded=True)
             print(client_config_text(cfg, read_client_private_key(cfg)), end="")
             return 0
+        if cmd == "healthcheck":
+            return _healthcheck(_load(args, embedded=False))
         return _run(args)
     except ConfigError as err:
         print(f"wgslirp: configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _healthcheck(cfg: Config) -> int:
+    from wgslirp.obs.http import http_get
+
+    if cfg.metrics.listen is None:
+        print("wgslirp: healthcheck needs METRICS_LISTEN (the router serves /healthz there)",
+              file=sys.stderr)
+        return 1
+    host, port = cfg.metrics.listen
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    try:
+        status, body = http_get(host, port, "/healthz")
+    except OSError as exc:
+        print(f"wgslirp: unhealthy: cannot reach {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    print(body.strip() or status)
+    return 0 if status == 200 else 1
 
 
 def _run(args: argparse.Namespace) -> int:

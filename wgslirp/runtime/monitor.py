@@ -37,7 +37,8 @@ class Monitor:
     def __init__(self, block: MetricsBlock, rings: Sequence[tuple[str, Ring]],
                  children: Callable[[], dict[int, str]], restarts: Callable[[], int],
                  *, log_format: str = "text", log_interval: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 expected_roles: Sequence[str] | None = None) -> None:
         self.block = block
         self.rings = [_RingWatch(n, r) for n, r in rings]
         self.children = children
@@ -47,6 +48,8 @@ class Monitor:
         self.clock = clock
         self._next_log = clock() + log_interval if log_interval > 0 else None
         self._procs: dict[int, psutil.Process] = {}
+        self.expected_roles = (["ingress"] + [f"worker {k}" for k in range(block.nworkers)]
+                               if expected_roles is None else list(expected_roles))
 
     # --------------------------------------------------------------- snapshot
 
@@ -76,8 +79,7 @@ class Monitor:
         now_ns = time.monotonic_ns()
         problems: list[str] = []
         roles = set(self.children().values())
-        expected = ["ingress"] + [f"worker {k}" for k in range(self.block.nworkers)]
-        for role in expected:
+        for role in self.expected_roles:
             if role not in roles:
                 problems.append(f"{role} not running")
         sections = [("ingress", self.block.ingress)] + [

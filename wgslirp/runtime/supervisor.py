@@ -20,10 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgslirp.config import Config
+from wgslirp.obs.http import HttpServer
+from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.obs.notify import Notifier, Watchdog
-from wgslirp.runtime.ingress import Ingress, open_wg_socket
+from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
-from wgslirp.runtime.worker import Worker, die_with_parent, set_process_name
+from wgslirp.runtime.monitor import Monitor
+from wgslirp.runtime.worker import WORKER_COUNTERS, Worker, die_with_parent, set_process_name
 from wgslirp.shm.ring import Ring
 from wgslirp.slirp.icmp_bridge import probe_mode
 
@@ -69,12 +72,20 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     rin = Ring.create(plan.in_slots, plan.slot_size)
     rout = Ring.create(plan.out_slots, plan.slot_size)
     rbig = Ring.create(BIG_SLOTS, BIG_SLOT_SIZE)
+    metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, 1)
     loop = Loop()
+    http: HttpServer | None = None
     try:
         ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
-                          [rbig.producer()])
+                          [rbig.producer()], metrics=metrics)
         worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
-                        rbig.consumer())
+                        rbig.consumer(), metrics=metrics)
+        monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
+                          log_format=cfg.metrics.format,
+                          log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
+                          expected_roles=())
+        loop.timers.append(monitor)
+        http = _open_http(cfg, monitor, loop.selector)
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
         announce(ingress.address)
@@ -88,6 +99,9 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
     finally:
+        if http is not None:
+            http.close()
+        metrics.close()
         rin.close()
         rout.close()
         rbig.close()
@@ -111,6 +125,13 @@ class Supervisor:
         self.stopping = False
         self.sd = Notifier.from_environ()
         self.watchdog = Watchdog(self.sd)
+        self.metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, n)
+        rings = [(f"in{k}", r) for k, r in enumerate(self.rings_in)] + [
+            (f"out{k}", r) for k, r in enumerate(self.rings_out)]
+        self.monitor = Monitor(self.metrics, rings, lambda: dict(self.children),
+                               lambda: self.restarts, log_format=cfg.metrics.format,
+                               log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0)
+        self.http: HttpServer | None = None
 
     # ------------------------------------------------------------- children
 
@@ -128,6 +149,8 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
+                if self.http is not None:  # the metrics listener is the supervisor's
+                    self.http.lsock.close()
                 die_with_parent(parent)
                 set_process_name(f"wgslirp-{role.replace('worker ', 'w')}")
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -144,7 +167,7 @@ class Supervisor:
         loop = Loop()
         ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
                           [r.consumer() for r in self.rings_out],
-                          [r.producer() for r in self.rings_big])
+                          [r.producer() for r in self.rings_big], metrics=self.metrics)
         loop.install_stop_signals()
         loop.run()
         ingress.close()
@@ -157,7 +180,7 @@ class Supervisor:
             loop = Loop()
             worker = Worker(self.cfg, k, self.plan.nworkers, self.rings_in[k].consumer(),
                             self.rings_out[k].producer(), loop, self.icmp_mode,
-                            self.rings_big[k].consumer())
+                            self.rings_big[k].consumer(), metrics=self.metrics)
             loop.install_stop_signals()
             loop.run()
             worker.close()
@@ -193,17 +216,25 @@ class Supervisor:
             self._start(f"worker {k}")
         sel = selectors.DefaultSelector()
         sel.register(r, selectors.EVENT_READ)
+        self.http = _open_http(self.cfg, self.monitor, sel)
         pending: list[str] = []
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         try:
             while not self.stopping:
-                sel.select(0.1)
+                for key, mask in sel.select(0.1):
+                    if key.data is not None:
+                        key.data(time.monotonic(), mask)
                 try:
                     r.recv(4096)
                 except OSError:
                     pass
                 pending.extend(self._reap())
                 now = time.monotonic()
+                if self.http is not None:
+                    self.http.expire(now)
+                due = self.monitor.get_timer()
+                if due is not None and due <= now:
+                    self.monitor.handle_timer(now)
                 for role in list(pending):
                     if self.stopping:
                         break
@@ -219,11 +250,14 @@ class Supervisor:
             self.sd.stopping("stopping")
             self._stop_children()
         finally:
+            if self.http is not None:
+                self.http.close()
             sel.close()
             r.close()
             w.close()
             for ring in (*self.rings_in, *self.rings_out, *self.rings_big):
                 ring.close()
+            self.metrics.close()
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0
 
@@ -296,6 +330,20 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
         return sup.run()
     finally:
         sock.close()
+
+
+def _open_http(cfg: Config, monitor: Monitor, sel: selectors.BaseSelector) -> HttpServer | None:
+    """METRICS_LISTEN: /metrics (Prometheus), /healthz and /readyz."""
+    if cfg.metrics.listen is None:
+        return None
+    host, port = cfg.metrics.listen
+    try:
+        srv = HttpServer(host, port, {"/metrics": monitor.metrics, "/healthz": monitor.healthz,
+                                      "/readyz": monitor.readyz}, sel)
+    except OSError as exc:
+        raise ListenError(host, port, f"{exc.strerror} (METRICS_LISTEN)") from exc
+    log.info("metrics and health on http://%s:%d/metrics", *srv.address)
+    return srv
 
 
 def _raise_fd_limit() -> None:

@@ -86,7 +86,8 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway_host=cfg.gateway_host_ip,
         dns=cfg.dns_ip,
         dns_upstream=tuple(upstream),
-        own_sockets=frozenset({(PROTO_UDP, cfg.listen_port)}),
+        own_sockets=frozenset({(PROTO_UDP, cfg.listen_port)} | (
+            {(PROTO_TCP, cfg.metrics.listen[1])} if cfg.metrics.listen else set())),
     )
 
 

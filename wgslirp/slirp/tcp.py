@@ -323,7 +323,8 @@ class TcpEndpoint:
 
     @property
     def closed(self) -> bool:
-        return self.state is _CLOSED
+        """Nothing left to do: CLOSED and every guest byte taken by the host side."""
+        return self.state is _CLOSED and self._rcv_nxt - self.guest_fin == self._rcv_read
 
     @property
     def tos(self) -> int:
@@ -438,7 +439,7 @@ class TcpEndpoint:
             self._pending_rst = (0, self.irs + 1, _RST | _ACK)
         elif st is not _TIME_WAIT:
             self._pending_rst = (self._snd_nxt, self._rcv_nxt, _RST | _ACK)
-        self._close()
+        self._close(discard=True)
         self._send_pending_rst(now)
 
     # ================================================================== handshake
@@ -498,7 +499,7 @@ class TcpEndpoint:
         if self.state is not _LISTEN:
             return
         self._pending_rst = (0, self.irs + 1, _RST | _ACK)
-        self._close()
+        self._close(discard=True)
         self._send_pending_rst(now)
 
     def _syn_options(self, now: float) -> bytes:
@@ -638,7 +639,7 @@ class TcpEndpoint:
                 if 0 <= unwrap(seq_w, self._rcv_nxt) - self._rcv_nxt < max(
                         self._rcv_adv_edge - self._rcv_nxt, 1):
                     self.reset = True
-                    self._close()
+                    self._close(discard=True)
                 return
             if syn:
                 # The guest did not get our SYN-ACK (or it crossed its retransmission):
@@ -704,7 +705,7 @@ class TcpEndpoint:
             # RFC 5961 3.2: only an exact hit resets; elsewhere in the window, challenge.
             if seq == nxt:
                 self.reset = True
-                self._close()
+                self._close(discard=True)
             else:
                 self._challenge_ack(now)
             return
@@ -792,7 +793,7 @@ class TcpEndpoint:
         if flags & _RST:
             if seq_w == self._rcv_nxt & MASK:
                 self.reset = True
-                self._close()
+                self._close(discard=True)
             return
         if flags & _SYN and not flags & _ACK and seq_w != self.irs:
             self.on_syn(pkt, n, now)  # the guest started over with a new ISN
@@ -1224,8 +1225,9 @@ class TcpEndpoint:
             room = edge - nxt
             if room < n:
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1): a partial segment only when it
-                # is at least half the largest window the guest ever offered.
-                if room <= 0 or (room < half_wnd and room < mss) or room < 1:
+                # is at least half the largest window the guest ever offered. It does not
+                # hold back a retransmission: that data was already sent once.
+                if room <= 0 or (room < half_wnd and room < mss and nxt >= smax):
                     break
                 n = room
             flags = _ACK
@@ -1341,7 +1343,7 @@ class TcpEndpoint:
         if st is _SYN_RCVD:
             if self._retries >= p.synack_retries:
                 self.timed_out = True
-                self._close()  # the guest went away; it never saw a connection
+                self._close(discard=True)  # the guest went away; it never saw a connection
                 return
             self._retries += 1
             self.rto_expirations += 1
@@ -1353,6 +1355,19 @@ class TcpEndpoint:
             return
         if self._snd_max <= self._snd_una:
             self._t_rto = INF
+            return
+        if self._snd_wnd == 0:
+            # The guest shrank its window to zero under data in flight: nothing may be
+            # resent, and it is not congestion. Probe instead and, like Linux, give up
+            # only when the probes go unanswered (a live guest may keep its window shut).
+            self.rto_expirations += 1
+            if self._probes >= p.max_retries:
+                self._give_up(now)
+                return
+            self._probes += 1
+            self._send_ack(now, (self._snd_una - 1) & MASK)
+            self._rto = min(self._rto * 2, p.rto_max)
+            self._t_rto = now + self._rto
             return
         if self._retries >= p.max_retries:
             self._give_up(now)
@@ -1404,10 +1419,15 @@ class TcpEndpoint:
     def _give_up(self, now: float) -> None:
         self.timed_out = True
         self._pending_rst = (self._snd_nxt, self._rcv_nxt, _RST | _ACK)
-        self._close()
+        self._close(discard=True)
         self._send_pending_rst(now)
 
-    def _close(self) -> None:
+    def _close(self, *, discard: bool = False) -> None:
+        """Enter CLOSED. After a reset, abort or timeout the guest bytes not yet taken by
+        the host side are dropped (RFC 9293 3.10.7.4: a reset flushes the queues); after
+        a graceful close they stay readable until the bridge drains them."""
+        if discard:
+            self._rcv_read = self._rcv_nxt - self.guest_fin
         self.state = _CLOSED
         self._t_rto = self._t_delack = self._t_persist = self._t_tw = INF
         self._rexmit.clear()

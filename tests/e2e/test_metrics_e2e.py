@@ -1,0 +1,76 @@
+"""Metrics and health of the running router, read the way operators read them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness import free_tcp_port, free_udp_port
+from hostservers import UdpEcho
+from prometheus_client.parser import text_string_to_metric_families
+from routerutil import GATEWAY, base_env, client_from_router_output, router, stop_and_counters
+
+from wgslirp.obs.http import http_get
+
+pytestmark = pytest.mark.e2e
+
+GUEST_PROG = str(Path(__file__).with_name("guestprog.py"))
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    status, body = http_get("127.0.0.1", port, "/metrics")
+    assert status == 200
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prometheus_counters_match_the_client_within_1_percent(tmp_path: Path,
+                                                              workers: int) -> None:
+    port, mport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port, workers) | {"METRICS_LISTEN": f"127.0.0.1:{mport}",
+                                               "METRICS_LOG": "1", "METRICS_INTERVAL": "1s"}
+    with UdpEcho() as echo, router(env) as r, client_from_router_output(r, port) as c:
+        r.wait_for_line(r"metrics and health on", timeout=5)
+        c.run([sys.executable, GUEST_PROG, "udp_echo", GATEWAY, str(echo.port), "2000", "1000",
+               "16"], timeout=60)
+        assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
+        assert http_get("127.0.0.1", mport, "/healthz")[0] == 200
+        assert http_get("127.0.0.1", mport, "/readyz")[0] == 200
+        client = c.wg_show_dump().peer
+        key = (("public_key", c.public_key),)
+        deadline = time.monotonic() + 10
+        while True:
+            m = scrape(mport)
+            rx = m["wgslirp_peer_rx_bytes_total"][key]
+            tx = m["wgslirp_peer_tx_bytes_total"][key]
+            if (abs(rx - client.tx_bytes) <= 0.01 * client.tx_bytes
+                    and abs(tx - client.rx_bytes) <= 0.01 * client.rx_bytes):
+                break
+            assert time.monotonic() < deadline, (rx, tx, client)
+            time.sleep(0.3)
+            client = c.wg_show_dump().peer
+        assert client.tx_bytes > 2_000_000
+        assert m["wgslirp_peer_last_handshake_seconds"][key] > time.time() - 60
+        assert m["wgslirp_flows"][(("proto", "udp"),)] == 1
+        assert m["wgslirp_peers"][()] == 1
+        assert any(k.startswith("wgslirp_process_rss_bytes") for k in m)
+        hc = subprocess.run([sys.executable, "-m", "wgslirp", "healthcheck"],
+                            env={"METRICS_LISTEN": f"127.0.0.1:{mport}", "PATH": "/usr/bin"},
+                            capture_output=True, text=True, timeout=30)
+        assert hc.returncode == 0, hc.stderr
+        r.wait_for_line(r"metrics rx_packets=\d+", timeout=5)
+        stop_and_counters(r)
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    hc = subprocess.run([sys.executable, "-m", "wgslirp", "healthcheck"],
+                        env={"METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}", "PATH": "/usr/bin"},
+                        capture_output=True, text=True, timeout=30)
+    assert hc.returncode == 1 and "unhealthy" in hc.stderr
