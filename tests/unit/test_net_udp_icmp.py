@@ -323,3 +323,23 @@ def test_quoted_flow_without_ports_or_quote() -> None:
     assert icmp.quoted_flow(err, 47) is None  # quote shorter than an IPv4 header
     echo = echo_request(GUEST, REMOTE, 1, 1)
     assert icmp.quoted_flow(echo, len(echo)) is None  # not an error
+
+
+def test_decrement_ttl_patches_checksum_incrementally() -> None:
+    import random
+
+    from wgslirp.net import ipv4 as ip
+    from wgslirp.net.checksum import checksum as csum
+
+    rnd = random.Random(5)
+    for _ in range(200):
+        b = bytearray(20)
+        ttl = rnd.randrange(2, 256)
+        ip.write_header(b, total_length=rnd.randrange(20, 1500), proto=rnd.choice([1, 6, 17]),
+                        src=rnd.getrandbits(32), dst=rnd.getrandbits(32), ttl=ttl,
+                        ident=rnd.getrandbits(16))
+        assert ip.decrement_ttl(b)
+        assert b[8] == ttl - 1 and csum(b) == 0
+    b = bytearray(20)
+    ip.write_header(b, total_length=20, proto=17, src=1, dst=2, ttl=1)
+    assert not ip.decrement_ttl(b)

@@ -104,3 +104,16 @@ def is_host_address(addr: int) -> bool:
     network" (0/8), loopback, multicast or class E (which includes limited broadcast)."""
     top = addr >> 24
     return top != 0 and top != 127 and top < 224
+
+
+def decrement_ttl(pkt: bytearray | memoryview) -> bool:
+    """Forward a packet one hop: TTL minus one with the header checksum patched in place
+    (RFC 1624 incremental update, no full recompute). False if the TTL ran out."""
+    ttl = pkt[8]
+    if ttl <= 1:
+        return False
+    pkt[8] = ttl - 1
+    c = (~struct.unpack_from(">H", pkt, 10)[0] & 0xFFFF) + 0xFEFF  # + ~0x0100
+    c = (c & 0xFFFF) + (c >> 16)
+    struct.pack_into(">H", pkt, 10, ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF)
+    return True

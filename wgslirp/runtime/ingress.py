@@ -23,6 +23,7 @@ from wgslirp.obs.pcap import open_capture
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.uapi_server import UapiServer
 from wgslirp.shm.ring import Consumer, Producer
+from wgslirp.wireguard.allowedips import AllowedIPs
 from wgslirp.wireguard.device import (
     Device,
     DeviceStats,
@@ -71,6 +72,10 @@ class IngressSettings(Protocol):
     def dns_ip(self) -> str | None: ...
     @property
     def ip_ttl(self) -> int: ...
+    @property
+    def overlay_routing(self) -> bool: ...
+    @property
+    def overlay_exclude_cidrs(self) -> tuple[str, ...]: ...
     @property
     def interface_name(self) -> str: ...
     @property
@@ -168,6 +173,15 @@ class Ingress:
         self.slot_size = to_workers[0].slot_size if to_workers else 0
         self.nworkers = len(self.writers)
         self._last_shard = 0
+        self.overlay = settings.overlay_routing
+        # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
+        # though a peer's AllowedIPs cover them.
+        self._excluded: AllowedIPs[bool] = AllowedIPs()
+        for cidr in settings.overlay_exclude_cidrs:
+            self._excluded.insert(cidr, True)
+        self.peer_space_dropped = 0
+        self.overlay_forwarded = 0
+        self.overlay_ttl_expired = 0
         self._next_error_log = 0.0
         self.from_workers = from_workers
         self.reassembler = fragment.Reassembler()
@@ -294,11 +308,20 @@ class Ingress:
     def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float, in_slot: bool) -> None:
         """Route one decrypted packet; `in_slot` says it already sits in the reserved slot
         of `writers[_last_shard]`."""
-        if _DST.unpack_from(pkt, 16)[0] in self._own and pkt[9] == ipv4.PROTO_ICMP:
+        dst = _DST.unpack_from(pkt, 16)[0]
+        if dst in self._own and pkt[9] == ipv4.PROTO_ICMP:
             k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
             if k:
                 self.echo_replies += 1
                 self.send_packet(peer, self._reply, k, now)
+            return
+        target = self.device.route(dst)
+        if target is not None and target is not peer and not self._excluded.lookup(dst):
+            # Another peer's tunnel address: never the host network's business.
+            if self.overlay:
+                self._overlay_forward(target, pkt, n, now)
+            else:
+                self.peer_space_dropped += 1
             return
         if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
             whole = self.reassembler.feed(pkt, n, now)
@@ -320,6 +343,15 @@ class Ingress:
         """Flush and close the packet capture, if any (the loop has stopped)."""
         if self.pcap is not None:
             self.pcap.close()
+
+    def _overlay_forward(self, target: Peer, pkt: memoryview, n: int, now: float) -> None:
+        """Peer to peer inside ingress (WG_OVERLAY_ROUTING): re-encrypt to the peer that
+        owns the destination, as a router would: TTL decremented, expired packets dropped."""
+        if not ipv4.decrement_ttl(pkt):
+            self.overlay_ttl_expired += 1
+            return
+        self.overlay_forwarded += 1
+        self.send_packet(target, pkt, n, now)
 
     # ------------------------------------------------------------------ timers
 
@@ -360,6 +392,9 @@ class Ingress:
         out["fragments_reassembled_timeouts"] = self.reassembler.timed_out
         out["unknown_peer_index"] = self.unknown_peer_index
         out["peers"] = len(self.device.peers)
+        out["overlay_forwarded"] = self.overlay_forwarded
+        out["overlay_ttl_expired"] = self.overlay_ttl_expired
+        out["peer_space_dropped"] = self.peer_space_dropped
         return out
 
     def peer_samples(self) -> list[PeerSample]:
@@ -372,6 +407,7 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     *DeviceStats.__annotations__,
     "datagrams_received", "internal_errors", "send_errors", "gateway_echo_replies",
     "ring_full_dropped", "fragments_reassembled_timeouts", "unknown_peer_index", "peers",
+    "overlay_forwarded", "overlay_ttl_expired", "peer_space_dropped",
 )
 
 
