@@ -482,3 +482,108 @@ def test_egress_full_keeps_state_and_retries() -> None:
     c.egress.full = False
     segs = c.tick(0.01)
     assert sum(len(s.data) for s in segs) == 5000
+
+
+# ------------------------------------------------------------------ bridge-facing details
+
+
+def test_handshake_ack_carrying_data() -> None:
+    c = Conn()
+    c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
+    c.ep.accept(c.now)
+    (sa,) = c.out()
+    c.gseq += 1
+    c.gack = sa.seq + 1
+    c.send(b"early bytes", ACK | PSH)
+    assert c.ep.state is TcpState.ESTABLISHED
+    assert c.read_all() == b"early bytes"
+
+
+def test_host_data_queued_before_handshake_completes() -> None:
+    c = Conn()
+    c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
+    c.ep.write(b"SSH-2.0-banner\r\n", c.now)  # a server that speaks first
+    c.ep.accept(c.now)
+    (sa,) = c.out()
+    assert sa.data == b""
+    c.gseq += 1
+    c.gack = sa.seq + 1
+    c.send(b"", ACK)
+    (d,) = c.out()
+    assert d.data == b"SSH-2.0-banner\r\n"
+
+
+def test_zero_copy_write_buffer_wraps_the_ring() -> None:
+    c = Conn(TcpParams(snd_buffer=4000))
+    c.handshake()
+    sent = bytearray()
+    expected = bytearray()
+    for i in range(20):
+        chunk = bytes([65 + i]) * 1500
+        view = c.ep.write_buffer(1500)
+        k = len(view)
+        view[:] = chunk[:k]
+        c.ep.commit_write(k, c.now)
+        expected += chunk[:k]
+        c.ep.flush(c.now)
+        sent += _ack_everything(c, c.out())
+    assert c.ep.send_space() <= 4000
+    sent += _download(c, b"")
+    assert bytes(sent) == bytes(expected)
+
+
+def test_commit_beyond_space_refused() -> None:
+    c = Conn(TcpParams(snd_buffer=1000))
+    c.handshake()
+    try:
+        c.ep.commit_write(1001, c.now)
+    except ValueError:
+        return
+    raise AssertionError("commit_write accepted more than the buffer holds")
+
+
+def test_closed_waits_until_host_drained_unread_data() -> None:
+    c = Conn()
+    c.handshake()
+    c.send(b"unread", ACK | FIN)
+    c.ep.shutdown(c.now)
+    c.ep.flush(c.now)
+    c.out()
+    c.gack += 1
+    c.send(b"", ACK)
+    assert c.ep.state is TcpState.CLOSED
+    assert not c.ep.closed  # the bridge still has bytes to hand to the host
+    assert c.read_all() == b"unread"
+    assert c.ep.closed
+
+
+def test_reset_discards_unread_data() -> None:
+    c = Conn()
+    c.handshake()
+    c.send(b"doomed")
+    c.send(b"", RST)
+    assert c.ep.reset and c.ep.closed and c.ep.readable() == 0
+
+
+def test_new_syn_in_time_wait_reopens() -> None:
+    c = Conn()
+    c.handshake()
+    c.ep.shutdown(c.now)
+    c.ep.flush(c.now)
+    c.out()
+    c.gack += 1
+    c.send(b"", ACK | FIN)
+    assert c.ep.state is TcpState.TIME_WAIT
+    syn = guest_pkt(c.gseq + 100_000, 0, SYN, opts=wire.options_bytes(mss=1460))
+    c.ep.receive(memoryview(syn), len(syn), c.now)
+    assert c.ep.reopen and c.ep.closed  # the bridge starts a new connection with this SYN
+
+
+def test_tos_is_copied_into_segments() -> None:
+    c = Conn()
+    c.handshake()
+    c.ep.tos = 0xB8
+    c.ep.write(b"t", c.now)
+    c.ep.flush(c.now)
+    (s,) = c.out()
+    assert s.raw[1] == 0xB8

@@ -1297,7 +1297,8 @@ class TcpEndpoint:
                 t = min(t, self._last_rx + p.keepalive_idle
                         + self._ka_probes * p.keepalive_interval)
         elif st is _CLOSED:
-            return self._t_retry if self._pending_rst is not None else None
+            pending = self._pending_rst is not None and self._t_retry != INF
+            return self._t_retry if pending else None
         return None if t == INF else t
 
     def handle_timer(self, now: float) -> None:
