@@ -444,3 +444,47 @@ def test_clean_network_large_transfer_both_ways() -> None:
                  ep_rcv_buffer=256 * 1024, ep_snd_buffer=256 * 1024,
                  host_read_rate=1 << 30, cc="cubic", close_order="together",
                  iss=2**32 - 1000))
+
+
+segments = st.tuples(
+    st.integers(-70_000, 70_000),  # seq relative to what the endpoint expects
+    st.integers(-70_000, 70_000),  # ack relative to SND.UNA
+    st.integers(0, 0x3F),  # flags
+    st.integers(0, 0xFFFF),  # window
+    st.binary(max_size=40).map(lambda b: b[: len(b) - len(b) % 4]),  # raw option bytes
+    st.integers(0, 3000),  # payload length
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(segments, max_size=30), st.booleans())
+def test_arbitrary_segments_never_break_invariants(segs: list[tuple[int, int, int, int, bytes,
+                                                                    int]],
+                                                  negotiated: bool) -> None:
+    """Whatever a (buggy or hostile) guest sends, the endpoint neither raises nor loses
+    track of its own sequence space, and everything it emits is well formed."""
+    egress = Egress()
+    ep = TcpEndpoint(TcpParams(rcv_buffer=8192), local=(HOST_IP, HOST_PORT),
+                     remote=(GUEST_IP, GUEST_PORT), iss=2**32 - 10, now=0.0, egress=egress)
+    opts = wire.options_bytes(mss=1000, wscale=2, sack_perm=True, ts=(5, 0)) if negotiated \
+        else b""
+    syn = guest_pkt(2**32 - 5, 0, SYN, opts=opts)
+    ep.on_syn(memoryview(syn), len(syn), 0.0)
+    ep.accept(0.0)
+    ep.write(b"h" * 20_000, 0.0)
+    now = 0.0
+    for rel_seq, rel_ack, flags, window, raw, plen in segs:
+        now += 0.05
+        pkt = guest_pkt(2**32 - 4 + rel_seq, 2**32 - 9 + rel_ack, flags, b"g" * plen, window,
+                        raw)
+        ep.receive(memoryview(pkt), len(pkt), now)
+        ep.flush(now)
+        t = ep.get_timer()
+        if t is not None and t <= now + 0.05:
+            ep.handle_timer(max(now, t))
+        ep.consume(ep.readable(), now)
+        assert ep.in_flight >= 0 and ep.readable() >= 0
+        for out in egress.packets:
+            assert wire.checksum_ok(out, len(out))
+            assert len(out) <= 40 + 1340
+        egress.packets.clear()

@@ -610,7 +610,7 @@ class TcpEndpoint:
             self._rcv_mss = plen
         unacked = self._unacked + plen
         self._unacked = unacked
-        if unacked >= 2 * self._rcv_mss:
+        if unacked >= 2 * self._rcv_mss or self._ack_delay <= 0:
             self._ack_now = True
         elif self._t_delack == INF:
             self._t_delack = now + self._ack_delay
