@@ -106,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect")
     try:
-        return supervisor.run(cfg, lambda address: _announce(cfg, address))
+        return supervisor.run(cfg, lambda address: _announce(cfg, address),
+                              reload=lambda: _load(args, embedded=True))
     except supervisor.ListenError as exc:
         print(f"wgslirp: {exc} (WG_LISTEN_ADDR/WG_LISTEN_PORT)", file=sys.stderr)
         return 1

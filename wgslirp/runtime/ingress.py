@@ -143,6 +143,7 @@ class Ingress:
         from_workers: list[Consumer],
         to_workers_big: list[Producer] | None = None,
         metrics: MetricsBlock | None = None,
+        reload: Callable[[], IngressSettings] | None = None,
     ) -> None:
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
@@ -173,6 +174,7 @@ class Ingress:
         self.slot_size = to_workers[0].slot_size if to_workers else 0
         self.nworkers = len(self.writers)
         self._last_shard = 0
+        self._reload = reload
         self.overlay = settings.overlay_routing
         # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
         # though a peer's AllowedIPs cover them.
@@ -344,6 +346,54 @@ class Ingress:
         if self.pcap is not None:
             self.pcap.close()
 
+    def reload(self, now: float) -> None:
+        """SIGHUP: re-read the configuration and apply the peer set (and private key) live,
+        like `wg syncconf`; settings that need a restart are reported, not half-applied."""
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except Exception as exc:  # ConfigError and friends: keep running on the old config
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        dev = self.device
+        if new.private_key is not None and new.private_key != dev.identity.private_bytes:
+            dev.set_private_key(new.private_key)
+            log.info("reload: private key changed (all sessions restart)")
+        wanted = {p.public_key: p for p in new.peers}
+        removed = [k for k in dev.peers if k not in wanted]
+        for k in removed:
+            dev.remove_peer(k)
+        added = updated = 0
+        for key, spec in wanted.items():
+            peer = dev.peers.get(key)
+            if peer is None:
+                dev.add_peer(key, preshared_key=spec.preshared_key, allowed_ips=spec.allowed_ips,
+                             endpoint=spec.endpoint, keepalive=spec.keepalive, now=now)
+                added += 1
+                continue
+            changed = False
+            if sorted(dev.allowed.prefixes_of(peer)) != sorted(
+                    _normal(c) for c in spec.allowed_ips):
+                dev.allowed.remove_owner(peer)
+                for cidr in spec.allowed_ips:
+                    dev.allowed.insert(cidr, peer)
+                changed = True
+            psk = spec.preshared_key or bytes(32)
+            if peer.handshake.psk != psk:
+                peer.handshake.psk = psk
+                changed = True
+            if spec.endpoint is not None and peer.endpoint != spec.endpoint:
+                peer.endpoint = spec.endpoint
+                changed = True
+            if peer.keepalive != spec.keepalive:
+                dev.set_keepalive(peer, spec.keepalive, now)
+                changed = True
+            updated += changed
+        log.info("reload: %d peer(s) added, %d removed, %d updated", added, len(removed),
+                 updated)
+        self._flush_outbox()
+
     def _overlay_forward(self, target: Peer, pkt: memoryview, n: int, now: float) -> None:
         """Peer to peer inside ingress (WG_OVERLAY_ROUTING): re-encrypt to the peer that
         owns the destination, as a router would: TTL decremented, expired packets dropped."""
@@ -409,6 +459,12 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     "ring_full_dropped", "fragments_reassembled_timeouts", "unknown_peer_index", "peers",
     "overlay_forwarded", "overlay_ttl_expired", "peer_space_dropped",
 )
+
+
+def _normal(cidr: str) -> str:
+    from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
+
+    return format_cidr(*parse_cidr(cidr))
 
 
 def _doorbell(cons: Consumer) -> Callable[[float, int], None]:

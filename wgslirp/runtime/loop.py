@@ -51,6 +51,7 @@ class Loop:
         self.idle_after = 1.0
         self._last_event = 0.0
         self.stopping = False
+        self._pending_signals: list[Hook] = []
         self.turns = 0  # health: proves the loop is ticking
 
     def register(self, fileobj: int | object, handler: Handler,
@@ -96,6 +97,8 @@ class Loop:
         for key, mask in events:
             key.data(self.clock(), mask)
         now = self.clock()
+        if self._pending_signals:
+            self._run_signal_callbacks(now)
         for hook in self.hooks:
             hook(now)
         for t in self.timers:
@@ -128,6 +131,19 @@ class Loop:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    def on_signal(self, signum: int, callback: Hook) -> None:
+        """Run `callback(now)` on the loop (never inside the signal handler) after `signum`.
+        Needs install_stop_signals first, whose wake-up socket makes the loop turn."""
+        def handler(_signum: int, _frame: object) -> None:
+            self._pending_signals.append(callback)
+
+        signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+
+    def _run_signal_callbacks(self, now: float) -> None:
+        while self._pending_signals:
+            self._pending_signals.pop(0)(now)
 
     def run(self) -> None:
         while not self.stopping:

@@ -66,7 +66,8 @@ def _counters_line(role: str, counters: dict[str, int]) -> None:
 
 
 def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
-               announce: Callable[[tuple[str, int]], None]) -> int:
+               announce: Callable[[tuple[str, int]], None],
+               reload: Callable[[], Config] | None = None) -> int:
     """PROCESSOR_WORKERS=0: one process, one loop, ingress and a worker side by side."""
     plan = plan_for(cfg)
     rin = Ring.create(plan.in_slots, plan.slot_size)
@@ -77,7 +78,7 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     http: HttpServer | None = None
     try:
         ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
-                          [rbig.producer()], metrics=metrics)
+                          [rbig.producer()], metrics=metrics, reload=reload)
         worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
                         rbig.consumer(), metrics=metrics)
         monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
@@ -88,6 +89,7 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         http = _open_http(cfg, monitor, loop.selector)
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
+        loop.on_signal(signal.SIGHUP, ingress.reload)
         announce(ingress.address)
         sd = Notifier.from_environ()
         loop.timers.append(Watchdog(sd))  # the loop turning is the health signal here
@@ -109,8 +111,10 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, sock: socket.socket, icmp_mode: str | None) -> None:
+    def __init__(self, cfg: Config, sock: socket.socket, icmp_mode: str | None,
+                 reload: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        self.reload = reload
         self.sock = sock
         self.icmp_mode = icmp_mode
         self.plan = plan_for(cfg)
@@ -148,6 +152,7 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ingress installs its own
                 signal.set_wakeup_fd(-1)
                 if self.http is not None:  # the metrics listener is the supervisor's
                     self.http.lsock.close()
@@ -167,8 +172,10 @@ class Supervisor:
         loop = Loop()
         ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
                           [r.consumer() for r in self.rings_out],
-                          [r.producer() for r in self.rings_big], metrics=self.metrics)
+                          [r.producer() for r in self.rings_big], metrics=self.metrics,
+                          reload=self.reload)
         loop.install_stop_signals()
+        loop.on_signal(signal.SIGHUP, ingress.reload)
         loop.run()
         ingress.close()
         _counters_line("ingress", ingress.stats())
@@ -211,6 +218,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # just wake the selector
+        signal.signal(signal.SIGHUP, lambda *_: self._forward_hup())
         self._start("ingress")
         for k in range(self.plan.nworkers):
             self._start(f"worker {k}")
@@ -261,6 +269,15 @@ class Supervisor:
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0
 
+    def _forward_hup(self) -> None:
+        """SIGHUP re-reads the configuration; ingress owns the peers, so it does the work."""
+        for pid, role in self.children.items():
+            if role == "ingress":
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     def _reap(self) -> list[str]:
         died: list[str] = []
         while self.children:
@@ -310,7 +327,8 @@ def _status_line(cfg: Config, nworkers: int, restarts: int = 0) -> str:
     return f"serving {len(cfg.peers)} peers, {workers}{extra}"
 
 
-def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
+def run(cfg: Config, announce: Callable[[tuple[str, int]], None],
+        reload: Callable[[], Config] | None = None) -> int:
     """Run the router until SIGTERM/SIGINT; returns the process exit status."""
     try:
         sock = open_wg_socket(cfg.listen_addr, cfg.listen_port)
@@ -323,9 +341,9 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None]) -> int:
                     "and CAP_NET_RAW is missing): guest pings to the outside will be dropped")
     try:
         if cfg.processor_workers == 0:
-            return run_inline(cfg, sock, icmp_mode, announce)
+            return run_inline(cfg, sock, icmp_mode, announce, reload)
         set_process_name("wgslirp-main")
-        sup = Supervisor(cfg, sock, icmp_mode)
+        sup = Supervisor(cfg, sock, icmp_mode, reload)
         announce(sock.getsockname())
         return sup.run()
     finally:

@@ -1,0 +1,57 @@
+"""SIGHUP re-reads the config file: peers added and removed live, bad files refused."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from harness import RouterProcess, WgClient, free_udp_port, generate_keypair
+from routerutil import GATEWAY, router_cmd, stop_and_counters
+
+pytestmark = pytest.mark.e2e
+
+
+def write_conf(path: Path, server: str, port: int, peers: list[tuple[str, str]]) -> None:
+    text = f"[Interface]\nPrivateKey = {server}\nListenPort = {port}\n"
+    for pub, addr in peers:
+        text += f"\n[Peer]\nPublicKey = {pub}\nAllowedIPs = {addr}\n"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
+    port = free_udp_port()
+    server, ka, kb = generate_keypair(), generate_keypair(), generate_keypair()
+    conf = tmp_path / "wg.conf"
+    write_conf(conf, server.private, port, [(ka.public, "10.77.0.2/32")])
+    env = {"WG_LISTEN_ADDR": "127.0.0.1", "WG_GATEWAY_IP": GATEWAY,
+           "WGSLIRP_STATE_DIR": str(tmp_path / "state"), "PROCESSOR_WORKERS": workers}
+    with RouterProcess(router_cmd("--config", str(conf)), env) as r:
+        r.wait_for_line(r"listening on", timeout=20)
+        with WgClient(ka.private, server.public, port, address="10.77.0.2/32",
+                      allowed_ips=("10.77.0.0/24",)) as a, \
+                WgClient(kb.private, server.public, port, address="10.77.0.3/32",
+                         allowed_ips=("10.77.0.0/24",)) as b:
+            assert a.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+            assert b.ping(GATEWAY, count=2, interval=0.1, wait=1) == (2, 0)
+            write_conf(conf, server.private, port,
+                       [(ka.public, "10.77.0.2/32"), (kb.public, "10.77.0.3/32")])
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            r.wait_for_line(r"reload: 1 peer\(s\) added, 0 removed", timeout=5, since=mark)
+            assert b.ping(GATEWAY, count=5, interval=0.2, wait=6)[1] >= 1
+            conf.write_text("[Interface]\nPrivateKey = not-a-key\n")
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            r.wait_for_line(r"reload failed, keeping the running configuration", timeout=5,
+                            since=mark)
+            assert a.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+            write_conf(conf, server.private, port, [(kb.public, "10.77.0.3/32")])
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            r.wait_for_line(r"reload: 0 peer\(s\) added, 1 removed", timeout=5, since=mark)
+            assert a.ping(GATEWAY, count=3, interval=0.1, wait=1) == (3, 0)
+            assert b.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+        stop_and_counters(r)
