@@ -74,3 +74,38 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
                         env={"METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}", "PATH": "/usr/bin"},
                         capture_output=True, text=True, timeout=30)
     assert hc.returncode == 1 and "unhealthy" in hc.stderr
+
+
+def test_healthcheck_probes_feed_readiness_and_metrics(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_a: object) -> None:
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    port, mport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port, 1) | {
+        "METRICS_LISTEN": f"127.0.0.1:{mport}", "HEALTHCHECK": "1",
+        "HEALTH_HTTP_URL": f"http://127.0.0.1:{web.server_address[1]}/",
+        "HEALTH_DNS_NAME": "localhost", "HEALTH_DNS_IP": "127.0.0.1"}
+    try:
+        with router(env) as r:
+            r.wait_for_line(r"health probe http ok", timeout=10)
+            r.wait_for_line(r"health probe dns_server FAILED", timeout=10)  # nothing on :53
+            status, body = http_get("127.0.0.1", mport, "/readyz")
+            assert status == 503 and "dns_server" in body
+            assert http_get("127.0.0.1", mport, "/healthz")[0] == 200  # alive, not ready
+            m = scrape(mport)
+            assert m["wgslirp_health_probe_up"][(("probe", "http"),)] == 1
+            assert m["wgslirp_health_probe_up"][(("probe", "dns_server"),)] == 0
+            stop_and_counters(r)
+    finally:
+        web.shutdown()
+        web.server_close()

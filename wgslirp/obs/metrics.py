@@ -253,6 +253,8 @@ def render_prometheus(snap: Snapshot) -> str:
     metric("ring_depth", "gauge", "Packets waiting in a ring.", labelled("ring_depth", "ring"))
     metric("ring_drops_total", "counter", "Packets a full ring refused.",
            labelled("ring_drops", "ring"))
+    metric("health_probe_up", "gauge", "HEALTHCHECK probe results (1 = passing).",
+           labelled("probe_up", "probe"))
     metric("worker_restarts_total", "counter", "Processes restarted by the supervisor.",
            [({}, snap.extra.get("worker_restarts", 0))])
     metric("process_cpu_seconds_total", "counter", "CPU time per process.",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from wgslirp.obs.metrics import MetricsBlock, Snapshot, render_log, render_prometheus, snapshot
+from wgslirp.obs.probes import Prober
 from wgslirp.shm.ring import Ring
 
 log = logging.getLogger("wgslirp.metrics")
@@ -38,7 +39,8 @@ class Monitor:
                  children: Callable[[], dict[int, str]], restarts: Callable[[], int],
                  *, log_format: str = "text", log_interval: float = 0.0,
                  clock: Callable[[], float] = time.monotonic,
-                 expected_roles: Sequence[str] | None = None) -> None:
+                 expected_roles: Sequence[str] | None = None,
+                 prober: Prober | None = None) -> None:
         self.block = block
         self.rings = [_RingWatch(n, r) for n, r in rings]
         self.children = children
@@ -48,6 +50,7 @@ class Monitor:
         self.clock = clock
         self._next_log = clock() + log_interval if log_interval > 0 else None
         self._procs: dict[int, psutil.Process] = {}
+        self.prober = prober
         self.expected_roles = (["ingress"] + [f"worker {k}" for k in range(block.nworkers)]
                                if expected_roles is None else list(expected_roles))
 
@@ -55,6 +58,9 @@ class Monitor:
 
     def extra(self) -> dict[str, float]:
         out: dict[str, float] = {"worker_restarts": self.restarts()}
+        if self.prober is not None:
+            for name, res in self.prober.results.items():
+                out[f"probe_up:{name}"] = 1.0 if res.ok else 0.0
         for w in self.rings:
             st = w.ring.stats()
             out[f"ring_depth:{w.name}"] = st.pending
@@ -105,7 +111,12 @@ class Monitor:
                                                        "\n".join(problems) + "\n")
 
     def readyz(self) -> tuple[int, str, str]:
+        """Healthy, reporting, and (with HEALTHCHECK) able to reach what the probes check."""
         ok, problems = self.health()
+        if self.prober is not None:
+            failing = self.prober.failing()
+            problems += failing
+            ok = ok and not failing
         if ok and self.block.ingress.heartbeat_ns:
             return 200, "text/plain", "ready\n"
         return 503, "text/plain", "\n".join(problems or ["starting"]) + "\n"

@@ -23,6 +23,7 @@ from wgslirp.config import Config
 from wgslirp.obs.http import HttpServer
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.obs.notify import Notifier, Watchdog
+from wgslirp.obs.probes import Prober
 from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.monitor import Monitor
@@ -76,15 +77,17 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, 1)
     loop = Loop()
     http: HttpServer | None = None
+    monitor: Monitor | None = None
     try:
         ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
                           [rbig.producer()], metrics=metrics, reload=reload)
         worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
                         rbig.consumer(), metrics=metrics)
+        prober = _prober(cfg)
         monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
                           log_format=cfg.metrics.format,
                           log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-                          expected_roles=())
+                          expected_roles=(), prober=prober)
         loop.timers.append(monitor)
         http = _open_http(cfg, monitor, loop.selector)
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
@@ -103,6 +106,8 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     finally:
         if http is not None:
             http.close()
+        if monitor is not None and monitor.prober is not None:
+            monitor.prober.stop()
         metrics.close()
         rin.close()
         rout.close()
@@ -134,7 +139,8 @@ class Supervisor:
             (f"out{k}", r) for k, r in enumerate(self.rings_out)]
         self.monitor = Monitor(self.metrics, rings, lambda: dict(self.children),
                                lambda: self.restarts, log_format=cfg.metrics.format,
-                               log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0)
+                               log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
+                               prober=_prober(cfg, start=False))
         self.http: HttpServer | None = None
 
     # ------------------------------------------------------------- children
@@ -225,6 +231,8 @@ class Supervisor:
         sel = selectors.DefaultSelector()
         sel.register(r, selectors.EVENT_READ)
         self.http = _open_http(self.cfg, self.monitor, sel)
+        if self.monitor.prober is not None:
+            self.monitor.prober.start()  # after the forks: children never inherit the thread
         pending: list[str] = []
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         try:
@@ -260,6 +268,8 @@ class Supervisor:
         finally:
             if self.http is not None:
                 self.http.close()
+            if self.monitor.prober is not None:
+                self.monitor.prober.stop()
             sel.close()
             r.close()
             w.close()
@@ -348,6 +358,15 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None],
         return sup.run()
     finally:
         sock.close()
+
+
+def _prober(cfg: Config, *, start: bool = True) -> Prober | None:
+    """HEALTHCHECK: periodic probes of HEALTH_HTTP_URL, HEALTH_DNS_NAME, HEALTH_DNS_IP."""
+    h = cfg.health
+    if not h.enabled:
+        return None
+    prober = Prober(http_url=h.http_url, dns_name=h.dns_name, dns_ip=h.dns_ip)
+    return prober.start() if start else prober
 
 
 def _open_http(cfg: Config, monitor: Monitor, sel: selectors.BaseSelector) -> HttpServer | None:
