@@ -219,7 +219,8 @@ def test_dockerfile_shape() -> None:
     assert user.isdigit() and int(user) != 0  # numeric, so runAsNonRoot can check it
     assert by["EXPOSE"] == "51820/udp"
     assert json.loads(by["VOLUME"]) == ["/var/lib/wgslirp"]
-    assert "HEALTHCHECK" in by
+    assert "HEALTHCHECK" in by and '"wgslirp", "healthcheck"' in by["HEALTHCHECK"]
+    assert dockerfile_env()["METRICS_LISTEN"].startswith("127.0.0.1:")
     env = dockerfile_env()
     assert env["WGSLIRP_STATE_DIR"] == "/var/lib/wgslirp"
     assert "WG_PRIVATE_KEY" not in env  # keys come from the volume or from -e
