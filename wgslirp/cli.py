@@ -100,7 +100,8 @@ def _healthcheck(cfg: Config) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = _load(args, embedded=True)
-    setup_logging(debug=bool(cfg.debug))
+    setup_logging(debug=bool(cfg.debug), json_lines=cfg.log_format == "json",
+                  wg_debug=bool(cfg.wg_debug))
     from wgslirp.runtime import supervisor
 
     if cfg.private_key is not None and not cfg.peers:

@@ -659,6 +659,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         bool,
         _doc("DEBUG", "Verbose logging.", group="Logging and diagnostics"),
     ] = False
+    log_format: Annotated[
+        Literal["text", "json"],
+        _doc("LOG_FORMAT", "Log lines as plain text or one JSON object per line.",
+             group="Logging and diagnostics"),
+    ] = "text"
     wg_debug: Annotated[
         bool,
         _doc(

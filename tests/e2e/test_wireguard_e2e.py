@@ -40,6 +40,9 @@ def test_embedded_default_handshake_and_20_pings(tmp_path: Path) -> None:
     state = tmp_path / "state"
     for name in os.listdir(state):
         assert (state / name).stat().st_mode & 0o077 == 0, name
+    # the server's private key never appears in any output (the client's is printed on
+    # purpose: it is the ready-made client configuration)
+    assert (state / "server.key").read_text().strip() not in r.output()
     # a second start reuses the same keys and prints the same client config
     with router(env) as r2:
         r2.wait_for_line(r"^PersistentKeepalive", timeout=5)

@@ -160,6 +160,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "POOLING": ("1", "pooling", True),
     "POOL_WRAP": ("yes", "pool_wrap", True),
     "DEBUG": ("TRUE", "debug", True),
+    "LOG_FORMAT": ("json", "log_format", "json"),
     "WG_DEBUG": ("on", "wg_debug", True),
     "WG_PCAP": ("/tmp/x.pcap", "pcap_path", "/tmp/x.pcap"),
     "WG_OVERLAY_ROUTING": ("1", "overlay_routing", True),

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 
 class _JsonFormatter(logging.Formatter):
@@ -25,8 +26,43 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup_logging(debug: bool = False, json_lines: bool = False) -> None:
+class RepeatFilter(logging.Filter):
+    """Rate-limits repeats: the same message template from the same logger passes once per
+    `window` seconds; the next one that passes says how many were held back. A flood of
+    identical warnings then costs a line per window, and nothing is silently lost."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 1024) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self.max_keys = max_keys
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [last pass, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is None:
+            if len(self._seen) >= self.max_keys:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+            return True
+        if now - entry[0] < self.window:
+            entry[1] += 1
+            return False
+        if entry[1]:
+            record.msg = f"{record.msg} ({int(entry[1])} similar messages suppressed)"
+        entry[0], entry[1] = now, 0
+        return True
+
+
+def setup_logging(debug: bool = False, json_lines: bool = False,
+                  wg_debug: bool = False) -> None:
+    """DEBUG makes everything verbose; WG_DEBUG only the WireGuard side (handshakes,
+    sessions, cookies), as in the original."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatFilter())
     if json_lines:
         handler.setFormatter(_JsonFormatter())
     else:
@@ -37,3 +73,6 @@ def setup_logging(debug: bool = False, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    if wg_debug:
+        logging.getLogger("wgslirp.ingress").setLevel(logging.DEBUG)
+        logging.getLogger("wgslirp.uapi").setLevel(logging.DEBUG)

@@ -269,6 +269,7 @@ class Ingress:
         plain = self._plain
         plainv = memoryview(plain)
         deliver = self._deliver_pkt
+        debug = log.isEnabledFor(logging.DEBUG)
         writers = self.writers
         for _ in range(RECV_BATCH):
             try:
@@ -294,7 +295,11 @@ class Ingress:
                         if res is not None and res[1]:
                             deliver(res[0], plainv, res[1], now, False)
                 else:
-                    dev.receive_handshake(rxv[:n], addr, now)
+                    got = dev.receive_handshake(rxv[:n], addr, now)
+                    if debug:
+                        log.debug("handshake message type %d from %s:%d: %s", rx[0] if n else 0,
+                                  addr[0], addr[1],
+                                  "peer " + encode_key(got.public_key) if got else "dropped")
             except Exception:  # a bug must not take the router down with it
                 self.internal_errors += 1
                 if now >= self._next_error_log:

@@ -1,0 +1,33 @@
+"""Log handling: repeats are rate-limited, JSON lines parse, keys never appear."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from wgslirp.obs.logs import RepeatFilter, _JsonFormatter
+
+
+def record(msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("wgslirp.test", logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_repeats_pass_once_per_window_then_report_suppressed() -> None:
+    now = [0.0]
+    f = RepeatFilter(window=10, clock=lambda: now[0])
+    assert f.filter(record("peer %s timed out", "a"))
+    assert not f.filter(record("peer %s timed out", "b"))  # same template: held back
+    assert f.filter(record("another message"))
+    now[0] = 10.0
+    r = record("peer %s timed out", "c")
+    assert f.filter(r)
+    assert r.getMessage() == "peer c timed out (1 similar messages suppressed)"
+    now[0] = 21.0
+    r = record("peer %s timed out", "d")
+    assert f.filter(r) and r.getMessage() == "peer d timed out"
+
+
+def test_json_lines() -> None:
+    line = _JsonFormatter().format(record("hello %d", 5))
+    doc = json.loads(line)
+    assert doc["msg"] == "hello 5" and doc["level"] == "warning" and doc["ts"].endswith("Z")
