@@ -27,9 +27,10 @@ class _JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Rate-limits repeats: the same message template from the same logger passes once per
-    `window` seconds; the next one that passes says how many were held back. A flood of
-    identical warnings then costs a line per window, and nothing is silently lost."""
+    """Rate-limits repeats: the same message (as rendered) from the same logger passes once
+    per `window` seconds; the next one that passes says how many were held back. A flood of
+    identical lines then costs a line per window and nothing is silently lost, while
+    distinct events (another peer, another reason) are never held back."""
 
     def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 1024) -> None:
@@ -40,7 +41,7 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [last pass, suppressed]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+        key = (record.name, record.getMessage())
         now = self.clock()
         entry = self._seen.get(key)
         if entry is None:
@@ -52,7 +53,8 @@ class RepeatFilter(logging.Filter):
             entry[1] += 1
             return False
         if entry[1]:
-            record.msg = f"{record.msg} ({int(entry[1])} similar messages suppressed)"
+            record.msg = f"{record.getMessage()} ({int(entry[1])} identical messages suppressed)"
+            record.args = ()
         entry[0], entry[1] = now, 0
         return True
 
