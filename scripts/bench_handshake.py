@@ -41,8 +41,10 @@ def main() -> None:
     for msg, addr in inits:
         responder.receive_handshake(msg, addr, 1.0)
     dt = time.perf_counter() - t0
-    assert responder.stats.handshakes_completed == args.count, responder.stats.as_dict()
-    assert len(responder.outbox) == args.count
+    # every initiation answered with a response (the responder counts a handshake only
+    # once the initiator confirms it, which this benchmark does not simulate)
+    assert len(responder.outbox) == args.count, responder.stats.as_dict()
+    assert all(msg[0] == 2 for msg, _ in responder.outbox)
     # baseline: 4 X25519 operations (ephemeral keygen + 3 DH) per handshake
     priv = X25519PrivateKey.generate()
     pub = X25519PublicKey.from_public_bytes(public_key(generate_private_key()))
