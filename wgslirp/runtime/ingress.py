@@ -22,7 +22,7 @@ from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
 from wgslirp.obs.pcap import open_capture
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.uapi_server import UapiServer
-from wgslirp.shm.ring import Consumer, Producer
+from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.wireguard.allowedips import AllowedIPs
 from wgslirp.wireguard.device import (
     Device,
@@ -95,44 +95,6 @@ def open_wg_socket(addr: str, port: int) -> socket.socket:
     return sock
 
 
-class RingWriter:
-    """Copies packets into a worker's inbound ring and publishes them once per batch."""
-
-    __slots__ = ("_prod", "_room", "_staged", "dropped")
-
-    def __init__(self, producer: Producer) -> None:
-        self._prod = producer
-        self._staged = 0
-        self._room = 0
-        self.dropped = 0
-
-    def reserve(self) -> memoryview | None:
-        if self._staged >= self._room:
-            self._room = self._prod.free_slots()
-            if self._staged >= self._room:
-                return None
-        return self._prod.slot(self._staged)
-
-    def commit(self, length: int, peer: int) -> None:
-        self._prod.stage(self._staged, length, peer)
-        self._staged += 1
-
-    def push(self, pkt: memoryview, n: int, peer: int) -> None:
-        slot = self.reserve()
-        if slot is None or n > len(slot):
-            self._prod.drop(1)
-            self.dropped += 1
-            return
-        slot[:n] = pkt[:n]
-        self.commit(n, peer)
-
-    def flush(self) -> None:
-        if self._staged:
-            self._prod.publish(self._staged)
-            self._staged = 0
-            self._room = 0
-
-
 class Ingress:
     def __init__(
         self,
@@ -168,10 +130,10 @@ class Ingress:
         self._plain = bytearray(MAX_DATAGRAM + 64)
         self._tx = bytearray(MAX_DATAGRAM + 64)
         self._reply = bytearray(MAX_DATAGRAM + 64)
-        self.writers = [RingWriter(p) for p in to_workers]
+        self.writers = [BatchWriter(p) for p in to_workers]
         # Reassembled datagrams larger than a slot travel on a small ring of 64 KiB slots.
-        self.big_writers = [RingWriter(p) for p in (to_workers_big or [])]
-        self.slot_size = to_workers[0].slot_size if to_workers else 0
+        self.big_writers = [BatchWriter(p) for p in (to_workers_big or [])]
+        self.slot_size = self.writers[0].slot_size if self.writers else 0
         self.nworkers = len(self.writers)
         self._last_shard = 0
         self._reload = reload

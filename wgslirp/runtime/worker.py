@@ -15,7 +15,7 @@ from wgslirp.config import Config
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.loop import Loop
-from wgslirp.shm.ring import Consumer, Producer
+from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.context import BridgeContext, WorkerStats
 from wgslirp.slirp.flows import FlowTable
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
@@ -28,35 +28,6 @@ log = logging.getLogger("wgslirp.worker")
 
 DRAIN_BUDGET = 512
 ERROR_LOG_INTERVAL = 10.0  # inbound packets per loop turn before sockets and timers get a turn
-
-
-class RingEgress:
-    """The bridges' Egress over a ring producer: slots are filled in place and published
-    once per loop turn."""
-
-    __slots__ = ("_prod", "_room", "_staged")
-
-    def __init__(self, producer: Producer) -> None:
-        self._prod = producer
-        self._staged = 0
-        self._room = 0
-
-    def reserve(self) -> memoryview | None:
-        if self._staged >= self._room:
-            self._room = self._prod.free_slots()
-            if self._staged >= self._room:
-                return None
-        return self._prod.slot(self._staged)
-
-    def commit(self, length: int, peer: int) -> None:
-        self._prod.stage(self._staged, length, peer)
-        self._staged += 1
-
-    def flush(self, _now: float = 0.0) -> None:
-        if self._staged:
-            self._prod.publish(self._staged)
-            self._staged = 0
-            self._room = 0
 
 
 def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
@@ -131,7 +102,7 @@ class Worker:
         self.index = index
         self.inbound = inbound
         self.inbound_big = inbound_big
-        self.egress = RingEgress(outbound)
+        self.egress = BatchWriter(outbound)
         self.stats = WorkerStats()
         n = max(1, nworkers)
         self.ctx = BridgeContext(self.egress, loop.selector, mtu=cfg.mtu, ttl=cfg.ip_ttl,

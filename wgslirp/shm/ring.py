@@ -70,6 +70,7 @@ import numpy.typing as npt
 __all__ = [
     "HEADER_SIZE",
     "MISSED_WAKEUP_BOUND",
+    "BatchWriter",
     "Consumer",
     "Producer",
     "Ring",
@@ -702,3 +703,50 @@ class Consumer:
                 os.eventfd_read(self._efd)
             except BlockingIOError:
                 pass
+
+
+class BatchWriter:
+    """A producer used slot by slot: `reserve` a slot, write in place, `commit` it; the
+    batch becomes visible with one `flush` (one head store, at most one doorbell). Both
+    ingress (towards workers) and workers (towards ingress) write this way."""
+
+    __slots__ = ("_prod", "_room", "_staged", "dropped")
+
+    def __init__(self, producer: Producer) -> None:
+        self._prod = producer
+        self._staged = 0
+        self._room = 0
+        self.dropped = 0
+
+    @property
+    def slot_size(self) -> int:
+        return self._prod.slot_size
+
+    def reserve(self) -> memoryview | None:
+        """The next free slot (whole), or None while the ring is full."""
+        if self._staged >= self._room:
+            self._room = self._prod.free_slots()
+            if self._staged >= self._room:
+                return None
+        return self._prod.slot(self._staged)
+
+    def commit(self, length: int, peer: int) -> None:
+        self._prod.stage(self._staged, length, peer)
+        self._staged += 1
+
+    def push(self, pkt: memoryview, n: int, peer: int) -> bool:
+        """Copy a packet in; a full ring (or an oversized packet) drops it and counts."""
+        slot = self.reserve()
+        if slot is None or n > len(slot):
+            self._prod.drop(1)
+            self.dropped += 1
+            return False
+        slot[:n] = pkt[:n]
+        self.commit(n, peer)
+        return True
+
+    def flush(self, _now: float = 0.0) -> None:
+        if self._staged:
+            self._prod.publish(self._staged)
+            self._staged = 0
+            self._room = 0
