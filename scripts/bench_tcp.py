@@ -1,0 +1,1172 @@
+#!/usr/bin/env python3
+"""TCP throughput up and down through the real tunnel, and memory per idle flow.
+
+Paths measured (needs root, /dev/net/tun, wireguard-go, wg, ip and iperf3):
+
+- **loopback**: iperf3 client -> iperf3 server, both on 127.0.0.1 in the root namespace
+  (no tunnel): the ceiling of this machine for one TCP stream.
+- **wg-go<->wg-go** (kernel-path reference): a second wireguard-go plays the server.  Its TUN
+  sits in a second namespace with an iperf3 server; the client's TUN in the guest
+  namespace.  Both wireguard-go UDP sockets are on 127.0.0.1 in the root namespace, so all
+  traffic stays on loopback or inside the namespaces this script creates; no veth, no
+  routing into the host.  Kernel TCP at both ends, two user-space WireGuard hops: what a
+  tunnel can do on this box without wgslirp's user-space TCP.
+- **workers=N**: guest namespace -> TUN -> wireguard-go -> UDP 127.0.0.1 -> wgslirp
+  (``PROCESSOR_WORKERS=N``), which terminates the guest's TCP in user space and bridges it
+  to a host socket -> the iperf3 server on 127.0.0.1, reached as the gateway 10.77.0.1.
+  ``up`` is ``iperf3 -c`` (guest sends), ``down`` is ``iperf3 -R`` (host sends).
+
+Mbit/s is iperf3's receiver-side goodput over the window after the omitted first seconds;
+``retr`` the sender's retransmissions (the guest kernel's going up; the host's going down,
+which, over loopback to the router, are ~0 whatever the tunnel does).  CPU columns are % of
+one core over the same window from psutil (per-task run time): the router's processes by
+name (``main`` = supervisor, or everything when ``PROCESSOR_WORKERS=0``; ``ingress``;
+``wN``), wireguard-go (both instances for the reference), the iperf3 client and server;
+``busy%`` is the whole machine (200 = both cores), ``other%`` what of it no listed process
+was charged for (softirq in kernel threads, this controller, others' load).
+
+Memory per idle flow: a fresh router (``TCP_MAX_FLOWS``/``TCP_MAX_FLOWS_PER_PEER`` raised to
+``20000`` by default so the default caps of 4096/1024 do not refuse the test) and a guest
+that opens ``--flows`` connections (default 10,000) to an accept-and-hold server on
+127.0.0.1 (via the gateway) and keeps them idle.  Reported per flow: the router's
+user-space memory (USS, and RSS/PSS) summed over its processes, after minus before
+(before = after a warm-up of a few connections); the same after each connection carried
+``--touch`` bytes each way and went idle again; and what is still held after every
+connection closed.  Kernel socket memory (socket structs, skbs: three sockets per flow --
+guest, router's host socket, the server's) is kernel memory, not user space, and is not
+counted; the kernel's slab and TCP page totals are printed next to it for scale.
+
+Nothing here asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each way on a
+2-core machine with the client on the same box, <= 16 KiB of user-space memory per idle flow.
+
+    python scripts/bench_tcp.py                     # everything, ~3 minutes
+    python scripts/bench_tcp.py --quick             # 3 s windows, 2,000 flows
+    python scripts/bench_tcp.py --workers 2 --skip memory
+    python scripts/bench_tcp.py --rev HEAD          # router from a commit, not the work tree
+    python scripts/bench_tcp.py --router-env TCP_ENABLE_SACK=1
+    python scripts/bench_tcp.py --profile /tmp/p    # py-spy each router process, top lines
+
+The same file is also the guest program (``bench_tcp.py guest-hold ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import re
+import select
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+KIB = 1024
+TARGET_MBIT = 500.0
+TARGET_FLOW_KIB = 16.0
+GUEST_LIFETIME = 1800.0  # s: the guest program exits (closing everything) after this
+SERVER_LIFETIME = 3600.0
+REF_NET = ("10.78.0.1", "10.78.0.2")  # the reference tunnel's addresses (its own namespaces)
+
+
+# =========================================================================== shared helpers
+
+
+def raise_nofile(need: int) -> int:
+    """Raise RLIMIT_NOFILE to at least ``need`` if the hard limit (or root) allows; the
+    resulting soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, need)
+    if want > hard:
+        try:
+            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            nr_open = hard
+        new_hard = min(want, nr_open)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_hard, new_hard))
+            return new_hard
+        want = hard
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    return soft
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# =========================================================================== guest side
+# Runs inside the guest namespace.  Stdlib only.  Opens N connections, reports one JSON
+# line, then obeys commands on stdin ("touch SIZE", "close"); EOF or GUEST_LIFETIME closes.
+
+
+def _open_many(host: str, port: int, n: int, concurrency: int,
+               timeout: float) -> tuple[list[socket.socket], dict[str, Any]]:
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    pending: dict[int, tuple[socket.socket, float]] = {}
+    errors: dict[str, int] = {}
+    started = 0
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+
+    def fail(s: socket.socket, err: int) -> None:
+        name = errno.errorcode.get(err, str(err))
+        errors[name] = errors.get(name, 0) + 1
+        s.close()
+
+    while (started < n or pending) and time.monotonic() < deadline:
+        while started < n and len(pending) < concurrency:
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:  # out of descriptors: the rest cannot be tried
+                name = errno.errorcode.get(exc.errno or 0, "socket")
+                errors[name] = errors.get(name, 0) + n - started
+                started = n
+                break
+            s.setblocking(False)
+            started += 1
+            err = s.connect_ex((host, port))
+            if err == 0:
+                socks.append(s)
+            elif err == errno.EINPROGRESS:
+                sel.register(s, selectors.EVENT_WRITE)
+                pending[s.fileno()] = (s, time.monotonic())
+            else:
+                fail(s, err)
+        for key, _ in sel.select(0.2):
+            s = key.fileobj  # type: ignore[assignment]
+            sel.unregister(s)
+            pending.pop(s.fileno(), None)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                fail(s, err)
+            else:
+                socks.append(s)
+    for s, _ in pending.values():
+        sel.unregister(s)
+        fail(s, errno.ETIMEDOUT)
+    sel.close()
+    return socks, {"phase": "open", "ok": len(socks), "failed": n - len(socks),
+                   "errors": errors, "seconds": time.monotonic() - t0}
+
+
+def _touch(socks: list[socket.socket], size: int, timeout: float) -> dict[str, Any]:
+    """Send ``size`` bytes on every connection, read as many back (the server echoes)."""
+    payload = b"x" * size
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    sel = selectors.DefaultSelector()
+    want: dict[int, int] = {}
+    send_failed = 0
+    for s in socks:
+        try:
+            s.send(payload)
+        except OSError:
+            send_failed += 1
+            continue
+        want[s.fileno()] = size
+        sel.register(s, selectors.EVENT_READ)
+    bad = 0
+    while want and time.monotonic() < deadline:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj  # type: ignore[assignment]
+            try:
+                got = len(s.recv(65536))
+            except BlockingIOError:
+                continue
+            except OSError:
+                got = 0
+            left = want[s.fileno()] - got
+            if got == 0 or left <= 0:
+                if got == 0:
+                    bad += 1
+                sel.unregister(s)
+                del want[s.fileno()]
+            else:
+                want[s.fileno()] = left
+    sel.close()
+    return {"phase": "touch", "ok": len(socks) - send_failed - bad - len(want),
+            "failed": send_failed + bad, "unfinished": len(want),
+            "seconds": time.monotonic() - t0}
+
+
+def guest_hold(host: str, port: int, n: int, concurrency: int, timeout: float) -> None:
+    raise_nofile(n + 64)
+    socks, out = _open_many(host, port, n, concurrency, timeout)
+    _emit(out)
+    deadline = time.monotonic() + GUEST_LIFETIME
+    buf = b""
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([sys.stdin.fileno()], [], [], 1.0)
+            if not r:
+                continue
+            chunk = os.read(sys.stdin.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                cmd = line.decode().split()
+                if cmd and cmd[0] == "touch":
+                    _emit(_touch(socks, int(cmd[1]), timeout))
+                elif cmd and cmd[0] == "close":
+                    deadline = 0.0
+                    break
+    finally:
+        t0 = time.monotonic()
+        for s in socks:
+            s.close()
+        _emit({"phase": "close", "closed": len(socks), "seconds": time.monotonic() - t0})
+
+
+def guest_main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller stops us (by PID)
+    cmd, a = argv[0], argv[1:]
+    if cmd == "guest-hold":
+        guest_hold(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]))
+    else:
+        raise SystemExit(f"unknown guest command {cmd}")
+
+
+# =========================================================================== host side
+
+
+def _hold_serve(lsock: socket.socket, counters: Any, need: int, lifetime: float) -> None:
+    from _benchutil import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise_nofile(need + 64)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ)
+    accepted = open_ = echoed = errors = 0
+    deadline = time.monotonic() + lifetime
+    while time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            s = key.fileobj
+            if s is lsock:
+                for _ in range(256):
+                    try:
+                        c, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        errors += 1
+                        break
+                    c.setblocking(False)
+                    sel.register(c, selectors.EVENT_READ)
+                    accepted += 1
+                    open_ += 1
+                continue
+            assert isinstance(s, socket.socket)
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                try:
+                    echoed += s.send(data)
+                except OSError:
+                    errors += 1
+            else:
+                sel.unregister(s)
+                s.close()
+                open_ -= 1
+        counters[0], counters[1], counters[2], counters[3] = accepted, open_, echoed, errors
+
+
+class HoldServer:
+    """Accept TCP connections on 127.0.0.1 and hold them (echoing anything received) in a
+    forked process; ``accepted``/``open`` come from shared memory (updated every turn)."""
+
+    def __init__(self, need: int, lifetime: float = SERVER_LIFETIME) -> None:
+        import multiprocessing as mp
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.listen(4096)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.port: int = self.sock.getsockname()[1]
+        ctx = mp.get_context("fork")
+        self._counters = ctx.RawArray("q", 4)
+        self._proc = ctx.Process(target=_hold_serve, args=(self.sock, self._counters, need,
+                                                           lifetime),
+                                 daemon=True, name="bench-tcp-hold")
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    @property
+    def accepted(self) -> int:
+        return int(self._counters[0])
+
+    @property
+    def open(self) -> int:
+        return int(self._counters[1])
+
+    def wait_open(self, want: int, limit: float) -> int:
+        deadline = time.monotonic() + limit
+        while self.open != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.open
+
+    def __enter__(self) -> HoldServer:
+        try:
+            self._proc.start()
+        except BaseException:
+            self.sock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.pid is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+        self.sock.close()
+
+
+class Iperf3Server:
+    """``iperf3 -s`` on ``addr``: in the root namespace, or inside ``ns`` (a WgClient)."""
+
+    def __init__(self, addr: str, port: int, ns: Any = None) -> None:
+        self.addr, self.port, self.ns = addr, port, ns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._drain: Any = None
+
+    def __enter__(self) -> Iperf3Server:
+        from _benchutil import LineReader, die_with_parent
+
+        argv = ["iperf3", "-s", "-B", self.addr, "-p", str(self.port), "--forceflush"]
+        kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+        if self.ns is None:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=die_with_parent, **kw)
+        else:
+            self.proc = self.ns.popen(argv, **kw)
+        try:
+            assert self.proc.stdout is not None
+            reader = LineReader(self.proc.stdout.fileno())
+            for _ in range(20):
+                line = reader.readline(5.0)
+                if line is None:
+                    raise RuntimeError(f"iperf3 -s on {self.addr}:{self.port} did not start")
+                if "Server listening" in line:
+                    break
+            else:
+                raise RuntimeError(f"iperf3 -s on {self.addr}:{self.port}: no listening line")
+            # nobody reads its output from now on: a log line per test must not block it
+            self._drain = reader
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def drain(self) -> None:
+        """Read (and forget) what the server printed, so its pipe never fills up."""
+        if self._drain is not None:
+            while self._drain.readline(0.0) is not None:
+                pass
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        from _benchutil import stop_popen
+
+        if self.proc is not None:
+            stop_popen(self.proc)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+# =========================================================================== results
+
+
+@dataclass
+class Tput:
+    path: str  # "loopback", "wg-go<->wg-go", "workers=N"
+    direction: str  # "up" or "down"
+    mbit: float = 0.0
+    retransmits: int | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    router_cpu: dict[str, float] = field(default_factory=dict)
+    background: float = 0.0
+    others: list[tuple[str, float]] = field(default_factory=list)
+    profile: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Mem:
+    mode: str
+    flows: int
+    opened: int = 0
+    open_seconds: float = 0.0
+    failed: dict[str, int] = field(default_factory=dict)
+    before: dict[str, dict[str, int]] = field(default_factory=dict)  # proc -> {uss,..}
+    idle: dict[str, dict[str, int]] = field(default_factory=dict)
+    touched: dict[str, dict[str, int]] = field(default_factory=dict)
+    closed: dict[str, dict[str, int]] = field(default_factory=dict)
+    touch_ok: int = 0
+    kernel_before: dict[str, int] = field(default_factory=dict)
+    kernel_idle: dict[str, int] = field(default_factory=dict)
+    server_open: int = 0
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    error: str | None = None
+
+    def per_flow(self, state: str, key: str = "pss") -> float | None:
+        after = getattr(self, state)
+        if not after or not self.before or not self.opened:
+            return None
+        return (_total(after, key) - _total(self.before, key)) / self.opened
+
+
+def _total(snap: dict[str, dict[str, int]], key: str) -> int:
+    return sum(v.get(key, 0) for v in snap.values())
+
+
+# =========================================================================== measuring
+
+
+def router_memory(pid: int) -> dict[str, dict[str, int]]:
+    """Process name -> uss/pss/rss bytes, mappings and fds, for the router's process tree."""
+    import psutil
+
+    out: dict[str, dict[str, int]] = {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for p in procs:
+        try:
+            name = p.name()
+            m = p.memory_full_info()
+            maps = sum(1 for _ in open(f"/proc/{p.pid}/maps", "rb"))  # noqa: SIM115
+            fds = p.num_fds()
+        except (psutil.Error, OSError):
+            continue
+        label = ("main" if p.pid == pid else  # PROCESSOR_WORKERS=0 keeps python's name
+                 name.removeprefix("wgslirp-") if name.startswith("wgslirp-") else name)
+        if label in out:
+            label = f"{label}[{p.pid}]"
+        out[label] = {"uss": int(m.uss), "pss": int(m.pss), "rss": int(m.rss), "maps": maps,
+                      "fds": fds}
+    return out
+
+
+def kernel_memory() -> dict[str, int]:
+    """Machine-wide kernel figures for scale: slab bytes, TCP buffer pages (bytes)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("Slab", "SUnreclaim"):
+                out[k.lower()] = int(v.split()[0]) * KIB
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                f = line.split()
+                out["tcp_mem"] = int(f[f.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    return out
+
+
+def stable_memory(pid: int, quiet: float = 0.5, limit: float = 6.0) -> dict[str, dict[str, int]]:
+    """Sample until two consecutive totals (USS) are within 64 KiB (at most ``limit`` s)."""
+    last = router_memory(pid)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        cur = router_memory(pid)
+        if abs(_total(cur, "uss") - _total(last, "uss")) <= 64 * KIB:
+            return cur
+        last = cur
+    return last
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.script = str(Path(__file__).resolve())
+        self.tput: list[Tput] = []
+        self.mem: list[Mem] = []
+        self.infos: list[dict[str, Any]] = []
+        self.mtu: int | None = None
+
+    # -------------------------------------------------------------- one iperf3 run
+
+    def iperf(self, path: str, direction: str, host: str, server: Iperf3Server,
+              client_ns: Any, groups: dict[str, list[int]],
+              router: dict[int, str] | None = None, router_pid: int = -1) -> Tput:
+        """One iperf3 client run; CPU of ``groups`` (+ the ``router`` processes, whose root is
+        ``router_pid``) over its window."""
+        from _benchutil import CpuMeter, PySpy, stop_popen, wait_quiet
+
+        a = self.args
+        res = Tput(path, direction)
+        argv = ["iperf3", "-c", host, "-p", str(server.port), "-t", str(a.seconds),
+                "-O", str(a.omit), "-P", str(a.streams), "-J", "--connect-timeout", "3000"]
+        if direction == "down":
+            argv.append("-R")
+        server.drain()
+        res.background = wait_quiet(a.quiet_threshold, a.quiet_wait)
+        kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        if client_ns is not None:
+            proc: subprocess.Popen[bytes] = client_ns.popen(argv, **kw)
+        else:
+            from _benchutil import die_with_parent
+
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=die_with_parent, **kw)
+        spy: PySpy | None = None
+        try:
+            meter = CpuMeter()
+            for pid, name in sorted((router or {}).items()):
+                meter.add("router:" + ("main" if pid == router_pid else
+                                       name.removeprefix("wgslirp-")
+                                       if name.startswith("wgslirp-") else "other"), [pid])
+            for label, pids in groups.items():
+                meter.add(label, pids)
+            meter.add("iperf3 -c", [proc.pid])  # `ip netns exec` execs: same PID
+            meter.add("iperf3 -s", [server.pid])
+            t0 = time.monotonic()
+            window = max(a.seconds - 0.6, 0.5)
+            time.sleep(a.omit + 0.3)
+            snap_a = meter.snapshot()
+            if router and a.profile is not None:
+                spy = PySpy(Path(a.profile), f"{path.replace('=', '')}-{direction}",
+                            {k.removeprefix("router:"): pids[0]
+                             for k, pids in meter.groups.items()
+                             if k.startswith("router:") and k != "router:other"},
+                            window, source_root=a.code_dir or REPO)
+            time.sleep(max(0.0, t0 + a.omit + 0.3 + window - time.monotonic()))
+            snap_b = meter.snapshot()
+            try:
+                out, err = proc.communicate(timeout=a.seconds + a.omit + 20)
+            except subprocess.TimeoutExpired:
+                stop_popen(proc)
+                raise RuntimeError("iperf3 client did not finish in time") from None
+            if spy is not None:
+                res.profile = spy.finish()
+            try:
+                doc = json.loads(out.decode("utf-8", "replace"))
+            except ValueError:
+                raise RuntimeError("iperf3 printed no JSON: "
+                                   + (out + err).decode("utf-8", "replace")[-800:]) from None
+            if doc.get("error"):
+                raise RuntimeError(f"iperf3: {doc['error']}")
+            end = doc["end"]
+            res.mbit = float(end["sum_received"]["bits_per_second"]) / 1e6
+            retr = end.get("sum_sent", {}).get("retransmits")
+            res.retransmits = None if retr is None else int(retr)
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            return res
+        finally:
+            if spy is not None:
+                spy.close()
+            stop_popen(proc)
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+        pct = meter.percent(snap_a, snap_b)
+        res.router_cpu = {k.removeprefix("router:"): v for k, v in pct.items()
+                          if k.startswith("router:")}
+        res.cpu = {k: v for k, v in pct.items() if not k.startswith("router:")}
+        ours = sum(v for k, v in pct.items() if k not in ("machine", "machine_ticks"))
+        res.cpu["other"] = max(0.0, pct["machine"] - ours)
+        res.others = meter.top_others(snap_a, snap_b, exclude=(os.getpid(),))
+        if router:
+            res.cpu["router"] = sum(res.router_cpu.values())
+        return res
+
+    def _record(self, r: Tput) -> None:
+        self.tput.append(r)
+        if r.error:
+            line = "ERROR " + r.error.splitlines()[0]
+        else:
+            cpu = " ".join(f"{k} {v:.0f}%" for k, v in {**r.router_cpu, **r.cpu}.items()
+                           if k not in ("machine_ticks", "router"))
+            retr = "-" if r.retransmits is None else str(r.retransmits)
+            line = f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}"
+        print(f"  {r.path:<14} {r.direction:<4} {line}", flush=True)
+
+    # -------------------------------------------------------------- configurations
+
+    def run_loopback(self, server: Iperf3Server) -> None:
+        print("loopback baseline (iperf3 on 127.0.0.1, no tunnel)", flush=True)
+        for d in ("up", "down"):
+            self._record(self.iperf("loopback", d, "127.0.0.1", server, None, {}))
+
+    def run_reference(self) -> None:
+        """wireguard-go <-> wireguard-go, iperf3 server inside the second namespace."""
+        import harness
+
+        mtu = self.mtu or 1380
+        print(f"kernel-path reference: wireguard-go <-> wireguard-go (MTU {mtu}), kernel TCP "
+              "both ends", flush=True)
+        ka, kb = harness.generate_keypair(), harness.generate_keypair()
+        srv_ip, cli_ip = REF_NET
+        with contextlib.ExitStack() as stack:
+            b = stack.enter_context(harness.WgClient(
+                kb.private, ka.public, None, address=f"{srv_ip}/32",
+                allowed_ips=(f"{cli_ip}/32",), mtu=mtu, log_level="error"))
+            c = stack.enter_context(harness.WgClient(
+                ka.private, kb.public, b.udp_port(), address=f"{cli_ip}/32",
+                allowed_ips=(f"{srv_ip}/32",), mtu=mtu, keepalive=25, log_level="error"))
+            _sent, got = c.ping(srv_ip, count=3, interval=0.1)
+            if got == 0:
+                raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
+            port = harness.free_tcp_port()
+            with Iperf3Server(srv_ip, port, ns=b) as server:
+                for d in ("up", "down"):
+                    self._record(self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
+                                            {"wg-go": [c.pid, b.pid]}))
+
+    def _router_env(self, tmp: Path, port: int, workers: int, extra: dict[str, str]
+                    ) -> tuple[dict[str, str], str]:
+        from routerutil import base_env
+
+        env = base_env(tmp, port, workers) | extra
+        env |= dict(self.args.router_env)
+        cwd = str(REPO)
+        if self.args.code_dir is not None:  # a snapshot of --rev: first on the path
+            cwd = self.args.code_dir
+            env["PYTHONPATH"] = os.pathsep.join(
+                [cwd, *filter(None, [os.environ.get("PYTHONPATH")])])
+        return env, cwd
+
+    @contextlib.contextmanager
+    def _tunnel(self, workers: int, extra: dict[str, str]) -> Any:
+        import harness
+        from routerutil import GATEWAY, client_from_router_output, router_cmd
+
+        tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-"))
+        port = harness.free_udp_port()
+        env, cwd = self._router_env(tmp, port, workers, extra)
+        try:
+            with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
+                r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
+                with client_from_router_output(r, port, log_level="error") as c:
+                    _sent, got = c.ping(GATEWAY, count=3, interval=0.1)
+                    if got == 0:
+                        raise RuntimeError(f"no ping reply through the tunnel\n"
+                                           f"{c.diagnostics()}")
+                    c.wait_handshake(10)
+                    self.mtu = c.mtu
+                    yield r, c
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def run_throughput(self, workers: int, server: Iperf3Server) -> None:
+        from _benchutil import process_tree
+        from routerutil import GATEWAY
+
+        mode = f"workers={workers}"
+        print(f"PROCESSOR_WORKERS={workers}: throughput", flush=True)
+        info: dict[str, Any] = {"mode": mode, "test": "throughput"}
+        self.infos.append(info)
+        with self._tunnel(workers, {}) as (r, c):
+            procs = process_tree(r.pid)
+            info["processes"] = sorted(set(procs.values()))
+            for d in ("up", "down"):
+                self._record(self.iperf(mode, d, GATEWAY, server, c, {"wg-go": [c.pid]},
+                                        router=procs, router_pid=r.pid))
+            info["exit"] = r.terminate(timeout=10)
+            info["counters"] = _parse_counters(r.output())
+
+    def run_memory(self, workers: int) -> None:
+        from _benchutil import LineReader, stop_popen
+        from routerutil import GATEWAY
+
+        a = self.args
+        n = a.flows
+        mode = f"workers={workers}"
+        print(f"PROCESSOR_WORKERS={workers}: memory with {n} idle flows", flush=True)
+        res = Mem(mode, n)
+        self.mem.append(res)
+        info: dict[str, Any] = {"mode": mode, "test": "memory"}
+        self.infos.append(info)
+        caps = {"TCP_MAX_FLOWS": str(a.max_flows), "TCP_MAX_FLOWS_PER_PEER": str(a.max_flows)}
+        try:
+            with HoldServer(n + a.warm_flows + 64) as hold, self._tunnel(workers, caps) as (r, c):
+                def guest(count: int) -> tuple[subprocess.Popen[bytes], LineReader]:
+                    p: subprocess.Popen[bytes] = c.popen(
+                        [sys.executable, self.script, "guest-hold", GATEWAY, str(hold.port),
+                         str(count), str(a.concurrency), str(a.open_timeout)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    assert p.stdout is not None
+                    return p, LineReader(p.stdout.fileno())
+
+                def result(rd: LineReader, phase: str, timeout: float) -> dict[str, Any]:
+                    line = rd.readline(timeout)
+                    if line is None:
+                        raise RuntimeError(f"guest printed nothing for {phase}")
+                    out: dict[str, Any] = json.loads(line)
+                    if out.get("phase") != phase:
+                        raise RuntimeError(f"guest: expected {phase}, got {line}")
+                    return out
+
+                def command(p: subprocess.Popen[bytes], text: str) -> None:
+                    assert p.stdin is not None
+                    p.stdin.write(text.encode() + b"\n")
+                    p.stdin.flush()
+
+                # warm-up: a few connections opened, touched, closed, so code paths, imports
+                # and allocator pools the first flow needs are in "before"
+                p, rd = guest(a.warm_flows)
+                try:
+                    result(rd, "open", a.open_timeout + 10)
+                    command(p, f"touch {a.touch}")
+                    result(rd, "touch", a.open_timeout + 10)
+                    command(p, "close")
+                    result(rd, "close", 30)
+                    p.wait(10)
+                finally:
+                    _close_proc(p, stop_popen)
+                hold.wait_open(0, 10)
+                time.sleep(2.5)  # the endpoint's TIME_WAIT (2 s)
+                res.before = stable_memory(r.pid)
+                res.kernel_before = kernel_memory()
+
+                p, rd = guest(n)
+                try:
+                    o = result(rd, "open", a.open_timeout + 30)
+                    res.opened, res.open_seconds, res.failed = o["ok"], o["seconds"], o["errors"]
+                    res.server_open = hold.wait_open(res.opened, 10)
+                    time.sleep(a.idle)
+                    res.idle = stable_memory(r.pid)
+                    res.kernel_idle = kernel_memory()
+                    print(f"  opened {res.opened}/{n} in {res.open_seconds:.1f} s; server holds "
+                          f"{res.server_open}; router PSS +{_kib_flow(res, 'idle')} KiB/flow",
+                          flush=True)
+                    if a.touch:
+                        command(p, f"touch {a.touch}")
+                        t = result(rd, "touch", a.open_timeout + 30)
+                        res.touch_ok = t["ok"]
+                        time.sleep(a.idle)
+                        res.touched = stable_memory(r.pid)
+                        print(f"  {t['ok']} flows carried {a.touch} B each way in "
+                              f"{t['seconds']:.1f} s; router PSS +{_kib_flow(res, 'touched')} "
+                              f"KiB/flow", flush=True)
+                    command(p, "close")
+                    result(rd, "close", 60)
+                    p.wait(10)
+                finally:
+                    _close_proc(p, stop_popen)
+                hold.wait_open(0, 30)
+                time.sleep(3.0)
+                res.closed = stable_memory(r.pid)
+                info["exit"] = r.terminate(timeout=15)
+                res.counters = info["counters"] = _parse_counters(r.output())
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            print(f"  ERROR {res.error.splitlines()[0]}", flush=True)
+
+
+def _close_proc(p: subprocess.Popen[bytes], stop: Any) -> None:
+    stop(p)
+    for f in (p.stdin, p.stdout, p.stderr):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+def _kib_flow(m: Mem, state: str, key: str = "pss") -> str:
+    v = m.per_flow(state, key)
+    return "-" if v is None else f"{v / KIB:.2f}"
+
+
+_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
+
+
+def _parse_counters(output: str) -> dict[str, dict[str, int]]:
+    return {m.group(1): json.loads(m.group(2)) for m in _COUNTERS.finditer(output)}
+
+
+# =========================================================================== report
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def report(b: Bench, args: argparse.Namespace) -> None:
+    from _benchutil import table
+
+    print()
+    base = {r.direction: r.mbit for r in b.tput if r.path == "loopback" and not r.error}
+    if b.tput:
+        print(f"TCP throughput: iperf3, {args.streams} stream(s), {args.seconds} s after "
+              f"{args.omit} s omitted, {os.cpu_count()} CPUs, router MTU {b.mtu or '-'}. "
+              "CPU columns: % of one core.")
+        rows = []
+        for r in b.tput:
+            path = r.path + ("*" if r.background > args.quiet_threshold else "")
+            if r.error:
+                rows.append([path, r.direction, "ERROR", *["-"] * 10])
+                continue
+            ratio = f"{r.mbit / base[r.direction]:.3f}" if base.get(r.direction) else "-"
+            router = " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items())
+                              if v >= 0.5) or "-"
+            rows.append([path, r.direction, f"{r.mbit:.1f}", ratio,
+                         "-" if r.retransmits is None else str(r.retransmits),
+                         _pct(r.cpu.get("router")), router, _pct(r.cpu.get("wg-go")),
+                         _pct(r.cpu.get("iperf3 -c")), _pct(r.cpu.get("iperf3 -s")),
+                         _pct(r.cpu.get("other")), _pct(r.cpu.get("machine"))])
+        print(table(["path", "dir", "Mbit/s", "x loopback", "retr", "router%",
+                     "router by process", "wg-go%", "iperf-c%", "iperf-s%", "other%",
+                     "busy%"], rows))
+        for r in b.tput:
+            if not r.error and r.cpu.get("other", 0.0) >= 15.0:
+                print(f"  other% of {r.path} {r.direction} ({r.cpu['other']:.0f}%) mostly: "
+                      + ", ".join(f"{n} {p:.0f}%" for n, p in r.others if p >= 1.0))
+        if any(r.background > args.quiet_threshold for r in b.tput):
+            print(f"* the machine was already more than {args.quiet_threshold:g}% busy before "
+                  "this test: someone else's load; distrust it.")
+    if b.mem:
+        print()
+        print("memory per TCP flow: router user-space memory (sum over its processes), "
+              "(state - before) / flows opened")
+        rows = []
+        for m in b.mem:
+            if not m.opened:
+                rows.append([m.mode, str(m.flows), "0", *["-"] * 10])
+                continue
+            maps = _total(m.idle, "maps") - _total(m.before, "maps")
+            maps_c = _total(m.closed, "maps") - _total(m.before, "maps") if m.closed else None
+            fds = _total(m.idle, "fds") - _total(m.before, "fds")
+            rows.append([m.mode, str(m.flows), str(m.opened),
+                         f"{m.opened / m.open_seconds:.0f}" if m.open_seconds else "-",
+                         f"{_total(m.before, 'pss') / KIB / KIB:.1f}",
+                         f"{_total(m.idle, 'pss') / KIB / KIB:.1f}",
+                         _kib_flow(m, "idle"), _kib_flow(m, "idle", "uss"),
+                         _kib_flow(m, "idle", "rss"),
+                         _kib_flow(m, "touched") if m.touched else "-",
+                         _kib_flow(m, "closed") if m.closed else "-",
+                         f"{maps / m.opened:.2f}",
+                         "-" if maps_c is None else f"{maps_c / m.opened:.2f}",
+                         f"{fds / m.opened:.2f}"])
+        print(table(["mode", "flows", "opened", "open/s", "before MiB", "idle MiB",
+                     "idle KiB/flow", "USS", "RSS", f"after {args.touch} B", "after close",
+                     "maps/flow", "maps after close", "fds/flow"], rows))
+        print("  MiB and KiB/flow are PSS (proportional set size: summed over the router's "
+              "processes it is the physical memory they hold; USS double-counts pages whose "
+              "copy-on-write sharing between supervisor and workers broke, RSS misses the "
+              "copies) unless named USS/RSS.  'after close' = still held per flow once every "
+              "connection closed (allocator retention or a leak); maps = memory mappings "
+              "(vm.max_map_count caps them per process).")
+        for m in b.mem:
+            if not m.opened:
+                continue
+            per_proc = ", ".join(
+                f"{k} {(v['pss'] - m.before.get(k, {}).get('pss', 0)) / m.opened / KIB:.2f}"
+                for k, v in sorted(m.idle.items()))
+            kb, ki = m.kernel_before, m.kernel_idle
+            kern = ", ".join(f"{k} {(ki[k] - kb[k]) / m.opened / KIB:.2f}"
+                             for k in ("slab", "sunreclaim", "tcp_mem") if k in kb and k in ki)
+            print(f"  {m.mode}: idle KiB/flow by process (PSS): {per_proc}")
+            print(f"  {m.mode}: kernel, NOT counted above (machine-wide, 3 sockets per flow: "
+                  f"guest, router's host socket, hold server): KiB/flow {kern or '-'}")
+            if m.failed:
+                print(f"  {m.mode}: connections that failed: {m.failed}")
+            if m.opened and m.server_open != m.opened:
+                print(f"  {m.mode}: the hold server held {m.server_open}, not {m.opened}")
+            if m.touched and m.touch_ok != m.opened:
+                print(f"  {m.mode}: only {m.touch_ok} flows completed the {args.touch} B echo")
+            tcp = {k: sum(v.get(k, 0) for v in m.counters.values())
+                   for k in ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed",
+                             "tcp_host_resets")}
+            if any(k.startswith("worker") for k in m.counters):
+                print(f"  {m.mode}: router counters: " + ", ".join(f"{k} {v}"
+                                                                 for k, v in tcp.items()))
+            elif m.counters:
+                print(f"  {m.mode}: the router printed no worker counters at exit (with "
+                      "PROCESSOR_WORKERS=0 its log RepeatFilter drops the second 'stopped; "
+                      "counters' line)")
+        for m in b.mem:
+            if m.error:
+                print(f"  {m.mode}: ERROR {m.error}")
+    for r in b.tput:
+        if not r.profile:
+            continue
+        print(f"\npy-spy {r.path} {r.direction}: source lines on top of the stack, as a "
+              "share of each process's busy samples")
+        for label, prof in sorted(r.profile.items()):
+            if not prof["samples"]:
+                continue
+            cpu = r.router_cpu.get(label)
+            print(f"  {label} ({prof['samples']} samples"
+                  + (f", {cpu:.0f}% CPU" if cpu is not None else "") + "):")
+            for share, where, src in prof["lines"]:
+                print(f"    {share:5.1f}%  {where:<50} {src[:60]}")
+            print("    functions (self% / inclusive%):")
+            for s_, inc, fn in prof["funcs"]:
+                print(f"    {s_:5.1f}% {inc:5.1f}%  {fn}")
+    for r in b.tput:
+        if r.error:
+            print(f"\nERROR {r.path} {r.direction}: {r.error}")
+    summary(b, args)
+
+
+def summary(b: Bench, args: argparse.Namespace) -> None:
+    print("\nSUMMARY (targets from the TCP issue)")
+    tunnel = [r for r in b.tput if r.path.startswith("workers=")]
+    for mode in dict.fromkeys(r.path for r in tunnel):
+        parts = []
+        ok = True
+        for r in tunnel:
+            if r.path != mode:
+                continue
+            if r.error:
+                parts.append(f"{r.direction} ERROR")
+                ok = False
+            else:
+                parts.append(f"{r.direction} {r.mbit:.0f}")
+                ok &= r.mbit >= TARGET_MBIT
+        print(f"  throughput >= {TARGET_MBIT:.0f} Mbit/s each way, {mode}: "
+              f"{', '.join(parts)} Mbit/s -> {'MET' if ok else 'NOT MET'}")
+    for m in b.mem:
+        v = m.per_flow("idle")
+        if v is None:
+            print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode}: no result")
+            continue
+        uss = m.per_flow("idle", "uss") or 0.0
+        tail = ""
+        if m.touched:
+            t = m.per_flow("touched") or 0.0
+            tail = (f"; after {args.touch} B each way {t / KIB:.1f} KiB "
+                    f"({'within' if t / KIB <= TARGET_FLOW_KIB else 'over'} target)")
+        if m.closed:
+            c = m.per_flow("closed") or 0.0
+            tail += f"; still held after close {c / KIB:.1f} KiB"
+        print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode} ({m.opened} flows):"
+              f" PSS {v / KIB:.1f} KiB (USS {uss / KIB:.1f}) -> "
+              f"{'MET' if v / KIB <= TARGET_FLOW_KIB else 'NOT MET'}{tail}")
+    ref = [r for r in b.tput if r.path == "wg-go<->wg-go" and not r.error]
+    if ref:
+        print("  kernel-path reference (wireguard-go both ends, kernel TCP): "
+              + ", ".join(f"{r.direction} {r.mbit:.0f} Mbit/s" for r in ref))
+    elif not {"reference", "throughput"} & args.skip:
+        print("  kernel-path reference: not measured (see the error above)")
+    sack = dict(args.router_env).get("TCP_ENABLE_SACK", os.environ.get("TCP_ENABLE_SACK"))
+    print(f"  TCP_ENABLE_SACK={sack if sack is not None else 'unset (default off)'}: "
+          "with it off the endpoint does not negotiate SACK even though the guest offers it.")
+    print("  Kernel socket memory is not counted in the per-flow figures: it belongs to the "
+          "host sockets (kernel), not to user space.")
+
+
+# =========================================================================== main
+
+
+def export_rev(rev: str, dest: Path) -> str:
+    """Extract the wgslirp package of git revision ``rev`` into ``dest``; its full hash."""
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    with subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"],
+                          stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+        if proc.wait(30) != 0:
+            raise RuntimeError(f"git archive {rev} failed")
+    return full
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=int, default=None,
+                   help="iperf3 measured seconds per test (default 6, --quick 3)")
+    p.add_argument("--omit", type=int, default=1,
+                   help="iperf3 -O: seconds of slow start left out (default 1)")
+    p.add_argument("--streams", type=int, default=1, help="iperf3 -P (default 1)")
+    p.add_argument("--workers", default="0,2", help="PROCESSOR_WORKERS values (default 0,2)")
+    p.add_argument("--flows", type=int, default=None,
+                   help="idle flows for the memory test (default 10000, --quick 2000)")
+    p.add_argument("--max-flows", type=int, default=20000,
+                   help="TCP_MAX_FLOWS and TCP_MAX_FLOWS_PER_PEER for the memory test's router")
+    p.add_argument("--touch", type=int, default=64,
+                   help="bytes each flow echoes once after the idle measurement, then idles "
+                        "again (0 = skip that state; default 64)")
+    p.add_argument("--concurrency", type=int, default=128,
+                   help="guest connects in progress at once (default 128)")
+    p.add_argument("--open-timeout", type=float, default=180.0,
+                   help="longest the guest spends opening the flows (default 180 s)")
+    p.add_argument("--idle", type=float, default=2.0,
+                   help="seconds the flows stay idle before memory is sampled (default 2)")
+    p.add_argument("--warm-flows", type=int, default=50,
+                   help="connections opened, touched and closed before 'before' (default 50)")
+    p.add_argument("--skip", default="",
+                   help="comma list of parts to skip: throughput, memory, loopback, reference")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the wireguard-go <-> wireguard-go reference")
+    p.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the router, e.g. TCP_ENABLE_SACK=1 (repeatable)")
+    p.add_argument("--quick", action="store_true", help="3 s windows, 2,000 flows")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
+    p.add_argument("--rev", default=None,
+                   help="run the router from this git revision (git archive into a temp dir) "
+                        "instead of the working tree, e.g. HEAD while others edit")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="py-spy every router process during each tunnel window; collapsed "
+                        "stacks go to DIR and the top lines are printed")
+    p.add_argument("--quiet-threshold", type=float, default=25.0,
+                   help="before each iperf3 run wait until the machine is at most this busy "
+                        "(%% of one core; default 25)")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="longest wait for that, in seconds (default 20)")
+    a = p.parse_args(argv)
+    if a.seconds is None:
+        a.seconds = 3 if a.quick else 6
+    if a.flows is None:
+        a.flows = 2000 if a.quick else 10_000
+    a.workers = [int(x) for x in a.workers.split(",") if x.strip()]
+    a.skip = {x.strip() for x in a.skip.split(",") if x.strip()}
+    if a.no_reference:
+        a.skip.add("reference")
+    unknown = a.skip - {"throughput", "memory", "loopback", "reference"}
+    if unknown:
+        p.error(f"--skip: unknown part(s) {', '.join(sorted(unknown))}")
+    env = []
+    for kv in a.router_env:
+        k, eq, v = kv.partition("=")
+        if not eq or not k:
+            p.error(f"--router-env wants KEY=VALUE, got {kv!r}")
+        env.append((k, v))
+    a.router_env = env
+    if not 1 <= a.seconds <= 60 or not 0 <= a.omit <= 10 or not 1 <= a.streams <= 16:
+        p.error("--seconds must be 1..60, --omit 0..10, --streams 1..16")
+    if any(w < 0 or w > 16 for w in a.workers):
+        p.error("--workers must be 0..16")
+    if not 1 <= a.flows <= 100_000 or not 1 <= a.concurrency <= 4096:
+        p.error("--flows must be 1..100000 and --concurrency 1..4096")
+    if not 0 <= a.touch <= 65536 or not 0 <= a.idle <= 60 or not 1 <= a.warm_flows <= 1000:
+        p.error("--touch must be 0..65536, --idle 0..60, --warm-flows 1..1000")
+    if not 1 <= a.open_timeout <= 900:
+        p.error("--open-timeout must be 1..900")
+    if a.max_flows < a.flows + a.warm_flows:
+        p.error("--max-flows must cover --flows plus --warm-flows")
+    return a
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0].startswith("guest-"):
+        guest_main(argv)
+        return 0
+    args = parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _benchutil
+
+    _benchutil.e2e_imports()
+    _benchutil.install_interrupt_handlers()
+    import harness
+
+    why = harness.require_root_and_tun(["iperf3"])
+    if why is not None:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    raise_nofile(args.flows + 256)  # children (iperf3, hold server) inherit it
+    args.code_dir = None
+    bench = Bench(args)
+    t0 = time.monotonic()
+    code = 0
+    code_tmp: str | None = None
+    try:
+        if args.rev is not None:
+            code_tmp = tempfile.mkdtemp(prefix="wgslirp-bench-rev-")
+            args.code_dir = code_tmp
+            rev = export_rev(args.rev, Path(code_tmp))
+            print(f"router code: git revision {rev} (exported to {code_tmp})", flush=True)
+        else:
+            dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+            head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+            print(f"router code: working tree at {head}"
+                  + (" with uncommitted changes in wgslirp/" if dirty else ""), flush=True)
+        if "throughput" not in args.skip:
+            port = harness.free_tcp_port()
+            with Iperf3Server("127.0.0.1", port) as server:
+                if "loopback" not in args.skip:
+                    bench.run_loopback(server)
+                for w in args.workers:
+                    try:
+                        bench.run_throughput(w, server)
+                    except (harness.HarnessError, RuntimeError) as exc:
+                        print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
+                        bench.tput.append(Tput(f"workers={w}", "up", error=str(exc)))
+                        code = 1
+            if "reference" not in args.skip:
+                try:
+                    bench.run_reference()
+                except (harness.HarnessError, RuntimeError) as exc:
+                    print(f"reference failed: {exc}", file=sys.stderr)
+                    bench.tput.append(Tput("wg-go<->wg-go", "up", error=str(exc)))
+        if "memory" not in args.skip:
+            for w in args.workers:
+                bench.run_memory(w)
+                if bench.mem[-1].error:
+                    code = 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything started has been stopped; partial results follow",
+              file=sys.stderr)
+        code = 130
+    finally:
+        if code_tmp is not None:
+            shutil.rmtree(code_tmp, ignore_errors=True)
+    report(bench, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": {k: (sorted(v) if isinstance(v, set) else v)
+                                for k, v in vars(args).items()},
+                       "throughput": [dataclasses.asdict(r) for r in bench.tput],
+                       "memory": [dataclasses.asdict(m) for m in bench.mem],
+                       "routers": bench.infos}, f, indent=1, default=str)
+    print(f"\n(total {time.monotonic() - t0:.0f} s)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
