@@ -19,6 +19,7 @@ import itertools
 import selectors
 import socket
 import struct
+from collections.abc import Hashable
 from functools import partial
 from typing import Final
 
@@ -94,7 +95,9 @@ class TcpBridge:
         self.fast_dial = fast_dial
         self.sock_rcvbuf = sock_rcvbuf
         self.sock_sndbuf = sock_sndbuf
-        self._heap: list[tuple[float, int, TcpFlow]] = []
+        # (deadline, tiebreak, flow key): keys, not flows, so a closed connection is freed
+        # at once instead of living on in the heap until its far-off idle deadline.
+        self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
         self._rst = bytearray(128)
         self.stats = TcpBridgeStats()
@@ -330,7 +333,7 @@ class TcpBridge:
     def _schedule(self, flow: TcpFlow, at: float) -> None:
         if at < flow.heap_at:
             flow.heap_at = at
-            heapq.heappush(self._heap, (at, next(self._seq), flow))
+            heapq.heappush(self._heap, (at, next(self._seq), flow.key))
 
     def get_timer(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -338,9 +341,10 @@ class TcpBridge:
     def handle_timer(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
-            at, _, flow = heapq.heappop(heap)
-            if at != flow.heap_at or self.table.get(flow.key) is not flow:
-                continue  # superseded by an earlier schedule, or the flow is gone
+            at, _, key = heapq.heappop(heap)
+            flow = self.table.get(key)
+            if flow is None or at != flow.heap_at:
+                continue  # the flow is gone, or this entry was superseded
             flow.heap_at = float("inf")
             if flow.connecting and not flow.synack_sent and now >= flow.dial_deadline:
                 # Fast-dial window over without an answer: say yes optimistically; a later
@@ -356,6 +360,11 @@ class TcpBridge:
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
+        if len(self._heap) > 4 * len(self.table) + 1024:
+            # Entries of closed flows wait for their deadlines; compact before they pile up.
+            self._heap = [(f.heap_at, next(self._seq), f.key) for f in self.table.values()
+                          if f.heap_at != float("inf")]
+            heapq.heapify(self._heap)
         if flow.events:
             self.loop.unregister(flow.sock)
             flow.events = 0
