@@ -587,3 +587,40 @@ def test_tos_is_copied_into_segments() -> None:
     c.ep.flush(c.now)
     (s,) = c.out()
     assert s.raw[1] == 0xB8
+
+
+def test_ack_at_the_right_edge_of_a_full_window_is_processed() -> None:
+    c = Conn(TcpParams(rcv_buffer=4000), syn_opts=wire.options_bytes(mss=1000))
+    c.handshake()
+    for _ in range(4):
+        c.send(b"f" * 1000)  # the guest fills our window; the host reads nothing
+    c.out()
+    c.ep.write(b"reply", c.now)
+    c.ep.flush(c.now)
+    (d,) = c.out()
+    assert d.window == 0 and c.ep.in_flight == 5
+    c.gack += 5
+    c.send(b"", ACK)  # SEG.SEQ == RCV.NXT + RCV.WND (a zero window): still an ACK
+    assert c.ep.in_flight == 0
+
+
+def test_window_from_a_rolled_back_guest_still_counts_when_it_acks_new_data() -> None:
+    c = Conn(window=8000)
+    c.handshake()
+    top = c.gseq
+    c.ep.write(b"d" * 20_000, c.now)
+    c.ep.flush(c.now)
+    segs = c.out()
+    assert sum(len(s.data) for s in segs) <= 8000
+    # The guest sent 100 bytes that were lost, then an ACK past them (SND.WL1 moves on).
+    c.send(b"", ACK, seq=top + 100)
+    # After its timeout it rolls SND.NXT back: an older sequence number, a new ACK and a
+    # smaller window. The ACK counts, and so must its window (Linux's rule).
+    c.gack += 1340
+    c.send(b"", ACK, seq=top, window=1340)
+    assert c.ep.snd_wnd == 1340
+    c.ep.flush(c.now)
+    assert c.out() == []  # everything in flight already covers the new window
+    # A reordered older ACK leaves the window alone.
+    c.send(b"", ACK, seq=top, ack=c.gack - 1340, window=30_000)
+    assert c.ep.snd_wnd == 1340

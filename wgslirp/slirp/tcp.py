@@ -165,6 +165,7 @@ class TcpEndpoint:
         "_rexmit",
         "_rexmit_high",
         "_rto",
+        "_rto_base",
         "_rtt_seq",
         "_rtt_time",
         "_rttvar",
@@ -290,6 +291,7 @@ class TcpEndpoint:
         self._srtt = 0.0
         self._rttvar = 0.0
         self._rto = params.rto_initial
+        self._rto_base = max(params.rto_initial, params.rto_min)  # RTO before any backoff
         self._rtt_seq = -1  # timed segment ends here (-1: nothing timed)
         self._rtt_time = 0.0
         self._retries = 0
@@ -342,8 +344,10 @@ class TcpEndpoint:
 
     @property
     def snd_wnd(self) -> int:
-        """The guest's current receive window in bytes."""
-        return self._snd_wnd
+        """What the guest's window leaves us beyond SND.UNA, in bytes. The window is kept
+        as the guest advertised it, relative to the ACK that carried it (SND.WL2), so a
+        later ACK whose window we do not believe cannot stretch the right edge."""
+        return max(self._snd_wl2 + self._snd_wnd - self._snd_una, 0)
 
     @property
     def in_flight(self) -> int:
@@ -679,17 +683,16 @@ class TcpEndpoint:
             self._ack_now = True
             return
 
-        # Acceptability (RFC 9293 3.10.7.4 first check).
+        # Acceptability (RFC 9293 3.10.7.4 first check), with the right edge inclusive as
+        # Linux has it: a guest that filled our window sends its ACKs with SEG.SEQ exactly
+        # at the edge, and the strict test would throw away every one of them (and with
+        # them its window updates) for as long as the window stays full. Data beyond the
+        # edge is trimmed below, so only the ACK information is let through.
         nxt = self._rcv_nxt
         limit = self._rcv_read + self._rcv_cap  # we can hold up to here
         rwnd = max(limit - nxt, self._rcv_adv_edge - nxt, 0)
         seg_len = plen + (1 if syn else 0) + (1 if fin else 0)
-        if seg_len == 0:
-            ok = seq == nxt if rwnd == 0 else nxt <= seq < nxt + rwnd
-        elif rwnd == 0:
-            ok = False
-        else:
-            ok = nxt <= seq < nxt + rwnd or nxt <= seq + seg_len - 1 < nxt + rwnd
+        ok = seq <= nxt + rwnd and (seq + seg_len > nxt if seg_len else seq >= nxt)
         if not ok:
             if rst:
                 return
@@ -729,10 +732,15 @@ class TcpEndpoint:
         scaled = wnd << self._snd_ws
         if ack > una:
             self._on_new_ack(ack, now, tsecr)
-        elif (ack == una and plen == 0 and not fin and scaled == self._snd_wnd
-              and self._snd_max > una):
+        elif (ack == una and plen == 0 and not fin and self._snd_max > una
+              and ack + scaled == self._snd_wl2 + self._snd_wnd):
             self._on_dup_ack(now)
-        if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
+        # The window is taken from a segment that is not older than the last one that set
+        # it (RFC 9293's SND.WL1/WL2 test) or that acknowledges new data (as Linux does: a
+        # guest that rolled SND.NXT back after a timeout sends ACKs with older sequence
+        # numbers, and those are still its freshest word on the window).
+        if (ack > una or self._snd_wl1 < seq
+                or (self._snd_wl1 == seq and self._snd_wl2 <= ack)):
             self._snd_wnd = scaled
             if scaled > self._max_snd_wnd:
                 self._max_snd_wnd = scaled
@@ -764,6 +772,7 @@ class TcpEndpoint:
             if seq + plen > limit:  # and what we cannot hold
                 plen = max(limit - seq, 0)
                 fin = 0
+                self._ack_now = True  # a probe into a full window: tell it the window
             if plen:
                 if seq == nxt:
                     self._deliver(pkt, off, plen, now)
@@ -1062,6 +1071,7 @@ class TcpEndpoint:
         p = self._p
         self._rto = min(max(self._srtt + max(CLOCK_GRANULARITY, 4 * self._rttvar), p.rto_min),
                         p.rto_max)
+        self._rto_base = self._rto
 
     def _ts_now(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & MASK
@@ -1216,7 +1226,7 @@ class TcpEndpoint:
         cwnd = self.cc.cwnd
         if self._dupacks and not self._in_recovery:
             cwnd += min(self._dupacks, 2) * mss  # RFC 3042 limited transmit
-        edge = min(una + self._snd_wnd, una + cwnd)
+        edge = min(self._snd_wl2 + self._snd_wnd, una + cwnd)
         half_wnd = self._max_snd_wnd >> 1
         while nxt < end:
             n = end - nxt
@@ -1281,8 +1291,10 @@ class TcpEndpoint:
         return sent
 
     def _persist_interval(self) -> float:
-        return min(max(self._rto, self._p.rto_min) * (1 << self._persist_backoff),
-                   self._p.rto_max)
+        """The persist timer backs off on its own from the un-backed-off RTO: a window
+        that closed right after a string of retransmissions would otherwise wait out the
+        retransmission backoff (up to rto_max) before the first probe."""
+        return min(self._rto_base * (1 << self._persist_backoff), self._p.rto_max)
 
     # ================================================================== timers
 
@@ -1357,7 +1369,7 @@ class TcpEndpoint:
         if self._snd_max <= self._snd_una:
             self._t_rto = INF
             return
-        if self._snd_wnd == 0:
+        if self._snd_wl2 + self._snd_wnd <= self._snd_una:
             # The guest shrank its window to zero under data in flight: nothing may be
             # resent, and it is not congestion. Probe instead and, like Linux, give up
             # only when the probes go unanswered (a live guest may keep its window shut).
@@ -1397,12 +1409,15 @@ class TcpEndpoint:
         self._t_persist = INF
         if self.state not in _SENDING or self._snd_max > self._snd_una:
             return
-        usable = self._snd_una + self._snd_wnd - self._snd_nxt
+        usable = self._snd_wl2 + self._snd_wnd - self._snd_nxt
         if usable > 0 and self._snd_nxt < self._snd_end:
             # Window open but below the SWS threshold: send what fits (the SWS override).
             window, opts = self._ack_fields(now)
             n = min(usable, self._snd_end - self._snd_nxt, self._mss)
             if self._emit(self._snd_nxt, n, _ACK | _PSH, window, opts):
+                if self._snd_nxt >= self._snd_max and self._rtt_seq < 0:
+                    self._rtt_seq = self._snd_nxt + n
+                    self._rtt_time = now
                 self._snd_nxt += n
                 self._snd_max = max(self._snd_max, self._snd_nxt)
                 self.bytes_out += n
