@@ -23,6 +23,14 @@ scheme): ESTABLISHED, only ACK/PSH, the next expected sequence number, no reasse
 no options or the standard timestamp layout, and either pure new data or a plain new ACK.
 That is the segment of every bulk transfer, and it touches a handful of attributes; anything
 else goes through the full RFC processing in `_slow`.
+
+For the bridge. `receive`, `consume`, `commit_write` and `shutdown` only change state;
+`flush` sends (call it after them); `accept`, `refuse` and `abort` send at once. `closed`
+turns true only once the host side has also taken every guest byte, so a graceful close never
+loses data; `reset` (the guest reset) and `timed_out` (we gave up and sent RST) discard them.
+`reopen` means a fresh SYN for this 4-tuple arrived while we sat in TIME_WAIT: drop this
+endpoint and open a new one with that SYN. Segments are at most 40 + `TcpParams.mss` bytes,
+so `mss` must be the tunnel MTU minus 40.
 """
 
 from __future__ import annotations
