@@ -181,7 +181,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "HEALTH_DNS_NAME": ("example.net", "health.dns_name", "example.net"),
     "HEALTH_DNS_IP": ("9.9.9.9", "health.dns_ip", "9.9.9.9"),
     "TCP_ACK_DELAY_MS": ("5", "tcp.ack_delay_ms", 5),
-    "TCP_ENABLE_SACK": ("1", "tcp.enable_sack", True),
+    "TCP_ENABLE_SACK": ("0", "tcp.enable_sack", False),
     "TCP_MSS_CLAMP": ("1200", "tcp.mss_clamp", 1200),
     "TCP_PACE_US": ("50", "tcp.pace_us", 50),
     "TCP_GATE_LOG": ("debug", "tcp.gate_log", "debug"),
