@@ -99,6 +99,7 @@ class TcpBridge:
         # at once instead of living on in the heap until its far-off idle deadline.
         self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
+        self._dirty: dict[Hashable, TcpFlow] = {}
         self._rst = bytearray(128)
         self.stats = TcpBridgeStats()
 
@@ -126,7 +127,18 @@ class TcpBridge:
             self._drop(flow, rst=False)
             self._open(key, peer, pkt, n, now)
             return
-        self._pump(flow, now)
+        # Pumped once per batch of guest packets (flush_dirty), not per segment: one host
+        # send() and one ACK cover every segment of the flow in the batch.
+        self._dirty[key] = flow
+
+    def flush_dirty(self, now: float) -> None:
+        """End of a drained batch: move each touched flow's data and emit its segments."""
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = {}
+            for flow in dirty.values():
+                if self.table.get(flow.key) is flow:
+                    self._pump(flow, now)
 
     def _open(self, key: TcpKey, peer: int, pkt: memoryview, n: int, now: float) -> None:
         _, src, sport, dst, dport = key
