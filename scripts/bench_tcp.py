@@ -42,7 +42,9 @@ Nothing here asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each 
     python scripts/bench_tcp.py                     # everything, ~3 minutes
     python scripts/bench_tcp.py --quick             # 3 s windows, 2,000 flows
     python scripts/bench_tcp.py --workers 2 --skip memory
+    python scripts/bench_tcp.py --repeat 3          # median of 3 iperf3 runs per row
     python scripts/bench_tcp.py --rev HEAD          # router from a commit, not the work tree
+    python scripts/bench_tcp.py --code /tmp/patched # router from a patched copy (experiments)
     python scripts/bench_tcp.py --router-env TCP_ENABLE_SACK=1
     python scripts/bench_tcp.py --profile /tmp/p    # py-spy each router process, top lines
 
@@ -68,6 +70,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,6 +435,7 @@ class Tput:
     cpu: dict[str, float] = field(default_factory=dict)
     router_cpu: dict[str, float] = field(default_factory=dict)
     background: float = 0.0
+    run: int = 1  # which of --repeat
     others: list[tuple[str, float]] = field(default_factory=list)
     profile: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
@@ -621,6 +625,14 @@ class Bench:
             res.cpu["router"] = sum(res.router_cpu.values())
         return res
 
+    def _both_ways(self, run: Callable[[str], Tput]) -> None:
+        """``--repeat`` runs up, then as many down (so a direction's runs are comparable)."""
+        for d in ("up", "down"):
+            for i in range(self.args.repeat):
+                r = run(d)
+                r.run = i + 1
+                self._record(r)
+
     def _record(self, r: Tput) -> None:
         self.tput.append(r)
         if r.error:
@@ -630,14 +642,14 @@ class Bench:
                            if k not in ("machine_ticks", "router"))
             retr = "-" if r.retransmits is None else str(r.retransmits)
             line = f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}"
-        print(f"  {r.path:<14} {r.direction:<4} {line}", flush=True)
+        tag = f"#{r.run}" if self.args.repeat > 1 else ""
+        print(f"  {r.path:<14} {r.direction:<4}{tag:>3} {line}", flush=True)
 
     # -------------------------------------------------------------- configurations
 
     def run_loopback(self, server: Iperf3Server) -> None:
         print("loopback baseline (iperf3 on 127.0.0.1, no tunnel)", flush=True)
-        for d in ("up", "down"):
-            self._record(self.iperf("loopback", d, "127.0.0.1", server, None, {}))
+        self._both_ways(lambda d: self.iperf("loopback", d, "127.0.0.1", server, None, {}))
 
     def run_reference(self) -> None:
         """wireguard-go <-> wireguard-go, iperf3 server inside the second namespace."""
@@ -660,9 +672,8 @@ class Bench:
                 raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
             port = harness.free_tcp_port()
             with Iperf3Server(srv_ip, port, ns=b) as server:
-                for d in ("up", "down"):
-                    self._record(self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
-                                            {"wg-go": [c.pid, b.pid]}))
+                self._both_ways(lambda d: self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
+                                                     {"wg-go": [c.pid, b.pid]}))
 
     def _router_env(self, tmp: Path, port: int, workers: int, extra: dict[str, str]
                     ) -> tuple[dict[str, str], str]:
@@ -710,9 +721,9 @@ class Bench:
         with self._tunnel(workers, {}) as (r, c):
             procs = process_tree(r.pid)
             info["processes"] = sorted(set(procs.values()))
-            for d in ("up", "down"):
-                self._record(self.iperf(mode, d, GATEWAY, server, c, {"wg-go": [c.pid]},
-                                        router=procs, router_pid=r.pid))
+            self._both_ways(lambda d: self.iperf(mode, d, GATEWAY, server, c,
+                                                 {"wg-go": [c.pid]}, router=procs,
+                                                 router_pid=r.pid))
             info["exit"] = r.terminate(timeout=10)
             info["counters"] = _parse_counters(r.output())
 
@@ -828,6 +839,21 @@ def _parse_counters(output: str) -> dict[str, dict[str, int]]:
 # =========================================================================== report
 
 
+def medians(results: list[Tput]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(path, direction) -> (median, min, max) Mbit/s over the runs that worked."""
+    by: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if not r.error:
+            by.setdefault((r.path, r.direction), []).append(r.mbit)
+    out = {}
+    for k, v in by.items():
+        v.sort()
+        n = len(v)
+        med = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+        out[k] = (med, v[0], v[-1])
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -836,14 +862,15 @@ def report(b: Bench, args: argparse.Namespace) -> None:
     from _benchutil import table
 
     print()
-    base = {r.direction: r.mbit for r in b.tput if r.path == "loopback" and not r.error}
+    base = {d: m for (path, d), (m, _, _) in medians(b.tput).items() if path == "loopback"}
     if b.tput:
         print(f"TCP throughput: iperf3, {args.streams} stream(s), {args.seconds} s after "
               f"{args.omit} s omitted, {os.cpu_count()} CPUs, router MTU {b.mtu or '-'}. "
               "CPU columns: % of one core.")
         rows = []
         for r in b.tput:
-            path = r.path + ("*" if r.background > args.quiet_threshold else "")
+            path = (r.path + (f" #{r.run}" if args.repeat > 1 else "")
+                    + ("*" if r.background > args.quiet_threshold else ""))
             if r.error:
                 rows.append([path, r.direction, "ERROR", *["-"] * 10])
                 continue
@@ -952,20 +979,20 @@ def report(b: Bench, args: argparse.Namespace) -> None:
 
 def summary(b: Bench, args: argparse.Namespace) -> None:
     print("\nSUMMARY (targets from the TCP issue)")
-    tunnel = [r for r in b.tput if r.path.startswith("workers=")]
-    for mode in dict.fromkeys(r.path for r in tunnel):
+    med = medians(b.tput)
+    for mode in dict.fromkeys(r.path for r in b.tput if r.path.startswith("workers=")):
         parts = []
         ok = True
-        for r in tunnel:
-            if r.path != mode:
-                continue
-            if r.error:
-                parts.append(f"{r.direction} ERROR")
+        for d in ("up", "down"):
+            if (mode, d) not in med:
+                parts.append(f"{d} ERROR")
                 ok = False
-            else:
-                parts.append(f"{r.direction} {r.mbit:.0f}")
-                ok &= r.mbit >= TARGET_MBIT
-        print(f"  throughput >= {TARGET_MBIT:.0f} Mbit/s each way, {mode}: "
+                continue
+            m, lo, hi = med[(mode, d)]
+            parts.append(f"{d} {m:.0f}" + (f" ({lo:.0f}-{hi:.0f})" if args.repeat > 1 else ""))
+            ok &= m >= TARGET_MBIT
+        what = "median of " + str(args.repeat) + " runs, " if args.repeat > 1 else ""
+        print(f"  throughput >= {TARGET_MBIT:.0f} Mbit/s each way, {mode}: {what}"
               f"{', '.join(parts)} Mbit/s -> {'MET' if ok else 'NOT MET'}")
     for m in b.mem:
         v = m.per_flow("idle")
@@ -984,10 +1011,11 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
         print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode} ({m.opened} flows):"
               f" PSS {v / KIB:.1f} KiB (USS {uss / KIB:.1f}) -> "
               f"{'MET' if v / KIB <= TARGET_FLOW_KIB else 'NOT MET'}{tail}")
-    ref = [r for r in b.tput if r.path == "wg-go<->wg-go" and not r.error]
+    ref = [(d, med[("wg-go<->wg-go", d)][0]) for d in ("up", "down")
+           if ("wg-go<->wg-go", d) in med]
     if ref:
         print("  kernel-path reference (wireguard-go both ends, kernel TCP): "
-              + ", ".join(f"{r.direction} {r.mbit:.0f} Mbit/s" for r in ref))
+              + ", ".join(f"{d} {m:.0f} Mbit/s" for d, m in ref))
     elif not {"reference", "throughput"} & args.skip:
         print("  kernel-path reference: not measured (see the error above)")
     sack = dict(args.router_env).get("TCP_ENABLE_SACK", os.environ.get("TCP_ENABLE_SACK"))
@@ -1022,6 +1050,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--omit", type=int, default=1,
                    help="iperf3 -O: seconds of slow start left out (default 1)")
     p.add_argument("--streams", type=int, default=1, help="iperf3 -P (default 1)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="iperf3 runs per path and direction; the summary takes the median "
+                        "(default 1; 3 smooths where the scheduler puts the processes)")
     p.add_argument("--workers", default="0,2", help="PROCESSOR_WORKERS values (default 0,2)")
     p.add_argument("--flows", type=int, default=None,
                    help="idle flows for the memory test (default 10000, --quick 2000)")
@@ -1049,6 +1080,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rev", default=None,
                    help="run the router from this git revision (git archive into a temp dir) "
                         "instead of the working tree, e.g. HEAD while others edit")
+    p.add_argument("--code", metavar="DIR", default=None,
+                   help="run the router from the wgslirp package in DIR (a patched copy for an "
+                        "experiment) instead of the working tree")
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="py-spy every router process during each tunnel window; collapsed "
                         "stacks go to DIR and the top lines are printed")
@@ -1078,6 +1112,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.router_env = env
     if not 1 <= a.seconds <= 60 or not 0 <= a.omit <= 10 or not 1 <= a.streams <= 16:
         p.error("--seconds must be 1..60, --omit 0..10, --streams 1..16")
+    if not 1 <= a.repeat <= 10:
+        p.error("--repeat must be 1..10")
     if any(w < 0 or w > 16 for w in a.workers):
         p.error("--workers must be 0..16")
     if not 1 <= a.flows <= 100_000 or not 1 <= a.concurrency <= 4096:
@@ -1086,6 +1122,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--touch must be 0..65536, --idle 0..60, --warm-flows 1..1000")
     if not 1 <= a.open_timeout <= 900:
         p.error("--open-timeout must be 1..900")
+    if a.code is not None and (a.rev is not None
+                               or not (Path(a.code) / "wgslirp" / "__init__.py").is_file()):
+        p.error("--code wants a directory holding a wgslirp package, and excludes --rev")
     if a.max_flows < a.flows + a.warm_flows:
         p.error("--max-flows must cover --flows plus --warm-flows")
     return a
@@ -1114,7 +1153,10 @@ def main(argv: list[str]) -> int:
     code = 0
     code_tmp: str | None = None
     try:
-        if args.rev is not None:
+        if args.code is not None:
+            args.code_dir = str(Path(args.code).resolve())
+            print(f"router code: {args.code_dir}", flush=True)
+        elif args.rev is not None:
             code_tmp = tempfile.mkdtemp(prefix="wgslirp-bench-rev-")
             args.code_dir = code_tmp
             rev = export_rev(args.rev, Path(code_tmp))
