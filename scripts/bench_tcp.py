@@ -36,7 +36,9 @@ connection closed.  Kernel socket memory (socket structs, skbs: three sockets pe
 guest, router's host socket, the server's) is kernel memory, not user space, and is not
 counted; the kernel's slab and TCP page totals are printed next to it for scale.
 
-Nothing here asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each way on a
+The summary names the router's effective TCP_ENABLE_SACK (``wgslirp check-config`` with the
+same code and environment; ``--router-env TCP_ENABLE_SACK=0`` compares).  Nothing here
+asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each way on a
 2-core machine with the client on the same box, <= 16 KiB of user-space memory per idle flow.
 
     python scripts/bench_tcp.py                     # everything, ~3 minutes
@@ -537,6 +539,7 @@ class Bench:
         self.mem: list[Mem] = []
         self.infos: list[dict[str, Any]] = []
         self.mtu: int | None = None
+        self.tcp_config: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- one iperf3 run
 
@@ -674,6 +677,23 @@ class Bench:
             with Iperf3Server(srv_ip, port, ns=b) as server:
                 self._both_ways(lambda d: self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
                                                      {"wg-go": [c.pid, b.pid]}))
+
+    def effective_tcp_config(self) -> dict[str, Any] | None:
+        """The router's TCP settings (``wgslirp check-config`` with the routers' code and
+        environment), or None if that fails."""
+        from routerutil import router_cmd
+
+        tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-cfg-"))
+        try:
+            env, cwd = self._router_env(tmp, 51820, 0, {})
+            r = subprocess.run(router_cmd("check-config"), env=os.environ | env, cwd=cwd,
+                               capture_output=True, text=True, timeout=60)
+            tcp: dict[str, Any] = json.loads(r.stdout)["tcp"]
+            return tcp
+        except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _router_env(self, tmp: Path, port: int, workers: int, extra: dict[str, str]
                     ) -> tuple[dict[str, str], str]:
@@ -1018,9 +1038,15 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
               + ", ".join(f"{d} {m:.0f} Mbit/s" for d, m in ref))
     elif not {"reference", "throughput"} & args.skip:
         print("  kernel-path reference: not measured (see the error above)")
-    sack = dict(args.router_env).get("TCP_ENABLE_SACK", os.environ.get("TCP_ENABLE_SACK"))
-    print(f"  TCP_ENABLE_SACK={sack if sack is not None else 'unset (default off)'}: "
-          "with it off the endpoint does not negotiate SACK even though the guest offers it.")
+    tcp = b.tcp_config
+    if tcp is None:
+        print("  router TCP settings: unknown (wgslirp check-config failed)")
+    else:
+        sack = tcp.get("enable_sack")
+        print(f"  router TCP settings (check-config): TCP_ENABLE_SACK={sack} ("
+              + ("SACK negotiated when the guest offers it" if sack else
+                 "SACK not negotiated even though Linux guests offer it")
+              + f"), TCP_CC={tcp.get('cc')}, TCP_ACK_DELAY_MS={tcp.get('ack_delay_ms')}")
     print("  Kernel socket memory is not counted in the per-flow figures: it belongs to the "
           "host sockets (kernel), not to user space.")
 
@@ -1168,6 +1194,7 @@ def main(argv: list[str]) -> int:
                                   capture_output=True, text=True, timeout=30).stdout.strip()
             print(f"router code: working tree at {head}"
                   + (" with uncommitted changes in wgslirp/" if dirty else ""), flush=True)
+        bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
             port = harness.free_tcp_port()
             with Iperf3Server("127.0.0.1", port) as server:
