@@ -203,3 +203,36 @@ def test_delayed_ack_deadline_not_pushed_by_more_data() -> None:
 def test_no_timer_when_idle_and_nothing_pending() -> None:
     c = _established(TcpParams(idle_timeout=0.0))
     assert c.ep.get_timer() is None
+
+
+def test_pacing_spaces_new_segments() -> None:
+    """TCP_PACE_US: new data leaves one segment per pace interval, on the timer."""
+    c = _established(TcpParams(pace=0.001))
+    c.ep.write(b"p" * 5000, c.now)
+    c.ep.flush(c.now)
+    assert len(c.out()) == 1
+    t = c.ep.get_timer()
+    assert t == pytest.approx(c.now + 0.001)
+    assert len(c.tick(0.001)) == 1
+    assert len(c.tick(0.001)) == 1
+    unpaced = _established()
+    unpaced.ep.write(b"p" * 5000, unpaced.now)
+    unpaced.ep.flush(unpaced.now)
+    assert len(unpaced.out()) == 4  # without pacing the whole window goes at once
+
+
+def test_ack_idle_fail_resets_a_guest_that_stopped_acknowledging() -> None:
+    """TCP_ACK_IDLE_FAIL_SEC: a guest that ACKs nothing while data is in flight is reset
+    once the limit passes, even though RTO retries alone would go on for longer."""
+    c = _established(TcpParams(ack_idle_fail=5.0, max_retries=100, rto_max=1.0))
+    c.ep.write(b"z" * 2000, c.now)
+    c.ep.flush(c.now)
+    c.out()
+    segs: list[object] = []
+    for _ in range(20):
+        segs = c.tick(0.5)
+        if c.ep.closed:
+            break
+    assert c.ep.closed and c.ep.timed_out
+    assert any(getattr(s, "has", lambda f: False)(RST) for s in segs)
+    assert c.now - c.ep.last_ack_progress <= 5.5

@@ -74,7 +74,10 @@ def tcp_params(cfg: Config) -> TcpParams:
     if cfg.tcp.mss_clamp:
         mss = min(mss, cfg.tcp.mss_clamp)
     return TcpParams(mss=mss, sack=cfg.tcp.enable_sack, ack_delay=cfg.tcp.ack_delay_ms / 1000.0,
-                     cc=cfg.tcp.cc, ttl=cfg.ip_ttl)
+                     cc=cfg.tcp.cc, ttl=cfg.ip_ttl, pace=cfg.tcp.pace_us / 1e6,
+                     ack_idle_fail=float(cfg.tcp.ack_idle_fail_sec),
+                     ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
+                     init_cwnd=cfg.tcp.init_cwnd_mss or 10)
 
 
 def _share(total: int, n: int) -> int:
@@ -121,7 +124,10 @@ class Worker:
                                _share(cfg.tcp.max_flows_per_peer, n)),
             loop, tcp_params(cfg), error_signal=cfg.tcp.error_signal,
             fast_dial=cfg.tcp.fast_dial_ms / 1000.0,
-            sock_rcvbuf=cfg.tcp.sock_rcvbuf or 0, sock_sndbuf=cfg.tcp.sock_sndbuf or 0)
+            sock_rcvbuf=cfg.tcp.sock_rcvbuf or 0, sock_sndbuf=cfg.tcp.sock_sndbuf or 0,
+            ack_idle_gate=cfg.tcp.ack_idle_gate_ms / 1000.0,
+            ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
+            gate_log=cfg.tcp.gate_log)
         loop.timers.append(self.tcp)
         if metrics is not None:
             loop.timers.append(Publisher(metrics.workers[index], self.counters,

@@ -127,6 +127,11 @@ class TcpParams:
     init_cwnd: int = 10  # initial window in segments (RFC 6928; TCP_INIT_CWND_MSS)
     max_retries: int = 15  # consecutive RTO expirations before giving up (RST)
     synack_retries: int = 5  # SYN-ACK retransmissions before giving up silently
+    pace: float = 0.0  # TCP_PACE_US / 1e6: least time between new data segments (0 = off)
+    # TCP_ACK_IDLE_FAIL_SEC: reset a connection whose guest has acknowledged nothing for
+    # this long while at least ack_idle_min_inflight bytes wait for it (0 = never).
+    ack_idle_fail: float = 120.0
+    ack_idle_min_inflight: int = 0  # 0 = one MSS
 
 
 def _ring(size: int) -> mmap.mmap:
@@ -152,6 +157,7 @@ class TcpEndpoint:
         "_last_rx",
         "_max_snd_wnd",
         "_mss",
+        "_next_pace",
         "_ooo",
         "_ooo_fin",
         "_ooo_stamp",
@@ -216,6 +222,7 @@ class TcpEndpoint:
         "guest_fin",
         "irs",
         "iss",
+        "last_ack_progress",
         "local",
         "ooo_segments",
         "peer",
@@ -313,6 +320,8 @@ class TcpEndpoint:
         self._persist_backoff = 0
         self._t_tw = INF
         self._t_retry = INF
+        self._next_pace = 0.0
+        self.last_ack_progress = now  # when the guest last acknowledged new data
         self._last_rx = now
         self._last_host = now
         self._ka_probes = 0
@@ -939,6 +948,7 @@ class TcpEndpoint:
     # ================================================================== ACK processing
 
     def _on_new_ack(self, ack: int, now: float, tsecr: int) -> None:
+        self.last_ack_progress = now
         una = self._snd_una
         flight = self._snd_max - una
         self._snd_una = ack
@@ -1236,7 +1246,13 @@ class TcpEndpoint:
             cwnd += min(self._dupacks, 2) * mss  # RFC 3042 limited transmit
         edge = min(self._snd_wl2 + self._snd_wnd, una + cwnd)
         half_wnd = self._max_snd_wnd >> 1
+        pace = self._p.pace
         while nxt < end:
+            if pace and nxt >= smax:
+                if now < self._next_pace:
+                    self._t_retry = self._next_pace  # TCP_PACE_US: the next one later
+                    break
+                self._next_pace = now + pace
             n = end - nxt
             if n > mss:
                 n = mss
@@ -1313,6 +1329,8 @@ class TcpEndpoint:
         if st is not _CLOSED and st is not _TIME_WAIT:
             if p.idle_timeout > 0:
                 t = min(t, max(self._last_rx, self._last_host) + p.idle_timeout)
+            if p.ack_idle_fail > 0 and self._snd_max > self._snd_una:
+                t = min(t, self.last_ack_progress + p.ack_idle_fail)
             if p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
                 t = min(t, self._last_rx + p.keepalive_idle
                         + self._ka_probes * p.keepalive_interval)
@@ -1336,6 +1354,10 @@ class TcpEndpoint:
             return
         if p.idle_timeout > 0 and now >= max(self._last_rx, self._last_host) + p.idle_timeout:
             self._give_up(now)
+            return
+        if (p.ack_idle_fail > 0 and now >= self.last_ack_progress + p.ack_idle_fail
+                and self.in_flight >= (p.ack_idle_min_inflight or self._mss)):
+            self._give_up(now)  # the guest stopped acknowledging: free what it pins
             return
         if now >= self._t_retry:
             self._t_retry = INF

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
+import logging
 import selectors
 import socket
 import struct
@@ -31,6 +32,8 @@ from wgslirp.slirp.context import BridgeContext, addr
 from wgslirp.slirp.flows import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 from wgslirp.slirp.tcp import TcpEndpoint, TcpParams
+
+log = logging.getLogger("wgslirp.tcp")
 
 TCP_FIN: Final = 0x01
 TCP_SYN: Final = 0x02
@@ -85,6 +88,8 @@ class TcpBridge:
     def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[TcpFlow],
                  loop: Loop, params: TcpParams, *, error_signal: str = "icmp",
                  fast_dial: float = 0.005, sock_rcvbuf: int = 0, sock_sndbuf: int = 0,
+                 ack_idle_gate: float = 0.0, ack_idle_min_inflight: int = 0,
+                 gate_log: str = "info",
                  iss_source: itertools.count[int] | None = None) -> None:
         self.ctx = ctx
         self.policy = policy
@@ -95,6 +100,11 @@ class TcpBridge:
         self.fast_dial = fast_dial
         self.sock_rcvbuf = sock_rcvbuf
         self.sock_sndbuf = sock_sndbuf
+        # TCP_ACK_IDLE_GATE_MS: stop reading the host while the guest has acknowledged
+        # nothing for this long with data in flight; a stalled guest then pins no more.
+        self.ack_idle_gate = ack_idle_gate
+        self.ack_idle_min_inflight = ack_idle_min_inflight
+        self._gate_log = {"off": None, "debug": logging.DEBUG}.get(gate_log, logging.INFO)
         # (deadline, tiebreak, flow key): keys, not flows, so a closed connection is freed
         # at once instead of living on in the heap until its far-off idle deadline.
         self._heap: list[tuple[float, int, Hashable]] = []
@@ -261,8 +271,21 @@ class TcpBridge:
                     self.ctx.send_unreachable(memoryview(syn), len(syn), code, flow.peer)
         self._drop(flow, rst=False)
 
+    def _gated(self, flow: TcpFlow, now: float) -> bool:
+        ep = flow.ep
+        return bool(self.ack_idle_gate and now - ep.last_ack_progress >= self.ack_idle_gate
+                    and ep.in_flight >= (self.ack_idle_min_inflight or ep.mss))
+
     def _read_host(self, flow: TcpFlow, now: float) -> None:
         ep, sock = flow.ep, flow.sock
+        if self._gated(flow, now):
+            if not flow.read_paused and self._gate_log is not None:
+                log.log(self._gate_log, "tcp %s: guest acknowledged nothing for %.1f s; "
+                        "pausing reads from the host", _flow_name(flow),
+                        now - ep.last_ack_progress)
+            flow.read_paused = True
+            self.stats.gated += 1
+            return
         for _ in range(16):
             space = ep.send_space()
             if space <= 0:
@@ -316,7 +339,7 @@ class TcpBridge:
         if not flow.connecting:
             self._write_host(flow, now)
             if flow.read_paused and ep.send_space() * READ_RESUME_FRACTION >= \
-                    self.params.snd_buffer:
+                    self.params.snd_buffer and not self._gated(flow, now):
                 flow.read_paused = False
                 self._read_host(flow, now)
         ep.flush(now)
@@ -404,6 +427,7 @@ class TcpBridgeStats:
     rst_sent: int
     malformed: int
     host_resets: int
+    gated: int
     bytes_to_guest: int
     bytes_to_host: int
 
@@ -413,6 +437,11 @@ class TcpBridgeStats:
 
     def as_dict(self) -> dict[str, int]:
         return {f"tcp_{name}": getattr(self, name) for name in self.__annotations__}
+
+
+def _flow_name(flow: TcpFlow) -> str:
+    key: TcpKey = flow.key  # type: ignore[assignment]
+    return f"{addr(key[1])}:{key[2]} -> {addr(key[3])}:{key[4]}"
 
 
 def rst_reply_into(out: memoryview, pkt: memoryview, n: int, ttl: int) -> int:
