@@ -6,25 +6,37 @@ What lives here:
 - :func:`install_interrupt_handlers`: the first SIGINT/SIGTERM/SIGHUP raises
   ``KeyboardInterrupt`` (so every ``with`` block and ``finally`` cleans up); later ones are
   ignored, so an impatient second Ctrl-C cannot interrupt the cleanup half-way.
+- :func:`start_controller`: both of those, and a check for root, TUN and the tools a tunnel
+  needs.
+- :class:`ForkedServer`: a server loop in a forked process with shared counters, as a
+  context manager (started on entry; terminated, killed if need be, sockets closed on exit).
 - :class:`UdpServer`: a UDP sink or echo on 127.0.0.1 in a forked process with a tight
   non-blocking receive loop and shared counters.  The harness's ``UdpSink``/``UdpEcho`` are
   threads of the calling process doing one ``select`` per datagram, which caps a loopback
   baseline and competes with the benchmark's own bookkeeping for the GIL.
 - :class:`CpuMeter`: CPU seconds of named process groups (e.g. a router's process tree) and of
-  the whole machine between two snapshots, as percent of one core.
+  the whole machine between two snapshots, as percent of one core; :func:`split_cpu` turns
+  them into the benchmarks' router/other columns.
 - :func:`udp_socket_drops`: per-socket receive-buffer drops from ``/proc/net/udp``.
 - :class:`LineReader`: read a child's stdout line by line with a deadline.
-- :func:`stop_popen`: SIGTERM, wait, SIGKILL a child (and its session) by PID.
-- :func:`table`: plain-text table.
+- :func:`spawn`: start a child here or in a client's namespace; :func:`stop_popen`: SIGTERM,
+  wait, SIGKILL a child (and its session) by PID; :func:`stop_and_close` also closes its pipes.
+- :func:`export_rev`/:func:`rev_exported`: the wgslirp package of a git revision, for
+  ``--rev``; :func:`router_cwd`: where a router runs from that code;
+  :func:`pinged_client`: a router's wireguard-go client, checked with a ping.
+- :func:`parse_exit_counters`: the counters a router logs when it stops.
+- :func:`table`: plain-text table; :func:`print_profile`: a py-spy summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import linecache
 import multiprocessing as mp
 import os
+import re
 import select
 import shutil
 import signal
@@ -32,12 +44,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -77,6 +91,24 @@ def interrupted() -> bool:
     return _interrupted
 
 
+def start_controller(tunnel: bool = True, extra_binaries: Sequence[str] = ()) -> bool:
+    """Set up a benchmark's controller process (:func:`e2e_imports`,
+    :func:`install_interrupt_handlers`) and, with ``tunnel``, check that this machine can run
+    one: root, a usable /dev/net/tun, the harness's tools plus ``extra_binaries``.  False
+    (after saying why on stderr) when it cannot."""
+    e2e_imports()
+    install_interrupt_handlers()
+    if not tunnel:
+        return True
+    import harness
+
+    why = harness.require_root_and_tun(extra_binaries)
+    if why is not None:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return False
+    return True
+
+
 def die_with_parent() -> None:
     """SIGKILL this process when its parent dies (use as Popen's preexec_fn too)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -84,6 +116,16 @@ def die_with_parent() -> None:
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def spawn(argv: Sequence[str], ns: Any = None, **kw: Any) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside the namespace of ``ns`` (a harness WgClient), or here: in a
+    session of its own, stdin from /dev/null, killed when we die.  ``kw`` go to Popen."""
+    if ns is not None:
+        proc: subprocess.Popen[bytes] = ns.popen(argv, **kw)
+        return proc
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent, **kw)
 
 
 def stop_popen(proc: subprocess.Popen[Any], timeout: float = 2.0) -> None:
@@ -105,6 +147,15 @@ def stop_popen(proc: subprocess.Popen[Any], timeout: float = 2.0) -> None:
             proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
+
+
+def stop_and_close(proc: subprocess.Popen[Any]) -> None:
+    """:func:`stop_popen`, then close our ends of the child's pipes."""
+    stop_popen(proc)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 class LineReader:
@@ -135,10 +186,60 @@ class LineReader:
         return line.decode("utf-8", "replace")
 
 
-# --------------------------------------------------------------------------- UDP server
+# --------------------------------------------------------------------------- forked servers
 
 
-def _serve(sock: socket.socket, echo: bool, counters: Any, lifetime: float) -> None:
+class ForkedServer:
+    """A server loop in its own forked process, as a context manager.
+
+    A subclass opens its sockets (closing them itself if that fails), then calls
+    ``super().__init__``: the child will run ``target(counters, *args)``, where ``counters``
+    (also ``self.counters``) are ``n_counters`` int64s in shared memory for it to update.
+    Entering starts the process; :meth:`close` (and leaving) stops it, SIGTERM then SIGKILL,
+    waiting ``join_timeout`` s after each, and closes the parent's copies of the sockets
+    through the :meth:`_close_socks` hook, which also runs if the start fails.
+    """
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str,
+                 n_counters: int, join_timeout: float = 2.0) -> None:
+        ctx = mp.get_context("fork")
+        self.counters = ctx.RawArray("q", n_counters)
+        self.join_timeout = join_timeout
+        self._proc = ctx.Process(target=target, args=(self.counters, *args), daemon=True,
+                                 name=name)
+
+    def _close_socks(self) -> None:
+        """Close the sockets handed to the child (our copies of them)."""
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    def __enter__(self) -> Self:
+        try:
+            self._proc.start()
+        except BaseException:
+            self._close_socks()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.pid is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(self.join_timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(self.join_timeout)
+        self._close_socks()
+
+
+def _serve(counters: Any, sock: socket.socket, echo: bool, lifetime: float) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -173,7 +274,7 @@ def _serve(sock: socket.socket, echo: bool, counters: Any, lifetime: float) -> N
         counters[0], counters[1], counters[2] = packets, nbytes, errors
 
 
-class UdpServer:
+class UdpServer(ForkedServer):
     """A UDP sink (``echo=False``) or echo on ``host`` in its own forked process.
 
     ``packets``/``nbytes`` are read from shared memory; they lag by at most 64 datagrams.
@@ -198,23 +299,19 @@ class UdpServer:
             self.sock.close()
             raise
         self.port: int = self.sock.getsockname()[1]
-        ctx = mp.get_context("fork")
-        self._counters = ctx.RawArray("q", 3)
-        self._proc = ctx.Process(target=_serve, args=(self.sock, echo, self._counters, lifetime),
-                                 daemon=True, name="bench-echo" if echo else "bench-sink")
+        super().__init__(_serve, (self.sock, echo, lifetime),
+                         "bench-echo" if echo else "bench-sink", 3)
 
-    @property
-    def pid(self) -> int:
-        assert self._proc.pid is not None
-        return self._proc.pid
+    def _close_socks(self) -> None:
+        self.sock.close()
 
     @property
     def packets(self) -> int:
-        return int(self._counters[0])
+        return int(self.counters[0])
 
     @property
     def nbytes(self) -> int:
-        return int(self._counters[1])
+        return int(self.counters[1])
 
     def settle(self, quiet: float = 0.3, limit: float = 3.0) -> int:
         """Wait until the packet count stops moving for ``quiet`` s (at most ``limit`` s)."""
@@ -229,43 +326,35 @@ class UdpServer:
                 break
         return last
 
-    def __enter__(self) -> UdpServer:
-        try:
-            self._proc.start()
-        except BaseException:
-            self.sock.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._proc.pid is not None:
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(2)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(2)
-        self.sock.close()
-
 
 # --------------------------------------------------------------------------- CPU
+
+
+def tree_processes(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants ([] if ``pid`` is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def process_tree(pid: int) -> dict[int, str]:
     """PID -> name for ``pid`` and all its descendants (that still exist)."""
     out: dict[int, str] = {}
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return out
-    for p in procs:
+    for p in tree_processes(pid):
         with contextlib.suppress(psutil.Error):
             out[p.pid] = p.name()
     return out
+
+
+def router_label(pid: int, name: str, root: int, other: str = "other") -> str:
+    """A router process's short name: ``main`` for the supervisor ``root`` (or the only
+    process with PROCESSOR_WORKERS=0, which keeps python's name), ``ingress``/``wN`` for
+    ``wgslirp-*`` processes, else ``other`` (e.g. multiprocessing's resource tracker)."""
+    if pid == root:
+        return "main"
+    return name.removeprefix("wgslirp-") if name.startswith("wgslirp-") else other
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -314,6 +403,17 @@ class CpuMeter:
     def add(self, label: str, pids: Iterable[int]) -> None:
         self.groups.setdefault(label, []).extend(pids)
 
+    def add_router(self, procs: dict[int, str], root: int) -> None:
+        """One group ``router:LABEL`` per router process (``procs``: PID -> name, as from
+        :func:`process_tree` of ``root``; labels from :func:`router_label`)."""
+        for pid, name in sorted(procs.items()):
+            self.add("router:" + router_label(pid, name, root), [pid])
+
+    def router_targets(self) -> dict[str, int]:
+        """Label -> PID of the router's own processes (for :class:`PySpy`)."""
+        return {k.removeprefix("router:"): pids[0] for k, pids in self.groups.items()
+                if k.startswith("router:") and k != "router:other"}
+
     def snapshot(self) -> CpuSnapshot:
         every = _all_cpu_seconds()
         per_pid: dict[int, float] = {}
@@ -361,6 +461,23 @@ class CpuMeter:
                 name = "?"
             out.append((f"{name}[{pid}]", 100.0 * sec / dt))
         return out
+
+
+def split_cpu(meter: CpuMeter, a: CpuSnapshot, b: CpuSnapshot, router: bool
+              ) -> tuple[dict[str, float], dict[str, float], list[tuple[str, float]]]:
+    """A benchmark's CPU columns between two snapshots: (router processes by label, the other
+    groups plus ``machine``, ``other`` = what no group was charged for and, if ``router``,
+    ``router`` = their sum, the busiest processes outside the groups and this one)."""
+    pct = meter.percent(a, b)
+    router_cpu = {k.removeprefix("router:"): v for k, v in pct.items()
+                  if k.startswith("router:")}
+    cpu = {k: v for k, v in pct.items() if not k.startswith("router:")}
+    ours = sum(v for k, v in pct.items() if k not in ("machine", "machine_ticks"))
+    cpu["other"] = max(0.0, pct["machine"] - ours)
+    others = meter.top_others(a, b, exclude=(os.getpid(),))
+    if router:
+        cpu["router"] = sum(router_cpu.values())
+    return router_cpu, cpu, others
 
 
 def machine_busy(interval: float) -> float:
@@ -422,6 +539,79 @@ def udp_socket_drops(match: Callable[[UdpSocketInfo], bool]) -> dict[int, int]:
 
 def drops_between(a: dict[int, int], b: dict[int, int]) -> int:
     return sum(v - a.get(k, 0) for k, v in b.items())
+
+
+# --------------------------------------------------------------------------- router code
+
+
+def export_rev(rev: str, dest: Path) -> str:
+    """Extract the wgslirp package of git revision ``rev`` into ``dest``; its full hash."""
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    with subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"],
+                          stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+        if proc.wait(30) != 0:
+            raise RuntimeError(f"git archive {rev} failed")
+    return full
+
+
+def add_rev_argument(p: Any) -> None:
+    """The ``--rev`` option of an argparse parser (see :func:`rev_exported`)."""
+    p.add_argument("--rev", default=None,
+                   help="run the router from this git revision (git archive into a temp dir) "
+                        "instead of the working tree, e.g. HEAD while others edit")
+
+
+@contextlib.contextmanager
+def rev_exported(rev: str | None) -> Iterator[str | None]:
+    """``--rev``: the wgslirp package of ``rev`` in a temporary directory (its path; removed
+    at the end), said on stdout; None without a ``rev``."""
+    if rev is None:
+        yield None
+        return
+    tmp = tempfile.mkdtemp(prefix="wgslirp-bench-rev-")
+    try:
+        full = export_rev(rev, Path(tmp))
+        print(f"router code: git revision {full} (exported to {tmp})", flush=True)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def router_cwd(env: dict[str, str], code_dir: str | None) -> str:
+    """Where to start a router: the repository, or ``code_dir`` (a ``--rev`` snapshot or a
+    ``--code`` copy), which then also goes first on the PYTHONPATH in ``env``."""
+    if code_dir is None:
+        return str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [code_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return code_dir
+
+
+@contextlib.contextmanager
+def pinged_client(router: Any, port: int) -> Iterator[Any]:
+    """The wireguard-go client of a started ``router`` (a harness RouterProcess listening on
+    127.0.0.1:``port``), once a ping through the tunnel got an answer and the handshake is
+    done."""
+    from routerutil import GATEWAY, client_from_router_output
+
+    with client_from_router_output(router, port, log_level="error") as c:
+        _sent, got = c.ping(GATEWAY, count=3, interval=0.1)
+        if got == 0:
+            raise RuntimeError(f"no ping reply through the tunnel\n{c.diagnostics()}")
+        c.wait_handshake(10)
+        yield c
+
+
+EXIT_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
+
+
+def parse_exit_counters(output: str) -> dict[str, dict[str, int]]:
+    """``ingress``/``worker N`` -> the counters it logged when it stopped."""
+    return {m.group(1): json.loads(m.group(2)) for m in EXIT_COUNTERS.finditer(output)}
 
 
 # --------------------------------------------------------------------------- py-spy
@@ -556,6 +746,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: bool = T
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(headers), rule, *(fmt(r) for r in rows)])
+
+
+def print_profile(profile: dict[str, dict[str, Any]], cpu: dict[str, float],
+                  funcs: bool = False) -> None:
+    """Print :meth:`PySpy.finish`'s summaries: per process (with its CPU % from ``cpu``, if
+    known) the top source lines, and with ``funcs`` the top functions."""
+    for label, prof in sorted(profile.items()):
+        if not prof["samples"]:
+            continue
+        pct = cpu.get(label)
+        print(f"  {label} ({prof['samples']} samples"
+              + (f", {pct:.0f}% CPU" if pct is not None else "") + "):")
+        for share, where, src in prof["lines"]:
+            print(f"    {share:5.1f}%  {where:<50} {src[:60]}")
+        if funcs:
+            print("    functions (self% / inclusive%):")
+            for s_, inc, fn in prof["funcs"]:
+                print(f"    {s_:5.1f}% {inc:5.1f}%  {fn}")
 
 
 def si(x: float) -> str:

@@ -61,7 +61,6 @@ import dataclasses
 import errno
 import json
 import os
-import re
 import select
 import selectors
 import shutil
@@ -69,7 +68,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,7 +75,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import _benchutil
+from _benchutil import (
+    REPO,
+    CpuMeter,
+    ForkedServer,
+    LineReader,
+    PySpy,
+    die_with_parent,
+    parse_exit_counters,
+    pinged_client,
+    print_profile,
+    process_tree,
+    router_cwd,
+    router_label,
+    spawn,
+    split_cpu,
+    stop_and_close,
+    stop_popen,
+    table,
+    tree_processes,
+    wait_quiet,
+)
+
 KIB = 1024
 TARGET_MBIT = 500.0
 TARGET_FLOW_KIB = 16.0
@@ -255,9 +275,7 @@ def guest_main(argv: list[str]) -> None:
 # =========================================================================== host side
 
 
-def _hold_serve(lsock: socket.socket, counters: Any, need: int, lifetime: float) -> None:
-    from _benchutil import die_with_parent
-
+def _hold_serve(counters: Any, lsock: socket.socket, need: int, lifetime: float) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -302,13 +320,11 @@ def _hold_serve(lsock: socket.socket, counters: Any, need: int, lifetime: float)
         counters[0], counters[1], counters[2], counters[3] = accepted, open_, echoed, errors
 
 
-class HoldServer:
+class HoldServer(ForkedServer):
     """Accept TCP connections on 127.0.0.1 and hold them (echoing anything received) in a
     forked process; ``accepted``/``open`` come from shared memory (updated every turn)."""
 
     def __init__(self, need: int, lifetime: float = SERVER_LIFETIME) -> None:
-        import multiprocessing as mp
-
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -319,51 +335,25 @@ class HoldServer:
             self.sock.close()
             raise
         self.port: int = self.sock.getsockname()[1]
-        ctx = mp.get_context("fork")
-        self._counters = ctx.RawArray("q", 4)
-        self._proc = ctx.Process(target=_hold_serve, args=(self.sock, self._counters, need,
-                                                           lifetime),
-                                 daemon=True, name="bench-tcp-hold")
+        super().__init__(_hold_serve, (self.sock, need, lifetime), "bench-tcp-hold", 4,
+                         join_timeout=5.0)
 
-    @property
-    def pid(self) -> int:
-        assert self._proc.pid is not None
-        return self._proc.pid
+    def _close_socks(self) -> None:
+        self.sock.close()
 
     @property
     def accepted(self) -> int:
-        return int(self._counters[0])
+        return int(self.counters[0])
 
     @property
     def open(self) -> int:
-        return int(self._counters[1])
+        return int(self.counters[1])
 
     def wait_open(self, want: int, limit: float) -> int:
         deadline = time.monotonic() + limit
         while self.open != want and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.open
-
-    def __enter__(self) -> HoldServer:
-        try:
-            self._proc.start()
-        except BaseException:
-            self.sock.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._proc.pid is not None:
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(5)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(5)
-        self.sock.close()
 
 
 class Iperf3Server:
@@ -375,15 +365,8 @@ class Iperf3Server:
         self._drain: Any = None
 
     def __enter__(self) -> Iperf3Server:
-        from _benchutil import LineReader, die_with_parent
-
         argv = ["iperf3", "-s", "-B", self.addr, "-p", str(self.port), "--forceflush"]
-        kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-        if self.ns is None:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=die_with_parent, **kw)
-        else:
-            self.proc = self.ns.popen(argv, **kw)
+        self.proc = spawn(argv, self.ns, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             assert self.proc.stdout is not None
             reader = LineReader(self.proc.stdout.fileno())
@@ -417,8 +400,6 @@ class Iperf3Server:
         self.close()
 
     def close(self) -> None:
-        from _benchutil import stop_popen
-
         if self.proc is not None:
             stop_popen(self.proc)
             if self.proc.stdout is not None:
@@ -480,12 +461,7 @@ def router_memory(pid: int) -> dict[str, dict[str, int]]:
     import psutil
 
     out: dict[str, dict[str, int]] = {}
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return out
-    for p in procs:
+    for p in tree_processes(pid):
         try:
             name = p.name()
             m = p.memory_full_info()
@@ -493,8 +469,7 @@ def router_memory(pid: int) -> dict[str, dict[str, int]]:
             fds = p.num_fds()
         except (psutil.Error, OSError):
             continue
-        label = ("main" if p.pid == pid else  # PROCESSOR_WORKERS=0 keeps python's name
-                 name.removeprefix("wgslirp-") if name.startswith("wgslirp-") else name)
+        label = router_label(p.pid, name, pid, other=name)
         if label in out:
             label = f"{label}[{p.pid}]"
         out[label] = {"uss": int(m.uss), "pss": int(m.pss), "rss": int(m.rss), "maps": maps,
@@ -549,8 +524,6 @@ class Bench:
               router: dict[int, str] | None = None, router_pid: int = -1) -> Tput:
         """One iperf3 client run; CPU of ``groups`` (+ the ``router`` processes, whose root is
         ``router_pid``) over its window."""
-        from _benchutil import CpuMeter, PySpy, stop_popen, wait_quiet
-
         a = self.args
         res = Tput(path, direction)
         argv = ["iperf3", "-c", host, "-p", str(server.port), "-t", str(a.seconds),
@@ -559,21 +532,11 @@ class Bench:
             argv.append("-R")
         server.drain()
         res.background = wait_quiet(a.quiet_threshold, a.quiet_wait)
-        kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        if client_ns is not None:
-            proc: subprocess.Popen[bytes] = client_ns.popen(argv, **kw)
-        else:
-            from _benchutil import die_with_parent
-
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=die_with_parent, **kw)
+        proc = spawn(argv, client_ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         spy: PySpy | None = None
         try:
             meter = CpuMeter()
-            for pid, name in sorted((router or {}).items()):
-                meter.add("router:" + ("main" if pid == router_pid else
-                                       name.removeprefix("wgslirp-")
-                                       if name.startswith("wgslirp-") else "other"), [pid])
+            meter.add_router(router or {}, router_pid)
             for label, pids in groups.items():
                 meter.add(label, pids)
             meter.add("iperf3 -c", [proc.pid])  # `ip netns exec` execs: same PID
@@ -584,10 +547,7 @@ class Bench:
             snap_a = meter.snapshot()
             if router and a.profile is not None:
                 spy = PySpy(Path(a.profile), f"{path.replace('=', '')}-{direction}",
-                            {k.removeprefix("router:"): pids[0]
-                             for k, pids in meter.groups.items()
-                             if k.startswith("router:") and k != "router:other"},
-                            window, source_root=a.code_dir or REPO)
+                            meter.router_targets(), window, source_root=a.code_dir or REPO)
             time.sleep(max(0.0, t0 + a.omit + 0.3 + window - time.monotonic()))
             snap_b = meter.snapshot()
             try:
@@ -614,19 +574,9 @@ class Bench:
         finally:
             if spy is not None:
                 spy.close()
-            stop_popen(proc)
-            for f in (proc.stdout, proc.stderr):
-                if f is not None:
-                    f.close()
-        pct = meter.percent(snap_a, snap_b)
-        res.router_cpu = {k.removeprefix("router:"): v for k, v in pct.items()
-                          if k.startswith("router:")}
-        res.cpu = {k: v for k, v in pct.items() if not k.startswith("router:")}
-        ours = sum(v for k, v in pct.items() if k not in ("machine", "machine_ticks"))
-        res.cpu["other"] = max(0.0, pct["machine"] - ours)
-        res.others = meter.top_others(snap_a, snap_b, exclude=(os.getpid(),))
-        if router:
-            res.cpu["router"] = sum(res.router_cpu.values())
+            stop_and_close(proc)
+        res.router_cpu, res.cpu, res.others = split_cpu(meter, snap_a, snap_b,
+                                                        router=bool(router))
         return res
 
     def _both_ways(self, run: Callable[[str], Tput]) -> None:
@@ -707,17 +657,12 @@ class Bench:
 
         env = base_env(tmp, port, workers) | extra
         env |= dict(self.args.router_env)
-        cwd = str(REPO)
-        if self.args.code_dir is not None:  # a snapshot of --rev: first on the path
-            cwd = self.args.code_dir
-            env["PYTHONPATH"] = os.pathsep.join(
-                [cwd, *filter(None, [os.environ.get("PYTHONPATH")])])
-        return env, cwd
+        return env, router_cwd(env, self.args.code_dir)
 
     @contextlib.contextmanager
     def _tunnel(self, workers: int, extra: dict[str, str]) -> Any:
         import harness
-        from routerutil import GATEWAY, client_from_router_output, router_cmd
+        from routerutil import router_cmd
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-"))
         port = harness.free_udp_port()
@@ -725,12 +670,7 @@ class Bench:
         try:
             with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
-                with client_from_router_output(r, port, log_level="error") as c:
-                    _sent, got = c.ping(GATEWAY, count=3, interval=0.1)
-                    if got == 0:
-                        raise RuntimeError(f"no ping reply through the tunnel\n"
-                                           f"{c.diagnostics()}")
-                    c.wait_handshake(10)
+                with pinged_client(r, port) as c:
                     self.mtu = c.mtu
                     self._ns = c.namespace.name
                     try:
@@ -741,7 +681,6 @@ class Bench:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def run_throughput(self, workers: int, server: Iperf3Server) -> None:
-        from _benchutil import process_tree
         from routerutil import GATEWAY
 
         mode = f"workers={workers}"
@@ -755,10 +694,9 @@ class Bench:
                                                  {"wg-go": [c.pid]}, router=procs,
                                                  router_pid=r.pid))
             info["exit"] = r.terminate(timeout=10)
-            info["counters"] = _parse_counters(r.output())
+            info["counters"] = parse_exit_counters(r.output())
 
     def run_memory(self, workers: int) -> None:
-        from _benchutil import LineReader, stop_popen
         from routerutil import GATEWAY
 
         a = self.args
@@ -805,7 +743,7 @@ class Bench:
                     result(rd, "close", 30)
                     p.wait(10)
                 finally:
-                    _close_proc(p, stop_popen)
+                    stop_and_close(p)
                 hold.wait_open(0, 10)
                 time.sleep(2.5)  # the endpoint's TIME_WAIT (2 s)
                 res.before = stable_memory(r.pid)
@@ -835,35 +773,20 @@ class Bench:
                     result(rd, "close", 60)
                     p.wait(10)
                 finally:
-                    _close_proc(p, stop_popen)
+                    stop_and_close(p)
                 hold.wait_open(0, 30)
                 time.sleep(3.0)
                 res.closed = stable_memory(r.pid)
                 info["exit"] = r.terminate(timeout=15)
-                res.counters = info["counters"] = _parse_counters(r.output())
+                res.counters = info["counters"] = parse_exit_counters(r.output())
         except Exception as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             print(f"  ERROR {res.error.splitlines()[0]}", flush=True)
 
 
-def _close_proc(p: subprocess.Popen[bytes], stop: Any) -> None:
-    stop(p)
-    for f in (p.stdin, p.stdout, p.stderr):
-        if f is not None:
-            with contextlib.suppress(OSError):
-                f.close()
-
-
 def _kib_flow(m: Mem, state: str, key: str = "pss") -> str:
     v = m.per_flow(state, key)
     return "-" if v is None else f"{v / KIB:.2f}"
-
-
-_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
-
-
-def _parse_counters(output: str) -> dict[str, dict[str, int]]:
-    return {m.group(1): json.loads(m.group(2)) for m in _COUNTERS.finditer(output)}
 
 
 # =========================================================================== report
@@ -889,8 +812,6 @@ def _pct(x: float | None) -> str:
 
 
 def report(b: Bench, args: argparse.Namespace) -> None:
-    from _benchutil import table
-
     print()
     base = {d: m for (path, d), (m, _, _) in medians(b.tput).items() if path == "loopback"}
     if b.tput:
@@ -990,17 +911,7 @@ def report(b: Bench, args: argparse.Namespace) -> None:
             continue
         print(f"\npy-spy {r.path} {r.direction}: source lines on top of the stack, as a "
               "share of each process's busy samples")
-        for label, prof in sorted(r.profile.items()):
-            if not prof["samples"]:
-                continue
-            cpu = r.router_cpu.get(label)
-            print(f"  {label} ({prof['samples']} samples"
-                  + (f", {cpu:.0f}% CPU" if cpu is not None else "") + "):")
-            for share, where, src in prof["lines"]:
-                print(f"    {share:5.1f}%  {where:<50} {src[:60]}")
-            print("    functions (self% / inclusive%):")
-            for s_, inc, fn in prof["funcs"]:
-                print(f"    {s_:5.1f}% {inc:5.1f}%  {fn}")
+        print_profile(r.profile, r.router_cpu, funcs=True)
     for r in b.tput:
         if r.error:
             print(f"\nERROR {r.path} {r.direction}: {r.error}")
@@ -1066,20 +977,6 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
 # =========================================================================== main
 
 
-def export_rev(rev: str, dest: Path) -> str:
-    """Extract the wgslirp package of git revision ``rev`` into ``dest``; its full hash."""
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
-                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    with subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"],
-                          stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            tar.extractall(dest, filter="data")
-        if proc.wait(30) != 0:
-            raise RuntimeError(f"git archive {rev} failed")
-    return full
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1115,9 +1012,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="extra environment for the router, e.g. TCP_ENABLE_SACK=1 (repeatable)")
     p.add_argument("--quick", action="store_true", help="3 s windows, 2,000 flows")
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
-    p.add_argument("--rev", default=None,
-                   help="run the router from this git revision (git archive into a temp dir) "
-                        "instead of the working tree, e.g. HEAD while others edit")
+    _benchutil.add_rev_argument(p)
     p.add_argument("--code", metavar="DIR", default=None,
                    help="run the router from the wgslirp package in DIR (a patched copy for an "
                         "experiment) instead of the working tree")
@@ -1173,32 +1068,22 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _benchutil
-
-    _benchutil.e2e_imports()
-    _benchutil.install_interrupt_handlers()
+    if not _benchutil.start_controller(extra_binaries=["iperf3"]):
+        return 2
     import harness
 
-    why = harness.require_root_and_tun(["iperf3"])
-    if why is not None:
-        print(f"cannot run: {why}", file=sys.stderr)
-        return 2
     raise_nofile(args.flows + 256)  # children (iperf3, hold server) inherit it
     args.code_dir = None
     bench = Bench(args)
     t0 = time.monotonic()
     code = 0
-    code_tmp: str | None = None
+    rev_code = contextlib.ExitStack()  # removes a --rev export at the end
     try:
         if args.code is not None:
             args.code_dir = str(Path(args.code).resolve())
             print(f"router code: {args.code_dir}", flush=True)
         elif args.rev is not None:
-            code_tmp = tempfile.mkdtemp(prefix="wgslirp-bench-rev-")
-            args.code_dir = code_tmp
-            rev = export_rev(args.rev, Path(code_tmp))
-            print(f"router code: git revision {rev} (exported to {code_tmp})", flush=True)
+            args.code_dir = rev_code.enter_context(_benchutil.rev_exported(args.rev))
         else:
             dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
                                    capture_output=True, text=True, timeout=30).stdout.strip()
@@ -1235,8 +1120,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         code = 130
     finally:
-        if code_tmp is not None:
-            shutil.rmtree(code_tmp, ignore_errors=True)
+        rev_code.close()
     if args.json:  # first: a bug in the report must not lose the measurements
         with open(args.json, "w") as f:
             json.dump({"args": {k: (sorted(v) if isinstance(v, set) else v)

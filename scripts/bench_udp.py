@@ -49,7 +49,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -57,14 +56,35 @@ import socket
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import _benchutil
+from _benchutil import (
+    REPO,
+    CpuMeter,
+    LineReader,
+    PySpy,
+    UdpServer,
+    drops_between,
+    parse_exit_counters,
+    pinged_client,
+    print_profile,
+    process_tree,
+    router_cwd,
+    si,
+    spawn,
+    split_cpu,
+    stop_and_close,
+    stop_popen,
+    table,
+    udp_sockets,
+    wait_quiet,
+)
+
 SO_SNDTIMEO_SECONDS = 1  # a send() blocked longer than this fails (keeps loops bounded)
 MAX_PACKETS = 50_000_000  # hard cap on what one guest run sends
 ECHO_TIMEOUT = 0.2  # s without any reply: the outstanding requests count as lost
@@ -260,8 +280,6 @@ class Tunnel:
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from _benchutil import UdpServer
-
         self.args = args
         self.script = str(Path(__file__).resolve())
         self.sink: UdpServer = args.sink
@@ -271,25 +289,13 @@ class Bench:
     # -------------------------------------------------------------- one measurement
 
     def _spawn(self, argv: list[str], tunnel: Tunnel | None) -> subprocess.Popen[bytes]:
-        kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        if tunnel is not None:
-            proc: subprocess.Popen[bytes] = tunnel.client.popen(argv, **kw)
-            return proc
-        from _benchutil import die_with_parent
+        return spawn(argv, tunnel.client if tunnel is not None else None,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent, **kw)
-
-    def _meter(self, tunnel: Tunnel | None, guest_pid: int, server_pid: int) -> Any:
-        from _benchutil import CpuMeter, process_tree
-
+    def _meter(self, tunnel: Tunnel | None, guest_pid: int, server_pid: int) -> CpuMeter:
         m = CpuMeter()
         if tunnel is not None:
-            for pid, name in sorted(process_tree(tunnel.router_pid).items()):
-                label = ("main" if pid == tunnel.router_pid else
-                         name.removeprefix("wgslirp-") if name.startswith("wgslirp-") else
-                         "other")  # e.g. multiprocessing's resource tracker
-                m.add("router:" + label, [pid])
+            m.add_router(process_tree(tunnel.router_pid), tunnel.router_pid)
             m.add("wg-go", [tunnel.client.pid])
         m.add("guest", [guest_pid])
         m.add("server", [server_pid])
@@ -301,15 +307,6 @@ class Bench:
         return int(tunnel.client.wg_show_dump().peer.tx_bytes)
 
     def measure(self, mode: str, test: str, size: int, tunnel: Tunnel | None) -> Result:
-        from _benchutil import (
-            LineReader,
-            PySpy,
-            drops_between,
-            stop_popen,
-            udp_sockets,
-            wait_quiet,
-        )
-
         a = self.args
         res = Result(mode, test, size)
         server = self.sink if test == "upload" else self.echo
@@ -361,10 +358,7 @@ class Bench:
             snap_a, pk_a = meter.snapshot(), server.packets
             if tunnel is not None and a.profile is not None:
                 spy = PySpy(Path(a.profile), f"{mode.replace('=', '')}-{test}-{size}",
-                            {k.removeprefix("router:"): pids[0] for k, pids in
-                             meter.groups.items() if k.startswith("router:")
-                             and k != "router:other"}, a.seconds,
-                            source_root=a.code_dir or REPO)
+                            meter.router_targets(), a.seconds, source_root=a.code_dir or REPO)
             line = reader.readline(a.seconds + 15)
             snap_b, pk_b = meter.snapshot(), server.packets
             if line != "mark":
@@ -388,20 +382,10 @@ class Bench:
         finally:
             if spy is not None:
                 spy.close()
-            stop_popen(proc)
-            for f in (proc.stdout, proc.stderr):
-                if f is not None:
-                    f.close()
-        pct = meter.percent(snap_a, snap_b)
+            stop_and_close(proc)
         dt = snap_b.when - snap_a.when
-        res.router_cpu = {k.removeprefix("router:"): v for k, v in pct.items()
-                          if k.startswith("router:")}
-        res.cpu = {k: v for k, v in pct.items() if not k.startswith("router:")}
-        ours = sum(v for k, v in pct.items() if k not in ("machine", "machine_ticks"))
-        res.cpu["other"] = max(0.0, pct["machine"] - ours)
-        res.others = meter.top_others(snap_a, snap_b, exclude=(os.getpid(),))
-        if tunnel is not None:
-            res.cpu["router"] = sum(res.router_cpu.values())
+        res.router_cpu, res.cpu, res.others = split_cpu(meter, snap_a, snap_b,
+                                                        router=tunnel is not None)
         g = res.guest
         if test == "upload":
             res.rate = (pk_b - pk_a) / dt
@@ -451,8 +435,7 @@ class Bench:
 
     def run_tunnel(self, workers: int) -> dict[str, Any]:
         import harness
-        from _benchutil import process_tree
-        from routerutil import GATEWAY, base_env, client_from_router_output, router_cmd
+        from routerutil import GATEWAY, base_env, router_cmd
 
         self.args.gateway = GATEWAY
         mode = f"workers={workers}"
@@ -461,41 +444,24 @@ class Bench:
         info: dict[str, Any] = {"mode": mode}
         port = harness.free_udp_port()
         env = base_env(tmp, port, workers)
-        cwd = str(REPO)
-        if self.args.code_dir is not None:  # a snapshot of --rev: first on the path
-            cwd = self.args.code_dir
-            env["PYTHONPATH"] = os.pathsep.join(
-                [cwd, *filter(None, [os.environ.get("PYTHONPATH")])])
+        cwd = router_cwd(env, self.args.code_dir)
         try:
             with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
-                with client_from_router_output(r, port, log_level="error") as c:
-                    _sent, got = c.ping(GATEWAY, count=3, interval=0.1)
-                    if got == 0:
-                        raise RuntimeError(f"no ping reply through the tunnel\n{c.diagnostics()}")
-                    c.wait_handshake(10)
+                with pinged_client(r, port) as c:
                     tunnel = Tunnel(c, r.pid, port, c.udp_port(), c.mtu)
                     info["processes"] = sorted(set(
                         process_tree(r.pid).values()))
                     self._run_set(mode, tunnel)
                 rc = r.terminate(timeout=10)
                 info["exit"] = rc
-                info["counters"] = _parse_counters(r.output())
+                info["counters"] = parse_exit_counters(r.output())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return info
 
 
-_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
-
-
-def _parse_counters(output: str) -> dict[str, dict[str, int]]:
-    return {m.group(1): json.loads(m.group(2)) for m in _COUNTERS.finditer(output)}
-
-
 def _one_line(r: Result) -> str:
-    from _benchutil import si
-
     if r.error:
         return "ERROR " + r.error.splitlines()[0]
     cpu = " ".join(f"{k} {v:.0f}%" for k, v in r.cpu.items() if k != "machine_ticks")
@@ -515,8 +481,6 @@ def _pct(x: float | None) -> str:
 
 
 def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from _benchutil import si, table
-
     base = {(r.test, r.size): r for r in results if r.mode == "loopback" and not r.error}
     print()
     pace = f"upload paced at {si(args.rate)}/s" if args.rate else "upload unpaced"
@@ -591,34 +555,13 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
             continue
         print(f"\npy-spy {r.mode} {r.test} {r.size} B: source lines on top of the stack, as a "
               "share of each process's busy samples (running or waiting for a CPU)")
-        for label, prof in sorted(r.profile.items()):
-            if not prof["samples"]:
-                continue
-            cpu = r.router_cpu.get(label)
-            print(f"  {label} ({prof['samples']} samples"
-                  + (f", {cpu:.0f}% CPU" if cpu is not None else "") + "):")
-            for share, where, src in prof["lines"]:
-                print(f"    {share:5.1f}%  {where:<50} {src[:60]}")
+        print_profile(r.profile, r.router_cpu)
     errors = [r for r in results if r.error]
     for r in errors:
         print(f"\nERROR {r.mode} {r.test} {r.size}: {r.error}")
 
 
 # =========================================================================== main
-
-
-def export_rev(rev: str, dest: Path) -> str:
-    """Extract the wgslirp package of git revision ``rev`` into ``dest``; its full hash."""
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
-                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    with subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"],
-                          stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            tar.extractall(dest, filter="data")
-        if proc.wait(30) != 0:
-            raise RuntimeError(f"git archive {rev} failed")
-    return full
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -640,9 +583,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 s windows, 0.3 s warm-up")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write every result and the routers' exit counters as JSON")
-    p.add_argument("--rev", default=None,
-                   help="run the router from this git revision (git archive into a temp dir) "
-                        "instead of the working tree, e.g. HEAD while others edit")
+    _benchutil.add_rev_argument(p)
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="py-spy every router process during each tunnel window; collapsed "
                         "stacks go to DIR and the top functions are printed (adds a few %% "
@@ -678,30 +619,19 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _benchutil
-
-    _benchutil.e2e_imports()
-    _benchutil.install_interrupt_handlers()
+    if not _benchutil.start_controller():
+        return 2
     import harness
 
-    why = harness.require_root_and_tun()
-    if why is not None:
-        print(f"cannot run: {why}", file=sys.stderr)
-        return 2
     infos: list[dict[str, Any]] = []
     bench: Bench | None = None
     args.code_dir = None
     t0 = time.monotonic()
     code = 0
-    code_tmp: str | None = None
     try:
-        if args.rev is not None:
-            code_tmp = tempfile.mkdtemp(prefix="wgslirp-bench-rev-")
-            args.code_dir = code_tmp
-            rev = export_rev(args.rev, Path(code_tmp))
-            print(f"router code: git revision {rev} (exported to {code_tmp})", flush=True)
-        with _benchutil.UdpServer(echo=False) as sink, _benchutil.UdpServer(echo=True) as echo:
+        with (_benchutil.rev_exported(args.rev) as code_dir,
+              UdpServer(echo=False) as sink, UdpServer(echo=True) as echo):
+            args.code_dir = code_dir
             args.sink, args.echo, args.gateway = sink, echo, "127.0.0.1"
             bench = Bench(args)
             if not args.no_baseline:
@@ -717,9 +647,6 @@ def main(argv: list[str]) -> int:
         print("\ninterrupted: everything started has been stopped; partial results follow",
               file=sys.stderr)
         code = 130
-    finally:
-        if code_tmp is not None:
-            shutil.rmtree(code_tmp, ignore_errors=True)
     if bench is not None and bench.results:
         report(bench.results, infos, args)
         if args.json:

@@ -70,7 +70,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import _benchutil
+from _benchutil import (
+    EXIT_COUNTERS,
+    REPO,
+    ForkedServer,
+    die_with_parent,
+    drops_between,
+    spawn,
+    stop_and_close,
+    stop_popen,
+    table,
+    udp_sockets,
+)
+
 SCRIPT = str(Path(__file__).resolve())
 
 PATTERN_SEED = 0x5EED
@@ -368,11 +381,8 @@ class _HostLoop:
                 self.counters[2] += 1
 
 
-def _host_serve(listeners: dict[str, socket.socket], udp: socket.socket, inject: bool,
-                counters: Any, lifetime: float) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _benchutil import die_with_parent
-
+def _host_serve(counters: Any, listeners: dict[str, socket.socket], udp: socket.socket,
+                inject: bool, lifetime: float) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller stops us, by PID
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -381,7 +391,7 @@ def _host_serve(listeners: dict[str, socket.socket], udp: socket.socket, inject:
     _HostLoop(listeners, udp, inject, counters).run(lifetime)
 
 
-class HostServers:
+class HostServers(ForkedServer):
     """TCP echo/source/sink and UDP echo on 127.0.0.1, in a forked process.
 
     ``inject`` corrupts on purpose (the first byte of every echo, source and sink stream, the
@@ -389,8 +399,6 @@ class HostServers:
     """
 
     def __init__(self, inject: bool = False, lifetime: float = 7500.0) -> None:
-        import multiprocessing as mp
-
         self.socks: list[socket.socket] = []
         try:
             listeners: dict[str, socket.socket] = {}
@@ -413,40 +421,12 @@ class HostServers:
             raise
         self.ports = {mode: ls.getsockname()[1] for mode, ls in listeners.items()}
         self.ports["udp"] = udp.getsockname()[1]
-        ctx = mp.get_context("fork")
-        self.counters = ctx.RawArray("q", 3)
-        self._proc = ctx.Process(target=_host_serve,
-                                 args=(listeners, udp, inject, self.counters, lifetime),
-                                 daemon=True, name="loadtest-hostservers")
+        super().__init__(_host_serve, (listeners, udp, inject, lifetime),
+                         "loadtest-hostservers", 3)
 
     def _close_socks(self) -> None:
         for s in self.socks:
             s.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def __enter__(self) -> HostServers:
-        try:
-            self._proc.start()
-        except BaseException:
-            self._close_socks()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._proc.pid is not None:
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(2)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(2)
-        self._close_socks()
 
     def info(self) -> dict[str, int]:
         c = self.counters
@@ -1061,8 +1041,6 @@ def relay_guest(proc: subprocess.Popen[bytes], limit: float) -> tuple[str, str]:
     ``limit`` seconds, after which the guest is killed."""
     import select
 
-    from _benchutil import stop_popen
-
     assert proc.stdout is not None and proc.stderr is not None
     fds = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
     out = bytearray()
@@ -1101,8 +1079,6 @@ def relay_guest(proc: subprocess.Popen[bytes], limit: float) -> tuple[str, str]:
 def udp_drops(places: dict[str, Any]) -> dict[str, dict[int, int]]:
     """place -> {socket inode: receive drops} for the root namespace's UDP sockets that
     ``places[place](socket_info)`` selects."""
-    from _benchutil import udp_sockets
-
     out: dict[str, dict[int, int]] = {p: {} for p in places}
     for s in udp_sockets():
         for place, match in places.items():
@@ -1115,27 +1091,17 @@ def run_guest(args: argparse.Namespace, cfg: dict[str, Any], client: Any,
               places: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start the guest (in the client's namespace, or here) and wait for its result.
     ``places``: UDP sockets whose receive drops during the run go into the result."""
-    from _benchutil import die_with_parent, drops_between, stop_popen
-
     lo, echo = "127.0.0.1", cfg["ports"]["udp"]
     places = {"udp echo server": lambda s: s.local == (lo, echo),
               "router's host sockets": lambda s: s.remote == (lo, echo), **(places or {})}
     drops0 = udp_drops(places)
 
     argv = [sys.executable, SCRIPT, "guest", json.dumps(cfg)]
-    kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    if client is not None:
-        proc: subprocess.Popen[bytes] = client.popen(argv, **kw)
-    else:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent, **kw)
+    proc = spawn(argv, client, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = relay_guest(proc, args.timeout + 30)
     finally:
-        stop_popen(proc)
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
+        stop_and_close(proc)
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"guest failed (exit {proc.returncode})\n{err[-3000:]}")
@@ -1145,14 +1111,13 @@ def run_guest(args: argparse.Namespace, cfg: dict[str, Any], client: Any,
     return result
 
 
-_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
 ROUTER_COUNTERS = ("tcp_dials_ok", "tcp_dials_failed", "internal_errors", "ring_full_dropped",
                    "egress_full", "send_errors", "udp_send_errors", "policy_denied")
 
 
 def router_counters(output: str) -> dict[str, int]:
     total: dict[str, int] = {}
-    for m in _COUNTERS.finditer(output):
+    for m in EXIT_COUNTERS.finditer(output):
         for k, v in json.loads(m.group(2)).items():
             if isinstance(v, int):
                 total[k] = total.get(k, 0) + v
@@ -1378,8 +1343,6 @@ def summarize(result: dict[str, Any], info: dict[str, Any],
 
 
 def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
-    from _benchutil import table
-
     hdr = ["kind", "flows", "ok", "bytes", "Mbit/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
            "conn fail", "resets", "corrupt", "timeouts", "udp lost"]
     body = []
@@ -1496,20 +1459,10 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "guest":
         return guest_main(argv[1:])
     args = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _benchutil
-
-    _benchutil.e2e_imports()
-    _benchutil.install_interrupt_handlers()
     mode = "endpoint" if args.endpoint else args.router
     try:
-        if mode != "none":
-            import harness
-
-            why = harness.require_root_and_tun()
-            if why is not None:
-                print(f"cannot run: {why}", file=sys.stderr)
-                return 2
+        if not _benchutil.start_controller(tunnel=mode != "none"):
+            return 2
         with HostServers(inject=args.inject_corruption) as hs:
             host = "127.0.0.1" if mode == "none" else args.gateway
             cfg = guest_config(args, host, hs.ports)

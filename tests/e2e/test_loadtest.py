@@ -24,6 +24,8 @@ CI_SIZE = ["--tcp-flows", "20", "--tcp-bytes", "256K", "--udp-flows", "10",
 
 
 def _module() -> ModuleType:
+    if str(SCRIPT.parent) not in sys.path:  # the script imports scripts/_benchutil.py
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("loadtest_under_test", SCRIPT)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
