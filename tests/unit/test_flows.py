@@ -49,3 +49,44 @@ def test_remove_peer() -> None:
     mk(t, "b", 1, 0.0)
     assert [f.key for f in t.remove_peer(0)] == ["a"]
     assert len(t) == 1 and t.peer_count(0) == 0
+
+
+def test_policy_guards_own_port_on_every_host_address() -> None:
+    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+    from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+    pol = EgressPolicy(gateway="10.77.0.1", own_sockets=frozenset({(PROTO_UDP, 51820)}),
+                       local_addresses=frozenset({"192.0.2.10"}))
+    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.DENY
+    assert pol.decide(PROTO_UDP, addr_to_int("10.77.0.1"), 51820).verdict is Verdict.DENY
+    # another host's WireGuard port stays reachable (nested tunnels are legitimate)
+    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.11"), 51820).verdict is Verdict.ALLOW
+    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 53).verdict is Verdict.ALLOW
+
+
+def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
+    import selectors
+
+    from wgslirp.slirp.context import BridgeContext
+    from wgslirp.slirp.icmp_bridge import IcmpBridge
+    from wgslirp.slirp.policy import EgressPolicy
+
+    class NoEgress:
+        def reserve(self) -> None:
+            return None
+
+        def commit(self, length: int, peer: int) -> None:
+            pass
+
+        def flush(self, now: float = 0.0) -> None:
+            pass
+
+    ctx = BridgeContext(NoEgress(), selectors.DefaultSelector(), mtu=1380, worker_index=1,
+                        nworkers=3)
+    bridge = IcmpBridge(ctx, EgressPolicy(), FlowTable(30.0), None)
+    seen = set()
+    for _ in range(30000):  # wraps the id space of this worker (21845 ids) once
+        ident = bridge._alloc_id()
+        assert ident is not None and ident % 3 == 1 and ident < 0x10000
+        seen.add(ident)
+    assert len(seen) == 0x10000 // 3

@@ -236,3 +236,34 @@ def test_ack_idle_fail_resets_a_guest_that_stopped_acknowledging() -> None:
     assert c.ep.closed and c.ep.timed_out
     assert any(getattr(s, "has", lambda f: False)(RST) for s in segs)
     assert c.now - c.ep.last_ack_progress <= 5.5
+
+
+def test_abort_after_graceful_close_frees_unread_guest_bytes() -> None:
+    """Guest sent data + FIN and acknowledged our FIN, but the host side never took the
+    data (it reset): abort must finish the connection instead of leaving it half-alive."""
+    c = _established()
+    c.send(b"unread", ACK | FIN)
+    c.ep.shutdown(c.now)  # host EOF: our FIN goes out
+    c.ep.flush(c.now)
+    fin = [s for s in c.out() if s.has(FIN)]
+    assert fin
+    c.gack = fin[-1].seq + len(fin[-1].data) + 1
+    c.send(b"", ACK)
+    assert c.ep.state is TcpState.CLOSED and not c.ep.closed and c.ep.readable() == 6
+    c.ep.abort(c.now)
+    assert c.ep.closed
+
+
+def test_closed_with_unread_bytes_expires_on_the_idle_timeout() -> None:
+    c = _established(TcpParams(idle_timeout=30.0))
+    c.send(b"never read", ACK | FIN)
+    c.ep.shutdown(c.now)
+    c.ep.flush(c.now)
+    fin = [s for s in c.out() if s.has(FIN)]
+    c.gack = fin[-1].seq + len(fin[-1].data) + 1
+    c.send(b"", ACK)
+    assert not c.ep.closed
+    t = c.ep.get_timer()
+    assert t is not None and t <= c.now + 30.0
+    c.tick(t - c.now)
+    assert c.ep.closed

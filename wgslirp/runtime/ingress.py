@@ -43,7 +43,7 @@ SOCKET_BUFFER = 8 << 20
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: GSO segment size for a sendmsg of several datagrams
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
-GSO_BATCH_BYTES = 60000  # a GSO send must stay under 64 KiB
+GSO_MAX_BYTES = 65507  # all datagrams of one GSO send together, like one UDP payload
 MAX_DATAGRAM_OUT = 9216 + 48  # one sealed packet at the largest MTU we accept
 MAX_DATAGRAM = 65535
 _DST = struct.Struct(">I")
@@ -136,7 +136,7 @@ class Ingress:
         self._rx = bytearray(MAX_DATAGRAM)
         self._plain = bytearray(MAX_DATAGRAM + 64)
         self._tx = bytearray(MAX_DATAGRAM + 64)
-        self._batch = memoryview(bytearray(GSO_BATCH_BYTES + MAX_DATAGRAM_OUT))
+        self._batch = memoryview(bytearray(GSO_MAX_BYTES + MAX_DATAGRAM_OUT))
         self._gso = True
         self._reply = bytearray(MAX_DATAGRAM + 64)
         self.writers = [BatchWriter(p) for p in to_workers]
@@ -213,7 +213,6 @@ class Ingress:
         by_index = self.device.by_index
         encrypt = self._encrypt
         batch = self._batch
-        cap = len(batch) - MAX_DATAGRAM_OUT  # room left for one more sealed packet
         for cons in self.from_workers:
             k = cons.available()
             if not k:
@@ -233,7 +232,8 @@ class Ingress:
                 n = encrypt(peer, slot, length, now, batch[off:])
                 if not n or peer.endpoint is None:
                     continue
-                if count and (peer.endpoint != dest or n > seg or count >= GSO_MAX_SEGMENTS):
+                if count and (peer.endpoint != dest or n > seg or count >= GSO_MAX_SEGMENTS
+                              or off + n > GSO_MAX_BYTES):
                     self._send_run(batch, off, seg, count, dest)
                     batch[0:n] = bytes(batch[off : off + n])  # may overlap
                     off = count = 0
@@ -241,7 +241,7 @@ class Ingress:
                     seg, dest = n, peer.endpoint
                 off += n
                 count += 1
-                if n < seg or off > cap:  # a short datagram can only end a run
+                if n < seg:  # a short datagram can only end a run
                     self._send_run(batch, off, seg, count, dest)
                     off = count = 0
             if count:
@@ -263,11 +263,17 @@ class Ingress:
                 self.sock.sendmsg([batch[:size]], [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg))],
                                   0, dest)
         except OSError as exc:
-            if count > 1 and self._gso and exc.errno in (errno.EIO, errno.EINVAL,
-                                                         errno.EOPNOTSUPP):
-                self._gso = False  # no GSO here: fall back to one datagram per call
-                log.info("UDP GSO unavailable (%s): sending datagrams one by one", exc)
-                self._send_run(batch, size, seg, count, dest)
+            if count > 1 and self._gso:
+                if exc.errno in (errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+                    self._gso = False  # no GSO on this kernel: one datagram per call
+                    log.info("UDP GSO unavailable (%s): sending datagrams one by one", exc)
+                # Otherwise (e.g. a segment over one destination's path MTU) only this run
+                # goes out datagram by datagram.
+                gso, self._gso = self._gso, False
+                try:
+                    self._send_run(batch, size, seg, count, dest)
+                finally:
+                    self._gso = gso
                 return
             self.send_errors += count
 

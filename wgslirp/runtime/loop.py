@@ -9,6 +9,7 @@ and re-checks for data, see wgslirp/shm/ring.py).
 
 from __future__ import annotations
 
+import logging
 import selectors
 import signal
 import socket
@@ -16,6 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+log = logging.getLogger("wgslirp.loop")
+
+ERROR_LOG_INTERVAL = 10.0
 MAX_SLEEP = 1.0  # wake at least this often to notice stop requests and sweep timers
 
 
@@ -52,6 +56,8 @@ class Loop:
         self._last_event = 0.0
         self.stopping = False
         self._pending_signals: list[Hook] = []
+        self.errors = 0
+        self._next_error_log = float("-inf")
         self.turns = 0  # health: proves the loop is ticking
 
     def register(self, fileobj: int | object, handler: Handler,
@@ -95,17 +101,36 @@ class Loop:
         for sleeper in armed:
             sleeper.woke(False)  # the doorbell handler drains the eventfd when it fired
         for key, mask in events:
-            key.data(self.clock(), mask)
+            try:
+                key.data(self.clock(), mask)
+            except Exception:
+                self._error("an event handler")
         now = self.clock()
         if self._pending_signals:
             self._run_signal_callbacks(now)
         for hook in self.hooks:
-            hook(now)
+            try:
+                hook(now)
+            except Exception:
+                self._error("a per-turn hook")
         for t in self.timers:
             d = t.get_timer()
             if d is not None and d <= now:
-                t.handle_timer(now)
+                try:
+                    t.handle_timer(now)
+                except Exception:
+                    self._error("a timer")
         self.turns += 1
+
+    def _error(self, what: str) -> None:
+        """A bug in one component must not stop the process: count it, log it (at most
+        once per ERROR_LOG_INTERVAL with a traceback) and keep turning."""
+        self.errors += 1
+        now = self.clock()
+        if now >= self._next_error_log:
+            self._next_error_log = now + ERROR_LOG_INTERVAL
+            log.exception("error in %s (%d so far; more in the next %.0f s are only counted)",
+                          what, self.errors, ERROR_LOG_INTERVAL)
 
     def install_stop_signals(self, on_stop: Callable[[int], None] | None = None) -> None:
         """SIGTERM/SIGINT stop the loop promptly: the signal's wake-up byte lands on a

@@ -150,7 +150,13 @@ class Supervisor:
         # Loop unblocks them), so a SIGTERM racing the start-up is handled, never lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            log.exception("cannot fork %s; will retry", role)
+            self.last_start[role] = time.monotonic()
+            return
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if pid == 0:  # child
@@ -233,7 +239,9 @@ class Supervisor:
         self.http = _open_http(self.cfg, self.monitor, sel)
         if self.monitor.prober is not None:
             self.monitor.prober.start()  # after the forks: children never inherit the thread
-        pending: list[str] = []
+        pending: list[str] = [role for role in
+                              ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
+                              if role not in self.children.values()]
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         try:
             while not self.stopping:
@@ -259,6 +267,8 @@ class Supervisor:
                         self.restarts += 1
                         log.warning("restarting %s (restart #%d)", role, self.restarts)
                         self._start(role)
+                        if role not in self.children.values():
+                            pending.append(role)  # the fork failed: try again shortly
                         self.watchdog.restarted(now)
                         self.sd.status(_status_line(self.cfg, self.plan.nworkers,
                                                     self.restarts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
@@ -44,6 +45,22 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
     return tuple(out)
 
 
+def host_ipv4_addresses() -> frozenset[str]:
+    """This host's IPv4 addresses (read at start), so a guest cannot reach the router's own
+    sockets through the host's LAN or public address either."""
+    import psutil
+
+    out: set[str] = set()
+    try:
+        for addrs in psutil.net_if_addrs().values():
+            for a in addrs:
+                if a.family == socket.AF_INET:
+                    out.add(a.address)
+    except OSError:
+        pass
+    return frozenset(out)
+
+
 def build_policy(cfg: Config) -> EgressPolicy:
     upstream: Iterable[tuple[str, int]]
     if cfg.dns_upstream:
@@ -57,6 +74,7 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway_host=cfg.gateway_host_ip,
         dns=cfg.dns_ip,
         dns_upstream=tuple(upstream),
+        local_addresses=host_ipv4_addresses(),
         own_sockets=frozenset({(PROTO_UDP, cfg.listen_port)} | (
             {(PROTO_TCP, cfg.metrics.listen[1])} if cfg.metrics.listen else set())),
     )

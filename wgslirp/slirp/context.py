@@ -23,6 +23,10 @@ class Egress(Protocol):
         """Queue the packet written at the start of the last reserved slot."""
         ...
 
+    def flush(self, now: float = 0.0) -> None:
+        """Publish what was committed (one head store, at most one doorbell)."""
+        ...
+
 
 class WorkerStats:
     """Counters of one worker; plain ints, exported by the runtime."""

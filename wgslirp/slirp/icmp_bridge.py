@@ -71,7 +71,7 @@ class IcmpBridge:
         self.table = table
         self.mode = mode
         self._by_host_id: dict[int, EchoFlow] = {}
-        self._next_id = ctx.worker_index
+        self._next_k = 0
         self._raw: socket.socket | None = None
         self._buf = bytearray(65536)
         if mode == "raw":
@@ -128,11 +128,15 @@ class IcmpBridge:
         stats.icmp_echo_requests += 1
 
     def _alloc_id(self) -> int | None:
+        """Identifiers index + k * nworkers: each worker owns its own residue class, so
+        workers sharing the raw socket never claim each other's replies."""
         step = self.ctx.nworkers
-        for _ in range(0x10000 // step):
-            self._next_id = (self._next_id + step) & 0xFFFF
-            if self._next_id not in self._by_host_id:
-                return self._next_id
+        count = 0x10000 // step
+        for _ in range(count):
+            self._next_k = (self._next_k + 1) % count
+            ident = self.ctx.worker_index + self._next_k * step
+            if ident not in self._by_host_id:
+                return ident
         return None
 
     def _open(self, key: EchoKey, peer: int, pkt: memoryview, n: int,

@@ -53,6 +53,7 @@ class EgressPolicy:
     dns: str | None = None
     dns_upstream: tuple[tuple[str, int], ...] = ()
     own_sockets: frozenset[tuple[int, int]] = frozenset()
+    local_addresses: frozenset[str] = frozenset()  # the host's own IPv4 addresses
     _table: AllowedIPs[Verdict] = field(init=False, repr=False)
     _gateway: int | None = field(init=False, repr=False)
     _gateway_host: int = field(init=False, repr=False)
@@ -73,6 +74,7 @@ class EgressPolicy:
         self._gateway_host = addr_to_int(self.gateway_host)
         self._dns = addr_to_int(self.dns) if self.dns else None
         self._upstream = tuple((addr_to_int(h), p) for h, p in self.dns_upstream)
+        self._local = frozenset(addr_to_int(a) for a in self.local_addresses)
         self._explicit_deny = AllowedIPs[bool]()
         for cidr in self.deny_cidrs:
             self._explicit_deny.insert(cidr, True)
@@ -98,7 +100,7 @@ class EgressPolicy:
     def upstreams(self) -> tuple[tuple[int, int], ...]:
         return self._upstream
 
-    @staticmethod
-    def _is_local(dst: int) -> bool:
-        """Loopback is denied anyway unless allowed; treat it as the router's host."""
-        return dst >> 24 == 127
+    def _is_local(self, dst: int) -> bool:
+        """An address of this host: loopback, any of its interface addresses, or 0.0.0.0
+        (which reaches the host too). The router's listeners answer on all of them."""
+        return dst >> 24 == 127 or dst == 0 or dst in self._local

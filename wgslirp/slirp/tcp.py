@@ -455,6 +455,9 @@ class TcpEndpoint:
         """Reset the guest's connection (host side failed) and close."""
         st = self.state
         if st is _CLOSED:
+            # The guest already closed gracefully, but the host cannot take its last bytes:
+            # drop them, so the connection is finally done.
+            self._rcv_read = self._rcv_nxt - self.guest_fin
             return
         if st is _LISTEN:
             self._pending_rst = (0, self.irs + 1, _RST | _ACK)
@@ -1336,7 +1339,12 @@ class TcpEndpoint:
                         + self._ka_probes * p.keepalive_interval)
         elif st is _CLOSED:
             pending = self._pending_rst is not None and self._t_retry != INF
-            return self._t_retry if pending else None
+            if pending:
+                return self._t_retry
+            if not self.closed and p.idle_timeout > 0:
+                # closed gracefully, but the host never took the last guest bytes
+                return self._last_host + p.idle_timeout
+            return None
         return None if t == INF else t
 
     def handle_timer(self, now: float) -> None:
@@ -1346,6 +1354,8 @@ class TcpEndpoint:
             if self._pending_rst is not None:
                 self._t_retry = INF
                 self._send_pending_rst(now)
+            elif p.idle_timeout > 0 and now >= self._last_host + p.idle_timeout:
+                self._rcv_read = self._rcv_nxt - self.guest_fin  # the host never read them
             return
         if now >= self._t_tw:
             self._close()

@@ -126,6 +126,10 @@ class TcpBridge:
         flow = self.table.get(key)
         if flow is None:
             flags = pkt[ihl + 13]
+            doff = (pkt[ihl + 12] >> 4) * 4
+            if doff < 20 or ihl + doff > n:
+                self.stats.malformed += 1  # never dial for a segment we cannot parse
+                return
             if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
                 self._open(key, peer, pkt, n, now)
             elif not flags & TCP_RST:
@@ -134,6 +138,7 @@ class TcpBridge:
         flow.last_active = now
         flow.ep.receive(pkt, n, now)
         if flow.ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
+            self._write_host(flow, now)  # hand the host what the old connection still held
             self._drop(flow, rst=False)
             self._open(key, peer, pkt, n, now)
             return
@@ -148,7 +153,10 @@ class TcpBridge:
             self._dirty = {}
             for flow in dirty.values():
                 if self.table.get(flow.key) is flow:
-                    self._pump(flow, now)
+                    try:
+                        self._pump(flow, now)
+                    except Exception:
+                        self._fail(flow, now)
 
     def _open(self, key: TcpKey, peer: int, pkt: memoryview, n: int, now: float) -> None:
         _, src, sport, dst, dport = key
@@ -243,6 +251,22 @@ class TcpBridge:
     # --------------------------------------------------------- socket events
 
     def _on_event(self, flow: TcpFlow, now: float, mask: int) -> None:
+        try:
+            self._on_event_inner(flow, now, mask)
+        except Exception:  # one broken flow must not take the worker's others down
+            self._fail(flow, now)
+
+    def _fail(self, flow: TcpFlow, now: float) -> None:
+        self.stats.internal_errors += 1
+        log.exception("tcp %s: internal error; resetting the connection", _flow_name(flow))
+        try:
+            flow.ep.abort(now)
+        except Exception:
+            pass
+        if self.table.get(flow.key) is flow:
+            self._drop(flow, rst=True)
+
+    def _on_event_inner(self, flow: TcpFlow, now: float, mask: int) -> None:
         if flow.connecting:
             err = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err == 0:
@@ -344,7 +368,9 @@ class TcpBridge:
                 self._read_host(flow, now)
         ep.flush(now)
         if ep.reset or ep.closed:
-            self._drop(flow, rst=ep.reset)
+            # A timeout discarded guest data: the host must see a reset, not a clean EOF
+            # that would make a truncated upload look complete.
+            self._drop(flow, rst=ep.reset or ep.timed_out)
             return
         want = 0
         if flow.connecting or ep.readable():
@@ -369,6 +395,15 @@ class TcpBridge:
         if at < flow.heap_at:
             flow.heap_at = at
             heapq.heappush(self._heap, (at, next(self._seq), flow.key))
+            if len(self._heap) > 4 * len(self.table) + 1024:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Superseded entries (a flow rescheduled earlier, or closed) wait for their own
+        deadline, which can be an hour away; rebuild once they outnumber live flows."""
+        self._heap = [(f.heap_at, next(self._seq), f.key) for f in self.table.values()
+                      if f.heap_at != float("inf")]
+        heapq.heapify(self._heap)
 
     def get_timer(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -381,25 +416,24 @@ class TcpBridge:
             if flow is None or at != flow.heap_at:
                 continue  # the flow is gone, or this entry was superseded
             flow.heap_at = float("inf")
-            if flow.connecting and not flow.synack_sent and now >= flow.dial_deadline:
-                # Fast-dial window over without an answer: say yes optimistically; a later
-                # failure resets the connection.
-                flow.synack_sent = True
-                flow.ep.accept(now)
-            t = flow.ep.get_timer()
-            if t is not None and t <= now:
-                flow.ep.handle_timer(now)
-            self._pump(flow, now)
+            try:
+                if flow.connecting and not flow.synack_sent and now >= flow.dial_deadline:
+                    # Fast-dial window over without an answer: say yes optimistically; a
+                    # later failure resets the connection.
+                    flow.synack_sent = True
+                    flow.ep.accept(now)
+                t = flow.ep.get_timer()
+                if t is not None and t <= now:
+                    flow.ep.handle_timer(now)
+                self._pump(flow, now)
+            except Exception:
+                self._fail(flow, now)
+        self.ctx.egress.flush()  # retransmissions and probes leave now, not next turn
 
     # ---------------------------------------------------------------- teardown
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
-        if len(self._heap) > 4 * len(self.table) + 1024:
-            # Entries of closed flows wait for their deadlines; compact before they pile up.
-            self._heap = [(f.heap_at, next(self._seq), f.key) for f in self.table.values()
-                          if f.heap_at != float("inf")]
-            heapq.heapify(self._heap)
         if flow.events:
             self.loop.unregister(flow.sock)
             flow.events = 0
@@ -428,6 +462,7 @@ class TcpBridgeStats:
     malformed: int
     host_resets: int
     gated: int
+    internal_errors: int
     bytes_to_guest: int
     bytes_to_host: int
 
