@@ -182,7 +182,8 @@ def parse_set(lines: list[str], *, listen_port: int) -> SetRequest:
     for line in lines:
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(errno.EPROTO, f"line without '=': {line[:80]!r}")
+            raise UapiError(errno.EPROTO, f"a line without '=' ({len(line)} bytes; not echoed: "
+                                          "it could hold key material)")
         if key == "public_key":
             peer = PeerChange(_key(value, key))
             req.peers.append(peer)
