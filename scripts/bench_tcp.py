@@ -478,12 +478,14 @@ def router_memory(pid: int) -> dict[str, dict[str, int]]:
 
 
 def kernel_memory() -> dict[str, int]:
-    """Machine-wide kernel figures for scale: slab bytes, TCP buffer pages (bytes)."""
+    """Machine-wide figures for scale: kernel slab bytes, TCP buffer pages (bytes), and
+    Shmem (the endpoint's rings are shared anonymous mappings: a page dropped from RSS
+    with MADV_DONTNEED stays in Shmem, so this cross-checks the per-process figures)."""
     out: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             k, _, v = line.partition(":")
-            if k in ("Slab", "SUnreclaim"):
+            if k in ("Slab", "SUnreclaim", "Shmem"):
                 out[k.lower()] = int(v.split()[0]) * KIB
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/net/sockstat").read_text().splitlines():
@@ -887,6 +889,10 @@ def report(b: Bench, args: argparse.Namespace) -> None:
             print(f"  {m.mode}: idle KiB/flow by process (PSS): {per_proc}")
             print(f"  {m.mode}: kernel, NOT counted above (machine-wide, 3 sockets per flow: "
                   f"guest, router's host socket, hold server): KiB/flow {kern or '-'}")
+            if "shmem" in kb and "shmem" in ki:
+                shm = (ki["shmem"] - kb["shmem"]) / m.opened / KIB
+                print(f"  {m.mode}: machine-wide Shmem {shm:+.2f} KiB/flow (user pages of "
+                      "shared mappings, counted above while mapped)")
             if m.failed:
                 print(f"  {m.mode}: connections that failed: {m.failed}")
             if m.opened and m.server_open != m.opened:
