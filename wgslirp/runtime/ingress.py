@@ -37,6 +37,7 @@ from wgslirp.wireguard.peer import Peer
 
 log = logging.getLogger("wgslirp.ingress")
 
+TIMER_CACHE = 0.05  # seconds a computed device deadline is reused
 RECV_BATCH = 256  # datagrams per readiness event before other work gets a turn
 DRAIN_BUDGET = 512  # packets per outbound ring per turn
 SOCKET_BUFFER = 8 << 20
@@ -145,6 +146,8 @@ class Ingress:
         self.slot_size = self.writers[0].slot_size if self.writers else 0
         self.nworkers = len(self.writers)
         self._last_shard = 0
+        self._timer: float | None = None
+        self._timer_fresh_until = 0.0
         self._reload = reload
         self.overlay = settings.overlay_routing
         # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
@@ -427,9 +430,17 @@ class Ingress:
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
-        return self.device.get_timer()
+        """The device's next deadline, recomputed at most every TIMER_CACHE seconds: it
+        walks every peer, and the loop asks twice per turn. WireGuard's timers are seconds
+        long, so acting up to TIMER_CACHE late changes nothing."""
+        now = self.clock()
+        if now >= self._timer_fresh_until:
+            self._timer = self.device.get_timer()
+            self._timer_fresh_until = now + TIMER_CACHE
+        return self._timer
 
     def handle_timer(self, now: float) -> None:
+        self._timer_fresh_until = 0.0
         self.device.handle_timer(now)
         self._flush_outbox()
         if self.device.events:
