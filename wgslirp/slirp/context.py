@@ -10,6 +10,7 @@ import selectors
 from typing import Protocol
 
 from wgslirp.net import fragment, icmp, ipv4
+from wgslirp.obs.counters import Counters
 
 
 class Egress(Protocol):
@@ -28,7 +29,7 @@ class Egress(Protocol):
         ...
 
 
-class WorkerStats:
+class WorkerStats(Counters):
     """Counters of one worker; plain ints, exported by the runtime."""
 
     udp_flows_opened: int
@@ -52,14 +53,6 @@ class WorkerStats:
     not_handled: int
     socket_errors: int
     internal_errors: int
-
-    def __init__(self) -> None:
-        for name in self.__annotations__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__annotations__}
-
 
 class BridgeContext:
     def __init__(

@@ -27,6 +27,7 @@ from typing import Final
 from wgslirp.net import icmp, ipv4
 from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
+from wgslirp.obs.counters import Counters
 from wgslirp.runtime.loop import Handler, Loop
 from wgslirp.slirp.context import BridgeContext, addr
 from wgslirp.slirp.flows import Flow, FlowTable
@@ -450,8 +451,10 @@ class TcpBridge:
             self._drop(flow, rst=True)
 
 
-class TcpBridgeStats:
+class TcpBridgeStats(Counters):
     """TCP bridge counters (merged into the worker's counters)."""
+
+    prefix = "tcp_"
 
     opened: int
     closed: int
@@ -465,14 +468,6 @@ class TcpBridgeStats:
     internal_errors: int
     bytes_to_guest: int
     bytes_to_host: int
-
-    def __init__(self) -> None:
-        for name in self.__annotations__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {f"tcp_{name}": getattr(self, name) for name in self.__annotations__}
-
 
 def _flow_name(flow: TcpFlow) -> str:
     key: TcpKey = flow.key  # type: ignore[assignment]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
+from wgslirp.obs.counters import Counters
 from wgslirp.wireguard import crypto, noise
 from wgslirp.wireguard.allowedips import AllowedIPs
 from wgslirp.wireguard.cookie import CookieChecker
@@ -97,7 +98,7 @@ class SourceLimiter:
             self._buckets.clear()
 
 
-class DeviceStats:
+class DeviceStats(Counters):
     """Drop and traffic counters; plain ints so the hot path pays one add each."""
 
     cookie_replies_sent: int
@@ -121,14 +122,6 @@ class DeviceStats:
     tx_packets: int
     unknown_index: int
     unknown_peer: int
-
-    def __init__(self) -> None:
-        for name in self.__annotations__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__annotations__}
-
 
 @dataclass(frozen=True, slots=True)
 class HandshakeCompleted:
