@@ -184,8 +184,12 @@ class Ingress:
         if pcap is not None:
             loop.timers.append(pcap)
         if metrics is not None:
-            loop.timers.append(Publisher(metrics.ingress, self.stats, lambda: loop.turns,
-                                         peers=self.peer_samples, block=metrics))
+            self.publisher: Publisher | None = Publisher(
+                metrics.ingress, self.stats, lambda: loop.turns, peers=self.peer_samples,
+                block=metrics)
+            loop.timers.append(self.publisher)
+        else:
+            self.publisher = None
 
     # ------------------------------------------------------------------ sending
 

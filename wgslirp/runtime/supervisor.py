@@ -66,6 +66,11 @@ def _counters_line(role: str, counters: dict[str, int]) -> None:
     log.info("%s stopped; counters: %s", role, json.dumps(counters, sort_keys=True))
 
 
+def _totals_line(totals: dict[str, int]) -> None:
+    """One line with every counter of the run, summed over the processes."""
+    log.info("stopped; totals: %s", json.dumps(totals, sort_keys=True))
+
+
 def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
                announce: Callable[[tuple[str, int]], None],
                reload: Callable[[], Config] | None = None) -> int:
@@ -103,6 +108,7 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         worker.close()
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
+        _totals_line(ingress.stats() | worker.counters())
     finally:
         if http is not None:
             http.close()
@@ -190,6 +196,8 @@ class Supervisor:
         loop.on_signal(signal.SIGHUP, ingress.reload)
         loop.run()
         ingress.close()
+        if ingress.publisher is not None:
+            ingress.publisher.publish()  # final numbers for the supervisor's totals line
         _counters_line("ingress", ingress.stats())
         return 0
 
@@ -203,6 +211,8 @@ class Supervisor:
             loop.install_stop_signals()
             loop.run()
             worker.close()
+            if worker.publisher is not None:
+                worker.publisher.publish()
             _counters_line(f"worker {k}", worker.counters())
             return 0
 
@@ -275,6 +285,7 @@ class Supervisor:
                 self.watchdog.tick(now, healthy=not pending)
             self.sd.stopping("stopping")
             self._stop_children()
+            _totals_line(self.monitor.snapshot().totals())
         finally:
             if self.http is not None:
                 self.http.close()

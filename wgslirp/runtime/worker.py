@@ -148,8 +148,11 @@ class Worker:
             gate_log=cfg.tcp.gate_log)
         loop.timers.append(self.tcp)
         if metrics is not None:
-            loop.timers.append(Publisher(metrics.workers[index], self.counters,
-                                         lambda: loop.turns))
+            self.publisher: Publisher | None = Publisher(
+                metrics.workers[index], self.counters, lambda: loop.turns)
+            loop.timers.append(self.publisher)
+        else:
+            self.publisher = None
         self._tcp_in = self.tcp.from_guest
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
