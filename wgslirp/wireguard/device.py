@@ -456,9 +456,10 @@ class Device:
             self.stats.transport_replayed += 1
             return None
         plen = n - TRANSPORT_MIN_SIZE
+        src = data[16:] if type(data) is memoryview else memoryview(data)[16:]
+        dst = out[:plen] if type(out) is memoryview else memoryview(out)[:plen]
         try:
-            kp.recv.decrypt_into(_NONCE.pack(ctr), memoryview(data)[16:], None,
-                                 memoryview(out)[:plen])
+            kp.recv.decrypt_into(_NONCE.pack(ctr), src, None, dst)
         except InvalidTag:
             self.stats.transport_auth_failed += 1
             return None
