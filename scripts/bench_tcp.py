@@ -18,7 +18,10 @@ Paths measured (needs root, /dev/net/tun, wireguard-go, wg, ip and iperf3):
 
 Mbit/s is iperf3's receiver-side goodput over the window after the omitted first seconds;
 ``retr`` the sender's retransmissions (the guest kernel's going up; the host's going down,
-which, over loopback to the router, are ~0 whatever the tunnel does).  CPU columns are % of
+which, over loopback to the router, are ~0 whatever the tunnel does); ``udp drops`` the
+receive-buffer drops of the tunnel's UDP sockets over the run (wireguard-go's, the
+router's; for the reference both wireguard-go's), from /proc/net/udp: a drop there is a
+lost tunnel packet the inner TCP must recover from.  CPU columns are % of
 one core over the same window from psutil (per-task run time): the router's processes by
 name (``main`` = supervisor, or everything when ``PROCESSOR_WORKERS=0``; ``ingress``;
 ``wN``), wireguard-go (both instances for the reference), the iperf3 client and server;
@@ -61,6 +64,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import select
 import selectors
 import shutil
@@ -83,6 +87,7 @@ from _benchutil import (
     LineReader,
     PySpy,
     die_with_parent,
+    drops_between,
     parse_exit_counters,
     pinged_client,
     print_profile,
@@ -95,6 +100,7 @@ from _benchutil import (
     stop_popen,
     table,
     tree_processes,
+    udp_socket_drops,
     wait_quiet,
 )
 
@@ -415,6 +421,7 @@ class Tput:
     direction: str  # "up" or "down"
     mbit: float = 0.0
     retransmits: int | None = None
+    drops: dict[str, int] = field(default_factory=dict)  # UDP receive drops by socket
     cpu: dict[str, float] = field(default_factory=dict)
     router_cpu: dict[str, float] = field(default_factory=dict)
     background: float = 0.0
@@ -518,14 +525,17 @@ class Bench:
         self.mtu: int | None = None
         self.tcp_config: dict[str, Any] | None = None
         self._ns: str | None = None  # the current guest namespace, checked before each run
+        self.router_port = 0
 
     # -------------------------------------------------------------- one iperf3 run
 
     def iperf(self, path: str, direction: str, host: str, server: Iperf3Server,
               client_ns: Any, groups: dict[str, list[int]],
-              router: dict[int, str] | None = None, router_pid: int = -1) -> Tput:
+              router: dict[int, str] | None = None, router_pid: int = -1,
+              udp_ports: dict[str, int] | None = None) -> Tput:
         """One iperf3 client run; CPU of ``groups`` (+ the ``router`` processes, whose root is
-        ``router_pid``) over its window."""
+        ``router_pid``) over its window; receive drops of the UDP sockets on ``udp_ports``
+        (label -> local port, root namespace) over the whole run."""
         a = self.args
         res = Tput(path, direction)
         argv = ["iperf3", "-c", host, "-p", str(server.port), "-t", str(a.seconds),
@@ -534,6 +544,13 @@ class Bench:
             argv.append("-R")
         server.drain()
         res.background = wait_quiet(a.quiet_threshold, a.quiet_wait)
+        ports = udp_ports or {}
+
+        def drops() -> dict[str, dict[int, int]]:
+            return {k: udp_socket_drops(lambda si, p=p: si.local[1] == p)
+                    for k, p in ports.items()}
+
+        drops0 = drops()
         proc = spawn(argv, client_ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         spy: PySpy | None = None
         try:
@@ -559,6 +576,8 @@ class Bench:
                 raise RuntimeError("iperf3 client did not finish in time") from None
             if spy is not None:
                 res.profile = spy.finish()
+            drops1 = drops()
+            res.drops = {k: drops_between(drops0[k], drops1[k]) for k in ports}
             try:
                 doc = json.loads(out.decode("utf-8", "replace"))
             except ValueError:
@@ -600,7 +619,9 @@ class Bench:
             cpu = " ".join(f"{k} {v:.0f}%" for k, v in {**r.router_cpu, **r.cpu}.items()
                            if k not in ("machine_ticks", "router"))
             retr = "-" if r.retransmits is None else str(r.retransmits)
-            line = f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}"
+            dr = " ".join(f"{k} {v}" for k, v in r.drops.items())
+            line = (f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}"
+                    + (f"  udp drops: {dr}" if dr else ""))
         tag = f"#{r.run}" if self.args.repeat > 1 else ""
         print(f"  {r.path:<14} {r.direction:<4}{tag:>3} {line}", flush=True)
 
@@ -633,8 +654,10 @@ class Bench:
             self._ns = c.namespace.name
             port = harness.free_tcp_port()
             with Iperf3Server(srv_ip, port, ns=b) as server:
+                ports = {"cli": c.udp_port(), "srv": b.udp_port()}
                 self._both_ways(lambda d: self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
-                                                     {"wg-go": [c.pid, b.pid]}))
+                                                     {"wg-go": [c.pid, b.pid]},
+                                                     udp_ports=ports))
 
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """The router's TCP settings (``wgslirp check-config`` with the routers' code and
@@ -674,6 +697,7 @@ class Bench:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
                 with pinged_client(r, port) as c:
                     self.mtu = c.mtu
+                    self.router_port = port
                     self._ns = c.namespace.name
                     try:
                         yield r, c
@@ -692,11 +716,12 @@ class Bench:
         with self._tunnel(workers, {}) as (r, c):
             procs = process_tree(r.pid)
             info["processes"] = sorted(set(procs.values()))
+            ports = {"wg-go": c.udp_port(), "router": self.router_port}
             self._both_ways(lambda d: self.iperf(mode, d, GATEWAY, server, c,
                                                  {"wg-go": [c.pid]}, router=procs,
-                                                 router_pid=r.pid))
+                                                 router_pid=r.pid, udp_ports=ports))
             info["exit"] = r.terminate(timeout=10)
-            info["counters"] = parse_exit_counters(r.output())
+            info["counters"] = exit_counters(r.output())
 
     def run_memory(self, workers: int) -> None:
         from routerutil import GATEWAY
@@ -780,10 +805,36 @@ class Bench:
                 time.sleep(3.0)
                 res.closed = stable_memory(r.pid)
                 info["exit"] = r.terminate(timeout=15)
-                res.counters = info["counters"] = parse_exit_counters(r.output())
+                res.counters = info["counters"] = exit_counters(r.output())
         except Exception as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             print(f"  ERROR {res.error.splitlines()[0]}", flush=True)
+
+
+_TOTALS = re.compile(r"stopped; totals: (\{.*\})")
+_TCP_KEYS = ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed", "tcp_host_resets",
+             "tcp_rst_sent")
+
+
+def exit_counters(output: str) -> dict[str, dict[str, int]]:
+    """Per-role counters logged at exit, plus ``totals`` (the router's one summed line, where
+    it prints one)."""
+    out = parse_exit_counters(output)
+    m = _TOTALS.search(output)
+    if m is not None:
+        out["totals"] = json.loads(m.group(1))
+    return out
+
+
+def tcp_counters(counters: dict[str, dict[str, int]]) -> dict[str, int] | None:
+    """The TCP bridge counters summed over the workers (or from the totals line)."""
+    if "totals" in counters:
+        src = [counters["totals"]]
+    else:
+        src = [v for k, v in counters.items() if k.startswith("worker")]
+    if not src:
+        return None
+    return {k: sum(v.get(k, 0) for v in src) for k in _TCP_KEYS}
 
 
 def _kib_flow(m: Mem, state: str, key: str = "pss") -> str:
@@ -825,23 +876,29 @@ def report(b: Bench, args: argparse.Namespace) -> None:
             path = (r.path + (f" #{r.run}" if args.repeat > 1 else "")
                     + ("*" if r.background > args.quiet_threshold else ""))
             if r.error:
-                rows.append([path, r.direction, "ERROR", *["-"] * 9])
+                rows.append([path, r.direction, "ERROR", *["-"] * 10])
                 continue
             ratio = f"{r.mbit / base[r.direction]:.3f}" if base.get(r.direction) else "-"
             router = " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items())
                               if v >= 0.5) or "-"
             rows.append([path, r.direction, f"{r.mbit:.1f}", ratio,
                          "-" if r.retransmits is None else str(r.retransmits),
+                         " ".join(f"{k} {v}" for k, v in r.drops.items() if v) or "-",
                          _pct(r.cpu.get("router")), router, _pct(r.cpu.get("wg-go")),
                          _pct(r.cpu.get("iperf3 -c")), _pct(r.cpu.get("iperf3 -s")),
                          _pct(r.cpu.get("other")), _pct(r.cpu.get("machine"))])
-        print(table(["path", "dir", "Mbit/s", "x loopback", "retr", "router%",
+        print(table(["path", "dir", "Mbit/s", "x loopback", "retr", "udp drops", "router%",
                      "router by process", "wg-go%", "iperf-c%", "iperf-s%", "other%",
                      "busy%"], rows))
         for r in b.tput:
             if not r.error and r.cpu.get("other", 0.0) >= 15.0:
                 print(f"  other% of {r.path} {r.direction} ({r.cpu['other']:.0f}%) mostly: "
                       + ", ".join(f"{n} {p:.0f}%" for n, p in r.others if p >= 1.0))
+        for info in b.infos:
+            tcp = tcp_counters(info.get("counters") or {})
+            if info.get("test") == "throughput" and tcp is not None:
+                print(f"  {info['mode']} router at exit: " + ", ".join(f"{k} {v}"
+                                                                   for k, v in tcp.items()))
         if any(r.background > args.quiet_threshold for r in b.tput):
             print(f"* the machine was already more than {args.quiet_threshold:g}% busy before "
                   "this test: someone else's load; distrust it.")
@@ -899,16 +956,12 @@ def report(b: Bench, args: argparse.Namespace) -> None:
                 print(f"  {m.mode}: the hold server held {m.server_open}, not {m.opened}")
             if m.touched and m.touch_ok != m.opened:
                 print(f"  {m.mode}: only {m.touch_ok} flows completed the {args.touch} B echo")
-            tcp = {k: sum(v.get(k, 0) for v in m.counters.values())
-                   for k in ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed",
-                             "tcp_host_resets")}
-            if any(k.startswith("worker") for k in m.counters):
+            tcp = tcp_counters(m.counters)
+            if tcp is not None:
                 print(f"  {m.mode}: router counters: " + ", ".join(f"{k} {v}"
                                                                  for k, v in tcp.items()))
             elif m.counters:
-                print(f"  {m.mode}: the router printed no worker counters at exit (with "
-                      "PROCESSOR_WORKERS=0 its log RepeatFilter drops the second 'stopped; "
-                      "counters' line)")
+                print(f"  {m.mode}: the router printed no worker counters at exit")
         for m in b.mem:
             if m.error:
                 print(f"  {m.mode}: ERROR {m.error}")
