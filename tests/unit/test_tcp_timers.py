@@ -267,3 +267,22 @@ def test_closed_with_unread_bytes_expires_on_the_idle_timeout() -> None:
     assert t is not None and t <= c.now + 30.0
     c.tick(t - c.now)
     assert c.ep.closed
+
+
+def test_every_due_deadline_makes_progress() -> None:
+    """After handle_timer(now) nothing may be due at `now` again: a deadline the endpoint
+    ignores would spin the worker (here: a small flight below the ACK-idle threshold)."""
+    c = _established(TcpParams(ack_idle_fail=5.0, rto_max=60.0, max_retries=100))
+    c.ep.write(b"tiny", c.now)  # 4 bytes in flight: under the one-MSS ACK-idle threshold
+    c.ep.flush(c.now)
+    c.out()
+    for _ in range(200):
+        t = c.ep.get_timer()
+        if t is None or c.ep.closed:
+            break
+        c.clock.t = max(c.clock.t, t)
+        c.ep.handle_timer(c.now)
+        c.ep.flush(c.now)
+        c.out()
+        t2 = c.ep.get_timer()
+        assert t2 is None or t2 > c.now, (t, t2)

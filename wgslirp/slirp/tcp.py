@@ -1332,7 +1332,10 @@ class TcpEndpoint:
         if st is not _CLOSED and st is not _TIME_WAIT:
             if p.idle_timeout > 0:
                 t = min(t, max(self._last_rx, self._last_host) + p.idle_timeout)
-            if p.ack_idle_fail > 0 and self._snd_max > self._snd_una:
+            if (p.ack_idle_fail > 0
+                    and self._snd_max - self._snd_una >= (p.ack_idle_min_inflight or self._mss)):
+                # exactly the condition handle_timer acts on: a deadline it would ignore
+                # would come back as "due" forever
                 t = min(t, self.last_ack_progress + p.ack_idle_fail)
             if p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
                 t = min(t, self._last_rx + p.keepalive_idle

@@ -411,8 +411,12 @@ class TcpBridge:
 
     def handle_timer(self, now: float) -> None:
         heap = self._heap
+        due = []
         while heap and heap[0][0] <= now:
-            at, _, key = heapq.heappop(heap)
+            due.append(heapq.heappop(heap))
+        # Deadlines rescheduled while handling these wait for the next turn: a deadline
+        # that stays "due" without progress costs one call per turn, never a hang.
+        for at, _, key in due:
             flow = self.table.get(key)
             if flow is None or at != flow.heap_at:
                 continue  # the flow is gone, or this entry was superseded
