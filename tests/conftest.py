@@ -11,6 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore the same examples on every run (a CI result must not depend on
+# luck); run with --hypothesis-profile=explore locally to search with fresh randomness.
+settings.register_profile("deterministic", derandomize=True, deadline=None,
+                          print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile("deterministic")
 
 _E2E_DIR = str(Path(__file__).resolve().parent / "e2e")
 if _E2E_DIR not in sys.path:
