@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import struct
 import time
 
@@ -28,7 +27,6 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "dh",
-    "generate_private_key",
     "hash_",
     "hchacha20",
     "hmac_",
@@ -36,7 +34,6 @@ __all__ = [
     "kdf2",
     "kdf3",
     "mac",
-    "public_key",
     "tai64n",
     "xaead_decrypt",
     "xaead_encrypt",
@@ -84,18 +81,6 @@ def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     t2 = hmac_(t0, t1 + b"\x02")
     t3 = hmac_(t0, t2 + b"\x03")
     return t1, t2, t3
-
-
-def generate_private_key() -> bytes:
-    """Return 32 random bytes clamped the way `wg genkey` clamps them."""
-    k = bytearray(os.urandom(32))
-    k[0] &= 248
-    k[31] = (k[31] & 127) | 64
-    return bytes(k)
-
-
-def public_key(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 def dh(private: X25519PrivateKey, public: bytes) -> bytes:
