@@ -9,6 +9,7 @@ left behind however the router ends, SIGKILL included.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -155,6 +156,7 @@ class Supervisor:
         # Signals stay blocked across the fork until the child has its own handlers (its
         # Loop unblocks them), so a SIGTERM racing the start-up is handled, never lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        gc.freeze()  # keep the parent's objects out of the children's GC: fewer COW copies
         parent = os.getpid()
         try:
             pid = os.fork()

@@ -448,6 +448,7 @@ class TcpBridge:
             except OSError:
                 pass
         flow.sock.close()
+        flow.handler = _no_handler  # break flow -> partial -> flow, so refcounting frees it
         self.stats.closed += 1
 
     def close(self) -> None:
