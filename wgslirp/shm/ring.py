@@ -365,29 +365,12 @@ def _create_anonymous_shm(size: int) -> SharedMemory:
     return shm
 
 
-class Producer:
-    """The writing end: reserve slots, fill them, publish the batch with one head store.
+class _Endpoint:
+    """What both ends keep: the ring's views, fetched once so the hot path reads plain
+    attributes, and a private fence (made in the process that uses it, after fork)."""
 
-    ``slot``, ``stage`` and ``put`` take ``i`` relative to the current head and do not check
-    it against what was reserved (that would cost a compare per packet); ``publish`` checks
-    the batch as a whole against the free space last seen, so a bad count cannot move head
-    over unconsumed packets.
-    """
-
-    __slots__ = (
-        "_ctr",
-        "_efd",
-        "_fence",
-        "_head",
-        "_lens",
-        "_mask",
-        "_peers",
-        "_ring",
-        "_slot_size",
-        "_slots",
-        "_tail_seen",
-        "_views",
-    )
+    __slots__ = ("_ctr", "_efd", "_fence", "_lens", "_mask", "_peers", "_ring", "_slots",
+                 "_views")
 
     def __init__(self, ring: Ring) -> None:
         self._ring = ring
@@ -398,8 +381,23 @@ class Producer:
         self._efd = ring.doorbell_fd
         self._slots = ring.slots
         self._mask = ring.slots - 1
-        self._slot_size = ring.slot_size
         self._fence = _make_fence()
+
+
+class Producer(_Endpoint):
+    """The writing end: reserve slots, fill them, publish the batch with one head store.
+
+    ``slot``, ``stage`` and ``put`` take ``i`` relative to the current head and do not check
+    it against what was reserved (that would cost a compare per packet); ``publish`` checks
+    the batch as a whole against the free space last seen, so a bad count cannot move head
+    over unconsumed packets.
+    """
+
+    __slots__ = ("_head", "_slot_size", "_tail_seen")
+
+    def __init__(self, ring: Ring) -> None:
+        super().__init__(ring)
+        self._slot_size = ring.slot_size
         self._head: int = self._ctr[_HEAD]
         self._tail_seen: int = self._ctr[_TAIL]
 
@@ -535,37 +533,17 @@ class Producer:
         return n
 
 
-class Consumer:
+class Consumer(_Endpoint):
     """The reading end: look at pending packets in place, then release them in one store.
 
     A view from ``peek`` or ``drain`` is only valid until the ``release`` that covers it:
     after that the producer may overwrite the slot. Copy out whatever must live longer.
     """
 
-    __slots__ = (
-        "_ctr",
-        "_efd",
-        "_fence",
-        "_head_seen",
-        "_lens",
-        "_mask",
-        "_peers",
-        "_ring",
-        "_slots",
-        "_tail",
-        "_views",
-    )
+    __slots__ = ("_head_seen", "_tail")
 
     def __init__(self, ring: Ring) -> None:
-        self._ring = ring
-        self._ctr = ring._ctr
-        self._views = ring._views
-        self._lens = ring._lens_mv
-        self._peers = ring._peers_mv
-        self._efd = ring.doorbell_fd
-        self._slots = ring.slots
-        self._mask = ring.slots - 1
-        self._fence = _make_fence()
+        super().__init__(ring)
         self._tail: int = self._ctr[_TAIL]
         self._head_seen: int = self._ctr[_HEAD]
 
