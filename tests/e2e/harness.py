@@ -77,6 +77,8 @@ __all__ = [
     "WgClient",
     "WgDump",
     "WgPeerStats",
+    "closed_tcp_port",
+    "closed_udp_port",
     "diagnostic_sections",
     "free_tcp_port",
     "free_udp_port",
@@ -474,6 +476,33 @@ def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_tcp_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that refuses connections and stays ours while the block runs.
+
+    A socket bound without listen() answers every SYN with RST, and its binding keeps the
+    kernel from handing the port to anyone else (a parallel test's listener, or an outgoing
+    connect choosing it as its own source port, which would self-connect). A port that was
+    merely free a moment ago gives a test that expects a refusal a rare false "connected".
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_udp_port() -> Iterator[int]:
+    """A UDP port on 127.0.0.1 that answers port-unreachable and stays ours meanwhile.
+
+    A UDP socket connected to another peer does not match datagrams from anyone else, so the
+    kernel answers them with ICMP port unreachable exactly as for an unbound port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.connect(("127.0.0.1", 9))
+        yield int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- namespace

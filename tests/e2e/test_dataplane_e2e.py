@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import Namespace, NftGuard, WgClient, free_udp_port, unique_name
+from harness import Namespace, NftGuard, WgClient, closed_udp_port, free_udp_port, unique_name
 from hostservers import TinyDns, UdpEcho, UdpSink
 from routerutil import (
     GATEWAY,
@@ -83,8 +83,9 @@ def test_dns_via_dns_address_and_via_gateway(tmp_path: Path) -> None:
 
 
 def test_udp_to_closed_host_port_is_connection_refused(tmp_path: Path) -> None:
-    port, closed = free_udp_port(), free_udp_port()
-    with router(base_env(tmp_path, port)) as r, client_from_router_output(r, port) as c:
+    port = free_udp_port()
+    with closed_udp_port() as closed, router(base_env(tmp_path, port)) as r, \
+            client_from_router_output(r, port) as c:
         assert guest(c, "udp_error", GATEWAY, closed)["error"] == "ECONNREFUSED"
         counters = stop_and_counters(r)
     assert counters["udp_icmp_errors_relayed"] >= 1

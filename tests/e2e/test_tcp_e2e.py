@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NftGuard, WgClient, free_tcp_port, free_udp_port
+from harness import NftGuard, WgClient, closed_tcp_port, free_udp_port
 from hostservers import TcpServer, stream_chunks
 from relay import LossyRelay
 from routerutil import (
@@ -102,13 +102,13 @@ def test_download_after_guest_half_close(tmp_path: Path) -> None:
                                                  ("none", "timeout")])
 def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str,
                                                  expect: str) -> None:
-    port, closed = free_udp_port(), free_tcp_port()
+    port = free_udp_port()
     # A long fast-dial window: on a loaded 2-core CI box the kernel's refusal of the host
     # connect can come later than the default 5 ms, and the router would then (correctly)
     # answer the SYN optimistically; this test is about how refusals are signalled. The
     # latency bound below still holds for the fastest of the attempts.
     env = base_env(tmp_path, port) | {"TCP_ERROR_SIGNAL": signal_, "TCP_FAST_DIAL_MS": "1000"}
-    with router(env) as r, client_from_router_output(r, port) as c:
+    with closed_tcp_port() as closed, router(env) as r, client_from_router_output(r, port) as c:
         tries = 1 if expect == "timeout" else 5
         res = guest(c, "tcp_connect_time", GATEWAY, closed, tries, 1.0)["results"]
         assert all(err == expect for err, _ in res), res
