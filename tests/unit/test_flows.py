@@ -64,6 +64,36 @@ def test_policy_guards_own_port_on_every_host_address() -> None:
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 53).verdict is Verdict.ALLOW
 
 
+def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
+    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+    from wgslirp.runtime.worker import LocalAddressRefresher
+    from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+    pol = EgressPolicy(own_sockets=frozenset({(PROTO_UDP, 51820)}),
+                       local_addresses=frozenset({"192.0.2.10"}))
+    host = {"192.0.2.10"}
+    reads: list[float] = []
+    clock = [100.0]
+
+    def source() -> frozenset[str]:
+        reads.append(clock[0])
+        return frozenset(host)
+
+    ref = LocalAddressRefresher(pol, 100.0, source, interval=10.0)
+    new = addr_to_int("198.51.100.7")
+    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.ALLOW
+    host.add("198.51.100.7")  # an address appears (DHCP, a new interface)
+    assert ref.get_timer() == 110.0 and reads == []
+    clock[0] = 110.0
+    ref.handle_timer(110.0)
+    assert reads == [110.0] and ref.get_timer() == 120.0
+    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+    host.discard("192.0.2.10")  # and one goes away: its port is no longer the router's
+    clock[0] = 120.0
+    ref.handle_timer(120.0)
+    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.ALLOW
+    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 

@@ -46,8 +46,8 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
 
 
 def host_ipv4_addresses() -> frozenset[str]:
-    """This host's IPv4 addresses (read at start), so a guest cannot reach the router's own
-    sockets through the host's LAN or public address either."""
+    """This host's IPv4 addresses, so a guest cannot reach the router's own sockets through
+    the host's LAN or public address either (re-read by LocalAddressRefresher)."""
     import psutil
 
     out: set[str] = set()
@@ -59,6 +59,34 @@ def host_ipv4_addresses() -> frozenset[str]:
     except OSError:
         pass
     return frozenset(out)
+
+
+LOCAL_ADDRESS_REFRESH = 10.0
+"""Seconds between re-reads of the host's addresses for the own-socket guard."""
+
+
+class LocalAddressRefresher:
+    """Keeps the policy's idea of "this host" current, on the loop's timer.
+
+    The own-socket guard denies a guest flow to the router's ports on any host address;
+    reading the addresses once at start would leave a later one (DHCP, a new interface) open.
+    The source is injectable so the timing is testable without touching the host.
+    """
+
+    def __init__(self, policy: EgressPolicy, now: float,
+                 source: Callable[[], frozenset[str]] = lambda: host_ipv4_addresses(),
+                 interval: float = LOCAL_ADDRESS_REFRESH) -> None:
+        self.policy, self.source, self.interval = policy, source, interval
+        self.due = now + interval
+
+    def get_timer(self) -> float | None:
+        return self.due
+
+    def handle_timer(self, now: float) -> None:
+        self.due = now + self.interval
+        addrs = self.source()
+        if addrs != self.policy.local_addresses:
+            self.policy.set_local_addresses(addrs)
 
 
 def build_policy(cfg: Config) -> EgressPolicy:
@@ -147,6 +175,8 @@ class Worker:
             ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
             gate_log=cfg.tcp.gate_log)
         loop.timers.append(self.tcp)
+        self.addresses = LocalAddressRefresher(policy, loop.clock())
+        loop.timers.append(self.addresses)
         if metrics is not None:
             self.publisher: Publisher | None = Publisher(
                 metrics.workers[index], self.counters, lambda: loop.turns)

@@ -97,6 +97,12 @@ class EgressPolicy:
             return Decision(Verdict.DENY, dst, dport, "destination denied by policy")
         return Decision(Verdict.ALLOW, dst, dport)
 
+    def set_local_addresses(self, addresses: Iterable[str]) -> None:
+        """Replace the host's own addresses: an address added after start (DHCP, a new
+        interface) must guard the router's own ports as well as the ones seen at start."""
+        self.local_addresses = frozenset(addresses)
+        self._local = frozenset(addr_to_int(a) for a in self.local_addresses)
+
     def upstreams(self) -> tuple[tuple[int, int], ...]:
         return self._upstream
 
