@@ -35,12 +35,16 @@ flows, bytes, throughput, latency percentiles and errors per kind of flow.  The 
 is 0 only when nothing failed: no connect failure, reset, corrupt byte or timeout, UDP loss
 within ``--max-udp-loss`` percent, every flow completed, and (``--router self``) the
 router stopped cleanly without internal errors.  1 = errors, 2 = could not run, 130 =
-interrupted.
+interrupted.  With ``--router self`` the router's memory (PSS over its processes) is sampled
+every second and reported; ``--max-mem-growth MIB`` turns that into a leak check that fails
+a soak whose memory grew by more than MIB over the second half.
 
     python scripts/loadtest.py                          # 20 TCP x 256 KiB, 10 UDP x 200
     python scripts/loadtest.py --tcp-flows 200 --tcp-bytes 1M --duration 30 --plot lt.png
     python scripts/loadtest.py --endpoint 127.0.0.1:51820 --client-config client.conf
     python scripts/loadtest.py --router none --json baseline.json
+    python scripts/loadtest.py --workers 2 --tcp-flows 100 --tcp-bytes 64K --duration 300 \\
+        --max-mem-growth 8                              # soak with a leak check
 
 The same file is the guest program (``loadtest.py guest CONFIG-JSON``) and holds the host
 servers, so both ends agree on the byte pattern.
@@ -953,6 +957,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     o = p.add_argument_group("verdict and output")
     o.add_argument("--max-udp-loss", type=float, default=0.0,
                    help="UDP loss in percent that still passes (default 0)")
+    o.add_argument("--max-mem-growth", type=float, default=None, metavar="MIB",
+                   help="(--router self) fail when the router's memory (PSS, all its "
+                        "processes) grew by more than MIB between the middle and the end of "
+                        "the run: a leak check for --duration soaks (default: report only)")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
     o.add_argument("--plot", metavar="FILE.png",
                    help="throughput over time and latency CDFs (needs matplotlib)")
@@ -1192,6 +1200,82 @@ def prepare_client(c: Any, args: argparse.Namespace) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def guest_side_drops(c: Any) -> dict[str, int]:
+    """Drop counters inside the client's namespace: the guest's UDP receive buffers and the
+    TUN device (what wireguard-go delivered but the guest's stack could not take).  Losses
+    there are the client's, not the router's; the summary says which side lost what."""
+    out: dict[str, int] = {}
+    snmp = c.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
+    udp = [ln.split()[1:] for ln in snmp if ln.startswith("Udp:")]
+    if len(udp) == 2:
+        row = dict(zip(udp[0], udp[1], strict=False))
+        for k in ("RcvbufErrors", "InErrors"):
+            if row.get(k, "").isdigit():
+                out[f"guest udp {k}"] = int(row[k])
+    for stat in ("rx_dropped", "tx_dropped"):
+        r = c.run(["cat", f"/sys/class/net/{c.interface}/statistics/{stat}"], check=False)
+        if r.stdout.strip().isdigit():
+            out[f"tun {stat}"] = int(r.stdout)
+    return out
+
+
+class MemSampler:
+    """Samples the router's memory (PSS summed over its process tree) once a second in a
+    thread while the guest runs, so a soak shows whether memory stays bounded.
+
+    PSS, not RSS: the workers share copy-on-write pages with the supervisor, and RSS would
+    count those once per process.
+    """
+
+    def __init__(self, pid: int, period: float = 1.0) -> None:
+        import threading
+
+        self.pid, self.period = pid, period
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
+
+    def __enter__(self) -> MemSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        try:
+            root = psutil.Process(self.pid)
+            for p in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_full_info().pss
+        except psutil.Error:
+            return
+        self.samples.append((time.monotonic() - self._t0, total))
+
+    def _run(self) -> None:
+        for _ in range(MAX_TURNS):
+            self.sample()
+            if self._stop.wait(self.period):
+                return
+
+    def summary(self) -> dict[str, float] | None:
+        """start/mid/end/peak in bytes; growth = end - mid (after the first half has warmed
+        caches and pools, steady traffic should hold memory flat)."""
+        if len(self.samples) < 2:
+            return None
+        vals = [v for _, v in self.samples]
+        start, mid, end = vals[0], vals[len(vals) // 2], vals[-1]
+        return {"start": start, "mid": mid, "end": end, "peak": max(vals),
+                "growth": end - mid, "samples": len(vals),
+                "seconds": self.samples[-1][0] - self.samples[0][0]}
+
+
 def wait_tunnel(c: Any, gateway: str) -> None:
     _sent, got = c.ping(gateway, count=3, interval=0.2)
     if got == 0:
@@ -1222,9 +1306,15 @@ def run_self(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, A
                 print(f"tunnel up (wireguard-go {c.interface} in namespace "
                       f"{c.namespace.name}, MTU {c.mtu})", file=sys.stderr, flush=True)
                 wg_port = c.udp_port()
-                result = run_guest(args, cfg, c, {
-                    "router's WireGuard socket": lambda s: s.local == ("127.0.0.1", port),
-                    "wireguard-go socket": lambda s: s.local[1] == wg_port})
+                before = guest_side_drops(c)
+                with MemSampler(r.pid) as mem:
+                    result = run_guest(args, cfg, c, {
+                        "router's WireGuard socket": lambda s: s.local == ("127.0.0.1", port),
+                        "wireguard-go socket": lambda s: s.local[1] == wg_port})
+                info["memory"] = mem.summary()
+                after = guest_side_drops(c)
+                result["udp_socket_drops"].update(
+                    {k: v - before.get(k, 0) for k, v in after.items()})
             info["exit"] = r.terminate(timeout=10)
             counters = router_counters(r.output())
             info["counters"] = {k: counters[k] for k in ROUTER_COUNTERS if k in counters}
@@ -1329,6 +1419,12 @@ def summarize(result: dict[str, Any], info: dict[str, Any],
         if internal:
             extra += internal
             problems.append(f"router: {internal} internal errors")
+        mem = info.get("memory")
+        if args.max_mem_growth is not None and mem is not None \
+                and mem["growth"] > args.max_mem_growth * 2**20:
+            extra += 1
+            problems.append(f"router memory grew {_mib(mem['growth'])} over the second half "
+                            f"of the run > --max-mem-growth {args.max_mem_growth:g} MiB")
     conn = sorted(result.get("connect_ms", []))
     total_bytes = sum(st["bytes"] for st in stats.values())
     errors = sum(_errors_of(st) for st in stats.values()) + max(extra, 0)
@@ -1386,8 +1482,15 @@ def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
                      f"{udp['dup']} duplicates")
     drops = {k: v for k, v in summary.get("udp_socket_drops", {}).items() if v}
     if drops:
-        lines.append("udp receive-buffer drops during the run (any traffic): "
+        lines.append("drops during the run (any traffic, both sides of the tunnel): "
                      + ", ".join(f"{k} {v}" for k, v in drops.items()))
+    mem = info.get("memory")
+    if mem:
+        lines.append(f"router memory (PSS, all processes, {mem['samples']} samples over "
+                     f"{mem['seconds']:.0f} s): start {_mib(mem['start'])}, middle "
+                     f"{_mib(mem['mid'])}, end {_mib(mem['end'])}, peak {_mib(mem['peak'])}; "
+                     f"second-half growth {'-' if mem['growth'] < 0 else ''}"
+                     f"{_mib(abs(mem['growth']))}")
     counters = info.get("counters")
     if counters:
         lines.append(f"router: exit {info.get('exit')}; "

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -82,6 +84,11 @@ def test_small_load_through_a_real_tunnel_has_zero_errors(tmp_path: Path) -> Non
     assert data["router"]["exit"] == 0
     assert data["router"]["counters"]["internal_errors"] == 0
     assert data["router"]["counters"]["tcp_dials_ok"] == 20
+    mem = data["router"]["memory"]  # sampled from the live router: tens of MiB, not 0
+    assert mem["samples"] >= 2 and 10 * 2**20 < mem["peak"] < 2**30, report
+    assert "router memory (PSS, all processes" in r.stdout, report
+    # the namespace-side drop counters were read (present in the JSON even when zero)
+    assert "guest udp RcvbufErrors" in data["udp_socket_drops"], report
 
 
 # --------------------------------------------------------------------------- the verifiers
@@ -149,6 +156,36 @@ def test_udp_loss_over_the_limit_fails_the_run() -> None:
     assert not s["passed"] and s["errors"] == 1 and "lost" in s["problems"][0]
     args.max_udp_loss = 1.0
     assert lt.summarize(result, {"mode": "none"}, args)["passed"]
+
+
+def test_memory_growth_over_the_limit_fails_the_run() -> None:
+    args = lt.parse_args(["--router", "none", "--tcp-flows", "1", "--max-mem-growth", "8",
+                          "--duration", "1"])
+    result = {"elapsed": 1.0, "stats": {}, "latency_ms": {}, "latency_counts": {},
+              "connect_ms": [], "timeline": []}
+    mib = 2**20
+    info: dict[str, Any] = {"mode": "self", "exit": 0, "counters": {"internal_errors": 0},
+                            "memory": {"start": 50 * mib, "mid": 60 * mib, "end": 67 * mib,
+                                       "peak": 67 * mib, "growth": 7 * mib, "samples": 9,
+                                       "seconds": 8.0}}
+    assert lt.summarize(result, info, args)["passed"]
+    info["memory"] |= {"end": 69 * mib, "peak": 69 * mib, "growth": 9 * mib}
+    s = lt.summarize(result, info, args)
+    assert not s["passed"] and "memory grew 9.00 MiB" in s["problems"][0]
+    args.max_mem_growth = None  # report only
+    assert lt.summarize(result, info, args)["passed"]
+
+
+def test_mem_sampler_reads_a_live_process_tree() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with lt.MemSampler(os.getpid(), period=0.05) as m:
+            time.sleep(0.3)
+        s = m.summary()
+        assert s is not None and s["samples"] >= 3 and s["peak"] > 5 * 2**20
+    finally:
+        child.kill()
+        child.wait()
 
 
 # --------------------------------------------------------------------------- loopback runs
