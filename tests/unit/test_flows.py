@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from wgslirp.slirp.flows import Flow, FlowTable
 
 
@@ -120,3 +123,70 @@ def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
         assert ident is not None and ident % 3 == 1 and ident < 0x10000
         seen.add(ident)
     assert len(seen) == 0x10000 // 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "touch", "remove", "expire"]),
+                          st.integers(0, 3), st.integers(0, 40)), max_size=300),
+       st.integers(0, 12), st.integers(0, 5))
+def test_eviction_matches_a_brute_force_least_recent(ops: list[tuple[str, int, int]],
+                                                     max_flows: int, max_per_peer: int) -> None:
+    """The lazy heaps pick exactly what a scan of every flow would (by activity time)."""
+    t: FlowTable[Flow] = FlowTable(idle_timeout=30, max_flows=max_flows,
+                                   max_per_peer=max_per_peer, sweep_interval=1)
+    now = 0.0
+    for i, (op, peer, pick) in enumerate(ops):
+        now += 0.25
+        flows = t.values()
+        if op == "add":
+            want_peer = (min(f.last_active for f in flows if f.peer == peer)
+                         if max_per_peer and t.peer_count(peer) >= max_per_peer else None)
+            evicted = t.make_room(peer)
+            rest = t.values()
+            if want_peer is not None:
+                assert evicted and evicted[0].peer == peer
+                assert evicted[0].last_active == want_peer
+            if max_flows and len(flows) - (want_peer is not None) >= max_flows:
+                assert evicted[-1].last_active <= min(
+                    (f.last_active for f in rest), default=float("inf"))
+            t.add(Flow(("k", i), peer, now), now)
+            assert (not max_flows or len(t) <= max_flows)
+            assert (not max_per_peer or t.peer_count(peer) <= max_per_peer)
+        elif op == "touch" and flows:
+            flows[pick % len(flows)].last_active = now
+        elif op == "remove" and flows:
+            t.remove(flows[pick % len(flows)])
+        elif op == "expire":
+            now += pick
+            for f in t.expire(now):
+                assert f.last_active <= now - 30
+        assert len(t._heap) <= 2 * len(t) + 65  # dead entries are compacted
+
+
+def test_a_table_at_its_cap_does_not_scan_every_flow() -> None:
+    """At the cap each new flow costs a few heap steps, not a pass over all flows: count the
+    flows whose activity time is read while 5,000 new flows churn a table of 4,000."""
+    reads = [0]
+
+    class Counted(Flow):
+        __slots__ = ("_t",)
+
+        @property  # type: ignore[override]
+        def last_active(self) -> float:
+            reads[0] += 1
+            return self._t
+
+        @last_active.setter
+        def last_active(self, v: float) -> None:
+            self._t = v
+
+    t: FlowTable[Flow] = FlowTable(idle_timeout=60, max_flows=4000, max_per_peer=4000)
+    for i in range(4000):
+        t.make_room(i % 4)
+        t.add(Counted(("a", i), i % 4, float(i)), float(i))
+    reads[0] = 0
+    for i in range(5000):
+        t.make_room(i % 4)
+        t.add(Counted(("b", i), i % 4, 4000.0 + i), 4000.0 + i)
+    assert len(t) == 4000 and t.evicted == 5000
+    assert reads[0] < 5000 * 12, reads[0]  # a scan would read 4,000 per new flow

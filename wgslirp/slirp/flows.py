@@ -4,12 +4,19 @@ A flow is created by the first guest packet and dies when idle for `idle_timeout
 peer and in total keep memory bounded whatever guests do; when a cap is hit the least
 recently active flow (of that peer, or overall) is evicted and counted, so a busy guest can
 always open new flows while a flood of one-off datagrams cannot grow the table.
-Activity is one float store per packet; the ordering work happens only on eviction and on
-the periodic sweep, which is O(flows) once per sweep interval.
+Activity is one float store per packet. Eviction finds the exact least recently active
+flow through lazy heaps (one overall, one per peer, kept only where a cap is set): an entry
+carries the activity time it was pushed with, and a popped entry whose flow has been active
+since is pushed again with the newer time, so the top of the heap, once it is current, is
+the true minimum. A table pinned at its cap (a busy resolver opening a flow per query) then
+costs O(log n) per new flow, not a scan of every flow. The idle sweep is O(flows) once per
+sweep interval.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -39,6 +46,10 @@ class FlowTable(Generic[F]):
         self.sweep_interval = min(sweep_interval, idle_timeout) if idle_timeout > 0 else 1.0
         self._flows: dict[Hashable, F] = {}
         self._per_peer: dict[int, int] = {}
+        # (last_active when pushed, tie-break, flow); dead entries are skipped and compacted
+        self._heap: list[tuple[float, int, F]] = []
+        self._peer_heaps: dict[int, list[tuple[float, int, F]]] = {}
+        self._seq = itertools.count()
         self._next_sweep: float | None = None
         self.created = 0
         self.expired = 0
@@ -60,21 +71,48 @@ class FlowTable(Generic[F]):
         """Evict what must go before `peer` adds a flow; returns the evicted flows."""
         out: list[F] = []
         if self.max_per_peer and self._per_peer.get(peer, 0) >= self.max_per_peer:
-            victim = min((f for f in self._flows.values() if f.peer == peer),
-                         key=lambda f: f.last_active)
-            self._remove(victim)
-            out.append(victim)
+            victim = self._least_recent(self._peer_heaps.get(peer, []))
+            if victim is not None:
+                self._remove(victim)
+                out.append(victim)
         if self.max_flows and len(self._flows) >= self.max_flows:
-            victim = min(self._flows.values(), key=lambda f: f.last_active)
-            self._remove(victim)
-            out.append(victim)
+            victim = self._least_recent(self._heap)
+            if victim is not None:
+                self._remove(victim)
+                out.append(victim)
         self.evicted += len(out)
         return out
+
+    def _least_recent(self, heap: list[tuple[float, int, F]]) -> F | None:
+        """Pop the heap's least recently active live flow (exact, see the module doc)."""
+        flows = self._flows
+        for _ in range(4 * len(heap) + 1):  # each live flow is re-pushed at most once
+            if not heap:
+                return None
+            t, _, f = heap[0]
+            if flows.get(f.key) is not f:
+                heapq.heappop(heap)
+            elif f.last_active != t:
+                heapq.heapreplace(heap, (f.last_active, next(self._seq), f))
+            else:
+                heapq.heappop(heap)
+                return f
+        return None  # unreachable: the loop bound exceeds what the heap can hold
+
+    def _push(self, heap: list[tuple[float, int, F]], flow: F, live: int) -> None:
+        heapq.heappush(heap, (flow.last_active, next(self._seq), flow))
+        if len(heap) > 2 * live + 64:  # mostly dead entries (flows expired or closed)
+            heap[:] = [e for e in heap if self._flows.get(e[2].key) is e[2]]
+            heapq.heapify(heap)
 
     def add(self, flow: F, now: float) -> None:
         """Insert a flow; call `make_room` first so the caps hold."""
         self._flows[flow.key] = flow
-        self._per_peer[flow.peer] = self._per_peer.get(flow.peer, 0) + 1
+        n = self._per_peer[flow.peer] = self._per_peer.get(flow.peer, 0) + 1
+        if self.max_flows:
+            self._push(self._heap, flow, len(self._flows))
+        if self.max_per_peer:
+            self._push(self._peer_heaps.setdefault(flow.peer, []), flow, n)
         self.created += 1
         if self._next_sweep is None:
             self._next_sweep = now + self.sweep_interval
@@ -90,8 +128,10 @@ class FlowTable(Generic[F]):
             self._per_peer[flow.peer] = left
         else:
             del self._per_peer[flow.peer]
+            self._peer_heaps.pop(flow.peer, None)
         if not self._flows:
             self._next_sweep = None
+            self._heap.clear()
 
     def remove_peer(self, peer: int) -> list[F]:
         gone = [f for f in self._flows.values() if f.peer == peer]
