@@ -130,7 +130,12 @@ class UdpBridge:
         for _ in range(RECV_BATCH):
             slot = egress.reserve()
             if slot is None:
-                stats.egress_full += 1  # leave the rest in the socket: backpressure
+                # Tail drop, as any router queue does. Leaving the datagram in the socket
+                # would keep it readable, and the level-triggered loop would spin on it
+                # until ingress drained the ring, starving everything else on this core.
+                stats.egress_full += 1
+                with contextlib.suppress(OSError):
+                    sock.recv_into(overflow)
                 return
             try:
                 nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET:mtu], overflow])[0]
