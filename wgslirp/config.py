@@ -576,8 +576,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         str | None,
         _doc(
             "WG_DNS_IP",
-            "Tunnel address that answers DNS queries through the host resolver. Off when "
-            "unset; generated client configs list it as DNS.",
+            "Tunnel address that answers DNS queries (UDP and TCP port 53) through the host "
+            "resolver. Off when unset; generated client configs list it as DNS.",
             group="Addresses and state",
             kind="unicast_ipv4",
         ),

@@ -30,6 +30,31 @@ def dns(server: str, port: int, name: str) -> dict[str, object]:
     return {"error": "timeout"}
 
 
+def dns_tcp(server: str, port: int, name: str) -> dict[str, object]:
+    """The same query over TCP (what a resolver does after a truncated UDP answer)."""
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    msg = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
+    try:
+        with socket.create_connection((server, port), timeout=3) as s:
+            s.sendall(struct.pack(">H", len(msg)) + msg)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack_from(">H", data)[0]:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        return {"error": errno.errorcode.get(exc.errno or 0, "timeout")}
+    if len(data) < 14:
+        return {"error": "short answer"}
+    data = data[2:]
+    qid, flags, _qd, an = struct.unpack_from(">HHHH", data)
+    out: dict[str, object] = {"id": qid, "rcode": flags & 15}
+    if an:
+        out["address"] = socket.inet_ntoa(data[-4:])
+    return out
+
+
 def udp_echo(host: str, port: int, count: int, size: int, window: int) -> dict[str, object]:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((host, port))
@@ -246,6 +271,8 @@ def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "dns":
         out = dns(args[0], int(args[1]), args[2])
+    elif cmd == "dns_tcp":
+        out = dns_tcp(args[0], int(args[1]), args[2])
     elif cmd == "udp_echo":
         out = udp_echo(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
     elif cmd == "udp_error":

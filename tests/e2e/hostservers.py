@@ -62,11 +62,66 @@ class UdpSink(_UdpServer):
 
 
 class TinyDns(_UdpServer):
-    """Answers every A query for NAME with ADDRESS, anything else with NXDOMAIN."""
+    """Answers every A query for NAME with ADDRESS, anything else with NXDOMAIN; over UDP,
+    and over TCP (RFC 7766 framing) on the same port number."""
 
     def __init__(self, records: dict[str, str], **kw: float) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+        for _ in range(50):  # a UDP port whose TCP twin is free too
+            super().__init__(**kw)  # type: ignore[arg-type]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.tcp.close()
+                self.sock.close()
+        else:
+            raise RuntimeError("no port free for both UDP and TCP")
+        self.tcp.listen(8)
+        self.tcp_received = 0
         self.records = {k.lower().rstrip("."): v for k, v in records.items()}
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.tcp.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            ready, _, _ = select.select([self.sock, self.tcp], [], [], 0.1)
+            if self.tcp in ready:
+                self._serve_tcp()
+            if self.sock not in ready:
+                continue
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except OSError:
+                continue
+            self.received += 1
+            reply = self.answer(data)
+            if reply is not None:
+                self.sock.sendto(reply, addr)
+
+    def _serve_tcp(self) -> None:
+        """One length-prefixed query per connection (bounded: 2 s, one message)."""
+        try:
+            conn, _ = self.tcp.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(2)
+            try:
+                buf = b""
+                while len(buf) < 2 or len(buf) < 2 + struct.unpack_from(">H", buf)[0]:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                self.tcp_received += 1
+                reply = self.answer(buf[2:])
+                if reply is not None:
+                    conn.sendall(struct.pack(">H", len(reply)) + reply)
+            except OSError:
+                return
 
     def answer(self, data: bytes) -> bytes | None:
         if len(data) < 12:

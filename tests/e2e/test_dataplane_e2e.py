@@ -76,10 +76,15 @@ def test_dns_via_dns_address_and_via_gateway(tmp_path: Path) -> None:
             assert nx["rcode"] == 3
             via_gw = guest(c, "dns", GATEWAY, dns.port, "host.test")
             assert via_gw["address"] == "10.9.8.7" and via_gw["from"] == [GATEWAY, dns.port]
+            # DNS over TCP too (RFC 7766: the retry after a truncated UDP answer)
+            via_tcp = guest(c, "dns_tcp", DNS_IP, 53, "host.test")
+            assert via_tcp == {"id": 0xBEEF, "rcode": 0, "address": "10.9.8.7"}, via_tcp
             # the DNS address answers DNS only
             assert guest(c, "udp_error", DNS_IP, 5353)["error"] == "EHOSTUNREACH"
+            assert guest(c, "dns_tcp", DNS_IP, 853, "host.test")["error"] in (
+                "EHOSTUNREACH", "ECONNREFUSED")
             stop_and_counters(r)
-        assert dns.received == 3
+        assert dns.received == 3 and dns.tcp_received == 1
 
 
 def test_udp_to_closed_host_port_is_connection_refused(tmp_path: Path) -> None:

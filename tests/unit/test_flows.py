@@ -67,6 +67,19 @@ def test_policy_guards_own_port_on_every_host_address() -> None:
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 53).verdict is Verdict.ALLOW
 
 
+def test_dns_address_answers_udp_and_tcp_53_only() -> None:
+    from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
+    from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+    pol = EgressPolicy(dns="10.77.0.53", dns_upstream=(("127.0.0.53", 5353),))
+    dns = addr_to_int("10.77.0.53")
+    for proto in (PROTO_UDP, PROTO_TCP):
+        d = pol.decide(proto, dns, 53)
+        assert (d.verdict, d.host, d.port) == (Verdict.ALLOW, addr_to_int("127.0.0.53"), 5353)
+        assert pol.decide(proto, dns, 853).verdict is Verdict.DENY
+    assert pol.decide(PROTO_ICMP, dns, 0).verdict is Verdict.DENY
+
+
 def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
     from wgslirp.runtime.worker import LocalAddressRefresher

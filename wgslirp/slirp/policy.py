@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+from wgslirp.net.ipv4 import PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.wireguard.allowedips import AllowedIPs
 
 DEFAULT_DENY: tuple[str, ...] = (
@@ -81,7 +81,8 @@ class EgressPolicy:
 
     def decide(self, proto: int, dst: int, dport: int) -> Decision:
         if self._dns is not None and dst == self._dns:
-            if proto == PROTO_UDP and dport == 53 and self._upstream:
+            # TCP too: a resolver retries over TCP after a truncated UDP answer (RFC 7766)
+            if dport == 53 and proto in (PROTO_UDP, PROTO_TCP) and self._upstream:
                 host, port = self._upstream[0]
                 return Decision(Verdict.ALLOW, host, port)
             return Decision(Verdict.DENY, dst, dport, "dns address serves only DNS")
