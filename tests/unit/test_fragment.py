@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from wgslirp.net import ipv4
 from wgslirp.net.checksum import checksum
-from wgslirp.net.fragment import Reassembler, fragment
+from wgslirp.net.fragment import DATAGRAM_OVERHEAD, PIECE_OVERHEAD, Reassembler, fragment
 
 SRC = ipv4.addr_to_int("10.77.0.2")
 DST = ipv4.addr_to_int("198.51.100.7")
@@ -172,22 +172,23 @@ def test_timeout_is_configurable_and_per_datagram() -> None:
 
 
 def test_memory_bound_evicts_oldest() -> None:
-    r = Reassembler(max_bytes=3000)
+    r = Reassembler(max_bytes=4000)
     r.feed(frag(bytes(1600), 0, more=True, ident=1), 1620, 0.0)
     r.feed(frag(bytes(800), 0, more=True, ident=2), 820, 0.0)
-    assert r.pending_bytes == 1620 + 820
+    assert r.pending_bytes == 1620 + 820 + 2 * (PIECE_OVERHEAD + DATAGRAM_OVERHEAD)
     # Datagram 3 needs room: datagram 1, the oldest, goes.
     r.feed(frag(bytes(800), 0, more=True, ident=3), 820, 0.0)
     assert r.dropped_memory == 1 and r.pending_datagrams == 2
-    assert r.pending_bytes <= 3000
+    assert r.pending_bytes <= 4000
     out = r.feed(frag(b"end!", 800, more=False, ident=2), 24, 0.0)
     assert out is not None and len(out) == 20 + 804
     assert r.completed == 1
 
 
 def test_datagram_larger_than_the_bound_is_dropped() -> None:
-    r = Reassembler(max_bytes=2000)
+    r = Reassembler(max_bytes=2500)
     r.feed(frag(bytes(1600), 0, more=True, ident=9), 1620, 0.0)
+    assert r.pending_datagrams == 1
     assert r.feed(frag(bytes(1600), 1600, more=False, ident=9), 1620, 0.0) is None
     assert r.dropped_memory == 1 and r.pending_datagrams == 0 and r.pending_bytes == 0
 
@@ -313,3 +314,23 @@ def test_zero_length_last_fragment_completes() -> None:
     assert out is not None and out[20:] == b"abcdefgh"
     assert struct.unpack_from(">HH", out, 2)[0] == 28
     assert ipv4.header_valid(out, len(out))
+
+
+def test_a_flood_of_tiny_fragments_is_bounded_by_real_memory() -> None:
+    """8-byte pieces that never complete: what the reassembler really holds (measured with
+    tracemalloc) stays within the bound, not within a multiple of it."""
+    import tracemalloc
+
+    bound = 256 << 10
+    r = Reassembler(max_bytes=bound, max_datagrams=100_000)
+    pkts = [frag(bytes(8), 8 * (1 + k % 500), more=True, ident=k // 500) for k in range(15_000)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for p in pkts:
+            r.feed(p, len(p), 0.0)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert r.pending_bytes <= bound and r.dropped_memory > 0
+    assert held <= 1.25 * bound, held

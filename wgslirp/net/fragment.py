@@ -19,6 +19,11 @@ MAX_DATAGRAM: Final = 0xFFFF
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_BYTES: Final = 4 << 20
 DEFAULT_MAX_DATAGRAMS: Final = 1024
+# What holding one piece costs beyond its data (bytes object, list slots, two offsets) and
+# what a pending datagram costs before any data; charged so that a flood of 8-byte
+# fragments is bounded by real memory, not by payload bytes alone.
+PIECE_OVERHEAD: Final = 160
+DATAGRAM_OVERHEAD: Final = 256
 
 _U16 = struct.Struct(">H")
 
@@ -218,7 +223,11 @@ class Reassembler:
         if p is None:
             while len(self._pending) >= self.max_datagrams and self._evict_oldest(key):
                 pass
-            p = self._pending[key] = _Pending(deadline=now + self.timeout)
+            while self._bytes + DATAGRAM_OVERHEAD > self.max_bytes and self._evict_oldest(key):
+                pass
+            p = self._pending[key] = _Pending(deadline=now + self.timeout,
+                                              charged=DATAGRAM_OVERHEAD)
+            self._bytes += DATAGRAM_OVERHEAD
         return self._add(key, p, mv, ihl, start, end, more)
 
     def _add(
@@ -244,7 +253,7 @@ class Reassembler:
             self._discard(key)
             self.dropped_overlap += 1
             return None
-        cost = end - start + (ihl if start == 0 else 0)
+        cost = end - start + (ihl if start == 0 else 0) + PIECE_OVERHEAD
         while self._bytes + cost > self.max_bytes:
             if not self._evict_oldest(key):
                 self._discard(key)
