@@ -460,7 +460,8 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "EGRESS_ALLOW_CIDRS",
             "Comma-separated IPv4 CIDRs guests may reach even though the default policy "
-            "denies them (loopback, 0.0.0.0/8, link-local, multicast, broadcast).",
+            "denies them (loopback, 0.0.0.0/8, link-local, multicast, broadcast, and the "
+            "host's own addresses; those only by an entry narrower than 0.0.0.0/0).",
             group="Egress policy",
         ),
     ] = ()

@@ -64,7 +64,28 @@ def test_policy_guards_own_port_on_every_host_address() -> None:
     assert pol.decide(PROTO_UDP, addr_to_int("10.77.0.1"), 51820).verdict is Verdict.DENY
     # another host's WireGuard port stays reachable (nested tunnels are legitimate)
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.11"), 51820).verdict is Verdict.ALLOW
-    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 53).verdict is Verdict.ALLOW
+
+
+def test_host_own_addresses_are_denied_unless_explicitly_allowed() -> None:
+    """A flow to the host's LAN address would arrive on loopback, past the host firewall."""
+    from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
+    from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+    host, other = addr_to_int("192.0.2.10"), addr_to_int("192.0.2.11")
+    pol = EgressPolicy(gateway="10.77.0.1", local_addresses=frozenset({"192.0.2.10"}))
+    for proto, port in ((PROTO_TCP, 5432), (PROTO_UDP, 53), (PROTO_ICMP, 0)):
+        d = pol.decide(proto, host, port)
+        assert d.verdict is Verdict.DENY and d.reason == "host's own address"
+        assert pol.decide(proto, other, port).verdict is Verdict.ALLOW
+    # the gateway stays the door to host services
+    gw = pol.decide(PROTO_TCP, addr_to_int("10.77.0.1"), 5432)
+    assert (gw.verdict, gw.host) == (Verdict.ALLOW, addr_to_int("127.0.0.1"))
+    # "allow everything" does not open the host; naming its network does
+    wide = EgressPolicy(allow_cidrs=("0.0.0.0/0",), local_addresses=frozenset({"192.0.2.10"}))
+    assert wide.decide(PROTO_TCP, host, 5432).verdict is Verdict.DENY
+    lan = EgressPolicy(allow_cidrs=("192.0.2.0/24",),
+                       local_addresses=frozenset({"192.0.2.10"}))
+    assert lan.decide(PROTO_TCP, host, 5432).verdict is Verdict.ALLOW
 
 
 def test_dns_address_answers_udp_and_tcp_53_only() -> None:
@@ -98,12 +119,14 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     ref = LocalAddressRefresher(pol, 100.0, source, interval=10.0)
     new = addr_to_int("198.51.100.7")
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.ALLOW
+    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.ALLOW
     host.add("198.51.100.7")  # an address appears (DHCP, a new interface)
     assert ref.get_timer() == 110.0 and reads == []
     clock[0] = 110.0
     ref.handle_timer(110.0)
     assert reads == [110.0] and ref.get_timer() == 120.0
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
     host.discard("192.0.2.10")  # and one goes away: its port is no longer the router's
     clock[0] = 120.0
     ref.handle_timer(120.0)

@@ -1,10 +1,10 @@
 """Destination policy: where a guest may send, and what the virtual addresses stand for.
 
 A WireGuard peer is a remote party; by default it must not reach what only local users
-should: the host's loopback services, link-local cloud metadata, multicast/broadcast, and the
-router's own sockets. The gateway alias is the explicit, opt-in way to reach host loopback,
-and the DNS address the way to reach the host's resolvers. Decisions are pure: the worker
-asks once per new flow, not per packet.
+should: the host's loopback services, the services on the host's other addresses, link-local
+cloud metadata, multicast/broadcast, and the router's own sockets. The gateway alias is the
+explicit, opt-in way to reach host loopback, and the DNS address the way to reach the host's
+resolvers. Decisions are pure: the worker asks once per new flow, not per packet.
 """
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ class EgressPolicy:
         self._explicit_deny = AllowedIPs[bool]()
         for cidr in self.deny_cidrs:
             self._explicit_deny.insert(cidr, True)
+        # The host's own addresses are opened only by an allow entry narrower than /0:
+        # "allow everything" is not a decision to expose the host's own services.
+        self._host_allow = AllowedIPs[bool]()
+        for cidr in self.allow_cidrs:
+            if not cidr.endswith("/0"):
+                self._host_allow.insert(cidr, True)
 
     def decide(self, proto: int, dst: int, dport: int) -> Decision:
         if self._dns is not None and dst == self._dns:
@@ -92,8 +98,14 @@ class EgressPolicy:
             if self._explicit_deny.lookup(self._gateway_host):
                 return Decision(Verdict.DENY, dst, dport, "gateway host denied")
             return Decision(Verdict.ALLOW, self._gateway_host, dport)
-        if (proto, dport) in self.own_sockets and self._is_local(dst):
-            return Decision(Verdict.DENY, dst, dport, "router's own socket")
+        if self._is_local(dst):
+            # A flow to the host's own LAN/bridge/public address starts on the host and
+            # arrives on loopback, past the host firewall's rules for that interface: the
+            # gateway is the one explicit door to host services.
+            if (proto, dport) in self.own_sockets:
+                return Decision(Verdict.DENY, dst, dport, "router's own socket")
+            if not self._host_allow.lookup(dst):
+                return Decision(Verdict.DENY, dst, dport, "host's own address")
         if self._table.lookup(dst) is Verdict.DENY:
             return Decision(Verdict.DENY, dst, dport, "destination denied by policy")
         return Decision(Verdict.ALLOW, dst, dport)
