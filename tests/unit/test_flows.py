@@ -88,6 +88,16 @@ def test_host_own_addresses_are_denied_unless_explicitly_allowed() -> None:
     assert lan.decide(PROTO_TCP, host, 5432).verdict is Verdict.ALLOW
 
 
+def test_cloud_metadata_addresses_are_denied_by_default() -> None:
+    from wgslirp.net.ipv4 import PROTO_TCP, addr_to_int
+    from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+    pol = EgressPolicy()
+    for a in ("169.254.169.254", "168.63.129.16", "100.100.100.200"):
+        assert pol.decide(PROTO_TCP, addr_to_int(a), 80).verdict is Verdict.DENY, a
+    assert pol.decide(PROTO_TCP, addr_to_int("100.100.100.201"), 80).verdict is Verdict.ALLOW
+
+
 def test_dns_address_answers_udp_and_tcp_53_only() -> None:
     from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
     from wgslirp.slirp.policy import EgressPolicy, Verdict

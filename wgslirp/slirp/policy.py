@@ -22,6 +22,10 @@ DEFAULT_DENY: tuple[str, ...] = (
     "169.254.0.0/16",
     "224.0.0.0/4",
     "240.0.0.0/4",  # reserved, includes 255.255.255.255
+    # cloud metadata/platform endpoints outside 169.254/16: a peer must not read the host
+    # VM's identity or credentials through the router
+    "168.63.129.16/32",  # Azure WireServer
+    "100.100.100.200/32",  # Alibaba Cloud metadata
 )
 
 
