@@ -117,6 +117,9 @@ def test_ping_gateway_and_a_test_host_in_another_namespace(tmp_path: Path) -> No
             with router(base_env(tmp_path, port)) as r, \
                     client_from_router_output(r, port, allowed_ips=("10.0.0.0/8",)) as c:
                 assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
+                # a ping larger than the tunnel MTU: fragmented both ways
+                assert c.ping(GATEWAY, count=3, interval=0.05, size=3000) == (3, 3), \
+                    c.last_ping_output
                 assert c.ping(a(2), count=10, interval=0.05) == (10, 10), c.last_ping_output
                 counters = stop_and_counters(r)
         finally:

@@ -133,6 +133,7 @@ class Ingress:
         self.sock = sock
         self.address: tuple[str, int] = sock.getsockname()
         self.ttl = settings.ip_ttl
+        self.mtu = settings.mtu
         self._own = {ipv4.addr_to_int(a) for a in (settings.gateway_ip, settings.dns_ip) if a}
         self._rx = bytearray(MAX_DATAGRAM)
         self._plain = bytearray(MAX_DATAGRAM + 64)
@@ -340,10 +341,7 @@ class Ingress:
         of `writers[_last_shard]`."""
         dst = _DST.unpack_from(pkt, 16)[0]
         if dst in self._own and pkt[9] == ipv4.PROTO_ICMP:
-            k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
-            if k:
-                self.echo_replies += 1
-                self.send_packet(peer, self._reply, k, now)
+            self._answer_echo(peer, pkt, n, now)
             return
         target = self.device.route(dst)
         if target is not None and target is not peer and not self._excluded.lookup(dst):
@@ -368,6 +366,24 @@ class Ingress:
             self.big_writers[shard].push(pkt, n, peer.index)
         else:
             self.writers[shard].push(pkt, n, peer.index)
+
+    def _answer_echo(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
+        """Ping of the gateway/DNS address, answered here; a large ping arrives in
+        fragments (reassembled first) and its reply leaves in fragments of the tunnel MTU."""
+        if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return
+            pkt, n = memoryview(whole), len(whole)
+        k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
+        if not k:
+            return
+        self.echo_replies += 1
+        if k <= self.mtu:
+            self.send_packet(peer, self._reply, k, now)
+            return
+        for piece in fragment.fragment(self._reply, k, self.mtu) or ():
+            self.send_packet(peer, piece, len(piece), now)
 
     def close(self) -> None:
         """Flush and close the packet capture, if any (the loop has stopped)."""
