@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -236,3 +238,14 @@ def test_a_table_at_its_cap_does_not_scan_every_flow() -> None:
         t.add(Counted(("b", i), i % 4, 4000.0 + i), 4000.0 + i)
     assert len(t) == 4000 and t.evicted == 5000
     assert reads[0] < 5000 * 12, reads[0]  # a scan would read 4,000 per new flow
+
+
+def test_resolv_conf_keeps_ipv4_nameservers_and_skips_the_rest(tmp_path: Path) -> None:
+    from wgslirp.runtime.worker import read_resolv_conf
+
+    f = tmp_path / "resolv.conf"
+    f.write_text("# comment\nsearch example\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n"
+                 "nameserver not-an-address\nnameserver 300.1.1.1\nnameserver\n"
+                 "nameserver 198.51.100.53 # trailing\n")
+    assert read_resolv_conf(str(f)) == (("192.0.2.53", 53), ("198.51.100.53", 53))
+    assert read_resolv_conf(str(tmp_path / "missing")) == ()

@@ -7,6 +7,7 @@ ingress loop (PROCESSOR_WORKERS=0).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -27,8 +28,8 @@ from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")
 
-DRAIN_BUDGET = 512
-ERROR_LOG_INTERVAL = 10.0  # inbound packets per loop turn before sockets and timers get a turn
+DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
+ERROR_LOG_INTERVAL = 10.0  # seconds in which further per-packet errors are only counted
 
 
 def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
@@ -38,8 +39,11 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:
-                    out.append((parts[1], 53))
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    try:  # IPv6 and garbage are skipped, not fatal to the worker
+                        out.append((str(ipaddress.IPv4Address(parts[1])), 53))
+                    except ValueError:
+                        continue
     except OSError:
         pass
     return tuple(out)
