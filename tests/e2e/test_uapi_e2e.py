@@ -106,18 +106,45 @@ def test_wg_set_adds_a_peer_live_and_removing_it_cuts_it_off(
         wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32")
         assert set(dump(ifname).peers) == {c.public_key, second.public}
         with WgClient(second.private, server_pub, port, address="10.77.0.3/32",
-                      allowed_ips=("10.77.0.0/24",)) as c2:
+                      allowed_ips=("10.77.0.0/24",)) as c2, \
+                socket.create_server(("127.0.0.1", 0)) as lsn, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as usock:
             assert c2.ping(GATEWAY, count=5, interval=0.05) == (5, 5), c2.diagnostics()
             new = dump(ifname).peers[second.public]
             assert new.latest_handshake > 0 and new.rx_bytes > 0 and new.tx_bytes > 0
+            # the second peer holds a TCP connection and a UDP flow to host servers
+            usock.bind(("127.0.0.1", 0))
+            usock.settimeout(5)
+            lsn.settimeout(5)
+            holder = c2.popen(["python3", "-c", (
+                "import socket,time\n"
+                f"t=socket.create_connection(('{GATEWAY}',{lsn.getsockname()[1]}),timeout=5)\n"
+                "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                f"u.sendto(b'u',('{GATEWAY}',{usock.getsockname()[1]}))\n"
+                "t.sendall(b't'); time.sleep(30)\n")])
+            conn, _ = lsn.accept()
+            conn.settimeout(5)
+            assert conn.recv(1) == b"t"
+            assert usock.recvfrom(16)[0] == b"u"
             wg("set", ifname, "peer", second.public, "remove")
             assert set(dump(ifname).peers) == {c.public_key}
+            # its flows are closed at once: the host side sees the connection end
+            t0 = time.monotonic()
+            try:
+                ended = conn.recv(1) == b""
+            except ConnectionResetError:
+                ended = True
+            assert ended and time.monotonic() - t0 < 3
+            conn.close()
+            holder.kill()
+            holder.wait(5)
             assert c2.ping(GATEWAY, count=3, interval=0.2, wait=1) == (3, 0)
             # the first client never noticed
             assert c.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
         counters = stop_and_counters(r)
     # the cut-off client's packets named a session the router had dropped
     assert counters["unknown_index"] + counters["unknown_peer"] >= 1, counters
+    assert counters["peer_flows_closed"] == 2, counters  # its TCP connection and UDP flow
 
 
 def test_socket_lifecycle_stale_file_conflict_and_ingress_restart(

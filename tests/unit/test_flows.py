@@ -1,4 +1,4 @@
-"""Flow table caps, eviction order and idle expiry with a fake clock."""
+"""Flow tables (caps, eviction order, idle expiry with a fake clock) and the egress policy."""
 
 from __future__ import annotations
 

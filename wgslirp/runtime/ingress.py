@@ -146,6 +146,9 @@ class Ingress:
         self.big_writers = [BatchWriter(p) for p in (to_workers_big or [])]
         self.slot_size = self.writers[0].slot_size if self.writers else 0
         self.nworkers = len(self.writers)
+        # Peers removed whose "forget" message a full ring has not taken yet: (worker, peer)
+        self._forget: list[tuple[int, int]] = []
+        self.device.on_peer_removed.append(self._peer_removed)
         self._last_shard = 0
         self._timer: float | None = None
         self._timer_fresh_until = 0.0
@@ -335,6 +338,8 @@ class Ingress:
         for w in self.big_writers:
             w.flush()
         self._flush_outbox()
+        if self._forget:
+            self._send_forget()
 
     def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float, in_slot: bool) -> None:
         """Route one decrypted packet; `in_slot` says it already sits in the reserved slot
@@ -459,9 +464,27 @@ class Ingress:
             self._timer_fresh_until = now + TIMER_CACHE
         return self._timer
 
+    def _peer_removed(self, peer: Peer) -> None:
+        """A removed peer's flows must not hold host sockets (and flow-cap places) until
+        they idle out: every worker gets a zero-length message carrying the peer index.
+        Peer indices are never reused, so a late message cannot hit a newer peer."""
+        self._forget.extend((w, peer.index) for w in range(self.nworkers))
+        self._send_forget()
+
+    def _send_forget(self) -> None:
+        left = []
+        for w, index in self._forget:
+            if self.writers[w].push(memoryview(b""), 0, index):
+                self.writers[w].flush()
+            else:
+                left.append((w, index))
+        self._forget = left
+
     def handle_timer(self, now: float) -> None:
         self._timer_fresh_until = 0.0
         self.device.handle_timer(now)
+        if self._forget:
+            self._send_forget()
         self._flush_outbox()
         if self.device.events:
             self._log_events(self.device.events)

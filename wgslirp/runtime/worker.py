@@ -209,6 +209,9 @@ class Worker:
 
     def _dispatch(self, pkt: memoryview, peer: int) -> None:
         try:
+            if not pkt:  # ingress's "this peer is gone" message
+                self.forget_peer(peer)
+                return
             proto = pkt[9]
             if proto == PROTO_TCP:
                 self._tcp_in(peer, pkt, len(pkt), self._now)
@@ -225,6 +228,14 @@ class Worker:
                 log.exception("worker %d: error handling a guest packet (further errors "
                               "in the next %.0f s are only counted)", self.index,
                               ERROR_LOG_INTERVAL)
+
+    def forget_peer(self, peer: int) -> None:
+        """Close every flow of a removed peer: its host sockets, its places under the caps."""
+        n = self.tcp.forget_peer(peer) + self.udp.forget_peer(peer) + \
+            self.icmp.forget_peer(peer)
+        self.stats.peer_flows_closed += n
+        if n:
+            log.info("worker %d: closed %d flow(s) of removed peer %d", self.index, n, peer)
 
     def get_timer(self) -> float | None:
         a, b = self.udp.table.get_timer(), self.icmp.table.get_timer()

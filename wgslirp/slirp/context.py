@@ -53,6 +53,7 @@ class WorkerStats(Counters):
     not_handled: int
     socket_errors: int
     internal_errors: int
+    peer_flows_closed: int  # flows closed because their peer was removed (UAPI, reload)
 
 class BridgeContext:
     def __init__(

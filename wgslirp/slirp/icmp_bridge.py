@@ -255,6 +255,12 @@ class IcmpBridge:
         else:
             self._by_host_id.pop(flow.host_id, None)
 
+    def forget_peer(self, peer: int) -> int:
+        gone = self.table.remove_peer(peer)
+        for flow in gone:
+            self._close(flow)
+        return len(gone)
+
     def close(self) -> None:
         for flow in self.table.values():
             self.table.remove(flow)

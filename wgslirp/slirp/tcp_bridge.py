@@ -451,6 +451,14 @@ class TcpBridge:
         flow.handler = _no_handler  # break flow -> partial -> flow, so refcounting frees it
         self.stats.closed += 1
 
+    def forget_peer(self, peer: int) -> int:
+        """The peer is gone: abort its connections toward the host (RST), nothing to send
+        the guest."""
+        gone = [f for f in self.table.values() if f.peer == peer]
+        for flow in gone:
+            self._drop(flow, rst=True)
+        return len(gone)
+
     def close(self) -> None:
         for flow in self.table.values():
             self._drop(flow, rst=True)

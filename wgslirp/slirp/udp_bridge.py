@@ -211,6 +211,12 @@ class UdpBridge:
             self.ctx.selector.unregister(flow.sock)
         flow.sock.close()
 
+    def forget_peer(self, peer: int) -> int:
+        gone = self.table.remove_peer(peer)
+        for flow in gone:
+            self._close(flow)
+        return len(gone)
+
     def close(self) -> None:
         for flow in self.table.values():
             self.table.remove(flow)

@@ -168,6 +168,9 @@ class Device:
         self.cookies = CookieChecker(self.identity.public, random_bytes)
         self.limiter = SourceLimiter()
         self.under_load_rate = under_load_rate
+        # Called with each removed peer (UAPI, reload): the shell tells whoever holds state
+        # keyed by the peer (the workers' flows) to let go of it.
+        self.on_peer_removed: list[Callable[[Peer], None]] = []
         self._load_window_start = float("-inf")
         self._load_count = 0
         self._under_load_until = float("-inf")
@@ -209,6 +212,8 @@ class Device:
         del self.by_index[peer.index]
         self.allowed.remove_owner(peer)
         self._zero_peer(peer)
+        for hook in self.on_peer_removed:
+            hook(peer)
 
     def set_private_key(self, private_key: bytes) -> None:
         """Take a new static identity while running (UAPI `private_key=`).
