@@ -121,6 +121,10 @@ def test_ping_gateway_and_a_test_host_in_another_namespace(tmp_path: Path) -> No
                 assert c.ping(GATEWAY, count=3, interval=0.05, size=3000) == (3, 3), \
                     c.last_ping_output
                 assert c.ping(a(2), count=10, interval=0.05) == (10, 10), c.last_ping_output
+                # TTL 1: the router is one hop and says so from the gateway (traceroute)
+                ttl1 = c.run(["ping", "-n", "-c", "1", "-t", "1", "-W", "2", a(2)],
+                             check=False).stdout
+                assert f"From {GATEWAY}" in ttl1 and "Time to live exceeded" in ttl1, ttl1
                 counters = stop_and_counters(r)
         finally:
             subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)

@@ -135,6 +135,7 @@ class Ingress:
         self.ttl = settings.ip_ttl
         self.mtu = settings.mtu
         self._own = {ipv4.addr_to_int(a) for a in (settings.gateway_ip, settings.dns_ip) if a}
+        self._gateway = ipv4.addr_to_int(settings.gateway_ip) if settings.gateway_ip else None
         self._rx = bytearray(MAX_DATAGRAM)
         self._plain = bytearray(MAX_DATAGRAM + 64)
         self._tx = bytearray(MAX_DATAGRAM + 64)
@@ -162,6 +163,7 @@ class Ingress:
         self.peer_space_dropped = 0
         self.overlay_forwarded = 0
         self.overlay_ttl_expired = 0
+        self.ttl_expired = 0
         self._next_error_log = 0.0
         self.from_workers = from_workers
         self.reassembler = fragment.Reassembler()
@@ -348,6 +350,12 @@ class Ingress:
         if dst in self._own and pkt[9] == ipv4.PROTO_ICMP:
             self._answer_echo(peer, pkt, n, now)
             return
+        if pkt[8] <= 1 and dst not in self._own:
+            # One hop to anywhere beyond the router (its own addresses are not beyond it):
+            # a packet that may not be forwarded gets "time exceeded" from the gateway
+            # address, so traceroute shows the router.
+            self._ttl_expired(peer, pkt, n, now)
+            return
         target = self.device.route(dst)
         if target is not None and target is not peer and not self._excluded.lookup(dst):
             # Another peer's tunnel address: never the host network's business.
@@ -443,6 +451,15 @@ class Ingress:
                  updated)
         self._flush_outbox()
 
+    def _ttl_expired(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
+        self.ttl_expired += 1
+        if self._gateway is None:
+            return  # no address of ours to answer from
+        k = icmp.time_exceeded_into(self._reply, pkt, n, router_src=self._gateway,
+                                    ttl=self.ttl)
+        if k:
+            self.send_packet(peer, self._reply, k, now)
+
     def _overlay_forward(self, target: Peer, pkt: memoryview, n: int, now: float) -> None:
         """Peer to peer inside ingress (WG_OVERLAY_ROUTING): re-encrypt to the peer that
         owns the destination, as a router would: TTL decremented, expired packets dropped."""
@@ -519,6 +536,7 @@ class Ingress:
         out["peers"] = len(self.device.peers)
         out["overlay_forwarded"] = self.overlay_forwarded
         out["overlay_ttl_expired"] = self.overlay_ttl_expired
+        out["ttl_expired"] = self.ttl_expired
         out["peer_space_dropped"] = self.peer_space_dropped
         return out
 
@@ -532,7 +550,7 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     *DeviceStats.__annotations__,
     "datagrams_received", "internal_errors", "send_errors", "gateway_echo_replies",
     "ring_full_dropped", "fragments_reassembled_timeouts", "unknown_peer_index", "peers",
-    "overlay_forwarded", "overlay_ttl_expired", "peer_space_dropped",
+    "overlay_forwarded", "overlay_ttl_expired", "ttl_expired", "peer_space_dropped",
 )
 
 
