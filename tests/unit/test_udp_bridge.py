@@ -88,3 +88,24 @@ def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(
         bridge.on_readable(flow, 1.0)
     assert not sel.select(0)  # drained: the loop can sleep again
     assert calls <= 5 and bridge.ctx.stats.egress_full == 5 and eg.sent == []
+
+
+@pytest.mark.parametrize(("dst", "want_src"), [("127.0.0.1", "10.77.0.1"),
+                                               ("0.1.2.3", "10.77.0.1"),
+                                               ("240.0.0.9", "10.77.0.1"),
+                                               ("192.0.2.80", "192.0.2.80")])
+def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str) -> None:
+    """A denial of a loopback/zero/reserved destination is sent from the gateway: an ICMP
+    error with a martian source would be dropped by the guest's stack unseen."""
+    from wgslirp.net import icmp
+    from wgslirp.net.ipv4 import int_to_addr
+
+    eg = Egress(room=4)
+    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, gateway=GATEWAY)
+    buf = bytearray(2048)
+    n = udp.build_udp_into(buf, GUEST, addr_to_int(dst), 40000, 53, b"q")
+    ctx.send_unreachable(buf, n, icmp.ADMIN_PROHIBITED, 0)
+    (err,) = eg.sent
+    assert err[9] == 1 and err[20] == 3 and err[21] == icmp.ADMIN_PROHIBITED
+    assert int_to_addr(int.from_bytes(err[12:16], "big")) == want_src
+    assert int_to_addr(int.from_bytes(err[16:20], "big")) == "10.77.0.2"

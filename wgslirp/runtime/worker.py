@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
-from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
@@ -160,7 +160,9 @@ class Worker:
         n = max(1, nworkers)
         self.ctx = BridgeContext(self.egress, loop.selector, mtu=cfg.mtu, ttl=cfg.ip_ttl,
                                  copy_tos=cfg.copy_tos,
-                                 stats=self.stats, worker_index=index, nworkers=n)
+                                 stats=self.stats, worker_index=index, nworkers=n,
+                                 gateway=addr_to_int(cfg.gateway_ip) if cfg.gateway_ip
+                                 else None)
         policy = build_policy(cfg)
         self.udp = UdpBridge(self.ctx, policy, FlowTable[UdpFlow](
             cfg.udp.idle_timeout, _share(cfg.udp.max_flows, n),

@@ -67,8 +67,10 @@ class BridgeContext:
         stats: WorkerStats | None = None,
         worker_index: int = 0,
         nworkers: int = 1,
+        gateway: int | None = None,
     ) -> None:
         self.egress = egress
+        self.gateway = gateway  # source of errors about addresses no host could answer from
         self.selector = selector
         self.mtu = mtu
         self.ttl = ttl
@@ -118,6 +120,12 @@ class BridgeContext:
     def send_unreachable(self, original: bytes | bytearray | memoryview, length: int,
                          code: int, peer: int, router_src: int | None = None) -> None:
         """ICMP destination unreachable to the guest about one of its packets."""
+        if router_src is None and self.gateway is not None and length >= 20:
+            first = original[16]
+            if first == 0 or first == 127 or first >= 224:
+                # An error "from" 0.x, 127.x or a multicast/reserved address is a martian
+                # the guest's stack drops; the router's own address is the honest source.
+                router_src = self.gateway
         slot = self.egress.reserve()
         if slot is None:
             self.stats.egress_full += 1
