@@ -176,3 +176,28 @@ def test_socket_lifecycle_stale_file_conflict_and_ingress_restart(
         assert dump(ifname).listen_port == port
         stop_and_counters(r)
     assert not sock_path.exists()
+
+
+def test_run_time_changes_survive_an_ingress_restart(tmp_path: Path, ifname: str) -> None:
+    """wg set changes live in ingress; the supervisor keeps them, so a crashed ingress is
+    replaced by one with the peers as they were, not as they were at start."""
+    port = free_udp_port()
+    second, third = generate_keypair(), generate_keypair()
+    with router(uapi_env(tmp_path, port, ifname)) as r, client_from_router_output(r, port) as c:
+        wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32",
+           "persistent-keepalive", "15")
+        wg("set", ifname, "peer", third.public, "allowed-ips", "10.77.0.4/32")
+        wg("set", ifname, "peer", third.public, "remove")
+        r.wait_for_line(r"run-time configuration kept for restarts: 2 peer", timeout=5)
+        main = psutil.Process(r.pid)
+        ingress = next(p for p in main.children() if p.name() == "wgslirp-ingress")
+        mark = r.mark()
+        os.kill(ingress.pid, signal.SIGKILL)
+        r.wait_for_line(r"wg\(8\) interface .* at ", timeout=5, since=mark)
+        peers = dump(ifname).peers
+        assert set(peers) == {c.public_key, second.public}, peers
+        assert wg("show", ifname, "allowed-ips").stdout.count("10.77.0.3/32") == 1
+        assert "15" in wg("show", ifname, "persistent-keepalive").stdout
+        # and the original client reconnects to the new ingress
+        assert c.ping(GATEWAY, count=3, interval=0.2, wait=3)[1] >= 1, c.diagnostics()
+        stop_and_counters(r)

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from wgslirp.config import PeerConfig
 from wgslirp.keys import encode_key
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.net.flow import shard_of
@@ -183,6 +184,12 @@ class Ingress:
         # wg(8) talks to the Device here; the server closes itself when the loop stops
         self.uapi = UapiServer.start(settings.interface_name, self.device, loop,
                                      listen_port=self.address[1])
+        # Called after the peer set or key changed at run time (wg set, reload): the
+        # supervisor keeps the result so a restarted ingress does not revert to the
+        # configuration it was started with.
+        self.config_changed: list[Callable[[], None]] = []
+        if self.uapi is not None:
+            self.uapi.on_change.append(self._config_changed)
         # WG_PCAP: the code path is chosen here, once; without a capture nothing is wrapped.
         self.pcap = pcap = open_capture(settings.pcap_path)
         self._encrypt = self.device.encrypt if pcap is None else pcap.tap(self.device.encrypt)
@@ -450,6 +457,25 @@ class Ingress:
         log.info("reload: %d peer(s) added, %d removed, %d updated", added, len(removed),
                  updated)
         self._flush_outbox()
+        self._config_changed()
+
+    def _config_changed(self) -> None:
+        for hook in self.config_changed:
+            try:
+                hook()
+            except Exception:
+                log.exception("could not hand the changed configuration to the supervisor; "
+                              "a restart of this process would revert the change")
+
+    def effective_peers(self) -> tuple[PeerConfig, ...]:
+        """The peers as they are now (after wg set / reload), in configuration form."""
+        dev = self.device
+        return tuple(
+            PeerConfig(public_key=p.public_key,
+                       preshared_key=None if p.handshake.psk == bytes(32) else p.handshake.psk,
+                       allowed_ips=tuple(sorted(dev.allowed.prefixes_of(p))),
+                       endpoint=p.endpoint, keepalive=p.keepalive)
+            for p in dev.peers.values())
 
     def _ttl_expired(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
         self.ttl_expired += 1

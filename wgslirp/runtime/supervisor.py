@@ -16,9 +16,12 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import msgspec
 
 from wgslirp.config import Config
 from wgslirp.obs.http import HttpServer
@@ -122,6 +125,10 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     return 0
 
 
+_CFG_LEN = struct.Struct(">I")
+MAX_CFG_MESSAGE = 64 << 20  # a configuration with ~100k peers; anything larger is a bug
+
+
 class Supervisor:
     def __init__(self, cfg: Config, sock: socket.socket, icmp_mode: str | None,
                  reload: Callable[[], Config] | None = None) -> None:
@@ -149,6 +156,50 @@ class Supervisor:
                                log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
                                prober=_prober(cfg, start=False))
         self.http: HttpServer | None = None
+        # Ingress -> supervisor: the configuration after each run-time change (wg set,
+        # reload), length-prefixed msgpack, so a restarted ingress starts from it.
+        self._cfg_r, self._cfg_w = socket.socketpair()
+        self._cfg_r.setblocking(False)
+        self._cfg_w.settimeout(2.0)
+        self._cfg_buf = bytearray()
+
+    # ------------------------------------------------------- run-time config
+
+    def _send_config(self, ingress: Ingress) -> None:
+        """In ingress: hand the supervisor the configuration as it now is."""
+        cfg = msgspec.structs.replace(self.cfg, private_key=ingress.device.identity.private_bytes,
+                                      peers=ingress.effective_peers())
+        data = msgspec.msgpack.encode(cfg)
+        self._cfg_w.sendall(_CFG_LEN.pack(len(data)) + data)
+
+    def _on_config(self, _now: float, _mask: int) -> None:
+        """In the supervisor: keep the newest configuration ingress reported."""
+        buf = self._cfg_buf
+        for _ in range(64):
+            try:
+                chunk = self._cfg_r.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            buf += chunk
+        while len(buf) >= _CFG_LEN.size:
+            (n,) = _CFG_LEN.unpack_from(buf)
+            if n > MAX_CFG_MESSAGE:
+                log.error("run-time configuration message of %d bytes refused", n)
+                buf.clear()
+                return
+            if len(buf) < _CFG_LEN.size + n:
+                return
+            payload = bytes(buf[_CFG_LEN.size:_CFG_LEN.size + n])
+            del buf[:_CFG_LEN.size + n]
+            try:
+                self.cfg = msgspec.msgpack.decode(payload, type=Config)
+            except msgspec.DecodeError as exc:
+                log.error("run-time configuration from ingress unreadable: %s", exc)
+                continue
+            log.info("run-time configuration kept for restarts: %d peer(s)", len(self.cfg.peers))
+            self.sd.status(_status_line(self.cfg, self.plan.nworkers, self.restarts))
 
     # ------------------------------------------------------------- children
 
@@ -190,10 +241,12 @@ class Supervisor:
 
     def _ingress_body(self) -> int:
         loop = Loop()
+        self._cfg_r.close()
         ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
                           [r.consumer() for r in self.rings_out],
                           [r.producer() for r in self.rings_big], metrics=self.metrics,
                           reload=self.reload)
+        ingress.config_changed.append(lambda: self._send_config(ingress))
         loop.install_stop_signals()
         loop.on_signal(signal.SIGHUP, ingress.reload)
         loop.run()
@@ -206,6 +259,8 @@ class Supervisor:
     def _worker_body(self, k: int) -> Callable[[], int]:
         def body() -> int:
             self.sock.close()  # workers never touch the WireGuard socket
+            self._cfg_r.close()
+            self._cfg_w.close()
             loop = Loop()
             worker = Worker(self.cfg, k, self.plan.nworkers, self.rings_in[k].consumer(),
                             self.rings_out[k].producer(), loop, self.icmp_mode,
@@ -248,6 +303,7 @@ class Supervisor:
             self._start(f"worker {k}")
         sel = selectors.DefaultSelector()
         sel.register(r, selectors.EVENT_READ)
+        sel.register(self._cfg_r, selectors.EVENT_READ, self._on_config)
         self.http = _open_http(self.cfg, self.monitor, sel)
         if self.monitor.prober is not None:
             self.monitor.prober.start()  # after the forks: children never inherit the thread
@@ -296,6 +352,8 @@ class Supervisor:
             sel.close()
             r.close()
             w.close()
+            self._cfg_r.close()
+            self._cfg_w.close()
             for ring in (*self.rings_in, *self.rings_out, *self.rings_big):
                 ring.close()
             self.metrics.close()

@@ -26,6 +26,7 @@ import os
 import selectors
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from wgslirp.runtime.loop import Handler, Loop
@@ -78,6 +79,7 @@ class UapiServer:
         self.listen_port = listen_port
         self.clients: dict[int, _Client] = {}
         self.requests = 0
+        self.on_change: list[Callable[[], None]] = []  # after a set that changed something
         self.closed = False
         self._listener = _bind(path)
         st = os.stat(path)
@@ -240,6 +242,9 @@ class UapiServer:
             resp = uapi.Response(uapi.errno_line(errno.EIO), close=True)
         for line in resp.changes:
             log.info("wg(8): %s", line)
+        if resp.changes:
+            for hook in self.on_change:
+                hook()
         if resp.refused:
             log.warning("wg(8): set refused: %s", resp.refused)
         c.outbuf += resp.data
