@@ -1235,13 +1235,16 @@ def parse_wg_quick(text: str, source: str = "<string>") -> list[WgSection]:
             raise ConfigError(where, "setting before the first [Interface] or [Peer] section")
         key, sep, value = line.partition("=")
         if not sep:
-            raise ConfigError(where, f"expected 'Key = Value', got {line!r}")
+            # never echo the line: it may be a key with its "=" forgotten
+            raise ConfigError(where, f"expected 'Key = Value' after {_key_name(line)}")
         key, value = key.strip(), value.strip()
+        if not _KEY_NAME.fullmatch(key):  # "PrivateKey <base64>=": the "=" was the key's
+            raise ConfigError(where, f"expected 'Key = Value' after {_key_name(key)}")
         known = _INTERFACE_KEYS if kind == "Interface" else _PEER_KEYS
         canon = known.get(key.lower())
         if canon is None:
             raise ConfigError(
-                f"{source} [{label}] {key}",
+                f"{source} [{label}] {_key_name(key)}",
                 f"unknown key (expected one of {', '.join(known.values())})",
             )
         if canon not in _REPEATABLE and any(k == canon for k, _ in entries):
@@ -1249,6 +1252,16 @@ def parse_wg_quick(text: str, source: str = "<string>") -> list[WgSection]:
         entries.append((canon, value))
     close()
     return sections
+
+
+_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}", re.ASCII)
+
+
+def _key_name(text: str) -> str:
+    """The setting name a bad line starts with, for an error message; a secret pasted in
+    the wrong place ("PrivateKey: <base64>", "PrivateKey <base64>") must not be printed."""
+    first = text.strip().split(None, 1)[0].rstrip(":") if text.strip() else ""
+    return first if _KEY_NAME.fullmatch(first) else "a line that is not a setting"
 
 
 class _Source(NamedTuple):

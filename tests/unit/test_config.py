@@ -681,3 +681,16 @@ def test_module_main_check_exits_2_on_bad_config(
     monkeypatch.setenv("METRICS_INTERVAL", "0s")
     assert C.main(["--check"]) == 2
     assert "METRICS_INTERVAL: 0s must be greater than zero" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", [
+    "PrivateKey 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+    "PrivateKey: 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+    "2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+    "PrivateKey\t2PX21Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04",
+])
+def test_a_malformed_line_never_echoes_a_key(line: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_wg_quick(f"[Interface]\n{line}\n", "leak.conf")
+    assert "Fck2oPBHGbZ2IV3l8YQ" not in str(err.value)
+    assert "leak.conf:2" in str(err.value) and "Key = Value" in str(err.value)
