@@ -140,6 +140,31 @@ def test_file_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_an_existing_file_is_made_private_and_a_symlink_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wide.pcap"
+    path.write_bytes(b"")
+    path.chmod(0o666)
+    PcapWriter(str(path)).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious")
+    link = tmp_path / "link.pcap"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        PcapWriter(str(link), keep=0)  # keep=0: no rotation, the name is opened in place
+    assert target.read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a file another user owns")
+def test_a_file_owned_by_another_user_is_refused_and_left_intact(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.pcap"
+    path.write_bytes(b"their data")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(OSError, match="belongs to uid 65534"):
+        PcapWriter(str(path), keep=0)
+    assert path.read_bytes() == b"their data" and path.stat().st_uid == 65534
+
+
 def test_buffered_until_timer_or_threshold(tmp_path: Path) -> None:
     path = tmp_path / "b.pcap"
     w = PcapWriter(str(path), flush_interval=1.0, flush_bytes=4096)

@@ -31,8 +31,10 @@ Why it is shaped the way it is:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -201,8 +203,24 @@ class PcapWriter:
                     self._shift_old_files()
             except OSError:
                 pass  # nothing there yet
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        # Decrypted traffic: never through a symlink, never into a file someone else owns
+        # (it would keep that owner and mode), always mode 0600.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         self._fd = os.open(self.path, flags, 0o600)
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+            if st.st_uid != os.geteuid():
+                raise OSError(errno.EPERM, f"{self.path} belongs to uid {st.st_uid}, not to "
+                              "this process; refusing to write decrypted traffic into it")
+            os.fchmod(self._fd, 0o600)
+            os.ftruncate(self._fd, 0)  # only once the file is known to be ours
+            os.set_blocking(self._fd, True)
+        except OSError:
+            os.close(self._fd)
+            self._fd = -1
+            raise
         # The header goes out at once, so even a capture that saw nothing is a valid file.
         header = global_header(self.snaplen)
         try:
