@@ -642,6 +642,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             group="Packet processing",
         ),
     ] = 1024
+    hung_restart: Annotated[
+        float,
+        Meta(ge=0, le=3600),
+        _doc(
+            "PROCESSOR_HUNG_RESTART",
+            "How long ingress or a worker may go without turning its event loop (a "
+            "deadlock, SIGSTOP, a call that never returns) before the supervisor kills and "
+            "replaces it, as a duration; 0 disables. Ignored with PROCESSOR_WORKERS=0.",
+            group="Packet processing",
+        ),
+    ] = 20.0
     pooling: Annotated[
         bool,
         _doc(

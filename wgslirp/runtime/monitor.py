@@ -105,6 +105,20 @@ class Monitor:
                 problems.append(f"ring {w.name} not draining ({st.pending} waiting)")
         return not problems, problems
 
+    def hung(self, older_than: float) -> list[tuple[int, str]]:
+        """(pid, role) of running children whose loop has not published for `older_than`
+        seconds: alive but not serving, which no exit status would ever reveal."""
+        now_ns = time.monotonic_ns()
+        live = self.children()
+        sections = [("ingress", self.block.ingress)] + [
+            (f"worker {k}", s) for k, s in enumerate(self.block.workers[: self.block.nworkers])]
+        out = []
+        for role, sec in sections:
+            hb, pid = sec.heartbeat_ns, sec.pid
+            if hb and live.get(pid) == role and (now_ns - hb) / 1e9 > older_than:
+                out.append((pid, role))
+        return out
+
     def healthz(self) -> tuple[int, str, str]:
         ok, problems = self.health()
         return (200, "text/plain", "ok\n") if ok else (503, "text/plain",

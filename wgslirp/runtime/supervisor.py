@@ -311,6 +311,7 @@ class Supervisor:
                               ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
                               if role not in self.children.values()]
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
+        next_hang_check = 0.0
         try:
             while not self.stopping:
                 for key, mask in sel.select(0.1):
@@ -340,6 +341,9 @@ class Supervisor:
                         self.watchdog.restarted(now)
                         self.sd.status(_status_line(self.cfg, self.plan.nworkers,
                                                     self.restarts))
+                if now >= next_hang_check and self.cfg.hung_restart > 0:
+                    next_hang_check = now + min(1.0, self.cfg.hung_restart / 4)
+                    self._kill_hung()
                 self.watchdog.tick(now, healthy=not pending)
             self.sd.stopping("stopping")
             self._stop_children()
@@ -359,6 +363,18 @@ class Supervisor:
             self.metrics.close()
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0
+
+    def _kill_hung(self) -> None:
+        """A child whose loop stopped turning (a deadlock, a blocking call that never
+        returns, SIGSTOP) is killed so the restart logic replaces it."""
+        limit = self.cfg.hung_restart
+        for pid, role in self.monitor.hung(limit):
+            log.error("%s (pid %d) has not turned its loop for %g s (PROCESSOR_HUNG_RESTART); "
+                      "killing it so it is replaced", role, pid, limit)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _forward_hup(self) -> None:
         """SIGHUP re-reads the configuration; ingress owns the peers, so it does the work."""
