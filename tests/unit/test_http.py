@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -48,3 +49,45 @@ def test_routes_status_and_limits() -> None:
         stop.set()
         t.join(5)
         srv.close()
+
+
+def test_idle_connections_neither_lock_out_checks_nor_outlive_their_deadline() -> None:
+    """64 idle connections (a slow or hostile client) must not block /healthz; as a loop
+    timer (inline mode) the server drops idle connections at their deadline."""
+    from wgslirp.obs.http import CLIENT_TIMEOUT, MAX_CLIENTS
+
+    now = [1000.0]
+    loop = Loop(clock=lambda: now[0])
+    srv = HttpServer("127.0.0.1", 0, {"/healthz": lambda: (200, "text/plain", "ok\n")},
+                     loop.selector, loop.clock)
+    loop.timers.append(srv)
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(loop, stop), daemon=True)
+    t.start()
+    idle: list[socket.socket] = []
+    try:
+        idle += [socket.create_connection(srv.address, timeout=3) for _ in range(MAX_CLIENTS)]
+        for _ in range(300):
+            if len(srv.clients) == MAX_CLIENTS:
+                break
+            stop.wait(0.01)
+        assert len(srv.clients) == MAX_CLIENTS
+        assert http_get(*srv.address, "/healthz") == (200, "ok\n")
+        assert len(srv.clients) <= MAX_CLIENTS
+        assert srv.get_timer() == 1000.0 + CLIENT_TIMEOUT
+        now[0] += CLIENT_TIMEOUT + 0.1  # the loop's timers see the deadline pass
+        for _ in range(100):
+            if not srv.clients:
+                break
+            stop.wait(0.01)
+        assert srv.clients == {} and srv.get_timer() is None
+        idle[-1].settimeout(3)
+        assert idle[-1].recv(10) == b""  # closed by the server
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            socket.create_connection(srv.address, timeout=1).close()  # wake the loop
+        t.join(5)
+        srv.close()
+        for s in idle:
+            s.close()

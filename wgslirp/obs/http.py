@@ -44,7 +44,7 @@ class HttpServer:
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.lsock.bind((host, port))
-            self.lsock.listen(16)
+            self.lsock.listen(MAX_CLIENTS)
         except OSError:
             self.lsock.close()
             raise
@@ -63,8 +63,9 @@ class HttpServer:
             except OSError:
                 return
             if len(self.clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
+                # Full: the oldest connection goes, not the new one, so idle connections
+                # (a slow or hostile client) cannot lock out health checks.
+                self._close(next(iter(self.clients.values())))
             sock.setblocking(False)
             c = _Client(sock, self.clock() + CLIENT_TIMEOUT)
             self.clients[sock.fileno()] = c
@@ -118,6 +119,15 @@ class HttpServer:
         for c in list(self.clients.values()):
             if now >= c.deadline:
                 self._close(c)
+
+    # As a loop timer (inline mode): connections are dropped at their deadline.
+    def get_timer(self) -> float | None:
+        for c in self.clients.values():
+            return c.deadline  # insertion order is deadline order
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        self.expire(now)
 
     def _close(self, c: _Client) -> None:
         self.clients.pop(c.sock.fileno(), None)

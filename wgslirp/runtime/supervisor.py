@@ -99,6 +99,8 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
                           expected_roles=(), prober=prober)
         loop.timers.append(monitor)
         http = _open_http(cfg, monitor, loop.selector)
+        if http is not None:
+            loop.timers.append(http)
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
         loop.on_signal(signal.SIGHUP, ingress.reload)
