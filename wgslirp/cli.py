@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         return supervisor.run(cfg, lambda address: _announce(cfg, address),
                               reload=lambda: _load(args, embedded=True))
     except supervisor.ListenError as exc:
-        print(f"wgslirp: {exc} (WG_LISTEN_ADDR/WG_LISTEN_PORT)", file=sys.stderr)
+        print(f"wgslirp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. /dev/shm too small for the rings
         print(f"wgslirp: cannot start: {exc}", file=sys.stderr)

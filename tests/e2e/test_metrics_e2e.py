@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -109,3 +111,22 @@ def test_healthcheck_probes_feed_readiness_and_metrics(tmp_path: Path) -> None:
     finally:
         web.shutdown()
         web.server_close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_taken_metrics_port_fails_the_start_cleanly(tmp_path: Path, workers: int) -> None:
+    """Listeners open before anything is announced: exit 1 naming METRICS_LISTEN, no client
+    config printed, no child started, no wg(8) socket left behind."""
+    ifname = f"wgm{os.getpid() % 100000}{workers}"
+    sock_file = Path("/var/run/wireguard") / f"{ifname}.sock"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        env = base_env(tmp_path, free_udp_port(), workers) | {
+            "METRICS_LISTEN": f"127.0.0.1:{taken.getsockname()[1]}",
+            "WG_INTERFACE_NAME": ifname, "PATH": "/usr/bin"}
+        res = subprocess.run([sys.executable, "-m", "wgslirp"], env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
+    assert "METRICS_LISTEN" in res.stderr and "WG_LISTEN_PORT" not in res.stderr, res.stderr
+    assert "[Interface]" not in res.stdout and "listening on" not in res.stderr, res
+    assert "restarting" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not sock_file.exists()

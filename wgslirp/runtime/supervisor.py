@@ -87,20 +87,24 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     loop = Loop()
     http: HttpServer | None = None
     monitor: Monitor | None = None
+    ingress: Ingress | None = None
     try:
+        monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
+                          log_format=cfg.metrics.format,
+                          log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
+                          expected_roles=(), prober=_prober(cfg, start=False))
+        # Every listener is opened before anything is announced or created on disk, so a
+        # taken port fails the start cleanly (no client config printed, no UAPI socket).
+        http = _open_http(cfg, monitor, loop.selector)
+        if http is not None:
+            loop.timers.append(http)
+        loop.timers.append(monitor)
         ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
                           [rbig.producer()], metrics=metrics, reload=reload)
         worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
                         rbig.consumer(), metrics=metrics)
-        prober = _prober(cfg)
-        monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
-                          log_format=cfg.metrics.format,
-                          log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-                          expected_roles=(), prober=prober)
-        loop.timers.append(monitor)
-        http = _open_http(cfg, monitor, loop.selector)
-        if http is not None:
-            loop.timers.append(http)
+        if monitor.prober is not None:
+            monitor.prober.start()
         loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
                                                      signal.Signals(s).name))
         loop.on_signal(signal.SIGHUP, ingress.reload)
@@ -116,6 +120,8 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
         _counters_line("worker 0", worker.counters())
         _totals_line(ingress.stats() | worker.counters())
     finally:
+        if ingress is not None and ingress.uapi is not None:
+            ingress.uapi.close()  # the loop closes it when it stops; also if it never ran
         if http is not None:
             http.close()
         if monitor is not None and monitor.prober is not None:
@@ -157,7 +163,10 @@ class Supervisor:
                                lambda: self.restarts, log_format=cfg.metrics.format,
                                log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
                                prober=_prober(cfg, start=False))
-        self.http: HttpServer | None = None
+        # Opened before any child exists or anything is announced: a taken port fails the
+        # start cleanly. Children close their copies right after the fork.
+        self._sel = selectors.DefaultSelector()
+        self.http: HttpServer | None = _open_http(cfg, self.monitor, self._sel)
         # Ingress -> supervisor: the configuration after each run-time change (wg set,
         # reload), length-prefixed msgpack, so a restarted ingress starts from it.
         self._cfg_r, self._cfg_w = socket.socketpair()
@@ -229,6 +238,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 if self.http is not None:  # the metrics listener is the supervisor's
                     self.http.lsock.close()
+                self._sel.close()
                 die_with_parent(parent)
                 set_process_name(f"wgslirp-{role.replace('worker ', 'w')}")
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -303,10 +313,9 @@ class Supervisor:
         self._start("ingress")
         for k in range(self.plan.nworkers):
             self._start(f"worker {k}")
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         sel.register(r, selectors.EVENT_READ)
         sel.register(self._cfg_r, selectors.EVENT_READ, self._on_config)
-        self.http = _open_http(self.cfg, self.monitor, sel)
         if self.monitor.prober is not None:
             self.monitor.prober.start()  # after the forks: children never inherit the thread
         pending: list[str] = [role for role in
@@ -477,7 +486,7 @@ def _open_http(cfg: Config, monitor: Monitor, sel: selectors.BaseSelector) -> Ht
         srv = HttpServer(host, port, {"/metrics": monitor.metrics, "/healthz": monitor.healthz,
                                       "/readyz": monitor.readyz}, sel)
     except OSError as exc:
-        raise ListenError(host, port, f"{exc.strerror} (METRICS_LISTEN)") from exc
+        raise ListenError(host, port, exc.strerror or str(exc), "METRICS_LISTEN") from exc
     log.info("metrics and health on http://%s:%d/metrics", *srv.address)
     return srv
 
@@ -495,6 +504,7 @@ def _raise_fd_limit() -> None:
 
 
 class ListenError(Exception):
-    def __init__(self, addr: str, port: int, reason: str) -> None:
-        super().__init__(f"cannot listen on {addr}:{port}: {reason}")
-        self.addr, self.port, self.reason = addr, port, reason
+    def __init__(self, addr: str, port: int, reason: str,
+                 setting: str = "WG_LISTEN_ADDR/WG_LISTEN_PORT") -> None:
+        super().__init__(f"cannot listen on {addr}:{port}: {reason} ({setting})")
+        self.addr, self.port, self.reason, self.setting = addr, port, reason, setting
