@@ -123,8 +123,14 @@ def _announce(cfg: Config, address: tuple[str, int]) -> None:
     assert cfg.private_key is not None
     client_key = read_client_private_key(cfg)
     if client_key is not None:
-        sys.stdout.write("# wgslirp client configuration (also: `wgslirp client-config`)\n")
-        sys.stdout.write(client_config_text(cfg, client_key))
-        sys.stdout.flush()
+        try:
+            sys.stdout.write("# wgslirp client configuration (also: `wgslirp client-config`)\n")
+            sys.stdout.write(client_config_text(cfg, client_key))
+            sys.stdout.flush()
+        except (OSError, AttributeError, ValueError) as exc:
+            # stdout closed or a broken pipe (`wgslirp | true`): the router still serves
+            log.warning("could not print the client configuration (%s); `wgslirp "
+                        "client-config` prints it", exc)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     log.info("listening on %s:%d, public key %s, %d peer(s)", address[0], address[1],
              encode_key(public_key(cfg.private_key)), len(cfg.peers))

@@ -115,3 +115,43 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         s.close()
     assert r.returncode == 1
     assert "WG_LISTEN_PORT" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("stdout", ["closed", "broken pipe"])
+def test_serves_even_when_stdout_cannot_take_the_client_config(tmp_path: Path,
+                                                               stdout: str) -> None:
+    import os
+    import signal
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WG_LISTEN_ADDR": "127.0.0.1",
+           "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0",
+           "WGSLIRP_STATE_DIR": str(tmp_path / "state")}
+    r_fd, w_fd = os.pipe()
+    if stdout == "broken pipe":
+        os.close(r_fd)  # nobody will ever read: writes fail with EPIPE
+    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=env, stderr=subprocess.PIPE,
+                         stdout=w_fd if stdout == "broken pipe" else None, text=True,
+                         preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None)
+    os.close(w_fd)
+    if stdout == "closed":
+        os.close(r_fd)
+    try:
+        assert p.stderr is not None
+        seen = ""
+        for _ in range(200):
+            line = p.stderr.readline()
+            seen += line
+            if "listening on" in line or not line:
+                break
+        assert "could not print the client configuration" in seen, seen
+        assert "listening on 127.0.0.1" in seen and "Traceback" not in seen, seen
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
