@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from wgslirp import __version__
-from wgslirp.config import Config, ConfigError, load_config, redacted
+from wgslirp.config import Config, ConfigError, load_config, parse_setting, redacted
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 from wgslirp.obs.logs import setup_logging
 
@@ -72,21 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(client_config_text(cfg, read_client_private_key(cfg)), end="")
             return 0
         if cmd == "healthcheck":
-            return _healthcheck(_load(args, embedded=False))
+            return _healthcheck(parse_setting(os.environ, "METRICS_LISTEN"))
         return _run(args)
     except ConfigError as err:
         print(f"wgslirp: configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
 
-def _healthcheck(cfg: Config) -> int:
+def _healthcheck(listen: tuple[str, int] | None) -> int:
     from wgslirp.obs.http import http_get
 
-    if cfg.metrics.listen is None:
+    if listen is None:
         print("wgslirp: healthcheck needs METRICS_LISTEN (the router serves /healthz there)",
               file=sys.stderr)
         return 1
-    host, port = cfg.metrics.listen
+    host, port = listen
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     try:

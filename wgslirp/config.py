@@ -1154,6 +1154,17 @@ def _parse(f: _Field, raw: str, setting: str, resolve: Callable[[str], str]) -> 
         raise ConfigError(setting, str(e)) from None
 
 
+def parse_setting(env: Mapping[str, str], name: str) -> Any:
+    """One setting from the environment, parsed and validated alone (None when unset), for
+    commands that need nothing else: `wgslirp healthcheck` must not fail, or resolve peer
+    host names, because of settings it does not use."""
+    f = next((f for f in _CONFIG_FIELDS if f.env == name), None)
+    if f is None:
+        raise KeyError(name)
+    raw = env.get(name, "").strip()
+    return _parse(f, raw, name, resolve_ipv4) if raw else None
+
+
 # --------------------------------------------------------------------------
 # wg-quick files
 

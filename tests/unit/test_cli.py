@@ -155,3 +155,28 @@ def test_serves_even_when_stdout_cannot_take_the_client_config(tmp_path: Path,
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_healthcheck_reads_only_metrics_listen(tmp_path: Path) -> None:
+    """Settings healthcheck does not use cannot fail it (an unresolvable peer host name)."""
+    import socket
+    import threading
+
+    env = {"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": encode_key(public_key(bytes(31) + b"\x01")),
+           "WG_PEER_0_ENDPOINT": "peer.invalid:51820"}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+
+        def answer_garbage() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/garbage")
+
+        t = threading.Thread(target=answer_garbage, daemon=True)
+        t.start()
+        r = run(["healthcheck"], env=env | {"METRICS_LISTEN": f"127.0.0.1:{port}"}, tmp=tmp_path)
+        t.join(5)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    bad = run(["healthcheck"], env={"METRICS_LISTEN": "127.0.0.1:99999"}, tmp=tmp_path)
+    assert bad.returncode == 2 and "METRICS_LISTEN" in bad.stderr

@@ -16,6 +16,7 @@ from collections.abc import Callable
 MAX_REQUEST = 8192
 CLIENT_TIMEOUT = 5.0
 MAX_CLIENTS = 64
+MAX_RESPONSE = 8 << 20  # what http_get reads at most
 
 Route = Callable[[], tuple[int, str, str]]  # -> (status, content type, body)
 
@@ -160,13 +161,18 @@ def http_get(host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         chunks = []
+        size = 0
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and size < MAX_RESPONSE:
             data = s.recv(65536)
             if not data:
                 break
             chunks.append(data)
+            size += len(data)
     raw = b"".join(chunks)
     head, _, body = raw.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    try:  # whatever answered may not speak HTTP: status 0, never a traceback
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    except (IndexError, ValueError):
+        status = 0
     return status, body.decode("utf-8", "replace")
