@@ -10,11 +10,19 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from wgslirp import __version__
-from wgslirp.config import Config, ConfigError, load_config, parse_setting, redacted
+from wgslirp.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_setting,
+    redacted,
+    unknown_variables,
+)
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 from wgslirp.obs.logs import setup_logging
 
@@ -32,11 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="FILE",
                    help="wg-quick style config file; environment variables override it")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the router in the foreground (default)")
+    # --config is accepted after the subcommand too (`wgslirp run --config f`)
+    cfg_opt = argparse.ArgumentParser(add_help=False)
+    cfg_opt.add_argument("--config", "-c", metavar="FILE", dest="sub_config",
+                         help="wg-quick style config file; environment variables override it")
+    sub.add_parser("run", parents=[cfg_opt], help="run the router in the foreground (default)")
     sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
-    sub.add_parser("check-config", help="print the effective configuration, keys redacted")
-    sub.add_parser("client-config", help="print a wg-quick config for the default client")
+    sub.add_parser("check-config", parents=[cfg_opt],
+                   help="print the effective configuration, keys redacted")
+    sub.add_parser("client-config", parents=[cfg_opt],
+                   help="print a wg-quick config for the default client")
     sub.add_parser("healthcheck", help="exit 0 if the running router reports healthy "
                    "(asks /healthz on METRICS_LISTEN; for Docker's HEALTHCHECK)")
     return p
@@ -52,7 +66,12 @@ def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the router installs its handlers: a SIGHUP (reload) must not kill a starting
+    # router, and Ctrl-C during start-up ends it quietly (see the KeyboardInterrupt below).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = _parser().parse_args(argv)
+    if getattr(args, "sub_config", None):
+        args.config = args.sub_config
     cmd = args.command or "run"
     try:
         if cmd == "genkey":
@@ -77,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"wgslirp: configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C before the router's own handlers are installed
+        return 130
 
 
 def _healthcheck(listen: tuple[str, int] | None) -> int:
@@ -106,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect")
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        log.warning("ignoring unknown setting(s) %s: a typo? (see `wgslirp check-config` "
+                    "and docs/configuration.md)", ", ".join(unknown))
     try:
         return supervisor.run(cfg, lambda address: _announce(cfg, address),
                               reload=lambda: _load(args, embedded=True))

@@ -180,3 +180,44 @@ def test_healthcheck_reads_only_metrics_listen(tmp_path: Path) -> None:
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     bad = run(["healthcheck"], env={"METRICS_LISTEN": "127.0.0.1:99999"}, tmp=tmp_path)
     assert bad.returncode == 2 and "METRICS_LISTEN" in bad.stderr
+
+
+def test_config_option_after_the_subcommand_and_typo_warning(tmp_path: Path) -> None:
+    conf = tmp_path / "wg0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {encode_key(generate_private_key())}\n"
+                    "ListenPort = 40123\n")
+    before = run(["--config", str(conf), "check-config"], tmp=tmp_path)
+    after = run(["check-config", "--config", str(conf)], tmp=tmp_path)
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert before.stdout == after.stdout and '"listen_port": 40123' in after.stdout
+
+
+def test_unknown_settings_are_named_at_start(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WG_LISTEN_ADDR": "127.0.0.1",
+           "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0", "WG_LISTEN_PROT": "51820",
+           "WGSLIRP_STATE_DIR": str(tmp_path / "state")}
+    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=env, stderr=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stderr is not None
+        seen = ""
+        for _ in range(200):
+            line = p.stderr.readline()
+            seen += line
+            if "listening on" in line or not line:
+                break
+        assert "unknown setting(s) WG_LISTEN_PROT" in seen, seen
+        os.kill(p.pid, signal.SIGHUP)  # a reload signal is harmless at any time
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
