@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -184,11 +185,11 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = False
     interval: Annotated[
         float,
-        Meta(gt=0),
+        Meta(ge=0.1),
         _doc(
             "METRICS_INTERVAL",
-            "Time between metrics log lines, as a Go duration (15s, 1m30s, 500ms). Must be "
-            "greater than zero.",
+            "Time between metrics log lines, as a Go duration (15s, 1m30s, 500ms). At least "
+            "100ms (0s, which crashes the original, is refused).",
             group="Metrics",
         ),
     ] = 30.0
@@ -860,8 +861,10 @@ _BY_ENV = {f.env: f for f in _CONFIG_FIELDS}
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_INT_RE = re.compile(r"[+-]?\d+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+MAX_DURATION = 365 * 86400.0  # no setting wants longer; beyond it is a typo (or "inf")
+MAX_CONFIG_FILE = 4 << 20
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: "٥١٨٢٠" is not a port
+_DURATION_PART = re.compile(r"([0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -909,6 +912,8 @@ def parse_duration(raw: str) -> float:
             raise ValueError(f"{raw!r} is not a duration (examples: 15s, 1m30s, 500ms, 2h)")
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
+    if not math.isfinite(total) or total > MAX_DURATION:
+        raise ValueError(f"{raw!r} is longer than {MAX_DURATION / 86400:.0f} days")
     return total
 
 
@@ -1044,8 +1049,8 @@ _IFNAME_BAD = re.compile(r"[/:\s]")
 
 
 def _parse_ifname(raw: str) -> str:
-    if len(raw) > 15:
-        raise ValueError(f"{raw!r} is longer than 15 characters")
+    if len(raw.encode()) > 15:  # the kernel's IFNAMSIZ counts bytes
+        raise ValueError(f"{raw!r} is longer than 15 bytes")
     if raw in (".", "..") or _IFNAME_BAD.search(raw):
         raise ValueError(f"{raw!r} is not a valid interface name (no '/', ':' or spaces)")
     return raw
@@ -1059,6 +1064,8 @@ def _parse_url(raw: str) -> str:
 
 
 def _check_range(value: int | float, raw: str, f: _Field) -> None:
+    if f.kind == "duration" and f.ge is not None and value < f.ge:
+        raise ValueError(f"{raw} is shorter than the minimum {format_duration(f.ge)}")
     if f.gt is not None and not value > f.gt:
         raise ValueError(f"{raw} must be greater than {f.gt or 'zero'}")
     if f.ge is not None and f.le is not None:
@@ -1311,8 +1318,12 @@ def _load_file(
     path: str, resolve: Callable[[str], str]
 ) -> tuple[dict[str, _Source], list[tuple[PeerConfig, str]]]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # utf-8-sig: an editor's byte-order mark is not a setting. Bounded: a config is
+        # kilobytes, and --config /dev/zero must end with an error, not fill memory.
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read(MAX_CONFIG_FILE + 1)
+        if len(text) > MAX_CONFIG_FILE:
+            raise ConfigError(path, f"config file larger than {MAX_CONFIG_FILE >> 20} MiB")
     except OSError as e:
         raise ConfigError(path, f"cannot read config file: {e.strerror or e}") from None
     except UnicodeDecodeError:

@@ -376,7 +376,7 @@ def test_bad_value_names_the_variable(env: dict[str, str], setting: str) -> None
 
 
 def test_metrics_interval_zero_message() -> None:
-    assert str(err({"METRICS_INTERVAL": "0s"})) == "METRICS_INTERVAL: 0s must be greater than zero"
+    assert str(err({"METRICS_INTERVAL": "0s"})) == "METRICS_INTERVAL: 0s is shorter than the minimum 100ms"
 
 
 def test_ip_ttl_message_shows_range() -> None:
@@ -682,7 +682,7 @@ def test_module_main_check_exits_2_on_bad_config(
 ) -> None:
     monkeypatch.setenv("METRICS_INTERVAL", "0s")
     assert C.main(["--check"]) == 2
-    assert "METRICS_INTERVAL: 0s must be greater than zero" in capsys.readouterr().err
+    assert "METRICS_INTERVAL: 0s is shorter than the minimum 100ms" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("line", [
@@ -696,3 +696,25 @@ def test_a_malformed_line_never_echoes_a_key(line: str) -> None:
         parse_wg_quick(f"[Interface]\n{line}\n", "leak.conf")
     assert "Fck2oPBHGbZ2IV3l8YQ" not in str(err.value)
     assert "leak.conf:2" in str(err.value) and "Key = Value" in str(err.value)
+
+
+@pytest.mark.parametrize(("env", "setting"), [
+    ({"WG_LISTEN_PORT": "\uff19\uff19"}, "WG_LISTEN_PORT"),  # fullwidth digits
+    ({"WG_LISTEN_PORT": "\u0665\u0661\u0668\u0662\u0660"}, "WG_LISTEN_PORT"),  # Arabic-Indic
+    ({"WG_LISTEN_PORT": "9" * 5000}, "WG_LISTEN_PORT"),
+    ({"METRICS_INTERVAL": "9" * 400 + "s"}, "METRICS_INTERVAL"),
+    ({"METRICS_INTERVAL": "1ns"}, "METRICS_INTERVAL"),
+    ({"WG_INTERFACE_NAME": "\u00e4" * 8}, "WG_INTERFACE_NAME"),  # 8 chars, 16 bytes
+])
+def test_odd_values_are_refused_naming_the_setting(env: dict[str, str], setting: str) -> None:
+    e = err(env)
+    assert str(e).startswith(f"{setting}:") and "set_int_max_str_digits" not in str(e)
+
+
+def test_config_file_with_a_bom_and_an_endless_file(tmp_path: Path) -> None:
+    key = encode_key(generate_private_key())
+    bom = tmp_path / "bom.conf"
+    bom.write_bytes(b"\xef\xbb\xbf" + f"[Interface]\nPrivateKey = {key}\n".encode())
+    assert load({}, str(bom)).private_key is not None
+    with pytest.raises(ConfigError, match="larger than"):
+        load({}, "/dev/zero")
