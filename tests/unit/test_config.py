@@ -376,7 +376,8 @@ def test_bad_value_names_the_variable(env: dict[str, str], setting: str) -> None
 
 
 def test_metrics_interval_zero_message() -> None:
-    assert str(err({"METRICS_INTERVAL": "0s"})) == "METRICS_INTERVAL: 0s is shorter than the minimum 100ms"
+    assert str(err({"METRICS_INTERVAL": "0s"})) == \
+        "METRICS_INTERVAL: 0s is shorter than the minimum 100ms"
 
 
 def test_ip_ttl_message_shows_range() -> None:
