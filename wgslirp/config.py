@@ -1161,6 +1161,22 @@ def _parse(f: _Field, raw: str, setting: str, resolve: Callable[[str], str]) -> 
         raise ConfigError(setting, str(e)) from None
 
 
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """Names of the settings whose values differ (peers and the private key aside), for a
+    reload to say which changes wait for a restart."""
+    out = []
+    for f in _CONFIG_FIELDS:
+        if f.path[0] in ("peers", "private_key"):
+            continue
+        a: Any = old
+        b: Any = new
+        for part in f.path:
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            out.append(f.env)
+    return out
+
+
 def parse_setting(env: Mapping[str, str], name: str) -> Any:
     """One setting from the environment, parsed and validated alone (None when unset), for
     commands that need nothing else: `wgslirp healthcheck` must not fail, or resolve peer

@@ -54,4 +54,11 @@ def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
             r.wait_for_line(r"reload: 0 peer\(s\) added, 1 removed", timeout=5, since=mark)
             assert a.ping(GATEWAY, count=3, interval=0.1, wait=1) == (3, 0)
             assert b.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+            # a setting that needs a restart is named, not silently ignored
+            write_conf(conf, server.private, port + 1, [(kb.public, "10.77.0.3/32")])
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            r.wait_for_line(r"reload: WG_LISTEN_PORT changed; that takes effect only after "
+                            r"a restart", timeout=5, since=mark)
+            assert b.ping(GATEWAY, count=3, interval=0.05) == (3, 3)  # still on the old port
         stop_and_counters(r)

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from wgslirp.config import PeerConfig
+from wgslirp.config import Config, PeerConfig, changed_settings
 from wgslirp.keys import encode_key
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.net.flow import shard_of
@@ -155,6 +155,7 @@ class Ingress:
         self._timer: float | None = None
         self._timer_fresh_until = 0.0
         self._reload = reload
+        self._started_with = settings  # what reload compares restart-only settings against
         self.overlay = settings.overlay_routing
         # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
         # though a peer's AllowedIPs cover them.
@@ -420,6 +421,11 @@ class Ingress:
         except Exception as exc:  # ConfigError and friends: keep running on the old config
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        if isinstance(new, Config) and isinstance(self._started_with, Config):
+            waiting = changed_settings(self._started_with, new)
+            if waiting:
+                log.warning("reload: %s changed; that takes effect only after a restart "
+                            "(peers and the private key were applied)", ", ".join(waiting))
         dev = self.device
         if new.private_key is not None and new.private_key != dev.identity.private_bytes:
             dev.set_private_key(new.private_key)
