@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
 import stat
@@ -39,6 +40,7 @@ CLIENT_KEY_FILE = "client.key"
 EMBEDDED_CLIENT_ADDRESS = "10.77.0.2/32"
 EMBEDDED_GATEWAY_IP = "10.77.0.1"
 _SETTING = "WGSLIRP_STATE_DIR"
+log = logging.getLogger("wgslirp.state")
 
 
 def _ensure_dir(path: str) -> None:
@@ -48,6 +50,15 @@ def _ensure_dir(path: str) -> None:
         raise ConfigError(_SETTING, f"cannot create {path}: {e.strerror or e}") from None
     if not os.path.isdir(path):
         raise ConfigError(_SETTING, f"{path} is not a directory")
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        # It holds private keys: an existing directory others can list or write into is
+        # tightened, as a fresh one would have been created.
+        os.chmod(path, 0o700)
+        log.warning("%s: state directory was mode %o; set to 0700", path, st.st_mode & 0o777)
+    elif st.st_mode & 0o022:
+        raise ConfigError(_SETTING, f"{path} is writable by others and not ours to fix "
+                          f"(owner uid {st.st_uid}); keys there could be swapped")
 
 
 def _read_key(path: str) -> bytes | None:
