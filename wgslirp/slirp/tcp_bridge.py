@@ -44,6 +44,8 @@ _PORTS = struct.Struct(">HH")
 READ_RESUME_FRACTION = 4  # resume reading the host once a quarter of the send buffer is free
 RECV_CHUNK = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
+STRAY_RST_INTERVAL = 0.2  # seconds between RSTs answering stray segments of one tuple
+STRAY_RST_MEMORY = 4096  # tuples remembered for that (oldest forgotten first)
 
 TcpKey = tuple[int, int, int, int, int]
 
@@ -112,6 +114,8 @@ class TcpBridge:
         self._seq = itertools.count()
         self._dirty: dict[Hashable, TcpFlow] = {}
         self._rst = bytearray(128)
+        # flow key -> time before which no further RST answers a stray segment of it
+        self._stray_rst: dict[Hashable, float] = {}
         self.stats = TcpBridgeStats()
 
     # ------------------------------------------------------------- guest -> host
@@ -134,6 +138,16 @@ class TcpBridge:
             if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
                 self._open(key, peer, pkt, n, now)
             elif not flags & TCP_RST:
+                # A connection just aborted still has a window of segments in flight from
+                # the guest: one RST per tuple per interval says it all, not one per segment.
+                quiet_until = self._stray_rst.get(key, 0.0)
+                if now < quiet_until:
+                    self.stats.rst_suppressed += 1
+                    return
+                if len(self._stray_rst) >= STRAY_RST_MEMORY:
+                    self._stray_rst.pop(next(iter(self._stray_rst)))
+                self._stray_rst.pop(key, None)
+                self._stray_rst[key] = now + STRAY_RST_INTERVAL
                 self._reset_stray(pkt, n, peer)
             return
         flow.last_active = now
@@ -474,6 +488,7 @@ class TcpBridgeStats(Counters):
     dials_ok: int
     dials_failed: int
     refused_cap: int
+    rst_suppressed: int  # stray segments not answered: their tuple was reset a moment ago
     rst_sent: int
     malformed: int
     host_resets: int
