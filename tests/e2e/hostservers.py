@@ -35,8 +35,11 @@ class _UdpServer:
 
     def _run(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
-            ready, _, _ = select.select([self.sock], [], [], 0.1)
-            if not ready:
+            ready, _, _ = select.select([self.sock, *self.extra_sockets()], [], [], 0.1)
+            for s in ready:
+                if s is not self.sock:
+                    self.on_ready(s)
+            if self.sock not in ready:
                 continue
             try:
                 data, addr = self.sock.recvfrom(65535)
@@ -49,6 +52,13 @@ class _UdpServer:
 
     def answer(self, data: bytes) -> bytes | None:
         raise NotImplementedError
+
+    def extra_sockets(self) -> list[socket.socket]:
+        """More sockets the serving thread watches (a TCP listener beside the UDP one)."""
+        return []
+
+    def on_ready(self, sock: socket.socket) -> None:
+        """One of `extra_sockets` is readable."""
 
 
 class UdpEcho(_UdpServer):
@@ -85,21 +95,11 @@ class TinyDns(_UdpServer):
         super().__exit__(*exc)
         self.tcp.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            ready, _, _ = select.select([self.sock, self.tcp], [], [], 0.1)
-            if self.tcp in ready:
-                self._serve_tcp()
-            if self.sock not in ready:
-                continue
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except OSError:
-                continue
-            self.received += 1
-            reply = self.answer(data)
-            if reply is not None:
-                self.sock.sendto(reply, addr)
+    def extra_sockets(self) -> list[socket.socket]:
+        return [self.tcp]
+
+    def on_ready(self, sock: socket.socket) -> None:
+        self._serve_tcp()
 
     def _serve_tcp(self) -> None:
         """One length-prefixed query per connection (bounded: 2 s, one message)."""

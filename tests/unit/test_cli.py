@@ -21,6 +21,42 @@ def run(args: list[str], env: dict[str, str] | None = None, stdin: str | None = 
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 
+def router_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment for an inline router on a free loopback port, state under `tmp`."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "WG_LISTEN_ADDR": "127.0.0.1",
+            "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0",
+            "WGSLIRP_STATE_DIR": str(tmp / "state"), **extra}
+
+
+def start_lines(p: subprocess.Popen[str]) -> str:
+    """stderr of a starting router up to its "listening on" line (or its exit)."""
+    assert p.stderr is not None
+    seen = ""
+    for _ in range(200):
+        line = p.stderr.readline()
+        seen += line
+        if "listening on" in line or not line:
+            break
+    return seen
+
+
+def stop(p: subprocess.Popen[str]) -> int:
+    import signal
+
+    try:
+        p.send_signal(signal.SIGTERM)
+        return p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_genkey_pubkey_round_trip() -> None:
     r = run(["genkey"])
     assert r.returncode == 0
@@ -121,40 +157,23 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 def test_serves_even_when_stdout_cannot_take_the_client_config(tmp_path: Path,
                                                                stdout: str) -> None:
     import os
-    import signal
-    import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WG_LISTEN_ADDR": "127.0.0.1",
-           "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0",
-           "WGSLIRP_STATE_DIR": str(tmp_path / "state")}
     r_fd, w_fd = os.pipe()
     if stdout == "broken pipe":
         os.close(r_fd)  # nobody will ever read: writes fail with EPIPE
-    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=env, stderr=subprocess.PIPE,
-                         stdout=w_fd if stdout == "broken pipe" else None, text=True,
+    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=router_env(tmp_path),
+                         stderr=subprocess.PIPE, text=True,
+                         stdout=w_fd if stdout == "broken pipe" else None,
                          preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None)
     os.close(w_fd)
     if stdout == "closed":
         os.close(r_fd)
     try:
-        assert p.stderr is not None
-        seen = ""
-        for _ in range(200):
-            line = p.stderr.readline()
-            seen += line
-            if "listening on" in line or not line:
-                break
+        seen = start_lines(p)
         assert "could not print the client configuration" in seen, seen
         assert "listening on 127.0.0.1" in seen and "Traceback" not in seen, seen
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(10) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        assert stop(p) == 0
 
 
 def test_healthcheck_reads_only_metrics_listen(tmp_path: Path) -> None:
@@ -195,29 +214,13 @@ def test_config_option_after_the_subcommand_and_typo_warning(tmp_path: Path) -> 
 def test_unknown_settings_are_named_at_start(tmp_path: Path) -> None:
     import os
     import signal
-    import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WG_LISTEN_ADDR": "127.0.0.1",
-           "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0", "WG_LISTEN_PROT": "51820",
-           "WGSLIRP_STATE_DIR": str(tmp_path / "state")}
-    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=env, stderr=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "wgslirp"],
+                         env=router_env(tmp_path, WG_LISTEN_PROT="51820"),
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        assert p.stderr is not None
-        seen = ""
-        for _ in range(200):
-            line = p.stderr.readline()
-            seen += line
-            if "listening on" in line or not line:
-                break
+        seen = start_lines(p)
         assert "unknown setting(s) WG_LISTEN_PROT" in seen, seen
         os.kill(p.pid, signal.SIGHUP)  # a reload signal is harmless at any time
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(10) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        assert stop(p) == 0
