@@ -34,20 +34,16 @@ def dns_tcp(server: str, port: int, name: str) -> dict[str, object]:
     """The same query over TCP (what a resolver does after a truncated UDP answer)."""
     q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
     msg = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
+    from hostservers import read_dns_tcp  # this script's directory is on sys.path
+
     try:
         with socket.create_connection((server, port), timeout=3) as s:
             s.sendall(struct.pack(">H", len(msg)) + msg)
-            data = b""
-            while len(data) < 2 or len(data) < 2 + struct.unpack_from(">H", data)[0]:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_dns_tcp(s)
     except OSError as exc:
         return {"error": errno.errorcode.get(exc.errno or 0, "timeout")}
-    if len(data) < 14:
+    if data is None or len(data) < 12:
         return {"error": "short answer"}
-    data = data[2:]
     qid, flags, _qd, an = struct.unpack_from(">HHHH", data)
     out: dict[str, object] = {"id": qid, "rcode": flags & 15}
     if an:

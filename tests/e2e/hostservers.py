@@ -110,14 +110,11 @@ class TinyDns(_UdpServer):
         with conn:
             conn.settimeout(2)
             try:
-                buf = b""
-                while len(buf) < 2 or len(buf) < 2 + struct.unpack_from(">H", buf)[0]:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buf += chunk
+                query = read_dns_tcp(conn)
+                if query is None:
+                    return
                 self.tcp_received += 1
-                reply = self.answer(buf[2:])
+                reply = self.answer(query)
                 if reply is not None:
                     conn.sendall(struct.pack(">H", len(reply)) + reply)
             except OSError:
@@ -142,6 +139,18 @@ class TinyDns(_UdpServer):
             return struct.pack(">HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question
         answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(addr)
         return struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + answer
+
+
+def read_dns_tcp(sock: socket.socket) -> bytes | None:
+    """One DNS message in RFC 7766 framing (2-byte length first); None if the peer closed
+    before it was whole. Shared with guestprog.py, which runs this file's neighbour."""
+    buf = b""
+    while len(buf) < 2 or len(buf) < 2 + struct.unpack_from(">H", buf)[0]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf[2:]
 
 
 def dns_query(name: str, qid: int = 0x1234) -> bytes:
