@@ -201,3 +201,60 @@ def test_run_time_changes_survive_an_ingress_restart(tmp_path: Path, ifname: str
         # and the original client reconnects to the new ingress
         assert c.ping(GATEWAY, count=3, interval=0.2, wait=3)[1] >= 1, c.diagnostics()
         stop_and_counters(r)
+
+
+def test_a_flow_outlives_an_ingress_restart_after_peers_changed(tmp_path: Path,
+                                                                ifname: str) -> None:
+    """Workers keep their flows when ingress is replaced, keyed by peer index: the new
+    ingress must number peers as the old one did, or a peer's old flows would answer to
+    another number (another peer's, or nobody's). Here the first peer is removed first, so
+    a fresh numbering would shift B; B's datagrams must still use its old flow."""
+    port = free_udp_port()
+    second = generate_keypair()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, \
+            router(uapi_env(tmp_path, port, ifname)) as r, \
+            client_from_router_output(r, port) as c:
+        srv.bind(("127.0.0.1", 0))
+        srv.settimeout(1)
+        wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32")
+        with WgClient(second.private, c.server_public_key, port, address="10.77.0.3/32",
+                      allowed_ips=("10.77.0.0/24",)) as b:
+            prog = b.popen(["python3", "-u", "-c", (
+                "import socket,sys\n"
+                "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                f"s.connect(('{GATEWAY}',{srv.getsockname()[1]}))\n"
+                "for line in sys.stdin:\n"
+                "    s.send(line.strip().encode())\n")],
+                stdin=subprocess.PIPE, text=True)
+            assert prog.stdin is not None
+
+            def flow_of(word: str, tries: int) -> tuple[str, int] | None:
+                """The router's host-side address for B's datagrams (its flow)."""
+                assert prog.stdin is not None
+                for _ in range(tries):
+                    prog.stdin.write(word + "\n")
+                    prog.stdin.flush()
+                    try:
+                        data, addr = srv.recvfrom(100)
+                    except TimeoutError:
+                        continue
+                    if data == word.encode():
+                        return addr
+                return None
+
+            before = flow_of("before", 5)
+            assert before is not None
+            wg("set", ifname, "peer", c.public_key, "remove")  # B's predecessor in numbering
+            r.wait_for_line(r"run-time configuration kept for restarts: 1 peer", timeout=5)
+            main = psutil.Process(r.pid)
+            ingress = next(p for p in main.children() if p.name() == "wgslirp-ingress")
+            mark = r.mark()
+            os.kill(ingress.pid, signal.SIGKILL)
+            r.wait_for_line(r"wg\(8\) interface .* at ", timeout=5, since=mark)
+            # a WireGuard client notices a lost session by itself: ~15 s without an answer
+            # to its data (keepalive + rekey timeout) starts a new handshake
+            after = flow_of("after", 30)
+            assert after == before, (before, after)  # the worker's old flow, same socket
+            prog.stdin.close()
+            prog.wait(5)
+        stop_and_counters(r)

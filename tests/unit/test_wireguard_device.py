@@ -383,3 +383,25 @@ def test_under_load_cookie_holder_is_rate_limited() -> None:
     p.clock.advance(0.01)
     p.b.receive_handshake(init, A_ADDR, p.now)  # same source at once: refused before DH
     assert p.b.stats.handshake_rate_limited == 1
+
+
+def test_peers_keep_their_index_numbers_across_a_restart() -> None:
+    """A replacement ingress numbers peers as its predecessor did (the workers' flows are
+    keyed by these numbers), and never hands a number used before to a new peer."""
+    from wgslirp.wireguard.device import Device
+
+    keys = [bytes([i]) * 32 for i in range(1, 5)]
+    first = Device(bytes(range(32)))
+    for k in keys[:3]:
+        first.add_peer(k)
+    first.remove_peer(keys[0])  # A leaves: B keeps 2, C keeps 3
+    indices = {k: p.index for k, p in first.peers.items()}
+    assert indices == {keys[1]: 2, keys[2]: 3}
+    second = Device(bytes(range(32)))
+    second.reserve_peer_indices(first.next_peer_index)
+    for k, i in indices.items():
+        second.add_peer(k, index=i)
+    assert {k: p.index for k, p in second.peers.items()} == indices
+    assert second.add_peer(keys[3]).index == 4  # not 1: that was A's
+    with pytest.raises(ValueError):
+        second.add_peer(bytes([9]) * 32, index=2)  # taken

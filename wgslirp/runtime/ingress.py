@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from wgslirp.config import Config, PeerConfig, changed_settings
@@ -115,22 +115,30 @@ class Ingress:
         to_workers_big: list[Producer] | None = None,
         metrics: MetricsBlock | None = None,
         reload: Callable[[], IngressSettings] | None = None,
+        peer_indices: Mapping[bytes, int] | None = None,
+        next_peer_index: int = 1,
     ) -> None:
+        """`peer_indices`/`next_peer_index`: what a previous ingress numbered its peers, so a
+        replacement keeps the numbers the workers' flows are keyed by."""
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
         self.loop = loop
         self.clock = loop.clock
         self.device = Device(settings.private_key, mtu=settings.mtu)
         now = self.clock()
+        known = peer_indices or {}
+        self.device.reserve_peer_indices(next_peer_index)
+        for p in settings.peers:  # the known numbers first, so a new peer cannot take one
+            if p.public_key in known:
+                self.device.add_peer(p.public_key, preshared_key=p.preshared_key,
+                                     allowed_ips=p.allowed_ips, endpoint=p.endpoint,
+                                     keepalive=p.keepalive, now=now,
+                                     index=known[p.public_key])
         for p in settings.peers:
-            self.device.add_peer(
-                p.public_key,
-                preshared_key=p.preshared_key,
-                allowed_ips=p.allowed_ips,
-                endpoint=p.endpoint,
-                keepalive=p.keepalive,
-                now=now,
-            )
+            if p.public_key not in known:
+                self.device.add_peer(p.public_key, preshared_key=p.preshared_key,
+                                     allowed_ips=p.allowed_ips, endpoint=p.endpoint,
+                                     keepalive=p.keepalive, now=now)
         self.sock = sock
         self.address: tuple[str, int] = sock.getsockname()
         self.ttl = settings.ip_ttl
@@ -476,12 +484,18 @@ class Ingress:
     def effective_peers(self) -> tuple[PeerConfig, ...]:
         """The peers as they are now (after wg set / reload), in configuration form."""
         dev = self.device
+        cidrs: dict[int, list[str]] = {}
+        for cidr, owner in dev.allowed:  # one pass, not one trie walk per peer
+            cidrs.setdefault(owner.index, []).append(cidr)
         return tuple(
             PeerConfig(public_key=p.public_key,
                        preshared_key=None if p.handshake.psk == bytes(32) else p.handshake.psk,
-                       allowed_ips=tuple(sorted(dev.allowed.prefixes_of(p))),
+                       allowed_ips=tuple(sorted(cidrs.get(p.index, ()))),
                        endpoint=p.endpoint, keepalive=p.keepalive)
             for p in dev.peers.values())
+
+    def peer_indices(self) -> dict[bytes, int]:
+        return {k: p.index for k, p in self.device.peers.items()}
 
     def _ttl_expired(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
         self.ttl_expired += 1

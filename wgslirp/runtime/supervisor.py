@@ -133,6 +133,15 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     return 0
 
 
+class RuntimeState(msgspec.Struct, frozen=True):
+    """Ingress -> supervisor after a run-time change: the configuration as it now is and
+    the index number of every peer (public key, index), plus the next free number."""
+
+    config: Config
+    indices: list[tuple[bytes, int]]
+    next_index: int
+
+
 _CFG_LEN = struct.Struct(">I")
 MAX_CFG_MESSAGE = 64 << 20  # a configuration with ~100k peers; anything larger is a bug
 
@@ -173,14 +182,21 @@ class Supervisor:
         self._cfg_r.setblocking(False)
         self._cfg_w.settimeout(2.0)
         self._cfg_buf = bytearray()
+        # What the last ingress numbered its peers (with what it reported): a replacement
+        # keeps the numbers, since the workers' flows outlive an ingress restart.
+        self._peer_indices: dict[bytes, int] = {}
+        self._next_peer_index = 1
 
     # ------------------------------------------------------- run-time config
 
     def _send_config(self, ingress: Ingress) -> None:
-        """In ingress: hand the supervisor the configuration as it now is."""
+        """In ingress: hand the supervisor the configuration as it now is, with the peers'
+        index numbers (the workers' flows are keyed by them; a replacement must keep them)."""
         cfg = msgspec.structs.replace(self.cfg, private_key=ingress.device.identity.private_bytes,
                                       peers=ingress.effective_peers())
-        data = msgspec.msgpack.encode(cfg)
+        state = RuntimeState(config=cfg, indices=list(ingress.peer_indices().items()),
+                             next_index=ingress.device.next_peer_index)
+        data = msgspec.msgpack.encode(state)
         self._cfg_w.sendall(_CFG_LEN.pack(len(data)) + data)
 
     def _on_config(self, _now: float, _mask: int) -> None:
@@ -205,10 +221,13 @@ class Supervisor:
             payload = bytes(buf[_CFG_LEN.size:_CFG_LEN.size + n])
             del buf[:_CFG_LEN.size + n]
             try:
-                self.cfg = msgspec.msgpack.decode(payload, type=Config)
+                state = msgspec.msgpack.decode(payload, type=RuntimeState)
             except msgspec.DecodeError as exc:
                 log.error("run-time configuration from ingress unreadable: %s", exc)
                 continue
+            self.cfg = state.config
+            self._peer_indices = dict(state.indices)
+            self._next_peer_index = state.next_index
             log.info("run-time configuration kept for restarts: %d peer(s)", len(self.cfg.peers))
             self.sd.status(_status_line(self.cfg, self.plan.nworkers, self.restarts))
 
@@ -257,7 +276,8 @@ class Supervisor:
         ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
                           [r.consumer() for r in self.rings_out],
                           [r.producer() for r in self.rings_big], metrics=self.metrics,
-                          reload=self.reload)
+                          reload=self.reload, peer_indices=self._peer_indices,
+                          next_peer_index=self._next_peer_index)
         ingress.config_changed.append(lambda: self._send_config(ingress))
         loop.install_stop_signals()
         loop.on_signal(signal.SIGHUP, ingress.reload)
@@ -408,6 +428,11 @@ class Supervisor:
             role = self.children.pop(pid, None)
             if role is None:
                 continue
+            if role == "ingress":
+                # Whatever it managed to report is complete by now; a half-sent message
+                # would misframe the next ingress's reports.
+                self._on_config(0.0, 0)
+                self._cfg_buf.clear()
             if os.WIFSIGNALED(status):
                 how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
             else:

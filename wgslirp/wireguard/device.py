@@ -189,14 +189,22 @@ class Device:
         endpoint: Addr | None = None,
         keepalive: int = 0,
         now: float = 0.0,
+        index: int | None = None,
     ) -> Peer:
+        """`index`: the number this peer had in a previous incarnation of the process, so
+        state elsewhere keyed by it (the workers' flows) still means this peer."""
         if public_key in self.peers:
             raise ValueError("peer already present")
         if public_key == self.public_key:
             raise ValueError("a peer cannot have the device's own public key")
+        if index is not None and (index < 1 or index in self.by_index):
+            raise ValueError(f"peer index {index} is invalid or taken")
         hs = noise.new_handshake(self.identity, public_key, preshared_key)
-        peer = Peer(public_key, hs, endpoint, keepalive, self._next_peer_index)
-        self._next_peer_index += 1  # never reused: a stale ring slot cannot reach a new peer
+        if index is None:
+            index = self._next_peer_index
+        peer = Peer(public_key, hs, endpoint, keepalive, index)
+        # never reused: a stale ring slot cannot reach a new peer
+        self._next_peer_index = max(self._next_peer_index, index + 1)
         self.peers[public_key] = peer
         self.by_index[peer.index] = peer
         for cidr in allowed_ips:
@@ -204,6 +212,14 @@ class Device:
         if keepalive:
             peer.t_persistent = now  # a persistent-keepalive peer connects right away
         return peer
+
+    @property
+    def next_peer_index(self) -> int:
+        return self._next_peer_index
+
+    def reserve_peer_indices(self, below: int) -> None:
+        """Never hand out an index under `below` (used before a restart) to a new peer."""
+        self._next_peer_index = max(self._next_peer_index, below)
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
