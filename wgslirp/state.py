@@ -51,14 +51,14 @@ def _ensure_dir(path: str) -> None:
     if not os.path.isdir(path):
         raise ConfigError(_SETTING, f"{path} is not a directory")
     st = os.stat(path)
-    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
-        # It holds private keys: an existing directory others can list or write into is
-        # tightened, as a fresh one would have been created.
-        os.chmod(path, 0o700)
-        log.warning("%s: state directory was mode %o; set to 0700", path, st.st_mode & 0o777)
-    elif st.st_mode & 0o022:
-        raise ConfigError(_SETTING, f"{path} is writable by others and not ours to fix "
-                          f"(owner uid {st.st_uid}); keys there could be swapped")
+    if st.st_mode & 0o022:
+        # It holds private keys; where others may create or rename files, a key could be
+        # swapped. Refused, not "fixed": it may be a shared directory such as /tmp.
+        raise ConfigError(_SETTING, f"{path} is writable by group or others (mode "
+                          f"{st.st_mode & 0o7777:o}); use a private directory (mode 0700)")
+    if st.st_mode & 0o077:
+        log.warning("%s: state directory is readable by others (mode %o); 0700 is safer",
+                    path, st.st_mode & 0o777)
 
 
 def _read_key(path: str) -> bytes | None:

@@ -139,6 +139,12 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     assert reads == [110.0] and ref.get_timer() == 120.0
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
     assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
+    saved = set(host)
+    host.clear()  # a failed read (EMFILE): the guard keeps the last good set
+    clock[0] = 115.0
+    ref.handle_timer(115.0)
+    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
+    host |= saved
     host.discard("192.0.2.10")  # and one goes away: its port is no longer the router's
     clock[0] = 120.0
     ref.handle_timer(120.0)

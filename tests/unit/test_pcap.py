@@ -418,3 +418,13 @@ def test_router_captures_plaintext_both_directions(tmp_path: Path, workers: int)
         rows = tshark_fields(pcap, "ip.src", "ip.dst", "_ws.col.Protocol")
         assert [row[:2] for row in rows] == [[s, d] for _, s, d in summary]
         assert [row[2] for row in rows] == ["ICMP", "ICMP", "UDP", "UDP"]
+
+
+def test_a_hard_linked_file_is_refused(tmp_path: Path) -> None:
+    precious = tmp_path / "server.key"
+    precious.write_bytes(b"secret")
+    link = tmp_path / "cap.pcap"
+    os.link(precious, link)
+    with pytest.raises(OSError, match="hard links"):
+        PcapWriter(str(link), keep=0)
+    assert precious.read_bytes() == b"secret"

@@ -211,6 +211,9 @@ class PcapWriter:
             st = os.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+            if st.st_nlink != 1:
+                raise OSError(errno.EPERM, f"{self.path} has other hard links; refusing to "
+                              "write decrypted traffic into a file reachable by other names")
             if st.st_uid != os.geteuid():
                 raise OSError(errno.EPERM, f"{self.path} belongs to uid {st.st_uid}, not to "
                               "this process; refusing to write decrypted traffic into it")

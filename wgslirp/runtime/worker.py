@@ -89,7 +89,9 @@ class LocalAddressRefresher:
     def handle_timer(self, now: float) -> None:
         self.due = now + self.interval
         addrs = self.source()
-        if addrs != self.policy.local_addresses:
+        # An empty answer is a failed read (EMFILE, ENOMEM), never a host without
+        # addresses: keep the last good set rather than open the guard until next time.
+        if addrs and addrs != self.policy.local_addresses:
             self.policy.set_local_addresses(addrs)
 
 
