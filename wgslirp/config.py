@@ -1540,6 +1540,9 @@ _IGNORED = frozenset(
         "WG_THREADS",
         "WG_PROCESS_FOREGROUND",
         "WG_TUN_NAME_FILE",
+        "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD",  # wireguard-go's
+        "WG_UAPI_FD",
+        "WG_TUN_FD",
     }
 )
 _OUR_PREFIXES = (

@@ -366,12 +366,6 @@ class Ingress:
         if dst in self._own and pkt[9] == ipv4.PROTO_ICMP:
             self._answer_echo(peer, pkt, n, now)
             return
-        if pkt[8] <= 1 and dst not in self._own:
-            # One hop to anywhere beyond the router (its own addresses are not beyond it):
-            # a packet that may not be forwarded gets "time exceeded" from the gateway
-            # address, so traceroute shows the router.
-            self._ttl_expired(peer, pkt, n, now)
-            return
         target = self.device.route(dst)
         if target is not None and target is not peer and not self._excluded.lookup(dst):
             # Another peer's tunnel address: never the host network's business.
@@ -379,6 +373,12 @@ class Ingress:
                 self._overlay_forward(target, pkt, n, now)
             else:
                 self.peer_space_dropped += 1
+            return
+        if pkt[8] <= 1 and dst not in self._own:
+            # One hop to anywhere beyond the router (its own addresses are not beyond it):
+            # a packet that may not be forwarded gets "time exceeded" from the gateway
+            # address, so traceroute shows the router.
+            self._ttl_expired(peer, pkt, n, now)
             return
         if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
             whole = self.reassembler.feed(pkt, n, now)
