@@ -69,3 +69,26 @@ def test_prometheus_text_parses_with_the_reference_parser() -> None:
         assert doc["rx_packets"] == 5 and doc["per_peer"][0]["tx_bytes"] == 2000
     finally:
         block.close()
+
+
+def test_hung_children_are_judged_by_their_own_heartbeat_or_their_fork_time() -> None:
+    import time
+
+    from wgslirp.runtime.monitor import Monitor
+
+    block = MetricsBlock(["rx_packets"], ["udp_flows"], nworkers=2)
+    try:
+        children = {101: "ingress", 102: "worker 0", 103: "worker 1"}
+        mon = Monitor(block, [], lambda: dict(children), lambda: 0)
+        now = time.monotonic_ns()
+        s = 1_000_000_000
+        block.ingress.publish({"rx_packets": 1}, 101, 1)  # its own, fresh heartbeat
+        block.workers[0].publish({"udp_flows": 0}, 999, 1)  # a dead predecessor's, fresh
+        block.workers[1].publish({"udp_flows": 0}, 999, 1)
+        started = {101: now - 60 * s, 102: now - 60 * s, 103: now}
+        # worker 0 never published since its fork a minute ago: hung, whatever the section
+        # still says; worker 1 was forked just now: not yet judged; ingress is alive
+        assert mon.hung(30.0, started) == [(102, "worker 0")]
+        assert mon.hung(90.0, started) == []
+    finally:
+        block.close()

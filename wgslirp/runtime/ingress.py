@@ -13,8 +13,9 @@ import errno
 import logging
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from wgslirp.config import Config, PeerConfig, changed_settings
 from wgslirp.keys import encode_key
@@ -163,6 +164,8 @@ class Ingress:
         self._timer: float | None = None
         self._timer_fresh_until = 0.0
         self._reload = reload
+        self._reloading: threading.Thread | None = None
+        self._reload_result: tuple[str, Any] | None = None  # set by the reload thread
         self._started_with = settings  # what reload compares restart-only settings against
         self.overlay = settings.overlay_routing
         # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
@@ -421,14 +424,38 @@ class Ingress:
 
     def reload(self, now: float) -> None:
         """SIGHUP: re-read the configuration and apply the peer set (and private key) live,
-        like `wg syncconf`; settings that need a restart are reported, not half-applied."""
+        like `wg syncconf`; settings that need a restart are reported, not half-applied.
+
+        Reading happens in a thread: it may resolve peer host names, and a slow resolver
+        must not stall forwarding (nor look like a hung loop to the supervisor). The result
+        is applied by the loop, in `after_turn`.
+        """
         if self._reload is None:
             return
-        try:
-            new = self._reload()
-        except Exception as exc:  # ConfigError and friends: keep running on the old config
-            log.error("reload failed, keeping the running configuration: %s", exc)
+        if self._reloading is not None and self._reloading.is_alive():
+            log.warning("reload already in progress; this SIGHUP is folded into it")
             return
+        load = self._reload
+
+        def read() -> None:
+            try:
+                self._reload_result = ("ok", load())
+            except Exception as exc:  # ConfigError and friends: keep the old config
+                self._reload_result = ("error", exc)
+
+        self._reloading = threading.Thread(target=read, name="reload", daemon=True)
+        self._reloading.start()
+
+    def _finish_reload(self, now: float) -> None:
+        result, self._reload_result = self._reload_result, None
+        if result is None:
+            return
+        if result[0] == "error":
+            log.error("reload failed, keeping the running configuration: %s", result[1])
+            return
+        self.apply_reload(result[1], now)
+
+    def apply_reload(self, new: IngressSettings, now: float) -> None:
         if isinstance(new, Config) and isinstance(self._started_with, Config):
             waiting = changed_settings(self._started_with, new)
             if waiting:
@@ -565,7 +592,9 @@ class Ingress:
                 log.info("peer %s: session keys expired and discarded",
                          encode_key(ev.peer.public_key))
 
-    def after_turn(self, _now: float) -> None:
+    def after_turn(self, now: float) -> None:
+        if self._reload_result is not None:
+            self._finish_reload(now)
         if self.device.events:
             self._log_events(self.device.events)
             self.device.events.clear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -105,17 +105,27 @@ class Monitor:
                 problems.append(f"ring {w.name} not draining ({st.pending} waiting)")
         return not problems, problems
 
-    def hung(self, older_than: float) -> list[tuple[int, str]]:
-        """(pid, role) of running children whose loop has not published for `older_than`
-        seconds: alive but not serving, which no exit status would ever reveal."""
+    def hung(self, older_than: float, started_ns: Mapping[int, int]) -> list[tuple[int, str]]:
+        """(pid, role) of running children with no sign of life for `older_than` seconds:
+        alive but not serving, which no exit status would ever reveal.
+
+        The sign of life is the child's own heartbeat, or its fork time (`started_ns`)
+        until it has published: a section may still hold a previous process's heartbeat,
+        and a child that hangs before its first publish is caught too.
+        """
         now_ns = time.monotonic_ns()
-        live = self.children()
-        sections = [("ingress", self.block.ingress)] + [
-            (f"worker {k}", s) for k, s in enumerate(self.block.workers[: self.block.nworkers])]
+        by_role = {"ingress": self.block.ingress} | {
+            f"worker {k}": s for k, s in enumerate(self.block.workers[: self.block.nworkers])}
         out = []
-        for role, sec in sections:
-            hb, pid = sec.heartbeat_ns, sec.pid
-            if hb and live.get(pid) == role and (now_ns - hb) / 1e9 > older_than:
+        for pid, role in self.children().items():
+            sec = by_role.get(role)
+            if sec is None:
+                continue
+            last = started_ns.get(pid, now_ns)
+            hb = sec.heartbeat_ns
+            if sec.pid == pid and hb > last:
+                last = hb
+            if (now_ns - last) / 1e9 > older_than:
                 out.append((pid, role))
         return out
 

@@ -160,6 +160,7 @@ class Supervisor:
                           for _ in range(n)]
         self.rings_big = [Ring.create(BIG_SLOTS, BIG_SLOT_SIZE) for _ in range(n)]
         self.children: dict[int, str] = {}  # pid -> role ("ingress" or "worker K")
+        self.started_ns: dict[int, int] = {}  # pid -> fork time (monotonic ns)
         self.last_start: dict[str, float] = {}
         self.restarts = 0
         self.stopping = False
@@ -269,6 +270,7 @@ class Supervisor:
                 os._exit(code)
         self.children[pid] = role
         self.last_start[role] = time.monotonic()
+        self.started_ns[pid] = time.monotonic_ns()
 
     def _ingress_body(self) -> int:
         loop = Loop()
@@ -343,6 +345,7 @@ class Supervisor:
                               if role not in self.children.values()]
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         next_hang_check = 0.0
+        last_turn = time.monotonic()
         try:
             while not self.stopping:
                 for key, mask in sel.select(0.1):
@@ -372,6 +375,12 @@ class Supervisor:
                         self.watchdog.restarted(now)
                         self.sd.status(_status_line(self.cfg, self.plan.nworkers,
                                                     self.restarts))
+                if now - last_turn > 1.0:
+                    # This process did not run for a while (SIGSTOP of the whole group,
+                    # docker pause, a frozen cgroup): neither did the children. Give them
+                    # the full grace again before judging their heartbeats.
+                    next_hang_check = now + self.cfg.hung_restart
+                last_turn = now
                 if now >= next_hang_check and self.cfg.hung_restart > 0:
                     next_hang_check = now + min(1.0, self.cfg.hung_restart / 4)
                     self._kill_hung()
@@ -399,7 +408,7 @@ class Supervisor:
         """A child whose loop stopped turning (a deadlock, a blocking call that never
         returns, SIGSTOP) is killed so the restart logic replaces it."""
         limit = self.cfg.hung_restart
-        for pid, role in self.monitor.hung(limit):
+        for pid, role in self.monitor.hung(limit, self.started_ns):
             log.error("%s (pid %d) has not turned its loop for %g s (PROCESSOR_HUNG_RESTART); "
                       "killing it so it is replaced", role, pid, limit)
             try:
@@ -426,6 +435,7 @@ class Supervisor:
             if pid == 0:
                 break
             role = self.children.pop(pid, None)
+            self.started_ns.pop(pid, None)
             if role is None:
                 continue
             if role == "ingress":
