@@ -255,3 +255,53 @@ def test_resolv_conf_keeps_ipv4_nameservers_and_skips_the_rest(tmp_path: Path) -
                  "nameserver 198.51.100.53 # trailing\n")
     assert read_resolv_conf(str(f)) == (("192.0.2.53", 53), ("198.51.100.53", 53))
     assert read_resolv_conf(str(tmp_path / "missing")) == ()
+
+
+def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
+    """The raw socket sees replies as the wire delivered them; the bridge rewrites the id
+    and re-checksums, so a corrupt reply must be dropped before it would look valid."""
+    import selectors
+    import struct
+
+    from wgslirp.net import icmp
+    from wgslirp.net.checksum import checksum
+    from wgslirp.net.ipv4 import addr_to_int, write_header
+    from wgslirp.slirp.context import BridgeContext
+    from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
+    from wgslirp.slirp.policy import EgressPolicy
+
+    sent: list[bytes] = []
+
+    class Eg:
+        buf = bytearray(2048)
+
+        def reserve(self) -> memoryview:
+            return memoryview(self.buf)
+
+        def commit(self, length: int, peer: int) -> None:
+            sent.append(bytes(self.buf[:length]))
+
+        def flush(self, now: float = 0.0) -> None:
+            pass
+
+    bridge = IcmpBridge(BridgeContext(Eg(), selectors.DefaultSelector(), mtu=1380),
+                        EgressPolicy(), FlowTable(30.0), None)
+    remote = addr_to_int("192.0.2.9")
+    flow = EchoFlow(("k",), 1, 0.0, addr_to_int("10.77.0.2"), remote, remote, 7, 4242, None)
+    bridge._by_host_id[4242] = flow
+
+    def reply(corrupt: bool) -> bytearray:
+        pkt = bytearray(20 + 12)
+        struct.pack_into(">BBHHH", pkt, 20, icmp.ECHO_REPLY, 0, 0, 4242, 1)
+        pkt[28:32] = b"data"
+        struct.pack_into(">H", pkt, 22, checksum(pkt[20:]))
+        if corrupt:
+            pkt[30] ^= 0xFF
+        write_header(pkt, total_length=32, proto=1, src=remote, dst=addr_to_int("192.0.2.1"),
+                     ttl=64, ident=1, dont_fragment=False)
+        return pkt
+
+    bridge._from_raw(memoryview(reply(corrupt=True)), 32, 1.0)
+    assert sent == []
+    bridge._from_raw(memoryview(reply(corrupt=False)), 32, 1.0)
+    assert len(sent) == 1 and struct.unpack_from(">H", sent[0], 24)[0] == 7  # guest's id

@@ -203,6 +203,8 @@ class IcmpBridge:
         itype, _code, off, ilen = parsed
         if itype != icmp.ECHO_REPLY or ilen < 8:
             return
+        if checksum(pkt[off : off + ilen]) != 0:
+            return  # a raw socket gets what the wire delivered; the reply is re-checksummed
         host_id, _seq = icmp.echo_id_seq(pkt, off)
         flow = self._by_host_id.get(host_id)
         src, _ = ipv4.src_dst(pkt)
