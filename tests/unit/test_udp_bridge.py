@@ -109,3 +109,23 @@ def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str
     assert err[9] == 1 and err[20] == 3 and err[21] == icmp.ADMIN_PROHIBITED
     assert int_to_addr(int.from_bytes(err[12:16], "big")) == want_src
     assert int_to_addr(int.from_bytes(err[16:20], "big")) == "10.77.0.2"
+
+
+def test_icmp_errors_are_rate_limited_per_worker() -> None:
+    """RFC 1812 4.3.2.8: a burst, then the sustained rate; the rest counted, not sent."""
+    from wgslirp.net import icmp
+    from wgslirp.slirp.context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
+
+    now = [100.0]
+    eg = Egress(room=100_000)
+    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, clock=lambda: now[0])
+    buf = bytearray(2048)
+    n = udp.build_udp_into(buf, GUEST, addr_to_int("192.0.2.80"), 40000, 9, b"q")
+    for _ in range(1000):
+        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
+    assert len(eg.sent) == ICMP_ERROR_BURST
+    assert ctx.stats.icmp_errors_rate_limited == 1000 - ICMP_ERROR_BURST
+    now[0] += 0.125  # refills at the sustained rate
+    for _ in range(1000):
+        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
+    assert len(eg.sent) == ICMP_ERROR_BURST + int(0.125 * ICMP_ERROR_RATE)

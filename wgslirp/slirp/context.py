@@ -7,10 +7,15 @@ Bridges build packets for guests directly in egress slots (`reserve` a slot, wri
 from __future__ import annotations
 
 import selectors
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.obs.counters import Counters
+
+ICMP_ERROR_RATE = 1000.0  # unreachables per second per worker, sustained
+ICMP_ERROR_BURST = 200  # and in a burst
 
 
 class Egress(Protocol):
@@ -54,6 +59,7 @@ class WorkerStats(Counters):
     socket_errors: int
     internal_errors: int
     peer_flows_closed: int  # flows closed because their peer was removed (UAPI, reload)
+    icmp_errors_rate_limited: int  # unreachables not sent (RFC 1812 rate limit)
 
 class BridgeContext:
     def __init__(
@@ -68,9 +74,16 @@ class BridgeContext:
         worker_index: int = 0,
         nworkers: int = 1,
         gateway: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.egress = egress
         self.gateway = gateway  # source of errors about addresses no host could answer from
+        # RFC 1812 4.3.2.8: ICMP errors are rate limited (a token bucket per worker), so a
+        # guest hammering a closed port or a denied address cannot turn the worker into an
+        # error generator.
+        self.clock = clock
+        self._err_tokens = float(ICMP_ERROR_BURST)
+        self._err_time = clock()
         self.selector = selector
         self.mtu = mtu
         self.ttl = ttl
@@ -120,6 +133,15 @@ class BridgeContext:
     def send_unreachable(self, original: bytes | bytearray | memoryview, length: int,
                          code: int, peer: int, router_src: int | None = None) -> None:
         """ICMP destination unreachable to the guest about one of its packets."""
+        now = self.clock()
+        tokens = min(float(ICMP_ERROR_BURST),
+                     self._err_tokens + (now - self._err_time) * ICMP_ERROR_RATE)
+        self._err_time = now
+        if tokens < 1.0:
+            self._err_tokens = tokens
+            self.stats.icmp_errors_rate_limited += 1
+            return
+        self._err_tokens = tokens - 1.0
         if router_src is None and self.gateway is not None and length >= 20:
             first = original[16]
             if first == 0 or first == 127 or first >= 224:
