@@ -158,7 +158,7 @@ class Ingress:
         self.slot_size = self.writers[0].slot_size if self.writers else 0
         self.nworkers = len(self.writers)
         # Peers removed whose "forget" message a full ring has not taken yet: (worker, peer)
-        self._forget: list[tuple[int, int]] = []
+        self._forget: list[tuple[int, int, int]] = []  # (ring set, worker, peer index)
         self.device.on_peer_removed.append(self._peer_removed)
         self._last_shard = 0
         self._timer: float | None = None
@@ -558,16 +558,23 @@ class Ingress:
         """A removed peer's flows must not hold host sockets (and flow-cap places) until
         they idle out: every worker gets a zero-length message carrying the peer index.
         Peer indices are never reused, so a late message cannot hit a newer peer."""
-        self._forget.extend((w, peer.index) for w in range(self.nworkers))
+        # On both rings of each worker: a large packet of this peer queued on the big ring
+        # before the removal is handled after the small ring's message, and could open a
+        # flow again; the big ring's own message, behind it, closes that too.
+        rings = [self.writers, *([self.big_writers] if self.big_writers else [])]
+        self._forget.extend((r, w, peer.index) for r in range(len(rings))
+                            for w in range(self.nworkers))
         self._send_forget()
 
     def _send_forget(self) -> None:
+        rings = [self.writers, *([self.big_writers] if self.big_writers else [])]
         left = []
-        for w, index in self._forget:
-            if self.writers[w].push(memoryview(b""), 0, index):
-                self.writers[w].flush()
+        for r, w, index in self._forget:
+            writer = rings[r][w]
+            if writer.push(memoryview(b""), 0, index):
+                writer.flush()
             else:
-                left.append((w, index))
+                left.append((r, w, index))
         self._forget = left
 
     def handle_timer(self, now: float) -> None:
