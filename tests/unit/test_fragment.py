@@ -334,3 +334,17 @@ def test_a_flood_of_tiny_fragments_is_bounded_by_real_memory() -> None:
         tracemalloc.stop()
     assert r.pending_bytes <= bound and r.dropped_memory > 0
     assert held <= 1.25 * bound, held
+
+
+def test_one_sources_flood_evicts_its_own_datagrams_not_anothers() -> None:
+    quiet = 0x0A4D0003  # 10.77.0.3
+    r = Reassembler(max_bytes=20_000, max_datagrams=1000)
+    first = frag(bytes(800), 0, more=True, ident=1, src=quiet)
+    r.feed(first, len(first), 0.0)
+    for ident in range(100, 400):  # the default source floods
+        p = frag(bytes(800), 0, more=True, ident=ident)
+        r.feed(p, len(p), 0.0)
+    assert r.dropped_memory > 200 and r.pending_bytes <= 20_000
+    last = frag(b"end!", 800, more=False, ident=1, src=quiet)
+    whole = r.feed(last, len(last), 1.0)
+    assert whole is not None and len(whole) == 20 + 804  # the quiet source's survived

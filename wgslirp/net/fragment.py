@@ -145,6 +145,7 @@ class Reassembler:
         # Insertion order is creation order, hence deadline order (the clock never goes back).
         self._pending: dict[Key, _Pending] = {}
         self._bytes = 0
+        self._src_bytes: dict[int, int] = {}  # source address -> bytes charged to it
         self.completed = 0
         self.timed_out = 0
         self.dropped_overlap = 0
@@ -182,15 +183,27 @@ class Reassembler:
         return expired
 
     def _discard(self, key: Key) -> None:
-        self._bytes -= self._pending.pop(key).charged
+        charged = self._pending.pop(key).charged
+        self._bytes -= charged
+        left = self._src_bytes[key[0]] - charged
+        if left > 0:
+            self._src_bytes[key[0]] = left
+        else:
+            del self._src_bytes[key[0]]
 
     def _evict_oldest(self, keep: Key) -> bool:
-        for key in self._pending:
-            if key != keep:
-                self._discard(key)
-                self.dropped_memory += 1
-                return True
-        return False
+        """Make room: the oldest pending datagram of the source holding the most memory
+        goes, so one source's flood of never-completed fragments evicts its own, not the
+        other sources' datagrams (with one source this is simply the oldest)."""
+        if not self._src_bytes:
+            return False
+        heavy = max(self._src_bytes, key=self._src_bytes.__getitem__)
+        victim = next((k for k in self._pending if k[0] == heavy and k != keep), None)
+        if victim is None:
+            return False  # the heaviest is `keep` alone: the caller drops it, not others
+        self._discard(victim)
+        self.dropped_memory += 1
+        return True
 
     def feed(
         self, packet: bytes | bytearray | memoryview, length: int, now: float,
@@ -228,6 +241,7 @@ class Reassembler:
             p = self._pending[key] = _Pending(deadline=now + self.timeout,
                                               charged=DATAGRAM_OVERHEAD)
             self._bytes += DATAGRAM_OVERHEAD
+            self._src_bytes[src] = self._src_bytes.get(src, 0) + DATAGRAM_OVERHEAD
         return self._add(key, p, mv, ihl, start, end, more)
 
     def _add(
@@ -270,6 +284,7 @@ class Reassembler:
             p.received += end - start
         p.charged += cost
         self._bytes += cost
+        self._src_bytes[key[0]] += cost
         if p.header is None or p.received != p.total:
             return None
         if len(p.header) + p.total > MAX_DATAGRAM:
