@@ -16,6 +16,7 @@ import psutil
 import pytest
 from harness import (
     WG_SOCKET_DIR,
+    RouterProcess,
     WgClient,
     WgDump,
     free_udp_port,
@@ -44,6 +45,15 @@ def wg(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def dump(name: str) -> WgDump:
     return WgDump.parse(wg("show", name, "dump").stdout)
+
+
+def kill_ingress_and_wait(r: RouterProcess) -> None:
+    """SIGKILL the router's ingress process and wait until its replacement serves wg(8)."""
+    main = psutil.Process(r.pid)
+    ingress = next(p for p in main.children() if p.name() == "wgslirp-ingress")
+    mark = r.mark()
+    os.kill(ingress.pid, signal.SIGKILL)
+    r.wait_for_line(r"wg\(8\) interface .* at ", timeout=5, since=mark)
 
 
 @pytest.fixture
@@ -189,11 +199,7 @@ def test_run_time_changes_survive_an_ingress_restart(tmp_path: Path, ifname: str
         wg("set", ifname, "peer", third.public, "allowed-ips", "10.77.0.4/32")
         wg("set", ifname, "peer", third.public, "remove")
         r.wait_for_line(r"run-time configuration kept for restarts: 2 peer", timeout=5)
-        main = psutil.Process(r.pid)
-        ingress = next(p for p in main.children() if p.name() == "wgslirp-ingress")
-        mark = r.mark()
-        os.kill(ingress.pid, signal.SIGKILL)
-        r.wait_for_line(r"wg\(8\) interface .* at ", timeout=5, since=mark)
+        kill_ingress_and_wait(r)
         peers = dump(ifname).peers
         assert set(peers) == {c.public_key, second.public}, peers
         assert wg("show", ifname, "allowed-ips").stdout.count("10.77.0.3/32") == 1
@@ -246,11 +252,7 @@ def test_a_flow_outlives_an_ingress_restart_after_peers_changed(tmp_path: Path,
             assert before is not None
             wg("set", ifname, "peer", c.public_key, "remove")  # B's predecessor in numbering
             r.wait_for_line(r"run-time configuration kept for restarts: 1 peer", timeout=5)
-            main = psutil.Process(r.pid)
-            ingress = next(p for p in main.children() if p.name() == "wgslirp-ingress")
-            mark = r.mark()
-            os.kill(ingress.pid, signal.SIGKILL)
-            r.wait_for_line(r"wg\(8\) interface .* at ", timeout=5, since=mark)
+            kill_ingress_and_wait(r)
             # a WireGuard client notices a lost session by itself: ~15 s without an answer
             # to its data (keepalive + rekey timeout) starts a new handshake
             after = flow_of("after", 30)
