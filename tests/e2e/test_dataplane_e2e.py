@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -125,10 +126,20 @@ def test_ping_gateway_and_a_test_host_in_another_namespace(tmp_path: Path) -> No
                 ttl1 = c.run(["ping", "-n", "-c", "1", "-t", "1", "-W", "2", a(2)],
                              check=False).stdout
                 assert f"From {GATEWAY}" in ttl1 and "Time to live exceeded" in ttl1, ttl1
+                # a(1) is this host's own address: a service listening there is not the
+                # guests' business (the connection would arrive on loopback, past the host
+                # firewall); only the gateway leads to host services
+                with socket.create_server((a(1), 0)) as lsn:
+                    lsn.settimeout(0.5)
+                    res = guest(c, "tcp_connect_time", a(1), lsn.getsockname()[1], 1, 2.0)
+                    assert res["results"][0][0] == "EHOSTUNREACH", res
+                    with pytest.raises(TimeoutError):
+                        lsn.accept()  # nothing arrived
                 counters = stop_and_counters(r)
         finally:
             subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
     assert counters["icmp_echo_replies"] == 10
+    assert counters["policy_denied"] >= 1
 
 
 def test_denied_destinations_never_leave_the_router(tmp_path: Path) -> None:
