@@ -1114,6 +1114,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--touch must be 0..65536, --idle 0..60, --warm-flows 1..1000")
     if not 1 <= a.open_timeout <= 900:
         p.error("--open-timeout must be 1..900")
+    if a.profile is not None and Path(a.profile).exists() and not Path(a.profile).is_dir():
+        p.error(f"--profile {a.profile}: exists and is not a directory")
     if a.code is not None and (a.rev is not None
                                or not (Path(a.code) / "wgslirp" / "__init__.py").is_file()):
         p.error("--code wants a directory holding a wgslirp package, and excludes --rev")
