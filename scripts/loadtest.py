@@ -37,7 +37,7 @@ within ``--max-udp-loss`` percent, every flow completed, and (``--router self``)
 router stopped cleanly without internal errors.  1 = errors, 2 = could not run, 130 =
 interrupted.  With ``--router self`` the router's memory (PSS over its processes) is sampled
 every second and reported; ``--max-mem-growth MIB`` turns that into a leak check that fails
-a soak whose memory grew by more than MIB over the second half.
+a soak whose memory grew by more than MIB from the second to the last quarter (medians).
 
     python scripts/loadtest.py                          # 20 TCP x 256 KiB, 10 UDP x 200
     python scripts/loadtest.py --tcp-flows 200 --tcp-bytes 1M --duration 30 --plot lt.png
@@ -959,8 +959,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="UDP loss in percent that still passes (default 0)")
     o.add_argument("--max-mem-growth", type=float, default=None, metavar="MIB",
                    help="(--router self) fail when the router's memory (PSS, all its "
-                        "processes) grew by more than MIB between the middle and the end of "
-                        "the run: a leak check for --duration soaks (default: report only)")
+                        "processes; median of the last quarter of the samples against the "
+                        "second quarter) grew by more than MIB: a leak check for --duration "
+                        "soaks (default: report only)")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
     o.add_argument("--plot", metavar="FILE.png",
                    help="throughput over time and latency CDFs (needs matplotlib)")
@@ -1219,6 +1220,11 @@ def guest_side_drops(c: Any) -> dict[str, int]:
     return out
 
 
+def _median(xs: list[int]) -> float:
+    s = sorted(xs)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
 class MemSampler:
     """Samples the router's memory (PSS summed over its process tree) once a second in a
     thread while the guest runs, so a soak shows whether memory stays bounded.
@@ -1232,6 +1238,7 @@ class MemSampler:
 
         self.pid, self.period = pid, period
         self.samples: list[tuple[float, int]] = []
+        self.last_by_process: dict[str, int] = {}
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
@@ -1249,14 +1256,18 @@ class MemSampler:
         import psutil
 
         total = 0
+        by_name: dict[str, int] = {}
         try:
             root = psutil.Process(self.pid)
             for p in (root, *root.children(recursive=True)):
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_full_info().pss
+                    pss = p.memory_full_info().pss
+                    total += pss
+                    by_name[p.name()] = by_name.get(p.name(), 0) + pss
         except psutil.Error:
             return
         self.samples.append((time.monotonic() - self._t0, total))
+        self.last_by_process = by_name
 
     def _run(self) -> None:
         for _ in range(MAX_TURNS):
@@ -1264,16 +1275,21 @@ class MemSampler:
             if self._stop.wait(self.period):
                 return
 
-    def summary(self) -> dict[str, float] | None:
-        """start/mid/end/peak in bytes; growth = end - mid (after the first half has warmed
-        caches and pools, steady traffic should hold memory flat)."""
+    def summary(self) -> dict[str, Any] | None:
+        """start/mid/end/peak in bytes; growth = median of the last quarter of the samples
+        minus the median of the second quarter. After the first quarter has warmed caches
+        and pools, steady traffic should hold memory flat; medians, not single samples,
+        because memory swings with the flows open at the moment."""
         if len(self.samples) < 2:
             return None
         vals = [v for _, v in self.samples]
+        q = max(1, len(vals) // 4)  # a run too short for quarters judges no growth
         start, mid, end = vals[0], vals[len(vals) // 2], vals[-1]
+        growth = _median(vals[-q:]) - _median(vals[q:2 * q])
         return {"start": start, "mid": mid, "end": end, "peak": max(vals),
-                "growth": end - mid, "samples": len(vals),
-                "seconds": self.samples[-1][0] - self.samples[0][0]}
+                "growth": growth, "samples": len(vals),
+                "seconds": self.samples[-1][0] - self.samples[0][0],
+                "end_by_process": dict(self.last_by_process)}
 
 
 def wait_tunnel(c: Any, gateway: str) -> None:
@@ -1312,6 +1328,7 @@ def run_self(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, A
                         "router's WireGuard socket": lambda s: s.local == ("127.0.0.1", port),
                         "wireguard-go socket": lambda s: s.local[1] == wg_port})
                 info["memory"] = mem.summary()
+                info["memory_series"] = [(round(t, 1), v) for t, v in mem.samples]
                 after = guest_side_drops(c)
                 result["udp_socket_drops"].update(
                     {k: v - before.get(k, 0) for k, v in after.items()})
@@ -1423,8 +1440,9 @@ def summarize(result: dict[str, Any], info: dict[str, Any],
         if args.max_mem_growth is not None and mem is not None \
                 and mem["growth"] > args.max_mem_growth * 2**20:
             extra += 1
-            problems.append(f"router memory grew {_mib(mem['growth'])} over the second half "
-                            f"of the run > --max-mem-growth {args.max_mem_growth:g} MiB")
+            problems.append(f"router memory grew {_mib(mem['growth'])} from the second to the "
+                            f"last quarter of the run > --max-mem-growth "
+                            f"{args.max_mem_growth:g} MiB")
     conn = sorted(result.get("connect_ms", []))
     total_bytes = sum(st["bytes"] for st in stats.values())
     errors = sum(_errors_of(st) for st in stats.values()) + max(extra, 0)
@@ -1489,8 +1507,8 @@ def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
         lines.append(f"router memory (PSS, all processes, {mem['samples']} samples over "
                      f"{mem['seconds']:.0f} s): start {_mib(mem['start'])}, middle "
                      f"{_mib(mem['mid'])}, end {_mib(mem['end'])}, peak {_mib(mem['peak'])}; "
-                     f"second-half growth {'-' if mem['growth'] < 0 else ''}"
-                     f"{_mib(abs(mem['growth']))}")
+                     f"growth, last quarter vs second (medians) "
+                     f"{'-' if mem['growth'] < 0 else ''}{_mib(abs(mem['growth']))}")
     counters = info.get("counters")
     if counters:
         lines.append(f"router: exit {info.get('exit')}; "
