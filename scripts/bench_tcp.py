@@ -650,6 +650,8 @@ class Bench:
             _sent, got = c.ping(srv_ip, count=3, interval=0.1)
             if got == 0:
                 raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
+            self._grow_buffers(c)
+            self._grow_buffers(b)
             stack.callback(setattr, self, "_ns", None)
             self._ns = c.namespace.name
             port = harness.free_tcp_port()
@@ -658,6 +660,17 @@ class Bench:
                 self._both_ways(lambda d: self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
                                                      {"wg-go": [c.pid, b.pid]},
                                                      udp_ports=ports))
+
+    def _grow_buffers(self, c: Any) -> None:
+        """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""
+        if self.args.client_sockbuf:
+            from loadtest import grow_client_buffers
+
+            try:
+                msg = grow_client_buffers(c.pid, c.udp_port(), self.args.client_sockbuf)
+            except OSError as exc:
+                msg = f"client socket buffers left as they are ({exc})"
+            print(f"  {msg}", flush=True)
 
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """The router's TCP settings (``wgslirp check-config`` with the routers' code and
@@ -696,6 +709,7 @@ class Bench:
             with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
                 with pinged_client(r, port) as c:
+                    self._grow_buffers(c)
                     self.mtu = c.mtu
                     self.router_port = port
                     self._ns = c.namespace.name
@@ -1065,6 +1079,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="connections opened, touched and closed before 'before' (default 50)")
     p.add_argument("--skip", default="",
                    help="comma list of parts to skip: throughput, memory, loopback, reference")
+    p.add_argument("--client-sockbuf", type=int, default=0, metavar="BYTES",
+                   help="give every wireguard-go client's UDP socket BYTES of buffer, as "
+                        "wireguard-go 0.0.20230223 and later do themselves (7340032); default "
+                        "0 keeps Debian's build at the kernel default, whose drops under "
+                        "bursts make downloads vary")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the wireguard-go <-> wireguard-go reference")
     p.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
