@@ -344,6 +344,30 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         Annotated[int, Meta(ge=1, le=_MAX_INT32)] | None,
         _doc("TCP_SOCK_SNDBUF", "SO_SNDBUF for host TCP sockets (bytes).", group="TCP"),
     ] = None
+    rcv_buffer: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=64 * 1024 * 1024),
+        _doc(
+            "TCP_RCV_BUFFER",
+            "Bytes of guest data each connection may hold on its way to the host: the "
+            "largest window the guest is offered, so one upload's speed is at most this "
+            "per round trip (1 MiB: about 170 Mbit/s at 50 ms). Memory is used only as "
+            "data waits; an idle connection costs a few KiB whatever the size.",
+            group="TCP",
+        ),
+    ] = 1024 * 1024
+    snd_buffer: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=64 * 1024 * 1024),
+        _doc(
+            "TCP_SND_BUFFER",
+            "Bytes toward the guest each connection may hold (in flight and not yet sent): "
+            "one download's speed is at most this per round trip. Larger suits long round "
+            "trips; a client with small UDP socket buffers (Debian's wireguard-go before "
+            "0.0.20230223) drops the bigger bursts.",
+            group="TCP",
+        ),
+    ] = 1024 * 1024
     ack_idle_gate_ms: Annotated[
         int,
         Meta(ge=0, le=86_400_000),

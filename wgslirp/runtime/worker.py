@@ -129,7 +129,8 @@ def tcp_params(cfg: Config) -> TcpParams:
                      cc=cfg.tcp.cc, ttl=cfg.ip_ttl, pace=cfg.tcp.pace_us / 1e6,
                      ack_idle_fail=float(cfg.tcp.ack_idle_fail_sec),
                      ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
-                     init_cwnd=cfg.tcp.init_cwnd_mss or 10)
+                     init_cwnd=cfg.tcp.init_cwnd_mss or 10,
+                     rcv_buffer=cfg.tcp.rcv_buffer, snd_buffer=cfg.tcp.snd_buffer)
 
 
 def _share(total: int, n: int) -> int:
