@@ -15,8 +15,10 @@ import time
 
 
 class LossyRelay:
+    """`record=True` also keeps every datagram the client sent (a capture to replay)."""
+
     def __init__(self, router_port: int, *, loss: float = 0.01, reorder: float = 0.05,
-                 seed: int = 1, lifetime: float = 600) -> None:
+                 seed: int = 1, lifetime: float = 600, record: bool = False) -> None:
         self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.front.bind(("127.0.0.1", 0))
         self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -28,6 +30,8 @@ class LossyRelay:
         self.port: int = self.front.getsockname()[1]
         self.loss, self.reorder = loss, reorder
         self.rng = random.Random(seed)
+        self.record = record
+        self.sent: list[bytes] = []
         self.client: tuple[str, int] | None = None
         self.dropped = self.reordered = self.relayed = 0
         self._held: dict[int, bytes | None] = {0: None, 1: None}
@@ -87,6 +91,8 @@ class LossyRelay:
                     try:
                         if s is self.front:
                             data, self.client = self.front.recvfrom(65535)
+                            if self.record:
+                                self.sent.append(data)
                             self._forward(0, data)
                         else:
                             self._forward(1, self.back.recv(65535))

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from harness import WgClient, free_udp_port, generate_keypair
+from relay import LossyRelay
 from routerutil import (
     GATEWAY,
     base_env,
@@ -66,51 +65,13 @@ def test_unknown_client_key_gets_nothing_router_stays_healthy(tmp_path: Path) ->
     assert counters["gateway_echo_replies"] == 5
 
 
-class Recorder:
-    """UDP relay between the client and the router that keeps what the client sent."""
-
-    def __init__(self, router_port: int) -> None:
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.back.bind(("127.0.0.1", 0))
-        self.back.connect(("127.0.0.1", router_port))
-        self.port = self.front.getsockname()[1]
-        self.client: tuple[str, int] | None = None
-        self.sent: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            ready, _, _ = select.select([self.front, self.back], [], [], 0.1)
-            for s in ready:
-                if s is self.front:
-                    data, self.client = self.front.recvfrom(65535)
-                    self.sent.append(data)
-                    self.back.send(data)
-                elif self.client is not None:
-                    self.front.sendto(self.back.recv(65535), self.client)
-
-    def __enter__(self) -> Recorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.front.close()
-        self.back.close()
-
-
 def test_replayed_capture_is_rejected(tmp_path: Path) -> None:
     port = free_udp_port()
     with router(base_env(tmp_path, port)) as r:
         r.wait_for_line(r"^PersistentKeepalive", timeout=5)
         cfg = parse_client_config(r.stdout())
         with (
-            Recorder(port) as rec,
+            LossyRelay(port, loss=0.0, reorder=0.0, record=True) as rec,
             WgClient(
                 cfg["PrivateKey"], cfg["PublicKey"], rec.port, allowed_ips=("10.77.0.0/24",)
             ) as c,
