@@ -154,21 +154,14 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 
+    from tests.unit.test_tcp_support import Egress
     from wgslirp.slirp.context import BridgeContext
     from wgslirp.slirp.icmp_bridge import IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
 
-    class NoEgress:
-        def reserve(self) -> None:
-            return None
-
-        def commit(self, length: int, peer: int) -> None:
-            pass
-
-        def flush(self, now: float = 0.0) -> None:
-            pass
-
-    ctx = BridgeContext(NoEgress(), selectors.DefaultSelector(), mtu=1380, worker_index=1,
+    full = Egress()
+    full.full = True
+    ctx = BridgeContext(full, selectors.DefaultSelector(), mtu=1380, worker_index=1,
                         nworkers=3)
     bridge = IcmpBridge(ctx, EgressPolicy(), FlowTable(30.0), None)
     seen = set()
@@ -263,6 +256,7 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     import selectors
     import struct
 
+    from tests.unit.test_tcp_support import Egress
     from wgslirp.net import icmp
     from wgslirp.net.checksum import checksum
     from wgslirp.net.ipv4 import addr_to_int, write_header
@@ -270,21 +264,8 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
 
-    sent: list[bytes] = []
-
-    class Eg:
-        buf = bytearray(2048)
-
-        def reserve(self) -> memoryview:
-            return memoryview(self.buf)
-
-        def commit(self, length: int, peer: int) -> None:
-            sent.append(bytes(self.buf[:length]))
-
-        def flush(self, now: float = 0.0) -> None:
-            pass
-
-    bridge = IcmpBridge(BridgeContext(Eg(), selectors.DefaultSelector(), mtu=1380),
+    eg = Egress()
+    bridge = IcmpBridge(BridgeContext(eg, selectors.DefaultSelector(), mtu=1380),
                         EgressPolicy(), FlowTable(30.0), None)
     remote = addr_to_int("192.0.2.9")
     flow = EchoFlow(("k",), 1, 0.0, addr_to_int("10.77.0.2"), remote, remote, 7, 4242, None)
@@ -302,6 +283,7 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
         return pkt
 
     bridge._from_raw(memoryview(reply(corrupt=True)), 32, 1.0)
-    assert sent == []
+    assert eg.packets == []
     bridge._from_raw(memoryview(reply(corrupt=False)), 32, 1.0)
-    assert len(sent) == 1 and struct.unpack_from(">H", sent[0], 24)[0] == 7  # guest's id
+    assert len(eg.packets) == 1
+    assert struct.unpack_from(">H", eg.packets[0], 24)[0] == 7  # the guest's id

@@ -34,6 +34,9 @@ class Egress:
     def commit(self, length: int, peer: int) -> None:
         self.packets.append(bytes(self._buf[:length]))
 
+    def flush(self, now: float = 0.0) -> None:
+        pass
+
     def take(self) -> list[Seg]:
         out = [parse_seg(p) for p in self.packets]
         self.packets.clear()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.unit.test_tcp_support import Egress
 from wgslirp.net import udp
 from wgslirp.net.ipv4 import addr_to_int
 from wgslirp.slirp.context import BridgeContext
@@ -18,22 +19,11 @@ from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 GUEST, GATEWAY = addr_to_int("10.77.0.2"), addr_to_int("10.77.0.1")
 
 
-class Egress:
-    """A ring of `room` slots that fills and stays full until `room` is raised."""
-
-    def __init__(self, room: int) -> None:
-        self.room = room
-        self.sent: list[bytes] = []
-        self._slot = bytearray(2048)
-
-    def reserve(self) -> memoryview | None:
-        return memoryview(self._slot) if len(self.sent) < self.room else None
-
-    def commit(self, length: int, peer: int) -> None:
-        self.sent.append(bytes(self._slot[:length]))
-
-    def flush(self, now: float = 0.0) -> None:
-        pass
+def egress(room: int) -> Egress:
+    """The shared recording egress; `room=0` is a ring that stays full."""
+    eg = Egress()
+    eg.full = room == 0
+    return eg
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def server() -> Iterator[socket.socket]:
 
 
 def open_flow(server: socket.socket, room: int) -> tuple[UdpBridge, Egress, UdpFlow]:
-    eg = Egress(room)
+    eg = egress(room)
     ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380)
     bridge = UdpBridge(ctx, EgressPolicy(gateway="10.77.0.1"), FlowTable[UdpFlow](60.0))
     port = server.getsockname()[1]
@@ -66,9 +56,9 @@ def test_replies_reach_the_guest_through_the_gateway_address(server: socket.sock
     sel.register(flow.sock, selectors.EVENT_READ)
     assert sel.select(2)
     bridge.on_readable(flow, 1.0)
-    parsed = udp.parse(memoryview(eg.sent[0]), len(eg.sent[0]))
+    parsed = udp.parse(memoryview(eg.packets[0]), len(eg.packets[0]))
     assert parsed is not None
-    assert eg.sent[0].endswith(b"world")
+    assert eg.packets[0].endswith(b"world")
 
 
 def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(
@@ -87,7 +77,7 @@ def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(
         calls += 1
         bridge.on_readable(flow, 1.0)
     assert not sel.select(0)  # drained: the loop can sleep again
-    assert calls <= 5 and bridge.ctx.stats.egress_full == 5 and eg.sent == []
+    assert calls <= 5 and bridge.ctx.stats.egress_full == 5 and eg.packets == []
 
 
 @pytest.mark.parametrize(("dst", "want_src"), [("127.0.0.1", "10.77.0.1"),
@@ -100,12 +90,12 @@ def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str
     from wgslirp.net import icmp
     from wgslirp.net.ipv4 import int_to_addr
 
-    eg = Egress(room=4)
+    eg = egress(4)
     ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, gateway=GATEWAY)
     buf = bytearray(2048)
     n = udp.build_udp_into(buf, GUEST, addr_to_int(dst), 40000, 53, b"q")
     ctx.send_unreachable(buf, n, icmp.ADMIN_PROHIBITED, 0)
-    (err,) = eg.sent
+    (err,) = eg.packets
     assert err[9] == 1 and err[20] == 3 and err[21] == icmp.ADMIN_PROHIBITED
     assert int_to_addr(int.from_bytes(err[12:16], "big")) == want_src
     assert int_to_addr(int.from_bytes(err[16:20], "big")) == "10.77.0.2"
@@ -117,15 +107,15 @@ def test_icmp_errors_are_rate_limited_per_worker() -> None:
     from wgslirp.slirp.context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
 
     now = [100.0]
-    eg = Egress(room=100_000)
+    eg = egress(100_000)
     ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, clock=lambda: now[0])
     buf = bytearray(2048)
     n = udp.build_udp_into(buf, GUEST, addr_to_int("192.0.2.80"), 40000, 9, b"q")
     for _ in range(1000):
         ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
-    assert len(eg.sent) == ICMP_ERROR_BURST
+    assert len(eg.packets) == ICMP_ERROR_BURST
     assert ctx.stats.icmp_errors_rate_limited == 1000 - ICMP_ERROR_BURST
     now[0] += 0.125  # refills at the sustained rate
     for _ in range(1000):
         ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
-    assert len(eg.sent) == ICMP_ERROR_BURST + int(0.125 * ICMP_ERROR_RATE)
+    assert len(eg.packets) == ICMP_ERROR_BURST + int(0.125 * ICMP_ERROR_RATE)
