@@ -471,6 +471,18 @@ def _errors_of(st: dict[str, Any]) -> int:
                + st["send_errors"])
 
 
+def _release(flow: TcpFlow | UdpFlow, now: float) -> bool:
+    """Close a guest flow's socket once; False if it was closed already."""
+    if flow.closed:
+        return False
+    flow.closed = True
+    with contextlib.suppress(KeyError, ValueError):
+        flow.g.sel.unregister(flow.sock)
+    flow.sock.close()
+    flow.st["t_last"] = now - flow.g.t0
+    return True
+
+
 class TcpFlow:
     def __init__(self, g: Guest, slot: int, mode: str, now: float) -> None:
         self.g, self.slot, self.mode = g, slot, mode
@@ -507,14 +519,8 @@ class TcpFlow:
             self.g.sel.modify(self.sock, events, self)
 
     def _close(self, now: float, failed: bool) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(KeyError, ValueError):
-            self.g.sel.unregister(self.sock)
-        self.sock.close()
-        self.st["t_last"] = now - self.g.t0
-        self.g.flow_done(self, now, failed)
+        if _release(self, now):
+            self.g.flow_done(self, now, failed)
 
     def fail(self, what: str, detail: str, now: float) -> None:
         if self.closed:
@@ -756,14 +762,8 @@ class UdpFlow:
         self.close(now)
 
     def close(self, now: float) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(KeyError, ValueError):
-            self.g.sel.unregister(self.sock)
-        self.sock.close()
-        self.st["t_last"] = now - self.g.t0
-        self.g.active.discard(self)
+        if _release(self, now):
+            self.g.active.discard(self)
 
     def timeout(self, now: float) -> None:
         self.st["timeout"] += 1
