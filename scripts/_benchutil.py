@@ -773,3 +773,12 @@ def si(x: float) -> str:
             v = x / div
             return f"{v:.3g}{suffix}" if v < 100 else f"{v:.0f}{suffix}"
     return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def add_quiet_options(p: Any, *, what: str, wait: float) -> None:
+    """--quiet-threshold/--quiet-wait: wait for a quiet machine before each measurement."""
+    p.add_argument("--quiet-threshold", type=float, default=25.0,
+                   help=f"before each {what} wait until the machine is at most this busy "
+                        "(%% of one core; default 25)")
+    p.add_argument("--quiet-wait", type=float, default=wait,
+                   help=f"longest wait for that, in seconds (default {wait:g})")

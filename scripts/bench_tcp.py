@@ -1097,11 +1097,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="py-spy every router process during each tunnel window; collapsed "
                         "stacks go to DIR and the top lines are printed")
-    p.add_argument("--quiet-threshold", type=float, default=25.0,
-                   help="before each iperf3 run wait until the machine is at most this busy "
-                        "(%% of one core; default 25)")
-    p.add_argument("--quiet-wait", type=float, default=20.0,
-                   help="longest wait for that, in seconds (default 20)")
+    _benchutil.add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 3 if a.quick else 6

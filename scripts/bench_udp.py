@@ -589,11 +589,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "stacks go to DIR and the top functions are printed (adds a few %% "
                         "of CPU per process)")
     p.add_argument("--no-baseline", action="store_true", help="skip the loopback baseline")
-    p.add_argument("--quiet-threshold", type=float, default=25.0,
-                   help="before each test wait until the machine is at most this busy (%% of "
-                        "one core; default 25)")
-    p.add_argument("--quiet-wait", type=float, default=5.0,
-                   help="longest wait for that, in seconds (default 5)")
+    _benchutil.add_quiet_options(p, what="test", wait=5.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 1.0 if a.quick else 3.0
