@@ -200,7 +200,7 @@ class Supervisor:
         data = msgspec.msgpack.encode(state)
         self._cfg_w.sendall(_CFG_LEN.pack(len(data)) + data)
 
-    def _on_config(self, _now: float, _mask: int) -> None:
+    def _read_config_reports(self) -> None:
         """In the supervisor: keep the newest configuration ingress reported."""
         buf = self._cfg_buf
         for _ in range(64):
@@ -337,7 +337,8 @@ class Supervisor:
             self._start(f"worker {k}")
         sel = self._sel
         sel.register(r, selectors.EVENT_READ)
-        sel.register(self._cfg_r, selectors.EVENT_READ, self._on_config)
+        sel.register(self._cfg_r, selectors.EVENT_READ,
+                     lambda _now, _mask: self._read_config_reports())
         if self.monitor.prober is not None:
             self.monitor.prober.start()  # after the forks: children never inherit the thread
         pending: list[str] = [role for role in
@@ -441,7 +442,7 @@ class Supervisor:
             if role == "ingress":
                 # Whatever it managed to report is complete by now; a half-sent message
                 # would misframe the next ingress's reports.
-                self._on_config(0.0, 0)
+                self._read_config_reports()
                 self._cfg_buf.clear()
             if os.WIFSIGNALED(status):
                 how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
