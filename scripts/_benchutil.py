@@ -77,8 +77,11 @@ def install_interrupt_handlers() -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
         global _interrupted
         if _interrupted:
-            print(f"\n(got {signal.Signals(signum).name} again; still cleaning up)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\n(got {signal.Signals(signum).name} again; still cleaning up)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         _interrupted = True
         raise KeyboardInterrupt
@@ -124,8 +127,9 @@ def spawn(argv: Sequence[str], ns: Any = None, **kw: Any) -> subprocess.Popen[by
     if ns is not None:
         proc: subprocess.Popen[bytes] = ns.popen(argv, **kw)
         return proc
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=die_with_parent, **kw)
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent, **kw
+    )
 
 
 def stop_popen(proc: subprocess.Popen[Any], timeout: float = 2.0) -> None:
@@ -200,13 +204,18 @@ class ForkedServer:
     through the :meth:`_close_socks` hook, which also runs if the start fails.
     """
 
-    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str,
-                 n_counters: int, join_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        name: str,
+        n_counters: int,
+        join_timeout: float = 2.0,
+    ) -> None:
         ctx = mp.get_context("fork")
         self.counters = ctx.RawArray("q", n_counters)
         self.join_timeout = join_timeout
-        self._proc = ctx.Process(target=target, args=(self.counters, *args), daemon=True,
-                                 name=name)
+        self._proc = ctx.Process(target=target, args=(self.counters, *args), daemon=True, name=name)
 
     def _close_socks(self) -> None:
         """Close the sockets handed to the child (our copies of them)."""
@@ -280,15 +289,16 @@ class UdpServer(ForkedServer):
     ``packets``/``nbytes`` are read from shared memory; they lag by at most 64 datagrams.
     """
 
-    def __init__(self, echo: bool, host: str = "127.0.0.1", rcvbuf: int = 4 << 20,
-                 lifetime: float = 900.0) -> None:
+    def __init__(
+        self, echo: bool, host: str = "127.0.0.1", rcvbuf: int = 4 << 20, lifetime: float = 900.0
+    ) -> None:
         self.echo = echo
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            for opt, fallback, size in ((getattr(socket, "SO_RCVBUFFORCE", None),
-                                         socket.SO_RCVBUF, rcvbuf),
-                                        (getattr(socket, "SO_SNDBUFFORCE", None),
-                                         socket.SO_SNDBUF, rcvbuf)):
+            for opt, fallback, size in (
+                (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF, rcvbuf),
+                (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF, rcvbuf),
+            ):
                 try:
                     self.sock.setsockopt(socket.SOL_SOCKET, opt or fallback, size)
                 except PermissionError:
@@ -299,8 +309,9 @@ class UdpServer(ForkedServer):
             self.sock.close()
             raise
         self.port: int = self.sock.getsockname()[1]
-        super().__init__(_serve, (self.sock, echo, lifetime),
-                         "bench-echo" if echo else "bench-sink", 3)
+        super().__init__(
+            _serve, (self.sock, echo, lifetime), "bench-echo" if echo else "bench-sink", 3
+        )
 
     def _close_socks(self) -> None:
         self.sock.close()
@@ -384,8 +395,13 @@ def _all_cpu_seconds() -> dict[int, float]:
 
 def _ticks_busy() -> float:
     m = psutil.cpu_times()
-    return float(sum(m) - m.idle - getattr(m, "iowait", 0.0) - getattr(m, "guest", 0.0)
-                 - getattr(m, "guest_nice", 0.0))
+    return float(
+        sum(m)
+        - m.idle
+        - getattr(m, "iowait", 0.0)
+        - getattr(m, "guest", 0.0)
+        - getattr(m, "guest_nice", 0.0)
+    )
 
 
 @dataclass
@@ -411,8 +427,11 @@ class CpuMeter:
 
     def router_targets(self) -> dict[str, int]:
         """Label -> PID of the router's own processes (for :class:`PySpy`)."""
-        return {k.removeprefix("router:"): pids[0] for k, pids in self.groups.items()
-                if k.startswith("router:") and k != "router:other"}
+        return {
+            k.removeprefix("router:"): pids[0]
+            for k, pids in self.groups.items()
+            if k.startswith("router:") and k != "router:other"
+        }
 
     def snapshot(self) -> CpuSnapshot:
         every = _all_cpu_seconds()
@@ -444,13 +463,20 @@ class CpuMeter:
         out["machine_ticks"] = 100.0 * (b.machine_ticks - a.machine_ticks) / dt
         return out
 
-    def top_others(self, a: CpuSnapshot, b: CpuSnapshot, n: int = 3,
-                   exclude: Iterable[int] = ()) -> list[tuple[str, float]]:
+    def top_others(
+        self, a: CpuSnapshot, b: CpuSnapshot, n: int = 3, exclude: Iterable[int] = ()
+    ) -> list[tuple[str, float]]:
         """The ``n`` busiest processes outside the groups: [(name[pid], % of one core)]."""
         dt = max(b.when - a.when, 1e-9)
         ours = {pid for pids in self.groups.values() for pid in pids} | set(exclude)
-        used = sorted(((sec - a.all_pids.get(pid, 0.0), pid) for pid, sec in b.all_pids.items()
-                       if pid not in ours), reverse=True)[:n]
+        used = sorted(
+            (
+                (sec - a.all_pids.get(pid, 0.0), pid)
+                for pid, sec in b.all_pids.items()
+                if pid not in ours
+            ),
+            reverse=True,
+        )[:n]
         out = []
         for sec, pid in used:
             if sec <= 0:
@@ -463,14 +489,14 @@ class CpuMeter:
         return out
 
 
-def split_cpu(meter: CpuMeter, a: CpuSnapshot, b: CpuSnapshot, router: bool
-              ) -> tuple[dict[str, float], dict[str, float], list[tuple[str, float]]]:
+def split_cpu(
+    meter: CpuMeter, a: CpuSnapshot, b: CpuSnapshot, router: bool
+) -> tuple[dict[str, float], dict[str, float], list[tuple[str, float]]]:
     """A benchmark's CPU columns between two snapshots: (router processes by label, the other
     groups plus ``machine``, ``other`` = what no group was charged for and, if ``router``,
     ``router`` = their sum, the busiest processes outside the groups and this one)."""
     pct = meter.percent(a, b)
-    router_cpu = {k.removeprefix("router:"): v for k, v in pct.items()
-                  if k.startswith("router:")}
+    router_cpu = {k.removeprefix("router:"): v for k, v in pct.items() if k.startswith("router:")}
     cpu = {k: v for k, v in pct.items() if not k.startswith("router:")}
     ours = sum(v for k, v in pct.items() if k not in ("machine", "machine_ticks"))
     cpu["other"] = max(0.0, pct["machine"] - ours)
@@ -527,8 +553,11 @@ def udp_sockets(path: str = "/proc/net/udp") -> list[UdpSocketInfo]:
         f = line.split()
         if len(f) < 13:
             continue
-        out.append(UdpSocketInfo(_hexaddr(f[1]), _hexaddr(f[2]), int(f[4].split(":")[1], 16),
-                                 int(f[9]), int(f[12])))
+        out.append(
+            UdpSocketInfo(
+                _hexaddr(f[1]), _hexaddr(f[2]), int(f[4].split(":")[1], 16), int(f[9]), int(f[12])
+            )
+        )
     return out
 
 
@@ -546,10 +575,16 @@ def drops_between(a: dict[int, int], b: dict[int, int]) -> int:
 
 def export_rev(rev: str, dest: Path) -> str:
     """Extract the wgslirp package of git revision ``rev`` into ``dest``; its full hash."""
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
-                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    with subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"],
-                          stdout=subprocess.PIPE) as proc:
+    full = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    with subprocess.Popen(
+        ["git", "-C", str(REPO), "archive", "--format=tar", full, "wgslirp"], stdout=subprocess.PIPE
+    ) as proc:
         assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             tar.extractall(dest, filter="data")
@@ -560,9 +595,12 @@ def export_rev(rev: str, dest: Path) -> str:
 
 def add_rev_argument(p: Any) -> None:
     """The ``--rev`` option of an argparse parser (see :func:`rev_exported`)."""
-    p.add_argument("--rev", default=None,
-                   help="run the router from this git revision (git archive into a temp dir) "
-                        "instead of the working tree, e.g. HEAD while others edit")
+    p.add_argument(
+        "--rev",
+        default=None,
+        help="run the router from this git revision (git archive into a temp dir) "
+        "instead of the working tree, e.g. HEAD while others edit",
+    )
 
 
 @contextlib.contextmanager
@@ -586,8 +624,7 @@ def router_cwd(env: dict[str, str], code_dir: str | None) -> str:
     ``--code`` copy), which then also goes first on the PYTHONPATH in ``env``."""
     if code_dir is None:
         return str(REPO)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [code_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([code_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
     return code_dir
 
 
@@ -626,8 +663,14 @@ class PySpy:
 
     RATE = 200
 
-    def __init__(self, outdir: Path, tag: str, targets: dict[str, int], seconds: float,
-                 source_root: str | os.PathLike[str] = ".") -> None:
+    def __init__(
+        self,
+        outdir: Path,
+        tag: str,
+        targets: dict[str, int],
+        seconds: float,
+        source_root: str | os.PathLike[str] = ".",
+    ) -> None:
         self.source_root = Path(source_root)
         self.duration = max(1, round(seconds))
         self.procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
@@ -639,11 +682,27 @@ class PySpy:
             for label, pid in targets.items():
                 path = outdir / f"{tag}-{label}.txt"
                 proc = subprocess.Popen(
-                    [exe, "record", "--pid", str(pid), "--duration", str(self.duration),
-                     "--rate", str(self.RATE), "--nonblocking", "--format", "raw",
-                     "-o", str(path)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent)
+                    [
+                        exe,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(self.duration),
+                        "--rate",
+                        str(self.RATE),
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(path),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
                 self.procs.append((label, path, proc))
         except BaseException:
             self.close()
@@ -685,7 +744,7 @@ def _split_frame(frame: str) -> tuple[str, str, int]:
 
 def _short(path: str) -> str:
     parts = Path(path).parts
-    return "/".join(parts[parts.index("wgslirp"):]) if "wgslirp" in parts else parts[-1]
+    return "/".join(parts[parts.index("wgslirp") :]) if "wgslirp" in parts else parts[-1]
 
 
 def collapsed_summary(path: Path, top: int, source_root: Path = Path(".")) -> dict[str, Any]:
@@ -725,8 +784,10 @@ def collapsed_summary(path: Path, top: int, source_root: Path = Path(".")) -> di
         full = file if os.path.isabs(file) else str(source_root / file)
         src = linecache.getline(full, line).strip() if line else ""
         lines.append((100.0 * n / total, f"{_short(file)}:{line} {func}", src))
-    funcs = [(100.0 * c / total, 100.0 * incl[f] / total, f)
-             for f, c in sorted(selfc.items(), key=lambda kv: -kv[1])[:top]]
+    funcs = [
+        (100.0 * c / total, 100.0 * incl[f] / total, f)
+        for f, c in sorted(selfc.items(), key=lambda kv: -kv[1])[:top]
+    ]
     return {"samples": total, "lines": lines, "funcs": funcs}
 
 
@@ -748,16 +809,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: bool = T
     return "\n".join([fmt(headers), rule, *(fmt(r) for r in rows)])
 
 
-def print_profile(profile: dict[str, dict[str, Any]], cpu: dict[str, float],
-                  funcs: bool = False) -> None:
+def print_profile(
+    profile: dict[str, dict[str, Any]], cpu: dict[str, float], funcs: bool = False
+) -> None:
     """Print :meth:`PySpy.finish`'s summaries: per process (with its CPU % from ``cpu``, if
     known) the top source lines, and with ``funcs`` the top functions."""
     for label, prof in sorted(profile.items()):
         if not prof["samples"]:
             continue
         pct = cpu.get(label)
-        print(f"  {label} ({prof['samples']} samples"
-              + (f", {pct:.0f}% CPU" if pct is not None else "") + "):")
+        print(
+            f"  {label} ({prof['samples']} samples"
+            + (f", {pct:.0f}% CPU" if pct is not None else "")
+            + "):"
+        )
         for share, where, src in prof["lines"]:
             print(f"    {share:5.1f}%  {where:<50} {src[:60]}")
         if funcs:
@@ -777,8 +842,16 @@ def si(x: float) -> str:
 
 def add_quiet_options(p: Any, *, what: str, wait: float) -> None:
     """--quiet-threshold/--quiet-wait: wait for a quiet machine before each measurement."""
-    p.add_argument("--quiet-threshold", type=float, default=25.0,
-                   help=f"before each {what} wait until the machine is at most this busy "
-                        "(%% of one core; default 25)")
-    p.add_argument("--quiet-wait", type=float, default=wait,
-                   help=f"longest wait for that, in seconds (default {wait:g})")
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=25.0,
+        help=f"before each {what} wait until the machine is at most this busy "
+        "(%% of one core; default 25)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=wait,
+        help=f"longest wait for that, in seconds (default {wait:g})",
+    )

@@ -58,8 +58,10 @@ def main() -> None:
     rate, base_rate = args.count / dt, args.count / base
     print(f"{args.count} responder handshakes, one core")
     print(f"  X25519 floor (4 ops)  : {base_rate:>8,.0f} /s  (baseline)")
-    print(f"  Device responder      : {rate:>8,.0f} /s  ratio to baseline {rate / base_rate:.2f}"
-          f"  ({dt / args.count * 1e6:.0f} us each)")
+    print(
+        f"  Device responder      : {rate:>8,.0f} /s  ratio to baseline {rate / base_rate:.2f}"
+        f"  ({dt / args.count * 1e6:.0f} us each)"
+    )
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ def _emit(obj: dict[str, Any]) -> None:
 # line, then obeys commands on stdin ("touch SIZE", "close"); EOF or GUEST_LIFETIME closes.
 
 
-def _open_many(host: str, port: int, n: int, concurrency: int,
-               timeout: float) -> tuple[list[socket.socket], dict[str, Any]]:
+def _open_many(
+    host: str, port: int, n: int, concurrency: int, timeout: float
+) -> tuple[list[socket.socket], dict[str, Any]]:
     sel = selectors.DefaultSelector()
     socks: list[socket.socket] = []
     pending: dict[int, tuple[socket.socket, float]] = {}
@@ -195,8 +196,13 @@ def _open_many(host: str, port: int, n: int, concurrency: int,
         sel.unregister(s)
         fail(s, errno.ETIMEDOUT)
     sel.close()
-    return socks, {"phase": "open", "ok": len(socks), "failed": n - len(socks),
-                   "errors": errors, "seconds": time.monotonic() - t0}
+    return socks, {
+        "phase": "open",
+        "ok": len(socks),
+        "failed": n - len(socks),
+        "errors": errors,
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def _touch(socks: list[socket.socket], size: int, timeout: float) -> dict[str, Any]:
@@ -234,9 +240,13 @@ def _touch(socks: list[socket.socket], size: int, timeout: float) -> dict[str, A
             else:
                 want[s.fileno()] = left
     sel.close()
-    return {"phase": "touch", "ok": len(socks) - send_failed - bad - len(want),
-            "failed": send_failed + bad, "unfinished": len(want),
-            "seconds": time.monotonic() - t0}
+    return {
+        "phase": "touch",
+        "ok": len(socks) - send_failed - bad - len(want),
+        "failed": send_failed + bad,
+        "unfinished": len(want),
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def guest_hold(host: str, port: int, n: int, concurrency: int, timeout: float) -> None:
@@ -341,8 +351,9 @@ class HoldServer(ForkedServer):
             self.sock.close()
             raise
         self.port: int = self.sock.getsockname()[1]
-        super().__init__(_hold_serve, (self.sock, need, lifetime), "bench-tcp-hold", 4,
-                         join_timeout=5.0)
+        super().__init__(
+            _hold_serve, (self.sock, need, lifetime), "bench-tcp-hold", 4, join_timeout=5.0
+        )
 
     def _close_socks(self) -> None:
         self.sock.close()
@@ -479,8 +490,13 @@ def router_memory(pid: int) -> dict[str, dict[str, int]]:
         label = router_label(p.pid, name, pid, other=name)
         if label in out:
             label = f"{label}[{p.pid}]"
-        out[label] = {"uss": int(m.uss), "pss": int(m.pss), "rss": int(m.rss), "maps": maps,
-                      "fds": fds}
+        out[label] = {
+            "uss": int(m.uss),
+            "pss": int(m.pss),
+            "rss": int(m.rss),
+            "maps": maps,
+            "fds": fds,
+        }
     return out
 
 
@@ -529,17 +545,39 @@ class Bench:
 
     # -------------------------------------------------------------- one iperf3 run
 
-    def iperf(self, path: str, direction: str, host: str, server: Iperf3Server,
-              client_ns: Any, groups: dict[str, list[int]],
-              router: dict[int, str] | None = None, router_pid: int = -1,
-              udp_ports: dict[str, int] | None = None) -> Tput:
+    def iperf(
+        self,
+        path: str,
+        direction: str,
+        host: str,
+        server: Iperf3Server,
+        client_ns: Any,
+        groups: dict[str, list[int]],
+        router: dict[int, str] | None = None,
+        router_pid: int = -1,
+        udp_ports: dict[str, int] | None = None,
+    ) -> Tput:
         """One iperf3 client run; CPU of ``groups`` (+ the ``router`` processes, whose root is
         ``router_pid``) over its window; receive drops of the UDP sockets on ``udp_ports``
         (label -> local port, root namespace) over the whole run."""
         a = self.args
         res = Tput(path, direction)
-        argv = ["iperf3", "-c", host, "-p", str(server.port), "-t", str(a.seconds),
-                "-O", str(a.omit), "-P", str(a.streams), "-J", "--connect-timeout", "3000"]
+        argv = [
+            "iperf3",
+            "-c",
+            host,
+            "-p",
+            str(server.port),
+            "-t",
+            str(a.seconds),
+            "-O",
+            str(a.omit),
+            "-P",
+            str(a.streams),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ]
         if direction == "down":
             argv.append("-R")
         server.drain()
@@ -547,8 +585,7 @@ class Bench:
         ports = udp_ports or {}
 
         def drops() -> dict[str, dict[int, int]]:
-            return {k: udp_socket_drops(lambda si, p=p: si.local[1] == p)
-                    for k, p in ports.items()}
+            return {k: udp_socket_drops(lambda si, p=p: si.local[1] == p) for k, p in ports.items()}
 
         drops0 = drops()
         proc = spawn(argv, client_ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -565,8 +602,13 @@ class Bench:
             time.sleep(a.omit + 0.3)
             snap_a = meter.snapshot()
             if router and a.profile is not None:
-                spy = PySpy(Path(a.profile), f"{path.replace('=', '')}-{direction}",
-                            meter.router_targets(), window, source_root=a.code_dir or REPO)
+                spy = PySpy(
+                    Path(a.profile),
+                    f"{path.replace('=', '')}-{direction}",
+                    meter.router_targets(),
+                    window,
+                    source_root=a.code_dir or REPO,
+                )
             time.sleep(max(0.0, t0 + a.omit + 0.3 + window - time.monotonic()))
             snap_b = meter.snapshot()
             try:
@@ -581,8 +623,9 @@ class Bench:
             try:
                 doc = json.loads(out.decode("utf-8", "replace"))
             except ValueError:
-                raise RuntimeError("iperf3 printed no JSON: "
-                                   + (out + err).decode("utf-8", "replace")[-800:]) from None
+                raise RuntimeError(
+                    "iperf3 printed no JSON: " + (out + err).decode("utf-8", "replace")[-800:]
+                ) from None
             if doc.get("error"):
                 raise RuntimeError(f"iperf3: {doc['error']}")
             end = doc["end"]
@@ -596,8 +639,7 @@ class Bench:
             if spy is not None:
                 spy.close()
             stop_and_close(proc)
-        res.router_cpu, res.cpu, res.others = split_cpu(meter, snap_a, snap_b,
-                                                        router=bool(router))
+        res.router_cpu, res.cpu, res.others = split_cpu(meter, snap_a, snap_b, router=bool(router))
         return res
 
     def _both_ways(self, run: Callable[[str], Tput]) -> None:
@@ -605,8 +647,10 @@ class Bench:
         for d in ("up", "down"):
             for i in range(self.args.repeat):
                 if self._ns is not None and not Path("/run/netns", self._ns).exists():
-                    raise RuntimeError(f"network namespace {self._ns} was deleted by another "
-                                       "process (someone's stale-resource sweep?)")
+                    raise RuntimeError(
+                        f"network namespace {self._ns} was deleted by another "
+                        "process (someone's stale-resource sweep?)"
+                    )
                 r = run(d)
                 r.run = i + 1
                 self._record(r)
@@ -616,12 +660,16 @@ class Bench:
         if r.error:
             line = "ERROR " + r.error.splitlines()[0]
         else:
-            cpu = " ".join(f"{k} {v:.0f}%" for k, v in {**r.router_cpu, **r.cpu}.items()
-                           if k not in ("machine_ticks", "router"))
+            cpu = " ".join(
+                f"{k} {v:.0f}%"
+                for k, v in {**r.router_cpu, **r.cpu}.items()
+                if k not in ("machine_ticks", "router")
+            )
             retr = "-" if r.retransmits is None else str(r.retransmits)
             dr = " ".join(f"{k} {v}" for k, v in r.drops.items())
-            line = (f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}"
-                    + (f"  udp drops: {dr}" if dr else ""))
+            line = f"{r.mbit:7.1f} Mbit/s  retr {retr}  cpu: {cpu}" + (
+                f"  udp drops: {dr}" if dr else ""
+            )
         tag = f"#{r.run}" if self.args.repeat > 1 else ""
         print(f"  {r.path:<14} {r.direction:<4}{tag:>3} {line}", flush=True)
 
@@ -636,17 +684,37 @@ class Bench:
         import harness
 
         mtu = self.mtu or 1380
-        print(f"kernel-path reference: wireguard-go <-> wireguard-go (MTU {mtu}), kernel TCP "
-              "both ends", flush=True)
+        print(
+            f"kernel-path reference: wireguard-go <-> wireguard-go (MTU {mtu}), kernel TCP "
+            "both ends",
+            flush=True,
+        )
         ka, kb = harness.generate_keypair(), harness.generate_keypair()
         srv_ip, cli_ip = REF_NET
         with contextlib.ExitStack() as stack:
-            b = stack.enter_context(harness.WgClient(
-                kb.private, ka.public, None, address=f"{srv_ip}/32",
-                allowed_ips=(f"{cli_ip}/32",), mtu=mtu, log_level="error"))
-            c = stack.enter_context(harness.WgClient(
-                ka.private, kb.public, b.udp_port(), address=f"{cli_ip}/32",
-                allowed_ips=(f"{srv_ip}/32",), mtu=mtu, keepalive=25, log_level="error"))
+            b = stack.enter_context(
+                harness.WgClient(
+                    kb.private,
+                    ka.public,
+                    None,
+                    address=f"{srv_ip}/32",
+                    allowed_ips=(f"{cli_ip}/32",),
+                    mtu=mtu,
+                    log_level="error",
+                )
+            )
+            c = stack.enter_context(
+                harness.WgClient(
+                    ka.private,
+                    kb.public,
+                    b.udp_port(),
+                    address=f"{cli_ip}/32",
+                    allowed_ips=(f"{srv_ip}/32",),
+                    mtu=mtu,
+                    keepalive=25,
+                    log_level="error",
+                )
+            )
             _sent, got = c.ping(srv_ip, count=3, interval=0.1)
             if got == 0:
                 raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
@@ -657,9 +725,17 @@ class Bench:
             port = harness.free_tcp_port()
             with Iperf3Server(srv_ip, port, ns=b) as server:
                 ports = {"cli": c.udp_port(), "srv": b.udp_port()}
-                self._both_ways(lambda d: self.iperf("wg-go<->wg-go", d, srv_ip, server, c,
-                                                     {"wg-go": [c.pid, b.pid]},
-                                                     udp_ports=ports))
+                self._both_ways(
+                    lambda d: self.iperf(
+                        "wg-go<->wg-go",
+                        d,
+                        srv_ip,
+                        server,
+                        c,
+                        {"wg-go": [c.pid, b.pid]},
+                        udp_ports=ports,
+                    )
+                )
 
     def _grow_buffers(self, c: Any) -> None:
         """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""
@@ -680,8 +756,14 @@ class Bench:
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-cfg-"))
         try:
             env, cwd = self._router_env(tmp, 51820, 0, {})
-            r = subprocess.run(router_cmd("check-config"), env=os.environ | env, cwd=cwd,
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                router_cmd("check-config"),
+                env=os.environ | env,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             tcp: dict[str, Any] = json.loads(r.stdout)["tcp"]
             return tcp
         except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
@@ -689,8 +771,9 @@ class Bench:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _router_env(self, tmp: Path, port: int, workers: int, extra: dict[str, str]
-                    ) -> tuple[dict[str, str], str]:
+    def _router_env(
+        self, tmp: Path, port: int, workers: int, extra: dict[str, str]
+    ) -> tuple[dict[str, str], str]:
         from routerutil import base_env
 
         env = base_env(tmp, port, workers) | extra
@@ -731,9 +814,19 @@ class Bench:
             procs = process_tree(r.pid)
             info["processes"] = sorted(set(procs.values()))
             ports = {"wg-go": c.udp_port(), "router": self.router_port}
-            self._both_ways(lambda d: self.iperf(mode, d, GATEWAY, server, c,
-                                                 {"wg-go": [c.pid]}, router=procs,
-                                                 router_pid=r.pid, udp_ports=ports))
+            self._both_ways(
+                lambda d: self.iperf(
+                    mode,
+                    d,
+                    GATEWAY,
+                    server,
+                    c,
+                    {"wg-go": [c.pid]},
+                    router=procs,
+                    router_pid=r.pid,
+                    udp_ports=ports,
+                )
+            )
             info["exit"] = r.terminate(timeout=10)
             info["counters"] = exit_counters(r.output())
 
@@ -751,11 +844,23 @@ class Bench:
         caps = {"TCP_MAX_FLOWS": str(a.max_flows), "TCP_MAX_FLOWS_PER_PEER": str(a.max_flows)}
         try:
             with HoldServer(n + a.warm_flows + 64) as hold, self._tunnel(workers, caps) as (r, c):
+
                 def guest(count: int) -> tuple[subprocess.Popen[bytes], LineReader]:
                     p: subprocess.Popen[bytes] = c.popen(
-                        [sys.executable, self.script, "guest-hold", GATEWAY, str(hold.port),
-                         str(count), str(a.concurrency), str(a.open_timeout)],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                        [
+                            sys.executable,
+                            self.script,
+                            "guest-hold",
+                            GATEWAY,
+                            str(hold.port),
+                            str(count),
+                            str(a.concurrency),
+                            str(a.open_timeout),
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
                     assert p.stdout is not None
                     return p, LineReader(p.stdout.fileno())
 
@@ -798,18 +903,23 @@ class Bench:
                     time.sleep(a.idle)
                     res.idle = stable_memory(r.pid)
                     res.kernel_idle = kernel_memory()
-                    print(f"  opened {res.opened}/{n} in {res.open_seconds:.1f} s; server holds "
-                          f"{res.server_open}; router PSS +{_kib_flow(res, 'idle')} KiB/flow",
-                          flush=True)
+                    print(
+                        f"  opened {res.opened}/{n} in {res.open_seconds:.1f} s; server holds "
+                        f"{res.server_open}; router PSS +{_kib_flow(res, 'idle')} KiB/flow",
+                        flush=True,
+                    )
                     if a.touch:
                         command(p, f"touch {a.touch}")
                         t = result(rd, "touch", a.open_timeout + 30)
                         res.touch_ok = t["ok"]
                         time.sleep(a.idle)
                         res.touched = stable_memory(r.pid)
-                        print(f"  {t['ok']} flows carried {a.touch} B each way in "
-                              f"{t['seconds']:.1f} s; router PSS +{_kib_flow(res, 'touched')} "
-                              f"KiB/flow", flush=True)
+                        print(
+                            f"  {t['ok']} flows carried {a.touch} B each way in "
+                            f"{t['seconds']:.1f} s; router PSS +{_kib_flow(res, 'touched')} "
+                            f"KiB/flow",
+                            flush=True,
+                        )
                     command(p, "close")
                     result(rd, "close", 60)
                     p.wait(10)
@@ -826,8 +936,7 @@ class Bench:
 
 
 _TOTALS = re.compile(r"stopped; totals: (\{.*\})")
-_TCP_KEYS = ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed", "tcp_host_resets",
-             "tcp_rst_sent")
+_TCP_KEYS = ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed", "tcp_host_resets", "tcp_rst_sent")
 
 
 def exit_counters(output: str) -> dict[str, dict[str, int]]:
@@ -882,44 +991,86 @@ def report(b: Bench, args: argparse.Namespace) -> None:
     print()
     base = {d: m for (path, d), (m, _, _) in medians(b.tput).items() if path == "loopback"}
     if b.tput:
-        print(f"TCP throughput: iperf3, {args.streams} stream(s), {args.seconds} s after "
-              f"{args.omit} s omitted, {os.cpu_count()} CPUs, router MTU {b.mtu or '-'}. "
-              "CPU columns: % of one core.")
+        print(
+            f"TCP throughput: iperf3, {args.streams} stream(s), {args.seconds} s after "
+            f"{args.omit} s omitted, {os.cpu_count()} CPUs, router MTU {b.mtu or '-'}. "
+            "CPU columns: % of one core."
+        )
         rows = []
         for r in b.tput:
-            path = (r.path + (f" #{r.run}" if args.repeat > 1 else "")
-                    + ("*" if r.background > args.quiet_threshold else ""))
+            path = (
+                r.path
+                + (f" #{r.run}" if args.repeat > 1 else "")
+                + ("*" if r.background > args.quiet_threshold else "")
+            )
             if r.error:
                 rows.append([path, r.direction, "ERROR", *["-"] * 10])
                 continue
             ratio = f"{r.mbit / base[r.direction]:.3f}" if base.get(r.direction) else "-"
-            router = " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items())
-                              if v >= 0.5) or "-"
-            rows.append([path, r.direction, f"{r.mbit:.1f}", ratio,
-                         "-" if r.retransmits is None else str(r.retransmits),
-                         " ".join(f"{k} {v}" for k, v in r.drops.items() if v) or "-",
-                         _pct(r.cpu.get("router")), router, _pct(r.cpu.get("wg-go")),
-                         _pct(r.cpu.get("iperf3 -c")), _pct(r.cpu.get("iperf3 -s")),
-                         _pct(r.cpu.get("other")), _pct(r.cpu.get("machine"))])
-        print(table(["path", "dir", "Mbit/s", "x loopback", "retr", "udp drops", "router%",
-                     "router by process", "wg-go%", "iperf-c%", "iperf-s%", "other%",
-                     "busy%"], rows))
+            router = (
+                " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items()) if v >= 0.5) or "-"
+            )
+            rows.append(
+                [
+                    path,
+                    r.direction,
+                    f"{r.mbit:.1f}",
+                    ratio,
+                    "-" if r.retransmits is None else str(r.retransmits),
+                    " ".join(f"{k} {v}" for k, v in r.drops.items() if v) or "-",
+                    _pct(r.cpu.get("router")),
+                    router,
+                    _pct(r.cpu.get("wg-go")),
+                    _pct(r.cpu.get("iperf3 -c")),
+                    _pct(r.cpu.get("iperf3 -s")),
+                    _pct(r.cpu.get("other")),
+                    _pct(r.cpu.get("machine")),
+                ]
+            )
+        print(
+            table(
+                [
+                    "path",
+                    "dir",
+                    "Mbit/s",
+                    "x loopback",
+                    "retr",
+                    "udp drops",
+                    "router%",
+                    "router by process",
+                    "wg-go%",
+                    "iperf-c%",
+                    "iperf-s%",
+                    "other%",
+                    "busy%",
+                ],
+                rows,
+            )
+        )
         for r in b.tput:
             if not r.error and r.cpu.get("other", 0.0) >= 15.0:
-                print(f"  other% of {r.path} {r.direction} ({r.cpu['other']:.0f}%) mostly: "
-                      + ", ".join(f"{n} {p:.0f}%" for n, p in r.others if p >= 1.0))
+                print(
+                    f"  other% of {r.path} {r.direction} ({r.cpu['other']:.0f}%) mostly: "
+                    + ", ".join(f"{n} {p:.0f}%" for n, p in r.others if p >= 1.0)
+                )
         for info in b.infos:
             tcp = tcp_counters(info.get("counters") or {})
             if info.get("test") == "throughput" and tcp is not None:
-                print(f"  {info['mode']} router at exit: " + ", ".join(f"{k} {v}"
-                                                                   for k, v in tcp.items()))
+                print(
+                    f"  {info['mode']} router at exit: "
+                    + ", ".join(f"{k} {v}" for k, v in tcp.items())
+                )
         if any(r.background > args.quiet_threshold for r in b.tput):
-            print(f"* the machine was already more than {args.quiet_threshold:g}% busy before "
-                  "this test: someone else's load; distrust it.")
+            print(
+                f"* the machine was already more than {args.quiet_threshold:g}% busy before "
+                "this test: someone else's load; distrust it."
+            )
     if b.mem:
         print()
-        print("memory per TCP flow: router user-space memory (sum over its processes), "
-              "(state - before) / flows opened")
+        print(
+            "memory per TCP flow: router user-space memory (sum over its processes), "
+            "(state - before) / flows opened"
+        )
         rows = []
         for m in b.mem:
             if not m.opened:
@@ -928,42 +1079,77 @@ def report(b: Bench, args: argparse.Namespace) -> None:
             maps = _total(m.idle, "maps") - _total(m.before, "maps")
             maps_c = _total(m.closed, "maps") - _total(m.before, "maps") if m.closed else None
             fds = _total(m.idle, "fds") - _total(m.before, "fds")
-            rows.append([m.mode, str(m.flows), str(m.opened),
-                         f"{m.opened / m.open_seconds:.0f}" if m.open_seconds else "-",
-                         f"{_total(m.before, 'pss') / KIB / KIB:.1f}",
-                         f"{_total(m.idle, 'pss') / KIB / KIB:.1f}",
-                         _kib_flow(m, "idle"), _kib_flow(m, "idle", "uss"),
-                         _kib_flow(m, "idle", "rss"),
-                         _kib_flow(m, "touched") if m.touched else "-",
-                         _kib_flow(m, "closed") if m.closed else "-",
-                         f"{maps / m.opened:.2f}",
-                         "-" if maps_c is None else f"{maps_c / m.opened:.2f}",
-                         f"{fds / m.opened:.2f}"])
-        print(table(["mode", "flows", "opened", "open/s", "before MiB", "idle MiB",
-                     "idle KiB/flow", "USS", "RSS", f"after {args.touch} B", "after close",
-                     "maps/flow", "maps after close", "fds/flow"], rows))
-        print("  MiB and KiB/flow are PSS (proportional set size: summed over the router's "
-              "processes it is the physical memory they hold; USS double-counts pages whose "
-              "copy-on-write sharing between supervisor and workers broke, RSS misses the "
-              "copies) unless named USS/RSS.  'after close' = still held per flow once every "
-              "connection closed (allocator retention or a leak); maps = memory mappings "
-              "(vm.max_map_count caps them per process).")
+            rows.append(
+                [
+                    m.mode,
+                    str(m.flows),
+                    str(m.opened),
+                    f"{m.opened / m.open_seconds:.0f}" if m.open_seconds else "-",
+                    f"{_total(m.before, 'pss') / KIB / KIB:.1f}",
+                    f"{_total(m.idle, 'pss') / KIB / KIB:.1f}",
+                    _kib_flow(m, "idle"),
+                    _kib_flow(m, "idle", "uss"),
+                    _kib_flow(m, "idle", "rss"),
+                    _kib_flow(m, "touched") if m.touched else "-",
+                    _kib_flow(m, "closed") if m.closed else "-",
+                    f"{maps / m.opened:.2f}",
+                    "-" if maps_c is None else f"{maps_c / m.opened:.2f}",
+                    f"{fds / m.opened:.2f}",
+                ]
+            )
+        print(
+            table(
+                [
+                    "mode",
+                    "flows",
+                    "opened",
+                    "open/s",
+                    "before MiB",
+                    "idle MiB",
+                    "idle KiB/flow",
+                    "USS",
+                    "RSS",
+                    f"after {args.touch} B",
+                    "after close",
+                    "maps/flow",
+                    "maps after close",
+                    "fds/flow",
+                ],
+                rows,
+            )
+        )
+        print(
+            "  MiB and KiB/flow are PSS (proportional set size: summed over the router's "
+            "processes it is the physical memory they hold; USS double-counts pages whose "
+            "copy-on-write sharing between supervisor and workers broke, RSS misses the "
+            "copies) unless named USS/RSS.  'after close' = still held per flow once every "
+            "connection closed (allocator retention or a leak); maps = memory mappings "
+            "(vm.max_map_count caps them per process)."
+        )
         for m in b.mem:
             if not m.opened:
                 continue
             per_proc = ", ".join(
                 f"{k} {(v['pss'] - m.before.get(k, {}).get('pss', 0)) / m.opened / KIB:.2f}"
-                for k, v in sorted(m.idle.items()))
+                for k, v in sorted(m.idle.items())
+            )
             kb, ki = m.kernel_before, m.kernel_idle
-            kern = ", ".join(f"{k} {(ki[k] - kb[k]) / m.opened / KIB:.2f}"
-                             for k in ("slab", "sunreclaim", "tcp_mem") if k in kb and k in ki)
+            kern = ", ".join(
+                f"{k} {(ki[k] - kb[k]) / m.opened / KIB:.2f}"
+                for k in ("slab", "sunreclaim", "tcp_mem")
+                if k in kb and k in ki
+            )
             print(f"  {m.mode}: idle KiB/flow by process (PSS): {per_proc}")
-            print(f"  {m.mode}: kernel, NOT counted above (machine-wide, 3 sockets per flow: "
-                  f"guest, router's host socket, hold server): KiB/flow {kern or '-'}")
+            print(
+                f"  {m.mode}: kernel, NOT counted above (machine-wide, 3 sockets per flow: "
+                f"guest, router's host socket, hold server): KiB/flow {kern or '-'}"
+            )
             if "shmem" in kb and "shmem" in ki:
                 shm = (ki["shmem"] - kb["shmem"]) / m.opened / KIB
-                print(f"  {m.mode}: machine-wide Shmem {shm:+.2f} KiB/flow (user pages of "
-                      "shared mappings, counted above while mapped)")
+                print(
+                    f"  {m.mode}: machine-wide Shmem {shm:+.2f} KiB/flow (user pages of "
+                    "shared mappings, counted above while mapped)"
+                )
             if m.failed:
                 print(f"  {m.mode}: connections that failed: {m.failed}")
             if m.opened and m.server_open != m.opened:
@@ -972,8 +1158,9 @@ def report(b: Bench, args: argparse.Namespace) -> None:
                 print(f"  {m.mode}: only {m.touch_ok} flows completed the {args.touch} B echo")
             tcp = tcp_counters(m.counters)
             if tcp is not None:
-                print(f"  {m.mode}: router counters: " + ", ".join(f"{k} {v}"
-                                                                 for k, v in tcp.items()))
+                print(
+                    f"  {m.mode}: router counters: " + ", ".join(f"{k} {v}" for k, v in tcp.items())
+                )
             elif m.counters:
                 print(f"  {m.mode}: the router printed no worker counters at exit")
         for m in b.mem:
@@ -982,8 +1169,10 @@ def report(b: Bench, args: argparse.Namespace) -> None:
     for r in b.tput:
         if not r.profile:
             continue
-        print(f"\npy-spy {r.path} {r.direction}: source lines on top of the stack, as a "
-              "share of each process's busy samples")
+        print(
+            f"\npy-spy {r.path} {r.direction}: source lines on top of the stack, as a "
+            "share of each process's busy samples"
+        )
         print_profile(r.profile, r.router_cpu, funcs=True)
     for r in b.tput:
         if r.error:
@@ -1007,9 +1196,11 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
             if ok and m < TARGET_MBIT:
                 ok = False
         what = "median of " + str(args.repeat) + " runs, " if args.repeat > 1 else ""
-        print(f"  throughput >= {TARGET_MBIT:.0f} Mbit/s each way, {mode}: {what}"
-              f"{', '.join(parts)} Mbit/s -> "
-              + ("MET" if ok else "NOT MET" if ok is False else "INCOMPLETE"))
+        print(
+            f"  throughput >= {TARGET_MBIT:.0f} Mbit/s each way, {mode}: {what}"
+            f"{', '.join(parts)} Mbit/s -> "
+            + ("MET" if ok else "NOT MET" if ok is False else "INCOMPLETE")
+        )
     for m in b.mem:
         v = m.per_flow("idle")
         if v is None:
@@ -1019,19 +1210,24 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
         tail = ""
         if m.touched:
             t = m.per_flow("touched") or 0.0
-            tail = (f"; after {args.touch} B each way {t / KIB:.1f} KiB "
-                    f"({'within' if t / KIB <= TARGET_FLOW_KIB else 'over'} target)")
+            tail = (
+                f"; after {args.touch} B each way {t / KIB:.1f} KiB "
+                f"({'within' if t / KIB <= TARGET_FLOW_KIB else 'over'} target)"
+            )
         if m.closed:
             c = m.per_flow("closed") or 0.0
             tail += f"; still held after close {c / KIB:.1f} KiB"
-        print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode} ({m.opened} flows):"
-              f" PSS {v / KIB:.1f} KiB (USS {uss / KIB:.1f}) -> "
-              f"{'MET' if v / KIB <= TARGET_FLOW_KIB else 'NOT MET'}{tail}")
-    ref = [(d, med[("wg-go<->wg-go", d)][0]) for d in ("up", "down")
-           if ("wg-go<->wg-go", d) in med]
+        print(
+            f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode} ({m.opened} flows):"
+            f" PSS {v / KIB:.1f} KiB (USS {uss / KIB:.1f}) -> "
+            f"{'MET' if v / KIB <= TARGET_FLOW_KIB else 'NOT MET'}{tail}"
+        )
+    ref = [(d, med[("wg-go<->wg-go", d)][0]) for d in ("up", "down") if ("wg-go<->wg-go", d) in med]
     if ref:
-        print("  kernel-path reference (wireguard-go both ends, kernel TCP): "
-              + ", ".join(f"{d} {m:.0f} Mbit/s" for d, m in ref))
+        print(
+            "  kernel-path reference (wireguard-go both ends, kernel TCP): "
+            + ", ".join(f"{d} {m:.0f} Mbit/s" for d, m in ref)
+        )
     elif not {"reference", "throughput"} & args.skip:
         print("  kernel-path reference: not measured (see the error above)")
     tcp = b.tcp_config
@@ -1039,64 +1235,133 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
         print("  router TCP settings: unknown (wgslirp check-config failed)")
     else:
         sack = tcp.get("enable_sack")
-        print(f"  router TCP settings (check-config): TCP_ENABLE_SACK={sack} ("
-              + ("SACK negotiated when the guest offers it" if sack else
-                 "SACK not negotiated even though Linux guests offer it")
-              + f"), TCP_CC={tcp.get('cc')}, TCP_ACK_DELAY_MS={tcp.get('ack_delay_ms')}")
-    print("  Kernel socket memory is not counted in the per-flow figures: it belongs to the "
-          "host sockets (kernel), not to user space.")
+        print(
+            f"  router TCP settings (check-config): TCP_ENABLE_SACK={sack} ("
+            + (
+                "SACK negotiated when the guest offers it"
+                if sack
+                else "SACK not negotiated even though Linux guests offer it"
+            )
+            + f"), TCP_CC={tcp.get('cc')}, TCP_ACK_DELAY_MS={tcp.get('ack_delay_ms')}"
+        )
+    print(
+        "  Kernel socket memory is not counted in the per-flow figures: it belongs to the "
+        "host sockets (kernel), not to user space."
+    )
 
 
 # =========================================================================== main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=int, default=None,
-                   help="iperf3 measured seconds per test (default 6, --quick 3)")
-    p.add_argument("--omit", type=int, default=1,
-                   help="iperf3 -O: seconds of slow start left out (default 1)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--seconds",
+        type=int,
+        default=None,
+        help="iperf3 measured seconds per test (default 6, --quick 3)",
+    )
+    p.add_argument(
+        "--omit", type=int, default=1, help="iperf3 -O: seconds of slow start left out (default 1)"
+    )
     p.add_argument("--streams", type=int, default=1, help="iperf3 -P (default 1)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="iperf3 runs per path and direction; the summary takes the median "
-                        "(default 1; 3 smooths where the scheduler puts the processes)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="iperf3 runs per path and direction; the summary takes the median "
+        "(default 1; 3 smooths where the scheduler puts the processes)",
+    )
     p.add_argument("--workers", default="0,2", help="PROCESSOR_WORKERS values (default 0,2)")
-    p.add_argument("--flows", type=int, default=None,
-                   help="idle flows for the memory test (default 10000, --quick 2000)")
-    p.add_argument("--max-flows", type=int, default=20000,
-                   help="TCP_MAX_FLOWS and TCP_MAX_FLOWS_PER_PEER for the memory test's router")
-    p.add_argument("--touch", type=int, default=64,
-                   help="bytes each flow echoes once after the idle measurement, then idles "
-                        "again (0 = skip that state; default 64)")
-    p.add_argument("--concurrency", type=int, default=128,
-                   help="guest connects in progress at once (default 128)")
-    p.add_argument("--open-timeout", type=float, default=180.0,
-                   help="longest the guest spends opening the flows (default 180 s)")
-    p.add_argument("--idle", type=float, default=2.0,
-                   help="seconds the flows stay idle before memory is sampled (default 2)")
-    p.add_argument("--warm-flows", type=int, default=50,
-                   help="connections opened, touched and closed before 'before' (default 50)")
-    p.add_argument("--skip", default="",
-                   help="comma list of parts to skip: throughput, memory, loopback, reference")
-    p.add_argument("--client-sockbuf", type=int, default=0, metavar="BYTES",
-                   help="give every wireguard-go client's UDP socket BYTES of buffer, as "
-                        "wireguard-go 0.0.20230223 and later do themselves (7340032); default "
-                        "0 keeps Debian's build at the kernel default, whose drops under "
-                        "bursts make downloads vary")
-    p.add_argument("--no-reference", action="store_true",
-                   help="skip the wireguard-go <-> wireguard-go reference")
-    p.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the router, e.g. TCP_ENABLE_SACK=1 (repeatable)")
+    p.add_argument(
+        "--flows",
+        type=int,
+        default=None,
+        help="idle flows for the memory test (default 10000, --quick 2000)",
+    )
+    p.add_argument(
+        "--max-flows",
+        type=int,
+        default=20000,
+        help="TCP_MAX_FLOWS and TCP_MAX_FLOWS_PER_PEER for the memory test's router",
+    )
+    p.add_argument(
+        "--touch",
+        type=int,
+        default=64,
+        help="bytes each flow echoes once after the idle measurement, then idles "
+        "again (0 = skip that state; default 64)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=128,
+        help="guest connects in progress at once (default 128)",
+    )
+    p.add_argument(
+        "--open-timeout",
+        type=float,
+        default=180.0,
+        help="longest the guest spends opening the flows (default 180 s)",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="seconds the flows stay idle before memory is sampled (default 2)",
+    )
+    p.add_argument(
+        "--warm-flows",
+        type=int,
+        default=50,
+        help="connections opened, touched and closed before 'before' (default 50)",
+    )
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list of parts to skip: throughput, memory, loopback, reference",
+    )
+    p.add_argument(
+        "--client-sockbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="give every wireguard-go client's UDP socket BYTES of buffer, as "
+        "wireguard-go 0.0.20230223 and later do themselves (7340032); default "
+        "0 keeps Debian's build at the kernel default, whose drops under "
+        "bursts make downloads vary",
+    )
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the wireguard-go <-> wireguard-go reference",
+    )
+    p.add_argument(
+        "--router-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the router, e.g. TCP_ENABLE_SACK=1 (repeatable)",
+    )
     p.add_argument("--quick", action="store_true", help="3 s windows, 2,000 flows")
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
     _benchutil.add_rev_argument(p)
-    p.add_argument("--code", metavar="DIR", default=None,
-                   help="run the router from the wgslirp package in DIR (a patched copy for an "
-                        "experiment) instead of the working tree")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="py-spy every router process during each tunnel window; collapsed "
-                        "stacks go to DIR and the top lines are printed")
+    p.add_argument(
+        "--code",
+        metavar="DIR",
+        default=None,
+        help="run the router from the wgslirp package in DIR (a patched copy for an "
+        "experiment) instead of the working tree",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="py-spy every router process during each tunnel window; collapsed "
+        "stacks go to DIR and the top lines are printed",
+    )
     _benchutil.add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     if a.seconds is None:
@@ -1131,8 +1396,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--open-timeout must be 1..900")
     if a.profile is not None and Path(a.profile).exists() and not Path(a.profile).is_dir():
         p.error(f"--profile {a.profile}: exists and is not a directory")
-    if a.code is not None and (a.rev is not None
-                               or not (Path(a.code) / "wgslirp" / "__init__.py").is_file()):
+    if a.code is not None and (
+        a.rev is not None or not (Path(a.code) / "wgslirp" / "__init__.py").is_file()
+    ):
         p.error("--code wants a directory holding a wgslirp package, and excludes --rev")
     if a.max_flows < a.flows + a.warm_flows:
         p.error("--max-flows must cover --flows plus --warm-flows")
@@ -1161,12 +1427,23 @@ def main(argv: list[str]) -> int:
         elif args.rev is not None:
             args.code_dir = rev_code.enter_context(_benchutil.rev_exported(args.rev))
         else:
-            dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
-            head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                  capture_output=True, text=True, timeout=30).stdout.strip()
-            print(f"router code: working tree at {head}"
-                  + (" with uncommitted changes in wgslirp/" if dirty else ""), flush=True)
+            dirty = subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            head = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            print(
+                f"router code: working tree at {head}"
+                + (" with uncommitted changes in wgslirp/" if dirty else ""),
+                flush=True,
+            )
         bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
             port = harness.free_tcp_port()
@@ -1192,19 +1469,29 @@ def main(argv: list[str]) -> int:
                 if bench.mem[-1].error:
                     code = 1
     except KeyboardInterrupt:
-        print("\ninterrupted: everything started has been stopped; partial results follow",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: everything started has been stopped; partial results follow",
+            file=sys.stderr,
+        )
         code = 130
     finally:
         rev_code.close()
     if args.json:  # first: a bug in the report must not lose the measurements
         with open(args.json, "w") as f:
-            json.dump({"args": {k: (sorted(v) if isinstance(v, set) else v)
-                                for k, v in vars(args).items()},
-                       "throughput": [dataclasses.asdict(r) for r in bench.tput],
-                       "memory": [dataclasses.asdict(m) for m in bench.mem],
-                       "routers": bench.infos, "tcp_config": bench.tcp_config},
-                      f, indent=1, default=str)
+            json.dump(
+                {
+                    "args": {
+                        k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()
+                    },
+                    "throughput": [dataclasses.asdict(r) for r in bench.tput],
+                    "memory": [dataclasses.asdict(m) for m in bench.mem],
+                    "routers": bench.infos,
+                    "tcp_config": bench.tcp_config,
+                },
+                f,
+                indent=1,
+                default=str,
+            )
     report(bench, args)
     print(f"\n(total {time.monotonic() - t0:.0f} s)")
     return code

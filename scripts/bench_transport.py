@@ -70,8 +70,10 @@ def main() -> None:
     print(f"  bare AEAD encrypt_into : {r['base']:>10,.0f} pkt/s  (baseline)")
     for key, name in (("enc", "Device.encrypt"), ("dec", "Device.decrypt")):
         mbit = r[key] * args.size * 8 / 1e6
-        print(f"  {name:<22} : {r[key]:>10,.0f} pkt/s  {mbit:>8,.0f} Mbit/s  "
-              f"ratio to baseline {r[key] / r['base']:.2f}")
+        print(
+            f"  {name:<22} : {r[key]:>10,.0f} pkt/s  {mbit:>8,.0f} Mbit/s  "
+            f"ratio to baseline {r[key] / r['base']:.2f}"
+        )
 
 
 if __name__ == "__main__":

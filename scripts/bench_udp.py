@@ -107,8 +107,9 @@ def _connected_sockets(host: str, port: int, flows: int, blocking: bool) -> list
     socks = []
     for _ in range(flows):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                     struct.pack("ll", SO_SNDTIMEO_SECONDS, 0))
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SO_SNDTIMEO_SECONDS, 0)
+        )
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         s.connect((host, port))
         s.setblocking(blocking)
@@ -116,8 +117,9 @@ def _connected_sockets(host: str, port: int, flows: int, blocking: bool) -> list
     return socks
 
 
-def guest_send(host: str, port: int, size: int, flows: int, warmup: float,
-               seconds: float, rate: float = 0.0) -> dict[str, Any]:
+def guest_send(
+    host: str, port: int, size: int, flows: int, warmup: float, seconds: float, rate: float = 0.0
+) -> dict[str, Any]:
     """Send ``size``-byte datagrams round-robin over ``flows`` connected sockets, as fast as
     possible (``rate`` 0) or paced to ``rate`` datagrams/s in bursts of about 1 ms."""
     socks = _connected_sockets(host, port, flows, blocking=True)
@@ -158,8 +160,9 @@ def guest_send(host: str, port: int, size: int, flows: int, warmup: float,
     return {"sent": sent, "window_sent": window, "window_s": tm1 - tm0, "errors": errors}
 
 
-def guest_echo(host: str, port: int, size: int, flows: int, window: int, warmup: float,
-               seconds: float) -> dict[str, Any]:
+def guest_echo(
+    host: str, port: int, size: int, flows: int, window: int, warmup: float, seconds: float
+) -> dict[str, Any]:
     """Keep ``window`` requests in flight; verify every reply byte-for-byte."""
     socks = _connected_sockets(host, port, flows, blocking=False)
     tail = (bytes(range(256)) * (size // 256 + 1))[8:size]
@@ -221,22 +224,36 @@ def guest_echo(host: str, port: int, size: int, flows: int, window: int, warmup:
                     if marked and len(rtts) < 200_000:
                         rtts.append(now - sent_at)
     rtts.sort()
-    return {"sent": seq, "verified": verified, "window_verified": w_verified,
-            "window_lost": w_lost, "window_s": tm1 - tm0, "lost": lost, "corrupt": corrupt,
-            "late": late, "errors": errors,
-            "rtt_p50_ms": 1000 * rtts[len(rtts) // 2] if rtts else None,
-            "rtt_p99_ms": 1000 * rtts[len(rtts) * 99 // 100] if rtts else None}
+    return {
+        "sent": seq,
+        "verified": verified,
+        "window_verified": w_verified,
+        "window_lost": w_lost,
+        "window_s": tm1 - tm0,
+        "lost": lost,
+        "corrupt": corrupt,
+        "late": late,
+        "errors": errors,
+        "rtt_p50_ms": 1000 * rtts[len(rtts) // 2] if rtts else None,
+        "rtt_p99_ms": 1000 * rtts[len(rtts) * 99 // 100] if rtts else None,
+    }
 
 
 def guest_main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller stops us (by PID)
     cmd, a = argv[0], argv[1:]
     if cmd == "guest-send":
-        out = guest_send(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]), float(a[5]),
-                         float(a[6]) if len(a) > 6 else 0.0)
+        out = guest_send(
+            a[0],
+            int(a[1]),
+            int(a[2]),
+            int(a[3]),
+            float(a[4]),
+            float(a[5]),
+            float(a[6]) if len(a) > 6 else 0.0,
+        )
     elif cmd == "guest-echo":
-        out = guest_echo(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), float(a[5]),
-                         float(a[6]))
+        out = guest_echo(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), float(a[5]), float(a[6]))
     else:
         raise SystemExit(f"unknown guest command {cmd}")
     _emit(json.dumps(out))
@@ -289,8 +306,12 @@ class Bench:
     # -------------------------------------------------------------- one measurement
 
     def _spawn(self, argv: list[str], tunnel: Tunnel | None) -> subprocess.Popen[bytes]:
-        return spawn(argv, tunnel.client if tunnel is not None else None,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return spawn(
+            argv,
+            tunnel.client if tunnel is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def _meter(self, tunnel: Tunnel | None, guest_pid: int, server_pid: int) -> CpuMeter:
         m = CpuMeter()
@@ -312,11 +333,31 @@ class Bench:
         server = self.sink if test == "upload" else self.echo
         host = "127.0.0.1" if tunnel is None else a.gateway
         if test == "upload":
-            argv = [sys.executable, self.script, "guest-send", host, str(server.port), str(size),
-                    str(a.flows), str(a.warmup), str(a.seconds), str(a.rate)]
+            argv = [
+                sys.executable,
+                self.script,
+                "guest-send",
+                host,
+                str(server.port),
+                str(size),
+                str(a.flows),
+                str(a.warmup),
+                str(a.seconds),
+                str(a.rate),
+            ]
         else:
-            argv = [sys.executable, self.script, "guest-echo", host, str(server.port),
-                    str(size), str(a.flows), str(a.window), str(a.warmup), str(a.seconds)]
+            argv = [
+                sys.executable,
+                self.script,
+                "guest-echo",
+                host,
+                str(server.port),
+                str(size),
+                str(a.flows),
+                str(a.window),
+                str(a.warmup),
+                str(a.seconds),
+            ]
         rport = tunnel.router_port if tunnel else -1
         wport = tunnel.wg_port if tunnel else -1
         lo = "127.0.0.1"
@@ -357,8 +398,13 @@ class Bench:
                 raise RuntimeError(f"guest did not start its window (got {line!r})")
             snap_a, pk_a = meter.snapshot(), server.packets
             if tunnel is not None and a.profile is not None:
-                spy = PySpy(Path(a.profile), f"{mode.replace('=', '')}-{test}-{size}",
-                            meter.router_targets(), a.seconds, source_root=a.code_dir or REPO)
+                spy = PySpy(
+                    Path(a.profile),
+                    f"{mode.replace('=', '')}-{test}-{size}",
+                    meter.router_targets(),
+                    a.seconds,
+                    source_root=a.code_dir or REPO,
+                )
             line = reader.readline(a.seconds + 15)
             snap_b, pk_b = meter.snapshot(), server.packets
             if line != "mark":
@@ -384,8 +430,9 @@ class Bench:
                 spy.close()
             stop_and_close(proc)
         dt = snap_b.when - snap_a.when
-        res.router_cpu, res.cpu, res.others = split_cpu(meter, snap_a, snap_b,
-                                                        router=tunnel is not None)
+        res.router_cpu, res.cpu, res.others = split_cpu(
+            meter, snap_a, snap_b, router=tunnel is not None
+        )
         g = res.guest
         if test == "upload":
             res.rate = (pk_b - pk_a) / dt
@@ -399,8 +446,12 @@ class Bench:
                 wire = self._wg_tx_bytes(tunnel) - tx0
                 on_wire = wire // self._wire_size(size, tunnel.mtu)
                 dsock = drops_between(drops0.get("wgsock", {}), drops1.get("wgsock", {}))
-                res.where = {"guest": sent - on_wire, "wgsock": dsock,
-                             "router": on_wire - dsock - received - dsink, "sink": dsink}
+                res.where = {
+                    "guest": sent - on_wire,
+                    "wgsock": dsock,
+                    "router": on_wire - dsock - received - dsink,
+                    "sink": dsink,
+                }
             else:
                 res.where = {"sink": dsink, "other": sent - received - dsink}
         else:
@@ -409,9 +460,10 @@ class Bench:
             total = g["window_verified"] + g["window_lost"]
             res.loss_pct = 100.0 * g["window_lost"] / total if total else 0.0
             drops1 = drops()
-            res.where = {k: drops_between(drops0.get(k, {}), drops1.get(k, {}))
-                         for k in ("wgsock", "server", "wg-go sock", "router host sock",
-                                   "guest sock")}
+            res.where = {
+                k: drops_between(drops0.get(k, {}), drops1.get(k, {}))
+                for k in ("wgsock", "server", "wg-go sock", "router host sock", "guest sock")
+            }
         return res
 
     @staticmethod
@@ -450,8 +502,7 @@ class Bench:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
                 with pinged_client(r, port) as c:
                     tunnel = Tunnel(c, r.pid, port, c.udp_port(), c.mtu)
-                    info["processes"] = sorted(set(
-                        process_tree(r.pid).values()))
+                    info["processes"] = sorted(set(process_tree(r.pid).values()))
                     self._run_set(mode, tunnel)
                 rc = r.terminate(timeout=10)
                 info["exit"] = rc
@@ -466,11 +517,15 @@ def _one_line(r: Result) -> str:
         return "ERROR " + r.error.splitlines()[0]
     cpu = " ".join(f"{k} {v:.0f}%" for k, v in r.cpu.items() if k != "machine_ticks")
     if r.test == "upload":
-        return (f"sent {si(r.sent_rate)}/s recv {si(r.rate)}/s ({r.mbit:.1f} Mbit/s) "
-                f"loss {r.loss_pct:.1f}%  cpu: {cpu}")
-    return (f"{si(r.rate)} replies/s ({r.mbit:.1f} Mbit/s each way) "
-            f"lost {r.loss_pct:.2f}% rtt p50 {r.guest.get('rtt_p50_ms') or 0:.2f} ms  "
-            f"cpu: {cpu}")
+        return (
+            f"sent {si(r.sent_rate)}/s recv {si(r.rate)}/s ({r.mbit:.1f} Mbit/s) "
+            f"loss {r.loss_pct:.1f}%  cpu: {cpu}"
+        )
+    return (
+        f"{si(r.rate)} replies/s ({r.mbit:.1f} Mbit/s each way) "
+        f"lost {r.loss_pct:.2f}% rtt p50 {r.guest.get('rtt_p50_ms') or 0:.2f} ms  "
+        f"cpu: {cpu}"
+    )
 
 
 # =========================================================================== report
@@ -484,9 +539,11 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
     base = {(r.test, r.size): r for r in results if r.mode == "loopback" and not r.error}
     print()
     pace = f"upload paced at {si(args.rate)}/s" if args.rate else "upload unpaced"
-    print(f"UDP through wgslirp: {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
-          f"{args.flows} flows, {pace}, echo window {args.window}, {os.cpu_count()} CPUs. "
-          "CPU columns: % of one core.")
+    print(
+        f"UDP through wgslirp: {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
+        f"{args.flows} flows, {pace}, echo window {args.window}, {os.cpu_count()} CPUs. "
+        "CPU columns: % of one core."
+    )
     for test in ("upload", "echo"):
         rows = []
         for r in results:
@@ -498,63 +555,133 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
             if r.error:
                 rows.append([mode, str(r.size), "ERROR", *["-"] * 12])
                 continue
-            router = " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items())
-                              if v >= 0.5) or "-"
-            common = [_pct(r.cpu.get("router")), router, _pct(r.cpu.get("wg-go")),
-                      _pct(r.cpu.get("guest")), _pct(r.cpu.get("server")),
-                      _pct(r.cpu.get("other")), _pct(r.cpu.get("machine"))]
+            router = (
+                " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items()) if v >= 0.5) or "-"
+            )
+            common = [
+                _pct(r.cpu.get("router")),
+                router,
+                _pct(r.cpu.get("wg-go")),
+                _pct(r.cpu.get("guest")),
+                _pct(r.cpu.get("server")),
+                _pct(r.cpu.get("other")),
+                _pct(r.cpu.get("machine")),
+            ]
             if test == "upload":
                 sent = max(int(r.guest.get("sent", 0)), 1)
-                where = " ".join(f"{k} {100 * v / sent:.1f}" for k, v in r.where.items()
-                                 if v) or "-"
-                rows.append([mode, str(r.size), si(r.sent_rate), si(r.rate),
-                             f"{r.mbit:.1f}", f"{r.loss_pct:.1f}", ratio, *common, where])
+                where = (
+                    " ".join(f"{k} {100 * v / sent:.1f}" for k, v in r.where.items() if v) or "-"
+                )
+                rows.append(
+                    [
+                        mode,
+                        str(r.size),
+                        si(r.sent_rate),
+                        si(r.rate),
+                        f"{r.mbit:.1f}",
+                        f"{r.loss_pct:.1f}",
+                        ratio,
+                        *common,
+                        where,
+                    ]
+                )
             else:
                 p50 = r.guest.get("rtt_p50_ms")
-                rows.append([mode, str(r.size), si(r.rate), f"{r.mbit:.1f}",
-                             f"{r.loss_pct:.2f}", "-" if p50 is None else f"{p50:.2f}",
-                             ratio, *common,
-                             " ".join(f"{k} {v}" for k, v in r.where.items() if v) or "-"])
+                rows.append(
+                    [
+                        mode,
+                        str(r.size),
+                        si(r.rate),
+                        f"{r.mbit:.1f}",
+                        f"{r.loss_pct:.2f}",
+                        "-" if p50 is None else f"{p50:.2f}",
+                        ratio,
+                        *common,
+                        " ".join(f"{k} {v}" for k, v in r.where.items() if v) or "-",
+                    ]
+                )
         if not rows:
             continue
         print()
         if test == "upload":
-            print("upload: guest -> sink on host loopback (recv/s = what the sink got; "
-                  "lost where = % of sent)")
-            hdr = ["mode", "bytes", "sent/s", "recv/s", "Mbit/s", "loss%", "x base",
-                   "router%", "router by process", "wg-go%", "sender%", "sink%", "other%",
-                   "busy%", "lost where (% of sent)"]
+            print(
+                "upload: guest -> sink on host loopback (recv/s = what the sink got; "
+                "lost where = % of sent)"
+            )
+            hdr = [
+                "mode",
+                "bytes",
+                "sent/s",
+                "recv/s",
+                "Mbit/s",
+                "loss%",
+                "x base",
+                "router%",
+                "router by process",
+                "wg-go%",
+                "sender%",
+                "sink%",
+                "other%",
+                "busy%",
+                "lost where (% of sent)",
+            ]
         else:
             print("echo: guest <-> echo on host loopback, windowed request/response")
-            hdr = ["mode", "bytes", "replies/s", "Mbit/s", "lost%", "rtt p50 ms", "x base",
-                   "router%", "router by process", "wg-go%", "client%", "echo%", "other%",
-                   "busy%", "socket drops"]
+            hdr = [
+                "mode",
+                "bytes",
+                "replies/s",
+                "Mbit/s",
+                "lost%",
+                "rtt p50 ms",
+                "x base",
+                "router%",
+                "router by process",
+                "wg-go%",
+                "client%",
+                "echo%",
+                "other%",
+                "busy%",
+                "socket drops",
+            ]
         print(table(hdr, rows))
-    print("\nbusy% = CPU time of every process on the machine; other% = the part not charged "
-          "to the processes listed (kernel threads, this controller, anyone else's load).")
+    print(
+        "\nbusy% = CPU time of every process on the machine; other% = the part not charged "
+        "to the processes listed (kernel threads, this controller, anyone else's load)."
+    )
     busy_others = [r for r in results if r.cpu.get("other", 0.0) >= 15.0]
     for r in busy_others:
-        print(f"  other% of {r.mode} {r.test} {r.size} B ({r.cpu['other']:.0f}%) mostly: "
-              + ", ".join(f"{name} {pct:.0f}%" for name, pct in r.others if pct >= 1.0))
+        print(
+            f"  other% of {r.mode} {r.test} {r.size} B ({r.cpu['other']:.0f}%) mostly: "
+            + ", ".join(f"{name} {pct:.0f}%" for name, pct in r.others if pct >= 1.0)
+        )
     if any(r.background > args.quiet_threshold for r in results):
-        print(f"* the machine was already more than {args.quiet_threshold:g}% busy before this "
-              f"test (after waiting {args.quiet_wait:g} s): someone else's load; distrust it.")
+        print(
+            f"* the machine was already more than {args.quiet_threshold:g}% busy before this "
+            f"test (after waiting {args.quiet_wait:g} s): someone else's load; distrust it."
+        )
     for info in infos:
         c = info.get("counters") or {}
         ing = c.get("ingress", {})
         workers = {k: v for k, v in c.items() if k.startswith("worker")}
-        split = ", ".join(f"{k}: {v.get('udp_tx_packets', 0)} tx/{v.get('udp_rx_packets', 0)} rx"
-                          for k, v in sorted(workers.items()))
-        print(f"\n{info['mode']}: router exit {info.get('exit')}; ingress datagrams "
-              f"{si(ing.get('datagrams_received', 0))}, ring_full_dropped "
-              f"{ing.get('ring_full_dropped', 0)}, send_errors {ing.get('send_errors', 0)}; "
-              f"udp per worker: {split or '-'}; udp_send_errors "
-              f"{sum(v.get('udp_send_errors', 0) for v in workers.values())}")
+        split = ", ".join(
+            f"{k}: {v.get('udp_tx_packets', 0)} tx/{v.get('udp_rx_packets', 0)} rx"
+            for k, v in sorted(workers.items())
+        )
+        print(
+            f"\n{info['mode']}: router exit {info.get('exit')}; ingress datagrams "
+            f"{si(ing.get('datagrams_received', 0))}, ring_full_dropped "
+            f"{ing.get('ring_full_dropped', 0)}, send_errors {ing.get('send_errors', 0)}; "
+            f"udp per worker: {split or '-'}; udp_send_errors "
+            f"{sum(v.get('udp_send_errors', 0) for v in workers.values())}"
+        )
     for r in results:
         if not r.profile:
             continue
-        print(f"\npy-spy {r.mode} {r.test} {r.size} B: source lines on top of the stack, as a "
-              "share of each process's busy samples (running or waiting for a CPU)")
+        print(
+            f"\npy-spy {r.mode} {r.test} {r.size} B: source lines on top of the stack, as a "
+            "share of each process's busy samples (running or waiting for a CPU)"
+        )
         print_profile(r.profile, r.router_cpu)
     errors = [r for r in results if r.error]
     for r in errors:
@@ -565,29 +692,57 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=None,
-                   help="measured window per test (default 3, --quick 1)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds of traffic before the window (default 0.5, --quick 0.3)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="measured window per test (default 3, --quick 1)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of traffic before the window (default 0.5, --quick 0.3)",
+    )
     p.add_argument("--workers", default="0,1,2", help="PROCESSOR_WORKERS values (default 0,1,2)")
-    p.add_argument("--sizes", default="64,1352",
-                   help="UDP payload bytes (default 64,1352: 1352 + 28 = WG_MTU 1380)")
-    p.add_argument("--flows", type=int, default=4,
-                   help="guest sockets used round-robin, so workers can share them (default 4)")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="pace the upload sender to this many datagrams/s (default 0: as fast "
-                        "as it can); a rate the path sustains shows loss-free capacity")
+    p.add_argument(
+        "--sizes",
+        default="64,1352",
+        help="UDP payload bytes (default 64,1352: 1352 + 28 = WG_MTU 1380)",
+    )
+    p.add_argument(
+        "--flows",
+        type=int,
+        default=4,
+        help="guest sockets used round-robin, so workers can share them (default 4)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the upload sender to this many datagrams/s (default 0: as fast "
+        "as it can); a rate the path sustains shows loss-free capacity",
+    )
     p.add_argument("--window", type=int, default=64, help="echo requests in flight (default 64)")
     p.add_argument("--quick", action="store_true", help="1 s windows, 0.3 s warm-up")
-    p.add_argument("--json", metavar="FILE", default=None,
-                   help="also write every result and the routers' exit counters as JSON")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        default=None,
+        help="also write every result and the routers' exit counters as JSON",
+    )
     _benchutil.add_rev_argument(p)
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="py-spy every router process during each tunnel window; collapsed "
-                        "stacks go to DIR and the top functions are printed (adds a few %% "
-                        "of CPU per process)")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="py-spy every router process during each tunnel window; collapsed "
+        "stacks go to DIR and the top functions are printed (adds a few %% "
+        "of CPU per process)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the loopback baseline")
     _benchutil.add_quiet_options(p, what="test", wait=5.0)
     a = p.parse_args(argv)
@@ -625,8 +780,11 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     code = 0
     try:
-        with (_benchutil.rev_exported(args.rev) as code_dir,
-              UdpServer(echo=False) as sink, UdpServer(echo=True) as echo):
+        with (
+            _benchutil.rev_exported(args.rev) as code_dir,
+            UdpServer(echo=False) as sink,
+            UdpServer(echo=True) as echo,
+        ):
             args.code_dir = code_dir
             args.sink, args.echo, args.gateway = sink, echo, "127.0.0.1"
             bench = Bench(args)
@@ -640,17 +798,25 @@ def main(argv: list[str]) -> int:
                     infos.append({"mode": f"workers={w}", "error": str(exc)})
                     code = 1
     except KeyboardInterrupt:
-        print("\ninterrupted: everything started has been stopped; partial results follow",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: everything started has been stopped; partial results follow",
+            file=sys.stderr,
+        )
         code = 130
     if bench is not None and bench.results:
         report(bench.results, infos, args)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"args": {k: v for k, v in vars(args).items()
-                                    if k not in ("sink", "echo")},
-                           "results": [dataclasses.asdict(r) for r in bench.results],
-                           "routers": infos}, f, indent=1, default=str)
+                json.dump(
+                    {
+                        "args": {k: v for k, v in vars(args).items() if k not in ("sink", "echo")},
+                        "results": [dataclasses.asdict(r) for r in bench.results],
+                        "routers": infos,
+                    },
+                    f,
+                    indent=1,
+                    default=str,
+                )
     print(f"\n(total {time.monotonic() - t0:.0f} s)")
     return code
 

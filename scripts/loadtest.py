@@ -168,8 +168,9 @@ def udp_payload(pattern: bytes, flow: int, seq: int, size: int) -> bytes:
     return UDP_HEADER.pack(flow, seq) + pattern[start : start + size - UDP_HEADER.size]
 
 
-def udp_reply_status(pattern: bytes, flow: int, size: int,
-                     data: bytes | memoryview) -> tuple[str, int | None]:
+def udp_reply_status(
+    pattern: bytes, flow: int, size: int, data: bytes | memoryview
+) -> tuple[str, int | None]:
     """("ok", seq) if ``data`` is exactly request ``seq`` of ``flow``, else ("corrupt", seq or
     None when the header itself is unusable)."""
     if len(data) < UDP_HEADER.size:
@@ -285,8 +286,10 @@ class _HostConn:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
                 self.first = False
             self.out += data
-            self._interest(selectors.EVENT_WRITE | (
-                selectors.EVENT_READ if len(self.out) < self.ECHO_HIGH_WATER else 0))
+            self._interest(
+                selectors.EVENT_WRITE
+                | (selectors.EVENT_READ if len(self.out) < self.ECHO_HIGH_WATER else 0)
+            )
         elif self.mode == "sink" and self.verifier is not None:
             if self.srv.inject and self.first and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -324,8 +327,9 @@ class _HostConn:
 
 
 class _HostLoop:
-    def __init__(self, listeners: dict[str, socket.socket], udp: socket.socket, inject: bool,
-                 counters: Any) -> None:
+    def __init__(
+        self, listeners: dict[str, socket.socket], udp: socket.socket, inject: bool, counters: Any
+    ) -> None:
         self.sel = selectors.DefaultSelector()
         self.pat = make_pattern()
         self.pmv = memoryview(self.pat)
@@ -376,8 +380,11 @@ class _HostLoop:
                 self.counters[2] += 1
                 return
             self.counters[1] += 1
-            if (self.inject and n >= UDP_HEADER.size
-                    and UDP_HEADER.unpack_from(self.ubuf)[1] % 10 == 0):
+            if (
+                self.inject
+                and n >= UDP_HEADER.size
+                and UDP_HEADER.unpack_from(self.ubuf)[1] % 10 == 0
+            ):
                 self.ubuf[n - 1] ^= 0xFF
             try:
                 self.udp.sendto(self.umv[:n], addr)
@@ -385,8 +392,13 @@ class _HostLoop:
                 self.counters[2] += 1
 
 
-def _host_serve(counters: Any, listeners: dict[str, socket.socket], udp: socket.socket,
-                inject: bool, lifetime: float) -> None:
+def _host_serve(
+    counters: Any,
+    listeners: dict[str, socket.socket],
+    udp: socket.socket,
+    inject: bool,
+    lifetime: float,
+) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller stops us, by PID
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -425,8 +437,7 @@ class HostServers(ForkedServer):
             raise
         self.ports = {mode: ls.getsockname()[1] for mode, ls in listeners.items()}
         self.ports["udp"] = udp.getsockname()[1]
-        super().__init__(_host_serve, (listeners, udp, inject, lifetime),
-                         "loadtest-hostservers", 3)
+        super().__init__(_host_serve, (listeners, udp, inject, lifetime), "loadtest-hostservers", 3)
 
     def _close_socks(self) -> None:
         for s in self.socks:
@@ -461,14 +472,28 @@ class Reservoir:
 
 
 def _new_stats() -> dict[str, Any]:
-    return {"started": 0, "ok": 0, "failed": 0, "bytes": 0, "connect_fail": 0, "reset": 0,
-            "corrupt": 0, "timeout": 0, "t_last": 0.0, "sent": 0, "replies": 0, "lost": 0,
-            "late": 0, "dup": 0, "send_errors": 0, "details": {}}
+    return {
+        "started": 0,
+        "ok": 0,
+        "failed": 0,
+        "bytes": 0,
+        "connect_fail": 0,
+        "reset": 0,
+        "corrupt": 0,
+        "timeout": 0,
+        "t_last": 0.0,
+        "sent": 0,
+        "replies": 0,
+        "lost": 0,
+        "late": 0,
+        "dup": 0,
+        "send_errors": 0,
+        "details": {},
+    }
 
 
 def _errors_of(st: dict[str, Any]) -> int:
-    return int(st["connect_fail"] + st["reset"] + st["corrupt"] + st["timeout"]
-               + st["send_errors"])
+    return int(st["connect_fail"] + st["reset"] + st["corrupt"] + st["timeout"] + st["send_errors"])
 
 
 def _release(flow: TcpFlow | UdpFlow, now: float) -> bool:
@@ -769,7 +794,8 @@ class UdpFlow:
         self.st["timeout"] += 1
         self.st["failed"] += 1
         self.st["details"]["timeout: unfinished at the deadline"] = (
-            self.st["details"].get("timeout: unfinished at the deadline", 0) + 1)
+            self.st["details"].get("timeout: unfinished at the deadline", 0) + 1
+        )
         self.close(now)
 
 
@@ -820,17 +846,21 @@ class Guest:
         tcp = [self.stats[k] for k in KINDS if k.startswith("tcp")]
         tcp_done = sum(s["ok"] + s["failed"] for s in tcp)
         tcp_bytes = sum(nbytes[k] for k in KINDS if k.startswith("tcp"))
-        tcp_rate = (tcp_bytes - sum(last.get(k, 0) for k in KINDS if k.startswith("tcp")))
+        tcp_rate = tcp_bytes - sum(last.get(k, 0) for k in KINDS if k.startswith("tcp"))
         if self.cfg["tcp_flows"]:
             total = f"/{self.cfg['tcp_flows']}" if self.t_end is None else ""
             open_ = sum(1 for f in self.active if isinstance(f, TcpFlow))
-            parts.append(f"tcp {tcp_done}{total} flows done ({open_} open), "
-                         f"{tcp_bytes / 2**20:.1f} MiB, "
-                         f"{tcp_rate * 8 / max(dt, 1e-3) / 1e6:.1f} Mbit/s")
+            parts.append(
+                f"tcp {tcp_done}{total} flows done ({open_} open), "
+                f"{tcp_bytes / 2**20:.1f} MiB, "
+                f"{tcp_rate * 8 / max(dt, 1e-3) / 1e6:.1f} Mbit/s"
+            )
         if self.cfg["udp_flows"]:
             u = self.stats["udp echo"]
-            parts.append(f"udp {u['ok'] + u['failed']}/{self.cfg['udp_flows']} flows done, "
-                         f"{u['replies']} replies, {u['lost']} lost")
+            parts.append(
+                f"udp {u['ok'] + u['failed']}/{self.cfg['udp_flows']} flows done, "
+                f"{u['replies']} replies, {u['lost']} lost"
+            )
         parts.append(f"errors {self.errors()}")
         print(f"[{t:6.1f}s] " + " | ".join(parts), file=sys.stderr, flush=True)
         last.update(nbytes)
@@ -874,10 +904,14 @@ class Guest:
         now = time.monotonic()
         self._progress(now, last, now - last_t)
         stats = {k: v for k, v in self.stats.items() if v["started"]}
-        return {"elapsed": now - self.t0, "stats": stats, "timeline": self.timeline,
-                "latency_ms": {k: [1000 * v for v in self.lat[k].values] for k in stats},
-                "latency_counts": {k: self.lat[k].n for k in stats},
-                "connect_ms": [1000 * v for v in self.connect_lat.values]}
+        return {
+            "elapsed": now - self.t0,
+            "stats": stats,
+            "timeline": self.timeline,
+            "latency_ms": {k: [1000 * v for v in self.lat[k].values] for k in stats},
+            "latency_counts": {k: self.lat[k].n for k in stats},
+            "connect_ms": [1000 * v for v in self.connect_lat.values],
+        }
 
 
 def guest_main(argv: list[str]) -> int:
@@ -904,72 +938,146 @@ def parse_size(text: str) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g = p.add_argument_group("router")
-    g.add_argument("--router", choices=("self", "none"), default="self",
-                   help="self: start wgslirp here (default); none: no tunnel, straight to "
-                        "127.0.0.1 (baseline). Ignored with --endpoint.")
-    g.add_argument("--endpoint", metavar="HOST:PORT",
-                   help="use a running router at this loopback address (with --client-config)")
-    g.add_argument("--client-config", metavar="FILE",
-                   help="wg-quick client file for --endpoint (keys, Address, MTU, AllowedIPs)")
-    g.add_argument("--workers", type=int, default=2,
-                   help="PROCESSOR_WORKERS of a --router self (default 2)")
-    g.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for a --router self (repeatable)")
-    g.add_argument("--client-sockbuf", type=parse_size, default=7 << 20,
-                   help="socket buffer size given to the wireguard-go client's UDP socket, as "
-                        "wireguard-go 0.0.20230223 and later set themselves (default 7M; 0 = "
-                        "leave Debian's older build at the kernel default, whose drops under "
-                        "bursts show up as UDP loss); unless 0, the client TUN's txqueuelen "
-                        "is raised to 10000 too")
-    g.add_argument("--gateway", default=DEFAULT_GATEWAY,
-                   help=f"address the guest uses for host loopback (default {DEFAULT_GATEWAY})")
+    g.add_argument(
+        "--router",
+        choices=("self", "none"),
+        default="self",
+        help="self: start wgslirp here (default); none: no tunnel, straight to "
+        "127.0.0.1 (baseline). Ignored with --endpoint.",
+    )
+    g.add_argument(
+        "--endpoint",
+        metavar="HOST:PORT",
+        help="use a running router at this loopback address (with --client-config)",
+    )
+    g.add_argument(
+        "--client-config",
+        metavar="FILE",
+        help="wg-quick client file for --endpoint (keys, Address, MTU, AllowedIPs)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=2, help="PROCESSOR_WORKERS of a --router self (default 2)"
+    )
+    g.add_argument(
+        "--router-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for a --router self (repeatable)",
+    )
+    g.add_argument(
+        "--client-sockbuf",
+        type=parse_size,
+        default=7 << 20,
+        help="socket buffer size given to the wireguard-go client's UDP socket, as "
+        "wireguard-go 0.0.20230223 and later set themselves (default 7M; 0 = "
+        "leave Debian's older build at the kernel default, whose drops under "
+        "bursts show up as UDP loss); unless 0, the client TUN's txqueuelen "
+        "is raised to 10000 too",
+    )
+    g.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        help=f"address the guest uses for host loopback (default {DEFAULT_GATEWAY})",
+    )
     t = p.add_argument_group("traffic")
     t.add_argument("--tcp-flows", type=int, default=20, help="concurrent TCP flows (default 20)")
-    t.add_argument("--tcp-bytes", type=parse_size, default=256 * 1024,
-                   help="bytes per TCP flow (default 256K)")
-    t.add_argument("--tcp-chunk", type=parse_size, default=32 * 1024,
-                   help="echo request size: each is sent, echoed and checked in turn; its "
-                        "round trip is one latency sample (default 32K, at most 256K)")
-    t.add_argument("--tcp-mix", default="echo,download,upload",
-                   help="kinds of TCP flow, assigned round-robin (default echo,download,upload)")
+    t.add_argument(
+        "--tcp-bytes", type=parse_size, default=256 * 1024, help="bytes per TCP flow (default 256K)"
+    )
+    t.add_argument(
+        "--tcp-chunk",
+        type=parse_size,
+        default=32 * 1024,
+        help="echo request size: each is sent, echoed and checked in turn; its "
+        "round trip is one latency sample (default 32K, at most 256K)",
+    )
+    t.add_argument(
+        "--tcp-mix",
+        default="echo,download,upload",
+        help="kinds of TCP flow, assigned round-robin (default echo,download,upload)",
+    )
     t.add_argument("--udp-flows", type=int, default=10, help="concurrent UDP flows (default 10)")
-    t.add_argument("--udp-count", type=int, default=200,
-                   help="request/response datagrams per UDP flow (default 200)")
-    t.add_argument("--udp-size", type=parse_size, default=1000,
-                   help="UDP payload bytes (default 1000)")
-    t.add_argument("--udp-window", type=int, default=4,
-                   help="UDP requests in flight per flow (default 4)")
-    t.add_argument("--udp-timeout", type=float, default=1.0,
-                   help="seconds without a reply before a UDP request counts as lost (default 1)")
-    t.add_argument("--duration", type=float, default=0.0,
-                   help="keep starting TCP flows and sending UDP for this many seconds "
-                        "(default 0: every flow moves its bytes/count once)")
-    t.add_argument("--timeout", type=float, default=None,
-                   help="hard bound on the traffic phase in seconds; flows still open count "
-                        "as timeouts (default 120, or duration + 60)")
-    t.add_argument("--connect-timeout", type=float, default=5.0,
-                   help="TCP connect bound in seconds (default 5)")
-    t.add_argument("--stall-timeout", type=float, default=15.0,
-                   help="a TCP flow moving no byte this long is a timeout (default 15)")
+    t.add_argument(
+        "--udp-count",
+        type=int,
+        default=200,
+        help="request/response datagrams per UDP flow (default 200)",
+    )
+    t.add_argument(
+        "--udp-size", type=parse_size, default=1000, help="UDP payload bytes (default 1000)"
+    )
+    t.add_argument(
+        "--udp-window", type=int, default=4, help="UDP requests in flight per flow (default 4)"
+    )
+    t.add_argument(
+        "--udp-timeout",
+        type=float,
+        default=1.0,
+        help="seconds without a reply before a UDP request counts as lost (default 1)",
+    )
+    t.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="keep starting TCP flows and sending UDP for this many seconds "
+        "(default 0: every flow moves its bytes/count once)",
+    )
+    t.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="hard bound on the traffic phase in seconds; flows still open count "
+        "as timeouts (default 120, or duration + 60)",
+    )
+    t.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="TCP connect bound in seconds (default 5)",
+    )
+    t.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=15.0,
+        help="a TCP flow moving no byte this long is a timeout (default 15)",
+    )
     o = p.add_argument_group("verdict and output")
-    o.add_argument("--max-udp-loss", type=float, default=0.0,
-                   help="UDP loss in percent that still passes (default 0)")
-    o.add_argument("--max-mem-growth", type=float, default=None, metavar="MIB",
-                   help="(--router self) fail when the router's memory (PSS, all its "
-                        "processes; median of the last quarter of the samples against the "
-                        "second quarter) grew by more than MIB: a leak check for --duration "
-                        "soaks (default: report only)")
+    o.add_argument(
+        "--max-udp-loss",
+        type=float,
+        default=0.0,
+        help="UDP loss in percent that still passes (default 0)",
+    )
+    o.add_argument(
+        "--max-mem-growth",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="(--router self) fail when the router's memory (PSS, all its "
+        "processes; median of the last quarter of the samples against the "
+        "second quarter) grew by more than MIB: a leak check for --duration "
+        "soaks (default: report only)",
+    )
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    o.add_argument("--plot", metavar="FILE.png",
-                   help="throughput over time and latency CDFs (needs matplotlib)")
+    o.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="throughput over time and latency CDFs (needs matplotlib)",
+    )
     o.add_argument("--quiet", action="store_true", help="no progress lines")
-    o.add_argument("--inject-corruption", action="store_true",
-                   help="make the host servers corrupt some bytes on purpose (checks that "
-                        "verification catches it: the run must fail)")
+    o.add_argument(
+        "--inject-corruption",
+        action="store_true",
+        help="make the host servers corrupt some bytes on purpose (checks that "
+        "verification catches it: the run must fail)",
+    )
     a = p.parse_args(argv)
     if a.timeout is None:
         a.timeout = a.duration + 60.0 if a.duration > 0 else 120.0
@@ -992,8 +1100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         (0.5 <= a.stall_timeout <= 600, "--stall-timeout must be 0.5..600"),
         (0 <= a.max_udp_loss <= 100, "--max-udp-loss must be 0..100"),
         (0 <= a.workers <= 16, "--workers must be 0..16"),
-        (bool(a.endpoint) == bool(a.client_config),
-         "--endpoint and --client-config go together"),
+        (bool(a.endpoint) == bool(a.client_config), "--endpoint and --client-config go together"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -1037,13 +1144,24 @@ def read_client_config(path: str) -> dict[str, str]:
 
 
 def guest_config(args: argparse.Namespace, host: str, ports: dict[str, int]) -> dict[str, Any]:
-    return {"host": host, "ports": ports, "tcp_flows": args.tcp_flows,
-            "tcp_bytes": args.tcp_bytes, "tcp_chunk": args.tcp_chunk, "tcp_mix": args.tcp_mix,
-            "udp_flows": args.udp_flows, "udp_count": args.udp_count,
-            "udp_size": args.udp_size, "udp_window": args.udp_window,
-            "udp_timeout": args.udp_timeout, "duration": args.duration,
-            "timeout": args.timeout, "connect_timeout": args.connect_timeout,
-            "stall_timeout": args.stall_timeout, "progress": not args.quiet}
+    return {
+        "host": host,
+        "ports": ports,
+        "tcp_flows": args.tcp_flows,
+        "tcp_bytes": args.tcp_bytes,
+        "tcp_chunk": args.tcp_chunk,
+        "tcp_mix": args.tcp_mix,
+        "udp_flows": args.udp_flows,
+        "udp_count": args.udp_count,
+        "udp_size": args.udp_size,
+        "udp_window": args.udp_window,
+        "udp_timeout": args.udp_timeout,
+        "duration": args.duration,
+        "timeout": args.timeout,
+        "connect_timeout": args.connect_timeout,
+        "stall_timeout": args.stall_timeout,
+        "progress": not args.quiet,
+    }
 
 
 def relay_guest(proc: subprocess.Popen[bytes], limit: float) -> tuple[str, str]:
@@ -1078,8 +1196,10 @@ def relay_guest(proc: subprocess.Popen[bytes], limit: float) -> tuple[str, str]:
                 print("  " + line.decode("utf-8", "replace"), file=sys.stderr, flush=True)
     if fds:
         stop_popen(proc)
-        raise RuntimeError(f"guest did not finish within {limit:.0f} s (killed)\n"
-                           + err.decode("utf-8", "replace")[-2000:])
+        raise RuntimeError(
+            f"guest did not finish within {limit:.0f} s (killed)\n"
+            + err.decode("utf-8", "replace")[-2000:]
+        )
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
     stop_popen(proc)
@@ -1097,13 +1217,17 @@ def udp_drops(places: dict[str, Any]) -> dict[str, dict[int, int]]:
     return out
 
 
-def run_guest(args: argparse.Namespace, cfg: dict[str, Any], client: Any,
-              places: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_guest(
+    args: argparse.Namespace, cfg: dict[str, Any], client: Any, places: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Start the guest (in the client's namespace, or here) and wait for its result.
     ``places``: UDP sockets whose receive drops during the run go into the result."""
     lo, echo = "127.0.0.1", cfg["ports"]["udp"]
-    places = {"udp echo server": lambda s: s.local == (lo, echo),
-              "router's host sockets": lambda s: s.remote == (lo, echo), **(places or {})}
+    places = {
+        "udp echo server": lambda s: s.local == (lo, echo),
+        "router's host sockets": lambda s: s.remote == (lo, echo),
+        **(places or {}),
+    }
     drops0 = udp_drops(places)
 
     argv = [sys.executable, SCRIPT, "guest", json.dumps(cfg)]
@@ -1121,8 +1245,16 @@ def run_guest(args: argparse.Namespace, cfg: dict[str, Any], client: Any,
     return result
 
 
-ROUTER_COUNTERS = ("tcp_dials_ok", "tcp_dials_failed", "internal_errors", "ring_full_dropped",
-                   "egress_full", "send_errors", "udp_send_errors", "policy_denied")
+ROUTER_COUNTERS = (
+    "tcp_dials_ok",
+    "tcp_dials_failed",
+    "internal_errors",
+    "ring_full_dropped",
+    "egress_full",
+    "send_errors",
+    "udp_send_errors",
+    "policy_denied",
+)
 
 
 def router_counters(output: str) -> dict[str, int]:
@@ -1203,8 +1335,7 @@ def prepare_client(c: Any, args: argparse.Namespace) -> None:
         # The guest's queue into the TUN device (500 packets by default) overflows when
         # wireguard-go falls behind for a moment: client-side loss that says nothing
         # about the router. Same knob, same spirit as the socket buffers above.
-        r = c.run(["ip", "link", "set", "dev", c.interface, "txqueuelen", "10000"],
-                  check=False)
+        r = c.run(["ip", "link", "set", "dev", c.interface, "txqueuelen", "10000"], check=False)
         if r.returncode == 0:
             print("client TUN txqueuelen set to 10000", file=sys.stderr, flush=True)
 
@@ -1293,11 +1424,17 @@ class MemSampler:
         vals = [v for _, v in self.samples]
         q = max(1, len(vals) // 4)  # a run too short for quarters judges no growth
         start, mid, end = vals[0], vals[len(vals) // 2], vals[-1]
-        growth = _median(vals[-q:]) - _median(vals[q:2 * q])
-        return {"start": start, "mid": mid, "end": end, "peak": max(vals),
-                "growth": growth, "samples": len(vals),
-                "seconds": self.samples[-1][0] - self.samples[0][0],
-                "end_by_process": dict(self.last_by_process)}
+        growth = _median(vals[-q:]) - _median(vals[q : 2 * q])
+        return {
+            "start": start,
+            "mid": mid,
+            "end": end,
+            "peak": max(vals),
+            "growth": growth,
+            "samples": len(vals),
+            "seconds": self.samples[-1][0] - self.samples[0][0],
+            "end_by_process": dict(self.last_by_process),
+        }
 
 
 def wait_tunnel(c: Any, gateway: str) -> None:
@@ -1307,8 +1444,9 @@ def wait_tunnel(c: Any, gateway: str) -> None:
     c.wait_handshake(10)
 
 
-def run_self(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                       dict[str, Any]]:
+def run_self(
+    args: argparse.Namespace, cfg: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     import harness
     from routerutil import base_env, client_from_router_output, router_cmd
 
@@ -1318,28 +1456,43 @@ def run_self(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, A
         port = harness.free_udp_port()
         env = base_env(tmp, port, args.workers)
         env.update(kv.split("=", 1) for kv in args.router_env)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [
-            os.environ.get("PYTHONPATH")])])
-        print(f"starting wgslirp on 127.0.0.1:{port} (PROCESSOR_WORKERS={args.workers})",
-              file=sys.stderr, flush=True)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        print(
+            f"starting wgslirp on 127.0.0.1:{port} (PROCESSOR_WORKERS={args.workers})",
+            file=sys.stderr,
+            flush=True,
+        )
         with harness.RouterProcess(router_cmd(), env, cwd=str(REPO), name="wgslirp") as r:
             r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
             with client_from_router_output(r, port, log_level="error") as c:
                 prepare_client(c, args)
                 wait_tunnel(c, args.gateway)
-                print(f"tunnel up (wireguard-go {c.interface} in namespace "
-                      f"{c.namespace.name}, MTU {c.mtu})", file=sys.stderr, flush=True)
+                print(
+                    f"tunnel up (wireguard-go {c.interface} in namespace "
+                    f"{c.namespace.name}, MTU {c.mtu})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 wg_port = c.udp_port()
                 before = guest_side_drops(c)
                 with MemSampler(r.pid) as mem:
-                    result = run_guest(args, cfg, c, {
-                        "router's WireGuard socket": lambda s: s.local == ("127.0.0.1", port),
-                        "wireguard-go socket": lambda s: s.local[1] == wg_port})
+                    result = run_guest(
+                        args,
+                        cfg,
+                        c,
+                        {
+                            "router's WireGuard socket": lambda s: s.local == ("127.0.0.1", port),
+                            "wireguard-go socket": lambda s: s.local[1] == wg_port,
+                        },
+                    )
                 info["memory"] = mem.summary()
                 info["memory_series"] = [(round(t, 1), v) for t, v in mem.samples]
                 after = guest_side_drops(c)
                 result["udp_socket_drops"].update(
-                    {k: v - before.get(k, 0) for k, v in after.items()})
+                    {k: v - before.get(k, 0) for k, v in after.items()}
+                )
             info["exit"] = r.terminate(timeout=10)
             counters = router_counters(r.output())
             info["counters"] = {k: counters[k] for k in ROUTER_COUNTERS if k in counters}
@@ -1350,33 +1503,60 @@ def run_self(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, A
     return result, info
 
 
-def run_endpoint(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                           dict[str, Any]]:
+def run_endpoint(
+    args: argparse.Namespace, cfg: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     import harness
 
     conf = read_client_config(args.client_config)
-    address = next((a.strip() for a in conf["Address"].split(",")
-                    if ipaddress.ip_interface(a.strip()).version == 4), None)
+    address = next(
+        (
+            a.strip()
+            for a in conf["Address"].split(",")
+            if ipaddress.ip_interface(a.strip()).version == 4
+        ),
+        None,
+    )
     if address is None:
         raise ValueError(f"{args.client_config}: no IPv4 Address")
     peer_ips = [a.strip() for a in conf.get("AllowedIPs", "0.0.0.0/0").split(",") if a.strip()]
-    client = harness.WgClient(conf["PrivateKey"], conf["PublicKey"], args.endpoint_port,
-                              address=address, allowed_ips=[f"{args.gateway}/32"],
-                              peer_allowed_ips=peer_ips, mtu=int(conf.get("MTU", "1420")),
-                              preshared_key=conf.get("PresharedKey"),
-                              endpoint_host=args.endpoint_host, log_level="error")
-    print(f"connecting to the router at {args.endpoint_host}:{args.endpoint_port}",
-          file=sys.stderr, flush=True)
+    client = harness.WgClient(
+        conf["PrivateKey"],
+        conf["PublicKey"],
+        args.endpoint_port,
+        address=address,
+        allowed_ips=[f"{args.gateway}/32"],
+        peer_allowed_ips=peer_ips,
+        mtu=int(conf.get("MTU", "1420")),
+        preshared_key=conf.get("PresharedKey"),
+        endpoint_host=args.endpoint_host,
+        log_level="error",
+    )
+    print(
+        f"connecting to the router at {args.endpoint_host}:{args.endpoint_port}",
+        file=sys.stderr,
+        flush=True,
+    )
     with client as c:
         prepare_client(c, args)
         wait_tunnel(c, args.gateway)
-        print(f"tunnel up (wireguard-go {c.interface} in namespace {c.namespace.name}, "
-              f"MTU {c.mtu})", file=sys.stderr, flush=True)
+        print(
+            f"tunnel up (wireguard-go {c.interface} in namespace {c.namespace.name}, MTU {c.mtu})",
+            file=sys.stderr,
+            flush=True,
+        )
         wg_port = c.udp_port()
-        result = run_guest(args, cfg, c, {
-            "router's WireGuard socket": lambda s: s.local == (args.endpoint_host,
-                                                               args.endpoint_port),
-            "wireguard-go socket": lambda s: s.local[1] == wg_port})
+        result = run_guest(
+            args,
+            cfg,
+            c,
+            {
+                "router's WireGuard socket": lambda s: (
+                    s.local == (args.endpoint_host, args.endpoint_port)
+                ),
+                "wireguard-go socket": lambda s: s.local[1] == wg_port,
+            },
+        )
     return result, {"mode": "endpoint", "endpoint": args.endpoint}
 
 
@@ -1393,8 +1573,9 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
-def summarize(result: dict[str, Any], info: dict[str, Any],
-              args: argparse.Namespace) -> dict[str, Any]:
+def summarize(
+    result: dict[str, Any], info: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     """Rows, totals and the verdict (a list of problems; empty = pass)."""
     stats: dict[str, dict[str, Any]] = result["stats"]
     elapsed = float(result["elapsed"])
@@ -1405,34 +1586,46 @@ def summarize(result: dict[str, Any], info: dict[str, Any],
         lat = sorted(result["latency_ms"].get(kind, []))
         secs = st["t_last"] or elapsed
         row = {k: v for k, v in st.items() if k != "t_last"}
-        row.update({"seconds": secs, "mbit_s": st["bytes"] * 8 / max(secs, 1e-9) / 1e6,
-                    "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90),
-                    "p99_ms": percentile(lat, 99), "max_ms": lat[-1] if lat else None,
-                    "latency_samples": result["latency_counts"].get(kind, 0)})
+        row.update(
+            {
+                "seconds": secs,
+                "mbit_s": st["bytes"] * 8 / max(secs, 1e-9) / 1e6,
+                "p50_ms": percentile(lat, 50),
+                "p90_ms": percentile(lat, 90),
+                "p99_ms": percentile(lat, 99),
+                "max_ms": lat[-1] if lat else None,
+                "latency_samples": result["latency_counts"].get(kind, 0),
+            }
+        )
         if kind == "udp echo":
             row["loss_pct"] = 100.0 * st["lost"] / st["sent"] if st["sent"] else 0.0
         rows[kind] = row
         errs = _errors_of(st)
         if errs:
-            what = ", ".join(f"{st[k]} {k.replace('_', ' ')}" for k in
-                             ("connect_fail", "reset", "corrupt", "timeout", "send_errors")
-                             if st[k])
+            what = ", ".join(
+                f"{st[k]} {k.replace('_', ' ')}"
+                for k in ("connect_fail", "reset", "corrupt", "timeout", "send_errors")
+                if st[k]
+            )
             problems.append(f"{kind}: {what}")
         if kind == "udp echo" and row["loss_pct"] > args.max_udp_loss:
             extra += 1
-            problems.append(f"udp echo: {row['loss_pct']:.2f}% lost > --max-udp-loss "
-                            f"{args.max_udp_loss:g}%")
+            problems.append(
+                f"udp echo: {row['loss_pct']:.2f}% lost > --max-udp-loss {args.max_udp_loss:g}%"
+            )
     if args.duration <= 0:
         tcp_ok = sum(stats[k]["ok"] for k in stats if k.startswith("tcp"))
         if tcp_ok != args.tcp_flows:
-            extra += args.tcp_flows - tcp_ok - sum(
-                stats[k]["failed"] for k in stats if k.startswith("tcp"))
+            extra += (
+                args.tcp_flows
+                - tcp_ok
+                - sum(stats[k]["failed"] for k in stats if k.startswith("tcp"))
+            )
             problems.append(f"tcp: {tcp_ok} of {args.tcp_flows} flows completed and verified")
         udp_done = stats.get("udp echo", {}).get("sent", 0)
         if args.udp_flows and udp_done != args.udp_flows * args.udp_count:
             extra += 1
-            problems.append(f"udp: {udp_done} of {args.udp_flows * args.udp_count} "
-                            "requests sent")
+            problems.append(f"udp: {udp_done} of {args.udp_flows * args.udp_count} requests sent")
     if info.get("mode") == "self":
         if info.get("exit") != 0:
             extra += 1
@@ -1445,28 +1638,57 @@ def summarize(result: dict[str, Any], info: dict[str, Any],
             extra += internal
             problems.append(f"router: {internal} internal errors")
         mem = info.get("memory")
-        if args.max_mem_growth is not None and mem is not None \
-                and mem["growth"] > args.max_mem_growth * 2**20:
+        if (
+            args.max_mem_growth is not None
+            and mem is not None
+            and mem["growth"] > args.max_mem_growth * 2**20
+        ):
             extra += 1
-            problems.append(f"router memory grew {_mib(mem['growth'])} from the second to the "
-                            f"last quarter of the run > --max-mem-growth "
-                            f"{args.max_mem_growth:g} MiB")
+            problems.append(
+                f"router memory grew {_mib(mem['growth'])} from the second to the "
+                f"last quarter of the run > --max-mem-growth "
+                f"{args.max_mem_growth:g} MiB"
+            )
     conn = sorted(result.get("connect_ms", []))
     total_bytes = sum(st["bytes"] for st in stats.values())
     errors = sum(_errors_of(st) for st in stats.values()) + max(extra, 0)
     if problems and errors == 0:
         errors = len(problems)
-    return {"rows": rows, "elapsed": elapsed, "bytes": total_bytes,
-            "mbit_s": total_bytes * 8 / max(elapsed, 1e-9) / 1e6,
-            "connect_ms": {"p50": percentile(conn, 50), "p99": percentile(conn, 99),
-                           "max": conn[-1] if conn else None, "samples": len(conn)},
-            "udp_socket_drops": result.get("udp_socket_drops", {}),
-            "problems": problems, "errors": errors, "passed": not problems}
+    return {
+        "rows": rows,
+        "elapsed": elapsed,
+        "bytes": total_bytes,
+        "mbit_s": total_bytes * 8 / max(elapsed, 1e-9) / 1e6,
+        "connect_ms": {
+            "p50": percentile(conn, 50),
+            "p99": percentile(conn, 99),
+            "max": conn[-1] if conn else None,
+            "samples": len(conn),
+        },
+        "udp_socket_drops": result.get("udp_socket_drops", {}),
+        "problems": problems,
+        "errors": errors,
+        "passed": not problems,
+    }
 
 
 def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
-    hdr = ["kind", "flows", "ok", "bytes", "Mbit/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-           "conn fail", "resets", "corrupt", "timeouts", "udp lost"]
+    hdr = [
+        "kind",
+        "flows",
+        "ok",
+        "bytes",
+        "Mbit/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "conn fail",
+        "resets",
+        "corrupt",
+        "timeouts",
+        "udp lost",
+    ]
     body = []
     tot = {k: 0 for k in ("flows", "ok", "connect_fail", "reset", "corrupt", "timeout")}
     for kind, r in summary["rows"].items():
@@ -1477,50 +1699,96 @@ def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
         for k in ("connect_fail", "reset", "corrupt", "timeout"):
             tot[k] += r[k]
         tot["reset"] += r["send_errors"]
-        body.append([kind, str(flows), str(r["ok"]), _mib(r["bytes"]), f"{r['mbit_s']:.1f}",
-                     _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]), _ms(r["max_ms"]),
-                     "-" if udp else str(r["connect_fail"]),
-                     str(r["send_errors"] if udp else r["reset"]), str(r["corrupt"]),
-                     str(r["timeout"]),
-                     f"{r['lost']} ({r['loss_pct']:.2f}%)" if udp else "-"])
+        body.append(
+            [
+                kind,
+                str(flows),
+                str(r["ok"]),
+                _mib(r["bytes"]),
+                f"{r['mbit_s']:.1f}",
+                _ms(r["p50_ms"]),
+                _ms(r["p90_ms"]),
+                _ms(r["p99_ms"]),
+                _ms(r["max_ms"]),
+                "-" if udp else str(r["connect_fail"]),
+                str(r["send_errors"] if udp else r["reset"]),
+                str(r["corrupt"]),
+                str(r["timeout"]),
+                f"{r['lost']} ({r['loss_pct']:.2f}%)" if udp else "-",
+            ]
+        )
     lost = sum(r.get("lost", 0) for r in summary["rows"].values())
-    body.append(["total", str(tot["flows"]), str(tot["ok"]), _mib(summary["bytes"]),
-                 f"{summary['mbit_s']:.1f}", "", "", "", "", str(tot["connect_fail"]),
-                 str(tot["reset"]), str(tot["corrupt"]), str(tot["timeout"]),
-                 str(lost) if "udp echo" in summary["rows"] else "-"])
-    where = {"self": f"wgslirp started here, PROCESSOR_WORKERS={args.workers}",
-             "endpoint": f"router at {args.endpoint}",
-             "none": "no tunnel (loopback baseline)"}[info.get("mode", "none")]
-    lines = ["", f"Load test summary: {where}; {summary['elapsed']:.2f} s of traffic", "",
-             table(hdr, body), ""]
+    body.append(
+        [
+            "total",
+            str(tot["flows"]),
+            str(tot["ok"]),
+            _mib(summary["bytes"]),
+            f"{summary['mbit_s']:.1f}",
+            "",
+            "",
+            "",
+            "",
+            str(tot["connect_fail"]),
+            str(tot["reset"]),
+            str(tot["corrupt"]),
+            str(tot["timeout"]),
+            str(lost) if "udp echo" in summary["rows"] else "-",
+        ]
+    )
+    where = {
+        "self": f"wgslirp started here, PROCESSOR_WORKERS={args.workers}",
+        "endpoint": f"router at {args.endpoint}",
+        "none": "no tunnel (loopback baseline)",
+    }[info.get("mode", "none")]
+    lines = [
+        "",
+        f"Load test summary: {where}; {summary['elapsed']:.2f} s of traffic",
+        "",
+        table(hdr, body),
+        "",
+    ]
     c = summary["connect_ms"]
     if c["samples"]:
-        lines.append(f"tcp connect: p50 {_ms(c['p50'])} ms, p99 {_ms(c['p99'])} ms, "
-                     f"max {_ms(c['max'])} ms ({c['samples']} connects)")
-    lines.append(f"latency: tcp echo = round trip of one {args.tcp_chunk}-byte request; "
-                 "tcp download = request to first byte; tcp upload = last byte sent to the "
-                 "sink's verdict; udp echo = datagram round trip")
-    lines.append("bytes: payload verified end to end (echo traffic counts both directions); "
-                 "corrupt: bytes (tcp) or datagrams (udp); resets: for udp, send errors")
+        lines.append(
+            f"tcp connect: p50 {_ms(c['p50'])} ms, p99 {_ms(c['p99'])} ms, "
+            f"max {_ms(c['max'])} ms ({c['samples']} connects)"
+        )
+    lines.append(
+        f"latency: tcp echo = round trip of one {args.tcp_chunk}-byte request; "
+        "tcp download = request to first byte; tcp upload = last byte sent to the "
+        "sink's verdict; udp echo = datagram round trip"
+    )
+    lines.append(
+        "bytes: payload verified end to end (echo traffic counts both directions); "
+        "corrupt: bytes (tcp) or datagrams (udp); resets: for udp, send errors"
+    )
     udp = summary["rows"].get("udp echo")
     if udp and (udp["late"] or udp["dup"]):
-        lines.append(f"udp: {udp['late']} late replies (after being counted lost), "
-                     f"{udp['dup']} duplicates")
+        lines.append(
+            f"udp: {udp['late']} late replies (after being counted lost), {udp['dup']} duplicates"
+        )
     drops = {k: v for k, v in summary.get("udp_socket_drops", {}).items() if v}
     if drops:
-        lines.append("drops during the run (any traffic, both sides of the tunnel): "
-                     + ", ".join(f"{k} {v}" for k, v in drops.items()))
+        lines.append(
+            "drops during the run (any traffic, both sides of the tunnel): "
+            + ", ".join(f"{k} {v}" for k, v in drops.items())
+        )
     mem = info.get("memory")
     if mem:
-        lines.append(f"router memory (PSS, all processes, {mem['samples']} samples over "
-                     f"{mem['seconds']:.0f} s): start {_mib(mem['start'])}, middle "
-                     f"{_mib(mem['mid'])}, end {_mib(mem['end'])}, peak {_mib(mem['peak'])}; "
-                     f"growth, last quarter vs second (medians) "
-                     f"{'-' if mem['growth'] < 0 else ''}{_mib(abs(mem['growth']))}")
+        lines.append(
+            f"router memory (PSS, all processes, {mem['samples']} samples over "
+            f"{mem['seconds']:.0f} s): start {_mib(mem['start'])}, middle "
+            f"{_mib(mem['mid'])}, end {_mib(mem['end'])}, peak {_mib(mem['peak'])}; "
+            f"growth, last quarter vs second (medians) "
+            f"{'-' if mem['growth'] < 0 else ''}{_mib(abs(mem['growth']))}"
+        )
     counters = info.get("counters")
     if counters:
-        lines.append(f"router: exit {info.get('exit')}; "
-                     + ", ".join(f"{k} {v}" for k, v in counters.items()))
+        lines.append(
+            f"router: exit {info.get('exit')}; "
+            + ", ".join(f"{k} {v}" for k, v in counters.items())
+        )
     for kind, r in summary["rows"].items():
         for detail, n in sorted(r["details"].items(), key=lambda kv: -kv[1])[:8]:
             lines.append(f"  {kind}: {n} x {detail}")
@@ -1543,8 +1811,9 @@ def plot(path: str, result: dict[str, Any], summary: dict[str, Any]) -> str:
         return f"--plot {path}: matplotlib is not installed (pip install matplotlib); skipped"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     prev_t, prev = 0.0, {k: 0 for k in KINDS}
-    series: dict[str, tuple[list[float], list[float]]] = {k: ([0.0], [0.0])
-                                                          for k in summary["rows"]}
+    series: dict[str, tuple[list[float], list[float]]] = {
+        k: ([0.0], [0.0]) for k in summary["rows"]
+    }
     timeline = result["timeline"]
     for i, (t, nbytes, _errs) in enumerate(timeline):
         dt = t - prev_t
@@ -1595,10 +1864,13 @@ def main(argv: list[str]) -> int:
         with HostServers(inject=args.inject_corruption) as hs:
             host = "127.0.0.1" if mode == "none" else args.gateway
             cfg = guest_config(args, host, hs.ports)
-            print(f"host servers on 127.0.0.1: tcp echo {hs.ports['echo']}, source "
-                  f"{hs.ports['source']}, sink {hs.ports['sink']}, udp echo {hs.ports['udp']}"
-                  f"{' (INJECTING CORRUPTION)' if args.inject_corruption else ''}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"host servers on 127.0.0.1: tcp echo {hs.ports['echo']}, source "
+                f"{hs.ports['source']}, sink {hs.ports['sink']}, udp echo {hs.ports['udp']}"
+                f"{' (INJECTING CORRUPTION)' if args.inject_corruption else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
             if mode == "self":
                 result, info = run_self(args, cfg)
             elif mode == "endpoint":
@@ -1609,8 +1881,12 @@ def main(argv: list[str]) -> int:
         summary = summarize(result, info, args)
         print(render(summary, info, args), flush=True)
         if args.json:
-            out = {"args": dict(vars(args)), "router": info, "timeline": result["timeline"],
-                   **summary}
+            out = {
+                "args": dict(vars(args)),
+                "router": info,
+                "timeline": result["timeline"],
+                **summary,
+            }
             Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
         if args.plot:
             print(plot(args.plot, result, summary), file=sys.stderr)

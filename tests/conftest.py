@@ -15,8 +15,7 @@ from hypothesis import settings
 
 # Property tests explore the same examples on every run (a CI result must not depend on
 # luck); run with --hypothesis-profile=explore locally to search with fresh randomness.
-settings.register_profile("deterministic", derandomize=True, deadline=None,
-                          print_blob=True)
+settings.register_profile("deterministic", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile("deterministic")
 

@@ -37,22 +37,36 @@ def _parser() -> argparse.ArgumentParser:
         description="User-space WireGuard router: forwards peers' traffic through host sockets.",
     )
     p.add_argument("--version", action="version", version=f"wgslirp {__version__}")
-    p.add_argument("--config", "-c", metavar="FILE",
-                   help="wg-quick style config file; environment variables override it")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="wg-quick style config file; environment variables override it",
+    )
     sub = p.add_subparsers(dest="command")
     # --config is accepted after the subcommand too (`wgslirp run --config f`)
     cfg_opt = argparse.ArgumentParser(add_help=False)
-    cfg_opt.add_argument("--config", "-c", metavar="FILE", dest="sub_config",
-                         help="wg-quick style config file; environment variables override it")
+    cfg_opt.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        dest="sub_config",
+        help="wg-quick style config file; environment variables override it",
+    )
     sub.add_parser("run", parents=[cfg_opt], help="run the router in the foreground (default)")
     sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
-    sub.add_parser("check-config", parents=[cfg_opt],
-                   help="print the effective configuration, keys redacted")
-    sub.add_parser("client-config", parents=[cfg_opt],
-                   help="print a wg-quick config for the default client")
-    sub.add_parser("healthcheck", help="exit 0 if the running router reports healthy "
-                   "(asks /healthz on METRICS_LISTEN; for Docker's HEALTHCHECK)")
+    sub.add_parser(
+        "check-config", parents=[cfg_opt], help="print the effective configuration, keys redacted"
+    )
+    sub.add_parser(
+        "client-config", parents=[cfg_opt], help="print a wg-quick config for the default client"
+    )
+    sub.add_parser(
+        "healthcheck",
+        help="exit 0 if the running router reports healthy "
+        "(asks /healthz on METRICS_LISTEN; for Docker's HEALTHCHECK)",
+    )
     return p
 
 
@@ -104,8 +118,10 @@ def _healthcheck(listen: tuple[str, int] | None) -> int:
     from wgslirp.obs.http import http_get
 
     if listen is None:
-        print("wgslirp: healthcheck needs METRICS_LISTEN (the router serves /healthz there)",
-              file=sys.stderr)
+        print(
+            "wgslirp: healthcheck needs METRICS_LISTEN (the router serves /healthz there)",
+            file=sys.stderr,
+        )
         return 1
     host, port = listen
     if host in ("0.0.0.0", ""):
@@ -121,19 +137,24 @@ def _healthcheck(listen: tuple[str, int] | None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = _load(args, embedded=True)
-    setup_logging(debug=bool(cfg.debug), json_lines=cfg.log_format == "json",
-                  wg_debug=bool(cfg.wg_debug))
+    setup_logging(
+        debug=bool(cfg.debug), json_lines=cfg.log_format == "json", wg_debug=bool(cfg.wg_debug)
+    )
     from wgslirp.runtime import supervisor
 
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect")
     unknown = unknown_variables(os.environ)
     if unknown:
-        log.warning("ignoring unknown setting(s) %s: a typo? (see `wgslirp check-config` "
-                    "and docs/configuration.md)", ", ".join(unknown))
+        log.warning(
+            "ignoring unknown setting(s) %s: a typo? (see `wgslirp check-config` "
+            "and docs/configuration.md)",
+            ", ".join(unknown),
+        )
     try:
-        return supervisor.run(cfg, lambda address: _announce(cfg, address),
-                              reload=lambda: _load(args, embedded=True))
+        return supervisor.run(
+            cfg, lambda address: _announce(cfg, address), reload=lambda: _load(args, embedded=True)
+        )
     except supervisor.ListenError as exc:
         print(f"wgslirp: {exc}", file=sys.stderr)
         return 1
@@ -154,8 +175,15 @@ def _announce(cfg: Config, address: tuple[str, int]) -> None:
             sys.stdout.flush()
         except (OSError, AttributeError, ValueError) as exc:
             # stdout closed or a broken pipe (`wgslirp | true`): the router still serves
-            log.warning("could not print the client configuration (%s); `wgslirp "
-                        "client-config` prints it", exc)
+            log.warning(
+                "could not print the client configuration (%s); `wgslirp client-config` prints it",
+                exc,
+            )
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
-    log.info("listening on %s:%d, public key %s, %d peer(s)", address[0], address[1],
-             encode_key(public_key(cfg.private_key)), len(cfg.peers))
+    log.info(
+        "listening on %s:%d, public key %s, %d peer(s)",
+        address[0],
+        address[1],
+        encode_key(public_key(cfg.private_key)),
+        len(cfg.peers),
+    )

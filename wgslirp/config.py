@@ -700,8 +700,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ] = False
     log_format: Annotated[
         Literal["text", "json"],
-        _doc("LOG_FORMAT", "Log lines as plain text or one JSON object per line.",
-             group="Logging and diagnostics"),
+        _doc(
+            "LOG_FORMAT",
+            "Log lines as plain text or one JSON object per line.",
+            group="Logging and diagnostics",
+        ),
     ] = "text"
     wg_debug: Annotated[
         bool,

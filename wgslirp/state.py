@@ -54,11 +54,17 @@ def _ensure_dir(path: str) -> None:
     if st.st_mode & 0o022:
         # It holds private keys; where others may create or rename files, a key could be
         # swapped. Refused, not "fixed": it may be a shared directory such as /tmp.
-        raise ConfigError(_SETTING, f"{path} is writable by group or others (mode "
-                          f"{st.st_mode & 0o7777:o}); use a private directory (mode 0700)")
+        raise ConfigError(
+            _SETTING,
+            f"{path} is writable by group or others (mode "
+            f"{st.st_mode & 0o7777:o}); use a private directory (mode 0700)",
+        )
     if st.st_mode & 0o077:
-        log.warning("%s: state directory is readable by others (mode %o); 0700 is safer",
-                    path, st.st_mode & 0o777)
+        log.warning(
+            "%s: state directory is readable by others (mode %o); 0700 is safer",
+            path,
+            st.st_mode & 0o777,
+        )
 
 
 def _read_key(path: str) -> bytes | None:

@@ -88,8 +88,13 @@ def udp_echo(host: str, port: int, count: int, size: int, window: int) -> dict[s
             if i not in got:
                 got.add(i)
                 verified += 1
-    return {"sent": nxt, "verified": verified, "corrupt": corrupt, "retries": retries,
-            "missing": len(outstanding)}
+    return {
+        "sent": nxt,
+        "verified": verified,
+        "corrupt": corrupt,
+        "retries": retries,
+        "missing": len(outstanding),
+    }
 
 
 def udp_error(host: str, port: int) -> dict[str, object]:
@@ -115,8 +120,19 @@ def raw_udp(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str,
     payload = b"loopback probe"
     udp = struct.pack(">HHHH", 40000, port, 8 + len(payload), 0) + payload
     total = 20 + len(udp)
-    hdr = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
+    hdr = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x45,
+        0,
+        total,
+        1,
+        0,
+        64,
+        17,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
     csum = sum(struct.unpack(">10H", hdr))
     while csum >> 16:
         csum = (csum & 0xFFFF) + (csum >> 16)

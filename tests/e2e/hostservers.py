@@ -235,8 +235,7 @@ class TcpServer:
                         continue
                     conn.setblocking(False)
                     self.accepted += 1
-                    st = {"sha": hashlib.sha256(), "n": 0, "out": b"", "eof": False,
-                          "gen": None}
+                    st = {"sha": hashlib.sha256(), "n": 0, "out": b"", "eof": False, "gen": None}
                     if self.mode == "source":
                         st["gen"] = stream_chunks(self.size)
                     self.sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, st)

@@ -17,8 +17,16 @@ import time
 class LossyRelay:
     """`record=True` also keeps every datagram the client sent (a capture to replay)."""
 
-    def __init__(self, router_port: int, *, loss: float = 0.01, reorder: float = 0.05,
-                 seed: int = 1, lifetime: float = 600, record: bool = False) -> None:
+    def __init__(
+        self,
+        router_port: int,
+        *,
+        loss: float = 0.01,
+        reorder: float = 0.05,
+        seed: int = 1,
+        lifetime: float = 600,
+        record: bool = False,
+    ) -> None:
         self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.front.bind(("127.0.0.1", 0))
         self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

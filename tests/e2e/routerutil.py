@@ -62,6 +62,12 @@ def client_from_router_output(r: RouterProcess, port: int, **kw: object) -> WgCl
     cfg = parse_client_config(r.stdout())
     assert cfg["Address"] == "10.77.0.2/32"
     assert cfg["Endpoint"].endswith(f":{port}")
-    return WgClient(cfg["PrivateKey"], cfg["PublicKey"], port, address=cfg["Address"],
-                    allowed_ips=kw.pop("allowed_ips", ("10.77.0.0/24",)),  # type: ignore[arg-type]
-                    mtu=int(cfg["MTU"]), **kw)  # type: ignore[arg-type]
+    return WgClient(
+        cfg["PrivateKey"],
+        cfg["PublicKey"],
+        port,
+        address=cfg["Address"],
+        allowed_ips=kw.pop("allowed_ips", ("10.77.0.0/24",)),  # type: ignore[arg-type]
+        mtu=int(cfg["MTU"]),
+        **kw,
+    )  # type: ignore[arg-type]

@@ -42,8 +42,11 @@ def shm_entries() -> set[str]:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_udp_echo_10000_datagrams_verified(tmp_path: Path, workers: int) -> None:
     port = free_udp_port()
-    with UdpEcho() as echo, router(base_env(tmp_path, port, workers)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        UdpEcho() as echo,
+        router(base_env(tmp_path, port, workers)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         res = guest(c, "udp_echo", GATEWAY, echo.port, 10_000, 200, 32)
         assert res["verified"] == 10_000 and res["corrupt"] == 0 and res["missing"] == 0, res
         counters = stop_and_counters(r)
@@ -53,8 +56,11 @@ def test_udp_echo_10000_datagrams_verified(tmp_path: Path, workers: int) -> None
 
 def test_large_udp_reply_is_fragmented_and_reassembled(tmp_path: Path) -> None:
     port = free_udp_port()
-    with UdpEcho() as echo, router(base_env(tmp_path, port)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        UdpEcho() as echo,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         # 1300-byte payload fits the 1380 MTU; 1352 + 28 = 1380 exactly; 1353 needs two
         # fragments back towards the guest (guest->router direction is fragmented by the
         # guest's kernel and reassembled in ingress).
@@ -68,8 +74,10 @@ def test_large_udp_reply_is_fragmented_and_reassembled(tmp_path: Path) -> None:
 def test_dns_via_dns_address_and_via_gateway(tmp_path: Path) -> None:
     port = free_udp_port()
     with TinyDns({"host.test": "10.9.8.7"}) as dns:
-        env = base_env(tmp_path, port) | {"WG_DNS_IP": DNS_IP,
-                                          "WG_DNS_UPSTREAM": f"127.0.0.1:{dns.port}"}
+        env = base_env(tmp_path, port) | {
+            "WG_DNS_IP": DNS_IP,
+            "WG_DNS_UPSTREAM": f"127.0.0.1:{dns.port}",
+        }
         with router(env) as r, client_from_router_output(r, port) as c:
             via_dns = guest(c, "dns", DNS_IP, 53, "host.test")
             assert via_dns["address"] == "10.9.8.7" and via_dns["from"] == [DNS_IP, 53]
@@ -83,15 +91,20 @@ def test_dns_via_dns_address_and_via_gateway(tmp_path: Path) -> None:
             # the DNS address answers DNS only
             assert guest(c, "udp_error", DNS_IP, 5353)["error"] == "EHOSTUNREACH"
             assert guest(c, "dns_tcp", DNS_IP, 853, "host.test")["error"] in (
-                "EHOSTUNREACH", "ECONNREFUSED")
+                "EHOSTUNREACH",
+                "ECONNREFUSED",
+            )
             stop_and_counters(r)
         assert dns.received == 3 and dns.tcp_received == 1
 
 
 def test_udp_to_closed_host_port_is_connection_refused(tmp_path: Path) -> None:
     port = free_udp_port()
-    with closed_udp_port() as closed, router(base_env(tmp_path, port)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        closed_udp_port() as closed,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         assert guest(c, "udp_error", GATEWAY, closed)["error"] == "ECONNREFUSED"
         counters = stop_and_counters(r)
     assert counters["udp_icmp_errors_relayed"] >= 1
@@ -107,24 +120,29 @@ def test_ping_gateway_and_a_test_host_in_another_namespace(tmp_path: Path) -> No
         host.run(["true"])
         import subprocess
 
-        subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p"],
-                       check=True)
+        subprocess.run(
+            ["ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p"], check=True
+        )
         try:
             subprocess.run(["ip", "link", "set", veth + "p", "netns", host.name], check=True)
             subprocess.run(["ip", "addr", "add", f"{a(1)}/30", "dev", veth], check=True)
             subprocess.run(["ip", "link", "set", veth, "up"], check=True)
             host.ip("addr", "add", f"{a(2)}/30", "dev", veth + "p")
             host.ip("link", "set", veth + "p", "up")
-            with router(base_env(tmp_path, port)) as r, \
-                    client_from_router_output(r, port, allowed_ips=("10.0.0.0/8",)) as c:
+            with (
+                router(base_env(tmp_path, port)) as r,
+                client_from_router_output(r, port, allowed_ips=("10.0.0.0/8",)) as c,
+            ):
                 assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
                 # a ping larger than the tunnel MTU: fragmented both ways
-                assert c.ping(GATEWAY, count=3, interval=0.05, size=3000) == (3, 3), \
+                assert c.ping(GATEWAY, count=3, interval=0.05, size=3000) == (3, 3), (
                     c.last_ping_output
+                )
                 assert c.ping(a(2), count=10, interval=0.05) == (10, 10), c.last_ping_output
                 # TTL 1: the router is one hop and says so from the gateway (traceroute)
-                ttl1 = c.run(["ping", "-n", "-c", "1", "-t", "1", "-W", "2", a(2)],
-                             check=False).stdout
+                ttl1 = c.run(
+                    ["ping", "-n", "-c", "1", "-t", "1", "-W", "2", a(2)], check=False
+                ).stdout
                 assert f"From {GATEWAY}" in ttl1 and "Time to live exceeded" in ttl1, ttl1
                 # a(1) is this host's own address: a service listening there is not the
                 # guests' business (the connection would arrive on loopback, past the host
@@ -144,10 +162,13 @@ def test_ping_gateway_and_a_test_host_in_another_namespace(tmp_path: Path) -> No
 
 def test_denied_destinations_never_leave_the_router(tmp_path: Path) -> None:
     port = free_udp_port()
-    with UdpSink() as sink, NftGuard("169.254.169.254") as g_meta, \
-            NftGuard("127.0.0.1", port=sink.port, proto="udp") as g_lo, \
-            router(base_env(tmp_path, port)) as r, \
-            client_from_router_output(r, port, allowed_ips=("0.0.0.0/0",)) as c:
+    with (
+        UdpSink() as sink,
+        NftGuard("169.254.169.254") as g_meta,
+        NftGuard("127.0.0.1", port=sink.port, proto="udp") as g_lo,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port, allowed_ips=("0.0.0.0/0",)) as c,
+    ):
         assert guest(c, "udp_error", "169.254.169.254", 80)["error"] == "EHOSTUNREACH"
         guest(c, "raw_udp", c.interface, "10.77.0.2", "127.0.0.1", sink.port, 3)
         assert c.ping("169.254.169.254", count=2, interval=0.1, wait=1) == (2, 0)
@@ -182,8 +203,11 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
 def test_four_workers_one_killed_is_replaced_and_udp_keeps_flowing(tmp_path: Path) -> None:
     port = free_udp_port()
     before = shm_entries()
-    with UdpEcho() as echo, router(base_env(tmp_path, port, workers=4)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        UdpEcho() as echo,
+        router(base_env(tmp_path, port, workers=4)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         main = psutil.Process(r.pid)
         deadline = time.monotonic() + 5
         names: list[str] = []
@@ -193,16 +217,20 @@ def test_four_workers_one_killed_is_replaced_and_udp_keeps_flowing(tmp_path: Pat
             if len(names) == 5:
                 break
             time.sleep(0.05)
-        assert names == ["wgslirp-ingress", "wgslirp-w0", "wgslirp-w1", "wgslirp-w2",
-                         "wgslirp-w3"]
+        assert names == ["wgslirp-ingress", "wgslirp-w0", "wgslirp-w1", "wgslirp-w2", "wgslirp-w3"]
         assert guest(c, "udp_echo", GATEWAY, echo.port, 500, 100, 16)["verified"] == 500
         victim = next(p for p in main.children() if p.name() == "wgslirp-w2")
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         replaced = None
         while time.monotonic() - killed_at < 1.0:
-            ws = [p for p in main.children() if p.name() == "wgslirp-w2" and p.is_running()
-                  and p.status() != psutil.STATUS_ZOMBIE]
+            ws = [
+                p
+                for p in main.children()
+                if p.name() == "wgslirp-w2"
+                and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE
+            ]
             if ws and ws[0].pid != victim.pid:
                 replaced = ws[0]
                 break

@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "loadtest.py"
-CI_SIZE = ["--tcp-flows", "20", "--tcp-bytes", "256K", "--udp-flows", "10",
-           "--udp-count", "200"]
+CI_SIZE = ["--tcp-flows", "20", "--tcp-bytes", "256K", "--udp-flows", "10", "--udp-count", "200"]
 
 
 def _module() -> ModuleType:
@@ -39,8 +38,13 @@ lt = _module()
 
 
 def run_loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def total_row(stdout: str) -> dict[str, str]:
@@ -50,8 +54,25 @@ def total_row(stdout: str) -> dict[str, str]:
     total = next(ln for ln in lines[hdr:] if ln.startswith("total "))
     cells = total.split()
     # total, flows, ok, bytes (2 words), Mbit/s, conn fail, resets, corrupt, timeouts, lost
-    return dict(zip(["kind", "flows", "ok", "bytes", "unit", "mbit", "conn_fail", "resets",
-                     "corrupt", "timeouts", "udp_lost"], cells, strict=True))
+    return dict(
+        zip(
+            [
+                "kind",
+                "flows",
+                "ok",
+                "bytes",
+                "unit",
+                "mbit",
+                "conn_fail",
+                "resets",
+                "corrupt",
+                "timeouts",
+                "udp_lost",
+            ],
+            cells,
+            strict=True,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- through a tunnel
@@ -62,16 +83,18 @@ def test_small_load_through_a_real_tunnel_has_zero_errors(tmp_path: Path) -> Non
     out = tmp_path / "lt.json"
     # a 3 s UDP timeout: parallel e2e tests may starve the router for a moment, and a late
     # reply is not a lost one
-    r = run_loadtest("--router", "self", "--workers", "2", *CI_SIZE, "--udp-timeout", "3",
-                     "--json", str(out))
+    r = run_loadtest(
+        "--router", "self", "--workers", "2", *CI_SIZE, "--udp-timeout", "3", "--json", str(out)
+    )
     report = f"exit {r.returncode}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
     assert r.returncode == 0, report
     assert "RESULT: PASS (0 errors)" in r.stdout, report
     assert re.search(r"tcp \d+/20 flows done", r.stderr), "no progress relayed\n" + report
     row = total_row(r.stdout)
     assert (row["flows"], row["ok"]) == ("30", "30"), report
-    assert [row[k] for k in ("conn_fail", "resets", "corrupt", "timeouts", "udp_lost")] == \
-        ["0"] * 5, report
+    assert [row[k] for k in ("conn_fail", "resets", "corrupt", "timeouts", "udp_lost")] == [
+        "0"
+    ] * 5, report
     data: dict[str, Any] = json.loads(out.read_text())
     assert data["passed"] and data["errors"] == 0 and data["problems"] == [], report
     rows = data["rows"]
@@ -98,16 +121,16 @@ def test_stream_verifier_counts_a_corrupted_byte() -> None:
     pat = lt.make_pattern()
     size = 3 * lt.MAX_CHUNK + 1234  # several pieces, across the pattern's wrap-around
     offset = lt.PERIOD - 1000
-    good = (pat[:lt.PERIOD] * 2)[offset:offset + size]
+    good = (pat[: lt.PERIOD] * 2)[offset : offset + size]
     v = lt.StreamVerifier(pat, offset, size)
     for i in range(0, size, 70_001):
-        assert v.feed(good[i:i + 70_001]) == 0
+        assert v.feed(good[i : i + 70_001]) == 0
     assert v.complete and v.corrupt == 0
 
     bad = bytearray(good)
     bad[lt.MAX_CHUNK + 17] ^= 0x01
     v = lt.StreamVerifier(pat, offset, size)
-    assert sum(v.feed(bad[i:i + 4096]) for i in range(0, size, 4096)) == 1
+    assert sum(v.feed(bad[i : i + 4096]) for i in range(0, size, 4096)) == 1
     assert v.corrupt == 1 and v.complete
 
     v = lt.StreamVerifier(pat, offset, 10)
@@ -146,12 +169,19 @@ def test_percentile_nearest_rank() -> None:
 
 
 def test_udp_loss_over_the_limit_fails_the_run() -> None:
-    args = lt.parse_args(["--router", "none", "--tcp-flows", "0", "--udp-flows", "1",
-                          "--udp-count", "100"])
+    args = lt.parse_args(
+        ["--router", "none", "--tcp-flows", "0", "--udp-flows", "1", "--udp-count", "100"]
+    )
     st = lt._new_stats()
     st.update(started=1, ok=0, failed=1, sent=100, replies=99, lost=1, bytes=99 * 2000)
-    result = {"elapsed": 1.0, "stats": {"udp echo": st}, "latency_ms": {"udp echo": [1.0]},
-              "latency_counts": {"udp echo": 1}, "connect_ms": [], "timeline": []}
+    result = {
+        "elapsed": 1.0,
+        "stats": {"udp echo": st},
+        "latency_ms": {"udp echo": [1.0]},
+        "latency_counts": {"udp echo": 1},
+        "connect_ms": [],
+        "timeline": [],
+    }
     s = lt.summarize(result, {"mode": "none"}, args)
     assert not s["passed"] and s["errors"] == 1 and "lost" in s["problems"][0]
     args.max_udp_loss = 1.0
@@ -159,15 +189,32 @@ def test_udp_loss_over_the_limit_fails_the_run() -> None:
 
 
 def test_memory_growth_over_the_limit_fails_the_run() -> None:
-    args = lt.parse_args(["--router", "none", "--tcp-flows", "1", "--max-mem-growth", "8",
-                          "--duration", "1"])
-    result = {"elapsed": 1.0, "stats": {}, "latency_ms": {}, "latency_counts": {},
-              "connect_ms": [], "timeline": []}
+    args = lt.parse_args(
+        ["--router", "none", "--tcp-flows", "1", "--max-mem-growth", "8", "--duration", "1"]
+    )
+    result = {
+        "elapsed": 1.0,
+        "stats": {},
+        "latency_ms": {},
+        "latency_counts": {},
+        "connect_ms": [],
+        "timeline": [],
+    }
     mib = 2**20
-    info: dict[str, Any] = {"mode": "self", "exit": 0, "counters": {"internal_errors": 0},
-                            "memory": {"start": 50 * mib, "mid": 60 * mib, "end": 67 * mib,
-                                       "peak": 67 * mib, "growth": 7 * mib, "samples": 9,
-                                       "seconds": 8.0}}
+    info: dict[str, Any] = {
+        "mode": "self",
+        "exit": 0,
+        "counters": {"internal_errors": 0},
+        "memory": {
+            "start": 50 * mib,
+            "mid": 60 * mib,
+            "end": 67 * mib,
+            "peak": 67 * mib,
+            "growth": 7 * mib,
+            "samples": 9,
+            "seconds": 8.0,
+        },
+    }
     assert lt.summarize(result, info, args)["passed"]
     info["memory"] |= {"end": 69 * mib, "peak": 69 * mib, "growth": 9 * mib}
     s = lt.summarize(result, info, args)
@@ -197,8 +244,9 @@ def test_loopback_run_passes_and_injected_corruption_fails_it(tmp_path: Path) ->
     assert "RESULT: PASS (0 errors)" in r.stdout
 
     out = tmp_path / "bad.json"
-    r = run_loadtest("--router", "none", *CI_SIZE, "--inject-corruption", "--json", str(out),
-                     timeout=120)
+    r = run_loadtest(
+        "--router", "none", *CI_SIZE, "--inject-corruption", "--json", str(out), timeout=120
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "RESULT: FAIL" in r.stdout
     assert int(total_row(r.stdout)["corrupt"]) > 0

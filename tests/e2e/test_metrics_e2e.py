@@ -33,15 +33,21 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_prometheus_counters_match_the_client_within_1_percent(tmp_path: Path,
-                                                              workers: int) -> None:
+def test_prometheus_counters_match_the_client_within_1_percent(
+    tmp_path: Path, workers: int
+) -> None:
     port, mport = free_udp_port(), free_tcp_port()
-    env = base_env(tmp_path, port, workers) | {"METRICS_LISTEN": f"127.0.0.1:{mport}",
-                                               "METRICS_LOG": "1", "METRICS_INTERVAL": "1s"}
+    env = base_env(tmp_path, port, workers) | {
+        "METRICS_LISTEN": f"127.0.0.1:{mport}",
+        "METRICS_LOG": "1",
+        "METRICS_INTERVAL": "1s",
+    }
     with UdpEcho() as echo, router(env) as r, client_from_router_output(r, port) as c:
         r.wait_for_line(r"metrics and health on", timeout=5)
-        c.run([sys.executable, GUEST_PROG, "udp_echo", GATEWAY, str(echo.port), "2000", "1000",
-               "16"], timeout=60)
+        c.run(
+            [sys.executable, GUEST_PROG, "udp_echo", GATEWAY, str(echo.port), "2000", "1000", "16"],
+            timeout=60,
+        )
         assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
         assert http_get("127.0.0.1", mport, "/healthz")[0] == 200
         assert http_get("127.0.0.1", mport, "/readyz")[0] == 200
@@ -52,8 +58,10 @@ def test_prometheus_counters_match_the_client_within_1_percent(tmp_path: Path,
             m = scrape(mport)
             rx = m["wgslirp_peer_rx_bytes_total"][key]
             tx = m["wgslirp_peer_tx_bytes_total"][key]
-            if (abs(rx - client.tx_bytes) <= 0.01 * client.tx_bytes
-                    and abs(tx - client.rx_bytes) <= 0.01 * client.rx_bytes):
+            if (
+                abs(rx - client.tx_bytes) <= 0.01 * client.tx_bytes
+                and abs(tx - client.rx_bytes) <= 0.01 * client.rx_bytes
+            ):
                 break
             assert time.monotonic() < deadline, (rx, tx, client)
             time.sleep(0.3)
@@ -63,18 +71,26 @@ def test_prometheus_counters_match_the_client_within_1_percent(tmp_path: Path,
         assert m["wgslirp_flows"][(("proto", "udp"),)] == 1
         assert m["wgslirp_peers"][()] == 1
         assert any(k.startswith("wgslirp_process_rss_bytes") for k in m)
-        hc = subprocess.run([sys.executable, "-m", "wgslirp", "healthcheck"],
-                            env={"METRICS_LISTEN": f"127.0.0.1:{mport}", "PATH": "/usr/bin"},
-                            capture_output=True, text=True, timeout=30)
+        hc = subprocess.run(
+            [sys.executable, "-m", "wgslirp", "healthcheck"],
+            env={"METRICS_LISTEN": f"127.0.0.1:{mport}", "PATH": "/usr/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert hc.returncode == 0, hc.stderr
         r.wait_for_line(r"metrics rx_packets=\d+", timeout=5)
         stop_and_counters(r)
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
-    hc = subprocess.run([sys.executable, "-m", "wgslirp", "healthcheck"],
-                        env={"METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}", "PATH": "/usr/bin"},
-                        capture_output=True, text=True, timeout=30)
+    hc = subprocess.run(
+        [sys.executable, "-m", "wgslirp", "healthcheck"],
+        env={"METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}", "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert hc.returncode == 1 and "unhealthy" in hc.stderr
 
 
@@ -94,9 +110,12 @@ def test_healthcheck_probes_feed_readiness_and_metrics(tmp_path: Path) -> None:
     threading.Thread(target=web.serve_forever, daemon=True).start()
     port, mport = free_udp_port(), free_tcp_port()
     env = base_env(tmp_path, port, 1) | {
-        "METRICS_LISTEN": f"127.0.0.1:{mport}", "HEALTHCHECK": "1",
+        "METRICS_LISTEN": f"127.0.0.1:{mport}",
+        "HEALTHCHECK": "1",
         "HEALTH_HTTP_URL": f"http://127.0.0.1:{web.server_address[1]}/",
-        "HEALTH_DNS_NAME": "localhost", "HEALTH_DNS_IP": "127.0.0.1"}
+        "HEALTH_DNS_NAME": "localhost",
+        "HEALTH_DNS_IP": "127.0.0.1",
+    }
     try:
         with router(env) as r:
             r.wait_for_line(r"health probe http ok", timeout=10)
@@ -122,9 +141,12 @@ def test_a_taken_metrics_port_fails_the_start_cleanly(tmp_path: Path, workers: i
     with socket.create_server(("127.0.0.1", 0)) as taken:
         env = base_env(tmp_path, free_udp_port(), workers) | {
             "METRICS_LISTEN": f"127.0.0.1:{taken.getsockname()[1]}",
-            "WG_INTERFACE_NAME": ifname, "PATH": "/usr/bin"}
-        res = subprocess.run([sys.executable, "-m", "wgslirp"], env=env, capture_output=True,
-                             text=True, timeout=30)
+            "WG_INTERFACE_NAME": ifname,
+            "PATH": "/usr/bin",
+        }
+        res = subprocess.run(
+            [sys.executable, "-m", "wgslirp"], env=env, capture_output=True, text=True, timeout=30
+        )
     assert res.returncode == 1, res.stderr
     assert "METRICS_LISTEN" in res.stderr and "WG_LISTEN_PORT" not in res.stderr, res.stderr
     assert "[Interface]" not in res.stdout and "listening on" not in res.stderr, res

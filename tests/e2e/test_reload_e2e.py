@@ -26,18 +26,38 @@ def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
     server, ka, kb = generate_keypair(), generate_keypair(), generate_keypair()
     conf = tmp_path / "wg.conf"
     write_conf(conf, server.private, port, [(ka.public, "10.77.0.2/32")])
-    env = {"WG_LISTEN_ADDR": "127.0.0.1", "WG_GATEWAY_IP": GATEWAY,
-           "WGSLIRP_STATE_DIR": str(tmp_path / "state"), "PROCESSOR_WORKERS": workers}
+    env = {
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_GATEWAY_IP": GATEWAY,
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "PROCESSOR_WORKERS": workers,
+    }
     with RouterProcess(router_cmd("--config", str(conf)), env) as r:
         r.wait_for_line(r"listening on", timeout=20)
-        with WgClient(ka.private, server.public, port, address="10.77.0.2/32",
-                      allowed_ips=("10.77.0.0/24",)) as a, \
-                WgClient(kb.private, server.public, port, address="10.77.0.3/32",
-                         allowed_ips=("10.77.0.0/24",)) as b:
+        with (
+            WgClient(
+                ka.private,
+                server.public,
+                port,
+                address="10.77.0.2/32",
+                allowed_ips=("10.77.0.0/24",),
+            ) as a,
+            WgClient(
+                kb.private,
+                server.public,
+                port,
+                address="10.77.0.3/32",
+                allowed_ips=("10.77.0.0/24",),
+            ) as b,
+        ):
             assert a.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
             assert b.ping(GATEWAY, count=2, interval=0.1, wait=1) == (2, 0)
-            write_conf(conf, server.private, port,
-                       [(ka.public, "10.77.0.2/32"), (kb.public, "10.77.0.3/32")])
+            write_conf(
+                conf,
+                server.private,
+                port,
+                [(ka.public, "10.77.0.2/32"), (kb.public, "10.77.0.3/32")],
+            )
             mark = r.mark()
             r.send_signal(signal.SIGHUP)
             r.wait_for_line(r"reload: 1 peer\(s\) added, 0 removed", timeout=5, since=mark)
@@ -45,8 +65,9 @@ def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
             conf.write_text("[Interface]\nPrivateKey = not-a-key\n")
             mark = r.mark()
             r.send_signal(signal.SIGHUP)
-            r.wait_for_line(r"reload failed, keeping the running configuration", timeout=5,
-                            since=mark)
+            r.wait_for_line(
+                r"reload failed, keeping the running configuration", timeout=5, since=mark
+            )
             assert a.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
             write_conf(conf, server.private, port, [(kb.public, "10.77.0.3/32")])
             mark = r.mark()
@@ -58,7 +79,11 @@ def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
             write_conf(conf, server.private, port + 1, [(kb.public, "10.77.0.3/32")])
             mark = r.mark()
             r.send_signal(signal.SIGHUP)
-            r.wait_for_line(r"reload: WG_LISTEN_PORT changed; that takes effect only after "
-                            r"a restart", timeout=5, since=mark)
+            r.wait_for_line(
+                r"reload: WG_LISTEN_PORT changed; that takes effect only after "
+                r"a restart",
+                timeout=5,
+                since=mark,
+            )
             assert b.ping(GATEWAY, count=3, interval=0.05) == (3, 3)  # still on the old port
         stop_and_counters(r)

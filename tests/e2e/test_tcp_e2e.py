@@ -67,11 +67,19 @@ def test_transfers_survive_loss_and_reordering(tmp_path: Path) -> None:
     with router(base_env(tmp_path, port)) as r, LossyRelay(port, loss=0.01, reorder=0.05) as rl:
         r.wait_for_line(r"^PersistentKeepalive", timeout=5)
         cfg = parse_client_config(r.stdout())
-        with WgClient(cfg["PrivateKey"], cfg["PublicKey"], rl.port, address=cfg["Address"],
-                      allowed_ips=("10.77.0.0/24",), mtu=int(cfg["MTU"])) as c:
+        with WgClient(
+            cfg["PrivateKey"],
+            cfg["PublicKey"],
+            rl.port,
+            address=cfg["Address"],
+            allowed_ips=("10.77.0.0/24",),
+            mtu=int(cfg["MTU"]),
+        ) as c:
             up, down = transfer_both_ways(c, 100 * MB)
-            print(f"\nwith loss: up {up['mbit']:.0f} Mbit/s, down {down['mbit']:.0f} Mbit/s, "
-                  f"dropped {rl.dropped}, reordered {rl.reordered}")
+            print(
+                f"\nwith loss: up {up['mbit']:.0f} Mbit/s, down {down['mbit']:.0f} Mbit/s, "
+                f"dropped {rl.dropped}, reordered {rl.reordered}"
+            )
         counters = stop_and_counters(r)
     assert rl.dropped > 100 and rl.reordered > 100
     assert counters["tcp_dials_ok"] == 2
@@ -90,18 +98,20 @@ def test_1000_concurrent_connections_echo_16k(tmp_path: Path) -> None:
 def test_download_after_guest_half_close(tmp_path: Path) -> None:
     port = free_udp_port()
     size = 20 * MB
-    with TcpServer("halfclose", size=size) as srv, router(base_env(tmp_path, port)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        TcpServer("halfclose", size=size) as srv,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         res = guest(c, "tcp_download", GATEWAY, srv.port, 1)
         assert res["bytes"] == size and res["sha256"] == expected_sha(size)
         stop_and_counters(r)
 
 
-@pytest.mark.parametrize(("signal_", "expect"), [("rst", "ECONNREFUSED"),
-                                                 ("icmp", "ECONNREFUSED"),
-                                                 ("none", "timeout")])
-def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str,
-                                                 expect: str) -> None:
+@pytest.mark.parametrize(
+    ("signal_", "expect"), [("rst", "ECONNREFUSED"), ("icmp", "ECONNREFUSED"), ("none", "timeout")]
+)
+def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str, expect: str) -> None:
     port = free_udp_port()
     # A long fast-dial window: on a loaded 2-core CI box the kernel's refusal of the host
     # connect can come later than the default 5 ms, and the router would then (correctly)
@@ -119,8 +129,11 @@ def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str,
 
 def test_denied_destination_is_refused_and_never_leaves(tmp_path: Path) -> None:
     port = free_udp_port()
-    with NftGuard("169.254.169.254") as guard, router(base_env(tmp_path, port)) as r, \
-            client_from_router_output(r, port, allowed_ips=("0.0.0.0/0",)) as c:
+    with (
+        NftGuard("169.254.169.254") as guard,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port, allowed_ips=("0.0.0.0/0",)) as c,
+    ):
         res = guest(c, "tcp_connect_time", "169.254.169.254", 80, 1, 2.0)["results"]
         assert res[0][0] == "EHOSTUNREACH", res
         counters = stop_and_counters(r)

@@ -105,9 +105,7 @@ def test_wg_show_and_showconf_after_traffic(tmp_path: Path, ifname: str) -> None
     assert not sock_path.exists()
 
 
-def test_wg_set_adds_a_peer_live_and_removing_it_cuts_it_off(
-    tmp_path: Path, ifname: str
-) -> None:
+def test_wg_set_adds_a_peer_live_and_removing_it_cuts_it_off(tmp_path: Path, ifname: str) -> None:
     port = free_udp_port()
     second = generate_keypair()
     with router(uapi_env(tmp_path, port, ifname)) as r, client_from_router_output(r, port) as c:
@@ -115,10 +113,17 @@ def test_wg_set_adds_a_peer_live_and_removing_it_cuts_it_off(
         server_pub = c.server_public_key
         wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32")
         assert set(dump(ifname).peers) == {c.public_key, second.public}
-        with WgClient(second.private, server_pub, port, address="10.77.0.3/32",
-                      allowed_ips=("10.77.0.0/24",)) as c2, \
-                socket.create_server(("127.0.0.1", 0)) as lsn, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as usock:
+        with (
+            WgClient(
+                second.private,
+                server_pub,
+                port,
+                address="10.77.0.3/32",
+                allowed_ips=("10.77.0.0/24",),
+            ) as c2,
+            socket.create_server(("127.0.0.1", 0)) as lsn,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as usock,
+        ):
             assert c2.ping(GATEWAY, count=5, interval=0.05) == (5, 5), c2.diagnostics()
             new = dump(ifname).peers[second.public]
             assert new.latest_handshake > 0 and new.rx_bytes > 0 and new.tx_bytes > 0
@@ -126,12 +131,19 @@ def test_wg_set_adds_a_peer_live_and_removing_it_cuts_it_off(
             usock.bind(("127.0.0.1", 0))
             usock.settimeout(5)
             lsn.settimeout(5)
-            holder = c2.popen(["python3", "-c", (
-                "import socket,time\n"
-                f"t=socket.create_connection(('{GATEWAY}',{lsn.getsockname()[1]}),timeout=5)\n"
-                "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                f"u.sendto(b'u',('{GATEWAY}',{usock.getsockname()[1]}))\n"
-                "t.sendall(b't'); time.sleep(30)\n")])
+            holder = c2.popen(
+                [
+                    "python3",
+                    "-c",
+                    (
+                        "import socket,time\n"
+                        f"t=socket.create_connection(('{GATEWAY}',{lsn.getsockname()[1]}),timeout=5)\n"
+                        "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                        f"u.sendto(b'u',('{GATEWAY}',{usock.getsockname()[1]}))\n"
+                        "t.sendall(b't'); time.sleep(30)\n"
+                    ),
+                ]
+            )
             conn, _ = lsn.accept()
             conn.settimeout(5)
             assert conn.recv(1) == b"t"
@@ -194,8 +206,16 @@ def test_run_time_changes_survive_an_ingress_restart(tmp_path: Path, ifname: str
     port = free_udp_port()
     second, third = generate_keypair(), generate_keypair()
     with router(uapi_env(tmp_path, port, ifname)) as r, client_from_router_output(r, port) as c:
-        wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32",
-           "persistent-keepalive", "15")
+        wg(
+            "set",
+            ifname,
+            "peer",
+            second.public,
+            "allowed-ips",
+            "10.77.0.3/32",
+            "persistent-keepalive",
+            "15",
+        )
         wg("set", ifname, "peer", third.public, "allowed-ips", "10.77.0.4/32")
         wg("set", ifname, "peer", third.public, "remove")
         r.wait_for_line(r"run-time configuration kept for restarts: 2 peer", timeout=5)
@@ -209,29 +229,46 @@ def test_run_time_changes_survive_an_ingress_restart(tmp_path: Path, ifname: str
         stop_and_counters(r)
 
 
-def test_a_flow_outlives_an_ingress_restart_after_peers_changed(tmp_path: Path,
-                                                                ifname: str) -> None:
+def test_a_flow_outlives_an_ingress_restart_after_peers_changed(
+    tmp_path: Path, ifname: str
+) -> None:
     """Workers keep their flows when ingress is replaced, keyed by peer index: the new
     ingress must number peers as the old one did, or a peer's old flows would answer to
     another number (another peer's, or nobody's). Here the first peer is removed first, so
     a fresh numbering would shift B; B's datagrams must still use its old flow."""
     port = free_udp_port()
     second = generate_keypair()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, \
-            router(uapi_env(tmp_path, port, ifname)) as r, \
-            client_from_router_output(r, port) as c:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        router(uapi_env(tmp_path, port, ifname)) as r,
+        client_from_router_output(r, port) as c,
+    ):
         srv.bind(("127.0.0.1", 0))
         srv.settimeout(1)
         wg("set", ifname, "peer", second.public, "allowed-ips", "10.77.0.3/32")
-        with WgClient(second.private, c.server_public_key, port, address="10.77.0.3/32",
-                      allowed_ips=("10.77.0.0/24",)) as b:
-            prog = b.popen(["python3", "-u", "-c", (
-                "import socket,sys\n"
-                "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                f"s.connect(('{GATEWAY}',{srv.getsockname()[1]}))\n"
-                "for line in sys.stdin:\n"
-                "    s.send(line.strip().encode())\n")],
-                stdin=subprocess.PIPE, text=True)
+        with WgClient(
+            second.private,
+            c.server_public_key,
+            port,
+            address="10.77.0.3/32",
+            allowed_ips=("10.77.0.0/24",),
+        ) as b:
+            prog = b.popen(
+                [
+                    "python3",
+                    "-u",
+                    "-c",
+                    (
+                        "import socket,sys\n"
+                        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                        f"s.connect(('{GATEWAY}',{srv.getsockname()[1]}))\n"
+                        "for line in sys.stdin:\n"
+                        "    s.send(line.strip().encode())\n"
+                    ),
+                ],
+                stdin=subprocess.PIPE,
+                text=True,
+            )
             assert prog.stdin is not None
 
             def flow_of(word: str, tries: int) -> tuple[str, int] | None:

@@ -23,6 +23,7 @@ from routerutil import (
 
 pytestmark = pytest.mark.e2e
 
+
 def test_embedded_default_handshake_and_20_pings(tmp_path: Path) -> None:
     port = free_udp_port()
     env = base_env(tmp_path, port)

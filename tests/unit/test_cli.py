@@ -12,13 +12,23 @@ import pytest
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 
 
-def run(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None,
-        tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    tmp: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp or "/nonexistent")}
     if tmp is not None:
         base["WGSLIRP_STATE_DIR"] = str(tmp / "state")
-    return subprocess.run([sys.executable, "-m", "wgslirp", *args], env={**base, **(env or {})},
-                          input=stdin, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "wgslirp", *args],
+        env={**base, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def router_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -28,9 +38,15 @@ def router_env(tmp: Path, **extra: str) -> dict[str, str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "WG_LISTEN_ADDR": "127.0.0.1",
-            "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": "0",
-            "WGSLIRP_STATE_DIR": str(tmp / "state"), **extra}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+        "PROCESSOR_WORKERS": "0",
+        "WGSLIRP_STATE_DIR": str(tmp / "state"),
+        **extra,
+    }
 
 
 def start_lines(p: subprocess.Popen[str]) -> str:
@@ -70,13 +86,16 @@ def test_genkey_pubkey_round_trip() -> None:
 @pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools not installed")
 def test_interchangeable_with_wg_tools() -> None:
     ours = run(["genkey"]).stdout.strip()
-    theirs_pub = subprocess.run(["wg", "pubkey"], input=ours + "\n", capture_output=True,
-                                text=True, check=True).stdout.strip()
+    theirs_pub = subprocess.run(
+        ["wg", "pubkey"], input=ours + "\n", capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert run(["pubkey"], stdin=ours).stdout.strip() == theirs_pub
-    wg_priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    wg_pub = subprocess.run(["wg", "pubkey"], input=wg_priv, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    wg_priv = subprocess.run(
+        ["wg", "genkey"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    wg_pub = subprocess.run(
+        ["wg", "pubkey"], input=wg_priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert run(["pubkey"], stdin=wg_priv).stdout.strip() == wg_pub
 
 
@@ -95,8 +114,14 @@ def test_pubkey_rejects_garbage_with_exit_2() -> None:
         ({"WG_LISTEN_PORT": "http"}, "WG_LISTEN_PORT"),
         ({"METRICS_INTERVAL": "0s"}, "METRICS_INTERVAL"),
         ({"WG_PEERS": "0"}, "WG_PEER_0_PUBLIC_KEY"),
-        ({"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": encode_key(b"\x02" * 32),
-          "WG_PEER_0_ALLOWED_IPS": "10.0.0.300/32"}, "WG_PEER_0_ALLOWED_IPS"),
+        (
+            {
+                "WG_PEERS": "0",
+                "WG_PEER_0_PUBLIC_KEY": encode_key(b"\x02" * 32),
+                "WG_PEER_0_ALLOWED_IPS": "10.0.0.300/32",
+            },
+            "WG_PEER_0_ALLOWED_IPS",
+        ),
         ({"IP_TTL": "0"}, "IP_TTL"),
     ],
 )
@@ -119,10 +144,13 @@ def test_missing_config_file_exit_2(tmp_path: Path) -> None:
 def test_check_config_redacts_keys(tmp_path: Path) -> None:
     priv, psk = generate_private_key(), b"\x07" * 32
     peer_pub = public_key(generate_private_key())
-    env = {"WG_PRIVATE_KEY": encode_key(priv), "WG_PEERS": "0",
-           "WG_PEER_0_PUBLIC_KEY": encode_key(peer_pub),
-           "WG_PEER_0_PRESHARED_KEY": encode_key(psk),
-           "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32"}
+    env = {
+        "WG_PRIVATE_KEY": encode_key(priv),
+        "WG_PEERS": "0",
+        "WG_PEER_0_PUBLIC_KEY": encode_key(peer_pub),
+        "WG_PEER_0_PRESHARED_KEY": encode_key(psk),
+        "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32",
+    }
     r = run(["check-config"], env=env, tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     assert encode_key(priv) not in r.stdout and encode_key(psk) not in r.stdout
@@ -145,8 +173,9 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     s.bind(("127.0.0.1", 0))
     try:
         port = s.getsockname()[1]
-        r = run(["run"], env={"WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(port)},
-                tmp=tmp_path)
+        r = run(
+            ["run"], env={"WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(port)}, tmp=tmp_path
+        )
     finally:
         s.close()
     assert r.returncode == 1
@@ -154,17 +183,20 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stdout", ["closed", "broken pipe"])
-def test_serves_even_when_stdout_cannot_take_the_client_config(tmp_path: Path,
-                                                               stdout: str) -> None:
+def test_serves_even_when_stdout_cannot_take_the_client_config(tmp_path: Path, stdout: str) -> None:
     import os
 
     r_fd, w_fd = os.pipe()
     if stdout == "broken pipe":
         os.close(r_fd)  # nobody will ever read: writes fail with EPIPE
-    p = subprocess.Popen([sys.executable, "-m", "wgslirp"], env=router_env(tmp_path),
-                         stderr=subprocess.PIPE, text=True,
-                         stdout=w_fd if stdout == "broken pipe" else None,
-                         preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "wgslirp"],
+        env=router_env(tmp_path),
+        stderr=subprocess.PIPE,
+        text=True,
+        stdout=w_fd if stdout == "broken pipe" else None,
+        preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None,
+    )
     os.close(w_fd)
     if stdout == "closed":
         os.close(r_fd)
@@ -181,8 +213,11 @@ def test_healthcheck_reads_only_metrics_listen(tmp_path: Path) -> None:
     import socket
     import threading
 
-    env = {"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": encode_key(public_key(bytes(31) + b"\x01")),
-           "WG_PEER_0_ENDPOINT": "peer.invalid:51820"}
+    env = {
+        "WG_PEERS": "0",
+        "WG_PEER_0_PUBLIC_KEY": encode_key(public_key(bytes(31) + b"\x01")),
+        "WG_PEER_0_ENDPOINT": "peer.invalid:51820",
+    }
     with socket.create_server(("127.0.0.1", 0)) as srv:
         port = srv.getsockname()[1]
 
@@ -203,8 +238,9 @@ def test_healthcheck_reads_only_metrics_listen(tmp_path: Path) -> None:
 
 def test_config_option_after_the_subcommand_and_typo_warning(tmp_path: Path) -> None:
     conf = tmp_path / "wg0.conf"
-    conf.write_text(f"[Interface]\nPrivateKey = {encode_key(generate_private_key())}\n"
-                    "ListenPort = 40123\n")
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {encode_key(generate_private_key())}\nListenPort = 40123\n"
+    )
     before = run(["--config", str(conf), "check-config"], tmp=tmp_path)
     after = run(["check-config", "--config", str(conf)], tmp=tmp_path)
     assert before.returncode == after.returncode == 0, after.stderr
@@ -215,9 +251,13 @@ def test_unknown_settings_are_named_at_start(tmp_path: Path) -> None:
     import os
     import signal
 
-    p = subprocess.Popen([sys.executable, "-m", "wgslirp"],
-                         env=router_env(tmp_path, WG_LISTEN_PROT="51820"),
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "wgslirp"],
+        env=router_env(tmp_path, WG_LISTEN_PROT="51820"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         seen = start_lines(p)
         assert "unknown setting(s) WG_LISTEN_PROT" in seen, seen

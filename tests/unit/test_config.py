@@ -150,8 +150,11 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "WG_GATEWAY_IP": ("10.9.0.1", "gateway_ip", "10.9.0.1"),
     "WG_GATEWAY_HOST_IP": ("127.0.0.2", "gateway_host_ip", "127.0.0.2"),
     "WG_DNS_IP": ("10.9.0.53", "dns_ip", "10.9.0.53"),
-    "WG_DNS_UPSTREAM": ("127.0.0.1, 127.0.0.2:5353", "dns_upstream",
-                        ("127.0.0.1:53", "127.0.0.2:5353")),
+    "WG_DNS_UPSTREAM": (
+        "127.0.0.1, 127.0.0.2:5353",
+        "dns_upstream",
+        ("127.0.0.1:53", "127.0.0.2:5353"),
+    ),
     "WG_PUBLIC_ENDPOINT": ("vpn.example.com:443", "public_endpoint", "vpn.example.com:443"),
     "WGSLIRP_STATE_DIR": ("/srv/wgslirp", "state_dir", "/srv/wgslirp"),
     "PROCESSOR_WORKERS": ("0", "processor_workers", 0),
@@ -378,8 +381,10 @@ def test_bad_value_names_the_variable(env: dict[str, str], setting: str) -> None
 
 
 def test_metrics_interval_zero_message() -> None:
-    assert str(err({"METRICS_INTERVAL": "0s"})) == \
-        "METRICS_INTERVAL: 0s is shorter than the minimum 100ms"
+    assert (
+        str(err({"METRICS_INTERVAL": "0s"}))
+        == "METRICS_INTERVAL: 0s is shorter than the minimum 100ms"
+    )
 
 
 def test_ip_ttl_message_shows_range() -> None:
@@ -688,12 +693,15 @@ def test_module_main_check_exits_2_on_bad_config(
     assert "METRICS_INTERVAL: 0s is shorter than the minimum 100ms" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("line", [
-    "PrivateKey 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
-    "PrivateKey: 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
-    "2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
-    "PrivateKey\t2PX21Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "PrivateKey 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+        "PrivateKey: 2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+        "2PX21/Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04=",
+        "PrivateKey\t2PX21Fck2oPBHGbZ2IV3l8YQWjzUqu7cfvDEaN9k04",
+    ],
+)
 def test_a_malformed_line_never_echoes_a_key(line: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_wg_quick(f"[Interface]\n{line}\n", "leak.conf")
@@ -701,14 +709,17 @@ def test_a_malformed_line_never_echoes_a_key(line: str) -> None:
     assert "leak.conf:2" in str(err.value) and "Key = Value" in str(err.value)
 
 
-@pytest.mark.parametrize(("env", "setting"), [
-    ({"WG_LISTEN_PORT": "\uff19\uff19"}, "WG_LISTEN_PORT"),  # fullwidth digits
-    ({"WG_LISTEN_PORT": "\u0665\u0661\u0668\u0662\u0660"}, "WG_LISTEN_PORT"),  # Arabic-Indic
-    ({"WG_LISTEN_PORT": "9" * 5000}, "WG_LISTEN_PORT"),
-    ({"METRICS_INTERVAL": "9" * 400 + "s"}, "METRICS_INTERVAL"),
-    ({"METRICS_INTERVAL": "1ns"}, "METRICS_INTERVAL"),
-    ({"WG_INTERFACE_NAME": "\u00e4" * 8}, "WG_INTERFACE_NAME"),  # 8 chars, 16 bytes
-])
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"WG_LISTEN_PORT": "\uff19\uff19"}, "WG_LISTEN_PORT"),  # fullwidth digits
+        ({"WG_LISTEN_PORT": "\u0665\u0661\u0668\u0662\u0660"}, "WG_LISTEN_PORT"),  # Arabic-Indic
+        ({"WG_LISTEN_PORT": "9" * 5000}, "WG_LISTEN_PORT"),
+        ({"METRICS_INTERVAL": "9" * 400 + "s"}, "METRICS_INTERVAL"),
+        ({"METRICS_INTERVAL": "1ns"}, "METRICS_INTERVAL"),
+        ({"WG_INTERFACE_NAME": "\u00e4" * 8}, "WG_INTERFACE_NAME"),  # 8 chars, 16 bytes
+    ],
+)
 def test_odd_values_are_refused_naming_the_setting(env: dict[str, str], setting: str) -> None:
     e = err(env)
     assert str(e).startswith(f"{setting}:") and "set_int_max_str_digits" not in str(e)

@@ -22,16 +22,22 @@ REMOTE = ipv4.addr_to_int("203.0.113.9")
 
 
 def ip_packet(src: int, dst: int, proto: int, body: bytes, frag_word: int = 0) -> bytearray:
-    pkt = bytearray(struct.pack(">BBHHHBBHII", 0x45, 0, 20 + len(body), 1, frag_word, 64, proto,
-                                0, src, dst) + body)
+    pkt = bytearray(
+        struct.pack(">BBHHHBBHII", 0x45, 0, 20 + len(body), 1, frag_word, 64, proto, 0, src, dst)
+        + body
+    )
     struct.pack_into(">H", pkt, 10, checksum(memoryview(pkt)[:20]))
     return pkt
 
 
 def tcp_packet(src: int, dst: int, sport: int, dport: int, payload: bytes = b"") -> bytearray:
     # Only the ports matter to the flow layer; the rest of the header can stay zero.
-    return ip_packet(src, dst, ipv4.PROTO_TCP,
-                     struct.pack(">HHIIBBHHH", sport, dport, 0, 0, 0x50, 0x02, 0, 0, 0) + payload)
+    return ip_packet(
+        src,
+        dst,
+        ipv4.PROTO_TCP,
+        struct.pack(">HHIIBBHHH", sport, dport, 0, 0, 0x50, 0x02, 0, 0, 0) + payload,
+    )
 
 
 def udp_packet(src: int, dst: int, sport: int, dport: int, payload: bytes = b"") -> bytearray:
@@ -59,7 +65,9 @@ flows = st.tuples(hosts, hosts, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
 
 @given(flows, st.sampled_from([ipv4.PROTO_TCP, ipv4.PROTO_UDP]), st.integers(1, 16))
 def test_flow_packets_and_errors_about_replies_share_a_worker(
-    f: tuple[int, int, int, int], proto: int, nworkers: int,
+    f: tuple[int, int, int, int],
+    proto: int,
+    nworkers: int,
 ) -> None:
     guest, remote, gport, rport = f
     make = tcp_packet if proto == ipv4.PROTO_TCP else udp_packet
@@ -70,7 +78,8 @@ def test_flow_packets_and_errors_about_replies_share_a_worker(
     for pkt in [*outbound, error]:
         assert flow.packet_flow_key(pkt, len(pkt)) == key
         assert flow.shard_of(memoryview(pkt), len(pkt), nworkers) == flow.shard_of_key(
-            key, nworkers)
+            key, nworkers
+        )
     assert 0 <= flow.shard_of_key(key, nworkers) < nworkers
 
 
@@ -91,8 +100,9 @@ def test_echo_keyed_by_identifier(f: tuple[int, int, int, int], ident: int, n: i
 
 
 def test_echo_identifiers_spread_over_workers() -> None:
-    shards = {flow.shard_of(p, len(p), 4)
-              for p in (echo(GUEST, REMOTE, 8, i, 1) for i in range(64))}
+    shards = {
+        flow.shard_of(p, len(p), 4) for p in (echo(GUEST, REMOTE, 8, i, 1) for i in range(64))
+    }
     assert shards == {0, 1, 2, 3}
 
 
@@ -133,8 +143,12 @@ def test_distribution_over_four_workers_is_roughly_uniform() -> None:
     rng = random.Random(1234)
     counts: Counter[int] = Counter()
     for _ in range(8000):
-        pkt = udp_packet(GUEST, rng.getrandbits(32) | 1, rng.randrange(1024, 65536),
-                         rng.choice((53, 443, 123, rng.randrange(1, 65536))))
+        pkt = udp_packet(
+            GUEST,
+            rng.getrandbits(32) | 1,
+            rng.randrange(1024, 65536),
+            rng.choice((53, 443, 123, rng.randrange(1, 65536))),
+        )
         counts[flow.shard_of(pkt, len(pkt), 4)] += 1
     assert set(counts) == {0, 1, 2, 3}
     assert all(1700 <= c <= 2300 for c in counts.values()), counts  # expected 2000, sd ~39
@@ -142,8 +156,9 @@ def test_distribution_over_four_workers_is_roughly_uniform() -> None:
 
 def test_sequential_ports_from_one_guest_spread() -> None:
     # The common real case: one guest, one server, ephemeral ports counting up.
-    counts = Counter(flow.shard_of_key((GUEST, REMOTE, 6, port, 443), 4)
-                     for port in range(40000, 44000))
+    counts = Counter(
+        flow.shard_of_key((GUEST, REMOTE, 6, port, 443), 4) for port in range(40000, 44000)
+    )
     assert all(850 <= c <= 1150 for c in counts.values()), counts
 
 
@@ -158,13 +173,29 @@ print(json.dumps([[flow.flow_hash(*k), flow.shard_of_key(tuple(k), 7)] for k in 
 @pytest.mark.parametrize("seed", ["0", "12345"])
 def test_deterministic_across_processes(seed: str) -> None:
     rng = random.Random(99)
-    keys = [[rng.getrandbits(32), rng.getrandbits(32), rng.choice((1, 6, 17)),
-             rng.getrandbits(16), rng.getrandbits(16)] for _ in range(200)]
+    keys = [
+        [
+            rng.getrandbits(32),
+            rng.getrandbits(32),
+            rng.choice((1, 6, 17)),
+            rng.getrandbits(16),
+            rng.getrandbits(16),
+        ]
+        for _ in range(200)
+    ]
     env = dict(os.environ, PYTHONHASHSEED=seed)
-    out = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(keys), env=env,
-                         capture_output=True, text=True, check=True, timeout=60)
-    here = [[flow.flow_hash(*k), flow.shard_of_key((k[0], k[1], k[2], k[3], k[4]), 7)]
-            for k in keys]
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        input=json.dumps(keys),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    here = [
+        [flow.flow_hash(*k), flow.shard_of_key((k[0], k[1], k[2], k[3], k[4]), 7)] for k in keys
+    ]
     assert json.loads(out.stdout) == here
 
 

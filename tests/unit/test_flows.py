@@ -60,8 +60,11 @@ def test_policy_guards_own_port_on_every_host_address() -> None:
     from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
     from wgslirp.slirp.policy import EgressPolicy, Verdict
 
-    pol = EgressPolicy(gateway="10.77.0.1", own_sockets=frozenset({(PROTO_UDP, 51820)}),
-                       local_addresses=frozenset({"192.0.2.10"}))
+    pol = EgressPolicy(
+        gateway="10.77.0.1",
+        own_sockets=frozenset({(PROTO_UDP, 51820)}),
+        local_addresses=frozenset({"192.0.2.10"}),
+    )
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.DENY
     assert pol.decide(PROTO_UDP, addr_to_int("10.77.0.1"), 51820).verdict is Verdict.DENY
     # another host's WireGuard port stays reachable (nested tunnels are legitimate)
@@ -85,8 +88,7 @@ def test_host_own_addresses_are_denied_unless_explicitly_allowed() -> None:
     # "allow everything" does not open the host; naming its network does
     wide = EgressPolicy(allow_cidrs=("0.0.0.0/0",), local_addresses=frozenset({"192.0.2.10"}))
     assert wide.decide(PROTO_TCP, host, 5432).verdict is Verdict.DENY
-    lan = EgressPolicy(allow_cidrs=("192.0.2.0/24",),
-                       local_addresses=frozenset({"192.0.2.10"}))
+    lan = EgressPolicy(allow_cidrs=("192.0.2.0/24",), local_addresses=frozenset({"192.0.2.10"}))
     assert lan.decide(PROTO_TCP, host, 5432).verdict is Verdict.ALLOW
 
 
@@ -118,8 +120,9 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     from wgslirp.runtime.worker import LocalAddressRefresher
     from wgslirp.slirp.policy import EgressPolicy, Verdict
 
-    pol = EgressPolicy(own_sockets=frozenset({(PROTO_UDP, 51820)}),
-                       local_addresses=frozenset({"192.0.2.10"}))
+    pol = EgressPolicy(
+        own_sockets=frozenset({(PROTO_UDP, 51820)}), local_addresses=frozenset({"192.0.2.10"})
+    )
     host = {"192.0.2.10"}
     reads: list[float] = []
     clock = [100.0]
@@ -151,6 +154,7 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.ALLOW
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
 
+
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 
@@ -161,8 +165,7 @@ def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
 
     full = Egress()
     full.full = True
-    ctx = BridgeContext(full, selectors.DefaultSelector(), mtu=1380, worker_index=1,
-                        nworkers=3)
+    ctx = BridgeContext(full, selectors.DefaultSelector(), mtu=1380, worker_index=1, nworkers=3)
     bridge = IcmpBridge(ctx, EgressPolicy(), FlowTable(30.0), None)
     seen = set()
     for _ in range(30000):  # wraps the id space of this worker (21845 ids) once
@@ -173,21 +176,35 @@ def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "touch", "remove", "expire"]),
-                          st.integers(0, 3), st.integers(0, 40)), max_size=300),
-       st.integers(0, 12), st.integers(0, 5))
-def test_eviction_matches_a_brute_force_least_recent(ops: list[tuple[str, int, int]],
-                                                     max_flows: int, max_per_peer: int) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "touch", "remove", "expire"]),
+            st.integers(0, 3),
+            st.integers(0, 40),
+        ),
+        max_size=300,
+    ),
+    st.integers(0, 12),
+    st.integers(0, 5),
+)
+def test_eviction_matches_a_brute_force_least_recent(
+    ops: list[tuple[str, int, int]], max_flows: int, max_per_peer: int
+) -> None:
     """The lazy heaps pick exactly what a scan of every flow would (by activity time)."""
-    t: FlowTable[Flow] = FlowTable(idle_timeout=30, max_flows=max_flows,
-                                   max_per_peer=max_per_peer, sweep_interval=1)
+    t: FlowTable[Flow] = FlowTable(
+        idle_timeout=30, max_flows=max_flows, max_per_peer=max_per_peer, sweep_interval=1
+    )
     now = 0.0
     for i, (op, peer, pick) in enumerate(ops):
         now += 0.25
         flows = t.values()
         if op == "add":
-            want_peer = (min(f.last_active for f in flows if f.peer == peer)
-                         if max_per_peer and t.peer_count(peer) >= max_per_peer else None)
+            want_peer = (
+                min(f.last_active for f in flows if f.peer == peer)
+                if max_per_peer and t.peer_count(peer) >= max_per_peer
+                else None
+            )
             evicted = t.make_room(peer)
             rest = t.values()
             if want_peer is not None:
@@ -195,10 +212,11 @@ def test_eviction_matches_a_brute_force_least_recent(ops: list[tuple[str, int, i
                 assert evicted[0].last_active == want_peer
             if max_flows and len(flows) - (want_peer is not None) >= max_flows:
                 assert evicted[-1].last_active <= min(
-                    (f.last_active for f in rest), default=float("inf"))
+                    (f.last_active for f in rest), default=float("inf")
+                )
             t.add(Flow(("k", i), peer, now), now)
-            assert (not max_flows or len(t) <= max_flows)
-            assert (not max_per_peer or t.peer_count(peer) <= max_per_peer)
+            assert not max_flows or len(t) <= max_flows
+            assert not max_per_peer or t.peer_count(peer) <= max_per_peer
         elif op == "touch" and flows:
             flows[pick % len(flows)].last_active = now
         elif op == "remove" and flows:
@@ -243,9 +261,11 @@ def test_resolv_conf_keeps_ipv4_nameservers_and_skips_the_rest(tmp_path: Path) -
     from wgslirp.runtime.worker import read_resolv_conf
 
     f = tmp_path / "resolv.conf"
-    f.write_text("# comment\nsearch example\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n"
-                 "nameserver not-an-address\nnameserver 300.1.1.1\nnameserver\n"
-                 "nameserver 198.51.100.53 # trailing\n")
+    f.write_text(
+        "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n"
+        "nameserver not-an-address\nnameserver 300.1.1.1\nnameserver\n"
+        "nameserver 198.51.100.53 # trailing\n"
+    )
     assert read_resolv_conf(str(f)) == (("192.0.2.53", 53), ("198.51.100.53", 53))
     assert read_resolv_conf(str(tmp_path / "missing")) == ()
 
@@ -265,8 +285,12 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     from wgslirp.slirp.policy import EgressPolicy
 
     eg = Egress()
-    bridge = IcmpBridge(BridgeContext(eg, selectors.DefaultSelector(), mtu=1380),
-                        EgressPolicy(), FlowTable(30.0), None)
+    bridge = IcmpBridge(
+        BridgeContext(eg, selectors.DefaultSelector(), mtu=1380),
+        EgressPolicy(),
+        FlowTable(30.0),
+        None,
+    )
     remote = addr_to_int("192.0.2.9")
     flow = EchoFlow(("k",), 1, 0.0, addr_to_int("10.77.0.2"), remote, remote, 7, 4242, None)
     bridge._by_host_id[4242] = flow
@@ -278,8 +302,16 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
         struct.pack_into(">H", pkt, 22, checksum(pkt[20:]))
         if corrupt:
             pkt[30] ^= 0xFF
-        write_header(pkt, total_length=32, proto=1, src=remote, dst=addr_to_int("192.0.2.1"),
-                     ttl=64, ident=1, dont_fragment=False)
+        write_header(
+            pkt,
+            total_length=32,
+            proto=1,
+            src=remote,
+            dst=addr_to_int("192.0.2.1"),
+            ttl=64,
+            ident=1,
+            dont_fragment=False,
+        )
         return pkt
 
     bridge._from_raw(memoryview(reply(corrupt=True)), 32, 1.0)

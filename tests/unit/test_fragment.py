@@ -20,12 +20,24 @@ DST = ipv4.addr_to_int("198.51.100.7")
 OPTIONS = bytes([0x94, 4, 0, 0, 0x07, 7, 4, 0, 0, 0, 0, 0])
 
 
-def datagram(size: int, *, ident: int = 0x4242, options: bytes = b"", flags: int = 0,
-             proto: int = ipv4.PROTO_UDP, src: int = SRC) -> bytearray:
+def datagram(
+    size: int,
+    *,
+    ident: int = 0x4242,
+    options: bytes = b"",
+    flags: int = 0,
+    proto: int = ipv4.PROTO_UDP,
+    src: int = SRC,
+) -> bytearray:
     ihl = 20 + len(options)
     body = bytes((i * 131 + size) & 0xFF for i in range(size))
-    pkt = bytearray(struct.pack(">BBHHHBBHII", 0x40 | ihl // 4, 0, ihl + size, ident, flags, 64,
-                                proto, 0, src, DST) + options + body)
+    pkt = bytearray(
+        struct.pack(
+            ">BBHHHBBHII", 0x40 | ihl // 4, 0, ihl + size, ident, flags, 64, proto, 0, src, DST
+        )
+        + options
+        + body
+    )
     struct.pack_into(">H", pkt, 10, checksum(memoryview(pkt)[:ihl]))
     return pkt
 
@@ -33,8 +45,12 @@ def datagram(size: int, *, ident: int = 0x4242, options: bytes = b"", flags: int
 def frag(data: bytes, offset: int, *, more: bool, ident: int = 1, src: int = SRC) -> bytearray:
     """A hand-made fragment: `offset` in bytes, need not be consistent with anything."""
     word = (ipv4.FLAG_MF if more else 0) | (offset // 8)
-    pkt = bytearray(struct.pack(">BBHHHBBHII", 0x45, 0, 20 + len(data), ident, word, 64,
-                                ipv4.PROTO_UDP, 0, src, DST) + data)
+    pkt = bytearray(
+        struct.pack(
+            ">BBHHHBBHII", 0x45, 0, 20 + len(data), ident, word, 64, ipv4.PROTO_UDP, 0, src, DST
+        )
+        + data
+    )
     struct.pack_into(">H", pkt, 10, checksum(memoryview(pkt)[:20]))
     return pkt
 
@@ -50,10 +66,15 @@ def frag_fields(f: bytes) -> tuple[int, int, bool]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(size=st.integers(0, 9000), mtu=st.integers(68, 1500), with_options=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_fragments_fit_align_and_reassemble(size: int, mtu: int, with_options: bool,
-                                            seed: int) -> None:
+@given(
+    size=st.integers(0, 9000),
+    mtu=st.integers(68, 1500),
+    with_options=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fragments_fit_align_and_reassemble(
+    size: int, mtu: int, with_options: bool, seed: int
+) -> None:
     original = datagram(size, options=OPTIONS if with_options else b"")
     pieces = fragment(memoryview(original), len(original), mtu)
     assert pieces is not None

@@ -25,10 +25,17 @@ def test_routes_status_and_limits() -> None:
         calls["n"] += 1
         return 200, "text/plain; version=0.0.4", "x 1\n"
 
-    srv = HttpServer("127.0.0.1", 0, {"/metrics": metrics,
-                                      "/healthz": lambda: (503, "text/plain", "down\n"),
-                                      "/boom": lambda: 1 / 0},  # type: ignore[dict-item,return-value]
-                     loop.selector, loop.clock)
+    srv = HttpServer(
+        "127.0.0.1",
+        0,
+        {
+            "/metrics": metrics,
+            "/healthz": lambda: (503, "text/plain", "down\n"),
+            "/boom": lambda: 1 / 0,
+        },  # type: ignore[dict-item,return-value]
+        loop.selector,
+        loop.clock,
+    )
     stop = threading.Event()
     t = threading.Thread(target=serve, args=(loop, stop), daemon=True)
     t.start()
@@ -58,8 +65,9 @@ def test_idle_connections_neither_lock_out_checks_nor_outlive_their_deadline() -
 
     now = [1000.0]
     loop = Loop(clock=lambda: now[0])
-    srv = HttpServer("127.0.0.1", 0, {"/healthz": lambda: (200, "text/plain", "ok\n")},
-                     loop.selector, loop.clock)
+    srv = HttpServer(
+        "127.0.0.1", 0, {"/healthz": lambda: (200, "text/plain", "ok\n")}, loop.selector, loop.clock
+    )
     loop.timers.append(srv)
     stop = threading.Event()
     t = threading.Thread(target=serve, args=(loop, stop), daemon=True)

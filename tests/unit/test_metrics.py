@@ -41,15 +41,26 @@ def test_child_publishes_parent_reads() -> None:
 
 
 def test_prometheus_text_parses_with_the_reference_parser() -> None:
-    block = MetricsBlock(["rx_packets", "mac1_invalid"], ["udp_flows", "tcp_flows",
-                                                           "tcp_dials_ok", "policy_denied"], 1)
+    block = MetricsBlock(
+        ["rx_packets", "mac1_invalid"],
+        ["udp_flows", "tcp_flows", "tcp_dials_ok", "policy_denied"],
+        1,
+    )
     try:
         block.ingress.publish({"rx_packets": 5, "mac1_invalid": 2}, 1, 1)
-        block.workers[0].publish({"udp_flows": 4, "tcp_flows": 1, "tcp_dials_ok": 7,
-                                  "policy_denied": 1}, 2, 1)
+        block.workers[0].publish(
+            {"udp_flows": 4, "tcp_flows": 1, "tcp_dials_ok": 7, "policy_denied": 1}, 2, 1
+        )
         block.publish_peers([PeerSample(KEY, 1, 1000, 2000, 10, 20, 1, 123.0)])
-        snap = snapshot(block, {"ring_depth:in0": 3, "worker_restarts": 1,
-                                "rss_bytes:ingress": 1e7, "cpu_seconds:w0": 1.5})
+        snap = snapshot(
+            block,
+            {
+                "ring_depth:in0": 3,
+                "worker_restarts": 1,
+                "rss_bytes:ingress": 1e7,
+                "cpu_seconds:w0": 1.5,
+            },
+        )
         text = render_prometheus(snap)
         fams = {f.name: f for f in text_string_to_metric_families(text)}
         rx = fams["wgslirp_peer_rx_bytes"].samples[0]

@@ -32,12 +32,17 @@ def ref_udp_checksum(src: int, dst: int, segment: bytes) -> int:
     return ref_checksum(pseudo + zeroed) or 0xFFFF
 
 
-def ip_packet(src: int, dst: int, proto: int, body: bytes, *, frag_word: int = 0,
-              options: bytes = b"") -> bytearray:
+def ip_packet(
+    src: int, dst: int, proto: int, body: bytes, *, frag_word: int = 0, options: bytes = b""
+) -> bytearray:
     """A raw IPv4 packet with a correct header checksum, for shapes the builders never make."""
     ihl = 20 + len(options)
-    hdr = bytearray(struct.pack(">BBHHHBBHII", 0x40 | ihl // 4, 0, ihl + len(body), 7,
-                                frag_word, 64, proto, 0, src, dst) + options)
+    hdr = bytearray(
+        struct.pack(
+            ">BBHHHBBHII", 0x40 | ihl // 4, 0, ihl + len(body), 7, frag_word, 64, proto, 0, src, dst
+        )
+        + options
+    )
     struct.pack_into(">H", hdr, 10, ref_checksum(bytes(hdr)))
     return hdr + body
 
@@ -61,10 +66,25 @@ addrs = st.integers(min_value=0, max_value=0xFFFFFFFF)
 ports = st.integers(min_value=0, max_value=0xFFFF)
 
 
-@given(addrs, addrs, ports, ports, st.binary(max_size=3000), st.integers(0, 255),
-       st.integers(0, 255), st.integers(0, 0xFFFF))
+@given(
+    addrs,
+    addrs,
+    ports,
+    ports,
+    st.binary(max_size=3000),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 0xFFFF),
+)
 def test_udp_round_trip_matches_reference(
-    src: int, dst: int, sport: int, dport: int, payload: bytes, ttl: int, tos: int, ident: int,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload: bytes,
+    ttl: int,
+    tos: int,
+    ident: int,
 ) -> None:
     out = bytearray(4000)
     n = udp.build_udp_into(out, src, dst, sport, dport, payload, ttl=ttl, tos=tos, ident=ident)
@@ -137,8 +157,9 @@ def test_parse_honours_options_and_udp_length() -> None:
 
 
 def _udp_with(ulen: int, *, frag_word: int = 0, proto: int = ipv4.PROTO_UDP) -> bytearray:
-    return ip_packet(GUEST, REMOTE, proto, struct.pack(">HHHH", 1, 2, ulen, 0) + b"xyzw",
-                     frag_word=frag_word)
+    return ip_packet(
+        GUEST, REMOTE, proto, struct.pack(">HHHH", 1, 2, ulen, 0) + b"xyzw", frag_word=frag_word
+    )
 
 
 @pytest.mark.parametrize(
@@ -162,8 +183,9 @@ def test_parse_rejects_malformed(pkt: bytearray, length: int) -> None:
 # --- ICMP errors -------------------------------------------------------------------------
 
 
-def check_icmp_error(err: bytes, n: int, original: bytes, icmp_type: int, code: int,
-                     src: int, dst: int) -> None:
+def check_icmp_error(
+    err: bytes, n: int, original: bytes, icmp_type: int, code: int, src: int, dst: int
+) -> None:
     assert ipv4.header_valid(err, n)
     assert struct.unpack_from(">H", err, 2)[0] == n
     assert err[9] == ipv4.PROTO_ICMP
@@ -187,8 +209,9 @@ def test_port_unreachable_quotes_up_to_576_bytes() -> None:
 def test_small_originals_are_quoted_whole(size: int) -> None:
     original = udp_packet(GUEST, REMOTE, 40000, 9, b"\xaa" * size)
     out = bytearray(2048)
-    n = icmp.dest_unreachable_into(out, original, len(original), icmp.HOST_UNREACHABLE,
-                                   router_src=0x0A4D0001, ttl=32)
+    n = icmp.dest_unreachable_into(
+        out, original, len(original), icmp.HOST_UNREACHABLE, router_src=0x0A4D0001, ttl=32
+    )
     assert n == min(28 + len(original), 576)
     check_icmp_error(out, n, original, 3, 1, 0x0A4D0001, GUEST)
     assert out[8] == 32
@@ -205,12 +228,14 @@ def test_quote_never_exceeds_what_was_captured() -> None:
 def test_frag_needed_carries_next_hop_mtu() -> None:
     original = udp_packet(GUEST, REMOTE, 1, 2, b"x" * 1500)
     out = bytearray(2048)
-    n = icmp.dest_unreachable_into(out, original, len(original), icmp.FRAG_NEEDED,
-                                   next_hop_mtu=1420)
+    n = icmp.dest_unreachable_into(
+        out, original, len(original), icmp.FRAG_NEEDED, next_hop_mtu=1420
+    )
     check_icmp_error(out, n, original, 3, 4, REMOTE, GUEST)
     assert struct.unpack_from(">HH", out, 24) == (0, 1420)
-    n = icmp.dest_unreachable_into(out, original, len(original), icmp.ADMIN_PROHIBITED,
-                                   next_hop_mtu=1420)
+    n = icmp.dest_unreachable_into(
+        out, original, len(original), icmp.ADMIN_PROHIBITED, next_hop_mtu=1420
+    )
     check_icmp_error(out, n, original, 3, 13, REMOTE, GUEST)
     assert struct.unpack_from(">HH", out, 24) == (0, 0)
 
@@ -226,8 +251,14 @@ def test_time_exceeded() -> None:
 
 
 def test_constants() -> None:
-    assert (icmp.NET_UNREACHABLE, icmp.HOST_UNREACHABLE, icmp.PROTO_UNREACHABLE,
-            icmp.PORT_UNREACHABLE, icmp.FRAG_NEEDED, icmp.ADMIN_PROHIBITED) == (0, 1, 2, 3, 4, 13)
+    assert (
+        icmp.NET_UNREACHABLE,
+        icmp.HOST_UNREACHABLE,
+        icmp.PROTO_UNREACHABLE,
+        icmp.PORT_UNREACHABLE,
+        icmp.FRAG_NEEDED,
+        icmp.ADMIN_PROHIBITED,
+    ) == (0, 1, 2, 3, 4, 13)
 
 
 def _icmp_error_packet() -> bytearray:
@@ -335,9 +366,15 @@ def test_decrement_ttl_patches_checksum_incrementally() -> None:
     for _ in range(200):
         b = bytearray(20)
         ttl = rnd.randrange(2, 256)
-        ip.write_header(b, total_length=rnd.randrange(20, 1500), proto=rnd.choice([1, 6, 17]),
-                        src=rnd.getrandbits(32), dst=rnd.getrandbits(32), ttl=ttl,
-                        ident=rnd.getrandbits(16))
+        ip.write_header(
+            b,
+            total_length=rnd.randrange(20, 1500),
+            proto=rnd.choice([1, 6, 17]),
+            src=rnd.getrandbits(32),
+            dst=rnd.getrandbits(32),
+            ttl=ttl,
+            ident=rnd.getrandbits(16),
+        )
         assert ip.decrement_ttl(b)
         assert b[8] == ttl - 1 and csum(b) == 0
     b = bytearray(20)

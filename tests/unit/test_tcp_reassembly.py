@@ -52,8 +52,15 @@ def test_reassembly_with_overlaps_and_duplicates() -> None:
     c.handshake()
     b = c.gseq
     data = os.urandom(5000)
-    for lo, hi in ((3000, 4000), (3500, 4500), (1000, 2000), (4500, 5000), (3000, 4000),
-                   (0, 1500), (1200, 3100)):
+    for lo, hi in (
+        (3000, 4000),
+        (3500, 4500),
+        (1000, 2000),
+        (4500, 5000),
+        (3000, 4000),
+        (0, 1500),
+        (1200, 3100),
+    ):
         c.send(data[lo:hi], seq=b + lo)
     assert c.ep.readable() == 5000
     assert c.read_all() == data
@@ -123,8 +130,9 @@ def test_unscaled_window_in_syn() -> None:
 
 
 def test_our_window_scaled_and_large() -> None:
-    c = Conn(TcpParams(rcv_buffer=1 << 20, wscale=5),
-             syn_opts=wire.options_bytes(mss=1460, wscale=2))
+    c = Conn(
+        TcpParams(rcv_buffer=1 << 20, wscale=5), syn_opts=wire.options_bytes(mss=1460, wscale=2)
+    )
     sa = c.handshake()
     assert sa.window == 65535 and sa.opts.wscale == 5
     c.send(b"x")

@@ -46,8 +46,10 @@ class Receiver:
     def ack(self) -> None:
         blocks = []
         if self.sack and self.ranges:
-            first = next((r for r in self.ranges if self.latest and r[0] <= self.latest[0] < r[1]),
-                         self.ranges[0])
+            first = next(
+                (r for r in self.ranges if self.latest and r[0] <= self.latest[0] < r[1]),
+                self.ranges[0],
+            )
             blocks = [first, *[r for r in self.ranges if r != first][:3]]
         self.c.send(b"", ACK, opts=wire.options_bytes(sack=blocks) if blocks else b"")
 

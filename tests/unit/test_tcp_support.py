@@ -58,8 +58,11 @@ class Seg:
 
     @property
     def seg_len(self) -> int:
-        return len(self.data) + (1 if self.flags & wire.SYN else 0) + (
-            1 if self.flags & wire.FIN else 0)
+        return (
+            len(self.data)
+            + (1 if self.flags & wire.SYN else 0)
+            + (1 if self.flags & wire.FIN else 0)
+        )
 
 
 def parse_seg(pkt: bytes) -> Seg:
@@ -73,12 +76,23 @@ def parse_seg(pkt: bytes) -> Seg:
     return Seg(seq, ack, flags, window, opts, pkt[poff : poff + plen], pkt)
 
 
-def guest_pkt(seq: int, ack: int, flags: int, data: bytes = b"", window: int = 65535,
-              opts: bytes = b"") -> bytearray:
+def guest_pkt(
+    seq: int, ack: int, flags: int, data: bytes = b"", window: int = 65535, opts: bytes = b""
+) -> bytearray:
     buf = bytearray(40 + len(opts) + len(data))
-    n = wire.build_into(buf, src=GUEST_IP, dst=HOST_IP, sport=GUEST_PORT, dport=HOST_PORT,
-                        seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags,
-                        window=window, options=opts, payload=data)
+    n = wire.build_into(
+        buf,
+        src=GUEST_IP,
+        dst=HOST_IP,
+        sport=GUEST_PORT,
+        dport=HOST_PORT,
+        seq=seq & 0xFFFFFFFF,
+        ack=ack & 0xFFFFFFFF,
+        flags=flags,
+        window=window,
+        options=opts,
+        payload=data,
+    )
     return buf[:n]
 
 
@@ -97,15 +111,28 @@ class Clock:
 class Conn:
     """An endpoint plus the guest's view of it, driven by hand."""
 
-    def __init__(self, params: TcpParams | None = None, *, iss: int = 5000,
-                 guest_iss: int = 100000, window: int = 65535,
-                 syn_opts: bytes | None = None, ts: bool = False) -> None:
+    def __init__(
+        self,
+        params: TcpParams | None = None,
+        *,
+        iss: int = 5000,
+        guest_iss: int = 100000,
+        window: int = 65535,
+        syn_opts: bytes | None = None,
+        ts: bool = False,
+    ) -> None:
         self.clock = Clock()
         self.egress = Egress()
         self.params = params or TcpParams()
-        self.ep = TcpEndpoint(self.params, local=(HOST_IP, HOST_PORT),
-                              remote=(GUEST_IP, GUEST_PORT), iss=iss, now=self.clock(),
-                              egress=self.egress, peer=1)
+        self.ep = TcpEndpoint(
+            self.params,
+            local=(HOST_IP, HOST_PORT),
+            remote=(GUEST_IP, GUEST_PORT),
+            iss=iss,
+            now=self.clock(),
+            egress=self.egress,
+            peer=1,
+        )
         self.ts = ts
         self.ts_val = 777
         self.gseq = guest_iss  # guest's next sequence number
@@ -144,14 +171,27 @@ class Conn:
         self.ts_val += 1
         return wire.options_bytes(ts=(self.ts_val, self.peer_ts_recent))
 
-    def send(self, data: bytes = b"", flags: int = wire.ACK, *, seq: int | None = None,
-             ack: int | None = None, window: int | None = None, opts: bytes | None = None,
-             flush: bool = True) -> None:
+    def send(
+        self,
+        data: bytes = b"",
+        flags: int = wire.ACK,
+        *,
+        seq: int | None = None,
+        ack: int | None = None,
+        window: int | None = None,
+        opts: bytes | None = None,
+        flush: bool = True,
+    ) -> None:
         """A segment from the guest; by default the next in sequence."""
         s = self.gseq if seq is None else seq
-        pkt = guest_pkt(s, self.gack if ack is None else ack, flags, data,
-                        self.window if window is None else window,
-                        self.opts() if opts is None else opts)
+        pkt = guest_pkt(
+            s,
+            self.gack if ack is None else ack,
+            flags,
+            data,
+            self.window if window is None else window,
+            self.opts() if opts is None else opts,
+        )
         if seq is None:
             self.gseq += len(data) + (1 if flags & (wire.SYN | wire.FIN) else 0)
         self.ep.receive(memoryview(pkt), len(pkt), self.now)

@@ -150,8 +150,9 @@ def test_window_update_from_guest_resumes_sending() -> None:
 
 
 def test_guest_zero_window_probe_answered() -> None:
-    c = _established(TcpParams(rcv_buffer=2000, ack_delay=0.5),
-                     syn_opts=wire.options_bytes(mss=1000))
+    c = _established(
+        TcpParams(rcv_buffer=2000, ack_delay=0.5), syn_opts=wire.options_bytes(mss=1000)
+    )
     c.send(b"a" * 1000)
     c.send(b"a" * 1000)
     (a,) = c.out()
@@ -165,8 +166,7 @@ def test_guest_zero_window_probe_answered() -> None:
 
 
 def test_keepalive_probes_then_gives_up() -> None:
-    c = _established(TcpParams(keepalive_idle=30.0, keepalive_interval=5.0,
-                               keepalive_count=2))
+    c = _established(TcpParams(keepalive_idle=30.0, keepalive_interval=5.0, keepalive_count=2))
     assert c.tick(29.9) == []
     (k,) = c.tick(0.2)
     assert k.flags == ACK and k.seq == (c.gack - 1) & 0xFFFFFFFF

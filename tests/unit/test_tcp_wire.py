@@ -26,8 +26,9 @@ def _reference_tcp_checksum(pkt: bytes) -> int:
 
 
 @given(st.binary(max_size=1500), U32, U32, st.integers(0, 0xFF), st.integers(0, 0xFFFF))
-def test_checksum_matches_reference(data: bytes, seq: int, ack: int, flags: int,
-                                    window: int) -> None:
+def test_checksum_matches_reference(
+    data: bytes, seq: int, ack: int, flags: int, window: int
+) -> None:
     pkt = guest_pkt(seq, ack, flags, data, window)
     assert struct.unpack_from(">H", pkt, 36)[0] == _reference_tcp_checksum(bytes(pkt))
     assert wire.checksum_ok(pkt, len(pkt))

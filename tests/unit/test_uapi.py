@@ -89,8 +89,13 @@ def test_get_lists_device_and_peers() -> None:
     dev = new_device()
     psk = os.urandom(32)
     k1, k2 = public_key(generate_private_key()), public_key(generate_private_key())
-    p1 = dev.add_peer(k1, preshared_key=psk, allowed_ips=["10.77.0.2/32", "10.9.0.0/16"],
-                      endpoint=("127.0.0.1", 40000), keepalive=25)
+    p1 = dev.add_peer(
+        k1,
+        preshared_key=psk,
+        allowed_ips=["10.77.0.2/32", "10.9.0.0/16"],
+        endpoint=("127.0.0.1", 40000),
+        keepalive=25,
+    )
     dev.add_peer(k2)
     p1.last_handshake_wall = 1_700_000_000.5
     p1.rx_bytes, p1.tx_bytes = 1234, 5678
@@ -119,10 +124,20 @@ def test_set_adds_updates_and_removes_peers_and_allowed_ips() -> None:
     dev = new_device()
     key = hexkey()
     psk = os.urandom(32).hex()
-    assert do_set(dev, f"public_key={key}", f"preshared_key={psk}",
-                  "endpoint=127.0.0.1:5555", "persistent_keepalive_interval=15",
-                  "replace_allowed_ips=true", "allowed_ip=10.77.0.3/32",
-                  "allowed_ip=10.8.1.7/24", "protocol_version=1") == 0
+    assert (
+        do_set(
+            dev,
+            f"public_key={key}",
+            f"preshared_key={psk}",
+            "endpoint=127.0.0.1:5555",
+            "persistent_keepalive_interval=15",
+            "replace_allowed_ips=true",
+            "allowed_ip=10.77.0.3/32",
+            "allowed_ip=10.8.1.7/24",
+            "protocol_version=1",
+        )
+        == 0
+    )
     peer = dev.peers[bytes.fromhex(key)]
     assert peer.handshake.psk.hex() == psk
     assert peer.endpoint == ("127.0.0.1", 5555) and peer.keepalive == 15
@@ -131,15 +146,24 @@ def test_set_adds_updates_and_removes_peers_and_allowed_ips() -> None:
     assert dev.route(0x0A4D0003) is peer
     # update in place: same Peer object (sessions and index survive), allowed IPs replaced
     index = peer.index
-    assert do_set(dev, f"public_key={key}", "persistent_keepalive_interval=0",
-                  "replace_allowed_ips=true", "allowed_ip=10.77.0.4/32") == 0
+    assert (
+        do_set(
+            dev,
+            f"public_key={key}",
+            "persistent_keepalive_interval=0",
+            "replace_allowed_ips=true",
+            "allowed_ip=10.77.0.4/32",
+        )
+        == 0
+    )
     assert dev.peers[bytes.fromhex(key)] is peer and peer.index == index
     assert peer.keepalive == 0 and peer.t_persistent is None
     assert dev.allowed.prefixes_of(peer) == ["10.77.0.4/32"]
     assert dev.route(0x0A4D0003) is None
     # newer wg(8) removes a single prefix with a leading '-'
-    assert do_set(dev, f"public_key={key}", "allowed_ip=10.0.0.0/8",
-                  "allowed_ip=-10.77.0.4/32") == 0
+    assert (
+        do_set(dev, f"public_key={key}", "allowed_ip=10.0.0.0/8", "allowed_ip=-10.77.0.4/32") == 0
+    )
     assert dev.allowed.prefixes_of(peer) == ["10.0.0.0/8"]
     assert do_set(dev, f"public_key={key}", "remove=true") == 0
     assert not dev.peers and index not in dev.by_index
@@ -149,8 +173,17 @@ def test_set_adds_updates_and_removes_peers_and_allowed_ips() -> None:
 def test_allowed_ip_moves_between_peers_and_minus_only_touches_own() -> None:
     dev = new_device()
     k1, k2 = hexkey(), hexkey()
-    assert do_set(dev, f"public_key={k1}", "allowed_ip=10.77.0.0/24",
-                  f"public_key={k2}", "allowed_ip=10.77.0.0/24", "allowed_ip=-10.1.0.0/16") == 0
+    assert (
+        do_set(
+            dev,
+            f"public_key={k1}",
+            "allowed_ip=10.77.0.0/24",
+            f"public_key={k2}",
+            "allowed_ip=10.77.0.0/24",
+            "allowed_ip=-10.1.0.0/16",
+        )
+        == 0
+    )
     p1, p2 = dev.peers[bytes.fromhex(k1)], dev.peers[bytes.fromhex(k2)]
     assert dev.allowed.prefixes_of(p1) == [] and dev.allowed.prefixes_of(p2) == ["10.77.0.0/24"]
     assert do_set(dev, f"public_key={k1}", "allowed_ip=-10.77.0.0/24") == 0
@@ -227,13 +260,26 @@ def test_showconf_setconf_round_trip() -> None:
     """What wg showconf prints, wg setconf feeds back: replaying a get as a set onto a fresh
     device with the same key reproduces it (counters aside)."""
     src = new_device()
-    assert do_set(src, f"public_key={hexkey()}", f"preshared_key={os.urandom(32).hex()}",
-                  "endpoint=127.0.0.2:7000", "persistent_keepalive_interval=5",
-                  "allowed_ip=10.77.0.2/32", "allowed_ip=192.168.0.0/16",
-                  f"public_key={hexkey()}", "allowed_ip=10.77.0.3/32") == 0
+    assert (
+        do_set(
+            src,
+            f"public_key={hexkey()}",
+            f"preshared_key={os.urandom(32).hex()}",
+            "endpoint=127.0.0.2:7000",
+            "persistent_keepalive_interval=5",
+            "allowed_ip=10.77.0.2/32",
+            "allowed_ip=192.168.0.0/16",
+            f"public_key={hexkey()}",
+            "allowed_ip=10.77.0.3/32",
+        )
+        == 0
+    )
     top, peers = parse_get(src)
-    lines = [f"private_key={top['private_key']}", f"listen_port={top['listen_port']}",
-             "replace_peers=true"]
+    lines = [
+        f"private_key={top['private_key']}",
+        f"listen_port={top['listen_port']}",
+        "replace_peers=true",
+    ]
     for p in peers:
         lines.append(f"public_key={p['public_key'][0]}")
         for k in ("preshared_key", "endpoint", "persistent_keepalive_interval"):
@@ -279,9 +325,17 @@ def test_private_key_change_drops_sessions_and_handshakes_with_the_new_key() -> 
     assert p.b.public_key == public_key(new_priv)
     assert p.b.peers[a_key].current is None  # the old sessions are gone
     # a learns the router's new key the way an operator would tell it: a new peer entry
-    assert do_set(p.a, f"public_key={p.pa.public_key.hex()}", "remove=true",
-                  f"public_key={p.b.public_key.hex()}", "endpoint=127.0.0.1:40002",
-                  "allowed_ip=10.0.0.2/32") == 0
+    assert (
+        do_set(
+            p.a,
+            f"public_key={p.pa.public_key.hex()}",
+            "remove=true",
+            f"public_key={p.b.public_key.hex()}",
+            "endpoint=127.0.0.1:40002",
+            "allowed_ip=10.0.0.2/32",
+        )
+        == 0
+    )
     pa = p.a.peers[p.b.public_key]
     p.clock.advance(6)
     assert p.a.initiate(pa, p.now)
@@ -307,8 +361,9 @@ class Served:
     def __init__(self, directory: Path, dev: Device | None = None) -> None:
         self.loop = Loop()
         self.dev = dev or new_device()
-        server = UapiServer.start("wgt0", self.dev, self.loop, listen_port=PORT,
-                                  directory=directory)
+        server = UapiServer.start(
+            "wgt0", self.dev, self.loop, listen_port=PORT, directory=directory
+        )
         assert server is not None
         self.server = server
 
@@ -325,8 +380,7 @@ class Served:
         self.turn(2)
         return out
 
-    def read_all(self, c: socket.socket, limit: float = 2.0,
-                 until_answer: bool = False) -> bytes:
+    def read_all(self, c: socket.socket, limit: float = 2.0, until_answer: bool = False) -> bytes:
         """Read until EOF (or a complete answer), turning the loop in between."""
         c.setblocking(False)
         out = b""
@@ -350,8 +404,7 @@ def test_server_answers_get_and_set(tmp_path: Path) -> None:
     path = tmp_path / "wgt0.sock"
     assert path.stat().st_mode & 0o777 == 0o600
     key = hexkey()
-    assert s.ask(f"set=1\npublic_key={key}\nallowed_ip=10.77.0.9/32\n\n".encode()) \
-        == b"errno=0\n\n"
+    assert s.ask(f"set=1\npublic_key={key}\nallowed_ip=10.77.0.9/32\n\n".encode()) == b"errno=0\n\n"
     answer = s.ask(b"get=1\n\n")
     assert f"public_key={key}\n".encode() in answer and answer.endswith(b"errno=0\n\n")
     assert not s.server.clients  # wg(8) closes after its answer; the server notices
@@ -437,8 +490,9 @@ def test_stale_socket_is_replaced_live_one_is_left_alone(tmp_path: Path) -> None
     s = Served(tmp_path)
     assert s.ask(b"get=1\n\n").endswith(b"errno=0\n\n")
     # a second router with the same interface name must not steal the live socket
-    assert UapiServer.start("wgt0", new_device(), Loop(), listen_port=PORT,
-                            directory=tmp_path) is None
+    assert (
+        UapiServer.start("wgt0", new_device(), Loop(), listen_port=PORT, directory=tmp_path) is None
+    )
     assert s.ask(b"get=1\n\n").endswith(b"errno=0\n\n")
     s.server.close()
     assert not path.exists()
@@ -458,9 +512,12 @@ def test_close_leaves_a_successors_socket(tmp_path: Path) -> None:
 
 def test_non_socket_file_and_bad_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "wgt0.sock").write_text("not a socket")
-    assert UapiServer.start("wgt0", new_device(), Loop(), listen_port=PORT,
-                            directory=tmp_path) is None
+    assert (
+        UapiServer.start("wgt0", new_device(), Loop(), listen_port=PORT, directory=tmp_path) is None
+    )
     assert (tmp_path / "wgt0.sock").read_text() == "not a socket"
     for name in ("", "..", "a/b"):
-        assert UapiServer.start(name, new_device(), Loop(), listen_port=PORT,
-                                directory=tmp_path) is None
+        assert (
+            UapiServer.start(name, new_device(), Loop(), listen_port=PORT, directory=tmp_path)
+            is None
+        )

@@ -61,8 +61,7 @@ def test_replies_reach_the_guest_through_the_gateway_address(server: socket.sock
     assert eg.packets[0].endswith(b"world")
 
 
-def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(
-        server: socket.socket) -> None:
+def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(server: socket.socket) -> None:
     """With the ring full, a readable host socket must still be drained (tail drop):
     left readable, the level-triggered loop would call the handler again at once, forever."""
     bridge, eg, flow = open_flow(server, room=0)
@@ -80,10 +79,15 @@ def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(
     assert calls <= 5 and bridge.ctx.stats.egress_full == 5 and eg.packets == []
 
 
-@pytest.mark.parametrize(("dst", "want_src"), [("127.0.0.1", "10.77.0.1"),
-                                               ("0.1.2.3", "10.77.0.1"),
-                                               ("240.0.0.9", "10.77.0.1"),
-                                               ("192.0.2.80", "192.0.2.80")])
+@pytest.mark.parametrize(
+    ("dst", "want_src"),
+    [
+        ("127.0.0.1", "10.77.0.1"),
+        ("0.1.2.3", "10.77.0.1"),
+        ("240.0.0.9", "10.77.0.1"),
+        ("192.0.2.80", "192.0.2.80"),
+    ],
+)
 def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str) -> None:
     """A denial of a loopback/zero/reserved destination is sent from the gateway: an ICMP
     error with a martian source would be dropped by the guest's stack unseen."""

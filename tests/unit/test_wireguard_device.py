@@ -46,7 +46,7 @@ def test_handshake_then_data_both_ways() -> None:
 def test_responder_waits_for_key_confirmation() -> None:
     p = Pair()
     p.a.initiate(p.pa, p.now)
-    (init, _), = p.a.outbox
+    ((init, _),) = p.a.outbox
     p.a.outbox.clear()
     p.b.receive_handshake(init, A_ADDR, p.now)
     assert p.pb.next is not None and p.pb.current is None
@@ -74,7 +74,7 @@ def test_unknown_peer_and_bad_mac1_are_ignored() -> None:
     stranger = Device(generate_private_key())
     sp = stranger.add_peer(p.b.public_key, endpoint=("127.0.0.1", 1))
     stranger.initiate(sp, p.now)
-    (init, _), = stranger.outbox
+    ((init, _),) = stranger.outbox
     assert p.b.receive_handshake(init, ("127.0.0.1", 9), p.now) is None
     assert p.b.stats.unknown_peer == 1 and not p.b.outbox
     bad = bytearray(init)
@@ -86,7 +86,7 @@ def test_unknown_peer_and_bad_mac1_are_ignored() -> None:
 def test_replayed_initiation_rejected() -> None:
     p = Pair()
     p.a.initiate(p.pa, p.now)
-    (init, _), = p.a.outbox
+    ((init, _),) = p.a.outbox
     p.deliver()
     p.clock.advance(1)
     assert p.b.receive_handshake(bytes(init), A_ADDR, p.now) is None
@@ -289,7 +289,7 @@ def test_response_blocks_a_crossing_initiation() -> None:
     right after its response (wireguard-go sets lastSentHandshake on responses too)."""
     p = Pair()
     p.a.initiate(p.pa, p.now)
-    (init, _), = p.a.outbox
+    ((init, _),) = p.a.outbox
     p.a.outbox.clear()
     assert p.send_b_to_a() is None  # b has no session yet: staged, wants a handshake
     p.b.outbox.clear()
@@ -305,7 +305,7 @@ def test_response_blocks_a_crossing_initiation() -> None:
 def test_responder_reports_handshake_only_on_confirmation() -> None:
     p = Pair()
     p.a.initiate(p.pa, p.now)
-    (init, _), = p.a.outbox
+    ((init, _),) = p.a.outbox
     p.a.outbox.clear()
     p.b.receive_handshake(init, A_ADDR, p.now)
     assert p.pb.last_handshake_wall == 0 and p.pb.handshakes == 0
@@ -376,7 +376,7 @@ def test_under_load_cookie_holder_is_rate_limited() -> None:
     assert p.pa.current is not None
     p.clock.advance(5.4)
     p.a.initiate(p.pa, p.now)
-    (init, _), = p.a.outbox
+    ((init, _),) = p.a.outbox
     p.a.outbox.clear()
     p.b.receive_handshake(init, A_ADDR, p.now)  # 5.4 s later: a token again
     assert p.b.stats.handshake_rate_limited == 0

@@ -18,8 +18,9 @@ def ip_packet(src: str, dst: str, payload: bytes = b"", proto: int = 17) -> byte
 
     total = 20 + len(payload)
     buf = bytearray(total + 16)
-    ipv4.write_header(buf, total_length=total, proto=proto,
-                      src=ipv4.addr_to_int(src), dst=ipv4.addr_to_int(dst))
+    ipv4.write_header(
+        buf, total_length=total, proto=proto, src=ipv4.addr_to_int(src), dst=ipv4.addr_to_int(dst)
+    )
     buf[20:total] = payload
     return buf
 
@@ -45,11 +46,17 @@ class Pair:
         rng_a, rng_b = random.Random(seed), random.Random(seed + 1)
         self.a = Device(ka, wall=lambda: self.clock.wall, rng=rng_a)
         self.b = Device(kb, wall=lambda: self.clock.wall, rng=rng_b)
-        self.pa: Peer = self.a.add_peer(public_key(kb), preshared_key=psk,
-                                        allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR,
-                                        keepalive=keepalive, now=self.clock.t)
-        self.pb: Peer = self.b.add_peer(public_key(ka), preshared_key=psk,
-                                        allowed_ips=["10.0.0.1/32"])
+        self.pa: Peer = self.a.add_peer(
+            public_key(kb),
+            preshared_key=psk,
+            allowed_ips=["10.0.0.2/32"],
+            endpoint=B_ADDR,
+            keepalive=keepalive,
+            now=self.clock.t,
+        )
+        self.pb: Peer = self.b.add_peer(
+            public_key(ka), preshared_key=psk, allowed_ips=["10.0.0.1/32"]
+        )
         self.captured: list[tuple[str, bytes]] = []
 
     @property
@@ -64,8 +71,10 @@ class Pair:
         plain = bytearray(70000)
         for _ in range(100):
             moved = False
-            for src, dst, dst_name, from_addr in ((self.a, self.b, "b", A_ADDR),
-                                                  (self.b, self.a, "a", B_ADDR)):
+            for src, dst, dst_name, from_addr in (
+                (self.a, self.b, "b", A_ADDR),
+                (self.b, self.a, "a", B_ADDR),
+            ):
                 box, src.outbox = src.outbox, []
                 for data, _addr in box:
                     moved = True

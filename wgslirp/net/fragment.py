@@ -60,7 +60,9 @@ def _finish_header(buf: bytearray, hlen: int, total: int, frag_word: int) -> Non
 
 
 def fragment(
-    packet: bytes | bytearray | memoryview, length: int, mtu: int,
+    packet: bytes | bytearray | memoryview,
+    length: int,
+    mtu: int,
 ) -> list[bytearray] | None:
     """Split an IPv4 packet into fragments of at most `mtu` bytes.
 
@@ -206,7 +208,10 @@ class Reassembler:
         return True
 
     def feed(
-        self, packet: bytes | bytearray | memoryview, length: int, now: float,
+        self,
+        packet: bytes | bytearray | memoryview,
+        length: int,
+        now: float,
     ) -> bytearray | None:
         """Take one packet; return the whole datagram once its last missing piece arrives.
 
@@ -238,19 +243,29 @@ class Reassembler:
                 pass
             while self._bytes + DATAGRAM_OVERHEAD > self.max_bytes and self._evict_oldest(key):
                 pass
-            p = self._pending[key] = _Pending(deadline=now + self.timeout,
-                                              charged=DATAGRAM_OVERHEAD)
+            p = self._pending[key] = _Pending(
+                deadline=now + self.timeout, charged=DATAGRAM_OVERHEAD
+            )
             self._bytes += DATAGRAM_OVERHEAD
             self._src_bytes[src] = self._src_bytes.get(src, 0) + DATAGRAM_OVERHEAD
         return self._add(key, p, mv, ihl, start, end, more)
 
     def _add(
-        self, key: Key, p: _Pending, mv: memoryview, ihl: int, start: int, end: int, more: bool,
+        self,
+        key: Key,
+        p: _Pending,
+        mv: memoryview,
+        ihl: int,
+        start: int,
+        end: int,
+        more: bool,
     ) -> bytearray | None:
         i = bisect_right(p.starts, start)
         if (i and p.ends[i - 1] > start) or (i < len(p.starts) and p.starts[i] < end):
             if (
-                i and p.starts[i - 1] == start and p.ends[i - 1] == end
+                i
+                and p.starts[i - 1] == start
+                and p.ends[i - 1] == end
                 and p.pieces[i - 1] == mv[ihl : ihl + end - start]
             ):
                 self.duplicates += 1
@@ -259,9 +274,8 @@ class Reassembler:
             self.dropped_overlap += 1
             return None
         highest = p.ends[-1] if p.ends else 0
-        if (
-            (not more and (p.total not in (-1, end) or highest > end))
-            or (p.total >= 0 and end > p.total)
+        if (not more and (p.total not in (-1, end) or highest > end)) or (
+            p.total >= 0 and end > p.total
         ):
             # Two different "last" fragments, or data beyond the end: as unsafe as overlap.
             self._discard(key)

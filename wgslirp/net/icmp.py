@@ -15,7 +15,9 @@ TIME_EXCEEDED: Final = 11
 
 
 def echo_reply_into(
-    request: bytes | bytearray | memoryview, length: int, out: bytearray | memoryview,
+    request: bytes | bytearray | memoryview,
+    length: int,
+    out: bytearray | memoryview,
     ttl: int = 64,
 ) -> int:
     """Answer an IPv4 ICMP echo request in `out`; returns the reply length or 0 if the
@@ -37,8 +39,16 @@ def echo_reply_into(
     o[22:24] = b"\x00\x00"
     struct.pack_into(">H", o, 22, checksum(o[20:n]))
     ident: int = struct.unpack_from(">H", request, 4)[0]
-    ipv4.write_header(o, total_length=n, proto=ipv4.PROTO_ICMP, src=dst, dst=src, ttl=ttl,
-                      ident=ident, dont_fragment=False)
+    ipv4.write_header(
+        o,
+        total_length=n,
+        proto=ipv4.PROTO_ICMP,
+        src=dst,
+        dst=src,
+        ttl=ttl,
+        ident=ident,
+        dont_fragment=False,
+    )
     return n
 
 
@@ -65,8 +75,9 @@ REASSEMBLY_TIMEOUT: Final = 1
 MAX_ERROR_LENGTH: Final = 576
 _QUOTE_ROOM: Final = MAX_ERROR_LENGTH - 28
 
-ERROR_TYPES: Final = frozenset({DEST_UNREACHABLE, SOURCE_QUENCH, REDIRECT, TIME_EXCEEDED,
-                                PARAMETER_PROBLEM})
+ERROR_TYPES: Final = frozenset(
+    {DEST_UNREACHABLE, SOURCE_QUENCH, REDIRECT, TIME_EXCEEDED, PARAMETER_PROBLEM}
+)
 # Only messages known to be queries may provoke an error; anything else, unknown types
 # included, might be an error itself, and errors about errors can loop between routers.
 _QUERY_TYPES: Final = frozenset({ECHO_REPLY, ECHO_REQUEST, 9, 10, 13, 14, 15, 16, 17, 18})
@@ -108,8 +119,14 @@ def may_send_error(original: bytes | bytearray | memoryview, length: int | None 
 
 
 def _error_into(
-    out: bytearray | memoryview, original: bytes | bytearray | memoryview, original_len: int,
-    icmp_type: int, code: int, rest: int, router_src: int | None, ttl: int,
+    out: bytearray | memoryview,
+    original: bytes | bytearray | memoryview,
+    original_len: int,
+    icmp_type: int,
+    code: int,
+    rest: int,
+    router_src: int | None,
+    ttl: int,
 ) -> int:
     if not may_send_error(original, original_len):
         return 0
@@ -121,9 +138,15 @@ def _error_into(
     o[28:n] = memoryview(original)[:quoted]
     _ICMP_HEAD.pack_into(o, 20, icmp_type, code, 0, rest)
     struct.pack_into(">H", o, 22, checksum(o[20:n]))
-    ipv4.write_header(o, total_length=n, proto=ipv4.PROTO_ICMP,
-                      src=dst if router_src is None else router_src, dst=src, ttl=ttl,
-                      dont_fragment=False)
+    ipv4.write_header(
+        o,
+        total_length=n,
+        proto=ipv4.PROTO_ICMP,
+        src=dst if router_src is None else router_src,
+        dst=src,
+        ttl=ttl,
+        dont_fragment=False,
+    )
     return n
 
 
@@ -145,8 +168,9 @@ def dest_unreachable_into(
     RFC 1191 field of FRAG_NEEDED and is ignored for other codes.
     """
     rest = next_hop_mtu & 0xFFFF if code == FRAG_NEEDED else 0
-    return _error_into(out, original_packet, original_len, DEST_UNREACHABLE, code, rest,
-                       router_src, ttl)
+    return _error_into(
+        out, original_packet, original_len, DEST_UNREACHABLE, code, rest, router_src, ttl
+    )
 
 
 def time_exceeded_into(
@@ -160,8 +184,7 @@ def time_exceeded_into(
     """Build a time-exceeded error (TTL expired, or reassembly timed out) about
     `original_packet`; same addressing and refusals as `dest_unreachable_into`. A router
     answering traceroute will usually want `router_src` set to its own gateway address."""
-    return _error_into(out, original_packet, original_len, TIME_EXCEEDED, code, 0,
-                       router_src, ttl)
+    return _error_into(out, original_packet, original_len, TIME_EXCEEDED, code, 0, router_src, ttl)
 
 
 def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
@@ -176,9 +199,12 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
     vihl, total, frag, proto, _, _ = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
     if (
-        vihl >> 4 != 4 or ihl < 20 or proto != ipv4.PROTO_ICMP
+        vihl >> 4 != 4
+        or ihl < 20
+        or proto != ipv4.PROTO_ICMP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
-        or total > length or total < ihl + 8
+        or total > length
+        or total < ihl + 8
     ):
         return None
     return pkt[ihl], pkt[ihl + 1], ihl, total - ihl
@@ -218,7 +244,8 @@ def quoted_flow(pkt: bytes | bytearray | memoryview, length: int) -> QuotedFlow 
         if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and avail >= ihl + 4:
             sport, dport = _PORTS.unpack_from(pkt, inner + ihl)
         elif (
-            proto == ipv4.PROTO_ICMP and avail >= ihl + 8
+            proto == ipv4.PROTO_ICMP
+            and avail >= ihl + 8
             and pkt[inner + ihl] in (ECHO_REQUEST, ECHO_REPLY)
         ):
             sport = dport = _ECHO.unpack_from(pkt, inner + ihl + 4)[0]

@@ -54,8 +54,18 @@ def write_header(
     """Write a 20-byte header with a valid checksum at the start of `buf`."""
     flags = 0x4000 if dont_fragment else 0
     HEADER.pack_into(
-        buf, 0, 0x45, tos, total_length, ident, flags, ttl, proto, 0,
-        src.to_bytes(4, "big"), dst.to_bytes(4, "big"),
+        buf,
+        0,
+        0x45,
+        tos,
+        total_length,
+        ident,
+        flags,
+        ttl,
+        proto,
+        0,
+        src.to_bytes(4, "big"),
+        dst.to_bytes(4, "big"),
     )
     struct.pack_into(">H", buf, 10, checksum(memoryview(buf)[:20]))
 

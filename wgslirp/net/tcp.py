@@ -68,17 +68,31 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
     if (
-        vihl >> 4 != 4 or ihl < 20 or proto != ipv4.PROTO_TCP
+        vihl >> 4 != 4
+        or ihl < 20
+        or proto != ipv4.PROTO_TCP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
-        or total > length or total < ihl + HEADER_LEN
+        or total > length
+        or total < ihl + HEADER_LEN
     ):
         return None
     sport, dport, seq, ack, offflags, window, _, _ = HEADER.unpack_from(pkt, ihl)
     doff = (offflags >> 12) * 4
     if doff < HEADER_LEN or ihl + doff > total:
         return None
-    return (src, dst, sport, dport, seq, ack, offflags & 0xFF, window, ihl + HEADER_LEN,
-            ihl + doff, total - ihl - doff)
+    return (
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        offflags & 0xFF,
+        window,
+        ihl + HEADER_LEN,
+        ihl + doff,
+        total - ihl - doff,
+    )
 
 
 @dataclass(slots=True)
@@ -204,11 +218,28 @@ class SegmentWriter:
     with DF the IPv4 identification carries no meaning (RFC 6864), so a counter suffices.
     """
 
-    __slots__ = ("_dport", "_dst", "_ident", "_ip_fixed", "_pseudo", "_sport", "_src", "_ttl",
-                 "tos")
+    __slots__ = (
+        "_dport",
+        "_dst",
+        "_ident",
+        "_ip_fixed",
+        "_pseudo",
+        "_sport",
+        "_src",
+        "_ttl",
+        "tos",
+    )
 
-    def __init__(self, src: int, dst: int, sport: int, dport: int, ttl: int = 64,
-                 tos: int = 0, ident: int = 0) -> None:
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        sport: int,
+        dport: int,
+        ttl: int = 64,
+        tos: int = 0,
+        ident: int = 0,
+    ) -> None:
         self._src = src
         self._dst = dst
         self._sport = sport
@@ -218,12 +249,27 @@ class SegmentWriter:
         self._ident = ident & 0xFFFF
         # IPv4 header words that never change for this connection; TOS is added per packet
         # because COPY_TOS may change it mid-connection.
-        self._ip_fixed = (0x4500 + ipv4.FLAG_DF + ((ttl << 8) | ipv4.PROTO_TCP)
-                          + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
+        self._ip_fixed = (
+            0x4500
+            + ipv4.FLAG_DF
+            + ((ttl << 8) | ipv4.PROTO_TCP)
+            + (src >> 16)
+            + (src & 0xFFFF)
+            + (dst >> 16)
+            + (dst & 0xFFFF)
+        )
         self._pseudo = _pseudo(src, dst)
 
-    def write(self, out: memoryview, seq: int, ack: int, flags: int, window: int,
-              options: bytes, payload_len: int) -> int:
+    def write(
+        self,
+        out: memoryview,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes,
+        payload_len: int,
+    ) -> int:
         """Write headers and options in front of the payload; returns the packet length."""
         olen = len(options)
         hlen = HEADER_LEN + olen
@@ -234,9 +280,26 @@ class SegmentWriter:
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         _IP_TCP.pack_into(
-            out, 0, 0x45, tos, total, ident, ipv4.FLAG_DF, self._ttl, ipv4.PROTO_TCP,
-            (~s) & 0xFFFF, self._src, self._dst, self._sport, self._dport,
-            seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (hlen << 10) | flags, window, 0, 0,
+            out,
+            0,
+            0x45,
+            tos,
+            total,
+            ident,
+            ipv4.FLAG_DF,
+            self._ttl,
+            ipv4.PROTO_TCP,
+            (~s) & 0xFFFF,
+            self._src,
+            self._dst,
+            self._sport,
+            self._dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (hlen << 10) | flags,
+            window,
+            0,
+            0,
         )
         if olen:
             out[40 : 40 + olen] = options

@@ -41,9 +41,12 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
     if (
-        vihl >> 4 != 4 or ihl < 20 or proto != ipv4.PROTO_UDP
+        vihl >> 4 != 4
+        or ihl < 20
+        or proto != ipv4.PROTO_UDP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
-        or total > length or total < ihl + HEADER_LEN
+        or total > length
+        or total < ihl + HEADER_LEN
     ):
         return None
     sport, dport, ulen, _ = HEADER.unpack_from(pkt, ihl)
@@ -115,8 +118,17 @@ def build_in_place(
     csum = fold(_sum(o[20:total], _pseudo(src, dst, ulen)))
     # A computed zero is sent as all ones: zero on the wire means "no checksum".
     _CSUM.pack_into(o, 26, csum or 0xFFFF)
-    ipv4.write_header(o, total_length=total, proto=ipv4.PROTO_UDP, src=src, dst=dst, ttl=ttl,
-                      tos=tos, ident=ident, dont_fragment=dont_fragment)
+    ipv4.write_header(
+        o,
+        total_length=total,
+        proto=ipv4.PROTO_UDP,
+        src=src,
+        dst=dst,
+        ttl=ttl,
+        tos=tos,
+        ident=ident,
+        dont_fragment=dont_fragment,
+    )
     return total
 
 
@@ -139,5 +151,6 @@ def build_udp_into(
     if n > MAX_PAYLOAD:
         raise ValueError(f"UDP payload of {n} bytes does not fit an IPv4 datagram")
     memoryview(out)[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n] = payload
-    return build_in_place(out, src, dst, sport, dport, n, ttl, tos, ident,
-                          dont_fragment=dont_fragment)
+    return build_in_place(
+        out, src, dst, sport, dport, n, ttl, tos, ident, dont_fragment=dont_fragment
+    )

@@ -20,8 +20,13 @@ MAX_RESPONSE = 8 << 20  # what http_get reads at most
 
 Route = Callable[[], tuple[int, str, str]]  # -> (status, content type, body)
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable",
-            400: "Bad Request"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+    400: "Bad Request",
+}
 
 
 class _Client:
@@ -35,9 +40,14 @@ class _Client:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, routes: dict[str, Route],
-                 selector: selectors.BaseSelector, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: dict[str, Route],
+        selector: selectors.BaseSelector,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.routes = routes
         self.sel = selector
         self.clock = clock
@@ -70,8 +80,9 @@ class HttpServer:
             sock.setblocking(False)
             c = _Client(sock, self.clock() + CLIENT_TIMEOUT)
             self.clients[sock.fileno()] = c
-            self.sel.register(sock, selectors.EVENT_READ,
-                              lambda now, mask, c=c: self._on_client(c, mask))
+            self.sel.register(
+                sock, selectors.EVENT_READ, lambda now, mask, c=c: self._on_client(c, mask)
+            )
 
     def _on_client(self, c: _Client, mask: int) -> None:
         try:
@@ -83,8 +94,11 @@ class HttpServer:
                 c.inbuf += data
                 if b"\r\n\r\n" in c.inbuf or b"\n\n" in c.inbuf:
                     c.outbuf = self._respond(c.inbuf)
-                    self.sel.modify(c.sock, selectors.EVENT_WRITE,
-                                    lambda now, mask, c=c: self._on_client(c, mask))
+                    self.sel.modify(
+                        c.sock,
+                        selectors.EVENT_WRITE,
+                        lambda now, mask, c=c: self._on_client(c, mask),
+                    )
                 elif len(c.inbuf) > MAX_REQUEST:
                     self._close(c)
                     return
@@ -150,9 +164,11 @@ class HttpServer:
 
 def _response(status: int, ctype: str, body: str, *, head: bool) -> bytes:
     data = body.encode()
-    hdr = (f"HTTP/1.0 {status} {_REASONS.get(status, 'Error')}\r\n"
-           f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-           "Connection: close\r\n\r\n").encode()
+    hdr = (
+        f"HTTP/1.0 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     return hdr if head else hdr + data
 
 

@@ -32,8 +32,12 @@ class RepeatFilter(logging.Filter):
     identical lines then costs a line per window and nothing is silently lost, while
     distinct events (another peer, another reason) are never held back."""
 
-    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 1024) -> None:
+    def __init__(
+        self,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
         super().__init__()
         self.window = window
         self.clock = clock
@@ -59,8 +63,7 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def setup_logging(debug: bool = False, json_lines: bool = False,
-                  wg_debug: bool = False) -> None:
+def setup_logging(debug: bool = False, json_lines: bool = False, wg_debug: bool = False) -> None:
     """DEBUG makes everything verbose; WG_DEBUG only the WireGuard side (handshakes,
     sessions, cookies), as in the original."""
     handler = logging.StreamHandler(sys.stderr)
@@ -68,9 +71,7 @@ def setup_logging(debug: bool = False, json_lines: bool = False,
     if json_lines:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("wgslirp")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

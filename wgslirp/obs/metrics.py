@@ -25,8 +25,16 @@ from wgslirp.shm.ring import anonymous_block
 MAX_COUNTERS = 128  # per process section
 MAX_PEERS = 1024  # peers whose counters are exported (the rest are summed into totals only)
 _SECTION_HEAD = 4  # heartbeat_ns, pid, loop_turns, publishes
-PEER_FIELDS = ("index", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "handshakes",
-               "last_handshake_ns", "valid")
+PEER_FIELDS = (
+    "index",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "handshakes",
+    "last_handshake_ns",
+    "valid",
+)
 
 # Counters that are gauges (current values), not totals: summed across workers all the same.
 GAUGES = frozenset({"udp_flows", "tcp_flows", "icmp_flows", "peers"})
@@ -78,8 +86,9 @@ class Section:
 class MetricsBlock:
     """Created by the supervisor before forking; sections are found by role."""
 
-    def __init__(self, ingress_names: Sequence[str], worker_names: Sequence[str],
-                 nworkers: int) -> None:
+    def __init__(
+        self, ingress_names: Sequence[str], worker_names: Sequence[str], nworkers: int
+    ) -> None:
         self.nworkers = nworkers
         nsec = 1 + max(nworkers, 1)
         sec_words = _SECTION_HEAD + MAX_COUNTERS
@@ -88,17 +97,20 @@ class MetricsBlock:
         self._shm = anonymous_block(size)
         buf = self._shm.buf
         assert buf is not None
-        words = np.ndarray((nsec * sec_words + MAX_PEERS * peer_words,), dtype=np.uint64,
-                           buffer=buf)
+        words = np.ndarray(
+            (nsec * sec_words + MAX_PEERS * peer_words,), dtype=np.uint64, buffer=buf
+        )
         words[:] = 0
         secs = words[: nsec * sec_words].reshape(nsec, sec_words)
         self._peers = words[nsec * sec_words :].reshape(MAX_PEERS, peer_words)
-        self._keys = np.ndarray((MAX_PEERS, 32), dtype=np.uint8, buffer=buf,
-                                offset=8 * words.size)
-        self.ingress = Section(secs[0, :_SECTION_HEAD], secs[0, _SECTION_HEAD:],
-                               tuple(ingress_names))
-        self.workers = [Section(secs[k, :_SECTION_HEAD], secs[k, _SECTION_HEAD:],
-                                tuple(worker_names)) for k in range(1, nsec)]
+        self._keys = np.ndarray((MAX_PEERS, 32), dtype=np.uint8, buffer=buf, offset=8 * words.size)
+        self.ingress = Section(
+            secs[0, :_SECTION_HEAD], secs[0, _SECTION_HEAD:], tuple(ingress_names)
+        )
+        self.workers = [
+            Section(secs[k, :_SECTION_HEAD], secs[k, _SECTION_HEAD:], tuple(worker_names))
+            for k in range(1, nsec)
+        ]
 
     # ---------------------------------------------------------------- peers
 
@@ -110,8 +122,16 @@ class MetricsBlock:
             if n >= MAX_PEERS:
                 break
             self._keys[n, :] = np.frombuffer(p.public_key, dtype=np.uint8)
-            rows[n, :] = (p.index, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets,
-                          p.handshakes, int(p.last_handshake * 1e9), 1)
+            rows[n, :] = (
+                p.index,
+                p.rx_bytes,
+                p.tx_bytes,
+                p.rx_packets,
+                p.tx_packets,
+                p.handshakes,
+                int(p.last_handshake * 1e9),
+                1,
+            )
             n += 1
         rows[n:, 7] = 0
 
@@ -121,9 +141,18 @@ class MetricsBlock:
             row = self._peers[n].tolist()
             if not row[7]:
                 break
-            out.append(PeerSample(bytes(self._keys[n].tobytes()), int(row[0]), int(row[1]),
-                                  int(row[2]), int(row[3]), int(row[4]), int(row[5]),
-                                  row[6] / 1e9))
+            out.append(
+                PeerSample(
+                    bytes(self._keys[n].tobytes()),
+                    int(row[0]),
+                    int(row[1]),
+                    int(row[2]),
+                    int(row[3]),
+                    int(row[4]),
+                    int(row[5]),
+                    row[6] / 1e9,
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -163,17 +192,35 @@ class Snapshot:
 
 
 def snapshot(block: MetricsBlock, extra: Mapping[str, float] | None = None) -> Snapshot:
-    return Snapshot(block.ingress.read(), [w.read() for w in block.workers],
-                    block.read_peers(), dict(extra or {}))
+    return Snapshot(
+        block.ingress.read(),
+        [w.read() for w in block.workers],
+        block.read_peers(),
+        dict(extra or {}),
+    )
 
 
 # ---------------------------------------------------------------- rendering
 
 LOG_FIELDS = (
-    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "handshakes_completed",
-    "udp_flows", "tcp_flows", "icmp_flows", "tcp_dials_ok", "tcp_dials_failed",
-    "policy_denied", "ring_full_dropped", "egress_full", "source_rejected",
-    "transport_replayed", "transport_auth_failed", "mac1_invalid", "internal_errors",
+    "rx_packets",
+    "tx_packets",
+    "rx_bytes",
+    "tx_bytes",
+    "handshakes_completed",
+    "udp_flows",
+    "tcp_flows",
+    "icmp_flows",
+    "tcp_dials_ok",
+    "tcp_dials_failed",
+    "policy_denied",
+    "ring_full_dropped",
+    "egress_full",
+    "source_rejected",
+    "transport_replayed",
+    "transport_auth_failed",
+    "mac1_invalid",
+    "internal_errors",
 )
 
 
@@ -185,8 +232,12 @@ def render_log(snap: Snapshot, fmt: str) -> str:
     doc.update({k: v for k, v in snap.extra.items()})
     if fmt == "json":
         doc["per_peer"] = [
-            {"public_key": _b64(p.public_key), "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
-             "last_handshake": p.last_handshake}
+            {
+                "public_key": _b64(p.public_key),
+                "rx_bytes": p.rx_bytes,
+                "tx_bytes": p.tx_bytes,
+                "last_handshake": p.last_handshake,
+            }
             for p in snap.peers
         ]
         return json.dumps(doc, sort_keys=True)
@@ -213,8 +264,9 @@ def render_prometheus(snap: Snapshot) -> str:
     """Prometheus text exposition format 0.0.4."""
     out: list[str] = []
 
-    def metric(name: str, kind: str, help_: str,
-               samples: Iterable[tuple[dict[str, str], float]]) -> None:
+    def metric(
+        name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]]
+    ) -> None:
         out.append(f"# HELP wgslirp_{name} {help_}")
         out.append(f"# TYPE wgslirp_{name} {kind}")
         for labels, value in samples:
@@ -229,56 +281,128 @@ def render_prometheus(snap: Snapshot) -> str:
         ("tx_packets", "counter", "Datagrams sent to the peer."),
         ("handshakes", "counter", "Completed handshakes with the peer."),
     ):
-        metric(f"peer_{field_}" + ("_total" if kind == "counter" else ""), kind, help_,
-               (({"public_key": _b64(p.public_key)}, getattr(p, field_)) for p in peers))
-    metric("peer_last_handshake_seconds", "gauge",
-           "Unix time of the last completed handshake (0 = never).",
-           (({"public_key": _b64(p.public_key)}, p.last_handshake) for p in peers))
+        metric(
+            f"peer_{field_}" + ("_total" if kind == "counter" else ""),
+            kind,
+            help_,
+            (({"public_key": _b64(p.public_key)}, getattr(p, field_)) for p in peers),
+        )
+    metric(
+        "peer_last_handshake_seconds",
+        "gauge",
+        "Unix time of the last completed handshake (0 = never).",
+        (({"public_key": _b64(p.public_key)}, p.last_handshake) for p in peers),
+    )
     metric("peers", "gauge", "Configured peers.", [({}, len(peers))])
     totals = snap.totals()
-    metric("flows", "gauge", "Open flows by protocol.",
-           [({"proto": p}, totals.get(f"{p}_flows", 0)) for p in ("tcp", "udp", "icmp")])
-    metric("tcp_dials_total", "counter", "Host TCP connects by outcome.",
-           [({"result": "ok"}, totals.get("tcp_dials_ok", 0)),
-            ({"result": "failed"}, totals.get("tcp_dials_failed", 0))])
-    metric("policy_denied_total", "counter", "Guest flows refused by the egress policy.",
-           [({}, totals.get("policy_denied", 0))])
+    metric(
+        "flows",
+        "gauge",
+        "Open flows by protocol.",
+        [({"proto": p}, totals.get(f"{p}_flows", 0)) for p in ("tcp", "udp", "icmp")],
+    )
+    metric(
+        "tcp_dials_total",
+        "counter",
+        "Host TCP connects by outcome.",
+        [
+            ({"result": "ok"}, totals.get("tcp_dials_ok", 0)),
+            ({"result": "failed"}, totals.get("tcp_dials_failed", 0)),
+        ],
+    )
+    metric(
+        "policy_denied_total",
+        "counter",
+        "Guest flows refused by the egress policy.",
+        [({}, totals.get("policy_denied", 0))],
+    )
     drops = [(k, v) for k, v in sorted(totals.items()) if k in _DROP_COUNTERS]
-    metric("dropped_packets_total", "counter", "Packets dropped, by reason.",
-           [({"reason": k}, v) for k, v in drops])
+    metric(
+        "dropped_packets_total",
+        "counter",
+        "Packets dropped, by reason.",
+        [({"reason": k}, v) for k, v in drops],
+    )
+
     def labelled(prefix: str, label: str) -> list[tuple[dict[str, str], float]]:
-        return [({label: k.split(":", 1)[1]}, v) for k, v in snap.extra.items()
-                if k.startswith(prefix + ":")]
+        return [
+            ({label: k.split(":", 1)[1]}, v)
+            for k, v in snap.extra.items()
+            if k.startswith(prefix + ":")
+        ]
 
     metric("ring_depth", "gauge", "Packets waiting in a ring.", labelled("ring_depth", "ring"))
-    metric("ring_drops_total", "counter", "Packets a full ring refused.",
-           labelled("ring_drops", "ring"))
-    metric("health_probe_up", "gauge", "HEALTHCHECK probe results (1 = passing).",
-           labelled("probe_up", "probe"))
-    metric("worker_restarts_total", "counter", "Processes restarted by the supervisor.",
-           [({}, snap.extra.get("worker_restarts", 0))])
-    metric("process_cpu_seconds_total", "counter", "CPU time per process.",
-           labelled("cpu_seconds", "process"))
-    metric("process_rss_bytes", "gauge", "Resident memory per process.",
-           labelled("rss_bytes", "process"))
+    metric(
+        "ring_drops_total",
+        "counter",
+        "Packets a full ring refused.",
+        labelled("ring_drops", "ring"),
+    )
+    metric(
+        "health_probe_up",
+        "gauge",
+        "HEALTHCHECK probe results (1 = passing).",
+        labelled("probe_up", "probe"),
+    )
+    metric(
+        "worker_restarts_total",
+        "counter",
+        "Processes restarted by the supervisor.",
+        [({}, snap.extra.get("worker_restarts", 0))],
+    )
+    metric(
+        "process_cpu_seconds_total",
+        "counter",
+        "CPU time per process.",
+        labelled("cpu_seconds", "process"),
+    )
+    metric(
+        "process_rss_bytes",
+        "gauge",
+        "Resident memory per process.",
+        labelled("rss_bytes", "process"),
+    )
     return "\n".join(out) + "\n"
 
 
-_DROP_COUNTERS = frozenset({
-    "invalid_datagrams", "mac1_invalid", "unknown_index", "unknown_peer", "handshake_invalid",
-    "handshake_replayed", "transport_auth_failed", "transport_expired", "transport_replayed",
-    "source_rejected", "not_ipv4", "no_session_dropped", "ring_full_dropped", "egress_full",
-    "udp_malformed", "too_big_dropped", "not_handled", "icmp_unavailable", "icmp_unsupported",
-})
+_DROP_COUNTERS = frozenset(
+    {
+        "invalid_datagrams",
+        "mac1_invalid",
+        "unknown_index",
+        "unknown_peer",
+        "handshake_invalid",
+        "handshake_replayed",
+        "transport_auth_failed",
+        "transport_expired",
+        "transport_replayed",
+        "source_rejected",
+        "not_ipv4",
+        "no_session_dropped",
+        "ring_full_dropped",
+        "egress_full",
+        "udp_malformed",
+        "too_big_dropped",
+        "not_handled",
+        "icmp_unavailable",
+        "icmp_unsupported",
+    }
+)
 
 
 class Publisher:
     """A loop timer that copies one process's counters into its section every interval."""
 
-    def __init__(self, section: Section, counters: Callable[[], Mapping[str, int]],
-                 turns: Callable[[], int], *, interval: float = 1.0,
-                 peers: Callable[[], Iterable[PeerSample]] | None = None,
-                 block: MetricsBlock | None = None) -> None:
+    def __init__(
+        self,
+        section: Section,
+        counters: Callable[[], Mapping[str, int]],
+        turns: Callable[[], int],
+        *,
+        interval: float = 1.0,
+        peers: Callable[[], Iterable[PeerSample]] | None = None,
+        block: MetricsBlock | None = None,
+    ) -> None:
         self.section = section
         self.counters = counters
         self.turns = turns

@@ -90,8 +90,7 @@ class Notifier:
         except OSError as exc:
             self.failed += 1
             if self.failed == 1:
-                log.warning("cannot notify systemd at %r: %s", self.address,
-                            exc.strerror or exc)
+                log.warning("cannot notify systemd at %r: %s", self.address, exc.strerror or exc)
             return False
         self.sent += 1
         return True
@@ -122,8 +121,9 @@ class Watchdog:
     the loop turning at all is the health signal.
     """
 
-    def __init__(self, notifier: Notifier, burst: int = RESTART_BURST,
-                 window: float = RESTART_WINDOW) -> None:
+    def __init__(
+        self, notifier: Notifier, burst: int = RESTART_BURST, window: float = RESTART_WINDOW
+    ) -> None:
         self.notifier = notifier
         self.interval = notifier.watchdog_interval
         self.burst = burst
@@ -149,8 +149,11 @@ class Watchdog:
             return False  # a child is being restarted: ask again on the next turn
         if self.looping(now):
             if not self.withheld:
-                log.warning("withholding the systemd watchdog: more than %d restarts in "
-                            "%.0f s", self.burst, self.window)
+                log.warning(
+                    "withholding the systemd watchdog: more than %d restarts in %.0f s",
+                    self.burst,
+                    self.window,
+                )
             self.withheld = True
             return False
         self.withheld = False

@@ -174,8 +174,11 @@ class PcapWriter:
         except OSError as exc:
             self.write_errors += 1
             if self.write_errors == 1:
-                log.error("pcap: cannot write %s: %s; dropping captured packets",
-                          self.path, exc.strerror or exc)
+                log.error(
+                    "pcap: cannot write %s: %s; dropping captured packets",
+                    self.path,
+                    exc.strerror or exc,
+                )
         finally:
             view.release()
             buf.clear()
@@ -186,12 +189,21 @@ class PcapWriter:
             self.flush()
             os.close(self._fd)
             self._fd = -1
-            log.info("pcap: %d packets captured to %s (%d dropped, %d rotations)",
-                     self.packets, self.path, self.dropped, self.rotations)
+            log.info(
+                "pcap: %d packets captured to %s (%d dropped, %d rotations)",
+                self.packets,
+                self.path,
+                self.dropped,
+                self.rotations,
+            )
 
     def stats(self) -> dict[str, int]:
-        return {"pcap_packets": self.packets, "pcap_dropped": self.dropped,
-                "pcap_write_errors": self.write_errors, "pcap_rotations": self.rotations}
+        return {
+            "pcap_packets": self.packets,
+            "pcap_dropped": self.dropped,
+            "pcap_write_errors": self.write_errors,
+            "pcap_rotations": self.rotations,
+        }
 
     def _sync_clock(self, now: float | None = None) -> None:
         self._offset = self._wall() - (self._clock() if now is None else now)
@@ -212,11 +224,17 @@ class PcapWriter:
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
             if st.st_nlink != 1:
-                raise OSError(errno.EPERM, f"{self.path} has other hard links; refusing to "
-                              "write decrypted traffic into a file reachable by other names")
+                raise OSError(
+                    errno.EPERM,
+                    f"{self.path} has other hard links; refusing to "
+                    "write decrypted traffic into a file reachable by other names",
+                )
             if st.st_uid != os.geteuid():
-                raise OSError(errno.EPERM, f"{self.path} belongs to uid {st.st_uid}, not to "
-                              "this process; refusing to write decrypted traffic into it")
+                raise OSError(
+                    errno.EPERM,
+                    f"{self.path} belongs to uid {st.st_uid}, not to "
+                    "this process; refusing to write decrypted traffic into it",
+                )
             os.fchmod(self._fd, 0o600)
             os.ftruncate(self._fd, 0)  # only once the file is known to be ours
             os.set_blocking(self._fd, True)
@@ -256,8 +274,7 @@ class PcapWriter:
         except OSError as exc:
             # Keep counting packets as dropped rather than failing the data path.
             self.write_errors += 1
-            log.error("pcap: cannot rotate %s: %s; capture stopped", self.path,
-                      exc.strerror or exc)
+            log.error("pcap: cannot rotate %s: %s; capture stopped", self.path, exc.strerror or exc)
             self._size = 0
             self.max_buffer = 0
 
@@ -273,9 +290,12 @@ def open_capture(path: str | None) -> PcapWriter | None:
     try:
         writer = PcapWriter(path)
     except OSError as exc:
-        log.error("pcap: cannot open %s: %s; running without a capture", path,
-                  exc.strerror or exc)
+        log.error("pcap: cannot open %s: %s; running without a capture", path, exc.strerror or exc)
         return None
-    log.info("pcap: writing plaintext packets to %s (%d MiB per file, %d rotated files kept)",
-             path, writer.max_bytes >> 20, writer.keep)
+    log.info(
+        "pcap: writing plaintext packets to %s (%d MiB per file, %d rotated files kept)",
+        path,
+        writer.max_bytes >> 20,
+        writer.keep,
+    )
     return writer

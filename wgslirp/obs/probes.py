@@ -47,8 +47,9 @@ def probe_resolve(name: str) -> tuple[bool, str]:
     return bool(infos), str(infos[0][4][0]) if infos else "no address"
 
 
-def probe_dns_server(server: str, name: str, timeout: float = PROBE_TIMEOUT,
-                     port: int = 53) -> tuple[bool, str]:
+def probe_dns_server(
+    server: str, name: str, timeout: float = PROBE_TIMEOUT, port: int = 53
+) -> tuple[bool, str]:
     """One A query for `name` straight to `server`: is that resolver reachable and
     answering?"""
     qid = random.getrandbits(16)
@@ -69,16 +70,24 @@ def probe_dns_server(server: str, name: str, timeout: float = PROBE_TIMEOUT,
 
 
 class Prober:
-    def __init__(self, *, http_url: str | None, dns_name: str | None, dns_ip: str | None,
-                 interval: float = PROBE_INTERVAL, dns_port: int = 53) -> None:
+    def __init__(
+        self,
+        *,
+        http_url: str | None,
+        dns_name: str | None,
+        dns_ip: str | None,
+        interval: float = PROBE_INTERVAL,
+        dns_port: int = 53,
+    ) -> None:
         self.checks: dict[str, object] = {}
         if http_url:
             self.checks["http"] = lambda: probe_http(http_url)
         if dns_name:
             self.checks["resolve"] = lambda: probe_resolve(dns_name)
         if dns_ip:
-            self.checks["dns_server"] = lambda: probe_dns_server(dns_ip, dns_name or "localhost",
-                                                                 port=dns_port)
+            self.checks["dns_server"] = lambda: probe_dns_server(
+                dns_ip, dns_name or "localhost", port=dns_port
+            )
         self.interval = interval
         self.results: dict[str, ProbeResult] = {}
         self._stop = threading.Event()
@@ -100,8 +109,9 @@ class Prober:
             prev = self.results.get(name)
             self.results[name] = ProbeResult(ok, detail, time.time())
             if prev is None or prev.ok != ok:
-                (log.info if ok else log.warning)("health probe %s %s: %s", name,
-                                                  "ok" if ok else "FAILED", detail)
+                (log.info if ok else log.warning)(
+                    "health probe %s %s: %s", name, "ok" if ok else "FAILED", detail
+                )
 
     def _run(self) -> None:
         while not self._stop.is_set():

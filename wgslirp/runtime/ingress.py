@@ -131,15 +131,25 @@ class Ingress:
         self.device.reserve_peer_indices(next_peer_index)
         for p in settings.peers:  # the known numbers first, so a new peer cannot take one
             if p.public_key in known:
-                self.device.add_peer(p.public_key, preshared_key=p.preshared_key,
-                                     allowed_ips=p.allowed_ips, endpoint=p.endpoint,
-                                     keepalive=p.keepalive, now=now,
-                                     index=known[p.public_key])
+                self.device.add_peer(
+                    p.public_key,
+                    preshared_key=p.preshared_key,
+                    allowed_ips=p.allowed_ips,
+                    endpoint=p.endpoint,
+                    keepalive=p.keepalive,
+                    now=now,
+                    index=known[p.public_key],
+                )
         for p in settings.peers:
             if p.public_key not in known:
-                self.device.add_peer(p.public_key, preshared_key=p.preshared_key,
-                                     allowed_ips=p.allowed_ips, endpoint=p.endpoint,
-                                     keepalive=p.keepalive, now=now)
+                self.device.add_peer(
+                    p.public_key,
+                    preshared_key=p.preshared_key,
+                    allowed_ips=p.allowed_ips,
+                    endpoint=p.endpoint,
+                    keepalive=p.keepalive,
+                    now=now,
+                )
         self.sock = sock
         self.address: tuple[str, int] = sock.getsockname()
         self.ttl = settings.ip_ttl
@@ -194,8 +204,9 @@ class Ingress:
         loop.timers.append(self)
         loop.timers.append(self.reassembler)
         # wg(8) talks to the Device here; the server closes itself when the loop stops
-        self.uapi = UapiServer.start(settings.interface_name, self.device, loop,
-                                     listen_port=self.address[1])
+        self.uapi = UapiServer.start(
+            settings.interface_name, self.device, loop, listen_port=self.address[1]
+        )
         # Called after the peer set or key changed at run time (wg set, reload): the
         # supervisor keeps the result so a restarted ingress does not revert to the
         # configuration it was started with.
@@ -210,8 +221,12 @@ class Ingress:
             loop.timers.append(pcap)
         if metrics is not None:
             self.publisher: Publisher | None = Publisher(
-                metrics.ingress, self.stats, lambda: loop.turns, peers=self.peer_samples,
-                block=metrics)
+                metrics.ingress,
+                self.stats,
+                lambda: loop.turns,
+                peers=self.peer_samples,
+                block=metrics,
+            )
             loop.timers.append(self.publisher)
         else:
             self.publisher = None
@@ -264,8 +279,12 @@ class Ingress:
                 n = encrypt(peer, slot, length, now, batch[off:])
                 if not n or peer.endpoint is None:
                     continue
-                if count and (peer.endpoint != dest or n > seg or count >= GSO_MAX_SEGMENTS
-                              or off + n > GSO_MAX_BYTES):
+                if count and (
+                    peer.endpoint != dest
+                    or n > seg
+                    or count >= GSO_MAX_SEGMENTS
+                    or off + n > GSO_MAX_BYTES
+                ):
                     self._send_run(batch, off, seg, count, dest)
                     batch[0:n] = bytes(batch[off : off + n])  # may overlap
                     off = count = 0
@@ -281,8 +300,9 @@ class Ingress:
             cons.release(k)
         self._flush_outbox()
 
-    def _send_run(self, batch: memoryview, size: int, seg: int, count: int,
-                  dest: tuple[str, int] | None) -> None:
+    def _send_run(
+        self, batch: memoryview, size: int, seg: int, count: int, dest: tuple[str, int] | None
+    ) -> None:
         assert dest is not None
         try:
             if count == 1 or not self._gso:
@@ -292,8 +312,7 @@ class Ingress:
                     for o in range(0, size, seg):
                         self.sock.sendto(batch[o : min(o + seg, size)], dest)
             else:
-                self.sock.sendmsg([batch[:size]], [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg))],
-                                  0, dest)
+                self.sock.sendmsg([batch[:size]], [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg))], 0, dest)
         except OSError as exc:
             if count > 1 and self._gso:
                 if exc.errno in (errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
@@ -345,15 +364,22 @@ class Ingress:
                 else:
                     got = dev.receive_handshake(rxv[:n], addr, now)
                     if debug:
-                        log.debug("handshake message type %d from %s:%d: %s", rx[0] if n else 0,
-                                  addr[0], addr[1],
-                                  "peer " + encode_key(got.public_key) if got else "dropped")
+                        log.debug(
+                            "handshake message type %d from %s:%d: %s",
+                            rx[0] if n else 0,
+                            addr[0],
+                            addr[1],
+                            "peer " + encode_key(got.public_key) if got else "dropped",
+                        )
             except Exception:  # a bug must not take the router down with it
                 self.internal_errors += 1
                 if now >= self._next_error_log:
                     self._next_error_log = now + 10.0
-                    log.exception("error processing a datagram from %s:%d (more errors in "
-                                  "the next 10 s are only counted)", *addr)
+                    log.exception(
+                        "error processing a datagram from %s:%d (more errors in "
+                        "the next 10 s are only counted)",
+                        *addr,
+                    )
         for w in self.writers:
             w.flush()
         for w in self.big_writers:
@@ -459,8 +485,11 @@ class Ingress:
         if isinstance(new, Config) and isinstance(self._started_with, Config):
             waiting = changed_settings(self._started_with, new)
             if waiting:
-                log.warning("reload: %s changed; that takes effect only after a restart "
-                            "(peers and the private key were applied)", ", ".join(waiting))
+                log.warning(
+                    "reload: %s changed; that takes effect only after a restart "
+                    "(peers and the private key were applied)",
+                    ", ".join(waiting),
+                )
         dev = self.device
         if new.private_key is not None and new.private_key != dev.identity.private_bytes:
             dev.set_private_key(new.private_key)
@@ -473,13 +502,20 @@ class Ingress:
         for key, spec in wanted.items():
             peer = dev.peers.get(key)
             if peer is None:
-                dev.add_peer(key, preshared_key=spec.preshared_key, allowed_ips=spec.allowed_ips,
-                             endpoint=spec.endpoint, keepalive=spec.keepalive, now=now)
+                dev.add_peer(
+                    key,
+                    preshared_key=spec.preshared_key,
+                    allowed_ips=spec.allowed_ips,
+                    endpoint=spec.endpoint,
+                    keepalive=spec.keepalive,
+                    now=now,
+                )
                 added += 1
                 continue
             changed = False
             if sorted(dev.allowed.prefixes_of(peer)) != sorted(
-                    _normal(c) for c in spec.allowed_ips):
+                _normal(c) for c in spec.allowed_ips
+            ):
                 dev.allowed.remove_owner(peer)
                 for cidr in spec.allowed_ips:
                     dev.allowed.insert(cidr, peer)
@@ -495,8 +531,7 @@ class Ingress:
                 dev.set_keepalive(peer, spec.keepalive, now)
                 changed = True
             updated += changed
-        log.info("reload: %d peer(s) added, %d removed, %d updated", added, len(removed),
-                 updated)
+        log.info("reload: %d peer(s) added, %d removed, %d updated", added, len(removed), updated)
         self._flush_outbox()
         self._config_changed()
 
@@ -505,8 +540,10 @@ class Ingress:
             try:
                 hook()
             except Exception:
-                log.exception("could not hand the changed configuration to the supervisor; "
-                              "a restart of this process would revert the change")
+                log.exception(
+                    "could not hand the changed configuration to the supervisor; "
+                    "a restart of this process would revert the change"
+                )
 
     def effective_peers(self) -> tuple[PeerConfig, ...]:
         """The peers as they are now (after wg set / reload), in configuration form."""
@@ -515,11 +552,15 @@ class Ingress:
         for cidr, owner in dev.allowed:  # one pass, not one trie walk per peer
             cidrs.setdefault(owner.index, []).append(cidr)
         return tuple(
-            PeerConfig(public_key=p.public_key,
-                       preshared_key=None if p.handshake.psk == bytes(32) else p.handshake.psk,
-                       allowed_ips=tuple(sorted(cidrs.get(p.index, ()))),
-                       endpoint=p.endpoint, keepalive=p.keepalive)
-            for p in dev.peers.values())
+            PeerConfig(
+                public_key=p.public_key,
+                preshared_key=None if p.handshake.psk == bytes(32) else p.handshake.psk,
+                allowed_ips=tuple(sorted(cidrs.get(p.index, ()))),
+                endpoint=p.endpoint,
+                keepalive=p.keepalive,
+            )
+            for p in dev.peers.values()
+        )
 
     def peer_indices(self) -> dict[bytes, int]:
         return {k: p.index for k, p in self.device.peers.items()}
@@ -528,8 +569,7 @@ class Ingress:
         self.ttl_expired += 1
         if self._gateway is None:
             return  # no address of ours to answer from
-        k = icmp.time_exceeded_into(self._reply, pkt, n, router_src=self._gateway,
-                                    ttl=self.ttl)
+        k = icmp.time_exceeded_into(self._reply, pkt, n, router_src=self._gateway, ttl=self.ttl)
         if k:
             self.send_packet(peer, self._reply, k, now)
 
@@ -562,8 +602,9 @@ class Ingress:
         # before the removal is handled after the small ring's message, and could open a
         # flow again; the big ring's own message, behind it, closes that too.
         rings = [self.writers, *([self.big_writers] if self.big_writers else [])]
-        self._forget.extend((r, w, peer.index) for r in range(len(rings))
-                            for w in range(self.nworkers))
+        self._forget.extend(
+            (r, w, peer.index) for r in range(len(rings)) for w in range(self.nworkers)
+        )
         self._send_forget()
 
     def _send_forget(self) -> None:
@@ -590,14 +631,21 @@ class Ingress:
     def _log_events(self, events: Iterable[object]) -> None:
         for ev in events:
             if isinstance(ev, HandshakeCompleted):
-                log.info("handshake completed with peer %s (%s)", encode_key(ev.peer.public_key),
-                         "we initiated" if ev.initiator else "peer initiated")
+                log.info(
+                    "handshake completed with peer %s (%s)",
+                    encode_key(ev.peer.public_key),
+                    "we initiated" if ev.initiator else "peer initiated",
+                )
             elif isinstance(ev, HandshakeGaveUp):
-                log.warning("peer %s: handshake gave up after %d attempts",
-                            encode_key(ev.peer.public_key), ev.peer.handshake_attempts)
+                log.warning(
+                    "peer %s: handshake gave up after %d attempts",
+                    encode_key(ev.peer.public_key),
+                    ev.peer.handshake_attempts,
+                )
             elif isinstance(ev, KeysZeroed):
-                log.info("peer %s: session keys expired and discarded",
-                         encode_key(ev.peer.public_key))
+                log.info(
+                    "peer %s: session keys expired and discarded", encode_key(ev.peer.public_key)
+                )
 
     def after_turn(self, now: float) -> None:
         if self._reload_result is not None:
@@ -623,16 +671,35 @@ class Ingress:
         return out
 
     def peer_samples(self) -> list[PeerSample]:
-        return [PeerSample(p.public_key, p.index, p.rx_bytes, p.tx_bytes, p.rx_packets,
-                           p.tx_packets, p.handshakes, p.last_handshake_wall)
-                for p in self.device.peers.values()]
+        return [
+            PeerSample(
+                p.public_key,
+                p.index,
+                p.rx_bytes,
+                p.tx_bytes,
+                p.rx_packets,
+                p.tx_packets,
+                p.handshakes,
+                p.last_handshake_wall,
+            )
+            for p in self.device.peers.values()
+        ]
 
 
 INGRESS_COUNTERS: tuple[str, ...] = (
     *DeviceStats.__annotations__,
-    "datagrams_received", "internal_errors", "send_errors", "gateway_echo_replies",
-    "ring_full_dropped", "fragments_reassembled_timeouts", "unknown_peer_index", "peers",
-    "overlay_forwarded", "overlay_ttl_expired", "ttl_expired", "peer_space_dropped",
+    "datagrams_received",
+    "internal_errors",
+    "send_errors",
+    "gateway_echo_replies",
+    "ring_full_dropped",
+    "fragments_reassembled_timeouts",
+    "unknown_peer_index",
+    "peers",
+    "overlay_forwarded",
+    "overlay_ttl_expired",
+    "ttl_expired",
+    "peer_space_dropped",
 )
 
 
@@ -651,8 +718,10 @@ def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
 
 def _size_buffers(sock: socket.socket) -> None:
     """Ask for large socket buffers; as root the FORCE variants bypass rmem_max."""
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+    for force, plain in (
+        (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+        (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF),
+    ):
         try:
             if force is None:
                 raise PermissionError

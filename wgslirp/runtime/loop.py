@@ -40,8 +40,11 @@ Hook = Callable[[float], None]
 
 
 class Loop:
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 selector: selectors.BaseSelector | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        selector: selectors.BaseSelector | None = None,
+    ) -> None:
         self.clock = clock
         self.selector = selector or selectors.DefaultSelector()
         self.timers: list[Timed] = []
@@ -60,8 +63,9 @@ class Loop:
         self._next_error_log = float("-inf")
         self.turns = 0  # health: proves the loop is ticking
 
-    def register(self, fileobj: int | object, handler: Handler,
-                 events: int = selectors.EVENT_READ) -> None:
+    def register(
+        self, fileobj: int | object, handler: Handler, events: int = selectors.EVENT_READ
+    ) -> None:
         self.selector.register(fileobj, events, handler)  # type: ignore[arg-type]
 
     def modify(self, fileobj: int | object, handler: Handler, events: int) -> None:
@@ -91,8 +95,11 @@ class Loop:
                     timeout = 0.0
                     break
                 armed.append(sleeper)
-            bound = (self.sleep_bound if now - self._last_event < self.idle_after
-                     else self.idle_sleep_bound)
+            bound = (
+                self.sleep_bound
+                if now - self._last_event < self.idle_after
+                else self.idle_sleep_bound
+            )
             if timeout > bound:
                 timeout = bound
         events = self.selector.select(timeout)
@@ -129,8 +136,12 @@ class Loop:
         now = self.clock()
         if now >= self._next_error_log:
             self._next_error_log = now + ERROR_LOG_INTERVAL
-            log.exception("error in %s (%d so far; more in the next %.0f s are only counted)",
-                          what, self.errors, ERROR_LOG_INTERVAL)
+            log.exception(
+                "error in %s (%d so far; more in the next %.0f s are only counted)",
+                what,
+                self.errors,
+                ERROR_LOG_INTERVAL,
+            )
 
     def install_stop_signals(self, on_stop: Callable[[int], None] | None = None) -> None:
         """SIGTERM/SIGINT stop the loop promptly: the signal's wake-up byte lands on a
@@ -160,6 +171,7 @@ class Loop:
     def on_signal(self, signum: int, callback: Hook) -> None:
         """Run `callback(now)` on the loop (never inside the signal handler) after `signum`.
         Needs install_stop_signals first, whose wake-up socket makes the loop turn."""
+
         def handler(_signum: int, _frame: object) -> None:
             self._pending_signals.append(callback)
 

@@ -35,12 +35,19 @@ class _RingWatch:
 
 
 class Monitor:
-    def __init__(self, block: MetricsBlock, rings: Sequence[tuple[str, Ring]],
-                 children: Callable[[], dict[int, str]], restarts: Callable[[], int],
-                 *, log_format: str = "text", log_interval: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 expected_roles: Sequence[str] | None = None,
-                 prober: Prober | None = None) -> None:
+    def __init__(
+        self,
+        block: MetricsBlock,
+        rings: Sequence[tuple[str, Ring]],
+        children: Callable[[], dict[int, str]],
+        restarts: Callable[[], int],
+        *,
+        log_format: str = "text",
+        log_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        expected_roles: Sequence[str] | None = None,
+        prober: Prober | None = None,
+    ) -> None:
         self.block = block
         self.rings = [_RingWatch(n, r) for n, r in rings]
         self.children = children
@@ -51,8 +58,11 @@ class Monitor:
         self._next_log = clock() + log_interval if log_interval > 0 else None
         self._procs: dict[int, psutil.Process] = {}
         self.prober = prober
-        self.expected_roles = (["ingress"] + [f"worker {k}" for k in range(block.nworkers)]
-                               if expected_roles is None else list(expected_roles))
+        self.expected_roles = (
+            ["ingress"] + [f"worker {k}" for k in range(block.nworkers)]
+            if expected_roles is None
+            else list(expected_roles)
+        )
 
     # --------------------------------------------------------------- snapshot
 
@@ -89,7 +99,8 @@ class Monitor:
             if role not in roles:
                 problems.append(f"{role} not running")
         sections = [("ingress", self.block.ingress)] + [
-            (f"worker {k}", s) for k, s in enumerate(self.block.workers[: self.block.nworkers])]
+            (f"worker {k}", s) for k, s in enumerate(self.block.workers[: self.block.nworkers])
+        ]
         for role, sec in sections:
             hb = sec.heartbeat_ns
             if hb == 0:
@@ -115,7 +126,8 @@ class Monitor:
         """
         now_ns = time.monotonic_ns()
         by_role = {"ingress": self.block.ingress} | {
-            f"worker {k}": s for k, s in enumerate(self.block.workers[: self.block.nworkers])}
+            f"worker {k}": s for k, s in enumerate(self.block.workers[: self.block.nworkers])
+        }
         out = []
         for pid, role in self.children().items():
             sec = by_role.get(role)
@@ -131,8 +143,9 @@ class Monitor:
 
     def healthz(self) -> tuple[int, str, str]:
         ok, problems = self.health()
-        return (200, "text/plain", "ok\n") if ok else (503, "text/plain",
-                                                       "\n".join(problems) + "\n")
+        return (
+            (200, "text/plain", "ok\n") if ok else (503, "text/plain", "\n".join(problems) + "\n")
+        )
 
     def readyz(self) -> tuple[int, str, str]:
         """Healthy, reporting, and (with HEALTHCHECK) able to reach what the probes check."""

@@ -62,8 +62,12 @@ class Plan:
 def plan_for(cfg: Config) -> Plan:
     # A slot holds a whole tunnel packet plus WireGuard's padding to 16 bytes.
     slot_size = (cfg.mtu + 16 + 63) & ~63
-    return Plan(cfg.processor_workers, _pow2(max(cfg.processor_queue_cap, 64)),
-                _pow2(max(cfg.tun_queue_cap, 64)), slot_size)
+    return Plan(
+        cfg.processor_workers,
+        _pow2(max(cfg.processor_queue_cap, 64)),
+        _pow2(max(cfg.tun_queue_cap, 64)),
+        slot_size,
+    )
 
 
 def _counters_line(role: str, counters: dict[str, int]) -> None:
@@ -75,9 +79,13 @@ def _totals_line(totals: dict[str, int]) -> None:
     log.info("stopped; totals: %s", json.dumps(totals, sort_keys=True))
 
 
-def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
-               announce: Callable[[tuple[str, int]], None],
-               reload: Callable[[], Config] | None = None) -> int:
+def run_inline(
+    cfg: Config,
+    sock: socket.socket,
+    icmp_mode: str | None,
+    announce: Callable[[tuple[str, int]], None],
+    reload: Callable[[], Config] | None = None,
+) -> int:
     """PROCESSOR_WORKERS=0: one process, one loop, ingress and a worker side by side."""
     plan = plan_for(cfg)
     rin = Ring.create(plan.in_slots, plan.slot_size)
@@ -89,24 +97,48 @@ def run_inline(cfg: Config, sock: socket.socket, icmp_mode: str | None,
     monitor: Monitor | None = None
     ingress: Ingress | None = None
     try:
-        monitor = Monitor(metrics, [("in0", rin), ("out0", rout)], dict, lambda: 0,
-                          log_format=cfg.metrics.format,
-                          log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-                          expected_roles=(), prober=_prober(cfg, start=False))
+        monitor = Monitor(
+            metrics,
+            [("in0", rin), ("out0", rout)],
+            dict,
+            lambda: 0,
+            log_format=cfg.metrics.format,
+            log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
+            expected_roles=(),
+            prober=_prober(cfg, start=False),
+        )
         # Every listener is opened before anything is announced or created on disk, so a
         # taken port fails the start cleanly (no client config printed, no UAPI socket).
         http = _open_http(cfg, monitor, loop.selector)
         if http is not None:
             loop.timers.append(http)
         loop.timers.append(monitor)
-        ingress = Ingress(cfg, sock, loop, [rin.producer()], [rout.consumer()],
-                          [rbig.producer()], metrics=metrics, reload=reload)
-        worker = Worker(cfg, 0, 1, rin.consumer(), rout.producer(), loop, icmp_mode,
-                        rbig.consumer(), metrics=metrics)
+        ingress = Ingress(
+            cfg,
+            sock,
+            loop,
+            [rin.producer()],
+            [rout.consumer()],
+            [rbig.producer()],
+            metrics=metrics,
+            reload=reload,
+        )
+        worker = Worker(
+            cfg,
+            0,
+            1,
+            rin.consumer(),
+            rout.producer(),
+            loop,
+            icmp_mode,
+            rbig.consumer(),
+            metrics=metrics,
+        )
         if monitor.prober is not None:
             monitor.prober.start()
-        loop.install_stop_signals(lambda s: log.info("received %s, shutting down",
-                                                     signal.Signals(s).name))
+        loop.install_stop_signals(
+            lambda s: log.info("received %s, shutting down", signal.Signals(s).name)
+        )
         loop.on_signal(signal.SIGHUP, ingress.reload)
         announce(ingress.address)
         sd = Notifier.from_environ()
@@ -147,8 +179,13 @@ MAX_CFG_MESSAGE = 64 << 20  # a configuration with ~100k peers; anything larger 
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, sock: socket.socket, icmp_mode: str | None,
-                 reload: Callable[[], Config] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        sock: socket.socket,
+        icmp_mode: str | None,
+        reload: Callable[[], Config] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.reload = reload
         self.sock = sock
@@ -156,8 +193,7 @@ class Supervisor:
         self.plan = plan_for(cfg)
         n = self.plan.nworkers
         self.rings_in = [Ring.create(self.plan.in_slots, self.plan.slot_size) for _ in range(n)]
-        self.rings_out = [Ring.create(self.plan.out_slots, self.plan.slot_size)
-                          for _ in range(n)]
+        self.rings_out = [Ring.create(self.plan.out_slots, self.plan.slot_size) for _ in range(n)]
         self.rings_big = [Ring.create(BIG_SLOTS, BIG_SLOT_SIZE) for _ in range(n)]
         self.children: dict[int, str] = {}  # pid -> role ("ingress" or "worker K")
         self.started_ns: dict[int, int] = {}  # pid -> fork time (monotonic ns)
@@ -168,11 +204,17 @@ class Supervisor:
         self.watchdog = Watchdog(self.sd)
         self.metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, n)
         rings = [(f"in{k}", r) for k, r in enumerate(self.rings_in)] + [
-            (f"out{k}", r) for k, r in enumerate(self.rings_out)]
-        self.monitor = Monitor(self.metrics, rings, lambda: dict(self.children),
-                               lambda: self.restarts, log_format=cfg.metrics.format,
-                               log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-                               prober=_prober(cfg, start=False))
+            (f"out{k}", r) for k, r in enumerate(self.rings_out)
+        ]
+        self.monitor = Monitor(
+            self.metrics,
+            rings,
+            lambda: dict(self.children),
+            lambda: self.restarts,
+            log_format=cfg.metrics.format,
+            log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
+            prober=_prober(cfg, start=False),
+        )
         # Opened before any child exists or anything is announced: a taken port fails the
         # start cleanly. Children close their copies right after the fork.
         self._sel = selectors.DefaultSelector()
@@ -193,10 +235,16 @@ class Supervisor:
     def _send_config(self, ingress: Ingress) -> None:
         """In ingress: hand the supervisor the configuration as it now is, with the peers'
         index numbers (the workers' flows are keyed by them; a replacement must keep them)."""
-        cfg = msgspec.structs.replace(self.cfg, private_key=ingress.device.identity.private_bytes,
-                                      peers=ingress.effective_peers())
-        state = RuntimeState(config=cfg, indices=list(ingress.peer_indices().items()),
-                             next_index=ingress.device.next_peer_index)
+        cfg = msgspec.structs.replace(
+            self.cfg,
+            private_key=ingress.device.identity.private_bytes,
+            peers=ingress.effective_peers(),
+        )
+        state = RuntimeState(
+            config=cfg,
+            indices=list(ingress.peer_indices().items()),
+            next_index=ingress.device.next_peer_index,
+        )
         data = msgspec.msgpack.encode(state)
         self._cfg_w.sendall(_CFG_LEN.pack(len(data)) + data)
 
@@ -219,8 +267,8 @@ class Supervisor:
                 return
             if len(buf) < _CFG_LEN.size + n:
                 return
-            payload = bytes(buf[_CFG_LEN.size:_CFG_LEN.size + n])
-            del buf[:_CFG_LEN.size + n]
+            payload = bytes(buf[_CFG_LEN.size : _CFG_LEN.size + n])
+            del buf[: _CFG_LEN.size + n]
             try:
                 state = msgspec.msgpack.decode(payload, type=RuntimeState)
             except msgspec.DecodeError as exc:
@@ -275,11 +323,18 @@ class Supervisor:
     def _ingress_body(self) -> int:
         loop = Loop()
         self._cfg_r.close()
-        ingress = Ingress(self.cfg, self.sock, loop, [r.producer() for r in self.rings_in],
-                          [r.consumer() for r in self.rings_out],
-                          [r.producer() for r in self.rings_big], metrics=self.metrics,
-                          reload=self.reload, peer_indices=self._peer_indices,
-                          next_peer_index=self._next_peer_index)
+        ingress = Ingress(
+            self.cfg,
+            self.sock,
+            loop,
+            [r.producer() for r in self.rings_in],
+            [r.consumer() for r in self.rings_out],
+            [r.producer() for r in self.rings_big],
+            metrics=self.metrics,
+            reload=self.reload,
+            peer_indices=self._peer_indices,
+            next_peer_index=self._next_peer_index,
+        )
         ingress.config_changed.append(lambda: self._send_config(ingress))
         loop.install_stop_signals()
         loop.on_signal(signal.SIGHUP, ingress.reload)
@@ -296,9 +351,17 @@ class Supervisor:
             self._cfg_r.close()
             self._cfg_w.close()
             loop = Loop()
-            worker = Worker(self.cfg, k, self.plan.nworkers, self.rings_in[k].consumer(),
-                            self.rings_out[k].producer(), loop, self.icmp_mode,
-                            self.rings_big[k].consumer(), metrics=self.metrics)
+            worker = Worker(
+                self.cfg,
+                k,
+                self.plan.nworkers,
+                self.rings_in[k].consumer(),
+                self.rings_out[k].producer(),
+                loop,
+                self.icmp_mode,
+                self.rings_big[k].consumer(),
+                metrics=self.metrics,
+            )
             loop.install_stop_signals()
             loop.run()
             worker.close()
@@ -337,13 +400,16 @@ class Supervisor:
             self._start(f"worker {k}")
         sel = self._sel
         sel.register(r, selectors.EVENT_READ)
-        sel.register(self._cfg_r, selectors.EVENT_READ,
-                     lambda _now, _mask: self._read_config_reports())
+        sel.register(
+            self._cfg_r, selectors.EVENT_READ, lambda _now, _mask: self._read_config_reports()
+        )
         if self.monitor.prober is not None:
             self.monitor.prober.start()  # after the forks: children never inherit the thread
-        pending: list[str] = [role for role in
-                              ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
-                              if role not in self.children.values()]
+        pending: list[str] = [
+            role
+            for role in ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
+            if role not in self.children.values()
+        ]
         self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
         next_hang_check = 0.0
         last_turn = time.monotonic()
@@ -374,8 +440,7 @@ class Supervisor:
                         if role not in self.children.values():
                             pending.append(role)  # the fork failed: try again shortly
                         self.watchdog.restarted(now)
-                        self.sd.status(_status_line(self.cfg, self.plan.nworkers,
-                                                    self.restarts))
+                        self.sd.status(_status_line(self.cfg, self.plan.nworkers, self.restarts))
                 if now - last_turn > 1.0:
                     # This process did not run for a while (SIGSTOP of the whole group,
                     # docker pause, a frozen cgroup): neither did the children. Give them
@@ -410,8 +475,13 @@ class Supervisor:
         returns, SIGSTOP) is killed so the restart logic replaces it."""
         limit = self.cfg.hung_restart
         for pid, role in self.monitor.hung(limit, self.started_ns):
-            log.error("%s (pid %d) has not turned its loop for %g s (PROCESSOR_HUNG_RESTART); "
-                      "killing it so it is replaced", role, pid, limit)
+            log.error(
+                "%s (pid %d) has not turned its loop for %g s (PROCESSOR_HUNG_RESTART); "
+                "killing it so it is replaced",
+                role,
+                pid,
+                limit,
+            )
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -481,8 +551,11 @@ def _status_line(cfg: Config, nworkers: int, restarts: int = 0) -> str:
     return f"serving {len(cfg.peers)} peers, {workers}{extra}"
 
 
-def run(cfg: Config, announce: Callable[[tuple[str, int]], None],
-        reload: Callable[[], Config] | None = None) -> int:
+def run(
+    cfg: Config,
+    announce: Callable[[tuple[str, int]], None],
+    reload: Callable[[], Config] | None = None,
+) -> int:
     """Run the router until SIGTERM/SIGINT; returns the process exit status."""
     try:
         sock = open_wg_socket(cfg.listen_addr, cfg.listen_port)
@@ -491,8 +564,10 @@ def run(cfg: Config, announce: Callable[[tuple[str, int]], None],
     _raise_fd_limit()
     icmp_mode = probe_mode()
     if icmp_mode is None:
-        log.warning("no ICMP socket available (net.ipv4.ping_group_range excludes this group "
-                    "and CAP_NET_RAW is missing): guest pings to the outside will be dropped")
+        log.warning(
+            "no ICMP socket available (net.ipv4.ping_group_range excludes this group "
+            "and CAP_NET_RAW is missing): guest pings to the outside will be dropped"
+        )
     try:
         if cfg.processor_workers == 0:
             return run_inline(cfg, sock, icmp_mode, announce, reload)
@@ -519,8 +594,12 @@ def _open_http(cfg: Config, monitor: Monitor, sel: selectors.BaseSelector) -> Ht
         return None
     host, port = cfg.metrics.listen
     try:
-        srv = HttpServer(host, port, {"/metrics": monitor.metrics, "/healthz": monitor.healthz,
-                                      "/readyz": monitor.readyz}, sel)
+        srv = HttpServer(
+            host,
+            port,
+            {"/metrics": monitor.metrics, "/healthz": monitor.healthz, "/readyz": monitor.readyz},
+            sel,
+        )
     except OSError as exc:
         raise ListenError(host, port, exc.strerror or str(exc), "METRICS_LISTEN") from exc
     log.info("metrics and health on http://%s:%d/metrics", *srv.address)
@@ -540,7 +619,8 @@ def _raise_fd_limit() -> None:
 
 
 class ListenError(Exception):
-    def __init__(self, addr: str, port: int, reason: str,
-                 setting: str = "WG_LISTEN_ADDR/WG_LISTEN_PORT") -> None:
+    def __init__(
+        self, addr: str, port: int, reason: str, setting: str = "WG_LISTEN_ADDR/WG_LISTEN_PORT"
+    ) -> None:
         super().__init__(f"cannot listen on {addr}:{port}: {reason} ({setting})")
         self.addr, self.port, self.reason, self.setting = addr, port, reason, setting

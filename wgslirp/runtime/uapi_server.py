@@ -49,8 +49,17 @@ class UapiUnavailable(Exception):
 
 
 class _Client:
-    __slots__ = ("closing", "deadline", "eof", "events", "handler", "inbuf", "outbuf",
-                 "scanned", "sock")
+    __slots__ = (
+        "closing",
+        "deadline",
+        "eof",
+        "events",
+        "handler",
+        "inbuf",
+        "outbuf",
+        "scanned",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket, deadline: float, handler: Handler) -> None:
         self.sock = sock
@@ -89,8 +98,15 @@ class UapiServer:
         loop.hooks.append(self._close_if_stopping)
 
     @classmethod
-    def start(cls, name: str, device: Device, loop: Loop, *, listen_port: int,
-              directory: Path = SOCKET_DIR) -> UapiServer | None:
+    def start(
+        cls,
+        name: str,
+        device: Device,
+        loop: Loop,
+        *,
+        listen_port: int,
+        directory: Path = SOCKET_DIR,
+    ) -> UapiServer | None:
         """Serve NAME's socket, or log why not and return None: wg(8) support is a
         convenience, never a reason for the router to stop forwarding."""
         path = directory / f"{name}.sock"

@@ -77,9 +77,13 @@ class LocalAddressRefresher:
     The source is injectable so the timing is testable without touching the host.
     """
 
-    def __init__(self, policy: EgressPolicy, now: float,
-                 source: Callable[[], frozenset[str]] = lambda: host_ipv4_addresses(),
-                 interval: float = LOCAL_ADDRESS_REFRESH) -> None:
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        now: float,
+        source: Callable[[], frozenset[str]] = lambda: host_ipv4_addresses(),
+        interval: float = LOCAL_ADDRESS_REFRESH,
+    ) -> None:
         self.policy, self.source, self.interval = policy, source, interval
         self.due = now + interval
 
@@ -109,15 +113,19 @@ def build_policy(cfg: Config) -> EgressPolicy:
         dns=cfg.dns_ip,
         dns_upstream=tuple(upstream),
         local_addresses=host_ipv4_addresses(),
-        own_sockets=frozenset({(PROTO_UDP, cfg.listen_port)} | (
-            {(PROTO_TCP, cfg.metrics.listen[1])} if cfg.metrics.listen else set())),
+        own_sockets=frozenset(
+            {(PROTO_UDP, cfg.listen_port)}
+            | ({(PROTO_TCP, cfg.metrics.listen[1])} if cfg.metrics.listen else set())
+        ),
     )
 
 
 WORKER_COUNTERS: tuple[str, ...] = (
     *WorkerStats.__annotations__,
     *TcpBridgeStats().as_dict(),
-    "udp_flows", "tcp_flows", "icmp_flows",
+    "udp_flows",
+    "tcp_flows",
+    "icmp_flows",
 )
 
 
@@ -125,12 +133,19 @@ def tcp_params(cfg: Config) -> TcpParams:
     mss = cfg.mtu - 40
     if cfg.tcp.mss_clamp:
         mss = min(mss, cfg.tcp.mss_clamp)
-    return TcpParams(mss=mss, sack=cfg.tcp.enable_sack, ack_delay=cfg.tcp.ack_delay_ms / 1000.0,
-                     cc=cfg.tcp.cc, ttl=cfg.ip_ttl, pace=cfg.tcp.pace_us / 1e6,
-                     ack_idle_fail=float(cfg.tcp.ack_idle_fail_sec),
-                     ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
-                     init_cwnd=cfg.tcp.init_cwnd_mss or 10,
-                     rcv_buffer=cfg.tcp.rcv_buffer, snd_buffer=cfg.tcp.snd_buffer)
+    return TcpParams(
+        mss=mss,
+        sack=cfg.tcp.enable_sack,
+        ack_delay=cfg.tcp.ack_delay_ms / 1000.0,
+        cc=cfg.tcp.cc,
+        ttl=cfg.ip_ttl,
+        pace=cfg.tcp.pace_us / 1e6,
+        ack_idle_fail=float(cfg.tcp.ack_idle_fail_sec),
+        ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
+        init_cwnd=cfg.tcp.init_cwnd_mss or 10,
+        rcv_buffer=cfg.tcp.rcv_buffer,
+        snd_buffer=cfg.tcp.snd_buffer,
+    )
 
 
 def _share(total: int, n: int) -> int:
@@ -161,34 +176,60 @@ class Worker:
         self.egress = BatchWriter(outbound)
         self.stats = WorkerStats()
         n = max(1, nworkers)
-        self.ctx = BridgeContext(self.egress, loop.selector, mtu=cfg.mtu, ttl=cfg.ip_ttl,
-                                 copy_tos=cfg.copy_tos,
-                                 stats=self.stats, worker_index=index, nworkers=n,
-                                 gateway=addr_to_int(cfg.gateway_ip) if cfg.gateway_ip
-                                 else None)
+        self.ctx = BridgeContext(
+            self.egress,
+            loop.selector,
+            mtu=cfg.mtu,
+            ttl=cfg.ip_ttl,
+            copy_tos=cfg.copy_tos,
+            stats=self.stats,
+            worker_index=index,
+            nworkers=n,
+            gateway=addr_to_int(cfg.gateway_ip) if cfg.gateway_ip else None,
+        )
         policy = build_policy(cfg)
-        self.udp = UdpBridge(self.ctx, policy, FlowTable[UdpFlow](
-            cfg.udp.idle_timeout, _share(cfg.udp.max_flows, n),
-            _share(cfg.udp.max_flows_per_peer, n)))
-        self.icmp = IcmpBridge(self.ctx, policy, FlowTable[EchoFlow](
-            ECHO_IDLE_TIMEOUT, _share(cfg.udp.max_flows, n),
-            _share(cfg.udp.max_flows_per_peer, n)), icmp_mode)
+        self.udp = UdpBridge(
+            self.ctx,
+            policy,
+            FlowTable[UdpFlow](
+                cfg.udp.idle_timeout,
+                _share(cfg.udp.max_flows, n),
+                _share(cfg.udp.max_flows_per_peer, n),
+            ),
+        )
+        self.icmp = IcmpBridge(
+            self.ctx,
+            policy,
+            FlowTable[EchoFlow](
+                ECHO_IDLE_TIMEOUT,
+                _share(cfg.udp.max_flows, n),
+                _share(cfg.udp.max_flows_per_peer, n),
+            ),
+            icmp_mode,
+        )
         self.tcp = TcpBridge(
-            self.ctx, policy,
-            FlowTable[TcpFlow](float("inf"), _share(cfg.tcp.max_flows, n),
-                               _share(cfg.tcp.max_flows_per_peer, n)),
-            loop, tcp_params(cfg), error_signal=cfg.tcp.error_signal,
+            self.ctx,
+            policy,
+            FlowTable[TcpFlow](
+                float("inf"), _share(cfg.tcp.max_flows, n), _share(cfg.tcp.max_flows_per_peer, n)
+            ),
+            loop,
+            tcp_params(cfg),
+            error_signal=cfg.tcp.error_signal,
             fast_dial=cfg.tcp.fast_dial_ms / 1000.0,
-            sock_rcvbuf=cfg.tcp.sock_rcvbuf or 0, sock_sndbuf=cfg.tcp.sock_sndbuf or 0,
+            sock_rcvbuf=cfg.tcp.sock_rcvbuf or 0,
+            sock_sndbuf=cfg.tcp.sock_sndbuf or 0,
             ack_idle_gate=cfg.tcp.ack_idle_gate_ms / 1000.0,
             ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
-            gate_log=cfg.tcp.gate_log)
+            gate_log=cfg.tcp.gate_log,
+        )
         loop.timers.append(self.tcp)
         self.addresses = LocalAddressRefresher(policy, loop.clock())
         loop.timers.append(self.addresses)
         if metrics is not None:
             self.publisher: Publisher | None = Publisher(
-                metrics.workers[index], self.counters, lambda: loop.turns)
+                metrics.workers[index], self.counters, lambda: loop.turns
+            )
             loop.timers.append(self.publisher)
         else:
             self.publisher = None
@@ -230,14 +271,16 @@ class Worker:
             self.stats.internal_errors += 1
             if self._now >= self._next_error_log:
                 self._next_error_log = self._now + ERROR_LOG_INTERVAL
-                log.exception("worker %d: error handling a guest packet (further errors "
-                              "in the next %.0f s are only counted)", self.index,
-                              ERROR_LOG_INTERVAL)
+                log.exception(
+                    "worker %d: error handling a guest packet (further errors "
+                    "in the next %.0f s are only counted)",
+                    self.index,
+                    ERROR_LOG_INTERVAL,
+                )
 
     def forget_peer(self, peer: int) -> None:
         """Close every flow of a removed peer: its host sockets, its places under the caps."""
-        n = self.tcp.forget_peer(peer) + self.udp.forget_peer(peer) + \
-            self.icmp.forget_peer(peer)
+        n = self.tcp.forget_peer(peer) + self.udp.forget_peer(peer) + self.icmp.forget_peer(peer)
         self.stats.peer_flows_closed += n
         if n:
             log.info("worker %d: closed %d flow(s) of removed peer %d", self.index, n, peer)

@@ -360,8 +360,10 @@ def _create_anonymous_shm(size: int) -> SharedMemory:
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
             shm.close()
-            raise OSError(exc.errno, f"cannot reserve {size} bytes of shared memory "
-                          f"(/dev/shm full? {exc.strerror})") from exc
+            raise OSError(
+                exc.errno,
+                f"cannot reserve {size} bytes of shared memory (/dev/shm full? {exc.strerror})",
+            ) from exc
     return shm
 
 
@@ -369,8 +371,7 @@ class _Endpoint:
     """What both ends keep: the ring's views, fetched once so the hot path reads plain
     attributes, and a private fence (made in the process that uses it, after fork)."""
 
-    __slots__ = ("_ctr", "_efd", "_fence", "_lens", "_mask", "_peers", "_ring", "_slots",
-                 "_views")
+    __slots__ = ("_ctr", "_efd", "_fence", "_lens", "_mask", "_peers", "_ring", "_slots", "_views")
 
     def __init__(self, ring: Ring) -> None:
         self._ring = ring

@@ -61,6 +61,7 @@ class WorkerStats(Counters):
     peer_flows_closed: int  # flows closed because their peer was removed (UAPI, reload)
     icmp_errors_rate_limited: int  # unreachables not sent (RFC 1812 rate limit)
 
+
 class BridgeContext:
     def __init__(
         self,
@@ -113,8 +114,9 @@ class BridgeContext:
         self.egress.commit(length, peer)
         return True
 
-    def _emit_fragments(self, packet: bytes | bytearray | memoryview, length: int,
-                        peer: int) -> bool:
+    def _emit_fragments(
+        self, packet: bytes | bytearray | memoryview, length: int, peer: int
+    ) -> bool:
         frags = fragment.fragment(packet, length, self.mtu)
         if frags is None:  # DF set: nothing we can do but count it
             self.stats.too_big_dropped += 1
@@ -130,12 +132,19 @@ class BridgeContext:
             self.stats.fragments_sent += 1
         return True
 
-    def send_unreachable(self, original: bytes | bytearray | memoryview, length: int,
-                         code: int, peer: int, router_src: int | None = None) -> None:
+    def send_unreachable(
+        self,
+        original: bytes | bytearray | memoryview,
+        length: int,
+        code: int,
+        peer: int,
+        router_src: int | None = None,
+    ) -> None:
         """ICMP destination unreachable to the guest about one of its packets."""
         now = self.clock()
-        tokens = min(float(ICMP_ERROR_BURST),
-                     self._err_tokens + (now - self._err_time) * ICMP_ERROR_RATE)
+        tokens = min(
+            float(ICMP_ERROR_BURST), self._err_tokens + (now - self._err_time) * ICMP_ERROR_RATE
+        )
         self._err_time = now
         if tokens < 1.0:
             self._err_tokens = tokens

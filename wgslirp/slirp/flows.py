@@ -38,8 +38,13 @@ F = TypeVar("F", bound=Flow)
 
 
 class FlowTable(Generic[F]):
-    def __init__(self, idle_timeout: float, max_flows: int = 0, max_per_peer: int = 0,
-                 sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        idle_timeout: float,
+        max_flows: int = 0,
+        max_per_peer: int = 0,
+        sweep_interval: float = 1.0,
+    ) -> None:
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows  # 0 = unlimited
         self.max_per_peer = max_per_peer

@@ -52,8 +52,18 @@ def probe_mode() -> str | None:
 class EchoFlow(Flow):
     __slots__ = ("guest", "guest_id", "host_id", "remote", "sock", "target")
 
-    def __init__(self, key: EchoKey, peer: int, now: float, guest: int, target: int,
-                 remote: int, guest_id: int, host_id: int, sock: socket.socket | None) -> None:
+    def __init__(
+        self,
+        key: EchoKey,
+        peer: int,
+        now: float,
+        guest: int,
+        target: int,
+        remote: int,
+        guest_id: int,
+        host_id: int,
+        sock: socket.socket | None,
+    ) -> None:
         super().__init__(key, peer, now)
         self.guest = guest
         self.target = target  # what the guest pinged (replies come from it)
@@ -64,8 +74,9 @@ class EchoFlow(Flow):
 
 
 class IcmpBridge:
-    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[EchoFlow],
-                 mode: str | None) -> None:
+    def __init__(
+        self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[EchoFlow], mode: str | None
+    ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.table = table
@@ -77,15 +88,14 @@ class IcmpBridge:
         if mode == "raw":
             self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             self._raw.setblocking(False)
-            wanted = (1 << icmp.ECHO_REPLY) | (1 << icmp.DEST_UNREACHABLE) | (
-                1 << icmp.TIME_EXCEEDED)
+            wanted = (
+                (1 << icmp.ECHO_REPLY) | (1 << icmp.DEST_UNREACHABLE) | (1 << icmp.TIME_EXCEEDED)
+            )
             try:
-                self._raw.setsockopt(SOL_RAW, ICMP_FILTER,
-                                     struct.pack("I", ~wanted & 0xFFFFFFFF))
+                self._raw.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~wanted & 0xFFFFFFFF))
             except OSError:
                 pass  # unfiltered works too, only costs more wake-ups
-            ctx.selector.register(self._raw, selectors.EVENT_READ,
-                                  partial(self.on_readable, None))
+            ctx.selector.register(self._raw, selectors.EVENT_READ, partial(self.on_readable, None))
 
     # ------------------------------------------------------------- guest -> host
 
@@ -139,8 +149,9 @@ class IcmpBridge:
                 return ident
         return None
 
-    def _open(self, key: EchoKey, peer: int, pkt: memoryview, n: int,
-              now: float) -> EchoFlow | None:
+    def _open(
+        self, key: EchoKey, peer: int, pkt: memoryview, n: int, now: float
+    ) -> EchoFlow | None:
         _, src, dst, guest_id = key
         ctx = self.ctx
         decision = self.policy.decide(PROTO_ICMP, dst, 0)
@@ -233,15 +244,21 @@ class IcmpBridge:
         flow.last_active = now
         ctx.stats.icmp_echo_replies += 1
 
-    def _build_reply(self, out: memoryview, flow: EchoFlow, message: memoryview,
-                     ilen: int) -> None:
+    def _build_reply(self, out: memoryview, flow: EchoFlow, message: memoryview, ilen: int) -> None:
         out[20 : 20 + ilen] = message
         seq: int = struct.unpack_from(">H", message, 6)[0]
         _ECHO_HDR.pack_into(out, 20, icmp.ECHO_REPLY, 0, 0, flow.guest_id, seq)
         struct.pack_into(">H", out, 22, checksum(out[20 : 20 + ilen]))
-        ipv4.write_header(out, total_length=20 + ilen, proto=PROTO_ICMP, src=flow.target,
-                          dst=flow.guest, ttl=self.ctx.ttl, ident=self.ctx.next_ident(),
-                          dont_fragment=False)
+        ipv4.write_header(
+            out,
+            total_length=20 + ilen,
+            proto=PROTO_ICMP,
+            src=flow.target,
+            dst=flow.guest,
+            ttl=self.ctx.ttl,
+            ident=self.ctx.next_ident(),
+            dont_fragment=False,
+        )
 
     # ------------------------------------------------------------------ timers
 

@@ -235,8 +235,17 @@ class TcpEndpoint:
         "timed_out",
     )
 
-    def __init__(self, params: TcpParams, *, local: tuple[int, int], remote: tuple[int, int],
-                 iss: int, now: float, egress: Egress, peer: int = 0) -> None:
+    def __init__(
+        self,
+        params: TcpParams,
+        *,
+        local: tuple[int, int],
+        remote: tuple[int, int],
+        iss: int,
+        now: float,
+        egress: Egress,
+        peer: int = 0,
+    ) -> None:
         self._p = params
         self.local = local
         self.remote = remote
@@ -247,8 +256,9 @@ class TcpEndpoint:
         self.reset = False  # the guest reset the connection
         self.timed_out = False  # we gave up (retries, keepalive, idle) and sent RST
         self.reopen = False  # a new SYN for this 4-tuple arrived in TIME_WAIT (see receive)
-        self._writer = wire.SegmentWriter(local[0], remote[0], local[1], remote[1],
-                                          params.ttl, 0, iss >> 7)
+        self._writer = wire.SegmentWriter(
+            local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7
+        )
         self._ack_delay = params.ack_delay
 
         iss &= MASK
@@ -497,8 +507,7 @@ class TcpEndpoint:
         self._sack_ok = opts.sack_perm and p.sack
         self._ts_ok = opts.ts_val is not None
         self._ts_recent = opts.ts_val or 0
-        mss = max(min(self._guest_mss, p.mss) - (wire.TS_OPTION_LEN if self._ts_ok else 0),
-                  64)
+        mss = max(min(self._guest_mss, p.mss) - (wire.TS_OPTION_LEN if self._ts_ok else 0), 64)
         self._mss = mss
         self.cc.set_mss(mss)
         self._rcv_mss = min(p.mss, 536)
@@ -541,8 +550,9 @@ class TcpEndpoint:
             self._t_retry = now + EGRESS_RETRY
             return
         opts = self._syn_options(now)
-        n = self._writer.write(slot, self.iss, self._rcv_nxt, _SYN | _ACK,
-                               min(self._rcv_cap, 0xFFFF), opts, 0)
+        n = self._writer.write(
+            slot, self.iss, self._rcv_nxt, _SYN | _ACK, min(self._rcv_cap, 0xFFFF), opts, 0
+        )
         self.egress.commit(n, self.peer)
         self._synack_now = False
         self._ack_sent()
@@ -570,7 +580,9 @@ class TcpEndpoint:
 
         # ---- header prediction -------------------------------------------------------
         if (
-            self.state is _EST and flags & 0x17 == _ACK and not self._ooo
+            self.state is _EST
+            and flags & 0x17 == _ACK
+            and not self._ooo
             and seq_w == self._rcv_nxt & MASK
         ):
             tsval = -1
@@ -589,8 +601,11 @@ class TcpEndpoint:
                 ack = unwrap(ack_w, una)
                 if plen:
                     # New data, nothing new acknowledged: the bulk upload case.
-                    if (ack != una or self._ooo_fin >= 0
-                            or plen > self._rcv_read + self._rcv_cap - self._rcv_nxt):
+                    if (
+                        ack != una
+                        or self._ooo_fin >= 0
+                        or plen > self._rcv_read + self._rcv_cap - self._rcv_nxt
+                    ):
                         fast = False
                 elif ack <= una or ack > self._snd_max or self._in_recovery or self._sacked:
                     fast = False  # duplicate ACK, window probe, or ACK needing care
@@ -639,8 +654,18 @@ class TcpEndpoint:
         elif self._t_delack == INF:
             self._t_delack = now + self._ack_delay
 
-    def _slow(self, pkt: memoryview, ihl: int, doff: int, flags: int, seq_w: int,
-              ack_w: int, wnd: int, plen: int, now: float) -> None:
+    def _slow(
+        self,
+        pkt: memoryview,
+        ihl: int,
+        doff: int,
+        flags: int,
+        seq_w: int,
+        ack_w: int,
+        wnd: int,
+        plen: int,
+        now: float,
+    ) -> None:
         """RFC 9293 3.10.7 "SEGMENT ARRIVES", with RFC 5961 and RFC 7323 checks."""
         st = self.state
         if st is _CLOSED:
@@ -660,8 +685,11 @@ class TcpEndpoint:
 
         if st is _SYN_RCVD:
             if rst:
-                if 0 <= unwrap(seq_w, self._rcv_nxt) - self._rcv_nxt < max(
-                        self._rcv_adv_edge - self._rcv_nxt, 1):
+                if (
+                    0
+                    <= unwrap(seq_w, self._rcv_nxt) - self._rcv_nxt
+                    < max(self._rcv_adv_edge - self._rcv_nxt, 1)
+                ):
                     self.reset = True
                     self._close(discard=True)
                 return
@@ -690,10 +718,20 @@ class TcpEndpoint:
 
         # A new SYN for this 4-tuple while we linger in TIME_WAIT is the guest reusing its
         # port: RFC 9293 3.10.7.4 / RFC 6191 accept it when it is clearly newer.
-        if st is _TIME_WAIT and syn and not rst and not flags & _ACK and (
-                seq > self._rcv_nxt or (
-                    tsval >= 0 and (tsval - self._ts_recent) & MASK < _HALF
-                    and tsval != self._ts_recent)):
+        if (
+            st is _TIME_WAIT
+            and syn
+            and not rst
+            and not flags & _ACK
+            and (
+                seq > self._rcv_nxt
+                or (
+                    tsval >= 0
+                    and (tsval - self._ts_recent) & MASK < _HALF
+                    and tsval != self._ts_recent
+                )
+            )
+        ):
             self.reopen = True
             self._close()
             return
@@ -752,15 +790,19 @@ class TcpEndpoint:
         scaled = wnd << self._snd_ws
         if ack > una:
             self._on_new_ack(ack, now, tsecr)
-        elif (ack == una and plen == 0 and not fin and self._snd_max > una
-              and ack + scaled == self._snd_wl2 + self._snd_wnd):
+        elif (
+            ack == una
+            and plen == 0
+            and not fin
+            and self._snd_max > una
+            and ack + scaled == self._snd_wl2 + self._snd_wnd
+        ):
             self._on_dup_ack(now)
         # The window is taken from a segment that is not older than the last one that set
         # it (RFC 9293's SND.WL1/WL2 test) or that acknowledges new data (as Linux does: a
         # guest that rolled SND.NXT back after a timeout sends ACKs with older sequence
         # numbers, and those are still its freshest word on the window).
-        if (ack > una or self._snd_wl1 < seq
-                or (self._snd_wl1 == seq and self._snd_wl2 <= ack)):
+        if ack > una or self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
             self._snd_wnd = scaled
             if scaled > self._max_snd_wnd:
                 self._max_snd_wnd = scaled
@@ -816,8 +858,7 @@ class TcpEndpoint:
         elif fin:
             self._ack_now = True  # a retransmitted FIN: re-ACK it
 
-    def _slow_listen(self, pkt: memoryview, n: int, flags: int, seq_w: int,
-                     now: float) -> None:
+    def _slow_listen(self, pkt: memoryview, n: int, flags: int, seq_w: int, now: float) -> None:
         """Before `accept`: only a reset or a changed SYN from the guest matters."""
         if flags & _RST:
             if seq_w == self._rcv_nxt & MASK:
@@ -1090,8 +1131,9 @@ class TcpEndpoint:
             self._rttvar = (1 - beta) * self._rttvar + beta * abs(self._srtt - rtt)
             self._srtt = (1 - alpha) * self._srtt + alpha * rtt
         p = self._p
-        self._rto = min(max(self._srtt + max(CLOCK_GRANULARITY, 4 * self._rttvar), p.rto_min),
-                        p.rto_max)
+        self._rto = min(
+            max(self._srtt + max(CLOCK_GRANULARITY, 4 * self._rttvar), p.rto_min), p.rto_max
+        )
         self._rto_base = self._rto
 
     def _ts_now(self, now: float) -> int:
@@ -1115,8 +1157,11 @@ class TcpEndpoint:
                 self._send_synack(now)
             return
         sent = False
-        if st in _SENDING and (self._rexmit or self._snd_nxt < self._snd_end
-                               or (self._fin_queued and self._snd_nxt <= self._fin_seq)):
+        if st in _SENDING and (
+            self._rexmit
+            or self._snd_nxt < self._snd_end
+            or (self._fin_queued and self._snd_nxt <= self._fin_seq)
+        ):
             sent = self._send_data(now)
         if self._ack_now and not sent and self._t_retry == INF:
             self._send_ack(now)
@@ -1141,8 +1186,9 @@ class TcpEndpoint:
         if self._ts_ok:
             opts = _TS_PREFIX + _TS.pack(self._ts_now(now), self._ts_recent)
             if self._ooo and self._sack_ok:
-                opts = wire.options_bytes(ts=(self._ts_now(now), self._ts_recent),
-                                          sack=self._sack_blocks())
+                opts = wire.options_bytes(
+                    ts=(self._ts_now(now), self._ts_recent), sack=self._sack_blocks()
+                )
         elif self._ooo and self._sack_ok:
             opts = wire.options_bytes(sack=self._sack_blocks())
         else:
@@ -1161,8 +1207,9 @@ class TcpEndpoint:
             self._t_retry = now + EGRESS_RETRY
             return False
         window, opts = self._ack_fields(now)
-        n = self._writer.write(slot, self._snd_nxt if seq < 0 else seq, self._rcv_nxt, _ACK,
-                               window, opts, 0)
+        n = self._writer.write(
+            slot, self._snd_nxt if seq < 0 else seq, self._rcv_nxt, _ACK, window, opts, 0
+        )
         self.egress.commit(n, self.peer)
         self._ack_sent()
         return True
@@ -1332,14 +1379,16 @@ class TcpEndpoint:
         if st is not _CLOSED and st is not _TIME_WAIT:
             if p.idle_timeout > 0:
                 t = min(t, max(self._last_rx, self._last_host) + p.idle_timeout)
-            if (p.ack_idle_fail > 0
-                    and self._snd_max - self._snd_una >= (p.ack_idle_min_inflight or self._mss)):
+            if p.ack_idle_fail > 0 and self._snd_max - self._snd_una >= (
+                p.ack_idle_min_inflight or self._mss
+            ):
                 # exactly the condition handle_timer acts on: a deadline it would ignore
                 # would come back as "due" forever
                 t = min(t, self.last_ack_progress + p.ack_idle_fail)
             if p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
-                t = min(t, self._last_rx + p.keepalive_idle
-                        + self._ka_probes * p.keepalive_interval)
+                t = min(
+                    t, self._last_rx + p.keepalive_idle + self._ka_probes * p.keepalive_interval
+                )
         elif st is _CLOSED:
             pending = self._pending_rst is not None and self._t_retry != INF
             if pending:
@@ -1368,8 +1417,11 @@ class TcpEndpoint:
         if p.idle_timeout > 0 and now >= max(self._last_rx, self._last_host) + p.idle_timeout:
             self._give_up(now)
             return
-        if (p.ack_idle_fail > 0 and now >= self.last_ack_progress + p.ack_idle_fail
-                and self.in_flight >= (p.ack_idle_min_inflight or self._mss)):
+        if (
+            p.ack_idle_fail > 0
+            and now >= self.last_ack_progress + p.ack_idle_fail
+            and self.in_flight >= (p.ack_idle_min_inflight or self._mss)
+        ):
             self._give_up(now)  # the guest stopped acknowledging: free what it pins
             return
         if now >= self._t_retry:
@@ -1383,9 +1435,12 @@ class TcpEndpoint:
         if now >= self._t_delack:
             self._t_delack = INF
             self._ack_now = True
-        if (p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD
-                and now >= self._last_rx + p.keepalive_idle
-                + self._ka_probes * p.keepalive_interval):
+        if (
+            p.keepalive_idle > 0
+            and st is not _LISTEN
+            and st is not _SYN_RCVD
+            and now >= self._last_rx + p.keepalive_idle + self._ka_probes * p.keepalive_interval
+        ):
             if self._ka_probes >= p.keepalive_count:
                 self._give_up(now)
                 return

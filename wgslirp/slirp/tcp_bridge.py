@@ -70,8 +70,9 @@ class TcpFlow(Flow):
         "synack_sent",
     )
 
-    def __init__(self, key: TcpKey, peer: int, now: float, ep: TcpEndpoint,
-                 sock: socket.socket) -> None:
+    def __init__(
+        self, key: TcpKey, peer: int, now: float, ep: TcpEndpoint, sock: socket.socket
+    ) -> None:
         super().__init__(key, peer, now)
         self.ep = ep
         self.sock = sock
@@ -88,12 +89,23 @@ class TcpFlow(Flow):
 
 
 class TcpBridge:
-    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[TcpFlow],
-                 loop: Loop, params: TcpParams, *, error_signal: str = "icmp",
-                 fast_dial: float = 0.005, sock_rcvbuf: int = 0, sock_sndbuf: int = 0,
-                 ack_idle_gate: float = 0.0, ack_idle_min_inflight: int = 0,
-                 gate_log: str = "info",
-                 iss_source: itertools.count[int] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: BridgeContext,
+        policy: EgressPolicy,
+        table: FlowTable[TcpFlow],
+        loop: Loop,
+        params: TcpParams,
+        *,
+        error_signal: str = "icmp",
+        fast_dial: float = 0.005,
+        sock_rcvbuf: int = 0,
+        sock_sndbuf: int = 0,
+        ack_idle_gate: float = 0.0,
+        ack_idle_min_inflight: int = 0,
+        gate_log: str = "info",
+        iss_source: itertools.count[int] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.table = table
@@ -186,8 +198,15 @@ class TcpBridge:
             self._signal_failure(pkt, n, peer, None, None, now, force_rst=True)
             return
         iss = int.from_bytes(_random4(), "big")
-        ep = TcpEndpoint(self.params, local=(dst, dport), remote=(src, sport), iss=iss,
-                         now=now, egress=ctx.egress, peer=peer)
+        ep = TcpEndpoint(
+            self.params,
+            local=(dst, dport),
+            remote=(src, sport),
+            iss=iss,
+            now=now,
+            egress=ctx.egress,
+            peer=peer,
+        )
         ep.on_syn(pkt, n, now)
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -222,8 +241,10 @@ class TcpBridge:
 
     def _at_cap(self, peer: int) -> bool:
         t = self.table
-        return bool((t.max_flows and len(t) >= t.max_flows)
-                    or (t.max_per_peer and t.peer_count(peer) >= t.max_per_peer))
+        return bool(
+            (t.max_flows and len(t) >= t.max_flows)
+            or (t.max_per_peer and t.peer_count(peer) >= t.max_per_peer)
+        )
 
     # ------------------------------------------------------- connect outcome
 
@@ -236,15 +257,25 @@ class TcpBridge:
             flow.ep.accept(now)
         self._pump(flow, now)
 
-    def _connect_failed(self, pkt: memoryview | None, n: int, peer: int, err: int,
-                        now: float) -> None:
+    def _connect_failed(
+        self, pkt: memoryview | None, n: int, peer: int, err: int, now: float
+    ) -> None:
         self.stats.dials_failed += 1
         code = icmp.PORT_UNREACHABLE if err == errno.ECONNREFUSED else icmp.HOST_UNREACHABLE
         if pkt is not None:
             self._signal_failure(pkt, n, peer, err, code, now)
 
-    def _signal_failure(self, pkt: memoryview, n: int, peer: int, err: int | None,
-                        code: int | None, now: float, *, force_rst: bool = False) -> None:
+    def _signal_failure(
+        self,
+        pkt: memoryview,
+        n: int,
+        peer: int,
+        err: int | None,
+        code: int | None,
+        now: float,
+        *,
+        force_rst: bool = False,
+    ) -> None:
         """Tell the guest its SYN failed, the TCP_ERROR_SIGNAL way."""
         how = "rst" if force_rst else self.error_signal
         if how == "rst":
@@ -312,16 +343,22 @@ class TcpBridge:
 
     def _gated(self, flow: TcpFlow, now: float) -> bool:
         ep = flow.ep
-        return bool(self.ack_idle_gate and now - ep.last_ack_progress >= self.ack_idle_gate
-                    and ep.in_flight >= (self.ack_idle_min_inflight or ep.mss))
+        return bool(
+            self.ack_idle_gate
+            and now - ep.last_ack_progress >= self.ack_idle_gate
+            and ep.in_flight >= (self.ack_idle_min_inflight or ep.mss)
+        )
 
     def _read_host(self, flow: TcpFlow, now: float) -> None:
         ep, sock = flow.ep, flow.sock
         if self._gated(flow, now):
             if not flow.read_paused and self._gate_log is not None:
-                log.log(self._gate_log, "tcp %s: guest acknowledged nothing for %.1f s; "
-                        "pausing reads from the host", _flow_name(flow),
-                        now - ep.last_ack_progress)
+                log.log(
+                    self._gate_log,
+                    "tcp %s: guest acknowledged nothing for %.1f s; pausing reads from the host",
+                    _flow_name(flow),
+                    now - ep.last_ack_progress,
+                )
             flow.read_paused = True
             self.stats.gated += 1
             return
@@ -377,8 +414,11 @@ class TcpBridge:
         ep = flow.ep
         if not flow.connecting:
             self._write_host(flow, now)
-            if flow.read_paused and ep.send_space() * READ_RESUME_FRACTION >= \
-                    self.params.snd_buffer and not self._gated(flow, now):
+            if (
+                flow.read_paused
+                and ep.send_space() * READ_RESUME_FRACTION >= self.params.snd_buffer
+                and not self._gated(flow, now)
+            ):
                 flow.read_paused = False
                 self._read_host(flow, now)
         ep.flush(now)
@@ -416,8 +456,11 @@ class TcpBridge:
     def _compact(self) -> None:
         """Superseded entries (a flow rescheduled earlier, or closed) wait for their own
         deadline, which can be an hour away; rebuild once they outnumber live flows."""
-        self._heap = [(f.heap_at, next(self._seq), f.key) for f in self.table.values()
-                      if f.heap_at != float("inf")]
+        self._heap = [
+            (f.heap_at, next(self._seq), f.key)
+            for f in self.table.values()
+            if f.heap_at != float("inf")
+        ]
         heapq.heapify(self._heap)
 
     def get_timer(self) -> float | None:
@@ -497,6 +540,7 @@ class TcpBridgeStats(Counters):
     bytes_to_guest: int
     bytes_to_host: int
 
+
 def _flow_name(flow: TcpFlow) -> str:
     key: TcpKey = flow.key  # type: ignore[assignment]
     return f"{addr(key[1])}:{key[2]} -> {addr(key[3])}:{key[4]}"
@@ -520,8 +564,7 @@ def rst_reply_into(out: memoryview, pkt: memoryview, n: int, ttl: int) -> int:
         r_seq, r_ack, r_flags = ack, 0, TCP_RST
     else:
         r_seq, r_ack, r_flags = 0, (seq + seg_len) & 0xFFFFFFFF, TCP_RST | TCP_ACK
-    struct.pack_into(">HHIIHHHH", out, 20, dport, sport, r_seq, r_ack, (5 << 12) | r_flags,
-                     0, 0, 0)
+    struct.pack_into(">HHIIHHHH", out, 20, dport, sport, r_seq, r_ack, (5 << 12) | r_flags, 0, 0, 0)
     pseudo = (dst >> 16) + (dst & 0xFFFF) + (src >> 16) + (src & 0xFFFF) + PROTO_TCP + 20
     struct.pack_into(">H", out, 36, fold(ones_sum(out[20:40], pseudo)))
     ipv4.write_header(out, total_length=40, proto=PROTO_TCP, src=dst, dst=src, ttl=ttl)

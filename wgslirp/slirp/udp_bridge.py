@@ -33,9 +33,18 @@ UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst add
 class UdpFlow(Flow):
     __slots__ = ("aport", "gport", "guest", "remote", "sock", "src_alias", "tos")
 
-    def __init__(self, key: UdpKey, peer: int, now: float, sock: socket.socket,
-                 guest: int, gport: int, src_alias: int, aport: int,
-                 remote: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        key: UdpKey,
+        peer: int,
+        now: float,
+        sock: socket.socket,
+        guest: int,
+        gport: int,
+        src_alias: int,
+        aport: int,
+        remote: tuple[str, int],
+    ) -> None:
         super().__init__(key, peer, now)
         self.sock = sock
         self.guest = guest
@@ -47,8 +56,7 @@ class UdpFlow(Flow):
 
 
 class UdpBridge:
-    def __init__(self, ctx: BridgeContext, policy: EgressPolicy,
-                 table: FlowTable[UdpFlow]) -> None:
+    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[UdpFlow]) -> None:
         self.ctx = ctx
         self.policy = policy
         self.table = table
@@ -86,8 +94,7 @@ class UdpBridge:
         stats.udp_tx_packets += 1
         stats.udp_tx_bytes += plen
 
-    def _open(self, key: UdpKey, peer: int, pkt: memoryview, n: int,
-              now: float) -> UdpFlow | None:
+    def _open(self, key: UdpKey, peer: int, pkt: memoryview, n: int, now: float) -> UdpFlow | None:
         _, src, sport, dst, dport = key
         decision = self.policy.decide(PROTO_UDP, dst, dport)
         ctx = self.ctx
@@ -138,7 +145,7 @@ class UdpBridge:
                     sock.recv_into(overflow)
                 return
             try:
-                nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET:mtu], overflow])[0]
+                nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET : mtu], overflow])[0]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -148,15 +155,33 @@ class UdpBridge:
             stats.udp_rx_packets += 1
             stats.udp_rx_bytes += nbytes
             if nbytes <= room:
-                k = udp.build_in_place(slot, flow.src_alias, flow.guest, flow.aport,
-                                       flow.gport, nbytes, ctx.ttl, flow.tos, ctx.next_ident())
+                k = udp.build_in_place(
+                    slot,
+                    flow.src_alias,
+                    flow.guest,
+                    flow.aport,
+                    flow.gport,
+                    nbytes,
+                    ctx.ttl,
+                    flow.tos,
+                    ctx.next_ident(),
+                )
                 egress.commit(k, flow.peer)
             else:  # larger than the tunnel MTU: assemble, then fragment
                 big = memoryview(ctx.scratch)
-                big[udp.PAYLOAD_OFFSET:mtu] = slot[udp.PAYLOAD_OFFSET:mtu]
+                big[udp.PAYLOAD_OFFSET : mtu] = slot[udp.PAYLOAD_OFFSET : mtu]
                 big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
-                k = udp.build_in_place(big, flow.src_alias, flow.guest, flow.aport,
-                                       flow.gport, nbytes, ctx.ttl, flow.tos, ctx.next_ident())
+                k = udp.build_in_place(
+                    big,
+                    flow.src_alias,
+                    flow.guest,
+                    flow.aport,
+                    flow.gport,
+                    nbytes,
+                    ctx.ttl,
+                    flow.tos,
+                    ctx.next_ident(),
+                )
                 ctx.emit(big, k, flow.peer)
 
     def _drain_errqueue(self, flow: UdpFlow) -> None:
@@ -172,25 +197,32 @@ class UdpBridge:
             for level, kind, payload in anc:
                 if level != socket.SOL_IP or kind != IP_RECVERR or len(payload) < 16:
                     continue
-                _errno, origin, ee_type, ee_code, _pad, info, _data = _EXT_ERR.unpack_from(
-                    payload)
+                _errno, origin, ee_type, ee_code, _pad, info, _data = _EXT_ERR.unpack_from(payload)
                 if origin != SO_EE_ORIGIN_ICMP:
                     continue
                 self._relay_icmp_error(flow, ee_type, ee_code, info, data)
 
-    def _relay_icmp_error(self, flow: UdpFlow, ee_type: int, ee_code: int, info: int,
-                          payload: bytes) -> None:
+    def _relay_icmp_error(
+        self, flow: UdpFlow, ee_type: int, ee_code: int, info: int, payload: bytes
+    ) -> None:
         # Rebuild the guest's datagram as the guest sent it, to quote it in the error.
         q = self._quote
-        n = udp.build_udp_into(q, flow.guest, flow.src_alias, flow.gport, flow.aport,
-                               payload[: len(q) - udp.PAYLOAD_OFFSET])
+        n = udp.build_udp_into(
+            q,
+            flow.guest,
+            flow.src_alias,
+            flow.gport,
+            flow.aport,
+            payload[: len(q) - udp.PAYLOAD_OFFSET],
+        )
         slot = self.ctx.egress.reserve()
         if slot is None:
             self.ctx.stats.egress_full += 1
             return
         if ee_type == icmp.DEST_UNREACHABLE:
-            k = icmp.dest_unreachable_into(slot, q, n, ee_code, None, self.ctx.ttl,
-                                           next_hop_mtu=info)
+            k = icmp.dest_unreachable_into(
+                slot, q, n, ee_code, None, self.ctx.ttl, next_hop_mtu=info
+            )
         elif ee_type == icmp.TIME_EXCEEDED:
             k = icmp.time_exceeded_into(slot, q, n, ee_code, None, self.ctx.ttl)
         else:

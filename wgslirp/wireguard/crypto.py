@@ -140,10 +140,14 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     n = _WORDS4.unpack(nonce16)
     return struct.pack(
         "<8I",
-        (w[0] - _SIGMA[0]) & 0xFFFFFFFF, (w[1] - _SIGMA[1]) & 0xFFFFFFFF,
-        (w[2] - _SIGMA[2]) & 0xFFFFFFFF, (w[3] - _SIGMA[3]) & 0xFFFFFFFF,
-        (w[12] - n[0]) & 0xFFFFFFFF, (w[13] - n[1]) & 0xFFFFFFFF,
-        (w[14] - n[2]) & 0xFFFFFFFF, (w[15] - n[3]) & 0xFFFFFFFF,
+        (w[0] - _SIGMA[0]) & 0xFFFFFFFF,
+        (w[1] - _SIGMA[1]) & 0xFFFFFFFF,
+        (w[2] - _SIGMA[2]) & 0xFFFFFFFF,
+        (w[3] - _SIGMA[3]) & 0xFFFFFFFF,
+        (w[12] - n[0]) & 0xFFFFFFFF,
+        (w[13] - n[1]) & 0xFFFFFFFF,
+        (w[14] - n[2]) & 0xFFFFFFFF,
+        (w[15] - n[3]) & 0xFFFFFFFF,
     )
 
 

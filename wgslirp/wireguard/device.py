@@ -123,6 +123,7 @@ class DeviceStats(Counters):
     unknown_index: int
     unknown_peer: int
 
+
 @dataclass(frozen=True, slots=True)
 class HandshakeCompleted:
     peer: Peer
@@ -302,8 +303,13 @@ class Device:
         return None
 
     def _check_macs(
-        self, data: bytes | memoryview, sender: int, mac1_off: int, mac2_off: int,
-        addr: Addr, now: float,
+        self,
+        data: bytes | memoryview,
+        sender: int,
+        mac1_off: int,
+        mac2_off: int,
+        addr: Addr,
+        now: float,
     ) -> bool:
         if not self.cookies.check_mac1(data, mac1_off):
             self.stats.mac1_invalid += 1
@@ -439,9 +445,7 @@ class Device:
         hs = peer.handshake
         self._drop_hs_index(peer)
         idx = self._new_index()
-        msg = noise.create_initiation(
-            self.identity, hs, idx, crypto.tai64n(self._wall())
-        )
+        msg = noise.create_initiation(self.identity, hs, idx, crypto.tai64n(self._wall()))
         peer.cookie.stamp(msg, INIT_MAC1, now)
         self._hs_index[idx] = peer
         peer.last_initiation_sent = now
@@ -503,8 +507,12 @@ class Device:
             peer.t_persistent = now + peer.keepalive
         peer.rx_bytes += n
         peer.rx_packets += 1
-        if (kp.initiator and not peer.rekey_on_receive_sent and kp is peer.current
-                and now - kp.created >= REKEY_ON_RECEIVE_AGE):
+        if (
+            kp.initiator
+            and not peer.rekey_on_receive_sent
+            and kp is peer.current
+            and now - kp.created >= REKEY_ON_RECEIVE_AGE
+        ):
             peer.rekey_on_receive_sent = True
             self.initiate(peer, now)
         if plen == 0:
@@ -530,7 +538,11 @@ class Device:
         return peer, total
 
     def encrypt(
-        self, peer: Peer, buf: bytearray | memoryview, n: int, now: float,
+        self,
+        peer: Peer,
+        buf: bytearray | memoryview,
+        n: int,
+        now: float,
         out: bytearray | memoryview,
     ) -> int:
         """Seal the `n`-byte packet at the start of `buf` into `out`; returns bytes written.
@@ -570,8 +582,12 @@ class Device:
         if peer.keepalive:
             peer.t_persistent = now + peer.keepalive
         if n and peer.t_new_handshake is None:
-            peer.t_new_handshake = (now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
-                                    + self._rng.random() * REKEY_TIMEOUT_JITTER_MAX)
+            peer.t_new_handshake = (
+                now
+                + KEEPALIVE_TIMEOUT
+                + REKEY_TIMEOUT
+                + self._rng.random() * REKEY_TIMEOUT_JITTER_MAX
+            )
         if kp.initiator and (
             ctr + 1 >= REKEY_AFTER_MESSAGES or now - kp.created >= REKEY_AFTER_TIME
         ):

@@ -147,9 +147,7 @@ def open_initiation(identity: Identity, msg: bytes | memoryview) -> OpenedInitia
     return OpenedInitiation(static, c, h, e, sender)
 
 
-def finish_initiation(
-    hs: Handshake, opened: OpenedInitiation, msg: bytes | memoryview
-) -> bytes:
+def finish_initiation(hs: Handshake, opened: OpenedInitiation, msg: bytes | memoryview) -> bytes:
     """Second half: authenticate the timestamp with the peer's static-static DH.
 
     Returns the timestamp; the caller checks it is newer than the last one before it

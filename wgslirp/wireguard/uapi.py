@@ -182,8 +182,10 @@ def parse_set(lines: list[str], *, listen_port: int) -> SetRequest:
     for line in lines:
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(errno.EPROTO, f"a line without '=' ({len(line)} bytes; not echoed: "
-                                          "it could hold key material)")
+            raise UapiError(
+                errno.EPROTO,
+                f"a line without '=' ({len(line)} bytes; not echoed: it could hold key material)",
+            )
         if key == "public_key":
             peer = PeerChange(_key(value, key))
             req.peers.append(peer)
@@ -202,8 +204,7 @@ def _device_line(req: SetRequest, key: str, value: str, listen_port: int) -> Non
         req.private_key = sk
     elif key == "listen_port":
         if _uint(value, 0xFFFF, key) != listen_port:
-            raise UapiError(errno.EOPNOTSUPP,
-                            "listen_port cannot change while the router runs")
+            raise UapiError(errno.EOPNOTSUPP, "listen_port cannot change while the router runs")
     elif key == "fwmark":
         if value and _uint(value, 0xFFFFFFFF, key) != 0:
             raise UapiError(errno.EOPNOTSUPP, "fwmark is not supported")
@@ -255,8 +256,10 @@ def apply_set(device: Device, req: SetRequest, *, now: float) -> list[str]:
         before = set(device.peers)
         device.set_private_key(req.private_key)
         changes.append(f"private key replaced; public key now {_short(device.public_key)}")
-        changes.extend(f"peer {_short(k)} removed (it had the new device public key)"
-                       for k in before - set(device.peers))
+        changes.extend(
+            f"peer {_short(k)} removed (it had the new device public key)"
+            for k in before - set(device.peers)
+        )
     if req.replace_peers:
         for key in list(device.peers):
             device.remove_peer(key)
@@ -274,9 +277,13 @@ def apply_set(device: Device, req: SetRequest, *, now: float) -> list[str]:
             if pc.update_only:
                 continue
             try:
-                peer = device.add_peer(pc.public_key, preshared_key=pc.preshared_key,
-                                       endpoint=pc.endpoint, keepalive=pc.keepalive or 0,
-                                       now=now)
+                peer = device.add_peer(
+                    pc.public_key,
+                    preshared_key=pc.preshared_key,
+                    endpoint=pc.endpoint,
+                    keepalive=pc.keepalive or 0,
+                    now=now,
+                )
             except (ValueError, CryptoError) as exc:
                 raise UapiError(errno.EINVAL, f"cannot add peer: {exc}") from exc
             changes.append(f"peer {_short(pc.public_key)} added")
@@ -315,8 +322,13 @@ def _key(value: str, name: str) -> bytes:
 def _uint(value: str, limit: int, name: str) -> int:
     # str.isdigit accepts non-ASCII digits, int() signs, spaces and underscores, and a
     # very long digit string would trip Python's int conversion limit
-    if (not value or len(value) > 20 or not value.isascii() or not value.isdigit()
-            or int(value) > limit):
+    if (
+        not value
+        or len(value) > 20
+        or not value.isascii()
+        or not value.isdigit()
+        or int(value) > limit
+    ):
         raise UapiError(errno.EINVAL, f"{name} must be an integer from 0 to {limit}")
     return int(value)
 
