@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
     cfg = load_config(os.environ, args.config)
     if embedded:
-        from wgslirp.state import ensure_default_identity
+        from wgslirp.identity import ensure_default_identity
 
         cfg = ensure_default_identity(cfg)
     return cfg
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(redacted(cfg), indent=2, sort_keys=True))
             return 0
         if cmd == "client-config":
-            from wgslirp.state import client_config_text, read_client_private_key
+            from wgslirp.identity import client_config_text, read_client_private_key
 
             cfg = _load(args, embedded=True)
             print(client_config_text(cfg, read_client_private_key(cfg)), end="")
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _announce(cfg: Config, address: tuple[str, int]) -> None:
-    from wgslirp.state import client_config_text, read_client_private_key
+    from wgslirp.identity import client_config_text, read_client_private_key
 
     assert cfg.private_key is not None
     client_key = read_client_private_key(cfg)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from tests.unit.test_tcp_support import Conn, Seg, guest_pkt
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import TcpParams, TcpState
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
 
-ACK, SYN, FIN, RST, PSH = wire.ACK, wire.SYN, wire.FIN, wire.RST, wire.PSH
+ACK, SYN, FIN, RST, PSH = tcp.ACK, tcp.SYN, tcp.FIN, tcp.RST, tcp.PSH
 
 
 def _ack_everything(c: Conn, segs: list[Seg]) -> bytes:
@@ -57,7 +57,7 @@ def test_synack_only_after_accept_and_acks_the_syn() -> None:
 
 
 def test_syn_retransmit_answered_with_same_synack() -> None:
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, wscale=7, sack_perm=True, ts=(9, 0)))
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, wscale=7, sack_perm=True, ts=(9, 0)))
     c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
     # A retransmitted SYN while the host connect is pending changes nothing.
     c.ep.receive(memoryview(c.syn), len(c.syn), c.now)
@@ -80,7 +80,7 @@ def test_syn_retransmit_answered_with_same_synack() -> None:
     # ... and the handshake completes normally afterwards.
     c.gseq += 1
     c.gack = first.seq + 1
-    c.send(b"", ACK, opts=wire.options_bytes(ts=(10, first.opts.ts_val or 0)))
+    c.send(b"", ACK, opts=tcp.options_bytes(ts=(10, first.opts.ts_val or 0)))
     assert c.ep.state is TcpState.ESTABLISHED
 
 
@@ -151,7 +151,7 @@ def test_options_absent_when_guest_did_not_offer_them() -> None:
 def test_options_negotiated_when_offered() -> None:
     c = Conn(
         TcpParams(mss=1380),
-        syn_opts=wire.options_bytes(mss=1460, wscale=8, sack_perm=True, ts=(50, 0)),
+        syn_opts=tcp.options_bytes(mss=1460, wscale=8, sack_perm=True, ts=(50, 0)),
         ts=True,
     )
     sa = c.handshake()
@@ -168,7 +168,7 @@ def test_options_negotiated_when_offered() -> None:
 
 
 def test_sack_not_offered_when_disabled() -> None:
-    c = Conn(TcpParams(sack=False), syn_opts=wire.options_bytes(mss=1460, sack_perm=True))
+    c = Conn(TcpParams(sack=False), syn_opts=tcp.options_bytes(mss=1460, sack_perm=True))
     sa = c.handshake()
     assert not sa.opts.sack_perm
 
@@ -260,7 +260,7 @@ def test_window_respected_to_the_byte() -> None:
 
 
 def test_consume_opens_window_with_update() -> None:
-    c = Conn(TcpParams(rcv_buffer=8192, ack_delay=0.5), syn_opts=wire.options_bytes(mss=1000))
+    c = Conn(TcpParams(rcv_buffer=8192, ack_delay=0.5), syn_opts=tcp.options_bytes(mss=1000))
     c.handshake()
     for _ in range(8):
         c.send(b"q" * 1000)
@@ -465,11 +465,11 @@ def test_ack_for_unsent_data_is_dropped_and_answered() -> None:
 
 
 def test_paws_drops_old_timestamp() -> None:
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, ts=(1000, 0)), ts=True)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, ts=(1000, 0)), ts=True)
     c.ts_val = 1000
     c.handshake()
     c.send(b"new", ACK)
-    c.send(b"old", ACK, opts=wire.options_bytes(ts=(500, c.peer_ts_recent)))
+    c.send(b"old", ACK, opts=tcp.options_bytes(ts=(500, c.peer_ts_recent)))
     assert c.ep.readable() == 3
     segs = c.out()
     assert segs and segs[-1].ack == c.gseq - 3  # the stale segment was refused and ACKed
@@ -579,7 +579,7 @@ def test_new_syn_in_time_wait_reopens() -> None:
     c.gack += 1
     c.send(b"", ACK | FIN)
     assert c.ep.state is TcpState.TIME_WAIT
-    syn = guest_pkt(c.gseq + 100_000, 0, SYN, opts=wire.options_bytes(mss=1460))
+    syn = guest_pkt(c.gseq + 100_000, 0, SYN, opts=tcp.options_bytes(mss=1460))
     c.ep.receive(memoryview(syn), len(syn), c.now)
     assert c.ep.reopen and c.ep.closed  # the bridge starts a new connection with this SYN
 
@@ -595,7 +595,7 @@ def test_tos_is_copied_into_segments() -> None:
 
 
 def test_ack_at_the_right_edge_of_a_full_window_is_processed() -> None:
-    c = Conn(TcpParams(rcv_buffer=4000), syn_opts=wire.options_bytes(mss=1000))
+    c = Conn(TcpParams(rcv_buffer=4000), syn_opts=tcp.options_bytes(mss=1000))
     c.handshake()
     for _ in range(4):
         c.send(b"f" * 1000)  # the guest fills our window; the host reads nothing

@@ -26,11 +26,11 @@ from tests.unit.test_tcp_support import (
     Egress,
     guest_pkt,
 )
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import TcpEndpoint, TcpParams, TcpState
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
 from wgslirp.slirp.tcp_seq import unwrap
 
-ACK, SYN, FIN, RST, PSH = wire.ACK, wire.SYN, wire.FIN, wire.RST, wire.PSH
+ACK, SYN, FIN, RST, PSH = tcp.ACK, tcp.SYN, tcp.FIN, tcp.RST, tcp.PSH
 M = 0xFFFFFFFF
 
 
@@ -93,7 +93,7 @@ class Peer:
         self.right_edge = 0  # highest right edge we ever advertised
         self.reset_seen = False
         self.out: list[bytearray] = []
-        self.syn_opts = wire.options_bytes(
+        self.syn_opts = tcp.options_bytes(
             mss=sc.guest_mss, wscale=sc.wscale, sack_perm=sc.sack, ts=(1, 0) if sc.ts else None
         )
 
@@ -106,7 +106,7 @@ class Peer:
             first = next((r for r in ranges if r[0] <= self.latest_ooo < r[1]), ranges[0])
             blocks = [first, *[r for r in ranges if r != first]][: 3 if ts else 4]
             blocks = [(a & M, b & M) for a, b in blocks]
-        return wire.options_bytes(ts=ts, sack=blocks)
+        return tcp.options_bytes(ts=ts, sack=blocks)
 
     def _ooo_ranges(self) -> list[tuple[int, int]]:
         ranges: list[tuple[int, int]] = []
@@ -194,10 +194,10 @@ class Peer:
 
     # ---- input
     def on_packet(self, pkt: bytes, now: float) -> None:
-        p = wire.parse(pkt, len(pkt))
-        assert p is not None and wire.checksum_ok(pkt, len(pkt))
+        p = tcp.parse(pkt, len(pkt))
+        assert p is not None and tcp.checksum_ok(pkt, len(pkt))
         _, _, _, _, seq_w, ack_w, flags, wfield, ooff, poff, plen = p
-        opts = wire.parse_options(pkt, ooff, poff)
+        opts = tcp.parse_options(pkt, ooff, poff)
         assert opts is not None
         data = bytes(pkt[poff : poff + plen])
         if flags & RST:
@@ -371,7 +371,7 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
             if dest == "guest":
                 peer.on_packet(pkt, now)
             elif not started:
-                p = wire.parse(pkt, len(pkt))
+                p = tcp.parse(pkt, len(pkt))
                 if p is not None and p[6] & SYN and not p[6] & ACK:
                     ep.on_syn(memoryview(pkt), len(pkt), now)
                     ep.accept(now)
@@ -521,7 +521,7 @@ def test_arbitrary_segments_never_break_invariants(
         now=0.0,
         egress=egress,
     )
-    opts = wire.options_bytes(mss=1000, wscale=2, sack_perm=True, ts=(5, 0)) if negotiated else b""
+    opts = tcp.options_bytes(mss=1000, wscale=2, sack_perm=True, ts=(5, 0)) if negotiated else b""
     syn = guest_pkt(2**32 - 5, 0, SYN, opts=opts)
     ep.on_syn(memoryview(syn), len(syn), 0.0)
     ep.accept(0.0)
@@ -538,6 +538,6 @@ def test_arbitrary_segments_never_break_invariants(
         ep.consume(ep.readable(), now)
         assert ep.in_flight >= 0 and ep.readable() >= 0
         for out in egress.packets:
-            assert wire.checksum_ok(out, len(out))
+            assert tcp.checksum_ok(out, len(out))
             assert len(out) <= 40 + 1340
         egress.packets.clear()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 from tests.unit.test_tcp_support import Conn
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import MAX_OOO_RANGES, TcpParams
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import MAX_OOO_RANGES, TcpParams
 
-ACK, FIN = wire.ACK, wire.FIN
-SACK_SYN = wire.options_bytes(mss=1460, sack_perm=True)
+ACK, FIN = tcp.ACK, tcp.FIN
+SACK_SYN = tcp.options_bytes(mss=1460, sack_perm=True)
 
 
 def test_out_of_order_acked_at_once_with_sack_then_delivered() -> None:
@@ -28,7 +28,7 @@ def test_out_of_order_acked_at_once_with_sack_then_delivered() -> None:
 
 
 def test_sack_blocks_most_recent_first_and_merged() -> None:
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, sack_perm=True, ts=(1, 0)), ts=True)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, sack_perm=True, ts=(1, 0)), ts=True)
     c.ts_val = 10
     c.handshake()
     b = c.gseq
@@ -116,7 +116,7 @@ def test_no_sack_blocks_without_sack_permitted() -> None:
 
 
 def test_guest_window_scale_applies_after_syn() -> None:
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, wscale=4), window=1000)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, wscale=4), window=1000)
     c.handshake()  # handshake ACK carries window 1000 << 4
     assert c.ep.snd_wnd == 16000
     c.send(b"", ACK, window=100)
@@ -124,14 +124,14 @@ def test_guest_window_scale_applies_after_syn() -> None:
 
 
 def test_unscaled_window_in_syn() -> None:
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, wscale=4), window=1000)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, wscale=4), window=1000)
     c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
     assert c.ep.snd_wnd == 1000  # RFC 7323 2.2: a SYN's window is never scaled
 
 
 def test_our_window_scaled_and_large() -> None:
     c = Conn(
-        TcpParams(rcv_buffer=1 << 20, wscale=5), syn_opts=wire.options_bytes(mss=1460, wscale=2)
+        TcpParams(rcv_buffer=1 << 20, wscale=5), syn_opts=tcp.options_bytes(mss=1460, wscale=2)
     )
     sa = c.handshake()
     assert sa.window == 65535 and sa.opts.wscale == 5
@@ -147,21 +147,21 @@ def test_our_window_scaled_and_large() -> None:
 
 def test_timestamps_echo_earliest_unacked_segment() -> None:
     # RFC 7323 4.3: with delayed ACKs the echo is the TSval of the first segment ACKed.
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, ts=(100, 0)), ts=True)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, ts=(100, 0)), ts=True)
     c.ts_val = 200
     c.handshake()
-    c.send(b"a" * 1340, opts=wire.options_bytes(ts=(300, c.peer_ts_recent)))
-    c.send(b"b" * 1340, opts=wire.options_bytes(ts=(301, c.peer_ts_recent)))
+    c.send(b"a" * 1340, opts=tcp.options_bytes(ts=(300, c.peer_ts_recent)))
+    c.send(b"b" * 1340, opts=tcp.options_bytes(ts=(301, c.peer_ts_recent)))
     (a,) = c.out()
     assert a.opts.ts_ecr == 300
-    c.send(b"c" * 10, opts=wire.options_bytes(ts=(302, c.peer_ts_recent)))
+    c.send(b"c" * 10, opts=tcp.options_bytes(ts=(302, c.peer_ts_recent)))
     (d,) = c.tick(0.02)
     assert d.opts.ts_ecr == 302
 
 
 def test_timestamp_rtt_measurement_after_retransmission() -> None:
     # Karn's rule forbids timing a retransmitted segment; its echoed timestamp does not.
-    c = Conn(syn_opts=wire.options_bytes(mss=1460, ts=(100, 0)), ts=True)
+    c = Conn(syn_opts=tcp.options_bytes(mss=1460, ts=(100, 0)), ts=True)
     c.ts_val = 200
     c.handshake()  # RTT ~0: SRTT ~0
     c.ep.write(b"m" * 1000, c.now)
@@ -171,6 +171,6 @@ def test_timestamp_rtt_measurement_after_retransmission() -> None:
     assert r.data == b"m" * 1000
     c.clock.advance(0.050)
     c.gack += 1000
-    c.send(b"", ACK, opts=wire.options_bytes(ts=(201, r.opts.ts_val or 0)))
+    c.send(b"", ACK, opts=tcp.options_bytes(ts=(201, r.opts.ts_val or 0)))
     # SRTT = 7/8 * ~0 + 1/8 * 50 ms (the timestamp clock ticks in milliseconds).
     assert abs(c.ep.srtt - 0.050 / 8) < 0.0003

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_tcp_support import Conn, Seg
-from wgslirp.net import tcp as wire
+from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
-from wgslirp.slirp.tcp import TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpParams
 
-ACK = wire.ACK
+ACK = tcp.ACK
 MSS = 1340
 
 
@@ -51,11 +51,11 @@ class Receiver:
                 self.ranges[0],
             )
             blocks = [first, *[r for r in self.ranges if r != first][:3]]
-        self.c.send(b"", ACK, opts=wire.options_bytes(sack=blocks) if blocks else b"")
+        self.c.send(b"", ACK, opts=tcp.options_bytes(sack=blocks) if blocks else b"")
 
 
 def _setup(sack: bool = False, cc: str = "newreno") -> tuple[Conn, Receiver, list[Seg]]:
-    syn = wire.options_bytes(mss=MSS, sack_perm=True) if sack else wire.options_bytes(mss=MSS)
+    syn = tcp.options_bytes(mss=MSS, sack_perm=True) if sack else tcp.options_bytes(mss=MSS)
     c = Conn(TcpParams(cc=cc), syn_opts=syn, window=65535)
     c.handshake()
     c.ep.write(bytes(range(256)) * 200, c.now)  # 51200 bytes, 39 segments

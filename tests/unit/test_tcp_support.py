@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wgslirp.net import ipv4
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import TcpEndpoint, TcpParams, TcpState
+from wgslirp.net import ipv4, tcp
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
 
 GUEST_IP = ipv4.addr_to_int("10.77.0.2")
 HOST_IP = ipv4.addr_to_int("93.184.216.34")
@@ -49,7 +48,7 @@ class Seg:
     ack: int
     flags: int
     window: int
-    opts: wire.Options
+    opts: tcp.Options
     data: bytes
     raw: bytes = field(repr=False)
 
@@ -59,19 +58,17 @@ class Seg:
     @property
     def seg_len(self) -> int:
         return (
-            len(self.data)
-            + (1 if self.flags & wire.SYN else 0)
-            + (1 if self.flags & wire.FIN else 0)
+            len(self.data) + (1 if self.flags & tcp.SYN else 0) + (1 if self.flags & tcp.FIN else 0)
         )
 
 
 def parse_seg(pkt: bytes) -> Seg:
-    parsed = wire.parse(pkt, len(pkt))
+    parsed = tcp.parse(pkt, len(pkt))
     assert parsed is not None, "endpoint emitted a malformed segment"
-    assert wire.checksum_ok(pkt, len(pkt)), "bad checksum"
+    assert tcp.checksum_ok(pkt, len(pkt)), "bad checksum"
     src, dst, sport, dport, seq, ack, flags, window, ooff, poff, plen = parsed
     assert (src, sport, dst, dport) == (HOST_IP, HOST_PORT, GUEST_IP, GUEST_PORT)
-    opts = wire.parse_options(pkt, ooff, poff)
+    opts = tcp.parse_options(pkt, ooff, poff)
     assert opts is not None
     return Seg(seq, ack, flags, window, opts, pkt[poff : poff + plen], pkt)
 
@@ -80,7 +77,7 @@ def guest_pkt(
     seq: int, ack: int, flags: int, data: bytes = b"", window: int = 65535, opts: bytes = b""
 ) -> bytearray:
     buf = bytearray(40 + len(opts) + len(data))
-    n = wire.build_into(
+    n = tcp.build_into(
         buf,
         src=GUEST_IP,
         dst=HOST_IP,
@@ -139,9 +136,9 @@ class Conn:
         self.gack = 0  # guest's next expected from us
         self.window = window
         if syn_opts is None:
-            syn_opts = wire.options_bytes(mss=1460)
+            syn_opts = tcp.options_bytes(mss=1460)
         self.syn_opts = syn_opts
-        self.syn = guest_pkt(guest_iss, 0, wire.SYN, window=window, opts=syn_opts)
+        self.syn = guest_pkt(guest_iss, 0, tcp.SYN, window=window, opts=syn_opts)
         self.peer_ts_recent = 0
 
     @property
@@ -155,13 +152,13 @@ class Conn:
         assert not self.egress.packets
         ep.accept(self.now)
         segs = self.egress.take()
-        assert len(segs) == 1 and segs[0].has(wire.SYN | wire.ACK)
+        assert len(segs) == 1 and segs[0].has(tcp.SYN | tcp.ACK)
         synack = segs[0]
         self.gseq += 1
         self.gack = synack.seq + 1
         if synack.opts.ts_val is not None:
             self.peer_ts_recent = synack.opts.ts_val
-        self.send(b"", wire.ACK)
+        self.send(b"", tcp.ACK)
         assert ep.state is TcpState.ESTABLISHED
         return synack
 
@@ -169,12 +166,12 @@ class Conn:
         if not self.ts:
             return b""
         self.ts_val += 1
-        return wire.options_bytes(ts=(self.ts_val, self.peer_ts_recent))
+        return tcp.options_bytes(ts=(self.ts_val, self.peer_ts_recent))
 
     def send(
         self,
         data: bytes = b"",
-        flags: int = wire.ACK,
+        flags: int = tcp.ACK,
         *,
         seq: int | None = None,
         ack: int | None = None,
@@ -193,7 +190,7 @@ class Conn:
             self.opts() if opts is None else opts,
         )
         if seq is None:
-            self.gseq += len(data) + (1 if flags & (wire.SYN | wire.FIN) else 0)
+            self.gseq += len(data) + (1 if flags & (tcp.SYN | tcp.FIN) else 0)
         self.ep.receive(memoryview(pkt), len(pkt), self.now)
         if flush:
             self.ep.flush(self.now)
@@ -227,12 +224,12 @@ class Conn:
 
 
 def test_guest_packets_parse_and_checksum() -> None:
-    pkt = guest_pkt(1, 2, wire.ACK | wire.PSH, b"hello", opts=wire.options_bytes(ts=(5, 6)))
-    parsed = wire.parse(pkt, len(pkt))
+    pkt = guest_pkt(1, 2, tcp.ACK | tcp.PSH, b"hello", opts=tcp.options_bytes(ts=(5, 6)))
+    parsed = tcp.parse(pkt, len(pkt))
     assert parsed is not None and parsed[10] == 5
-    assert wire.checksum_ok(pkt, len(pkt))
+    assert tcp.checksum_ok(pkt, len(pkt))
     pkt[-1] ^= 1
-    assert not wire.checksum_ok(pkt, len(pkt))
+    assert not tcp.checksum_ok(pkt, len(pkt))
 
 
 def test_handshake_helper() -> None:

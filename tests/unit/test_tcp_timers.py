@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_tcp_support import Conn
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import TcpParams, TcpState
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
 
-ACK, FIN, RST = wire.ACK, wire.FIN, wire.RST
+ACK, FIN, RST = tcp.ACK, tcp.FIN, tcp.RST
 
 
 def _established(params: TcpParams | None = None, rtt: float = 0.0, **kw: object) -> Conn:
@@ -151,7 +151,7 @@ def test_window_update_from_guest_resumes_sending() -> None:
 
 def test_guest_zero_window_probe_answered() -> None:
     c = _established(
-        TcpParams(rcv_buffer=2000, ack_delay=0.5), syn_opts=wire.options_bytes(mss=1000)
+        TcpParams(rcv_buffer=2000, ack_delay=0.5), syn_opts=tcp.options_bytes(mss=1000)
     )
     c.send(b"a" * 1000)
     c.send(b"a" * 1000)

@@ -11,8 +11,8 @@ import pytest
 from tests.unit.test_tcp_support import Egress
 from wgslirp.net import udp
 from wgslirp.net.ipv4 import addr_to_int
-from wgslirp.slirp.context import BridgeContext
-from wgslirp.slirp.flows import FlowTable
+from wgslirp.slirp.bridge_context import BridgeContext
+from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
@@ -108,7 +108,7 @@ def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str
 def test_icmp_errors_are_rate_limited_per_worker() -> None:
     """RFC 1812 4.3.2.8: a burst, then the sustained rate; the rest counted, not sent."""
     from wgslirp.net import icmp
-    from wgslirp.slirp.context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
+    from wgslirp.slirp.bridge_context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
 
     now = [100.0]
     eg = egress(100_000)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from wgslirp.config import Config, PeerConfig, changed_settings
 from wgslirp.keys import encode_key
 from wgslirp.net import fragment, icmp, ipv4
-from wgslirp.net.flow import shard_of
+from wgslirp.net.flowkey import shard_of
 from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
 from wgslirp.obs.pcap import open_capture
 from wgslirp.runtime.loop import Loop

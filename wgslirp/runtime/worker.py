@@ -18,12 +18,12 @@ from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
-from wgslirp.slirp.context import BridgeContext, WorkerStats
-from wgslirp.slirp.flows import FlowTable
+from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
+from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.tcp import TcpParams
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
+from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")

@@ -23,8 +23,8 @@ from functools import partial
 from wgslirp.net import icmp, ipv4
 from wgslirp.net.checksum import checksum
 from wgslirp.net.ipv4 import PROTO_ICMP
-from wgslirp.slirp.context import BridgeContext, addr
-from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.bridge_context import BridgeContext, addr
+from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 
 log = logging.getLogger("wgslirp.icmp")

@@ -29,10 +29,10 @@ from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
 from wgslirp.obs.counters import Counters
 from wgslirp.runtime.loop import Handler, Loop
-from wgslirp.slirp.context import BridgeContext, addr
-from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.bridge_context import BridgeContext, addr
+from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
-from wgslirp.slirp.tcp import TcpEndpoint, TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
 
 log = logging.getLogger("wgslirp.tcp")
 

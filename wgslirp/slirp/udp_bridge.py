@@ -17,8 +17,8 @@ from functools import partial
 
 from wgslirp.net import icmp, udp
 from wgslirp.net.ipv4 import PROTO_UDP
-from wgslirp.slirp.context import BridgeContext, addr
-from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.bridge_context import BridgeContext, addr
+from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)

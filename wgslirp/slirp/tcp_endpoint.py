@@ -41,25 +41,25 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from wgslirp.net import tcp as wire
+from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
-from wgslirp.slirp.context import Egress
+from wgslirp.slirp.bridge_context import Egress
 from wgslirp.slirp.tcp_seq import MASK, unwrap
 
 INF: Final = float("inf")
 _HALF: Final = 1 << 31
 
-_FIN: Final = wire.FIN
-_SYN: Final = wire.SYN
-_RST: Final = wire.RST
-_PSH: Final = wire.PSH
-_ACK: Final = wire.ACK
+_FIN: Final = tcp.FIN
+_SYN: Final = tcp.SYN
+_RST: Final = tcp.RST
+_PSH: Final = tcp.PSH
+_ACK: Final = tcp.ACK
 
 _HDR = struct.Struct(">HHIIHH")  # the TCP header fields receive() needs
 _TS = struct.Struct(">II")
-_TS_PREFIX: Final = wire.TS_PREFIX
+_TS_PREFIX: Final = tcp.TS_PREFIX
 _TS_OPT = struct.Struct(">III")  # the RFC 7323 Appendix A layout: NOP NOP 8 10, TSval, TSecr
-_TS_PREFIX_WORD: Final = int.from_bytes(wire.TS_PREFIX, "big")
+_TS_PREFIX_WORD: Final = int.from_bytes(tcp.TS_PREFIX, "big")
 
 # Bounds that keep one connection's bookkeeping small whatever the guest sends.
 MAX_OOO_RANGES: Final = 32  # disjoint out-of-order ranges held (SACK can report 3 or 4)
@@ -256,7 +256,7 @@ class TcpEndpoint:
         self.reset = False  # the guest reset the connection
         self.timed_out = False  # we gave up (retries, keepalive, idle) and sent RST
         self.reopen = False  # a new SYN for this 4-tuple arrived in TIME_WAIT (see receive)
-        self._writer = wire.SegmentWriter(
+        self._writer = tcp.SegmentWriter(
             local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7
         )
         self._ack_delay = params.ack_delay
@@ -288,7 +288,7 @@ class TcpEndpoint:
         self._rcv_mv = memoryview(self._rcv_buf)
         self._rcv_adv_edge = 0
         self._rcv_ws = 0
-        self._rcv_mss = min(wire.DEFAULT_MSS, params.mss)
+        self._rcv_mss = min(tcp.DEFAULT_MSS, params.mss)
         self._ooo: list[list[int]] = []  # [start, end, stamp], sorted by start
         self._ooo_fin = -1
         self._ooo_stamp = 0
@@ -296,8 +296,8 @@ class TcpEndpoint:
         self._unacked = 0
         self._last_ack_sent = 0
 
-        self._guest_mss = wire.DEFAULT_MSS
-        self._mss = min(wire.DEFAULT_MSS, params.mss)  # payload of a full data segment
+        self._guest_mss = tcp.DEFAULT_MSS
+        self._mss = min(tcp.DEFAULT_MSS, params.mss)  # payload of a full data segment
         self._sws_thresh = 1
         self._wscale_ok = False
         self._sack_ok = False
@@ -481,12 +481,12 @@ class TcpEndpoint:
     def on_syn(self, pkt: memoryview, n: int, now: float) -> None:
         """The guest's first SYN: remember its sequence number and options. The SYN-ACK
         waits for `accept`, so a host that refuses can still be reported as a refusal."""
-        parsed = wire.parse(pkt, n)
+        parsed = tcp.parse(pkt, n)
         if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
             return
-        opts = wire.parse_options(pkt, parsed[8], parsed[9])
+        opts = tcp.parse_options(pkt, parsed[8], parsed[9])
         if opts is None:
-            opts = wire.Options()
+            opts = tcp.Options()
         p = self._p
         seq = parsed[4]
         self.irs = seq
@@ -497,17 +497,17 @@ class TcpEndpoint:
         self._snd_wl1 = seq
         self._snd_wnd = parsed[7]  # RFC 7323 2.2: the window in a SYN is never scaled
         self._max_snd_wnd = self._snd_wnd
-        self._guest_mss = opts.mss if opts.mss else wire.DEFAULT_MSS
+        self._guest_mss = opts.mss if opts.mss else tcp.DEFAULT_MSS
         self._wscale_ok = opts.wscale is not None
         if opts.wscale is not None:
             self._snd_ws = opts.wscale
-            self._rcv_ws = min(max(p.wscale, 0), wire.MAX_WSCALE)
+            self._rcv_ws = min(max(p.wscale, 0), tcp.MAX_WSCALE)
         else:
             self._snd_ws = self._rcv_ws = 0
         self._sack_ok = opts.sack_perm and p.sack
         self._ts_ok = opts.ts_val is not None
         self._ts_recent = opts.ts_val or 0
-        mss = max(min(self._guest_mss, p.mss) - (wire.TS_OPTION_LEN if self._ts_ok else 0), 64)
+        mss = max(min(self._guest_mss, p.mss) - (tcp.TS_OPTION_LEN if self._ts_ok else 0), 64)
         self._mss = mss
         self.cc.set_mss(mss)
         self._rcv_mss = min(p.mss, 536)
@@ -537,7 +537,7 @@ class TcpEndpoint:
 
     def _syn_options(self, now: float) -> bytes:
         p = self._p
-        return wire.options_bytes(
+        return tcp.options_bytes(
             mss=p.mss,
             wscale=self._rcv_ws if self._wscale_ok else None,
             sack_perm=self._sack_ok,
@@ -674,9 +674,9 @@ class TcpEndpoint:
         if st is _LISTEN:
             self._slow_listen(pkt, ihl + doff + plen, flags, seq_w, now)
             return
-        opts: wire.Options | None = None
+        opts: tcp.Options | None = None
         if doff > 20:
-            opts = wire.parse_options(pkt, ihl + 20, ihl + doff)
+            opts = tcp.parse_options(pkt, ihl + 20, ihl + doff)
             if opts is None:
                 return
         rst = flags & _RST
@@ -1186,11 +1186,11 @@ class TcpEndpoint:
         if self._ts_ok:
             opts = _TS_PREFIX + _TS.pack(self._ts_now(now), self._ts_recent)
             if self._ooo and self._sack_ok:
-                opts = wire.options_bytes(
+                opts = tcp.options_bytes(
                     ts=(self._ts_now(now), self._ts_recent), sack=self._sack_blocks()
                 )
         elif self._ooo and self._sack_ok:
-            opts = wire.options_bytes(sack=self._sack_blocks())
+            opts = tcp.options_bytes(sack=self._sack_blocks())
         else:
             opts = b""
         return field, opts
@@ -1252,7 +1252,7 @@ class TcpEndpoint:
         FIN once everything before it went out. Returns whether anything was sent (every
         segment carries the current ACK)."""
         window, opts = self._ack_fields(now)
-        mss = self._mss - (len(opts) - (wire.TS_OPTION_LEN if self._ts_ok else 0))
+        mss = self._mss - (len(opts) - (tcp.TS_OPTION_LEN if self._ts_ok else 0))
         fin_seq = self._fin_seq if self._fin_queued else -1
         sent = False
         una = self._snd_una

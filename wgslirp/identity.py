@@ -40,7 +40,7 @@ CLIENT_KEY_FILE = "client.key"
 EMBEDDED_CLIENT_ADDRESS = "10.77.0.2/32"
 EMBEDDED_GATEWAY_IP = "10.77.0.1"
 _SETTING = "WGSLIRP_STATE_DIR"
-log = logging.getLogger("wgslirp.state")
+log = logging.getLogger("wgslirp.identity")
 
 
 def _ensure_dir(path: str) -> None:

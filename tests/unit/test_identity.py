@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from wgslirp.config import Config, ConfigError, load_config, parse_wg_quick
-from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
-from wgslirp.state import (
+from wgslirp.identity import (
     CLIENT_KEY_FILE,
     SERVER_KEY_FILE,
     client_config_text,
@@ -18,6 +17,7 @@ from wgslirp.state import (
     load_or_create_key,
     read_client_private_key,
 )
+from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 
 
 @pytest.fixture
@@ -260,7 +260,7 @@ def test_client_config_needs_router_key_and_peer(state_dir: Path) -> None:
 def test_a_state_directory_others_can_write_is_refused_not_changed(tmp_path: Path) -> None:
     import stat as st
 
-    from wgslirp.state import _ensure_dir
+    from wgslirp.identity import _ensure_dir
 
     for mode in (0o777, 0o1777, 0o770):  # shared, /tmp-like, group-writable
         d = tmp_path / f"d{mode:o}"

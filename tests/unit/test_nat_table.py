@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp.slirp.nat_table import Flow, FlowTable
 
 
 def mk(t: FlowTable[Flow], key: str, peer: int, now: float) -> tuple[Flow, list[Flow]]:
@@ -159,7 +159,7 @@ def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 
     from tests.unit.test_tcp_support import Egress
-    from wgslirp.slirp.context import BridgeContext
+    from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
 
@@ -280,7 +280,7 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     from wgslirp.net import icmp
     from wgslirp.net.checksum import checksum
     from wgslirp.net.ipv4 import addr_to_int, write_header
-    from wgslirp.slirp.context import BridgeContext
+    from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
 
