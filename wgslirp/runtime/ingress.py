@@ -19,14 +19,20 @@ from typing import Any, Protocol
 
 from wgslirp.config import Config, PeerConfig, changed_settings
 from wgslirp.keys import encode_key
-from wgslirp.net import fragment, icmp, ipv4
-from wgslirp.net.flowkey import shard_of
 from wgslirp.obs.metrics import MetricsBlock, PeerSample, Publisher
 from wgslirp.obs.pcap import open_capture
+from wgslirp.router.forward import (
+    DELIVER,
+    DELIVER_WHOLE,
+    OVERLAY,
+    REPLY,
+    Forwarder,
+    ForwardStats,
+)
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.uapi_server import UapiServer
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
-from wgslirp.wireguard.allowedips import AllowedIPs
+from wgslirp.wireguard import peerset
 from wgslirp.wireguard.device import (
     Device,
     DeviceStats,
@@ -36,6 +42,7 @@ from wgslirp.wireguard.device import (
 )
 from wgslirp.wireguard.messages import MSG_TRANSPORT
 from wgslirp.wireguard.peer import Peer
+from wgslirp.wireguard.peerset import PeerSpec
 
 log = logging.getLogger("wgslirp.ingress")
 
@@ -52,21 +59,6 @@ MAX_DATAGRAM = 65535
 _DST = struct.Struct(">I")
 _U16 = struct.Struct("=H")
 _FRAG = struct.Struct(">H")
-
-
-class PeerSpec(Protocol):
-    """What ingress needs of a configured peer (config.PeerConfig satisfies it)."""
-
-    @property
-    def public_key(self) -> bytes: ...
-    @property
-    def preshared_key(self) -> bytes | None: ...
-    @property
-    def allowed_ips(self) -> tuple[str, ...]: ...
-    @property
-    def endpoint(self) -> tuple[str, int] | None: ...
-    @property
-    def keepalive(self) -> int: ...
 
 
 class IngressSettings(Protocol):
@@ -129,39 +121,14 @@ class Ingress:
         now = self.clock()
         known = peer_indices or {}
         self.device.reserve_peer_indices(next_peer_index)
-        for p in settings.peers:  # the known numbers first, so a new peer cannot take one
-            if p.public_key in known:
-                self.device.add_peer(
-                    p.public_key,
-                    preshared_key=p.preshared_key,
-                    allowed_ips=p.allowed_ips,
-                    endpoint=p.endpoint,
-                    keepalive=p.keepalive,
-                    now=now,
-                    index=known[p.public_key],
-                )
-        for p in settings.peers:
-            if p.public_key not in known:
-                self.device.add_peer(
-                    p.public_key,
-                    preshared_key=p.preshared_key,
-                    allowed_ips=p.allowed_ips,
-                    endpoint=p.endpoint,
-                    keepalive=p.keepalive,
-                    now=now,
-                )
+        peerset.add_configured(self.device, settings.peers, known, now)
         self.sock = sock
         self.address: tuple[str, int] = sock.getsockname()
-        self.ttl = settings.ip_ttl
-        self.mtu = settings.mtu
-        self._own = {ipv4.addr_to_int(a) for a in (settings.gateway_ip, settings.dns_ip) if a}
-        self._gateway = ipv4.addr_to_int(settings.gateway_ip) if settings.gateway_ip else None
         self._rx = bytearray(MAX_DATAGRAM)
         self._plain = bytearray(MAX_DATAGRAM + 64)
         self._tx = bytearray(MAX_DATAGRAM + 64)
         self._batch = memoryview(bytearray(GSO_MAX_BYTES + MAX_DATAGRAM_OUT))
         self._gso = True
-        self._reply = bytearray(MAX_DATAGRAM + 64)
         self.writers = [BatchWriter(p) for p in to_workers]
         # Reassembled datagrams larger than a slot travel on a small ring of 64 KiB slots.
         self.big_writers = [BatchWriter(p) for p in (to_workers_big or [])]
@@ -177,23 +144,21 @@ class Ingress:
         self._reloading: threading.Thread | None = None
         self._reload_result: tuple[str, Any] | None = None  # set by the reload thread
         self._started_with = settings  # what reload compares restart-only settings against
-        self.overlay = settings.overlay_routing
-        # WG_OVERLAY_EXCLUDE_CIDRS: destinations that go to the workers (host network) even
-        # though a peer's AllowedIPs cover them.
-        self._excluded: AllowedIPs[bool] = AllowedIPs()
-        for cidr in settings.overlay_exclude_cidrs:
-            self._excluded.insert(cidr, True)
-        self.peer_space_dropped = 0
-        self.overlay_forwarded = 0
-        self.overlay_ttl_expired = 0
-        self.ttl_expired = 0
+        self.forward: Forwarder[Peer] = Forwarder(
+            self.device.route,
+            nworkers=self.nworkers,
+            mtu=settings.mtu,
+            ttl=settings.ip_ttl,
+            own=[a for a in (settings.gateway_ip, settings.dns_ip) if a],
+            gateway=settings.gateway_ip,
+            overlay=settings.overlay_routing,
+            overlay_exclude=settings.overlay_exclude_cidrs,
+        )
         self._next_error_log = 0.0
         self.from_workers = from_workers
-        self.reassembler = fragment.Reassembler()
         self.datagrams_received = 0
         self.internal_errors = 0
         self.send_errors = 0
-        self.echo_replies = 0
         self.unknown_peer_index = 0
         loop.register(sock, self._on_readable)
         for cons in from_workers:
@@ -202,7 +167,7 @@ class Ingress:
         loop.hooks.append(self._drain_workers)
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
-        loop.timers.append(self.reassembler)
+        loop.timers.append(self.forward)
         # wg(8) talks to the Device here; the server closes itself when the loop stops
         self.uapi = UapiServer.start(
             settings.interface_name, self.device, loop, listen_port=self.address[1]
@@ -389,59 +354,33 @@ class Ingress:
             self._send_forget()
 
     def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float, in_slot: bool) -> None:
-        """Route one decrypted packet; `in_slot` says it already sits in the reserved slot
-        of `writers[_last_shard]`."""
-        dst = _DST.unpack_from(pkt, 16)[0]
-        if dst in self._own and pkt[9] == ipv4.PROTO_ICMP:
-            self._answer_echo(peer, pkt, n, now)
-            return
-        target = self.device.route(dst)
-        if target is not None and target is not peer and not self._excluded.lookup(dst):
-            # Another peer's tunnel address: never the host network's business.
-            if self.overlay:
-                self._overlay_forward(target, pkt, n, now)
-            else:
-                self.peer_space_dropped += 1
-            return
-        if pkt[8] <= 1 and dst not in self._own:
-            # One hop to anywhere beyond the router (its own addresses are not beyond it):
-            # a packet that may not be forwarded gets "time exceeded" from the gateway
-            # address, so traceroute shows the router.
-            self._ttl_expired(peer, pkt, n, now)
-            return
-        if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
-            whole = self.reassembler.feed(pkt, n, now)
-            if whole is None:
+        """Act on the forwarder's verdict for one decrypted packet; `in_slot` says it
+        already sits in the reserved slot of `writers[_last_shard]`."""
+        fwd = self.forward
+        verdict = fwd.route(peer, pkt, n, now)
+        if verdict == DELIVER:
+            shard = fwd.shard
+            if in_slot and shard == self._last_shard:
+                self.writers[shard].commit(n, peer.index)
                 return
-            pkt, n = memoryview(whole), len(whole)
-            in_slot = False
-        shard = shard_of(pkt, n, self.nworkers) if self.nworkers > 1 else 0
-        if in_slot and shard == self._last_shard:
-            self.writers[shard].commit(n, peer.index)
+        elif verdict == DELIVER_WHOLE:
+            shard = fwd.shard
+            pkt, n = memoryview(fwd.whole), len(fwd.whole)
+        elif verdict == REPLY:
+            for reply in fwd.replies:
+                self.send_packet(peer, reply, len(reply), now)
+            return
+        elif verdict == OVERLAY:
+            assert fwd.target is not None
+            self.send_packet(fwd.target, pkt, n, now)
+            return
+        else:  # DROP, HELD
             return
         self._last_shard = shard
         if n > self.slot_size and self.big_writers:
             self.big_writers[shard].push(pkt, n, peer.index)
         else:
             self.writers[shard].push(pkt, n, peer.index)
-
-    def _answer_echo(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
-        """Ping of the gateway/DNS address, answered here; a large ping arrives in
-        fragments (reassembled first) and its reply leaves in fragments of the tunnel MTU."""
-        if _FRAG.unpack_from(pkt, 6)[0] & 0x3FFF:
-            whole = self.reassembler.feed(pkt, n, now)
-            if whole is None:
-                return
-            pkt, n = memoryview(whole), len(whole)
-        k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
-        if not k:
-            return
-        self.echo_replies += 1
-        if k <= self.mtu:
-            self.send_packet(peer, self._reply, k, now)
-            return
-        for piece in fragment.fragment(self._reply, k, self.mtu) or ():
-            self.send_packet(peer, piece, len(piece), now)
 
     def close(self) -> None:
         """Flush and close the packet capture, if any (the loop has stopped)."""
@@ -491,47 +430,21 @@ class Ingress:
                     ", ".join(waiting),
                 )
         dev = self.device
-        if new.private_key is not None and new.private_key != dev.identity.private_bytes:
-            dev.set_private_key(new.private_key)
-            log.info("reload: private key changed (all sessions restart)")
-        wanted = {p.public_key: p for p in new.peers}
-        removed = [k for k in dev.peers if k not in wanted]
-        for k in removed:
-            dev.remove_peer(k)
-        added = updated = 0
-        for key, spec in wanted.items():
-            peer = dev.peers.get(key)
-            if peer is None:
-                dev.add_peer(
-                    key,
-                    preshared_key=spec.preshared_key,
-                    allowed_ips=spec.allowed_ips,
-                    endpoint=spec.endpoint,
-                    keepalive=spec.keepalive,
-                    now=now,
-                )
-                added += 1
-                continue
-            changed = False
-            if sorted(dev.allowed.prefixes_of(peer)) != sorted(
-                _normal(c) for c in spec.allowed_ips
-            ):
-                dev.allowed.remove_owner(peer)
-                for cidr in spec.allowed_ips:
-                    dev.allowed.insert(cidr, peer)
-                changed = True
-            psk = spec.preshared_key or bytes(32)
-            if peer.handshake.psk != psk:
-                peer.handshake.psk = psk
-                changed = True
-            if spec.endpoint is not None and peer.endpoint != spec.endpoint:
-                peer.endpoint = spec.endpoint
-                changed = True
-            if peer.keepalive != spec.keepalive:
-                dev.set_keepalive(peer, spec.keepalive, now)
-                changed = True
-            updated += changed
-        log.info("reload: %d peer(s) added, %d removed, %d updated", added, len(removed), updated)
+        req = peerset.sync_request(dev, new.private_key, new.peers)
+        before = set(dev.peers)
+        try:
+            for line in peerset.apply_set(dev, req, now=now):
+                log.info("reload: %s", line)
+        except peerset.PeerSetError as exc:
+            log.error("reload stopped part-way: %s", exc)
+        after = set(dev.peers)
+        updated = sum(1 for pc in req.peers if pc.update_only and pc.public_key in after)
+        log.info(
+            "reload: %d peer(s) added, %d removed, %d updated",
+            len(after - before),
+            len(before - after),
+            updated,
+        )
         self._flush_outbox()
         self._config_changed()
 
@@ -564,23 +477,6 @@ class Ingress:
 
     def peer_indices(self) -> dict[bytes, int]:
         return {k: p.index for k, p in self.device.peers.items()}
-
-    def _ttl_expired(self, peer: Peer, pkt: memoryview, n: int, now: float) -> None:
-        self.ttl_expired += 1
-        if self._gateway is None:
-            return  # no address of ours to answer from
-        k = icmp.time_exceeded_into(self._reply, pkt, n, router_src=self._gateway, ttl=self.ttl)
-        if k:
-            self.send_packet(peer, self._reply, k, now)
-
-    def _overlay_forward(self, target: Peer, pkt: memoryview, n: int, now: float) -> None:
-        """Peer to peer inside ingress (WG_OVERLAY_ROUTING): re-encrypt to the peer that
-        owns the destination, as a router would: TTL decremented, expired packets dropped."""
-        if not ipv4.decrement_ttl(pkt):
-            self.overlay_ttl_expired += 1
-            return
-        self.overlay_forwarded += 1
-        self.send_packet(target, pkt, n, now)
 
     # ------------------------------------------------------------------ timers
 
@@ -659,15 +555,11 @@ class Ingress:
         out["datagrams_received"] = self.datagrams_received
         out["internal_errors"] = self.internal_errors
         out["send_errors"] = self.send_errors
-        out["gateway_echo_replies"] = self.echo_replies
         out["ring_full_dropped"] = sum(w.dropped for w in (*self.writers, *self.big_writers))
-        out["fragments_reassembled_timeouts"] = self.reassembler.timed_out
+        out["fragments_reassembled_timeouts"] = self.forward.reassembler.timed_out
         out["unknown_peer_index"] = self.unknown_peer_index
         out["peers"] = len(self.device.peers)
-        out["overlay_forwarded"] = self.overlay_forwarded
-        out["overlay_ttl_expired"] = self.overlay_ttl_expired
-        out["ttl_expired"] = self.ttl_expired
-        out["peer_space_dropped"] = self.peer_space_dropped
+        out.update(self.forward.stats.as_dict())
         return out
 
     def peer_samples(self) -> list[PeerSample]:
@@ -691,22 +583,12 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     "datagrams_received",
     "internal_errors",
     "send_errors",
-    "gateway_echo_replies",
     "ring_full_dropped",
     "fragments_reassembled_timeouts",
     "unknown_peer_index",
     "peers",
-    "overlay_forwarded",
-    "overlay_ttl_expired",
-    "ttl_expired",
-    "peer_space_dropped",
+    *ForwardStats.names(),
 )
-
-
-def _normal(cidr: str) -> str:
-    from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
-
-    return format_cidr(*parse_cidr(cidr))
 
 
 def _doorbell(cons: Consumer) -> Callable[[float, int], None]:

@@ -29,15 +29,14 @@ Where wgslirp differs from wireguard-go, and why:
 
 from __future__ import annotations
 
-import base64
 import errno
 import ipaddress
 from dataclasses import dataclass, field
 
 from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
-from wgslirp.wireguard.crypto import CryptoError
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.peer import Addr
+from wgslirp.wireguard.peerset import PeerChange, PeerSetError, SetRequest, apply_set
 
 KEY_HEX_LEN = 64
 _ZERO_KEY = bytes(32)
@@ -105,6 +104,8 @@ def handle(request: bytes, device: Device, *, listen_port: int, now: float) -> R
             changes = apply_set(device, req, now=now)
         except UapiError as exc:
             return Response(errno_line(exc.errno), refused=str(exc))
+        except PeerSetError as exc:
+            return Response(errno_line(errno.EINVAL), refused=str(exc))
         return Response(errno_line(0), changes=changes)
     return Response(errno_line(errno.EINVAL), close=True)
 
@@ -143,31 +144,6 @@ def get(device: Device, listen_port: int) -> str:
 
 
 # ----------------------------------------------------------------------- set
-
-
-@dataclass
-class PeerChange:
-    """One `public_key=` section of a `set`, reduced to what applying it must do.
-
-    Line order inside a section only matters for allowed IPs (`replace_allowed_ips` forgets
-    what came before it; `-cidr` removes), so those keep their order.
-    """
-
-    public_key: bytes
-    remove: bool = False
-    update_only: bool = False
-    preshared_key: bytes | None = None
-    endpoint: Addr | None = None
-    keepalive: int | None = None
-    replace_allowed_ips: bool = False
-    allowed_ips: list[tuple[str, bool]] = field(default_factory=list)  # (cidr, remove it)
-
-
-@dataclass
-class SetRequest:
-    private_key: bytes | None = None
-    replace_peers: bool = False
-    peers: list[PeerChange] = field(default_factory=list)
 
 
 def parse_set(lines: list[str], *, listen_port: int) -> SetRequest:
@@ -242,75 +218,7 @@ def _peer_line(peer: PeerChange, key: str, value: str) -> None:
         raise UapiError(errno.EINVAL, f"unknown peer key {key!r}")
 
 
-def apply_set(device: Device, req: SetRequest, *, now: float) -> list[str]:
-    """Apply a parsed `set`; returns one line per change for the operator's log.
-
-    Removing a peer drops its sessions and its allowed IPs at once (Device.remove_peer), so
-    it is cut off from the next datagram on; packets of its already queued in the rings
-    carry an index that no longer resolves and are dropped by ingress. A new peer can
-    complete a handshake as soon as this returns. Sections naming the device's own public
-    key are skipped, as wireguard-go does.
-    """
-    changes: list[str] = []
-    if req.private_key is not None and req.private_key != device.identity.private_bytes:
-        before = set(device.peers)
-        device.set_private_key(req.private_key)
-        changes.append(f"private key replaced; public key now {_short(device.public_key)}")
-        changes.extend(
-            f"peer {_short(k)} removed (it had the new device public key)"
-            for k in before - set(device.peers)
-        )
-    if req.replace_peers:
-        for key in list(device.peers):
-            device.remove_peer(key)
-            changes.append(f"peer {_short(key)} removed (replace_peers)")
-    for pc in req.peers:
-        if pc.public_key == device.public_key:
-            continue
-        peer = device.peers.get(pc.public_key)
-        if pc.remove:
-            if peer is not None:
-                device.remove_peer(pc.public_key)
-                changes.append(f"peer {_short(pc.public_key)} removed")
-            continue
-        if peer is None:
-            if pc.update_only:
-                continue
-            try:
-                peer = device.add_peer(
-                    pc.public_key,
-                    preshared_key=pc.preshared_key,
-                    endpoint=pc.endpoint,
-                    keepalive=pc.keepalive or 0,
-                    now=now,
-                )
-            except (ValueError, CryptoError) as exc:
-                raise UapiError(errno.EINVAL, f"cannot add peer: {exc}") from exc
-            changes.append(f"peer {_short(pc.public_key)} added")
-        else:
-            if pc.preshared_key is not None:
-                peer.handshake.psk = pc.preshared_key
-            if pc.endpoint is not None:
-                peer.endpoint = pc.endpoint
-            if pc.keepalive is not None and pc.keepalive != peer.keepalive:
-                device.set_keepalive(peer, pc.keepalive, now)
-            changes.append(f"peer {_short(pc.public_key)} updated")
-        if pc.replace_allowed_ips:
-            device.allowed.remove_owner(peer)
-        for cidr, remove in pc.allowed_ips:
-            if not remove:
-                device.allowed.insert(cidr, peer)
-            elif cidr in device.allowed.prefixes_of(peer):
-                device.allowed.remove(cidr)  # only a prefix this peer owns
-    return changes
-
-
 # -------------------------------------------------------------------- values
-
-
-def _short(key: bytes) -> str:
-    """Operators know peers by their base64 public key, as wg(8) prints it."""
-    return base64.b64encode(key).decode()
 
 
 def _key(value: str, name: str) -> bytes:

@@ -1,0 +1,172 @@
+"""The forwarding decision for each packet a peer sends (sans-I/O).
+
+Once ingress has decrypted a packet and checked its source against the sender's AllowedIPs,
+what happens next depends only on the packet, the peer it came from, the peers' routes, the
+router's own addresses and time. That decision lives here, apart from the sockets and rings,
+so each rule (who answers a ping of the gateway, when TTL runs out, which peer owns an
+address, which worker owns a flow) has a unit test with a fake clock, and IPv6 and inbound
+forwarding add cases here instead of to the ingress loop.
+
+`route` runs once per packet on the hot path, so it returns a small int verdict and leaves
+its results in attributes (`shard`, `whole`, `target`, `replies`) instead of allocating an
+action object per packet; the common verdict, DELIVER, touches nothing but `shard`. The
+forwarder is generic over the peer type: it compares peers by identity and never looks
+inside one, so it imports nothing from the WireGuard layer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Final, Generic, TypeVar
+
+from wgslirp.net import fragment, icmp, ipv4
+from wgslirp.net.flowkey import shard_of
+from wgslirp.obs.counters import Counters
+from wgslirp.wireguard.allowedips import AllowedIPs
+
+P = TypeVar("P")
+
+DELIVER: Final = 0
+"""Hand the packet, as given, to worker `shard`."""
+DELIVER_WHOLE: Final = 1
+"""A fragment completed its datagram: hand `whole` (a fresh buffer) to worker `shard`."""
+REPLY: Final = 2
+"""The router answers: send each packet of `replies` back to the sending peer."""
+OVERLAY: Final = 3
+"""Another peer owns the destination: send the packet (TTL already lowered in place) to
+`target`."""
+DROP: Final = 4
+"""Nothing leaves (counted in `stats`)."""
+HELD: Final = 5
+"""A fragment is kept until the rest of its datagram arrives."""
+
+_DST = struct.Struct(">I")
+_FRAG = struct.Struct(">H")
+_MF_OR_OFFSET: Final = 0x3FFF
+_MAX_PACKET: Final = 0xFFFF + 64
+
+
+class ForwardStats(Counters):
+    gateway_echo_replies: int
+    overlay_forwarded: int
+    overlay_ttl_expired: int
+    ttl_expired: int
+    peer_space_dropped: int
+
+
+class Forwarder(Generic[P]):
+    """Decides, for each packet from a peer, between the verdicts above.
+
+    `routes(dst)` returns the peer whose AllowedIPs hold `dst` (longest prefix) or None.
+    `own` are the router's addresses inside the tunnel (gateway, DNS): pings to them are
+    answered here. `gateway` is the source of the router's own ICMP errors; without it a
+    packet whose TTL runs out is dropped silently. `overlay` (WG_OVERLAY_ROUTING) lets peers
+    reach each other through the router; `overlay_exclude` are destinations that go to the
+    host network even though a peer's AllowedIPs cover them.
+    """
+
+    def __init__(
+        self,
+        routes: Callable[[int], P | None],
+        *,
+        nworkers: int,
+        mtu: int,
+        ttl: int,
+        own: Iterable[str] = (),
+        gateway: str | None = None,
+        overlay: bool = False,
+        overlay_exclude: Iterable[str] = (),
+        reassembler: fragment.Reassembler | None = None,
+    ) -> None:
+        self._routes = routes
+        self.nworkers = nworkers
+        self.mtu = mtu
+        self.ttl = ttl
+        self._own = frozenset(ipv4.addr_to_int(a) for a in own)
+        self._gateway = ipv4.addr_to_int(gateway) if gateway else None
+        self.overlay = overlay
+        self._excluded: AllowedIPs[bool] = AllowedIPs()
+        for cidr in overlay_exclude:
+            self._excluded.insert(cidr, True)
+        self.reassembler = reassembler if reassembler is not None else fragment.Reassembler()
+        self._reply = bytearray(_MAX_PACKET)
+        self.stats = ForwardStats()
+        # Results of the last `route`, valid until the next call:
+        self.shard = 0
+        self.whole: bytearray = bytearray()
+        self.target: P | None = None
+        self.replies: list[memoryview | bytearray] = []
+
+    def route(self, peer: P, pkt: memoryview, n: int, now: float) -> int:
+        """Decide what becomes of `pkt[:n]`, an IPv4 packet `peer` sent (header already
+        checked by the device). OVERLAY changes the packet in place (TTL, checksum)."""
+        dst = _DST.unpack_from(pkt, 16)[0]
+        own = dst in self._own
+        if own and pkt[9] == ipv4.PROTO_ICMP:
+            return self._answer_echo(pkt, n, now)
+        target = self._routes(dst)
+        if target is not None and target is not peer and not self._excluded.lookup(dst):
+            # Another peer's tunnel address: never the host network's business.
+            return self._overlay(target, pkt)
+        if pkt[8] <= 1 and not own:
+            # One hop to anywhere beyond the router (its own addresses are not beyond it):
+            # a packet that may not be forwarded gets "time exceeded" from the gateway
+            # address, so traceroute shows the router.
+            return self._ttl_expired(pkt, n)
+        if _FRAG.unpack_from(pkt, 6)[0] & _MF_OR_OFFSET:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return HELD
+            self.whole = whole
+            self.shard = shard_of(whole, len(whole), self.nworkers) if self.nworkers > 1 else 0
+            return DELIVER_WHOLE
+        self.shard = shard_of(pkt, n, self.nworkers) if self.nworkers > 1 else 0
+        return DELIVER
+
+    def _answer_echo(self, pkt: memoryview, n: int, now: float) -> int:
+        """Ping of the gateway/DNS address; a large ping arrives in fragments (reassembled
+        first) and its reply leaves in fragments of the tunnel MTU."""
+        if _FRAG.unpack_from(pkt, 6)[0] & _MF_OR_OFFSET:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return HELD
+            pkt, n = memoryview(whole), len(whole)
+        k = icmp.echo_reply_into(pkt, n, self._reply, self.ttl)
+        if not k:
+            return DROP
+        self.stats.gateway_echo_replies += 1
+        if k <= self.mtu:
+            self.replies = [memoryview(self._reply)[:k]]
+        else:
+            self.replies = list(fragment.fragment(self._reply, k, self.mtu) or ())
+        return REPLY
+
+    def _overlay(self, target: P, pkt: memoryview) -> int:
+        """Peer to peer inside ingress, as a router would: TTL decremented, expired
+        packets dropped (WG_OVERLAY_ROUTING), or refused when overlay routing is off."""
+        if not self.overlay:
+            self.stats.peer_space_dropped += 1
+            return DROP
+        if not ipv4.decrement_ttl(pkt):
+            self.stats.overlay_ttl_expired += 1
+            return DROP
+        self.stats.overlay_forwarded += 1
+        self.target = target
+        return OVERLAY
+
+    def _ttl_expired(self, pkt: memoryview, n: int) -> int:
+        self.stats.ttl_expired += 1
+        if self._gateway is None:
+            return DROP  # no address of ours to answer from
+        k = icmp.time_exceeded_into(self._reply, pkt, n, router_src=self._gateway, ttl=self.ttl)
+        if not k:
+            return DROP
+        self.replies = [memoryview(self._reply)[:k]]
+        return REPLY
+
+    def get_timer(self) -> float | None:
+        return self.reassembler.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.reassembler.handle_timer(now)
