@@ -191,9 +191,16 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         mark = r.mark()
         os.kill(victim.pid, signal.SIGSTOP)
         t0 = time.monotonic()
-        r.wait_for_line(r"worker 1 \(pid \d+\) has not turned its loop", timeout=10, since=mark)
+        hung = r.wait_for_line(
+            r"worker 1 \(pid \d+\) has not turned its loop for ([0-9.]+) s", timeout=10, since=mark
+        )
         r.wait_for_line(r"restarting worker 1", timeout=3, since=mark)
-        assert 3.0 <= time.monotonic() - t0 < 8.0
+        # The rule under test is "killed once silent for longer than the limit": the silence
+        # started at the worker's last heartbeat, which may precede the SIGSTOP by up to a
+        # publish interval, so the lower bound is checked on the supervisor's own measure,
+        # and only the upper bound on ours (detection can only come later than the stop).
+        assert float(hung.group(1)) > 3.0
+        assert time.monotonic() - t0 < 8.0
         assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
         for _ in range(6):  # several source ports: the new worker 1 carries some
             assert guest(c, "udp_echo", GATEWAY, echo.port, 100, 100, 16)["verified"] == 100

@@ -1,4 +1,5 @@
-"""Style gates from the brief: ruff on the code and tests, mypy --strict on wgslirp/."""
+"""Style gates from the brief: ruff check and ruff format on the code and tests, mypy --strict
+on wgslirp/."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff_clean() -> None:
     r = _run(["ruff", "check", "wgslirp", "tests", "scripts"])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
+def test_ruff_format_clean() -> None:
+    r = _run(["ruff", "format", "--check", "wgslirp", "tests", "scripts"])
     assert r.returncode == 0, r.stdout + r.stderr
 
 

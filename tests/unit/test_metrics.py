@@ -99,7 +99,7 @@ def test_hung_children_are_judged_by_their_own_heartbeat_or_their_fork_time() ->
         started = {101: now - 60 * s, 102: now - 60 * s, 103: now}
         # worker 0 never published since its fork a minute ago: hung, whatever the section
         # still says; worker 1 was forked just now: not yet judged; ingress is alive
-        assert mon.hung(30.0, started) == [(102, "worker 0")]
-        assert mon.hung(90.0, started) == []
+        assert mon.hung(30.0, started, now) == [(102, "worker 0", 60.0)]
+        assert mon.hung(90.0, started, now) == []
     finally:
         block.close()

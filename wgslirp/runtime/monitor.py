@@ -116,15 +116,18 @@ class Monitor:
                 problems.append(f"ring {w.name} not draining ({st.pending} waiting)")
         return not problems, problems
 
-    def hung(self, older_than: float, started_ns: Mapping[int, int]) -> list[tuple[int, str]]:
-        """(pid, role) of running children with no sign of life for `older_than` seconds:
-        alive but not serving, which no exit status would ever reveal.
+    def hung(
+        self, older_than: float, started_ns: Mapping[int, int], now_ns: int | None = None
+    ) -> list[tuple[int, str, float]]:
+        """(pid, role, seconds silent) of running children with no sign of life for
+        `older_than` seconds: alive but not serving, which no exit status would reveal.
 
         The sign of life is the child's own heartbeat, or its fork time (`started_ns`)
         until it has published: a section may still hold a previous process's heartbeat,
         and a child that hangs before its first publish is caught too.
         """
-        now_ns = time.monotonic_ns()
+        if now_ns is None:
+            now_ns = time.monotonic_ns()
         by_role = {"ingress": self.block.ingress} | {
             f"worker {k}": s for k, s in enumerate(self.block.workers[: self.block.nworkers])
         }
@@ -137,8 +140,9 @@ class Monitor:
             hb = sec.heartbeat_ns
             if sec.pid == pid and hb > last:
                 last = hb
-            if (now_ns - last) / 1e9 > older_than:
-                out.append((pid, role))
+            silent = (now_ns - last) / 1e9
+            if silent > older_than:
+                out.append((pid, role, silent))
         return out
 
     def healthz(self) -> tuple[int, str, str]:

@@ -474,12 +474,13 @@ class Supervisor:
         """A child whose loop stopped turning (a deadlock, a blocking call that never
         returns, SIGSTOP) is killed so the restart logic replaces it."""
         limit = self.cfg.hung_restart
-        for pid, role in self.monitor.hung(limit, self.started_ns):
+        for pid, role, silent in self.monitor.hung(limit, self.started_ns):
             log.error(
-                "%s (pid %d) has not turned its loop for %g s (PROCESSOR_HUNG_RESTART); "
-                "killing it so it is replaced",
+                "%s (pid %d) has not turned its loop for %.2f s (PROCESSOR_HUNG_RESTART "
+                "is %g s); killing it so it is replaced",
                 role,
                 pid,
+                silent,
                 limit,
             )
             try:
