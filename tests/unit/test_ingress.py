@@ -1,0 +1,224 @@
+"""Ingress as I/O glue (runtime/ingress.py): real loopback UDP sockets and shared-memory
+rings, a client Device of our own in place of wireguard-go, and the loop turned by hand with
+a fixed clock. What is decided (ping answers, TTL, overlay, shards) is tested in
+test_forward.py; here: that ingress carries out each decision to the right socket or ring."""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from wgslirp.keys import generate_private_key, public_key
+from wgslirp.net import flowkey, icmp, ipv4, udp
+from wgslirp.net.checksum import checksum
+from wgslirp.runtime.ingress import Ingress, open_wg_socket
+from wgslirp.runtime.loop import Loop
+from wgslirp.shm.ring import Ring
+from wgslirp.wireguard.device import Device
+from wgslirp.wireguard.peer import Peer
+
+GATEWAY = "10.77.0.1"
+GUEST = "10.77.0.2"
+REMOTE = "127.0.0.9"
+NOW = 500.0
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    public_key: bytes
+    preshared_key: bytes | None = None
+    allowed_ips: tuple[str, ...] = (f"{GUEST}/32",)
+    endpoint: tuple[str, int] | None = None
+    keepalive: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    private_key: bytes
+    peers: tuple[PeerSpec, ...]
+    mtu: int = 1420
+    gateway_ip: str | None = GATEWAY
+    dns_ip: str | None = None
+    ip_ttl: int = 64
+    overlay_routing: bool = False
+    overlay_exclude_cidrs: tuple[str, ...] = ()
+    interface_name: str = ""  # no UAPI socket
+    pcap_path: str | None = None
+
+
+@dataclass
+class Rig:
+    ingress: Ingress
+    loop: Loop
+    to_workers: list[Ring]
+    from_workers: list[Ring]
+    client: Device
+    peer: Peer  # the router, as the client knows it
+    sock: socket.socket
+    plain: bytearray = field(default_factory=lambda: bytearray(70000))
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.sendto(data, self.ingress.address)
+
+    def turn_until(self, done: Callable[[], bool]) -> None:
+        for _ in range(500):  # bounded: each turn waits at most the loop's 1 ms bound
+            self.loop.run_once()
+            if done():
+                return
+        raise AssertionError("ingress did not get there within 500 turns")
+
+    def receive(self) -> bytes:
+        """The next datagram ingress sent to the client, decrypted (handshake messages
+        are fed to the client device and skipped)."""
+        for _ in range(50):
+            ready, _, _ = select.select([self.sock], [], [], 1.0)
+            assert ready, "no datagram from ingress within 1 s"
+            data, addr = self.sock.recvfrom(70000)
+            if data[0] != 4:
+                self.client.receive_handshake(data, addr, NOW)
+                continue
+            res = self.client.decrypt(data, addr, NOW, self.plain)
+            assert res is not None
+            return bytes(self.plain[: res[1]])
+        raise AssertionError("only handshake messages arrived")
+
+    def send_packet(self, pkt: bytes | bytearray) -> None:
+        out = bytearray(len(pkt) + 64)
+        k = self.client.encrypt(self.peer, bytearray(pkt), len(pkt), NOW, out)
+        assert k
+        self.send(out[:k])
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    router_key, client_key = generate_private_key(), generate_private_key()
+    settings = Settings(router_key, (PeerSpec(public_key(client_key)),))
+    rings_in = [Ring.create(64, 2048) for _ in range(2)]
+    rings_out = [Ring.create(64, 2048) for _ in range(2)]
+    loop = Loop(clock=lambda: NOW)
+    wg = open_wg_socket("127.0.0.1", 0)
+    ingress = Ingress(
+        settings,
+        wg,
+        loop,
+        [r.producer() for r in rings_in],
+        [r.consumer() for r in rings_out],
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    client = Device(client_key)
+    peer = client.add_peer(
+        public_key(router_key), allowed_ips=["0.0.0.0/0"], endpoint=ingress.address, now=NOW
+    )
+    r = Rig(ingress, loop, rings_in, rings_out, client, peer, sock)
+    try:
+        assert client.initiate(peer, NOW)
+        for data, _addr in client.outbox:
+            r.send(data)
+        client.outbox.clear()
+        r.turn_until(lambda: bool(select.select([sock], [], [], 0)[0]))
+        data, addr = sock.recvfrom(2048)  # the handshake response
+        client.receive_handshake(data, addr, NOW)
+        assert peer.current is not None
+        # The responder may send only once the initiator's first transport message has
+        # confirmed the session (whitepaper 5.4.7): a ping of the gateway does that.
+        r.send_packet(ping(GATEWAY))
+        r.turn_until(lambda: ingress.stats()["gateway_echo_replies"] == 1)
+        assert r.receive()[20] == icmp.ECHO_REPLY
+        yield r
+    finally:
+        sock.close()
+        wg.close()
+        for ring in (*rings_in, *rings_out):
+            ring.close()
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes = b"hello") -> bytes:
+    out = bytearray(2048)
+    n = udp.build_udp_into(out, ipv4.addr_to_int(src), ipv4.addr_to_int(dst), sport, dport, payload)
+    return bytes(out[:n])
+
+
+def ping(dst: str, ttl: int = 64) -> bytes:
+    body = bytearray(struct.pack(">BBHHH", icmp.ECHO_REQUEST, 0, 0, 7, 1) + b"payload!")
+    struct.pack_into(">H", body, 2, checksum(body))
+    total = 20 + len(body)
+    pkt = bytearray(total)
+    ipv4.write_header(
+        pkt,
+        total_length=total,
+        proto=ipv4.PROTO_ICMP,
+        src=ipv4.addr_to_int(GUEST),
+        dst=ipv4.addr_to_int(dst),
+        ttl=ttl,
+    )
+    pkt[20:] = body
+    return bytes(pkt)
+
+
+def test_a_guest_packet_lands_on_the_ring_of_the_worker_that_owns_its_flow(rig: Rig) -> None:
+    sent = [udp_packet(GUEST, REMOTE, sport, 9) for sport in range(20000, 20016)]
+    for pkt in sent:
+        rig.send_packet(pkt)
+    got: dict[int, list[tuple[bytes, int]]] = {0: [], 1: []}
+    consumers = [r.consumer() for r in rig.to_workers]
+
+    def drained() -> bool:
+        for k, cons in enumerate(consumers):
+            for i in range(cons.available()):
+                slot, length, peer = cons.peek_slot(i)
+                got[k].append((bytes(slot[:length]), peer))
+            cons.release(cons.available())
+        return sum(map(len, got.values())) == len(sent)
+
+    rig.turn_until(drained)
+    index = next(iter(rig.ingress.device.peers.values())).index
+    for k, packets in got.items():
+        for pkt, peer in packets:
+            assert peer == index
+            assert flowkey.shard_of(pkt, len(pkt), 2) == k
+    assert sorted(p for ps in got.values() for p, _ in ps) == sorted(sent)
+    assert got[0] and got[1]  # 16 flows over 2 workers: both carry some
+
+
+def test_a_ping_of_the_gateway_is_answered_through_the_tunnel(rig: Rig) -> None:
+    rig.send_packet(ping(GATEWAY))
+    rig.turn_until(lambda: rig.ingress.stats()["gateway_echo_replies"] == 2)  # 1: the fixture
+    reply = rig.receive()
+    assert reply[20] == icmp.ECHO_REPLY
+    assert ipv4.src_dst(reply) == (ipv4.addr_to_int(GATEWAY), ipv4.addr_to_int(GUEST))
+
+
+def test_ttl_1_beyond_the_router_is_answered_with_time_exceeded(rig: Rig) -> None:
+    rig.send_packet(ping(REMOTE, ttl=1))
+    rig.turn_until(lambda: rig.ingress.stats()["ttl_expired"] == 1)
+    err = rig.receive()
+    assert err[20] == icmp.TIME_EXCEEDED
+    assert ipv4.src_dst(err)[0] == ipv4.addr_to_int(GATEWAY)
+
+
+def test_packets_the_workers_queue_leave_encrypted_to_the_peer(rig: Rig) -> None:
+    index = next(iter(rig.ingress.device.peers.values())).index
+    replies = [udp_packet(REMOTE, GUEST, 9, 20000 + i, bytes([i]) * 100) for i in range(5)]
+    for k, pkt in enumerate(replies):
+        assert rig.from_workers[k % 2].producer().push(pkt, index)
+    rig.turn_until(lambda: all(r.consumer().available() == 0 for r in rig.from_workers))
+    got = sorted(rig.receive() for _ in replies)
+    assert got == sorted(replies)
+
+
+def test_a_removed_peer_is_forgotten_by_every_worker(rig: Rig) -> None:
+    (key,) = rig.ingress.device.peers
+    index = rig.ingress.device.peers[key].index
+    rig.ingress.device.remove_peer(key)
+    rig.loop.run_once(block=False)
+    for ring in rig.to_workers:
+        cons = ring.consumer()
+        assert cons.available() == 1
+        _slot, length, peer = cons.peek_slot(0)
+        assert (length, peer) == (0, index)  # the zero-length "forget this peer" message
