@@ -252,3 +252,50 @@ def test_four_workers_one_killed_is_replaced_and_udp_keeps_flowing(tmp_path: Pat
         assert r.group_pids() == []
         assert "restarting worker 2" in r.output()
     assert shm_entries() <= before
+
+
+def test_a_host_address_added_while_the_router_runs_is_refused_at_once(tmp_path: Path) -> None:
+    """The worker read the host's addresses every 10 s: an address added meanwhile (DHCP, a
+    new interface) was open to guests until the next read. Address notifications make the
+    refusal immediate; this adds one after the router started and tries it straight away."""
+    import subprocess
+
+    port = free_udp_port()
+    veth = unique_name("i")
+    # a /30 unique to this process, only ever routed to the namespace we create
+    net = 10 << 24 | 202 << 16 | (os.getpid() % 64) << 8 | (os.getpid() // 64 % 60) * 4
+    here = f"{net >> 24}.{(net >> 16) & 255}.{(net >> 8) & 255}.{(net & 255) + 1}"
+    with Namespace() as other:
+        other.run(["true"])
+        subprocess.run(
+            ["ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p"], check=True
+        )
+        try:
+            subprocess.run(["ip", "link", "set", veth + "p", "netns", other.name], check=True)
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+            with (
+                router(base_env(tmp_path, port)) as r,
+                client_from_router_output(r, port, allowed_ips=("10.0.0.0/8",)) as c,
+            ):
+                assert c.ping(GATEWAY, count=1, interval=0.05) == (1, 1)
+                # Now, well inside the old 10 s poll interval, the host gets an address.
+                subprocess.run(["ip", "addr", "add", f"{here}/30", "dev", veth], check=True)
+                with (
+                    socket.create_server((here, 0)) as tcp,
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+                ):
+                    udp.bind((here, 0))
+                    tcp.settimeout(0.5)
+                    udp.settimeout(0.5)
+                    res = guest(c, "tcp_connect_time", here, tcp.getsockname()[1], 1, 2.0)
+                    assert res["results"][0][0] == "EHOSTUNREACH", res
+                    err = guest(c, "udp_error", here, udp.getsockname()[1])["error"]
+                    assert err == "EHOSTUNREACH"
+                    with pytest.raises(TimeoutError):
+                        tcp.accept()  # nothing arrived
+                    with pytest.raises(TimeoutError):
+                        udp.recvfrom(100)
+                counters = stop_and_counters(r)
+        finally:
+            subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
+    assert counters["policy_denied"] >= 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wgslirp.runtime.host_addresses import HostAddressWatch
 from wgslirp.slirp.nat_table import Flow, FlowTable
+from wgslirp.slirp.policy import EgressPolicy
 
 
 def mk(t: FlowTable[Flow], key: str, peer: int, now: float) -> tuple[Flow, list[Flow]]:
@@ -115,44 +118,73 @@ def test_dns_address_answers_udp_and_tcp_53_only() -> None:
     assert pol.decide(PROTO_ICMP, dns, 0).verdict is Verdict.DENY
 
 
-def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
-    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
-    from wgslirp.runtime.worker import LocalAddressRefresher
-    from wgslirp.slirp.policy import EgressPolicy, Verdict
+def _watched_policy(
+    events: socket.socket | None,
+) -> tuple[EgressPolicy, HostAddressWatch, set[str], list[int]]:
+    from wgslirp.net.ipv4 import PROTO_UDP
 
-    pol = EgressPolicy(
-        own_sockets=frozenset({(PROTO_UDP, 51820)}), local_addresses=frozenset({"192.0.2.10"})
-    )
+    pol = EgressPolicy(own_sockets=frozenset({(PROTO_UDP, 51820)}))
     host = {"192.0.2.10"}
-    reads: list[float] = []
-    clock = [100.0]
+    reads: list[int] = []
 
     def source() -> frozenset[str]:
-        reads.append(clock[0])
+        reads.append(1)
         return frozenset(host)
 
-    ref = LocalAddressRefresher(pol, 100.0, source, interval=10.0)
+    watch = HostAddressWatch(pol.set_local_addresses, 100.0, source=source, events=events)
+    pol.refresh = watch.sync
+    return pol, watch, host, reads
+
+
+def test_own_port_guard_follows_an_address_the_moment_it_is_announced() -> None:
+    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+    from wgslirp.slirp.policy import Verdict
+
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    try:
+        pol, watch, host, reads = _watched_policy(ours)
+        assert reads == [1]  # read once at start
+        new = addr_to_int("198.51.100.7")
+        assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.ALLOW
+        assert reads == [1]  # nothing announced: a decision costs no re-read
+        host.add("198.51.100.7")  # an address appears (DHCP, a new interface) ...
+        kernel.send(b"RTM_NEWADDR")  # ... and the kernel says so
+        # The very next decision sees it: no timer, no interval in between.
+        assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+        assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
+        assert len(reads) == 2
+        for _ in range(5):  # a burst of messages is one re-read
+            kernel.send(b"RTM_NEWADDR")
+        watch.sync()
+        assert len(reads) == 3
+        saved = set(host)
+        host.clear()  # a failed read (EMFILE): the guard keeps the last good set
+        kernel.send(b"RTM_DELADDR")
+        assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
+        host |= saved
+        host.discard("192.0.2.10")  # one goes away: its port is no longer the router's
+        kernel.send(b"RTM_DELADDR")
+        assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.ALLOW
+        assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+    finally:
+        kernel.close()
+        ours.close()
+
+
+def test_without_netlink_the_addresses_are_re_read_on_a_timer() -> None:
+    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+    from wgslirp.runtime.host_addresses import FALLBACK_INTERVAL
+    from wgslirp.slirp.policy import Verdict
+
+    pol, watch, host, _reads = _watched_policy(None)
     new = addr_to_int("198.51.100.7")
-    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.ALLOW
-    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.ALLOW
-    host.add("198.51.100.7")  # an address appears (DHCP, a new interface)
-    assert ref.get_timer() == 110.0 and reads == []
-    clock[0] = 110.0
-    ref.handle_timer(110.0)
-    assert reads == [110.0] and ref.get_timer() == 120.0
+    host.add("198.51.100.7")
+    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.ALLOW  # the known gap
+    assert watch.get_timer() == 100.0 + FALLBACK_INTERVAL
+    watch.handle_timer(100.0 + FALLBACK_INTERVAL)
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
-    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
-    saved = set(host)
-    host.clear()  # a failed read (EMFILE): the guard keeps the last good set
-    clock[0] = 115.0
-    ref.handle_timer(115.0)
-    assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
-    host |= saved
-    host.discard("192.0.2.10")  # and one goes away: its port is no longer the router's
-    clock[0] = 120.0
-    ref.handle_timer(120.0)
-    assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.ALLOW
-    assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
+    assert watch.get_timer() == 100.0 + 2 * FALLBACK_INTERVAL
 
 
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
+from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
@@ -49,56 +49,6 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
     return tuple(out)
 
 
-def host_ipv4_addresses() -> frozenset[str]:
-    """This host's IPv4 addresses, so a guest cannot reach the router's own sockets through
-    the host's LAN or public address either (re-read by LocalAddressRefresher)."""
-    import psutil
-
-    out: set[str] = set()
-    try:
-        for addrs in psutil.net_if_addrs().values():
-            for a in addrs:
-                if a.family == socket.AF_INET:
-                    out.add(a.address)
-    except OSError:
-        pass
-    return frozenset(out)
-
-
-LOCAL_ADDRESS_REFRESH = 10.0
-"""Seconds between re-reads of the host's addresses for the own-socket guard."""
-
-
-class LocalAddressRefresher:
-    """Keeps the policy's idea of "this host" current, on the loop's timer.
-
-    The own-socket guard denies a guest flow to the router's ports on any host address;
-    reading the addresses once at start would leave a later one (DHCP, a new interface) open.
-    The source is injectable so the timing is testable without touching the host.
-    """
-
-    def __init__(
-        self,
-        policy: EgressPolicy,
-        now: float,
-        source: Callable[[], frozenset[str]] = lambda: host_ipv4_addresses(),
-        interval: float = LOCAL_ADDRESS_REFRESH,
-    ) -> None:
-        self.policy, self.source, self.interval = policy, source, interval
-        self.due = now + interval
-
-    def get_timer(self) -> float | None:
-        return self.due
-
-    def handle_timer(self, now: float) -> None:
-        self.due = now + self.interval
-        addrs = self.source()
-        # An empty answer is a failed read (EMFILE, ENOMEM), never a host without
-        # addresses: keep the last good set rather than open the guard until next time.
-        if addrs and addrs != self.policy.local_addresses:
-            self.policy.set_local_addresses(addrs)
-
-
 def build_policy(cfg: Config) -> EgressPolicy:
     upstream: Iterable[tuple[str, int]]
     if cfg.dns_upstream:
@@ -112,7 +62,6 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway_host=cfg.gateway_host_ip,
         dns=cfg.dns_ip,
         dns_upstream=tuple(upstream),
-        local_addresses=host_ipv4_addresses(),
         own_sockets=frozenset(
             {(PROTO_UDP, cfg.listen_port)}
             | ({(PROTO_TCP, cfg.metrics.listen[1])} if cfg.metrics.listen else set())
@@ -224,7 +173,13 @@ class Worker:
             gate_log=cfg.tcp.gate_log,
         )
         loop.timers.append(self.tcp)
-        self.addresses = LocalAddressRefresher(policy, loop.clock())
+        # Flows are decided against the host's addresses as they are at that moment.
+        self.addresses = HostAddressWatch(
+            policy.set_local_addresses, loop.clock(), events=open_address_events()
+        )
+        policy.refresh = self.addresses.sync
+        if self.addresses.events is not None:
+            loop.register(self.addresses.events, self.addresses.on_readable)
         loop.timers.append(self.addresses)
         if metrics is not None:
             self.publisher: Publisher | None = Publisher(
@@ -307,6 +262,7 @@ class Worker:
         self.tcp.close()
         self.udp.close()
         self.icmp.close()
+        self.addresses.close()
 
 
 def _doorbell(cons: Consumer) -> Callable[[float, int], None]:

@@ -10,7 +10,7 @@ resolvers. Decisions are pure: the worker asks once per new flow, not per packet
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from wgslirp.net.ipv4 import PROTO_TCP, PROTO_UDP, addr_to_int
@@ -58,6 +58,9 @@ class EgressPolicy:
     dns_upstream: tuple[tuple[str, int], ...] = ()
     own_sockets: frozenset[tuple[int, int]] = frozenset()
     local_addresses: frozenset[str] = frozenset()  # the host's own IPv4 addresses
+    # Called before each decision so `local_addresses` is as the host's are at that moment
+    # (the worker drains its address notifications here; see runtime/host_addresses.py).
+    refresh: Callable[[], None] | None = None
     _table: AllowedIPs[Verdict] = field(init=False, repr=False)
     _gateway: int | None = field(init=False, repr=False)
     _gateway_host: int = field(init=False, repr=False)
@@ -90,6 +93,9 @@ class EgressPolicy:
                 self._host_allow.insert(cidr, True)
 
     def decide(self, proto: int, dst: int, dport: int) -> Decision:
+        """What a new flow to (`dst`, `dport`) may do; called once per flow, not per packet."""
+        if self.refresh is not None:
+            self.refresh()
         if self._dns is not None and dst == self._dns:
             # TCP too: a resolver retries over TCP after a truncated UDP answer (RFC 7766)
             if dport == 53 and proto in (PROTO_UDP, PROTO_TCP) and self._upstream:
