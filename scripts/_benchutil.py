@@ -2,7 +2,6 @@
 
 What lives here:
 
-- :func:`e2e_imports` puts tests/e2e on ``sys.path`` so a script can ``import harness``.
 - :func:`install_interrupt_handlers`: the first SIGINT/SIGTERM/SIGHUP raises
   ``KeyboardInterrupt`` (so every ``with`` block and ``finally`` cleans up); later ones are
   ignored, so an impatient second Ctrl-C cannot interrupt the cleanup half-way.
@@ -55,15 +54,9 @@ from typing import Any, Self
 
 import psutil
 
+from wgslirp_testkit.netns import require_root_and_tun
+
 REPO = Path(__file__).resolve().parent.parent
-E2E = REPO / "tests" / "e2e"
-
-
-def e2e_imports() -> None:
-    """Make ``import harness, routerutil, hostservers`` work (and ``import wgslirp``)."""
-    for p in (str(E2E), str(REPO)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
 
 
 # --------------------------------------------------------------------------- signals
@@ -95,17 +88,14 @@ def interrupted() -> bool:
 
 
 def start_controller(tunnel: bool = True, extra_binaries: Sequence[str] = ()) -> bool:
-    """Set up a benchmark's controller process (:func:`e2e_imports`,
-    :func:`install_interrupt_handlers`) and, with ``tunnel``, check that this machine can run
-    one: root, a usable /dev/net/tun, the harness's tools plus ``extra_binaries``.  False
-    (after saying why on stderr) when it cannot."""
-    e2e_imports()
+    """Set up a benchmark's controller process (:func:`install_interrupt_handlers`) and, with
+    ``tunnel``, check that this machine can run one: root, a usable /dev/net/tun, the
+    harness's tools plus ``extra_binaries``.  False (after saying why on stderr) when it
+    cannot."""
     install_interrupt_handlers()
     if not tunnel:
         return True
-    import harness
-
-    why = harness.require_root_and_tun(extra_binaries)
+    why = require_root_and_tun(extra_binaries)
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return False
@@ -626,21 +616,6 @@ def router_cwd(env: dict[str, str], code_dir: str | None) -> str:
         return str(REPO)
     env["PYTHONPATH"] = os.pathsep.join([code_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
     return code_dir
-
-
-@contextlib.contextmanager
-def pinged_client(router: Any, port: int) -> Iterator[Any]:
-    """The wireguard-go client of a started ``router`` (a harness RouterProcess listening on
-    127.0.0.1:``port``), once a ping through the tunnel got an answer and the handshake is
-    done."""
-    from routerutil import GATEWAY, client_from_router_output
-
-    with client_from_router_output(router, port, log_level="error") as c:
-        _sent, got = c.ping(GATEWAY, count=3, interval=0.1)
-        if got == 0:
-            raise RuntimeError(f"no ping reply through the tunnel\n{c.diagnostics()}")
-        c.wait_handshake(10)
-        yield c
 
 
 EXIT_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")

@@ -89,7 +89,6 @@ from _benchutil import (
     die_with_parent,
     drops_between,
     parse_exit_counters,
-    pinged_client,
     print_profile,
     process_tree,
     router_cwd,
@@ -103,6 +102,12 @@ from _benchutil import (
     udp_socket_drops,
     wait_quiet,
 )
+
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.proc import HarnessError
+from wgslirp_testkit.router import GATEWAY, RouterProcess, base_env, pinged_client, router_cmd
+from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
 
 KIB = 1024
 TARGET_MBIT = 500.0
@@ -681,7 +686,6 @@ class Bench:
 
     def run_reference(self) -> None:
         """wireguard-go <-> wireguard-go, iperf3 server inside the second namespace."""
-        import harness
 
         mtu = self.mtu or 1380
         print(
@@ -689,11 +693,11 @@ class Bench:
             "both ends",
             flush=True,
         )
-        ka, kb = harness.generate_keypair(), harness.generate_keypair()
+        ka, kb = generate_keypair(), generate_keypair()
         srv_ip, cli_ip = REF_NET
         with contextlib.ExitStack() as stack:
             b = stack.enter_context(
-                harness.WgClient(
+                WgClient(
                     kb.private,
                     ka.public,
                     None,
@@ -704,7 +708,7 @@ class Bench:
                 )
             )
             c = stack.enter_context(
-                harness.WgClient(
+                WgClient(
                     ka.private,
                     kb.public,
                     b.udp_port(),
@@ -722,7 +726,7 @@ class Bench:
             self._grow_buffers(b)
             stack.callback(setattr, self, "_ns", None)
             self._ns = c.namespace.name
-            port = harness.free_tcp_port()
+            port = free_tcp_port()
             with Iperf3Server(srv_ip, port, ns=b) as server:
                 ports = {"cli": c.udp_port(), "srv": b.udp_port()}
                 self._both_ways(
@@ -740,8 +744,6 @@ class Bench:
     def _grow_buffers(self, c: Any) -> None:
         """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""
         if self.args.client_sockbuf:
-            from loadtest import grow_client_buffers
-
             try:
                 msg = grow_client_buffers(c.pid, c.udp_port(), self.args.client_sockbuf)
             except OSError as exc:
@@ -751,7 +753,6 @@ class Bench:
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """The router's TCP settings (``wgslirp check-config`` with the routers' code and
         environment), or None if that fails."""
-        from routerutil import router_cmd
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-cfg-"))
         try:
@@ -774,7 +775,6 @@ class Bench:
     def _router_env(
         self, tmp: Path, port: int, workers: int, extra: dict[str, str]
     ) -> tuple[dict[str, str], str]:
-        from routerutil import base_env
 
         env = base_env(tmp, port, workers) | extra
         env |= dict(self.args.router_env)
@@ -782,14 +782,12 @@ class Bench:
 
     @contextlib.contextmanager
     def _tunnel(self, workers: int, extra: dict[str, str]) -> Any:
-        import harness
-        from routerutil import router_cmd
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-"))
-        port = harness.free_udp_port()
+        port = free_udp_port()
         env, cwd = self._router_env(tmp, port, workers, extra)
         try:
-            with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
+            with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
                 with pinged_client(r, port) as c:
                     self._grow_buffers(c)
@@ -804,7 +802,6 @@ class Bench:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def run_throughput(self, workers: int, server: Iperf3Server) -> None:
-        from routerutil import GATEWAY
 
         mode = f"workers={workers}"
         print(f"PROCESSOR_WORKERS={workers}: throughput", flush=True)
@@ -831,7 +828,6 @@ class Bench:
             info["counters"] = exit_counters(r.output())
 
     def run_memory(self, workers: int) -> None:
-        from routerutil import GATEWAY
 
         a = self.args
         n = a.flows
@@ -1412,7 +1408,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if not _benchutil.start_controller(extra_binaries=["iperf3"]):
         return 2
-    import harness
 
     raise_nofile(args.flows + 256)  # children (iperf3, hold server) inherit it
     args.code_dir = None
@@ -1446,21 +1441,21 @@ def main(argv: list[str]) -> int:
             )
         bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
-            port = harness.free_tcp_port()
+            port = free_tcp_port()
             with Iperf3Server("127.0.0.1", port) as server:
                 if "loopback" not in args.skip:
                     bench.run_loopback(server)
                 for w in args.workers:
                     try:
                         bench.run_throughput(w, server)
-                    except (harness.HarnessError, RuntimeError) as exc:
+                    except (HarnessError, RuntimeError) as exc:
                         print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
                         bench.tput.append(Tput(f"workers={w}", "up", error=str(exc)))
                         code = 1
             if "reference" not in args.skip:
                 try:
                     bench.run_reference()
-                except (harness.HarnessError, RuntimeError) as exc:
+                except (HarnessError, RuntimeError) as exc:
                     print(f"reference failed: {exc}", file=sys.stderr)
                     bench.tput.append(Tput("wg-go<->wg-go", "up", error=str(exc)))
         if "memory" not in args.skip:

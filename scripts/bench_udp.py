@@ -71,7 +71,6 @@ from _benchutil import (
     UdpServer,
     drops_between,
     parse_exit_counters,
-    pinged_client,
     print_profile,
     process_tree,
     router_cwd,
@@ -84,6 +83,10 @@ from _benchutil import (
     udp_sockets,
     wait_quiet,
 )
+
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import HarnessError
+from wgslirp_testkit.router import GATEWAY, RouterProcess, base_env, pinged_client, router_cmd
 
 SO_SNDTIMEO_SECONDS = 1  # a send() blocked longer than this fails (keeps loops bounded)
 MAX_PACKETS = 50_000_000  # hard cap on what one guest run sends
@@ -288,7 +291,7 @@ class Result:
 class Tunnel:
     """What a measurement needs to know about the tunnel (no Tunnel = the loopback baseline)."""
 
-    client: Any  # harness.WgClient
+    client: Any  # WgClient
     router_pid: int
     router_port: int
     wg_port: int
@@ -486,19 +489,17 @@ class Bench:
         self._run_set("loopback", None)
 
     def run_tunnel(self, workers: int) -> dict[str, Any]:
-        import harness
-        from routerutil import GATEWAY, base_env, router_cmd
 
         self.args.gateway = GATEWAY
         mode = f"workers={workers}"
         print(f"PROCESSOR_WORKERS={workers}", flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-udp-"))
         info: dict[str, Any] = {"mode": mode}
-        port = harness.free_udp_port()
+        port = free_udp_port()
         env = base_env(tmp, port, workers)
         cwd = router_cwd(env, self.args.code_dir)
         try:
-            with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
+            with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
                 with pinged_client(r, port) as c:
                     tunnel = Tunnel(c, r.pid, port, c.udp_port(), c.mtu)
@@ -772,7 +773,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if not _benchutil.start_controller():
         return 2
-    import harness
 
     infos: list[dict[str, Any]] = []
     bench: Bench | None = None
@@ -793,7 +793,7 @@ def main(argv: list[str]) -> int:
             for w in args.workers:
                 try:
                     infos.append(bench.run_tunnel(w))
-                except (harness.HarnessError, RuntimeError) as exc:
+                except (HarnessError, RuntimeError) as exc:
                     print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
                     infos.append({"mode": f"workers={w}", "error": str(exc)})
                     code = 1

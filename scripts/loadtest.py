@@ -88,6 +88,10 @@ from _benchutil import (
     udp_sockets,
 )
 
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.router import RouterProcess, base_env, client_from_router_output, router_cmd
+from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
+
 SCRIPT = str(Path(__file__).resolve())
 
 PATTERN_SEED = 0x5EED
@@ -1266,65 +1270,6 @@ def router_counters(output: str) -> dict[str, int]:
     return total
 
 
-SYS_PIDFD_GETFD = 438  # the same number on every architecture (new syscalls are unified)
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; Python's socket module lacks the names
-
-
-def grow_client_buffers(pid: int, port: int, size: int) -> str:
-    """Give wireguard-go's UDP socket(s) on ``port`` ``size``-byte buffers; what was done.
-
-    wireguard-go sets 7 MiB socket buffers itself since 0.0.20230223; Debian's older build
-    keeps the kernel default (about 208 KiB), so under a burst from the router the *client's*
-    socket drops datagrams: TCP recovers, the UDP flows of a load test count them as lost.
-    A copy of the socket taken with pidfd_getfd(2) is the same socket, so setting the size
-    on it resizes the client's own; only a process this script started is touched.
-    """
-    import ctypes
-
-    inodes = _udp_inodes_on_port(port)
-    if not inodes:
-        return f"wireguard-go socket buffers left as they are (no socket on port {port})"
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    done = 0
-    pidfd = os.pidfd_open(pid)
-    try:
-        for entry in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{entry}")
-            except OSError:
-                continue
-            m = re.fullmatch(r"socket:\[(\d+)\]", link)
-            if m is None or int(m.group(1)) not in inodes:
-                continue
-            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry), 0)
-            if fd < 0:
-                err = ctypes.get_errno()
-                return f"wireguard-go socket buffers left as they are ({os.strerror(err)})"
-            with socket.socket(fileno=fd) as dup:
-                dup.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-                dup.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
-            done += 1
-    finally:
-        os.close(pidfd)
-    return f"wireguard-go socket buffers set to {size >> 10} KiB ({done} sockets)"
-
-
-def _udp_inodes_on_port(port: int) -> set[int]:
-    """Inodes of the root namespace's UDP sockets (IPv4 and IPv6) bound to ``port``."""
-    found: set[int] = set()
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(path).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if len(f) > 9 and f[1].rpartition(":")[2] == f"{port:04X}":
-                found.add(int(f[9]))
-    return found
-
-
 def prepare_client(c: Any, args: argparse.Namespace) -> None:
     if args.client_sockbuf:
         try:
@@ -1447,13 +1392,11 @@ def wait_tunnel(c: Any, gateway: str) -> None:
 def run_self(
     args: argparse.Namespace, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    import harness
-    from routerutil import base_env, client_from_router_output, router_cmd
 
     tmp = Path(tempfile.mkdtemp(prefix="wgslirp-loadtest-"))
     info: dict[str, Any] = {"mode": "self", "workers": args.workers}
     try:
-        port = harness.free_udp_port()
+        port = free_udp_port()
         env = base_env(tmp, port, args.workers)
         env.update(kv.split("=", 1) for kv in args.router_env)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -1464,7 +1407,7 @@ def run_self(
             file=sys.stderr,
             flush=True,
         )
-        with harness.RouterProcess(router_cmd(), env, cwd=str(REPO), name="wgslirp") as r:
+        with RouterProcess(router_cmd(), env, cwd=str(REPO), name="wgslirp") as r:
             r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
             with client_from_router_output(r, port, log_level="error") as c:
                 prepare_client(c, args)
@@ -1506,7 +1449,6 @@ def run_self(
 def run_endpoint(
     args: argparse.Namespace, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    import harness
 
     conf = read_client_config(args.client_config)
     address = next(
@@ -1520,7 +1462,7 @@ def run_endpoint(
     if address is None:
         raise ValueError(f"{args.client_config}: no IPv4 Address")
     peer_ips = [a.strip() for a in conf.get("AllowedIPs", "0.0.0.0/0").split(",") if a.strip()]
-    client = harness.WgClient(
+    client = WgClient(
         conf["PrivateKey"],
         conf["PublicKey"],
         args.endpoint_port,

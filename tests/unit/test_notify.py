@@ -15,12 +15,8 @@ from pathlib import Path
 import pytest
 
 from wgslirp.obs.notify import Notifier, Watchdog, watchdog_interval
-
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-from harness import RouterProcess, free_udp_port  # noqa: E402
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.router import RouterProcess
 
 
 @pytest.fixture
