@@ -64,7 +64,6 @@ import dataclasses
 import errno
 import json
 import os
-import re
 import select
 import selectors
 import shutil
@@ -79,34 +78,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _benchutil
-from _benchutil import (
-    REPO,
-    CpuMeter,
-    ForkedServer,
-    LineReader,
-    PySpy,
-    die_with_parent,
-    drops_between,
-    parse_exit_counters,
-    print_profile,
-    process_tree,
-    router_cwd,
-    router_label,
-    spawn,
-    split_cpu,
-    stop_and_close,
-    stop_popen,
+from wgslirp_testkit.bench import (
+    add_quiet_options,
+    add_rev_argument,
+    rev_exported,
+    start_controller,
     table,
+)
+from wgslirp_testkit.hostservers import ForkedServer
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.proc import (
+    HarnessError,
+    LineReader,
+    die_with_parent,
+    raise_nofile,
+    spawn,
+    stop_and_close,
+    stop_process,
+)
+from wgslirp_testkit.pyspy import PySpy, print_profile
+from wgslirp_testkit.router import (
+    GATEWAY,
+    REPO,
+    RouterProcess,
+    base_env,
+    exit_counters,
+    pinged_client,
+    router_cmd,
+    router_cwd,
+)
+from wgslirp_testkit.sampling import (
+    CpuMeter,
+    drops_between,
+    process_tree,
+    router_label,
+    split_cpu,
     tree_processes,
     udp_socket_drops,
     wait_quiet,
 )
-
-from wgslirp_testkit.keys import generate_keypair
-from wgslirp_testkit.ports import free_tcp_port, free_udp_port
-from wgslirp_testkit.proc import HarnessError
-from wgslirp_testkit.router import GATEWAY, RouterProcess, base_env, pinged_client, router_cmd
 from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
 
 KIB = 1024
@@ -118,29 +129,6 @@ REF_NET = ("10.78.0.1", "10.78.0.2")  # the reference tunnel's addresses (its ow
 
 
 # =========================================================================== shared helpers
-
-
-def raise_nofile(need: int) -> int:
-    """Raise RLIMIT_NOFILE to at least ``need`` if the hard limit (or root) allows; the
-    resulting soft limit."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, need)
-    if want > hard:
-        try:
-            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            nr_open = hard
-        new_hard = min(want, nr_open)
-        with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new_hard, new_hard))
-            return new_hard
-        want = hard
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        return want
-    return soft
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -423,7 +411,7 @@ class Iperf3Server:
 
     def close(self) -> None:
         if self.proc is not None:
-            stop_popen(self.proc)
+            stop_process(self.proc)
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
 
@@ -619,7 +607,7 @@ class Bench:
             try:
                 out, err = proc.communicate(timeout=a.seconds + a.omit + 20)
             except subprocess.TimeoutExpired:
-                stop_popen(proc)
+                stop_process(proc)
                 raise RuntimeError("iperf3 client did not finish in time") from None
             if spy is not None:
                 res.profile = spy.finish()
@@ -931,18 +919,7 @@ class Bench:
             print(f"  ERROR {res.error.splitlines()[0]}", flush=True)
 
 
-_TOTALS = re.compile(r"stopped; totals: (\{.*\})")
 _TCP_KEYS = ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed", "tcp_host_resets", "tcp_rst_sent")
-
-
-def exit_counters(output: str) -> dict[str, dict[str, int]]:
-    """Per-role counters logged at exit, plus ``totals`` (the router's one summed line, where
-    it prints one)."""
-    out = parse_exit_counters(output)
-    m = _TOTALS.search(output)
-    if m is not None:
-        out["totals"] = json.loads(m.group(1))
-    return out
 
 
 def tcp_counters(counters: dict[str, dict[str, int]]) -> dict[str, int] | None:
@@ -1343,7 +1320,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="3 s windows, 2,000 flows")
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
-    _benchutil.add_rev_argument(p)
+    add_rev_argument(p)
     p.add_argument(
         "--code",
         metavar="DIR",
@@ -1358,7 +1335,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="py-spy every router process during each tunnel window; collapsed "
         "stacks go to DIR and the top lines are printed",
     )
-    _benchutil.add_quiet_options(p, what="iperf3 run", wait=20.0)
+    add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 3 if a.quick else 6
@@ -1406,7 +1383,7 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    if not _benchutil.start_controller(extra_binaries=["iperf3"]):
+    if not start_controller(extra_binaries=["iperf3"]):
         return 2
 
     raise_nofile(args.flows + 256)  # children (iperf3, hold server) inherit it
@@ -1420,7 +1397,7 @@ def main(argv: list[str]) -> int:
             args.code_dir = str(Path(args.code).resolve())
             print(f"router code: {args.code_dir}", flush=True)
         elif args.rev is not None:
-            args.code_dir = rev_code.enter_context(_benchutil.rev_exported(args.rev))
+            args.code_dir = rev_code.enter_context(rev_exported(args.rev))
         else:
             dirty = subprocess.run(
                 ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],

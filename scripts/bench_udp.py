@@ -62,31 +62,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _benchutil
-from _benchutil import (
-    REPO,
-    CpuMeter,
-    LineReader,
-    PySpy,
-    UdpServer,
-    drops_between,
-    parse_exit_counters,
-    print_profile,
-    process_tree,
-    router_cwd,
+from wgslirp_testkit.bench import (
+    add_quiet_options,
+    add_rev_argument,
+    rev_exported,
     si,
-    spawn,
-    split_cpu,
-    stop_and_close,
-    stop_popen,
+    start_controller,
     table,
+)
+from wgslirp_testkit.hostservers import ForkedUdpServer
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import HarnessError, LineReader, spawn, stop_and_close, stop_process
+from wgslirp_testkit.pyspy import PySpy, print_profile
+from wgslirp_testkit.router import (
+    GATEWAY,
+    REPO,
+    RouterProcess,
+    base_env,
+    parse_exit_counters,
+    pinged_client,
+    router_cmd,
+    router_cwd,
+)
+from wgslirp_testkit.sampling import (
+    CpuMeter,
+    drops_between,
+    process_tree,
+    split_cpu,
     udp_sockets,
     wait_quiet,
 )
-
-from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.proc import HarnessError
-from wgslirp_testkit.router import GATEWAY, RouterProcess, base_env, pinged_client, router_cmd
 
 SO_SNDTIMEO_SECONDS = 1  # a send() blocked longer than this fails (keeps loops bounded)
 MAX_PACKETS = 50_000_000  # hard cap on what one guest run sends
@@ -302,8 +307,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.script = str(Path(__file__).resolve())
-        self.sink: UdpServer = args.sink
-        self.echo: UdpServer = args.echo
+        self.sink: ForkedUdpServer = args.sink
+        self.echo: ForkedUdpServer = args.echo
         self.results: list[Result] = []
 
     # -------------------------------------------------------------- one measurement
@@ -423,7 +428,7 @@ class Bench:
             res.error = f"{type(exc).__name__}: {exc}"
             err = b""
             with contextlib.suppress(Exception):
-                stop_popen(proc)
+                stop_process(proc)
                 err = proc.stderr.read() if proc.stderr else b""
             if err:
                 res.error += "\n" + err.decode("utf-8", "replace")[-2000:]
@@ -735,7 +740,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="also write every result and the routers' exit counters as JSON",
     )
-    _benchutil.add_rev_argument(p)
+    add_rev_argument(p)
     p.add_argument(
         "--profile",
         metavar="DIR",
@@ -745,7 +750,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "of CPU per process)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the loopback baseline")
-    _benchutil.add_quiet_options(p, what="test", wait=5.0)
+    add_quiet_options(p, what="test", wait=5.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 1.0 if a.quick else 3.0
@@ -771,7 +776,7 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    if not _benchutil.start_controller():
+    if not start_controller():
         return 2
 
     infos: list[dict[str, Any]] = []
@@ -781,9 +786,9 @@ def main(argv: list[str]) -> int:
     code = 0
     try:
         with (
-            _benchutil.rev_exported(args.rev) as code_dir,
-            UdpServer(echo=False) as sink,
-            UdpServer(echo=True) as echo,
+            rev_exported(args.rev) as code_dir,
+            ForkedUdpServer(echo=False) as sink,
+            ForkedUdpServer(echo=True) as echo,
         ):
             args.code_dir = code_dir
             args.sink, args.echo, args.gateway = sink, echo, "127.0.0.1"

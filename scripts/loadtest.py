@@ -61,7 +61,6 @@ import math
 import os
 import random
 import re
-import resource
 import selectors
 import shutil
 import signal
@@ -74,23 +73,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _benchutil
-from _benchutil import (
-    EXIT_COUNTERS,
-    REPO,
-    ForkedServer,
-    die_with_parent,
-    drops_between,
-    spawn,
-    stop_and_close,
-    stop_popen,
-    table,
-    udp_sockets,
-)
-
+from wgslirp_testkit.bench import start_controller, table
+from wgslirp_testkit.hostservers import ForkedServer
 from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.router import RouterProcess, base_env, client_from_router_output, router_cmd
-from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
+from wgslirp_testkit.proc import die_with_parent, raise_nofile, spawn, stop_and_close, stop_process
+from wgslirp_testkit.router import (
+    REPO,
+    RouterProcess,
+    base_env,
+    client_from_router_output,
+    router_cmd,
+    summed_exit_counters,
+)
+from wgslirp_testkit.sampling import MemSampler, drops_between, udp_socket_drops
+from wgslirp_testkit.wgclient import WgClient, grow_client_buffers, wait_tunnel
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -193,12 +189,6 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     k = max(1, math.ceil(q / 100.0 * len(sorted_values)))
     return sorted_values[min(k, len(sorted_values)) - 1]
-
-
-def raise_nofile() -> None:
-    with contextlib.suppress(ValueError, OSError):
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _errname(exc: OSError | int) -> str:
@@ -1199,26 +1189,15 @@ def relay_guest(proc: subprocess.Popen[bytes], limit: float) -> tuple[str, str]:
             for line in lines:
                 print("  " + line.decode("utf-8", "replace"), file=sys.stderr, flush=True)
     if fds:
-        stop_popen(proc)
+        stop_process(proc)
         raise RuntimeError(
             f"guest did not finish within {limit:.0f} s (killed)\n"
             + err.decode("utf-8", "replace")[-2000:]
         )
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
-    stop_popen(proc)
+    stop_process(proc)
     return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
-def udp_drops(places: dict[str, Any]) -> dict[str, dict[int, int]]:
-    """place -> {socket inode: receive drops} for the root namespace's UDP sockets that
-    ``places[place](socket_info)`` selects."""
-    out: dict[str, dict[int, int]] = {p: {} for p in places}
-    for s in udp_sockets():
-        for place, match in places.items():
-            if match(s):
-                out[place][s.inode] = s.drops
-    return out
 
 
 def run_guest(
@@ -1232,7 +1211,7 @@ def run_guest(
         "router's host sockets": lambda s: s.remote == (lo, echo),
         **(places or {}),
     }
-    drops0 = udp_drops(places)
+    drops0 = {p: udp_socket_drops(match) for p, match in places.items()}
 
     argv = [sys.executable, SCRIPT, "guest", json.dumps(cfg)]
     proc = spawn(argv, client, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1244,7 +1223,7 @@ def run_guest(
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"guest failed (exit {proc.returncode})\n{err[-3000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
-    drops1 = udp_drops(places)
+    drops1 = {p: udp_socket_drops(match) for p, match in places.items()}
     result["udp_socket_drops"] = {p: drops_between(drops0[p], drops1[p]) for p in places}
     return result
 
@@ -1259,15 +1238,6 @@ ROUTER_COUNTERS = (
     "udp_send_errors",
     "policy_denied",
 )
-
-
-def router_counters(output: str) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for m in EXIT_COUNTERS.finditer(output):
-        for k, v in json.loads(m.group(2)).items():
-            if isinstance(v, int):
-                total[k] = total.get(k, 0) + v
-    return total
 
 
 def prepare_client(c: Any, args: argparse.Namespace) -> None:
@@ -1302,91 +1272,6 @@ def guest_side_drops(c: Any) -> dict[str, int]:
         if r.stdout.strip().isdigit():
             out[f"tun {stat}"] = int(r.stdout)
     return out
-
-
-def _median(xs: list[int]) -> float:
-    s = sorted(xs)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
-
-
-class MemSampler:
-    """Samples the router's memory (PSS summed over its process tree) once a second in a
-    thread while the guest runs, so a soak shows whether memory stays bounded.
-
-    PSS, not RSS: the workers share copy-on-write pages with the supervisor, and RSS would
-    count those once per process.
-    """
-
-    def __init__(self, pid: int, period: float = 1.0) -> None:
-        import threading
-
-        self.pid, self.period = pid, period
-        self.samples: list[tuple[float, int]] = []
-        self.last_by_process: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
-
-    def __enter__(self) -> MemSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sample()
-
-    def sample(self) -> None:
-        import psutil
-
-        total = 0
-        by_name: dict[str, int] = {}
-        try:
-            root = psutil.Process(self.pid)
-            for p in (root, *root.children(recursive=True)):
-                with contextlib.suppress(psutil.Error):
-                    pss = p.memory_full_info().pss
-                    total += pss
-                    by_name[p.name()] = by_name.get(p.name(), 0) + pss
-        except psutil.Error:
-            return
-        self.samples.append((time.monotonic() - self._t0, total))
-        self.last_by_process = by_name
-
-    def _run(self) -> None:
-        for _ in range(MAX_TURNS):
-            self.sample()
-            if self._stop.wait(self.period):
-                return
-
-    def summary(self) -> dict[str, Any] | None:
-        """start/mid/end/peak in bytes; growth = median of the last quarter of the samples
-        minus the median of the second quarter. After the first quarter has warmed caches
-        and pools, steady traffic should hold memory flat; medians, not single samples,
-        because memory swings with the flows open at the moment."""
-        if len(self.samples) < 2:
-            return None
-        vals = [v for _, v in self.samples]
-        q = max(1, len(vals) // 4)  # a run too short for quarters judges no growth
-        start, mid, end = vals[0], vals[len(vals) // 2], vals[-1]
-        growth = _median(vals[-q:]) - _median(vals[q : 2 * q])
-        return {
-            "start": start,
-            "mid": mid,
-            "end": end,
-            "peak": max(vals),
-            "growth": growth,
-            "samples": len(vals),
-            "seconds": self.samples[-1][0] - self.samples[0][0],
-            "end_by_process": dict(self.last_by_process),
-        }
-
-
-def wait_tunnel(c: Any, gateway: str) -> None:
-    _sent, got = c.ping(gateway, count=3, interval=0.2)
-    if got == 0:
-        raise RuntimeError(f"no ping reply from {gateway} through the tunnel\n{c.diagnostics()}")
-    c.wait_handshake(10)
 
 
 def run_self(
@@ -1437,7 +1322,7 @@ def run_self(
                     {k: v - before.get(k, 0) for k, v in after.items()}
                 )
             info["exit"] = r.terminate(timeout=10)
-            counters = router_counters(r.output())
+            counters = summed_exit_counters(r.output())
             info["counters"] = {k: counters[k] for k in ROUTER_COUNTERS if k in counters}
             if not counters:
                 info["counters_missing"] = True
@@ -1801,7 +1686,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     mode = "endpoint" if args.endpoint else args.router
     try:
-        if not _benchutil.start_controller(tunnel=mode != "none"):
+        if not start_controller(tunnel=mode != "none"):
             return 2
         with HostServers(inject=args.inject_corruption) as hs:
             host = "127.0.0.1" if mode == "none" else args.gateway
