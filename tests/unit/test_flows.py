@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgslirp.slirp.flows import Flow, FlowTable
+from wgslirp_testkit.clock import FakeClock
 
 
 def mk(t: FlowTable[Flow], key: str, peer: int, now: float) -> tuple[Flow, list[Flow]]:
@@ -125,10 +126,10 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     )
     host = {"192.0.2.10"}
     reads: list[float] = []
-    clock = [100.0]
+    clock = FakeClock(100.0)
 
     def source() -> frozenset[str]:
-        reads.append(clock[0])
+        reads.append(clock())
         return frozenset(host)
 
     ref = LocalAddressRefresher(pol, 100.0, source, interval=10.0)
@@ -137,19 +138,19 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
     assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.ALLOW
     host.add("198.51.100.7")  # an address appears (DHCP, a new interface)
     assert ref.get_timer() == 110.0 and reads == []
-    clock[0] = 110.0
+    clock.t = 110.0
     ref.handle_timer(110.0)
     assert reads == [110.0] and ref.get_timer() == 120.0
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
     assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
     saved = set(host)
     host.clear()  # a failed read (EMFILE): the guard keeps the last good set
-    clock[0] = 115.0
+    clock.t = 115.0
     ref.handle_timer(115.0)
     assert pol.decide(PROTO_UDP, new, 53).verdict is Verdict.DENY
     host |= saved
     host.discard("192.0.2.10")  # and one goes away: its port is no longer the router's
-    clock[0] = 120.0
+    clock.t = 120.0
     ref.handle_timer(120.0)
     assert pol.decide(PROTO_UDP, addr_to_int("192.0.2.10"), 51820).verdict is Verdict.ALLOW
     assert pol.decide(PROTO_UDP, new, 51820).verdict is Verdict.DENY
@@ -158,10 +159,10 @@ def test_own_port_guard_follows_host_addresses_added_after_start() -> None:
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 
-    from tests.unit.test_tcp_support import Egress
     from wgslirp.slirp.context import BridgeContext
     from wgslirp.slirp.icmp_bridge import IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
+    from wgslirp_testkit.tcpconn import Egress
 
     full = Egress()
     full.full = True
@@ -276,13 +277,13 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     import selectors
     import struct
 
-    from tests.unit.test_tcp_support import Egress
     from wgslirp.net import icmp
     from wgslirp.net.checksum import checksum
     from wgslirp.net.ipv4 import addr_to_int, write_header
     from wgslirp.slirp.context import BridgeContext
     from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
+    from wgslirp_testkit.tcpconn import Egress
 
     eg = Egress()
     bridge = IcmpBridge(

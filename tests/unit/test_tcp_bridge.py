@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.unit.test_tcp_support import Egress, guest_pkt
 from wgslirp.net import tcp as wire
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.context import BridgeContext
@@ -10,6 +9,7 @@ from wgslirp.slirp.flows import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp import TcpParams
 from wgslirp.slirp.tcp_bridge import STRAY_RST_INTERVAL, TcpBridge, TcpFlow
+from wgslirp_testkit.tcpconn import Egress, guest_pkt
 
 
 def bridge() -> tuple[TcpBridge, Egress]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tests.unit.test_tcp_support import Conn, Seg, guest_pkt
 from wgslirp.net import tcp as wire
 from wgslirp.slirp.tcp import TcpParams, TcpState
+from wgslirp_testkit.tcpconn import Conn, Seg, guest_pkt
 
 ACK, SYN, FIN, RST, PSH = wire.ACK, wire.SYN, wire.FIN, wire.RST, wire.PSH
 

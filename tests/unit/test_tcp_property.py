@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_tcp_support import (
+from wgslirp.net import tcp as wire
+from wgslirp.slirp.tcp import TcpEndpoint, TcpParams, TcpState
+from wgslirp.slirp.tcp_seq import unwrap
+from wgslirp_testkit.tcpconn import (
     GUEST_IP,
     GUEST_PORT,
     HOST_IP,
@@ -26,9 +29,6 @@ from tests.unit.test_tcp_support import (
     Egress,
     guest_pkt,
 )
-from wgslirp.net import tcp as wire
-from wgslirp.slirp.tcp import TcpEndpoint, TcpParams, TcpState
-from wgslirp.slirp.tcp_seq import unwrap
 
 ACK, SYN, FIN, RST, PSH = wire.ACK, wire.SYN, wire.FIN, wire.RST, wire.PSH
 M = 0xFFFFFFFF

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from tests.unit.test_tcp_support import Conn
 from wgslirp.net import tcp as wire
 from wgslirp.slirp.tcp import MAX_OOO_RANGES, TcpParams
+from wgslirp_testkit.tcpconn import Conn
 
 ACK, FIN = wire.ACK, wire.FIN
 SACK_SYN = wire.options_bytes(mss=1460, sack_perm=True)

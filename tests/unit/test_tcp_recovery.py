@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_tcp_support import Conn, Seg
 from wgslirp.net import tcp as wire
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.tcp import TcpParams
+from wgslirp_testkit.tcpconn import Conn, Seg
 
 ACK = wire.ACK
 MSS = 1340

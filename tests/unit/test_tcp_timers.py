@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_tcp_support import Conn
 from wgslirp.net import tcp as wire
 from wgslirp.slirp.tcp import TcpParams, TcpState
+from wgslirp_testkit.tcpconn import Conn
 
 ACK, FIN, RST = wire.ACK, wire.FIN, wire.RST
 
