@@ -81,6 +81,7 @@ from typing import Any
 from wgslirp_testkit.bench import (
     add_quiet_options,
     add_rev_argument,
+    pct,
     rev_exported,
     start_controller,
     table,
@@ -956,10 +957,6 @@ def medians(results: list[Tput]) -> dict[tuple[str, str], tuple[float, float, fl
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
 def report(b: Bench, args: argparse.Namespace) -> None:
     print()
     base = {d: m for (path, d), (m, _, _) in medians(b.tput).items() if path == "loopback"}
@@ -991,13 +988,13 @@ def report(b: Bench, args: argparse.Namespace) -> None:
                     ratio,
                     "-" if r.retransmits is None else str(r.retransmits),
                     " ".join(f"{k} {v}" for k, v in r.drops.items() if v) or "-",
-                    _pct(r.cpu.get("router")),
+                    pct(r.cpu.get("router")),
                     router,
-                    _pct(r.cpu.get("wg-go")),
-                    _pct(r.cpu.get("iperf3 -c")),
-                    _pct(r.cpu.get("iperf3 -s")),
-                    _pct(r.cpu.get("other")),
-                    _pct(r.cpu.get("machine")),
+                    pct(r.cpu.get("wg-go")),
+                    pct(r.cpu.get("iperf3 -c")),
+                    pct(r.cpu.get("iperf3 -s")),
+                    pct(r.cpu.get("other")),
+                    pct(r.cpu.get("machine")),
                 ]
             )
         print(

@@ -65,6 +65,7 @@ from typing import Any
 from wgslirp_testkit.bench import (
     add_quiet_options,
     add_rev_argument,
+    pct,
     rev_exported,
     si,
     start_controller,
@@ -537,10 +538,6 @@ def _one_line(r: Result) -> str:
 # =========================================================================== report
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
 def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Namespace) -> None:
     base = {(r.test, r.size): r for r in results if r.mode == "loopback" and not r.error}
     print()
@@ -565,13 +562,13 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
                 " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items()) if v >= 0.5) or "-"
             )
             common = [
-                _pct(r.cpu.get("router")),
+                pct(r.cpu.get("router")),
                 router,
-                _pct(r.cpu.get("wg-go")),
-                _pct(r.cpu.get("guest")),
-                _pct(r.cpu.get("server")),
-                _pct(r.cpu.get("other")),
-                _pct(r.cpu.get("machine")),
+                pct(r.cpu.get("wg-go")),
+                pct(r.cpu.get("guest")),
+                pct(r.cpu.get("server")),
+                pct(r.cpu.get("other")),
+                pct(r.cpu.get("machine")),
             ]
             if test == "upload":
                 sent = max(int(r.guest.get("sent", 0)), 1)

@@ -151,6 +151,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: bool = T
     return "\n".join([fmt(headers), rule, *(fmt(r) for r in rows)])
 
 
+def pct(x: float | None) -> str:
+    """A CPU share for a table: whole percent, "-" where nothing was measured."""
+    return "-" if x is None else f"{x:.0f}"
+
+
 def si(x: float) -> str:
     """1234567 -> '1.23M', 12345 -> '12.3k'."""
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -92,6 +92,27 @@ def group_members(pgid: int) -> list[int]:
     return sorted(found)
 
 
+def child_pid(parent: int, comm: str | None = None) -> int | None:
+    """A direct child of ``parent``: the first, or the first whose command name is ``comm``.
+
+    How a test finds a router's worker to kill: by the PID of our own child's child, never
+    by name across the machine.
+    """
+    try:
+        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return None
+    for kid in kids:
+        if comm is None:
+            return int(kid)
+        try:
+            if Path(f"/proc/{kid}/comm").read_text().strip() == comm:
+                return int(kid)
+        except OSError:
+            continue
+    return None
+
+
 def peek_exit(proc: subprocess.Popen[Any], timeout: float = 0.0) -> int | None:
     """Wait up to ``timeout`` for the child to exit *without reaping it*; its exit code.
 

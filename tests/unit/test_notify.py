@@ -16,6 +16,7 @@ import pytest
 
 from wgslirp.obs.notify import Notifier, Watchdog, watchdog_interval
 from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import child_pid
 from wgslirp_testkit.router import RouterProcess
 
 
@@ -212,20 +213,6 @@ def test_router_notifies_ready_status_watchdog_stopping(
         assert ["STOPPING=1", "STATUS=stopping"] in rest, rest
 
 
-def _child_pid(parent: int, comm: str) -> int | None:
-    try:
-        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return None
-    for kid in kids:
-        try:
-            if Path(f"/proc/{kid}/comm").read_text().strip() == comm:
-                return int(kid)
-        except OSError:
-            continue
-    return None
-
-
 def test_router_withholds_watchdog_while_a_worker_crash_loops(
     tmp_path: Path, listener: tuple[socket.socket, str]
 ) -> None:
@@ -237,7 +224,7 @@ def test_router_withholds_watchdog_while_a_worker_crash_loops(
         killed: set[int] = set()
         deadline = time.monotonic() + 20
         while len(killed) < 7 and time.monotonic() < deadline:
-            pid = _child_pid(r.pid, "wgslirp-w0")
+            pid = child_pid(r.pid, "wgslirp-w0")
             if pid is not None and pid not in killed:
                 os.kill(pid, signal.SIGKILL)  # our router's own child, by PID
                 killed.add(pid)
