@@ -13,8 +13,11 @@ Two kinds, for two needs:
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
+import random
 import select
+import selectors
 import signal
 import socket
 import struct
@@ -177,8 +180,6 @@ PATTERN_LEN = 1_048_583  # prime-ish period: a misplaced segment cannot line up 
 
 
 def pattern(seed: int = 7) -> bytes:
-    import random
-
     return random.Random(seed).randbytes(PATTERN_LEN)
 
 
@@ -207,8 +208,6 @@ class TcpServer:
     """
 
     def __init__(self, mode: str, size: int = 0, lifetime: float = 600) -> None:
-        import selectors
-
         self.mode, self.size = mode, size
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -236,9 +235,6 @@ class TcpServer:
         self.sel.close()
 
     def _run(self) -> None:
-        import hashlib
-        import selectors
-
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             for key, mask in self.sel.select(0.1):
                 if key.data is None:
@@ -256,8 +252,6 @@ class TcpServer:
                 self._service(key.fileobj, key.data, mask)  # type: ignore[arg-type]
 
     def _service(self, conn: socket.socket, st: dict, mask: int) -> None:  # type: ignore[type-arg]
-        import selectors
-
         try:
             if mask & selectors.EVENT_READ and not st["eof"]:
                 data = conn.recv(1 << 20)
