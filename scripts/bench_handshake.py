@@ -8,11 +8,7 @@ responder must do (4 per handshake), the floor no implementation on this library
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,

@@ -28,8 +28,6 @@ import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 import numpy as np
 
 from wgslirp.shm.ring import MISSED_WAKEUP_BOUND, Consumer, Producer, Ring

@@ -64,7 +64,6 @@ import dataclasses
 import errno
 import json
 import os
-import re
 import select
 import selectors
 import shutil
@@ -79,30 +78,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _benchutil
-from _benchutil import (
-    REPO,
-    CpuMeter,
-    ForkedServer,
-    LineReader,
-    PySpy,
-    die_with_parent,
-    drops_between,
-    parse_exit_counters,
-    pinged_client,
-    print_profile,
-    process_tree,
-    router_cwd,
-    router_label,
-    spawn,
-    split_cpu,
-    stop_and_close,
-    stop_popen,
+from wgslirp_testkit.bench import (
+    add_quiet_options,
+    add_rev_argument,
+    pct,
+    rev_exported,
+    start_controller,
     table,
+)
+from wgslirp_testkit.hostservers import ForkedServer
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.proc import (
+    HarnessError,
+    LineReader,
+    die_with_parent,
+    raise_nofile,
+    spawn,
+    stop_and_close,
+    stop_process,
+)
+from wgslirp_testkit.pyspy import PySpy, print_profile
+from wgslirp_testkit.router import (
+    GATEWAY,
+    REPO,
+    RouterProcess,
+    base_env,
+    exit_counters,
+    pinged_client,
+    router_cmd,
+    router_cwd,
+)
+from wgslirp_testkit.sampling import (
+    CpuMeter,
+    drops_between,
+    process_tree,
+    router_label,
+    split_cpu,
     tree_processes,
     udp_socket_drops,
     wait_quiet,
 )
+from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
 
 KIB = 1024
 TARGET_MBIT = 500.0
@@ -113,29 +130,6 @@ REF_NET = ("10.78.0.1", "10.78.0.2")  # the reference tunnel's addresses (its ow
 
 
 # =========================================================================== shared helpers
-
-
-def raise_nofile(need: int) -> int:
-    """Raise RLIMIT_NOFILE to at least ``need`` if the hard limit (or root) allows; the
-    resulting soft limit."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, need)
-    if want > hard:
-        try:
-            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            nr_open = hard
-        new_hard = min(want, nr_open)
-        with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new_hard, new_hard))
-            return new_hard
-        want = hard
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        return want
-    return soft
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -418,7 +412,7 @@ class Iperf3Server:
 
     def close(self) -> None:
         if self.proc is not None:
-            stop_popen(self.proc)
+            stop_process(self.proc)
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
 
@@ -614,7 +608,7 @@ class Bench:
             try:
                 out, err = proc.communicate(timeout=a.seconds + a.omit + 20)
             except subprocess.TimeoutExpired:
-                stop_popen(proc)
+                stop_process(proc)
                 raise RuntimeError("iperf3 client did not finish in time") from None
             if spy is not None:
                 res.profile = spy.finish()
@@ -681,7 +675,6 @@ class Bench:
 
     def run_reference(self) -> None:
         """wireguard-go <-> wireguard-go, iperf3 server inside the second namespace."""
-        import harness
 
         mtu = self.mtu or 1380
         print(
@@ -689,11 +682,11 @@ class Bench:
             "both ends",
             flush=True,
         )
-        ka, kb = harness.generate_keypair(), harness.generate_keypair()
+        ka, kb = generate_keypair(), generate_keypair()
         srv_ip, cli_ip = REF_NET
         with contextlib.ExitStack() as stack:
             b = stack.enter_context(
-                harness.WgClient(
+                WgClient(
                     kb.private,
                     ka.public,
                     None,
@@ -704,7 +697,7 @@ class Bench:
                 )
             )
             c = stack.enter_context(
-                harness.WgClient(
+                WgClient(
                     ka.private,
                     kb.public,
                     b.udp_port(),
@@ -722,7 +715,7 @@ class Bench:
             self._grow_buffers(b)
             stack.callback(setattr, self, "_ns", None)
             self._ns = c.namespace.name
-            port = harness.free_tcp_port()
+            port = free_tcp_port()
             with Iperf3Server(srv_ip, port, ns=b) as server:
                 ports = {"cli": c.udp_port(), "srv": b.udp_port()}
                 self._both_ways(
@@ -740,8 +733,6 @@ class Bench:
     def _grow_buffers(self, c: Any) -> None:
         """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""
         if self.args.client_sockbuf:
-            from loadtest import grow_client_buffers
-
             try:
                 msg = grow_client_buffers(c.pid, c.udp_port(), self.args.client_sockbuf)
             except OSError as exc:
@@ -751,7 +742,6 @@ class Bench:
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """The router's TCP settings (``wgslirp check-config`` with the routers' code and
         environment), or None if that fails."""
-        from routerutil import router_cmd
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-cfg-"))
         try:
@@ -774,7 +764,6 @@ class Bench:
     def _router_env(
         self, tmp: Path, port: int, workers: int, extra: dict[str, str]
     ) -> tuple[dict[str, str], str]:
-        from routerutil import base_env
 
         env = base_env(tmp, port, workers) | extra
         env |= dict(self.args.router_env)
@@ -782,14 +771,12 @@ class Bench:
 
     @contextlib.contextmanager
     def _tunnel(self, workers: int, extra: dict[str, str]) -> Any:
-        import harness
-        from routerutil import router_cmd
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-"))
-        port = harness.free_udp_port()
+        port = free_udp_port()
         env, cwd = self._router_env(tmp, port, workers, extra)
         try:
-            with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
+            with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
                 with pinged_client(r, port) as c:
                     self._grow_buffers(c)
@@ -804,7 +791,6 @@ class Bench:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def run_throughput(self, workers: int, server: Iperf3Server) -> None:
-        from routerutil import GATEWAY
 
         mode = f"workers={workers}"
         print(f"PROCESSOR_WORKERS={workers}: throughput", flush=True)
@@ -831,7 +817,6 @@ class Bench:
             info["counters"] = exit_counters(r.output())
 
     def run_memory(self, workers: int) -> None:
-        from routerutil import GATEWAY
 
         a = self.args
         n = a.flows
@@ -935,18 +920,7 @@ class Bench:
             print(f"  ERROR {res.error.splitlines()[0]}", flush=True)
 
 
-_TOTALS = re.compile(r"stopped; totals: (\{.*\})")
 _TCP_KEYS = ("tcp_opened", "tcp_refused_cap", "tcp_dials_failed", "tcp_host_resets", "tcp_rst_sent")
-
-
-def exit_counters(output: str) -> dict[str, dict[str, int]]:
-    """Per-role counters logged at exit, plus ``totals`` (the router's one summed line, where
-    it prints one)."""
-    out = parse_exit_counters(output)
-    m = _TOTALS.search(output)
-    if m is not None:
-        out["totals"] = json.loads(m.group(1))
-    return out
 
 
 def tcp_counters(counters: dict[str, dict[str, int]]) -> dict[str, int] | None:
@@ -983,10 +957,6 @@ def medians(results: list[Tput]) -> dict[tuple[str, str], tuple[float, float, fl
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
 def report(b: Bench, args: argparse.Namespace) -> None:
     print()
     base = {d: m for (path, d), (m, _, _) in medians(b.tput).items() if path == "loopback"}
@@ -1018,13 +988,13 @@ def report(b: Bench, args: argparse.Namespace) -> None:
                     ratio,
                     "-" if r.retransmits is None else str(r.retransmits),
                     " ".join(f"{k} {v}" for k, v in r.drops.items() if v) or "-",
-                    _pct(r.cpu.get("router")),
+                    pct(r.cpu.get("router")),
                     router,
-                    _pct(r.cpu.get("wg-go")),
-                    _pct(r.cpu.get("iperf3 -c")),
-                    _pct(r.cpu.get("iperf3 -s")),
-                    _pct(r.cpu.get("other")),
-                    _pct(r.cpu.get("machine")),
+                    pct(r.cpu.get("wg-go")),
+                    pct(r.cpu.get("iperf3 -c")),
+                    pct(r.cpu.get("iperf3 -s")),
+                    pct(r.cpu.get("other")),
+                    pct(r.cpu.get("machine")),
                 ]
             )
         print(
@@ -1347,7 +1317,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="3 s windows, 2,000 flows")
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
-    _benchutil.add_rev_argument(p)
+    add_rev_argument(p)
     p.add_argument(
         "--code",
         metavar="DIR",
@@ -1362,7 +1332,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="py-spy every router process during each tunnel window; collapsed "
         "stacks go to DIR and the top lines are printed",
     )
-    _benchutil.add_quiet_options(p, what="iperf3 run", wait=20.0)
+    add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 3 if a.quick else 6
@@ -1410,9 +1380,8 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    if not _benchutil.start_controller(extra_binaries=["iperf3"]):
+    if not start_controller(extra_binaries=["iperf3"]):
         return 2
-    import harness
 
     raise_nofile(args.flows + 256)  # children (iperf3, hold server) inherit it
     args.code_dir = None
@@ -1425,7 +1394,7 @@ def main(argv: list[str]) -> int:
             args.code_dir = str(Path(args.code).resolve())
             print(f"router code: {args.code_dir}", flush=True)
         elif args.rev is not None:
-            args.code_dir = rev_code.enter_context(_benchutil.rev_exported(args.rev))
+            args.code_dir = rev_code.enter_context(rev_exported(args.rev))
         else:
             dirty = subprocess.run(
                 ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
@@ -1446,21 +1415,21 @@ def main(argv: list[str]) -> int:
             )
         bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
-            port = harness.free_tcp_port()
+            port = free_tcp_port()
             with Iperf3Server("127.0.0.1", port) as server:
                 if "loopback" not in args.skip:
                     bench.run_loopback(server)
                 for w in args.workers:
                     try:
                         bench.run_throughput(w, server)
-                    except (harness.HarnessError, RuntimeError) as exc:
+                    except (HarnessError, RuntimeError) as exc:
                         print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
                         bench.tput.append(Tput(f"workers={w}", "up", error=str(exc)))
                         code = 1
             if "reference" not in args.skip:
                 try:
                     bench.run_reference()
-                except (harness.HarnessError, RuntimeError) as exc:
+                except (HarnessError, RuntimeError) as exc:
                     print(f"reference failed: {exc}", file=sys.stderr)
                     bench.tput.append(Tput("wg-go<->wg-go", "up", error=str(exc)))
         if "memory" not in args.skip:

@@ -8,16 +8,12 @@ so the ratio shows what the WireGuard bookkeeping costs on top of the cipher.
 from __future__ import annotations
 
 import argparse
-import os
 import struct
-import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from tests.unit.wgpair import Pair, ip_packet
+from wgslirp_testkit.wgpair import Pair, ip_packet
 
 
 def bench(size: int, count: int) -> dict[str, float]:

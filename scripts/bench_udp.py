@@ -62,25 +62,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _benchutil
-from _benchutil import (
+from wgslirp_testkit.bench import (
+    add_quiet_options,
+    add_rev_argument,
+    pct,
+    rev_exported,
+    si,
+    start_controller,
+    table,
+)
+from wgslirp_testkit.hostservers import ForkedUdpServer
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import HarnessError, LineReader, spawn, stop_and_close, stop_process
+from wgslirp_testkit.pyspy import PySpy, print_profile
+from wgslirp_testkit.router import (
+    GATEWAY,
     REPO,
-    CpuMeter,
-    LineReader,
-    PySpy,
-    UdpServer,
-    drops_between,
+    RouterProcess,
+    base_env,
     parse_exit_counters,
     pinged_client,
-    print_profile,
-    process_tree,
+    router_cmd,
     router_cwd,
-    si,
-    spawn,
+)
+from wgslirp_testkit.sampling import (
+    CpuMeter,
+    drops_between,
+    process_tree,
     split_cpu,
-    stop_and_close,
-    stop_popen,
-    table,
     udp_sockets,
     wait_quiet,
 )
@@ -288,7 +297,7 @@ class Result:
 class Tunnel:
     """What a measurement needs to know about the tunnel (no Tunnel = the loopback baseline)."""
 
-    client: Any  # harness.WgClient
+    client: Any  # WgClient
     router_pid: int
     router_port: int
     wg_port: int
@@ -299,8 +308,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.script = str(Path(__file__).resolve())
-        self.sink: UdpServer = args.sink
-        self.echo: UdpServer = args.echo
+        self.sink: ForkedUdpServer = args.sink
+        self.echo: ForkedUdpServer = args.echo
         self.results: list[Result] = []
 
     # -------------------------------------------------------------- one measurement
@@ -420,7 +429,7 @@ class Bench:
             res.error = f"{type(exc).__name__}: {exc}"
             err = b""
             with contextlib.suppress(Exception):
-                stop_popen(proc)
+                stop_process(proc)
                 err = proc.stderr.read() if proc.stderr else b""
             if err:
                 res.error += "\n" + err.decode("utf-8", "replace")[-2000:]
@@ -486,19 +495,17 @@ class Bench:
         self._run_set("loopback", None)
 
     def run_tunnel(self, workers: int) -> dict[str, Any]:
-        import harness
-        from routerutil import GATEWAY, base_env, router_cmd
 
         self.args.gateway = GATEWAY
         mode = f"workers={workers}"
         print(f"PROCESSOR_WORKERS={workers}", flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-udp-"))
         info: dict[str, Any] = {"mode": mode}
-        port = harness.free_udp_port()
+        port = free_udp_port()
         env = base_env(tmp, port, workers)
         cwd = router_cwd(env, self.args.code_dir)
         try:
-            with harness.RouterProcess(router_cmd(), env, cwd=cwd) as r:
+            with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
                 with pinged_client(r, port) as c:
                     tunnel = Tunnel(c, r.pid, port, c.udp_port(), c.mtu)
@@ -531,10 +538,6 @@ def _one_line(r: Result) -> str:
 # =========================================================================== report
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
 def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Namespace) -> None:
     base = {(r.test, r.size): r for r in results if r.mode == "loopback" and not r.error}
     print()
@@ -559,13 +562,13 @@ def report(results: list[Result], infos: list[dict[str, Any]], args: argparse.Na
                 " ".join(f"{k} {v:.0f}" for k, v in sorted(r.router_cpu.items()) if v >= 0.5) or "-"
             )
             common = [
-                _pct(r.cpu.get("router")),
+                pct(r.cpu.get("router")),
                 router,
-                _pct(r.cpu.get("wg-go")),
-                _pct(r.cpu.get("guest")),
-                _pct(r.cpu.get("server")),
-                _pct(r.cpu.get("other")),
-                _pct(r.cpu.get("machine")),
+                pct(r.cpu.get("wg-go")),
+                pct(r.cpu.get("guest")),
+                pct(r.cpu.get("server")),
+                pct(r.cpu.get("other")),
+                pct(r.cpu.get("machine")),
             ]
             if test == "upload":
                 sent = max(int(r.guest.get("sent", 0)), 1)
@@ -734,7 +737,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="also write every result and the routers' exit counters as JSON",
     )
-    _benchutil.add_rev_argument(p)
+    add_rev_argument(p)
     p.add_argument(
         "--profile",
         metavar="DIR",
@@ -744,7 +747,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "of CPU per process)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the loopback baseline")
-    _benchutil.add_quiet_options(p, what="test", wait=5.0)
+    add_quiet_options(p, what="test", wait=5.0)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 1.0 if a.quick else 3.0
@@ -770,9 +773,8 @@ def main(argv: list[str]) -> int:
         guest_main(argv)
         return 0
     args = parse_args(argv)
-    if not _benchutil.start_controller():
+    if not start_controller():
         return 2
-    import harness
 
     infos: list[dict[str, Any]] = []
     bench: Bench | None = None
@@ -781,9 +783,9 @@ def main(argv: list[str]) -> int:
     code = 0
     try:
         with (
-            _benchutil.rev_exported(args.rev) as code_dir,
-            UdpServer(echo=False) as sink,
-            UdpServer(echo=True) as echo,
+            rev_exported(args.rev) as code_dir,
+            ForkedUdpServer(echo=False) as sink,
+            ForkedUdpServer(echo=True) as echo,
         ):
             args.code_dir = code_dir
             args.sink, args.echo, args.gateway = sink, echo, "127.0.0.1"
@@ -793,7 +795,7 @@ def main(argv: list[str]) -> int:
             for w in args.workers:
                 try:
                     infos.append(bench.run_tunnel(w))
-                except (harness.HarnessError, RuntimeError) as exc:
+                except (HarnessError, RuntimeError) as exc:
                     print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
                     infos.append({"mode": f"workers={w}", "error": str(exc)})
                     code = 1

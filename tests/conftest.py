@@ -7,11 +7,10 @@ in the header and the summary even for a plain ``pytest`` or ``pytest -n 2``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import settings
+
+from wgslirp_testkit.netns import require_root_and_tun
 
 # Property tests explore the same examples on every run (a CI result must not depend on
 # luck); run with --hypothesis-profile=explore locally to search with fresh randomness.
@@ -19,13 +18,7 @@ settings.register_profile("deterministic", derandomize=True, deadline=None, prin
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile("deterministic")
 
-_E2E_DIR = str(Path(__file__).resolve().parent / "e2e")
-if _E2E_DIR not in sys.path:
-    sys.path.insert(0, _E2E_DIR)
-
-import harness  # noqa: E402
-
-E2E_SKIP_REASON = harness.require_root_and_tun()
+E2E_SKIP_REASON = require_root_and_tun()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -10,28 +10,22 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Generator, Iterator
-from pathlib import Path
 
 import pytest
 
-# e2e tests import the harness as a top-level module (``import harness``) whatever the
-# import mode and whether or not tests/ becomes a package later.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+from wgslirp_testkit.diagnostics import diagnostic_sections, reset_diagnostics
+from wgslirp_testkit.keys import KeyPair, generate_keypair
+from wgslirp_testkit.netns import require_root_and_tun, sweep_stale
 
-import harness  # noqa: E402
-
-_SKIP_REASON = harness.require_root_and_tun()
+_SKIP_REASON = require_root_and_tun()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _e2e_sweep_stale() -> None:
     """Remove namespaces/links/tables left by dead harness processes, once per worker."""
     if _SKIP_REASON is None:
-        harness.sweep_stale()
+        sweep_stale()
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +36,7 @@ def _e2e_requirements(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def _e2e_diagnostics() -> Iterator[None]:
-    harness.reset_diagnostics()
+    reset_diagnostics()
     yield
 
 
@@ -53,11 +47,11 @@ def pytest_runtest_makereport(
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for title, text in harness.diagnostic_sections():
+        for title, text in diagnostic_sections():
             report.sections.append((f"{title} ({report.when})", text))
 
 
 @pytest.fixture
-def keypair() -> harness.KeyPair:
+def keypair() -> KeyPair:
     """A fresh WireGuard key pair."""
-    return harness.generate_keypair()
+    return generate_keypair()

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from harness import Namespace, NftGuard, WgClient, closed_udp_port, free_udp_port, unique_name
-from hostservers import TinyDns, UdpEcho, UdpSink
-from routerutil import (
+
+from wgslirp_testkit import guestprog
+from wgslirp_testkit.hostservers import TinyDns, UdpEcho, UdpSink
+from wgslirp_testkit.netns import Namespace, unique_name
+from wgslirp_testkit.nft import NftGuard
+from wgslirp_testkit.ports import closed_udp_port, free_udp_port
+from wgslirp_testkit.router import (
     GATEWAY,
     base_env,
     client_from_router_output,
@@ -25,14 +27,10 @@ from routerutil import (
 
 pytestmark = pytest.mark.e2e
 
-GUEST_PROG = str(Path(__file__).with_name("guestprog.py"))
 DNS_IP = "10.77.0.53"
 
 
-def guest(c: WgClient, *args: object, timeout: float = 150) -> dict[str, Any]:
-    r = c.run([sys.executable, GUEST_PROG, *map(str, args)], timeout=timeout)
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+guest = functools.partial(guestprog.run, timeout=150)
 
 
 def shm_entries() -> set[str]:

@@ -16,21 +16,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import harness
 import pytest
-from harness import (
-    HarnessError,
-    NftGuard,
-    RouterProcess,
-    WgClient,
-    WgDump,
-    free_tcp_port,
-    free_udp_port,
+
+from wgslirp_testkit.diagnostics import diagnostic_sections
+from wgslirp_testkit.keys import (
     generate_keypair,
     generate_preshared_key,
+    key_to_base64,
     public_key_of,
-    unique_name,
 )
+from wgslirp_testkit.netns import SYS_NET, Namespace, iter_harness_netns, unique_name
+from wgslirp_testkit.nft import NftGuard
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.proc import HarnessError, pid_alive
+from wgslirp_testkit.router import RouterProcess
+from wgslirp_testkit.wgclient import WgClient, WgDump
 
 SERVER_ADDR = "10.77.0.1"
 CLIENT_ADDR = "10.77.0.2"
@@ -69,7 +69,7 @@ def assert_gone(fp: Footprint) -> None:
             ["ip", "link"], capture_output=True, text=True, timeout=10, check=True
         ).stdout
     )
-    assert not harness._pid_alive(fp.pid), f"wireguard-go pid {fp.pid} still alive"
+    assert not pid_alive(fp.pid), f"wireguard-go pid {fp.pid} still alive"
     assert not fp.socket_path.exists()
     assert not fp.tmpdir.exists()
 
@@ -125,7 +125,7 @@ def test_two_wireguard_go_peers_ping_through_namespaces() -> None:
             # the TUN lives in the namespace with the requested MTU; not in the root ns
             link = client.run(["ip", "-o", "link", "show", client.interface]).stdout
             assert "mtu 1380" in link
-            assert (harness.SYS_NET / client.interface).exists() is False
+            assert (SYS_NET / client.interface).exists() is False
     for fp in footprints:
         assert_gone(fp)
     assert time.monotonic() - started < 15
@@ -162,9 +162,9 @@ def test_keepalive_handshakes_without_traffic() -> None:
         fp = Footprint.of(client)
     assert_gone(fp)
     # logs of closed clients stay available for the failure report
-    titles = [title for title, _ in harness.diagnostic_sections()]
+    titles = [title for title, _ in diagnostic_sections()]
     assert any(fp.interface in t for t in titles)
-    assert any("Device started" in text for _, text in harness.diagnostic_sections())
+    assert any("Device started" in text for _, text in diagnostic_sections())
 
 
 @pytest.mark.e2e
@@ -173,18 +173,18 @@ def test_failed_setup_leaves_nothing_behind() -> None:
     client = WgClient(
         keys.private, generate_keypair().public, free_udp_port(), allowed_ips=["not-a-cidr"]
     )
-    before = set(harness.iter_harness_netns())
+    before = set(iter_harness_netns())
     with pytest.raises(ValueError):
         client.__enter__()
-    assert client.namespace.name not in set(harness.iter_harness_netns()) | before
-    assert not (harness.SYS_NET / client.interface).exists()
+    assert client.namespace.name not in set(iter_harness_netns()) | before
+    assert not (SYS_NET / client.interface).exists()
     assert not client.socket_path.exists()
-    assert client._proc is not None and not harness._pid_alive(client._proc.pid)
+    assert client._proc is not None and not pid_alive(client._proc.pid)
 
 
 @pytest.mark.e2e
 def test_namespace_run_popen_and_cleanup() -> None:
-    with harness.Namespace() as ns:
+    with Namespace() as ns:
         out = ns.run(["ip", "-o", "link"]).stdout
         assert "lo" in out and "eth0" not in out  # isolated: only loopback
         proc = ns.popen(["sleep", "30"])
@@ -308,7 +308,7 @@ def test_keys_ports_and_names() -> None:
     if shutil.which("wg"):
         assert public_key_of(kp.private, use_wg=True) == kp.public
     with pytest.raises(ValueError):
-        harness.key_to_base64(b"short")
+        key_to_base64(b"short")
     for port in (free_udp_port(), free_tcp_port()):
         assert 0 < port < 65536
     names = {unique_name("i") for _ in range(50)}

@@ -1,5 +1,6 @@
-"""scripts/loadtest.py: a small run through a real tunnel must show zero errors, and its
-verification must be able to fail (a corrupted byte, a corrupted datagram, a lying sink).
+"""scripts/loadtest.py (wgslirp_testkit.loadtest): a small run through a real tunnel must
+show zero errors, and its verification must be able to fail (a corrupted byte, a corrupted
+datagram, a lying sink).
 
 Only the tunnel run needs root (it is marked e2e); the verifier checks and the loopback runs
 (``--router none``) run everywhere.
@@ -7,7 +8,6 @@ Only the tunnel run needs root (it is marked e2e); the verifier checks and the l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -15,26 +15,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from wgslirp_testkit.loadtest.cli import parse_args
+from wgslirp_testkit.loadtest.protocol import (
+    MAX_CHUNK,
+    PERIOD,
+    StreamVerifier,
+    count_corrupt,
+    make_pattern,
+    new_stats,
+    udp_payload,
+    udp_reply_status,
+)
+from wgslirp_testkit.loadtest.report import percentile, summarize
+from wgslirp_testkit.sampling import MemSampler
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "loadtest.py"
 CI_SIZE = ["--tcp-flows", "20", "--tcp-bytes", "256K", "--udp-flows", "10", "--udp-count", "200"]
-
-
-def _module() -> ModuleType:
-    if str(SCRIPT.parent) not in sys.path:  # the script imports scripts/_benchutil.py
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("loadtest_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lt = _module()
 
 
 def run_loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -118,61 +118,61 @@ def test_small_load_through_a_real_tunnel_has_zero_errors(tmp_path: Path) -> Non
 
 
 def test_stream_verifier_counts_a_corrupted_byte() -> None:
-    pat = lt.make_pattern()
-    size = 3 * lt.MAX_CHUNK + 1234  # several pieces, across the pattern's wrap-around
-    offset = lt.PERIOD - 1000
-    good = (pat[: lt.PERIOD] * 2)[offset : offset + size]
-    v = lt.StreamVerifier(pat, offset, size)
+    pat = make_pattern()
+    size = 3 * MAX_CHUNK + 1234  # several pieces, across the pattern's wrap-around
+    offset = PERIOD - 1000
+    good = (pat[:PERIOD] * 2)[offset : offset + size]
+    v = StreamVerifier(pat, offset, size)
     for i in range(0, size, 70_001):
         assert v.feed(good[i : i + 70_001]) == 0
     assert v.complete and v.corrupt == 0
 
     bad = bytearray(good)
-    bad[lt.MAX_CHUNK + 17] ^= 0x01
-    v = lt.StreamVerifier(pat, offset, size)
+    bad[MAX_CHUNK + 17] ^= 0x01
+    v = StreamVerifier(pat, offset, size)
     assert sum(v.feed(bad[i : i + 4096]) for i in range(0, size, 4096)) == 1
     assert v.corrupt == 1 and v.complete
 
-    v = lt.StreamVerifier(pat, offset, 10)
+    v = StreamVerifier(pat, offset, 10)
     assert v.feed(good[:10] + b"xyz") == 3  # bytes past the end are corrupt
-    assert lt.StreamVerifier(pat, offset + 1, size).feed(good[:1000]) > 900  # misplaced
+    assert StreamVerifier(pat, offset + 1, size).feed(good[:1000]) > 900  # misplaced
 
 
 def test_count_corrupt() -> None:
-    assert lt.count_corrupt(b"abcdef", b"abcdef") == 0
-    assert lt.count_corrupt(b"abcdef", b"abXdeY") == 2
-    assert lt.count_corrupt(b"abcdef", b"abc") == 3
-    assert lt.count_corrupt(b"", b"ab") == 2
+    assert count_corrupt(b"abcdef", b"abcdef") == 0
+    assert count_corrupt(b"abcdef", b"abXdeY") == 2
+    assert count_corrupt(b"abcdef", b"abc") == 3
+    assert count_corrupt(b"", b"ab") == 2
 
 
 def test_udp_reply_check_catches_corruption() -> None:
-    pat = lt.make_pattern()
-    req = lt.udp_payload(pat, 3, 41, 1000)
+    pat = make_pattern()
+    req = udp_payload(pat, 3, 41, 1000)
     assert len(req) == 1000
-    assert lt.udp_reply_status(pat, 3, 1000, req) == ("ok", 41)
+    assert udp_reply_status(pat, 3, 1000, req) == ("ok", 41)
     flipped = bytearray(req)
     flipped[500] ^= 0x80
-    assert lt.udp_reply_status(pat, 3, 1000, bytes(flipped)) == ("corrupt", 41)
-    assert lt.udp_reply_status(pat, 3, 1000, req[:-1]) == ("corrupt", 41)
-    assert lt.udp_reply_status(pat, 4, 1000, req) == ("corrupt", None)  # another flow's
-    assert lt.udp_reply_status(pat, 3, 1000, req[:5]) == ("corrupt", None)
-    assert req != lt.udp_payload(pat, 3, 42, 1000)
+    assert udp_reply_status(pat, 3, 1000, bytes(flipped)) == ("corrupt", 41)
+    assert udp_reply_status(pat, 3, 1000, req[:-1]) == ("corrupt", 41)
+    assert udp_reply_status(pat, 4, 1000, req) == ("corrupt", None)  # another flow's
+    assert udp_reply_status(pat, 3, 1000, req[:5]) == ("corrupt", None)
+    assert req != udp_payload(pat, 3, 42, 1000)
 
 
 def test_percentile_nearest_rank() -> None:
     values = [float(i) for i in range(1, 101)]
-    assert lt.percentile(values, 50) == 50.0
-    assert lt.percentile(values, 99) == 99.0
-    assert lt.percentile(values, 100) == 100.0
-    assert lt.percentile([7.0], 90) == 7.0
-    assert lt.percentile([], 50) is None
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 90) == 7.0
+    assert percentile([], 50) is None
 
 
 def test_udp_loss_over_the_limit_fails_the_run() -> None:
-    args = lt.parse_args(
+    args = parse_args(
         ["--router", "none", "--tcp-flows", "0", "--udp-flows", "1", "--udp-count", "100"]
     )
-    st = lt._new_stats()
+    st = new_stats()
     st.update(started=1, ok=0, failed=1, sent=100, replies=99, lost=1, bytes=99 * 2000)
     result = {
         "elapsed": 1.0,
@@ -182,14 +182,14 @@ def test_udp_loss_over_the_limit_fails_the_run() -> None:
         "connect_ms": [],
         "timeline": [],
     }
-    s = lt.summarize(result, {"mode": "none"}, args)
+    s = summarize(result, {"mode": "none"}, args)
     assert not s["passed"] and s["errors"] == 1 and "lost" in s["problems"][0]
     args.max_udp_loss = 1.0
-    assert lt.summarize(result, {"mode": "none"}, args)["passed"]
+    assert summarize(result, {"mode": "none"}, args)["passed"]
 
 
 def test_memory_growth_over_the_limit_fails_the_run() -> None:
-    args = lt.parse_args(
+    args = parse_args(
         ["--router", "none", "--tcp-flows", "1", "--max-mem-growth", "8", "--duration", "1"]
     )
     result = {
@@ -215,18 +215,18 @@ def test_memory_growth_over_the_limit_fails_the_run() -> None:
             "seconds": 8.0,
         },
     }
-    assert lt.summarize(result, info, args)["passed"]
+    assert summarize(result, info, args)["passed"]
     info["memory"] |= {"end": 69 * mib, "peak": 69 * mib, "growth": 9 * mib}
-    s = lt.summarize(result, info, args)
+    s = summarize(result, info, args)
     assert not s["passed"] and "memory grew 9.00 MiB" in s["problems"][0]
     args.max_mem_growth = None  # report only
-    assert lt.summarize(result, info, args)["passed"]
+    assert summarize(result, info, args)["passed"]
 
 
 def test_mem_sampler_reads_a_live_process_tree() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        with lt.MemSampler(os.getpid(), period=0.05) as m:
+        with MemSampler(os.getpid(), period=0.05) as m:
             time.sleep(0.3)
         s = m.summary()
         assert s is not None and s["samples"] >= 3 and s["peak"] > 5 * 2**20

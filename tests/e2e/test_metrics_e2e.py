@@ -10,16 +10,21 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import free_tcp_port, free_udp_port
-from hostservers import UdpEcho
 from prometheus_client.parser import text_string_to_metric_families
-from routerutil import GATEWAY, base_env, client_from_router_output, router, stop_and_counters
 
 from wgslirp.obs.http import http_get
+from wgslirp_testkit import guestprog
+from wgslirp_testkit.hostservers import UdpEcho
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.router import (
+    GATEWAY,
+    base_env,
+    client_from_router_output,
+    router,
+    stop_and_counters,
+)
 
 pytestmark = pytest.mark.e2e
-
-GUEST_PROG = str(Path(__file__).with_name("guestprog.py"))
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -44,10 +49,7 @@ def test_prometheus_counters_match_the_client_within_1_percent(
     }
     with UdpEcho() as echo, router(env) as r, client_from_router_output(r, port) as c:
         r.wait_for_line(r"metrics and health on", timeout=5)
-        c.run(
-            [sys.executable, GUEST_PROG, "udp_echo", GATEWAY, str(echo.port), "2000", "1000", "16"],
-            timeout=60,
-        )
+        c.run(guestprog.command("udp_echo", GATEWAY, echo.port, 2000, 1000, 16), timeout=60)
         assert c.ping(GATEWAY, count=5, interval=0.05) == (5, 5)
         assert http_get("127.0.0.1", mport, "/healthz")[0] == 200
         assert http_get("127.0.0.1", mport, "/readyz")[0] == 200

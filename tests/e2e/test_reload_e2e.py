@@ -6,8 +6,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import RouterProcess, WgClient, free_udp_port, generate_keypair
-from routerutil import GATEWAY, router_cmd, stop_and_counters
+
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.router import GATEWAY, RouterProcess, router_cmd, stop_and_counters
+from wgslirp_testkit.wgclient import WgClient
 
 pytestmark = pytest.mark.e2e
 

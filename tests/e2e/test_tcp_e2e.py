@@ -3,17 +3,19 @@ refusals as TCP_ERROR_SIGNAL says, policy."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NftGuard, WgClient, closed_tcp_port, free_udp_port
-from hostservers import TcpServer, stream_chunks
-from relay import LossyRelay
-from routerutil import (
+
+from wgslirp_testkit import guestprog
+from wgslirp_testkit.hostservers import TcpServer, stream_chunks
+from wgslirp_testkit.nft import NftGuard
+from wgslirp_testkit.ports import closed_tcp_port, free_udp_port
+from wgslirp_testkit.relay import LossyRelay
+from wgslirp_testkit.router import (
     GATEWAY,
     base_env,
     client_from_router_output,
@@ -21,17 +23,14 @@ from routerutil import (
     router,
     stop_and_counters,
 )
+from wgslirp_testkit.wgclient import WgClient
 
 pytestmark = pytest.mark.e2e
 
-GUEST_PROG = str(Path(__file__).with_name("guestprog.py"))
 MB = 1 << 20
 
 
-def guest(c: WgClient, *args: object, timeout: float = 300) -> dict[str, Any]:
-    r = c.run([sys.executable, GUEST_PROG, *map(str, args)], timeout=timeout)
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+guest = functools.partial(guestprog.run, timeout=300)
 
 
 def expected_sha(size: int) -> str:

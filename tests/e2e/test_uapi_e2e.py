@@ -14,23 +14,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import (
-    WG_SOCKET_DIR,
-    RouterProcess,
-    WgClient,
-    WgDump,
-    free_udp_port,
-    generate_keypair,
-    public_key_of,
-    unique_name,
-)
-from routerutil import (
+
+from wgslirp_testkit.keys import generate_keypair, public_key_of
+from wgslirp_testkit.netns import WG_SOCKET_DIR, unique_name
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.router import (
     GATEWAY,
+    RouterProcess,
     base_env,
     client_from_router_output,
     router,
     stop_and_counters,
 )
+from wgslirp_testkit.wgclient import WgClient, WgDump
 
 pytestmark = pytest.mark.e2e
 

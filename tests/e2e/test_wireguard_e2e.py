@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import WgClient, free_udp_port, generate_keypair
-from relay import LossyRelay
-from routerutil import (
+
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.relay import LossyRelay
+from wgslirp_testkit.router import (
     GATEWAY,
     base_env,
     client_from_router_output,
@@ -20,6 +22,7 @@ from routerutil import (
     router,
     stop_and_counters,
 )
+from wgslirp_testkit.wgclient import WgClient
 
 pytestmark = pytest.mark.e2e
 

@@ -8,6 +8,7 @@ import threading
 
 from wgslirp.obs.http import HttpServer, http_get
 from wgslirp.runtime.loop import Loop
+from wgslirp_testkit.clock import FakeClock
 
 
 def serve(loop: Loop, stop: threading.Event) -> None:
@@ -63,8 +64,8 @@ def test_idle_connections_neither_lock_out_checks_nor_outlive_their_deadline() -
     timer (inline mode) the server drops idle connections at their deadline."""
     from wgslirp.obs.http import CLIENT_TIMEOUT, MAX_CLIENTS
 
-    now = [1000.0]
-    loop = Loop(clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    loop = Loop(clock=clock)
     srv = HttpServer(
         "127.0.0.1", 0, {"/healthz": lambda: (200, "text/plain", "ok\n")}, loop.selector, loop.clock
     )
@@ -83,7 +84,7 @@ def test_idle_connections_neither_lock_out_checks_nor_outlive_their_deadline() -
         assert http_get(*srv.address, "/healthz") == (200, "ok\n")
         assert len(srv.clients) <= MAX_CLIENTS
         assert srv.get_timer() == 1000.0 + CLIENT_TIMEOUT
-        now[0] += CLIENT_TIMEOUT + 0.1  # the loop's timers see the deadline pass
+        clock.advance(CLIENT_TIMEOUT + 0.1)  # the loop's timers see the deadline pass
         for _ in range(100):
             if not srv.clients:
                 break

@@ -19,7 +19,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff_clean() -> None:
-    r = _run(["ruff", "check", "wgslirp", "tests", "scripts"])
+    r = _run(["ruff", "check", "wgslirp", "wgslirp_testkit", "tests", "scripts"])
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 
 from wgslirp.obs.logs import RepeatFilter, _JsonFormatter
+from wgslirp_testkit.clock import FakeClock
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:
@@ -13,16 +14,16 @@ def record(msg: str, *args: object) -> logging.LogRecord:
 
 
 def test_repeats_pass_once_per_window_then_report_suppressed() -> None:
-    now = [0.0]
-    f = RepeatFilter(window=10, clock=lambda: now[0])
+    clock = FakeClock(0.0)
+    f = RepeatFilter(window=10, clock=clock)
     assert f.filter(record("peer %s timed out", "a"))
     assert not f.filter(record("peer %s timed out", "a"))  # identical: held back
     assert f.filter(record("peer %s timed out", "b"))  # another peer is another event
-    now[0] = 10.0
+    clock.t = 10.0
     r = record("peer %s timed out", "a")
     assert f.filter(r)
     assert r.getMessage() == "peer a timed out (1 identical messages suppressed)"
-    now[0] = 21.0
+    clock.t = 21.0
     r = record("peer %s timed out", "a")
     assert f.filter(r) and r.getMessage() == "peer a timed out"
 

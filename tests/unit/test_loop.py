@@ -6,6 +6,7 @@ import selectors
 from typing import Any
 
 from wgslirp.runtime.loop import MAX_SLEEP, Loop
+from wgslirp_testkit.clock import FakeClock
 
 
 class FakeSelector(selectors.BaseSelector):
@@ -56,19 +57,19 @@ class Timer:
         self.at = None
 
 
-def make(now: list[float]) -> tuple[Loop, FakeSelector]:
+def make(clock: FakeClock) -> tuple[Loop, FakeSelector]:
     sel = FakeSelector()
-    return Loop(clock=lambda: now[0], selector=sel), sel
+    return Loop(clock=clock, selector=sel), sel
 
 
 def test_timer_bounds_the_wait_and_fires() -> None:
-    now = [100.0]
-    loop, sel = make(now)
+    clock = FakeClock(100.0)
+    loop, sel = make(clock)
     t = Timer(100.25)
     loop.timers.append(t)
     loop.run_once()
     assert sel.timeouts[-1] == 0.25 and not t.fired
-    now[0] = 100.25
+    clock.t = 100.25
     loop.run_once()
     assert t.fired == [100.25]
     loop.run_once()
@@ -76,24 +77,23 @@ def test_timer_bounds_the_wait_and_fires() -> None:
 
 
 def test_armed_sleeper_bounds_wait_then_relaxes_when_idle() -> None:
-    now = [0.0]
-    loop, sel = make(now)
+    clock = FakeClock(0.0)
+    loop, sel = make(clock)
     s = Sleeper(has_data=False)
     loop.sleepers.append(s)
     key = selectors.SelectorKey(0, 0, selectors.EVENT_READ, lambda _n, _m: None)
     sel.ready = [(key, selectors.EVENT_READ)]
     loop.run_once()  # an event: the loop counts as busy from now
-    now[0] = 0.5
+    clock.t = 0.5
     loop.run_once()
     assert sel.timeouts[-1] == loop.sleep_bound and s.woken[-1] is False
-    now[0] = 2.0  # more than idle_after without events
+    clock.t = 2.0  # more than idle_after without events
     loop.run_once()
     assert sel.timeouts[-1] == loop.idle_sleep_bound
 
 
 def test_sleeper_with_data_prevents_blocking() -> None:
-    now = [0.0]
-    loop, sel = make(now)
+    loop, sel = make(FakeClock(0.0))
     loop.sleepers.append(Sleeper(has_data=True))
     loop.run_once()
     assert sel.timeouts[-1] == 0.0

@@ -190,10 +190,10 @@ def test_without_netlink_the_addresses_are_re_read_on_a_timer() -> None:
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
     import selectors
 
-    from tests.unit.test_tcp_support import Egress
     from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
+    from wgslirp_testkit.tcpconn import Egress
 
     full = Egress()
     full.full = True
@@ -308,13 +308,13 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     import selectors
     import struct
 
-    from tests.unit.test_tcp_support import Egress
     from wgslirp.net import icmp
     from wgslirp.net.checksum import checksum
     from wgslirp.net.ipv4 import addr_to_int, write_header
     from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
+    from wgslirp_testkit.tcpconn import Egress
 
     eg = Egress()
     bridge = IcmpBridge(

@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from wgslirp.obs.notify import Notifier, Watchdog, watchdog_interval
-
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-from harness import RouterProcess, free_udp_port  # noqa: E402
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import child_pid
+from wgslirp_testkit.router import RouterProcess
 
 
 @pytest.fixture
@@ -216,20 +213,6 @@ def test_router_notifies_ready_status_watchdog_stopping(
         assert ["STOPPING=1", "STATUS=stopping"] in rest, rest
 
 
-def _child_pid(parent: int, comm: str) -> int | None:
-    try:
-        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return None
-    for kid in kids:
-        try:
-            if Path(f"/proc/{kid}/comm").read_text().strip() == comm:
-                return int(kid)
-        except OSError:
-            continue
-    return None
-
-
 def test_router_withholds_watchdog_while_a_worker_crash_loops(
     tmp_path: Path, listener: tuple[socket.socket, str]
 ) -> None:
@@ -241,7 +224,7 @@ def test_router_withholds_watchdog_while_a_worker_crash_loops(
         killed: set[int] = set()
         deadline = time.monotonic() + 20
         while len(killed) < 7 and time.monotonic() < deadline:
-            pid = _child_pid(r.pid, "wgslirp-w0")
+            pid = child_pid(r.pid, "wgslirp-w0")
             if pid is not None and pid not in killed:
                 os.kill(pid, signal.SIGKILL)  # our router's own child, by PID
                 killed.add(pid)

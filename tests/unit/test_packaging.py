@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-from harness import RouterProcess, free_udp_port  # noqa: E402
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.proc import child_pid
+from wgslirp_testkit.router import RouterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "wgslirp.service"
@@ -315,14 +313,6 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
         assert (ROOT / path).exists(), path
 
 
-def _child_pid(parent: int) -> int | None:
-    try:
-        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return None
-    return int(kids[0]) if kids else None
-
-
 def test_entrypoint_runs_as_pid_1_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     """ENTRYPOINT + CMD with the image's ENV, as PID 1 of a new PID namespace (what a
     container is): it must serve, keep its workers (no restart loop), and exit 0 on the
@@ -347,7 +337,7 @@ def test_entrypoint_runs_as_pid_1_and_exits_0_on_sigterm(tmp_path: Path) -> None
         assert "restarting" not in r.output(), r.output()
         target = r.pid
         if as_pid1:  # signal PID 1 of the namespace, as the engine does
-            pid1 = _child_pid(r.pid)
+            pid1 = child_pid(r.pid)
             assert pid1 is not None
             target = pid1
         os.kill(target, signal.SIGTERM)

@@ -26,12 +26,8 @@ from wgslirp.obs.pcap import (
     global_header,
     open_capture,
 )
-
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-from harness import RouterProcess, free_udp_port  # noqa: E402
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.router import RouterProcess
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(

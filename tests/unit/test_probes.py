@@ -7,9 +7,9 @@ import socket
 import threading
 
 import pytest
-from hostservers import TinyDns  # tests/conftest.py puts tests/e2e on the path
 
 from wgslirp.obs.probes import Prober, probe_dns_server, probe_http, probe_resolve
+from wgslirp_testkit.hostservers import TinyDns
 
 
 class _Quiet(http.server.BaseHTTPRequestHandler):

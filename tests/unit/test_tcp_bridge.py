@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.unit.test_tcp_support import Egress, guest_pkt
 from wgslirp.net import tcp
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
@@ -10,6 +9,7 @@ from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import STRAY_RST_INTERVAL, TcpBridge, TcpFlow
 from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp_testkit.tcpconn import Egress, guest_pkt
 
 
 def bridge() -> tuple[TcpBridge, Egress]:

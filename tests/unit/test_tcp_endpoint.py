@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tests.unit.test_tcp_support import Conn, Seg, guest_pkt
 from wgslirp.net import tcp
 from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
+from wgslirp_testkit.tcpconn import Conn, Seg, guest_pkt
 
 ACK, SYN, FIN, RST, PSH = tcp.ACK, tcp.SYN, tcp.FIN, tcp.RST, tcp.PSH
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_tcp_support import (
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
+from wgslirp.slirp.tcp_seq import unwrap
+from wgslirp_testkit.tcpconn import (
     GUEST_IP,
     GUEST_PORT,
     HOST_IP,
@@ -26,9 +29,6 @@ from tests.unit.test_tcp_support import (
     Egress,
     guest_pkt,
 )
-from wgslirp.net import tcp
-from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
-from wgslirp.slirp.tcp_seq import unwrap
 
 ACK, SYN, FIN, RST, PSH = tcp.ACK, tcp.SYN, tcp.FIN, tcp.RST, tcp.PSH
 M = 0xFFFFFFFF

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from tests.unit.test_tcp_support import Conn
 from wgslirp.net import tcp
 from wgslirp.slirp.tcp_endpoint import MAX_OOO_RANGES, TcpParams
+from wgslirp_testkit.tcpconn import Conn
 
 ACK, FIN = tcp.ACK, tcp.FIN
 SACK_SYN = tcp.options_bytes(mss=1460, sack_perm=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_tcp_support import Conn, Seg
 from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp_testkit.tcpconn import Conn, Seg
 
 ACK = tcp.ACK
 MSS = 1340

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_tcp_support import Conn
 from wgslirp.net import tcp
 from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
+from wgslirp_testkit.tcpconn import Conn
 
 ACK, FIN, RST = tcp.ACK, tcp.FIN, tcp.RST
 

@@ -7,10 +7,10 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.test_tcp_support import GUEST_IP, HOST_IP, guest_pkt
 from wgslirp.net import tcp
 from wgslirp.net.checksum import checksum, ones_sum
 from wgslirp.slirp import tcp_seq
+from wgslirp_testkit.tcpconn import GUEST_IP, HOST_IP, guest_pkt
 
 U32 = st.integers(min_value=0, max_value=0xFFFFFFFF)
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.wgpair import A_ADDR, Pair
 from wgslirp.keys import generate_private_key, public_key
 from wgslirp.runtime import uapi_server
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.uapi_server import UapiServer
 from wgslirp.wireguard import uapi
 from wgslirp.wireguard.device import Device
+from wgslirp_testkit.clock import FakeClock
+from wgslirp_testkit.wgpair import A_ADDR, Pair
 
 PORT = 51820
 
@@ -452,14 +453,14 @@ def test_server_bounds_request_size_and_time(
         c.sendall(b"set=1\n" + b"allowed_ip=10.0.0.0/8\n" * 100)
         assert s.read_all(c) == uapi.errno_line(errno.EMSGSIZE)
     # a client that never finishes its request is dropped after CLIENT_TIMEOUT
-    clock = [100.0]
-    s.loop.clock = lambda: clock[0]
+    clock = FakeClock(100.0)
+    s.loop.clock = clock
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.connect(str(s.server.path))
         c.sendall(b"get=1\n")
         s.turn(2)
         assert len(s.server.clients) == 1
-        clock[0] += uapi_server.CLIENT_TIMEOUT + 0.1
+        clock.advance(uapi_server.CLIENT_TIMEOUT + 0.1)
         s.turn(2)
         assert not s.server.clients
         assert s.read_all(c) == b""

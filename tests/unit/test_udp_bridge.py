@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.test_tcp_support import Egress
 from wgslirp.net import udp
 from wgslirp.net.ipv4 import addr_to_int
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
+from wgslirp_testkit.clock import FakeClock
+from wgslirp_testkit.tcpconn import Egress
 
 GUEST, GATEWAY = addr_to_int("10.77.0.2"), addr_to_int("10.77.0.1")
 
@@ -110,16 +111,16 @@ def test_icmp_errors_are_rate_limited_per_worker() -> None:
     from wgslirp.net import icmp
     from wgslirp.slirp.bridge_context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
 
-    now = [100.0]
+    clock = FakeClock(100.0)
     eg = egress(100_000)
-    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, clock=lambda: now[0])
+    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, clock=clock)
     buf = bytearray(2048)
     n = udp.build_udp_into(buf, GUEST, addr_to_int("192.0.2.80"), 40000, 9, b"q")
     for _ in range(1000):
         ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
     assert len(eg.packets) == ICMP_ERROR_BURST
     assert ctx.stats.icmp_errors_rate_limited == 1000 - ICMP_ERROR_BURST
-    now[0] += 0.125  # refills at the sustained rate
+    clock.advance(0.125)  # refills at the sustained rate
     for _ in range(1000):
         ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
     assert len(eg.packets) == ICMP_ERROR_BURST + int(0.125 * ICMP_ERROR_RATE)

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-from tests.unit.wgpair import A_ADDR, Pair, ip_packet
 from wgslirp.keys import generate_private_key, public_key
 from wgslirp.wireguard.device import Device, HandshakeCompleted, HandshakeGaveUp, KeysZeroed
 from wgslirp.wireguard.messages import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
@@ -15,6 +14,7 @@ from wgslirp.wireguard.timers import (
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
 )
+from wgslirp_testkit.wgpair import A_ADDR, Pair, ip_packet
 
 
 def kinds(p: Pair) -> list[tuple[str, int, int]]:

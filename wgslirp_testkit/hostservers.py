@@ -1,19 +1,35 @@
-"""Real servers on host loopback for e2e tests: UDP echo and a tiny authoritative DNS.
+"""Real servers on host loopback, which guests reach through the router's gateway address.
 
-Each runs in a thread with a bounded lifetime and counts what it saw, so a test can also
-prove that something never arrived.
+Two kinds, for two needs:
+
+- For tests, threads of the test process (:class:`UdpEcho`, :class:`UdpSink`,
+  :class:`TinyDns`, :class:`TcpServer`): cheap to start, each with a bounded lifetime,
+  counting what it saw so a test can also prove that something never arrived.
+- For benchmarks, forked processes (:class:`ForkedServer`, :class:`ForkedUdpServer`) with a
+  tight non-blocking loop and counters in shared memory: a thread doing one ``select`` per
+  datagram caps a loopback baseline and competes with the benchmark's own bookkeeping for
+  the GIL.
 """
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing as mp
+import random
 import select
+import selectors
+import signal
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, Self
+
+from wgslirp_testkit.proc import die_with_parent
 
 
-class _UdpServer:
+class _ThreadedUdpServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, lifetime: float = 300) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -24,7 +40,7 @@ class _UdpServer:
         self._deadline = time.monotonic() + lifetime
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _UdpServer:
+    def __enter__(self) -> _ThreadedUdpServer:
         self._thread.start()
         return self
 
@@ -61,17 +77,17 @@ class _UdpServer:
         """One of `extra_sockets` is readable."""
 
 
-class UdpEcho(_UdpServer):
+class UdpEcho(_ThreadedUdpServer):
     def answer(self, data: bytes) -> bytes | None:
         return data
 
 
-class UdpSink(_UdpServer):
+class UdpSink(_ThreadedUdpServer):
     def answer(self, data: bytes) -> bytes | None:
         return None
 
 
-class TinyDns(_UdpServer):
+class TinyDns(_ThreadedUdpServer):
     """Answers every A query for NAME with ADDRESS, anything else with NXDOMAIN; over UDP,
     and over TCP (RFC 7766 framing) on the same port number."""
 
@@ -143,7 +159,7 @@ class TinyDns(_UdpServer):
 
 def read_dns_tcp(sock: socket.socket) -> bytes | None:
     """One DNS message in RFC 7766 framing (2-byte length first); None if the peer closed
-    before it was whole. Shared with guestprog.py, which runs this file's neighbour."""
+    before it was whole. The guest program reads its answers with the same function."""
     buf = b""
     while len(buf) < 2 or len(buf) < 2 + struct.unpack_from(">H", buf)[0]:
         chunk = sock.recv(4096)
@@ -164,8 +180,6 @@ PATTERN_LEN = 1_048_583  # prime-ish period: a misplaced segment cannot line up 
 
 
 def pattern(seed: int = 7) -> bytes:
-    import random
-
     return random.Random(seed).randbytes(PATTERN_LEN)
 
 
@@ -194,8 +208,6 @@ class TcpServer:
     """
 
     def __init__(self, mode: str, size: int = 0, lifetime: float = 600) -> None:
-        import selectors
-
         self.mode, self.size = mode, size
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -223,9 +235,6 @@ class TcpServer:
         self.sel.close()
 
     def _run(self) -> None:
-        import hashlib
-        import selectors
-
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             for key, mask in self.sel.select(0.1):
                 if key.data is None:
@@ -243,8 +252,6 @@ class TcpServer:
                 self._service(key.fileobj, key.data, mask)  # type: ignore[arg-type]
 
     def _service(self, conn: socket.socket, st: dict, mask: int) -> None:  # type: ignore[type-arg]
-        import selectors
-
         try:
             if mask & selectors.EVENT_READ and not st["eof"]:
                 data = conn.recv(1 << 20)
@@ -287,3 +294,151 @@ class TcpServer:
         except (KeyError, ValueError):
             pass
         conn.close()
+
+
+# ---------------------------------------------------------------------------- forked
+
+
+class ForkedServer:
+    """A server loop in its own forked process, as a context manager.
+
+    A subclass opens its sockets (closing them itself if that fails), then calls
+    ``super().__init__``: the child will run ``target(counters, *args)``, where ``counters``
+    (also ``self.counters``) are ``n_counters`` int64s in shared memory for it to update.
+    Entering starts the process; :meth:`close` (and leaving) stops it, SIGTERM then SIGKILL,
+    waiting ``join_timeout`` s after each, and closes the parent's copies of the sockets
+    through the :meth:`_close_socks` hook, which also runs if the start fails.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        name: str,
+        n_counters: int,
+        join_timeout: float = 2.0,
+    ) -> None:
+        ctx = mp.get_context("fork")
+        self.counters = ctx.RawArray("q", n_counters)
+        self.join_timeout = join_timeout
+        self._proc = ctx.Process(target=target, args=(self.counters, *args), daemon=True, name=name)
+
+    def _close_socks(self) -> None:
+        """Close the sockets handed to the child (our copies of them)."""
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    def __enter__(self) -> Self:
+        try:
+            self._proc.start()
+        except BaseException:
+            self._close_socks()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.pid is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(self.join_timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(self.join_timeout)
+        self._close_socks()
+
+
+def _serve(counters: Any, sock: socket.socket, echo: bool, lifetime: float) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    buf = bytearray(65535)
+    mv = memoryview(buf)
+    recv_into, recvfrom_into, sendto = sock.recv_into, sock.recvfrom_into, sock.sendto
+    packets = nbytes = errors = 0
+    deadline = time.monotonic() + lifetime
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([sock], [], [], 0.2)
+        if not r:
+            continue
+        for _ in range(512):
+            try:
+                if echo:
+                    n, addr = recvfrom_into(buf)
+                    try:
+                        sendto(mv[:n], addr)
+                    except OSError:
+                        errors += 1
+                else:
+                    n = recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                errors += 1
+                break
+            packets += 1
+            nbytes += n
+            if not packets & 63:
+                counters[0], counters[1] = packets, nbytes
+        counters[0], counters[1], counters[2] = packets, nbytes, errors
+
+
+class ForkedUdpServer(ForkedServer):
+    """A UDP sink (``echo=False``) or echo on ``host`` in its own forked process.
+
+    ``packets``/``nbytes`` are read from shared memory; they lag by at most 64 datagrams.
+    """
+
+    def __init__(
+        self, echo: bool, host: str = "127.0.0.1", rcvbuf: int = 4 << 20, lifetime: float = 900.0
+    ) -> None:
+        self.echo = echo
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for opt, fallback, size in (
+                (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF, rcvbuf),
+                (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF, rcvbuf),
+            ):
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt or fallback, size)
+                except PermissionError:
+                    self.sock.setsockopt(socket.SOL_SOCKET, fallback, size)
+            self.sock.bind((host, 0))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.port: int = self.sock.getsockname()[1]
+        super().__init__(
+            _serve, (self.sock, echo, lifetime), "bench-echo" if echo else "bench-sink", 3
+        )
+
+    def _close_socks(self) -> None:
+        self.sock.close()
+
+    @property
+    def packets(self) -> int:
+        return int(self.counters[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.counters[1])
+
+    def settle(self, quiet: float = 0.3, limit: float = 3.0) -> int:
+        """Wait until the packet count stops moving for ``quiet`` s (at most ``limit`` s)."""
+        last, since = self.packets, time.monotonic()
+        deadline = since + limit
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now_count = self.packets
+            if now_count != last:
+                last, since = now_count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return last

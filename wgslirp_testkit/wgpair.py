@@ -1,4 +1,9 @@
-"""Two in-memory WireGuard devices wired back to back, driven by a fake clock."""
+"""Two in-memory WireGuard devices wired back to back, driven by a fake clock.
+
+The WireGuard core is sans-I/O, so a handshake, rekey or replay can be played out between
+two Devices in memory: datagrams move only when :meth:`Pair.deliver` moves them, and time
+only when the test advances the clock.  Used by the unit tests and bench_transport.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import struct
 from wgslirp.keys import generate_private_key, public_key
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.peer import Peer
+from wgslirp_testkit.clock import FakeClock
 
 A_ADDR = ("127.0.0.1", 40001)
 B_ADDR = ("127.0.0.1", 40002)
@@ -25,23 +31,12 @@ def ip_packet(src: str, dst: str, payload: bytes = b"", proto: int = 17) -> byte
     return buf
 
 
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-        self.wall = 1_700_000_000.0
-
-    def advance(self, dt: float) -> float:
-        self.t += dt
-        self.wall += dt
-        return self.t
-
-
 class Pair:
     """Device `a` (10.0.0.1) initiates to device `b` (10.0.0.2); `b` has no endpoint for `a`
     until it hears from it, like the router and a roaming client."""
 
     def __init__(self, psk: bytes | None = None, seed: int = 1, keepalive: int = 0) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         ka, kb = generate_private_key(), generate_private_key()
         rng_a, rng_b = random.Random(seed), random.Random(seed + 1)
         self.a = Device(ka, wall=lambda: self.clock.wall, rng=rng_a)

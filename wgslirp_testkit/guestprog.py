@@ -1,19 +1,45 @@
-"""Runs INSIDE a guest namespace (python3 guestprog.py CMD ...): the guest side of the
-e2e tests, printing one JSON line. Every loop is bounded in count and time."""
+"""The guest side of the e2e tests: runs INSIDE a guest namespace and prints one JSON line.
+
+A separate program because only a process inside the namespace sends through the tunnel;
+tests start it with :func:`run` (``python -m wgslirp_testkit.guestprog CMD ...``).  It
+shares the DNS framing and the TCP byte stream with the host servers, so both ends agree by
+construction.  Every loop is bounded in count and time.
+"""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import os
+import selectors
 import socket
 import struct
 import sys
 import time
+from typing import Any
+
+from wgslirp_testkit.hostservers import dns_query, read_dns_tcp, stream_chunks
+from wgslirp_testkit.proc import raise_nofile
+
+MODULE = "wgslirp_testkit.guestprog"
+
+
+def command(*args: object) -> list[str]:
+    """The command line that runs ``CMD ARGS...`` as the guest (inside a namespace via
+    ``WgClient.run``/``popen``)."""
+    return [sys.executable, "-m", MODULE, *map(str, args)]
+
+
+def run(client: Any, *args: object, timeout: float = 300) -> dict[str, Any]:
+    """Run the guest command ``args`` in ``client``'s namespace; its JSON result."""
+    r = client.run(command(*args), timeout=timeout)
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
 
 
 def dns(server: str, port: int, name: str) -> dict[str, object]:
-    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
-    msg = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
+    msg = dns_query(name, qid=0xBEEF)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
     for _ in range(3):
@@ -32,10 +58,7 @@ def dns(server: str, port: int, name: str) -> dict[str, object]:
 
 def dns_tcp(server: str, port: int, name: str) -> dict[str, object]:
     """The same query over TCP (what a resolver does after a truncated UDP answer)."""
-    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
-    msg = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0) + q + struct.pack(">HH", 1, 1)
-    from hostservers import read_dns_tcp  # this script's directory is on sys.path
-
+    msg = dns_query(name, qid=0xBEEF)
     try:
         with socket.create_connection((server, port), timeout=3) as s:
             s.sendall(struct.pack(">H", len(msg)) + msg)
@@ -143,29 +166,11 @@ def raw_udp(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str,
     return {"sent": count}
 
 
-def _pattern_stream(total: int):  # same stream as hostservers.stream_chunks
-    import random
-
-    period = 1_048_583
-    pat = random.Random(7).randbytes(period)
-    pos = 0
-    while pos < total:
-        n = min(256 * 1024, total - pos)
-        start = pos % period
-        if start + n <= period:
-            yield pat[start : start + n]
-        else:
-            yield pat[start:] + pat[: n - (period - start)]
-        pos += n
-
-
 def tcp_upload(host: str, port: int, size: int) -> dict[str, object]:
-    import hashlib
-
     h = hashlib.sha256()
     t0 = time.monotonic()
     with socket.create_connection((host, port), timeout=60) as s:
-        for chunk in _pattern_stream(size):
+        for chunk in stream_chunks(size):
             h.update(chunk)
             s.sendall(chunk)
         s.shutdown(socket.SHUT_WR)
@@ -175,8 +180,6 @@ def tcp_upload(host: str, port: int, size: int) -> dict[str, object]:
 
 
 def tcp_download(host: str, port: int, halfclose: bool) -> dict[str, object]:
-    import hashlib
-
     h = hashlib.sha256()
     n = 0
     t0 = time.monotonic()
@@ -195,12 +198,7 @@ def tcp_download(host: str, port: int, halfclose: bool) -> dict[str, object]:
 
 
 def tcp_echo_many(host: str, port: int, conns: int, size: int) -> dict[str, object]:
-    import os
-    import resource
-    import selectors
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     sel = selectors.DefaultSelector()
     payloads: dict[int, bytes] = {}
     state: dict[int, list] = {}

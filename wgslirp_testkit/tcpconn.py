@@ -1,0 +1,216 @@
+"""The guest's side of a sans-I/O TCP endpoint, driven by hand: a recording egress, segment
+building and parsing, and a scripted handshake.
+
+Every test_tcp_* file (and the UDP bridge and flow tests, for the egress) shares these, so
+a test reads as the conversation it checks: the guest sends this, the endpoint answers
+that, the clock moves, the timer fires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wgslirp.net import ipv4, tcp
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
+from wgslirp_testkit.clock import FakeClock
+
+GUEST_IP = ipv4.addr_to_int("10.77.0.2")
+HOST_IP = ipv4.addr_to_int("93.184.216.34")
+GUEST_PORT = 40000
+HOST_PORT = 443
+
+
+class Egress:
+    """Records every packet; `full` makes reserve() fail like a full ring."""
+
+    def __init__(self, slot: int = 2048) -> None:
+        self.slot = slot
+        self.packets: list[bytes] = []
+        self.full = False
+        self._buf = bytearray(slot)
+
+    def reserve(self) -> memoryview | None:
+        if self.full:
+            return None
+        self._buf = bytearray(self.slot)
+        return memoryview(self._buf)
+
+    def commit(self, length: int, peer: int) -> None:
+        self.packets.append(bytes(self._buf[:length]))
+
+    def flush(self, now: float = 0.0) -> None:
+        pass
+
+    def take(self) -> list[Seg]:
+        out = [parse_seg(p) for p in self.packets]
+        self.packets.clear()
+        return out
+
+
+@dataclass
+class Seg:
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    opts: tcp.Options
+    data: bytes
+    raw: bytes = field(repr=False)
+
+    def has(self, flags: int) -> bool:
+        return self.flags & flags == flags
+
+    @property
+    def seg_len(self) -> int:
+        return (
+            len(self.data) + (1 if self.flags & tcp.SYN else 0) + (1 if self.flags & tcp.FIN else 0)
+        )
+
+
+def parse_seg(pkt: bytes) -> Seg:
+    parsed = tcp.parse(pkt, len(pkt))
+    assert parsed is not None, "endpoint emitted a malformed segment"
+    assert tcp.checksum_ok(pkt, len(pkt)), "bad checksum"
+    src, dst, sport, dport, seq, ack, flags, window, ooff, poff, plen = parsed
+    assert (src, sport, dst, dport) == (HOST_IP, HOST_PORT, GUEST_IP, GUEST_PORT)
+    opts = tcp.parse_options(pkt, ooff, poff)
+    assert opts is not None
+    return Seg(seq, ack, flags, window, opts, pkt[poff : poff + plen], pkt)
+
+
+def guest_pkt(
+    seq: int, ack: int, flags: int, data: bytes = b"", window: int = 65535, opts: bytes = b""
+) -> bytearray:
+    buf = bytearray(40 + len(opts) + len(data))
+    n = tcp.build_into(
+        buf,
+        src=GUEST_IP,
+        dst=HOST_IP,
+        sport=GUEST_PORT,
+        dport=HOST_PORT,
+        seq=seq & 0xFFFFFFFF,
+        ack=ack & 0xFFFFFFFF,
+        flags=flags,
+        window=window,
+        options=opts,
+        payload=data,
+    )
+    return buf[:n]
+
+
+class Conn:
+    """An endpoint plus the guest's view of it, driven by hand."""
+
+    def __init__(
+        self,
+        params: TcpParams | None = None,
+        *,
+        iss: int = 5000,
+        guest_iss: int = 100000,
+        window: int = 65535,
+        syn_opts: bytes | None = None,
+        ts: bool = False,
+    ) -> None:
+        self.clock = FakeClock()
+        self.egress = Egress()
+        self.params = params or TcpParams()
+        self.ep = TcpEndpoint(
+            self.params,
+            local=(HOST_IP, HOST_PORT),
+            remote=(GUEST_IP, GUEST_PORT),
+            iss=iss,
+            now=self.clock(),
+            egress=self.egress,
+            peer=1,
+        )
+        self.ts = ts
+        self.ts_val = 777
+        self.gseq = guest_iss  # guest's next sequence number
+        self.gack = 0  # guest's next expected from us
+        self.window = window
+        if syn_opts is None:
+            syn_opts = tcp.options_bytes(mss=1460)
+        self.syn_opts = syn_opts
+        self.syn = guest_pkt(guest_iss, 0, tcp.SYN, window=window, opts=syn_opts)
+        self.peer_ts_recent = 0
+
+    @property
+    def now(self) -> float:
+        return self.clock()
+
+    def handshake(self) -> Seg:
+        ep = self.ep
+        ep.on_syn(memoryview(self.syn), len(self.syn), self.now)
+        assert ep.state is TcpState.LISTEN_PENDING
+        assert not self.egress.packets
+        ep.accept(self.now)
+        segs = self.egress.take()
+        assert len(segs) == 1 and segs[0].has(tcp.SYN | tcp.ACK)
+        synack = segs[0]
+        self.gseq += 1
+        self.gack = synack.seq + 1
+        if synack.opts.ts_val is not None:
+            self.peer_ts_recent = synack.opts.ts_val
+        self.send(b"", tcp.ACK)
+        assert ep.state is TcpState.ESTABLISHED
+        return synack
+
+    def opts(self) -> bytes:
+        if not self.ts:
+            return b""
+        self.ts_val += 1
+        return tcp.options_bytes(ts=(self.ts_val, self.peer_ts_recent))
+
+    def send(
+        self,
+        data: bytes = b"",
+        flags: int = tcp.ACK,
+        *,
+        seq: int | None = None,
+        ack: int | None = None,
+        window: int | None = None,
+        opts: bytes | None = None,
+        flush: bool = True,
+    ) -> None:
+        """A segment from the guest; by default the next in sequence."""
+        s = self.gseq if seq is None else seq
+        pkt = guest_pkt(
+            s,
+            self.gack if ack is None else ack,
+            flags,
+            data,
+            self.window if window is None else window,
+            self.opts() if opts is None else opts,
+        )
+        if seq is None:
+            self.gseq += len(data) + (1 if flags & (tcp.SYN | tcp.FIN) else 0)
+        self.ep.receive(memoryview(pkt), len(pkt), self.now)
+        if flush:
+            self.ep.flush(self.now)
+
+    def out(self) -> list[Seg]:
+        segs = self.egress.take()
+        for s in segs:
+            if s.opts.ts_val is not None:
+                self.peer_ts_recent = s.opts.ts_val
+        return segs
+
+    def tick(self, dt: float) -> list[Seg]:
+        """Advance the clock by dt, firing the endpoint's timer if it is due."""
+        end = self.clock.t + dt
+        while True:
+            t = self.ep.get_timer()
+            if t is None or t > end:
+                break
+            self.clock.t = max(self.clock.t, t)
+            self.ep.handle_timer(self.clock.t)
+        self.clock.t = end
+        return self.out()
+
+    def read_all(self) -> bytes:
+        out = bytearray()
+        while self.ep.readable():
+            view = self.ep.peek_data()
+            out += view
+            self.ep.consume(len(view), self.now)
+        return bytes(out)
