@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+from wgslirp.errors import ConfigError
 from wgslirp.keys import decode_key, encode_key, public_key
 
 __all__ = [
@@ -55,22 +56,6 @@ __all__ = [
     "settings_table",
     "unknown_variables",
 ]
-
-
-class ConfigError(Exception):
-    """A setting the router cannot run with.
-
-    ``setting`` names what the user wrote (an environment variable, or a file,
-    section and key) so the one-line message tells them exactly what to change.
-    """
-
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(setting, problem)
-        self.setting = setting
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"{self.setting}: {self.problem}"
 
 
 # --------------------------------------------------------------------------
