@@ -144,7 +144,9 @@ def changed_settings(old: Config, new: Config) -> list[str]:
     return out
 
 
-def parse_setting(env: Mapping[str, str], name: str) -> Any:
+def parse_setting(
+    env: Mapping[str, str], name: str, *, resolve: Callable[[str], str] = resolve_ipv4
+) -> Any:
     """One setting from the environment, parsed and validated alone (None when unset), for
     commands that need nothing else: `wgslirp healthcheck` must not fail, or resolve peer
     host names, because of settings it does not use."""
@@ -152,7 +154,7 @@ def parse_setting(env: Mapping[str, str], name: str) -> Any:
     if f is None:
         raise KeyError(name)
     raw = env.get(name, "").strip()
-    return _parse(f, raw, name, resolve_ipv4) if raw else None
+    return _parse(f, raw, name, resolve) if raw else None
 
 
 class _Source(NamedTuple):
@@ -254,20 +256,21 @@ def load_config(
     env: Mapping[str, str],
     config_file: str | None = None,
     *,
-    resolve: Callable[[str], str] | None = None,
+    resolve: Callable[[str], str] = resolve_ipv4,
 ) -> Config:
     """Build the effective configuration; raise ConfigError on the first bad setting.
 
     Environment variables override the file's scalar settings; ``WG_PEERS``,
     when set, replaces the file's peer list as a whole because merging two
-    peer lists by position would be guesswork. ``resolve`` maps a host name to
-    an IPv4 address and exists so tests need no DNS.
+    peer lists by position would be guesswork. ``resolve`` maps a peer
+    endpoint's host name to an IPv4 address (raising ValueError when it cannot);
+    it is the only network access while loading, passed in so tests and tools
+    can load without DNS.
     """
-    resolver = resolve or resolve_ipv4
     file_scalars: dict[str, _Source] = {}
     peers: list[tuple[PeerConfig, str]] = []
     if config_file is not None:
-        file_scalars, peers = _load_file(config_file, resolver)
+        file_scalars, peers = _load_file(config_file, resolve)
 
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
@@ -277,14 +280,14 @@ def load_config(
         src = _from_env(env, f.env) or file_scalars.get(f.env)
         if src is None:
             continue
-        value = _parse(f, src.raw, src.setting, resolver)
+        value = _parse(f, src.raw, src.setting, resolve)
         if len(f.path) == 1:
             top[f.path[0]] = value
         else:
             nested[f.path[0]][f.path[1]] = value
 
     if _from_env(env, "WG_PEERS") is not None:
-        peers = _peers_from_env(env, resolver)
+        peers = _peers_from_env(env, resolve)
 
     # The original turns metrics on when either variable is set.
     if _from_env(env, "METRICS_INTERVAL") is not None:
