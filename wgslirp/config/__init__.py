@@ -12,7 +12,7 @@ The package is split by concern, each module importable alone:
 - ``values``: pure parsers from text to values (no settings, files or network);
 - ``wgquick``: the wg-quick INI reader;
 - ``load``: environment + file into a Config, with host names resolved by a callable;
-- ``render``: a loaded Config shown with secrets hidden (``check-config``);
+- ``render``: a loaded Config shown with secrets hidden (the one ``check-config`` path);
 - ``docs``: docs/configuration.md generated from the schema.
 
 This module is the public face: importers use ``wgslirp.config`` and never need to
@@ -27,7 +27,14 @@ from wgslirp.config.load import (
     resolve_ipv4,
     unknown_variables,
 )
-from wgslirp.config.render import main, redacted, render_check
+from wgslirp.config.render import (
+    EXIT_CONFIG,
+    check_config,
+    main,
+    redacted,
+    render_check,
+    render_effective,
+)
 from wgslirp.config.schema import (
     Config,
     ConfigError,
@@ -43,6 +50,7 @@ from wgslirp.config.values import format_duration, parse_duration
 from wgslirp.config.wgquick import WgSection, parse_wg_quick
 
 __all__ = [
+    "EXIT_CONFIG",
     "ORIGINAL_VARIABLES",
     "Config",
     "ConfigError",
@@ -55,6 +63,7 @@ __all__ = [
     "UdpConfig",
     "WgSection",
     "changed_settings",
+    "check_config",
     "default_state_dir",
     "format_duration",
     "load_config",
@@ -64,6 +73,7 @@ __all__ = [
     "parse_wg_quick",
     "redacted",
     "render_check",
+    "render_effective",
     "render_markdown",
     "resolve_ipv4",
     "settings_table",

@@ -9,20 +9,33 @@ lives, and it is the code path of both ``wgslirp check-config`` and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from wgslirp.config.docs import render_markdown
 from wgslirp.config.fields import CONFIG_FIELDS, EXTRAS, PEER_FIELDS, Field
-from wgslirp.config.load import load_config
+from wgslirp.config.load import load_config, resolve_ipv4
 from wgslirp.config.schema import Config, ConfigError
 from wgslirp.config.values import format_duration
 from wgslirp.keys import encode_key, public_key
 
-__all__ = ["REDACTED", "main", "redacted", "render_check"]
+__all__ = [
+    "EXIT_CONFIG",
+    "REDACTED",
+    "check_config",
+    "main",
+    "redacted",
+    "render_check",
+    "render_effective",
+]
+
+# A configuration the router cannot run with is a user error: exit status 2, as for bad usage.
+EXIT_CONFIG = 2
 
 REDACTED = "(redacted)"
 
@@ -105,21 +118,41 @@ def render_check(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_effective(cfg: Config) -> str:
+    """The effective configuration as people and scripts read it: the redacted settings as
+    sorted, indented JSON (scripts/bench_tcp.py reads its ``tcp`` object)."""
+    return json.dumps(redacted(cfg), indent=2, sort_keys=True) + "\n"
+
+
+def check_config(
+    env: Mapping[str, str],
+    config_file: str | None,
+    *,
+    resolve: Callable[[str], str] = resolve_ipv4,
+) -> int:
+    """Print the effective configuration and return 0, or print the one-line error and
+    return EXIT_CONFIG. ``wgslirp check-config`` and ``python -m wgslirp.config --check``
+    both end here, so they cannot drift apart in output or exit status."""
+    try:
+        cfg = load_config(env, config_file, resolve=resolve)
+    except ConfigError as e:
+        print(f"wgslirp: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(render_effective(cfg))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Regenerate the docs or check a configuration without starting the router."""
     parser = argparse.ArgumentParser(prog="python -m wgslirp.config")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
-    mode.add_argument("--check", action="store_true", help="print the effective settings")
+    mode.add_argument(
+        "--check", action="store_true", help="print the effective settings (as check-config)"
+    )
     parser.add_argument("config_file", nargs="?", help="wg-quick file (with --check)")
     args = parser.parse_args(argv)
     if args.markdown:
         sys.stdout.write(render_markdown())
         return 0
-    try:
-        cfg = load_config(os.environ, args.config_file)
-    except ConfigError as e:
-        print(f"wgslirp: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.write(render_check(cfg))
-    return 0
+    return check_config(os.environ, args.config_file)
