@@ -102,7 +102,8 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 
 def render_check(cfg: Config) -> str:
-    """The effective settings as ``NAME=value`` lines, the same names users set."""
+    """The effective settings as ``NAME=value`` lines in the names users set, which load
+    back into the same Config: a starting point for an environment file."""
     lines = []
     if cfg.private_key is not None:
         lines.append(f"# server public key: {encode_key(public_key(cfg.private_key))}")
