@@ -7,7 +7,6 @@ errors, so no traceback is shown.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -16,19 +15,18 @@ from collections.abc import Sequence
 
 from wgslirp import __version__
 from wgslirp.config import (
+    EXIT_CONFIG,
     Config,
     ConfigError,
+    check_config,
     load_config,
     parse_setting,
-    redacted,
     unknown_variables,
 )
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 from wgslirp.obs.logs import setup_logging
 
 log = logging.getLogger("wgslirp")
-
-EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,9 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(encode_key(public_key(decode_key(sys.stdin.read(), "stdin"))))
             return 0
         if cmd == "check-config":
-            cfg = _load(args, embedded=False)
-            print(json.dumps(redacted(cfg), indent=2, sort_keys=True))
-            return 0
+            return check_config(os.environ, args.config)
         if cmd == "client-config":
             from wgslirp.identity import client_config_text, read_client_private_key
 

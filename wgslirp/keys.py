@@ -14,6 +14,8 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wgslirp.errors import ConfigError
+
 KEY_LEN = 32
 
 
@@ -48,8 +50,6 @@ def decode_key(s: str, setting: str) -> bytes:
     Non-canonical encodings (stray bits in the padding character) are refused
     as wg(8) refuses them, so a key accepted here is accepted everywhere else.
     """
-    from wgslirp.config import ConfigError  # config imports this module
-
     text = s.strip()
     if not text:
         raise ConfigError(setting, "key is empty")

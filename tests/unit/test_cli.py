@@ -247,6 +247,35 @@ def test_config_option_after_the_subcommand_and_typo_warning(tmp_path: Path) -> 
     assert before.stdout == after.stdout and '"listen_port": 40123' in after.stdout
 
 
+def test_module_check_prints_what_check_config_prints(tmp_path: Path) -> None:
+    conf = tmp_path / "wg0.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {encode_key(generate_private_key())}\nListenPort = 40123\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TCP_CC": "cubic"}
+    cli = run(["--config", str(conf), "check-config"], env=env, tmp=tmp_path)
+    module = subprocess.run(
+        [sys.executable, "-m", "wgslirp.config", "--check", str(conf)],
+        env={**env, "WGSLIRP_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == module.returncode == 0, module.stderr
+    assert cli.stdout == module.stdout and '"cc": "cubic"' in cli.stdout
+    bad = {**env, "METRICS_INTERVAL": "0s"}
+    cli_bad = run(["check-config"], env=bad, tmp=tmp_path)
+    module_bad = subprocess.run(
+        [sys.executable, "-m", "wgslirp.config", "--check"],
+        env=bad,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli_bad.returncode == module_bad.returncode == 2
+    assert cli_bad.stderr == module_bad.stderr and "METRICS_INTERVAL" in cli_bad.stderr
+
+
 def test_unknown_settings_are_named_at_start(tmp_path: Path) -> None:
     import os
     import signal

@@ -1,0 +1,738 @@
+"""What can be configured: every setting's name, type, limits, default and meaning.
+
+The msgspec Structs below are the single source of truth. Each field carries a
+``msgspec.Meta`` with the description shown in ``docs/configuration.md`` and an
+``extra`` dict holding the environment variable name (kept identical to the Go
+original so existing deployments keep working) and how to parse it. The loader,
+the ``check-config`` renderer and the documentation generator all walk these
+fields (through :mod:`wgslirp.config.fields`), so none of them can drift from
+the others.
+
+This module declares and does nothing else: no parsing, no I/O, so the rest of
+the router can import :class:`Config` without pulling in the loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from wgslirp.errors import ConfigError
+
+__all__ = [
+    "GROUPS",
+    "Config",
+    "ConfigError",
+    "EgressConfig",
+    "HealthConfig",
+    "MetricsConfig",
+    "PeerConfig",
+    "TcpConfig",
+    "UdpConfig",
+    "default_state_dir",
+]
+
+
+# --------------------------------------------------------------------------
+# Field metadata helpers
+
+GROUPS = (
+    "WireGuard",
+    "Peers",
+    "Addresses and state",
+    "Packet processing",
+    "Logging and diagnostics",
+    "Overlay routing",
+    "Metrics",
+    "Health checks",
+    "TCP",
+    "UDP",
+    "Egress policy",
+    "IP header synthesis",
+)
+
+
+def _doc(env: str, description: str, *, group: str, **extra: Any) -> Meta:
+    """Attach the user-facing name and help text to a field."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown settings group {group!r}")
+    return Meta(description=description, extra={"env": env, "group": group, **extra})
+
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Count = Annotated[int, Meta(ge=0, le=1_000_000)]
+
+_MAX_INT32 = 2**31 - 1
+
+
+# --------------------------------------------------------------------------
+# The settings
+
+
+class PeerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One WireGuard peer, from ``WG_PEER_<i>_*`` or a ``[Peer]`` section."""
+
+    public_key: Annotated[
+        Key,
+        _doc(
+            "WG_PEER_<i>_PUBLIC_KEY",
+            "Base64 public key of the peer (required for every index in WG_PEERS).",
+            group="Peers",
+            ini="PublicKey",
+            kind="key",
+        ),
+    ]
+    preshared_key: Annotated[
+        Key | None,
+        _doc(
+            "WG_PEER_<i>_PRESHARED_KEY",
+            "Optional base64 pre-shared key mixed into the handshake.",
+            group="Peers",
+            ini="PresharedKey",
+            kind="key",
+            secret=True,
+        ),
+    ] = None
+    allowed_ips: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_PEER_<i>_ALLOWED_IPS",
+            "Comma-separated IPv4 CIDRs the peer may use as source addresses (cryptokey "
+            "routing). A bare address means /32; host bits are cleared, so 10.77.0.5/24 "
+            "becomes 10.77.0.0/24. IPv6 entries are rejected.",
+            group="Peers",
+            ini="AllowedIPs",
+            kind="cidrs",
+        ),
+    ] = ()
+    endpoint: Annotated[
+        tuple[str, int] | None,
+        _doc(
+            "WG_PEER_<i>_ENDPOINT",
+            "Optional host:port of the peer; host names are resolved to IPv4 at start-up. "
+            "Roaming peers update it from their authenticated packets.",
+            group="Peers",
+            ini="Endpoint",
+            kind="endpoint",
+        ),
+    ] = None
+    keepalive: Annotated[
+        int,
+        Meta(ge=0, le=65535),
+        _doc(
+            "WG_PEER_<i>_KEEPALIVE",
+            "Persistent keepalive interval in seconds (0 = off; 25 is typical behind NAT).",
+            group="Peers",
+            ini="PersistentKeepalive",
+            kind="keepalive",
+        ),
+    ] = 0
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Periodic metrics log lines and the optional Prometheus listener."""
+
+    log: Annotated[
+        bool,
+        _doc(
+            "METRICS_LOG",
+            "Periodic metrics log lines. Any non-empty value enables them (even 0, as in "
+            "the original); setting METRICS_INTERVAL also enables them.",
+            group="Metrics",
+            flag=True,
+        ),
+    ] = False
+    interval: Annotated[
+        float,
+        Meta(ge=0.1),
+        _doc(
+            "METRICS_INTERVAL",
+            "Time between metrics log lines, as a Go duration (15s, 1m30s, 500ms). At least "
+            "100ms (0s, which crashes the original, is refused).",
+            group="Metrics",
+        ),
+    ] = 30.0
+    format: Annotated[
+        Literal["text", "json"],
+        _doc("METRICS_FORMAT", "Format of the metrics log lines.", group="Metrics"),
+    ] = "text"
+    listen: Annotated[
+        tuple[str, int] | None,
+        _doc(
+            "METRICS_LISTEN",
+            "host:port for an HTTP listener serving Prometheus text metrics and health "
+            "(an empty host means 0.0.0.0). Off when unset.",
+            group="Metrics",
+            kind="hostport",
+        ),
+    ] = None
+
+
+class HealthConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Start-up probes that tell container egress problems from tunnel problems."""
+
+    enabled: Annotated[
+        bool,
+        _doc(
+            "HEALTHCHECK",
+            "Run the auxiliary health probes. Any non-empty value enables them.",
+            group="Health checks",
+            flag=True,
+        ),
+    ] = False
+    http_url: Annotated[
+        str,
+        _doc(
+            "HEALTH_HTTP_URL",
+            "URL fetched with the host stack to check direct egress.",
+            group="Health checks",
+            kind="url",
+        ),
+    ] = "https://httpbin.org/ip"
+    dns_name: Annotated[
+        str,
+        _doc(
+            "HEALTH_DNS_NAME",
+            "Name resolved with the host resolver to check DNS.",
+            group="Health checks",
+            kind="hostname",
+        ),
+    ] = "example.com"
+    dns_ip: Annotated[
+        str,
+        _doc(
+            "HEALTH_DNS_IP",
+            "DNS server queried through the slirp UDP path to check the data path.",
+            group="Health checks",
+            kind="ipv4",
+        ),
+    ] = "1.1.1.1"
+
+
+class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The user-space TCP endpoint that terminates guest connections."""
+
+    ack_delay_ms: Annotated[
+        int,
+        Meta(ge=0, le=500),
+        _doc(
+            "TCP_ACK_DELAY_MS",
+            "Delayed-ACK timer in milliseconds; lower values (e.g. 5) cut ACK latency. "
+            "RFC 1122 caps it at 500.",
+            group="TCP",
+        ),
+    ] = 10
+    enable_sack: Annotated[
+        bool,
+        _doc(
+            "TCP_ENABLE_SACK",
+            "Answer a guest's SACK-permitted option so both sides use selective "
+            "acknowledgements (RFC 2018; never offered to a guest that did not ask). On by "
+            "default here (the Go original defaulted off): it makes loss recovery far faster.",
+            group="TCP",
+        ),
+    ] = True
+    mss_clamp: Annotated[
+        Annotated[int, Meta(ge=88, le=65495)] | None,
+        _doc(
+            "TCP_MSS_CLAMP",
+            "Clamp the advertised MSS (bytes). Leave unset unless troubleshooting path MTU.",
+            group="TCP",
+        ),
+    ] = None
+    pace_us: Annotated[
+        int,
+        Meta(ge=0, le=1_000_000),
+        _doc(
+            "TCP_PACE_US",
+            "Microseconds between host-to-guest segments (0 = no pacing). Only for "
+            "marginal paths where bursts cause loss.",
+            group="TCP",
+        ),
+    ] = 0
+    gate_log: Annotated[
+        Literal["off", "debug", "info"],
+        _doc(
+            "TCP_GATE_LOG",
+            "Level of the send-gating log lines (0/false/no mean off, 1/true/yes mean info).",
+            group="TCP",
+            aliases={
+                "0": "off",
+                "false": "off",
+                "no": "off",
+                "1": "info",
+                "true": "info",
+                "yes": "info",
+            },
+        ),
+    ] = "info"
+    cc: Annotated[
+        Literal["newreno", "cubic", "off"],
+        _doc(
+            "TCP_CC",
+            "Congestion control for the host-to-guest direction (reno and new-reno are "
+            "accepted for newreno).",
+            group="TCP",
+            aliases={"reno": "newreno", "new-reno": "newreno"},
+        ),
+    ] = "newreno"
+    error_signal: Annotated[
+        Literal["icmp", "rst", "none"],
+        _doc(
+            "TCP_ERROR_SIGNAL",
+            "How a failed outbound connect is reported to the guest: ICMP unreachable, "
+            "TCP RST, or nothing.",
+            group="TCP",
+        ),
+    ] = "icmp"
+    fast_dial_ms: Annotated[
+        int,
+        Meta(ge=0, le=60_000),
+        _doc(
+            "TCP_FAST_DIAL_MS",
+            "How long to wait for the host connect before answering the guest's SYN, so "
+            "immediate refusals become ICMP/RST instead of a SYN-ACK then reset.",
+            group="TCP",
+        ),
+    ] = 5
+    sock_rcvbuf: Annotated[
+        Annotated[int, Meta(ge=1, le=_MAX_INT32)] | None,
+        _doc("TCP_SOCK_RCVBUF", "SO_RCVBUF for host TCP sockets (bytes).", group="TCP"),
+    ] = None
+    sock_sndbuf: Annotated[
+        Annotated[int, Meta(ge=1, le=_MAX_INT32)] | None,
+        _doc("TCP_SOCK_SNDBUF", "SO_SNDBUF for host TCP sockets (bytes).", group="TCP"),
+    ] = None
+    rcv_buffer: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=64 * 1024 * 1024),
+        _doc(
+            "TCP_RCV_BUFFER",
+            "Bytes of guest data each connection may hold on its way to the host: the "
+            "largest window the guest is offered, so one upload's speed is at most this "
+            "per round trip (1 MiB: about 170 Mbit/s at 50 ms). Memory is used only as "
+            "data waits; an idle connection costs a few KiB whatever the size.",
+            group="TCP",
+        ),
+    ] = 1024 * 1024
+    snd_buffer: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=64 * 1024 * 1024),
+        _doc(
+            "TCP_SND_BUFFER",
+            "Bytes toward the guest each connection may hold (in flight and not yet sent): "
+            "one download's speed is at most this per round trip. Larger suits long round "
+            "trips; a client with small UDP socket buffers (Debian's wireguard-go before "
+            "0.0.20230223) drops the bigger bursts.",
+            group="TCP",
+        ),
+    ] = 1024 * 1024
+    ack_idle_gate_ms: Annotated[
+        int,
+        Meta(ge=0, le=86_400_000),
+        _doc(
+            "TCP_ACK_IDLE_GATE_MS",
+            "Stop reading from the host socket after this long without guest ACK progress "
+            "(0 disables).",
+            group="TCP",
+        ),
+    ] = 6000
+    ack_idle_min_inflight: Annotated[
+        Annotated[int, Meta(ge=0, le=_MAX_INT32)] | None,
+        _doc(
+            "TCP_ACK_IDLE_MIN_INFLIGHT",
+            "Bytes in flight needed before the ACK-idle gate applies; unset means one MSS.",
+            group="TCP",
+        ),
+    ] = None
+    ack_idle_fail_sec: Annotated[
+        int,
+        Meta(ge=1, le=86_400),
+        _doc(
+            "TCP_ACK_IDLE_FAIL_SEC",
+            "Reset a flow after this many seconds without guest ACK progress.",
+            group="TCP",
+        ),
+    ] = 120
+    ws_out: Annotated[
+        int,
+        Meta(ge=0, le=14),
+        _doc(
+            "TCP_WS_OUT",
+            "Window-scale shift advertised to the guest (RFC 7323 allows 0-14). Read by "
+            "the original's code though absent from its README.",
+            group="TCP",
+        ),
+    ] = 7
+    init_cwnd_mss: Annotated[
+        Annotated[int, Meta(ge=1, le=1000)] | None,
+        _doc(
+            "TCP_INIT_CWND_MSS",
+            "Lower the initial congestion window to this many MSS (unset = RFC 6928's "
+            "10 MSS / 14600 bytes).",
+            group="TCP",
+        ),
+    ] = None
+    pend_cap_bytes: Annotated[
+        int,
+        Meta(ge=0, le=2**30),
+        _doc(
+            "TCP_PEND_CAP_BYTES",
+            "Guest bytes buffered per flow while the host connect is still in progress.",
+            group="TCP",
+        ),
+    ] = 64 * 1024
+    log_handshake: Annotated[
+        bool,
+        _doc("TCP_LOG_HANDSHAKE", "Log every TCP handshake.", group="TCP"),
+    ] = False
+    ack_trace: Annotated[
+        bool,
+        _doc("TCP_ACK_TRACE", "Trace ACK processing (very chatty).", group="TCP"),
+    ] = False
+    max_flows: Annotated[
+        Count,
+        _doc(
+            "TCP_MAX_FLOWS",
+            "Most TCP flows at once across all peers (0 = unlimited). Each flow holds a "
+            "host socket, so this keeps a busy guest from exhausting file descriptors.",
+            group="TCP",
+        ),
+    ] = 4096
+    max_flows_per_peer: Annotated[
+        Count,
+        _doc(
+            "TCP_MAX_FLOWS_PER_PEER",
+            "Most TCP flows one peer may hold (0 = unlimited), so one peer cannot starve "
+            "the others.",
+            group="TCP",
+        ),
+    ] = 1024
+
+
+class UdpConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """UDP NAT table limits."""
+
+    idle_timeout: Annotated[
+        float,
+        Meta(gt=0),
+        _doc(
+            "UDP_IDLE_TIMEOUT",
+            "Close a UDP flow's host socket after this long without traffic (Go duration).",
+            group="UDP",
+        ),
+    ] = 60.0
+    max_flows: Annotated[
+        Count,
+        _doc("UDP_MAX_FLOWS", "Most UDP flows at once (0 = unlimited).", group="UDP"),
+    ] = 4096
+    max_flows_per_peer: Annotated[
+        Count,
+        _doc(
+            "UDP_MAX_FLOWS_PER_PEER",
+            "Most UDP flows one peer may hold (0 = unlimited).",
+            group="UDP",
+        ),
+    ] = 1024
+
+
+class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Overrides for the built-in destination policy."""
+
+    allow_cidrs: Annotated[
+        tuple[str, ...],
+        _doc(
+            "EGRESS_ALLOW_CIDRS",
+            "Comma-separated IPv4 CIDRs guests may reach even though the default policy "
+            "denies them (loopback, 0.0.0.0/8, link-local, multicast, broadcast, and the "
+            "host's own addresses; those only by an entry narrower than 0.0.0.0/0).",
+            group="Egress policy",
+        ),
+    ] = ()
+    deny_cidrs: Annotated[
+        tuple[str, ...],
+        _doc(
+            "EGRESS_DENY_CIDRS",
+            "Comma-separated IPv4 CIDRs guests may never reach; deny wins over allow.",
+            group="Egress policy",
+        ),
+    ] = ()
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """Follow the XDG base-directory rules so keys land where users expect state."""
+    xdg = env.get("XDG_STATE_HOME", "").strip()
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "wgslirp")
+    home = env.get("HOME", "").strip() or os.path.expanduser("~")
+    return os.path.join(home, ".local", "state", "wgslirp")
+
+
+def _env_state_dir() -> str:
+    return default_state_dir(os.environ)
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The router's whole configuration, immutable once loaded."""
+
+    private_key: Annotated[
+        Key | None,
+        _doc(
+            "WG_PRIVATE_KEY",
+            "Base64 private key of the router. When unset, a key is created once in the "
+            "state directory (zero-config start).",
+            group="WireGuard",
+            ini="PrivateKey",
+            kind="key",
+            secret=True,
+            default_doc="from the state directory",
+        ),
+    ] = None
+    listen_addr: Annotated[
+        str,
+        _doc(
+            "WG_LISTEN_ADDR",
+            "IPv4 address the WireGuard UDP socket binds to.",
+            group="WireGuard",
+            kind="listen_ipv4",
+        ),
+    ] = "0.0.0.0"
+    listen_port: Annotated[
+        Port,
+        _doc(
+            "WG_LISTEN_PORT",
+            "UDP port for WireGuard.",
+            group="WireGuard",
+            ini="ListenPort",
+        ),
+    ] = 51820
+    mtu: Annotated[
+        int,
+        Meta(ge=576, le=9000),
+        _doc(
+            "WG_MTU",
+            "Plaintext MTU inside the tunnel; synthesized packets never exceed it.",
+            group="WireGuard",
+            ini="MTU",
+        ),
+    ] = 1380
+    interface_name: Annotated[
+        str,
+        _doc(
+            "WG_INTERFACE_NAME",
+            "Name the device reports (UAPI socket, logs, metrics); follows Linux interface "
+            "name rules so the same name works with wg(8).",
+            group="WireGuard",
+            kind="ifname",
+        ),
+    ] = "wgslirp0"
+    peers: Annotated[
+        tuple[PeerConfig, ...],
+        _doc(
+            "WG_PEERS",
+            "Comma-separated peer indices (e.g. 0,1); each index is configured by the "
+            "`WG_PEER_<i>_*` variables below. When set, replaces the config file's peers.",
+            group="Peers",
+            kind="peers",
+            default_doc="none (one generated client in zero-config start)",
+        ),
+    ] = ()
+    gateway_ip: Annotated[
+        str | None,
+        _doc(
+            "WG_GATEWAY_IP",
+            "Tunnel address that acts as an alias for the host (like slirp's 10.0.2.2): "
+            "guest traffic to it goes to WG_GATEWAY_HOST_IP. Off when unset, except in "
+            "zero-config start where it is 10.77.0.1.",
+            group="Addresses and state",
+            kind="unicast_ipv4",
+        ),
+    ] = None
+    gateway_host_ip: Annotated[
+        str,
+        _doc(
+            "WG_GATEWAY_HOST_IP",
+            "Host address that traffic to WG_GATEWAY_IP is sent to.",
+            group="Addresses and state",
+            kind="ipv4",
+        ),
+    ] = "127.0.0.1"
+    dns_ip: Annotated[
+        str | None,
+        _doc(
+            "WG_DNS_IP",
+            "Tunnel address that answers DNS queries (UDP and TCP port 53) through the host "
+            "resolver. Off when unset; generated client configs list it as DNS.",
+            group="Addresses and state",
+            kind="unicast_ipv4",
+        ),
+    ] = None
+    dns_upstream: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_DNS_UPSTREAM",
+            "Comma-separated resolvers (ip[:port], port 53 by default) that queries to "
+            "WG_DNS_IP are forwarded to. When unset, the nameservers of /etc/resolv.conf.",
+            group="Addresses and state",
+            kind="upstreams",
+            default_doc="from /etc/resolv.conf",
+        ),
+    ] = ()
+    public_endpoint: Annotated[
+        str | None,
+        _doc(
+            "WG_PUBLIC_ENDPOINT",
+            "host[:port] clients should connect to, written into generated client configs "
+            "(the port defaults to WG_LISTEN_PORT). When unset, a local address is guessed.",
+            group="Addresses and state",
+            kind="public_endpoint",
+        ),
+    ] = None
+    state_dir: Annotated[
+        str,
+        _doc(
+            "WGSLIRP_STATE_DIR",
+            "Directory (mode 0700) holding the generated server.key and client.key.",
+            group="Addresses and state",
+            kind="dir",
+            default_doc="$XDG_STATE_HOME/wgslirp or ~/.local/state/wgslirp",
+        ),
+    ] = msgspec.field(default_factory=_env_state_dir)
+    processor_workers: Annotated[
+        int,
+        Meta(ge=0, le=256),
+        _doc(
+            "PROCESSOR_WORKERS",
+            "Worker processes that run the TCP/UDP/ICMP bridges; 0 runs one worker inline "
+            "in the ingress process (debugging, tiny hosts).",
+            group="Packet processing",
+        ),
+    ] = 4
+    processor_queue_cap: Annotated[
+        int,
+        Meta(ge=1, le=1 << 20),
+        _doc(
+            "PROCESSOR_QUEUE_CAP",
+            "Packets queued from ingress to each worker before new ones are dropped.",
+            group="Packet processing",
+        ),
+    ] = 1000
+    tun_queue_cap: Annotated[
+        int,
+        Meta(ge=1, le=1 << 20),
+        _doc(
+            "WG_TUN_QUEUE_CAP",
+            "Packets queued from each worker back to ingress for encryption.",
+            group="Packet processing",
+        ),
+    ] = 1024
+    hung_restart: Annotated[
+        float,
+        Meta(ge=0, le=3600),
+        _doc(
+            "PROCESSOR_HUNG_RESTART",
+            "How long ingress or a worker may go without turning its event loop (a "
+            "deadlock, SIGSTOP, a call that never returns) before the supervisor kills and "
+            "replaces it, as a duration; 0 disables. Ignored with PROCESSOR_WORKERS=0.",
+            group="Packet processing",
+        ),
+    ] = 20.0
+    pooling: Annotated[
+        bool,
+        _doc(
+            "POOLING",
+            "Reuse packet buffers instead of allocating per packet.",
+            group="Packet processing",
+        ),
+    ] = False
+    pool_wrap: Annotated[
+        bool,
+        _doc(
+            "POOL_WRAP",
+            "Also pool packet wrapper objects (read by the original's code, off by default).",
+            group="Packet processing",
+        ),
+    ] = False
+    debug: Annotated[
+        bool,
+        _doc("DEBUG", "Verbose logging.", group="Logging and diagnostics"),
+    ] = False
+    log_format: Annotated[
+        Literal["text", "json"],
+        _doc(
+            "LOG_FORMAT",
+            "Log lines as plain text or one JSON object per line.",
+            group="Logging and diagnostics",
+        ),
+    ] = "text"
+    wg_debug: Annotated[
+        bool,
+        _doc(
+            "WG_DEBUG",
+            "Verbose WireGuard protocol logging (handshakes, timers).",
+            group="Logging and diagnostics",
+        ),
+    ] = False
+    pcap_path: Annotated[
+        str | None,
+        _doc(
+            "WG_PCAP",
+            "File to write decrypted IPv4 packets to (pcap, LINKTYPE_RAW).",
+            group="Logging and diagnostics",
+            kind="path",
+        ),
+    ] = None
+    overlay_routing: Annotated[
+        bool,
+        _doc(
+            "WG_OVERLAY_ROUTING",
+            "Route packets addressed to another peer's AllowedIPs back into the tunnel "
+            "instead of out through host sockets.",
+            group="Overlay routing",
+        ),
+    ] = False
+    overlay_exclude_cidrs: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_OVERLAY_EXCLUDE_CIDRS",
+            "Comma-separated IPv4 CIDRs that always leave through host sockets even when "
+            "overlay routing would match them.",
+            group="Overlay routing",
+        ),
+    ] = ()
+    disable_ipv6: Annotated[
+        bool,
+        _doc(
+            "WG_DISABLE_IPV6",
+            "Try to turn IPv6 off through /proc/sys (best effort, needs privileges). Off "
+            "by default because outside a container it changes the whole host.",
+            group="Overlay routing",
+        ),
+    ] = False
+    copy_tos: Annotated[
+        bool,
+        _doc(
+            "COPY_TOS",
+            "Copy DSCP/ECN from the guest's packets into synthesized replies.",
+            group="IP header synthesis",
+        ),
+    ] = False
+    ip_ttl: Annotated[
+        int,
+        Meta(ge=1, le=255),
+        _doc(
+            "IP_TTL",
+            "TTL of synthesized packets sent to guests.",
+            group="IP header synthesis",
+        ),
+    ] = 64
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
+    udp: UdpConfig = msgspec.field(default_factory=UdpConfig)
+    egress: EgressConfig = msgspec.field(default_factory=EgressConfig)
