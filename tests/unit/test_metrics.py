@@ -103,3 +103,53 @@ def test_hung_children_are_judged_by_their_own_heartbeat_or_their_fork_time() ->
         assert mon.hung(90.0, started, now) == []
     finally:
         block.close()
+
+
+def test_every_counter_any_process_keeps_is_on_the_metrics_endpoint_and_in_the_log() -> None:
+    from wgslirp.runtime.ingress import INGRESS_COUNTERS
+    from wgslirp.runtime.worker import WORKER_COUNTERS
+
+    block = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, 2)
+    try:
+        # Distinct values, so a counter found under the wrong name would not match.
+        ing = {name: 1000 + i for i, name in enumerate(INGRESS_COUNTERS)}
+        wrk = {name: 5000 + i for i, name in enumerate(WORKER_COUNTERS)}
+        block.ingress.publish(ing, 1, 1)
+        block.workers[0].publish(wrk, 2, 1)
+        block.workers[1].publish(wrk, 3, 1)
+        snap = snapshot(block)
+        totals = snap.totals()
+        fams = {f.name: f for f in text_string_to_metric_families(render_prometheus(snap))}
+        by_label = {
+            (fam, k, v): s.value
+            for fam, f in fams.items()
+            for s in f.samples
+            for k, v in s.labels.items()
+        }
+        curated = {
+            "tcp_flows": ("wgslirp_flows", "proto", "tcp"),
+            "udp_flows": ("wgslirp_flows", "proto", "udp"),
+            "icmp_flows": ("wgslirp_flows", "proto", "icmp"),
+            "tcp_dials_ok": ("wgslirp_tcp_dials", "result", "ok"),
+            "tcp_dials_failed": ("wgslirp_tcp_dials", "result", "failed"),
+        }
+        missing = []
+        for name in sorted({*INGRESS_COUNTERS, *WORKER_COUNTERS}):
+            want = totals[name]
+            if name in curated:
+                got = by_label.get(curated[name])
+            elif ("wgslirp_dropped_packets", "reason", name) in by_label:
+                got = by_label[("wgslirp_dropped_packets", "reason", name)]
+            elif name == "peers":
+                continue  # the gauge counts the peers published (none here), not a sum
+            else:
+                fam = fams.get(f"wgslirp_{name}")
+                got = fam.samples[0].value if fam else None
+            if got != want:
+                missing.append((name, want, got))
+        assert missing == []
+        doc = json.loads(render_log(snap, "json"))
+        assert doc["cookie_replies_sent"] == totals["cookie_replies_sent"]
+        assert doc["handshake_rate_limited"] == totals["handshake_rate_limited"]
+    finally:
+        block.close()

@@ -225,9 +225,14 @@ LOG_FIELDS = (
 
 
 def render_log(snap: Snapshot, fmt: str) -> str:
-    """One line per interval: `text` is key=value pairs, `json` one object (docs/metrics.md)."""
+    """One line per interval: `text` is key=value pairs, `json` one object (docs/metrics.md).
+
+    The LOG_FIELDS always appear; any other counter appears once it is nonzero, so a rare
+    event (a cookie reply, a rate-limited handshake) is in the log when it happens without
+    every line carrying a hundred zeros."""
     totals = snap.totals()
     doc: dict[str, object] = {k: totals.get(k, 0) for k in LOG_FIELDS}
+    doc.update((k, v) for k, v in sorted(totals.items()) if v and k not in doc)
     doc["peers"] = len(snap.peers)
     doc.update({k: v for k, v in snap.extra.items()})
     if fmt == "json":
@@ -362,7 +367,33 @@ def render_prometheus(snap: Snapshot) -> str:
         "Resident memory per process.",
         labelled("rss_bytes", "process"),
     )
+    # Every other counter a process keeps, one metric each (summed over the processes that
+    # keep it), so nothing is visible only in the exit log: a handshake flood shows up as
+    # wgslirp_cookie_replies_sent_total while it happens.
+    for name in sorted(totals):
+        if name in _CURATED or name in _DROP_COUNTERS:
+            continue
+        metric(
+            f"{name}_total",
+            "counter",
+            f"Router counter {name} (docs/operations.md), summed over processes.",
+            [({}, totals[name])],
+        )
     return "\n".join(out) + "\n"
+
+
+# Counters and gauges the curated metrics above already carry.
+_CURATED = frozenset(
+    {
+        "peers",
+        "tcp_flows",
+        "udp_flows",
+        "icmp_flows",
+        "tcp_dials_ok",
+        "tcp_dials_failed",
+        "policy_denied",
+    }
+)
 
 
 _DROP_COUNTERS = frozenset(
