@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 
 from wgslirp.keys import generate_private_key, public_key
 from wgslirp.wireguard.device import Device
+from wgslirp.wireguard.load import HandshakeGuard
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=4000)
     args = ap.parse_args()
     responder_key = generate_private_key()
-    responder = Device(responder_key, under_load_rate=10**9)
+    responder = Device(responder_key, guard=HandshakeGuard(under_load_rate=10**9))
     inits = []
     for i in range(args.count):
         k = generate_private_key()

@@ -8,6 +8,7 @@ import pytest
 
 from wgslirp.keys import generate_private_key, public_key
 from wgslirp.wireguard.device import Device, HandshakeCompleted, HandshakeGaveUp, KeysZeroed
+from wgslirp.wireguard.load import HandshakeGuard
 from wgslirp.wireguard.messages import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
 from wgslirp.wireguard.timers import (
     MAX_HANDSHAKE_ATTEMPTS,
@@ -262,7 +263,8 @@ def test_persistent_keepalive_connects_and_repeats() -> None:
 
 def test_cookie_reply_under_load_then_mac2_accepted() -> None:
     p = Pair()
-    p.b.under_load_rate = 0  # every handshake message counts as load
+    # Every handshake message counts as load, and no source is admitted without a cookie.
+    p.b.guard = HandshakeGuard(0, fresh=(0.0, 0.0))
     p.a.initiate(p.pa, p.now)
     p.deliver()
     assert p.b.stats.cookie_replies_sent == 1
@@ -354,20 +356,9 @@ def test_garbage_is_counted_not_raised() -> None:
     assert s.invalid_datagrams + s.mac1_invalid + s.unknown_index > 2900
 
 
-def test_source_limiter_bucket() -> None:
-    from wgslirp.wireguard.device import SourceLimiter
-
-    lim = SourceLimiter(rate=20, burst=5)
-    assert [lim.allow("192.0.2.1", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
-    assert lim.allow("192.0.2.2", 0.0)  # other sources have their own bucket
-    assert not lim.allow("192.0.2.1", 0.01)
-    assert lim.allow("192.0.2.1", 0.06)  # 20/s refills one token every 50 ms
-
-
 def test_under_load_cookie_holder_is_rate_limited() -> None:
     p = Pair()
-    p.b.under_load_rate = 0
-    p.b.limiter.burst = 1.0
+    p.b.guard = HandshakeGuard(0, fresh=(0.0, 0.0), dh=(20.0, 1.0))
     p.a.initiate(p.pa, p.now)
     p.deliver()  # cookie reply
     p.clock.advance(5.4)

@@ -24,6 +24,7 @@ from wgslirp.wireguard import crypto, noise
 from wgslirp.wireguard.allowedips import AllowedIPs
 from wgslirp.wireguard.cookie import CookieChecker
 from wgslirp.wireguard.keypair import Keypair
+from wgslirp.wireguard.load import HandshakeGuard
 from wgslirp.wireguard.messages import (
     INIT_MAC1,
     INIT_MAC2,
@@ -58,44 +59,6 @@ from wgslirp.wireguard.timers import (
 _NONCE = struct.Struct("<4xQ")
 _IPV4_LEN_SRC = struct.Struct(">2xH8xI")  # total length, then source address at offset 12
 _ZEROS = bytes(16)
-# Handshake messages per second before MAC2 is demanded. A responder handshake costs about
-# 0.2 ms of CPU here, so 500/s is a tenth of a core: past that, senders prove their address.
-DEFAULT_UNDER_LOAD_RATE = 500
-SOURCE_RATE = 20.0  # handshakes per second per source address once under load
-SOURCE_BURST = 5.0
-SOURCE_TABLE_MAX = 8192
-
-
-class SourceLimiter:
-    """Token bucket per source IP, the under-load limit wireguard-go applies after MAC2:
-    a source holding a valid cookie still cannot make us do DH at line rate. The table is
-    bounded: when full, buckets idle for a second (which are full again anyway) go."""
-
-    def __init__(self, rate: float = SOURCE_RATE, burst: float = SOURCE_BURST) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, list[float]] = {}
-
-    def allow(self, ip: str, now: float) -> bool:
-        b = self._buckets.get(ip)
-        if b is None:
-            if len(self._buckets) >= SOURCE_TABLE_MAX:
-                self._prune(now)
-            self._buckets[ip] = [self.burst - 1.0, now]
-            return True
-        tokens = min(self.burst, b[0] + (now - b[1]) * self.rate)
-        b[1] = now
-        if tokens < 1.0:
-            b[0] = tokens
-            return False
-        b[0] = tokens - 1.0
-        return True
-
-    def _prune(self, now: float) -> None:
-        stale = [ip for ip, b in self._buckets.items() if now - b[1] >= 1.0]
-        for ip in stale:
-            del self._buckets[ip]
-        if len(self._buckets) >= SOURCE_TABLE_MAX:
-            self._buckets.clear()
 
 
 class DeviceStats(Counters):
@@ -104,6 +67,7 @@ class DeviceStats(Counters):
     cookie_replies_sent: int
     handshake_invalid: int
     handshake_rate_limited: int
+    handshake_shed: int  # under load, dropped before any work: the source's budgets were spent
     handshake_replayed: int
     handshakes_completed: int
     invalid_datagrams: int
@@ -151,7 +115,7 @@ class Device:
         wall: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         rng: random.Random | None = None,
-        under_load_rate: int = DEFAULT_UNDER_LOAD_RATE,
+        guard: HandshakeGuard | None = None,
         mtu: int = 1420,
     ) -> None:
         self.mtu = mtu  # padding never takes a packet past the tunnel MTU
@@ -167,14 +131,10 @@ class Device:
         self._rng = rng or random.SystemRandom()
         self._random_bytes = random_bytes
         self.cookies = CookieChecker(self.identity.public, random_bytes)
-        self.limiter = SourceLimiter()
-        self.under_load_rate = under_load_rate
+        self.guard = guard if guard is not None else HandshakeGuard()
         # Called with each removed peer (UAPI, reload): the shell tells whoever holds state
         # keyed by the peer (the workers' flows) to let go of it.
         self.on_peer_removed: list[Callable[[Peer], None]] = []
-        self._load_window_start = float("-inf")
-        self._load_count = 0
-        self._under_load_until = float("-inf")
         self.outbox: list[tuple[bytes | bytearray, Addr]] = []
         self.events: deque[Event] = deque(maxlen=1024)
         self.stats = DeviceStats()
@@ -261,15 +221,6 @@ class Device:
 
     # ------------------------------------------------------------ handshakes
 
-    def _under_load(self, now: float) -> bool:
-        if now - self._load_window_start >= 1.0:
-            self._load_window_start = now
-            self._load_count = 0
-        self._load_count += 1
-        if self._load_count > self.under_load_rate:
-            self._under_load_until = now + 1.0
-        return now < self._under_load_until
-
     def _drop_hs_index(self, peer: Peer) -> None:
         """Forget the peer's in-flight handshake index, but only if it is still this
         peer's: once a session took the index over, the number may belong to another."""
@@ -311,19 +262,36 @@ class Device:
         addr: Addr,
         now: float,
     ) -> bool:
+        """Whether a handshake message may cost a Diffie-Hellman; under load the order is
+        cheapest check first (wireguard/load.py says why)."""
+        guard = self.guard
+        if not guard.under_load(now):
+            if self.cookies.check_mac1(data, mac1_off):
+                return True
+            self.stats.mac1_invalid += 1
+            return False
+        ip = addr[0]
+        has_mac2 = data[mac2_off : mac2_off + 16] != _ZEROS
+        if not has_mac2 and guard.spent(ip, now):
+            self.stats.handshake_shed += 1
+            return False
         if not self.cookies.check_mac1(data, mac1_off):
             self.stats.mac1_invalid += 1
             return False
-        if self._under_load(now):
-            if not self.cookies.check_mac2(data, mac2_off, addr, now):
-                reply = self.cookies.create_reply(data, sender, mac1_off, addr, now)
-                self.outbox.append((reply, addr))
-                self.stats.cookie_replies_sent += 1
-                return False
-            if not self.limiter.allow(addr[0], now):
-                self.stats.handshake_rate_limited += 1
-                return False
-        return True
+        if has_mac2 and self.cookies.check_mac2(data, mac2_off, addr, now):
+            if guard.allow_dh(ip, now):
+                return True
+            self.stats.handshake_rate_limited += 1
+            return False
+        if guard.admit_fresh(ip, now):
+            return True
+        if guard.allow_cookie(ip, now):
+            reply = self.cookies.create_reply(data, sender, mac1_off, addr, now)
+            self.outbox.append((reply, addr))
+            self.stats.cookie_replies_sent += 1
+            return False
+        self.stats.handshake_shed += 1
+        return False
 
     def _on_initiation(self, data: bytes | memoryview, addr: Addr, now: float) -> Peer | None:
         if len(data) != INITIATION_SIZE:
