@@ -400,7 +400,10 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "TCP_MAX_FLOWS",
             "Most TCP flows at once across all peers (0 = unlimited). Each flow holds a "
-            "host socket, so this keeps a busy guest from exhausting file descriptors.",
+            "host socket, so this keeps a busy guest from exhausting file descriptors."
+            " With N workers each enforces its share, ceil(1.25 x value / N) + 8 "
+            "(flows spread by hash, not evenly), so up to N times that may be open; "
+            "exact with one worker.",
             group="TCP",
         ),
     ] = 4096
@@ -409,7 +412,8 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "TCP_MAX_FLOWS_PER_PEER",
             "Most TCP flows one peer may hold (0 = unlimited), so one peer cannot starve "
-            "the others.",
+            "the others. Shared over workers like TCP_MAX_FLOWS: with 4 workers a peer "
+            "may hold up to 1312 for 1024.",
             group="TCP",
         ),
     ] = 1024
@@ -429,13 +433,18 @@ class UdpConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = 60.0
     max_flows: Annotated[
         Count,
-        _doc("UDP_MAX_FLOWS", "Most UDP flows at once (0 = unlimited).", group="UDP"),
+        _doc(
+            "UDP_MAX_FLOWS",
+            "Most UDP flows at once (0 = unlimited); shared over workers like TCP_MAX_FLOWS.",
+            group="UDP",
+        ),
     ] = 4096
     max_flows_per_peer: Annotated[
         Count,
         _doc(
             "UDP_MAX_FLOWS_PER_PEER",
-            "Most UDP flows one peer may hold (0 = unlimited).",
+            "Most UDP flows one peer may hold (0 = unlimited); shared over workers like "
+            "TCP_MAX_FLOWS.",
             group="UDP",
         ),
     ] = 1024
