@@ -1,0 +1,91 @@
+"""The open TCP connections of one worker, kept where its replacement can read them.
+
+A worker that dies (SIGKILL, a crash, the OOM killer) takes its connection state with it;
+the guests' side of those connections knows nothing and, for a download that waits for
+data, waits until the application gives up (issue #10: 60 s in the test). Its replacement
+inherits this block (the supervisor creates it before forking, like the rings) and finds the
+tuples the dead worker had open, so it can make each guest reset its end at once.
+
+Writes happen when a connection opens or closes, never per packet. An entry holds what a
+replacement needs to address the guest: the peer index, both addresses and ports, and the
+initial sequence numbers (a probe below the guest's window makes the guest answer with an
+ACK, and the RST for that ACK carries exactly the sequence number the guest accepts).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from wgslirp.shm.ring import anonymous_block
+
+_DTYPE = np.dtype(
+    [
+        ("used", "<u4"),
+        ("peer", "<u4"),
+        ("guest", "<u4"),
+        ("remote", "<u4"),
+        ("gport", "<u2"),
+        ("rport", "<u2"),
+        ("iss", "<u4"),  # our initial sequence number toward the guest
+        ("irs", "<u4"),  # the guest's
+    ]
+)
+
+
+class Entry(NamedTuple):
+    peer: int
+    guest: int
+    gport: int
+    remote: int
+    rport: int
+    iss: int
+    irs: int
+
+
+class FlowRegistry:
+    """A fixed table of open connections; `add` returns a slot (or -1 when full)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._shm = anonymous_block(self.capacity * _DTYPE.itemsize)
+        buf = self._shm.buf
+        assert buf is not None
+        self._rows = np.ndarray((self.capacity,), dtype=_DTYPE, buffer=buf)
+        self._rows["used"] = 0
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self.full = 0  # adds refused: those connections cannot be reset by a replacement
+
+    def adopt(self) -> list[Entry]:
+        """In a (re)started worker: the connections a predecessor left open, which are now
+        this worker's to reset; the table is then empty and every slot free."""
+        rows = self._rows
+        used = np.flatnonzero(rows["used"])
+        left = [Entry(*(int(rows[i][f]) for f in Entry._fields)) for i in used]
+        rows["used"] = 0
+        self._free = list(range(self.capacity - 1, -1, -1))
+        return left
+
+    def add(self, e: Entry) -> int:
+        if not self._free:
+            self.full += 1
+            return -1
+        slot = self._free.pop()
+        self._rows[slot] = (1, e.peer, e.guest, e.remote, e.gport, e.rport, e.iss, e.irs)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        if slot >= 0:
+            self._rows[slot]["used"] = 0
+            self._free.append(slot)
+
+    def __len__(self) -> int:
+        return self.capacity - len(self._free)
+
+    def close(self) -> None:
+        self._rows = np.ndarray((0,), dtype=_DTYPE)
+        try:
+            self._shm.close()
+        except BufferError:
+            pass
