@@ -222,3 +222,63 @@ def test_a_removed_peer_is_forgotten_by_every_worker(rig: Rig) -> None:
         assert cons.available() == 1
         _slot, length, peer = cons.peek_slot(0)
         assert (length, peer) == (0, index)  # the zero-length "forget this peer" message
+
+
+def test_a_replacement_ingress_initiates_to_the_peers_its_predecessor_had_sessions_with() -> None:
+    """Sessions die with an ingress; the replacement reaches out at once to every peer with a
+    recent handshake and a known endpoint, instead of waiting for the peers' own timers."""
+    import time
+
+    router_key, client_key, idle_key = (generate_private_key() for _ in range(3))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    idle = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    idle.bind(("127.0.0.1", 0))
+    settings = Settings(
+        router_key,
+        (
+            PeerSpec(public_key(client_key), endpoint=sock.getsockname()),
+            PeerSpec(
+                public_key(idle_key), allowed_ips=("10.77.0.9/32",), endpoint=idle.getsockname()
+            ),
+        ),
+    )
+    rings = [Ring.create(64, 2048) for _ in range(2)]
+    wg = open_wg_socket("127.0.0.1", 0)
+    try:
+        loop = Loop(clock=lambda: NOW)
+        wall = time.time()
+        ingress = Ingress(
+            settings,
+            wg,
+            loop,
+            [rings[0].producer()],
+            [rings[1].consumer()],
+            resume=[
+                (public_key(client_key), wall - 5),  # a live session a moment ago
+                (public_key(idle_key), wall - 600),  # long expired: left alone
+            ],
+        )
+        sock.settimeout(2)
+        data, addr = sock.recvfrom(2048)  # sent during construction, before any turn
+        assert data[0] == 1 and addr == ingress.address
+        client = Device(client_key)
+        peer = client.add_peer(public_key(router_key), allowed_ips=["0.0.0.0/0"], now=NOW)
+        assert client.receive_handshake(data, addr, NOW) is peer
+        ((response, _),) = client.outbox
+        sock.sendto(response, ingress.address)
+        r = Rig(ingress, loop, [rings[0]], [rings[1]], client, peer, sock)
+        r.turn_until(lambda: ingress.stats()["handshakes_completed"] == 1)
+        assert r.receive() == b""  # the initiator's keepalive confirms the session to the peer
+        r.send_packet(ping(GATEWAY))  # which then carries traffic both ways
+        r.turn_until(lambda: ingress.stats()["gateway_echo_replies"] == 1)
+        assert r.receive()[20] == icmp.ECHO_REPLY
+        idle.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            idle.recv(2048)
+    finally:
+        sock.close()
+        idle.close()
+        wg.close()
+        for ring in rings:
+            ring.close()

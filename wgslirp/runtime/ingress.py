@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -43,9 +44,11 @@ from wgslirp.wireguard.device import (
 from wgslirp.wireguard.messages import MSG_TRANSPORT
 from wgslirp.wireguard.peer import Peer
 from wgslirp.wireguard.peerset import PeerSpec
+from wgslirp.wireguard.timers import REJECT_AFTER_TIME
 
 log = logging.getLogger("wgslirp.ingress")
 
+STATE_REPORT_INTERVAL = 1.0  # seconds between session/endpoint reports to the supervisor
 TIMER_CACHE = 0.05  # seconds a computed device deadline is reused
 RECV_BATCH = 256  # datagrams per readiness event before other work gets a turn
 DRAIN_BUDGET = 512  # packets per outbound ring per turn
@@ -110,9 +113,13 @@ class Ingress:
         reload: Callable[[], IngressSettings] | None = None,
         peer_indices: Mapping[bytes, int] | None = None,
         next_peer_index: int = 1,
+        resume: Iterable[tuple[bytes, float]] = (),
     ) -> None:
         """`peer_indices`/`next_peer_index`: what a previous ingress numbered its peers, so a
-        replacement keeps the numbers the workers' flows are keyed by."""
+        replacement keeps the numbers the workers' flows are keyed by. `resume`: (public key,
+        unix time of its last handshake) of the peers a previous ingress had sessions with;
+        their sessions died with it, so this one initiates to each at once instead of
+        leaving them dark until their own timers give up on the old keys (~15 s)."""
         if settings.private_key is None:
             raise ValueError("ingress needs a private key (the CLI fills the embedded default)")
         self.loop = loop
@@ -178,6 +185,10 @@ class Ingress:
         self.config_changed: list[Callable[[], None]] = []
         if self.uapi is not None:
             self.uapi.on_change.append(self._config_changed)
+        self._roams_reported = 0
+        self._sessions_changed = False
+        self._next_state_report = 0.0
+        self._resume(resume, now)
         # WG_PCAP: the code path is chosen here, once; without a capture nothing is wrapped.
         self.pcap = pcap = open_capture(settings.pcap_path)
         self._encrypt = self.device.encrypt if pcap is None else pcap.tap(self.device.encrypt)
@@ -475,6 +486,37 @@ class Ingress:
             for p in dev.peers.values()
         )
 
+    def active_peers(self) -> list[tuple[bytes, float]]:
+        """(public key, unix time of the last handshake) of every peer that had one."""
+        return [
+            (k, p.last_handshake_wall)
+            for k, p in self.device.peers.items()
+            if p.last_handshake_wall > 0
+        ]
+
+    def _resume(self, resume: Iterable[tuple[bytes, float]], now: float) -> None:
+        wall = time.time()
+        started = 0
+        for key, last in resume:
+            peer = self.device.peers.get(key)
+            if peer is not None and wall - last < REJECT_AFTER_TIME:
+                started += self.device.initiate(peer, now)
+        if started:
+            log.info("re-establishing %d session(s) the previous ingress had", started)
+            self._flush_outbox()
+
+    def _report_sessions(self, now: float) -> None:
+        """Sessions and endpoints change without any configuration change (handshakes,
+        roaming); the supervisor keeps them for a replacement at most once a second."""
+        dev = self.device
+        if (self._sessions_changed or dev.roams != self._roams_reported) and (
+            now >= self._next_state_report
+        ):
+            self._sessions_changed = False
+            self._roams_reported = dev.roams
+            self._next_state_report = now + STATE_REPORT_INTERVAL
+            self._config_changed()
+
     def peer_indices(self) -> dict[bytes, int]:
         return {k: p.index for k, p in self.device.peers.items()}
 
@@ -527,6 +569,7 @@ class Ingress:
     def _log_events(self, events: Iterable[object]) -> None:
         for ev in events:
             if isinstance(ev, HandshakeCompleted):
+                self._sessions_changed = True
                 log.info(
                     "handshake completed with peer %s (%s)",
                     encode_key(ev.peer.public_key),
@@ -546,6 +589,8 @@ class Ingress:
     def after_turn(self, now: float) -> None:
         if self._reload_result is not None:
             self._finish_reload(now)
+        if self.config_changed:
+            self._report_sessions(now)
         if self.device.events:
             self._log_events(self.device.events)
             self.device.events.clear()

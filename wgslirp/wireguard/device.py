@@ -138,6 +138,7 @@ class Device:
         self.outbox: list[tuple[bytes | bytearray, Addr]] = []
         self.events: deque[Event] = deque(maxlen=1024)
         self.stats = DeviceStats()
+        self.roams = 0  # endpoint changes learned from authenticated packets
 
     # ----------------------------------------------------------------- peers
 
@@ -462,6 +463,7 @@ class Device:
         peer = kp.peer
         if peer.endpoint != addr:
             peer.endpoint = addr
+            self.roams += 1  # the shell reports endpoints so a restart can reach peers
         if kp is peer.next:
             self._drop_keypair(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, kp, None
