@@ -34,7 +34,7 @@ import errno
 import ipaddress
 from dataclasses import dataclass, field
 
-from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
+from wgslirp.net.prefix import format_cidr, parse_cidr
 from wgslirp.wireguard.crypto import CryptoError
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.peer import Addr
