@@ -9,6 +9,7 @@ import pytest
 
 from wgslirp.net import flowkey, fragment, icmp, ipv4, udp
 from wgslirp.net.checksum import checksum
+from wgslirp.net.prefix import PrefixTable
 from wgslirp.router.forward import (
     DELIVER,
     DELIVER_WHOLE,
@@ -18,7 +19,6 @@ from wgslirp.router.forward import (
     REPLY,
     Forwarder,
 )
-from wgslirp.wireguard.allowedips import AllowedIPs
 
 GATEWAY = "10.77.0.1"
 DNS = "10.77.0.53"
@@ -40,7 +40,7 @@ alice, bob = Peer("alice"), Peer("bob")
 
 
 def forwarder(**kw: object) -> Forwarder[Peer]:
-    table: AllowedIPs[Peer] = AllowedIPs()
+    table: PrefixTable[Peer] = PrefixTable()
     table.insert(f"{ALICE}/32", alice)
     table.insert("10.77.0.3/32", bob)
     table.insert("10.99.0.0/16", bob)  # a subnet behind bob

@@ -188,8 +188,7 @@ def test_without_netlink_the_addresses_are_re_read_on_a_timer() -> None:
 
 
 def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
-    import selectors
-
+    from wgslirp.runtime.loop import Loop
     from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
@@ -197,7 +196,7 @@ def test_raw_icmp_ids_stay_in_the_workers_residue_class() -> None:
 
     full = Egress()
     full.full = True
-    ctx = BridgeContext(full, selectors.DefaultSelector(), mtu=1380, worker_index=1, nworkers=3)
+    ctx = BridgeContext(full, Loop(), mtu=1380, worker_index=1, nworkers=3)
     bridge = IcmpBridge(ctx, EgressPolicy(), FlowTable(30.0), None)
     seen = set()
     for _ in range(30000):  # wraps the id space of this worker (21845 ids) once
@@ -305,12 +304,12 @@ def test_resolv_conf_keeps_ipv4_nameservers_and_skips_the_rest(tmp_path: Path) -
 def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
     """The raw socket sees replies as the wire delivered them; the bridge rewrites the id
     and re-checksums, so a corrupt reply must be dropped before it would look valid."""
-    import selectors
     import struct
 
     from wgslirp.net import icmp
     from wgslirp.net.checksum import checksum
     from wgslirp.net.ipv4 import addr_to_int, write_header
+    from wgslirp.runtime.loop import Loop
     from wgslirp.slirp.bridge_context import BridgeContext
     from wgslirp.slirp.icmp_bridge import EchoFlow, IcmpBridge
     from wgslirp.slirp.policy import EgressPolicy
@@ -318,7 +317,7 @@ def test_raw_echo_replies_with_a_bad_checksum_are_not_relayed() -> None:
 
     eg = Egress()
     bridge = IcmpBridge(
-        BridgeContext(eg, selectors.DefaultSelector(), mtu=1380),
+        BridgeContext(eg, Loop(), mtu=1380),
         EgressPolicy(),
         FlowTable(30.0),
         None,

@@ -14,11 +14,8 @@ from wgslirp_testkit.tcpconn import Egress, guest_pkt
 
 def bridge() -> tuple[TcpBridge, Egress]:
     eg = Egress()
-    loop = Loop()
-    ctx = BridgeContext(eg, loop.selector, mtu=1380)
-    return TcpBridge(
-        ctx, EgressPolicy(), FlowTable[TcpFlow](float("inf")), loop, TcpParams(mss=1340)
-    ), eg
+    ctx = BridgeContext(eg, Loop(), mtu=1380)
+    return TcpBridge(ctx, EgressPolicy(), FlowTable[TcpFlow](float("inf")), TcpParams(mss=1340)), eg
 
 
 def test_a_burst_of_stray_segments_draws_one_rst_per_interval() -> None:

@@ -10,11 +10,11 @@ import pytest
 
 from wgslirp.net import udp
 from wgslirp.net.ipv4 import addr_to_int
+from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
-from wgslirp_testkit.clock import FakeClock
 from wgslirp_testkit.tcpconn import Egress
 
 GUEST, GATEWAY = addr_to_int("10.77.0.2"), addr_to_int("10.77.0.1")
@@ -38,7 +38,7 @@ def server() -> Iterator[socket.socket]:
 
 def open_flow(server: socket.socket, room: int) -> tuple[UdpBridge, Egress, UdpFlow]:
     eg = egress(room)
-    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380)
+    ctx = BridgeContext(eg, Loop(), mtu=1380)
     bridge = UdpBridge(ctx, EgressPolicy(gateway="10.77.0.1"), FlowTable[UdpFlow](60.0))
     port = server.getsockname()[1]
     buf = bytearray(2048)
@@ -96,10 +96,10 @@ def test_refusal_comes_from_an_address_the_guest_accepts(dst: str, want_src: str
     from wgslirp.net.ipv4 import int_to_addr
 
     eg = egress(4)
-    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, gateway=GATEWAY)
+    ctx = BridgeContext(eg, Loop(), mtu=1380, gateway=GATEWAY)
     buf = bytearray(2048)
     n = udp.build_udp_into(buf, GUEST, addr_to_int(dst), 40000, 53, b"q")
-    ctx.send_unreachable(buf, n, icmp.ADMIN_PROHIBITED, 0)
+    ctx.send_unreachable(buf, n, icmp.ADMIN_PROHIBITED, 0, 0.0)
     (err,) = eg.packets
     assert err[9] == 1 and err[20] == 3 and err[21] == icmp.ADMIN_PROHIBITED
     assert int_to_addr(int.from_bytes(err[12:16], "big")) == want_src
@@ -111,16 +111,16 @@ def test_icmp_errors_are_rate_limited_per_worker() -> None:
     from wgslirp.net import icmp
     from wgslirp.slirp.bridge_context import ICMP_ERROR_BURST, ICMP_ERROR_RATE
 
-    clock = FakeClock(100.0)
+    now = 100.0
     eg = egress(100_000)
-    ctx = BridgeContext(eg, selectors.DefaultSelector(), mtu=1380, clock=clock)
+    ctx = BridgeContext(eg, Loop(), mtu=1380)
     buf = bytearray(2048)
     n = udp.build_udp_into(buf, GUEST, addr_to_int("192.0.2.80"), 40000, 9, b"q")
     for _ in range(1000):
-        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
+        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0, now)
     assert len(eg.packets) == ICMP_ERROR_BURST
     assert ctx.stats.icmp_errors_rate_limited == 1000 - ICMP_ERROR_BURST
-    clock.advance(0.125)  # refills at the sustained rate
+    now += 0.125  # refills at the sustained rate
     for _ in range(1000):
-        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0)
+        ctx.send_unreachable(buf, n, icmp.PORT_UNREACHABLE, 0, now)
     assert len(eg.packets) == ICMP_ERROR_BURST + int(0.125 * ICMP_ERROR_RATE)

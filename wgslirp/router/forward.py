@@ -22,8 +22,8 @@ from typing import Final, Generic, TypeVar
 
 from wgslirp.net import fragment, icmp, ipv4
 from wgslirp.net.flowkey import shard_of
+from wgslirp.net.prefix import PrefixTable
 from wgslirp.obs.counters import Counters
-from wgslirp.wireguard.allowedips import AllowedIPs
 
 P = TypeVar("P")
 
@@ -86,7 +86,7 @@ class Forwarder(Generic[P]):
         self._own = frozenset(ipv4.addr_to_int(a) for a in own)
         self._gateway = ipv4.addr_to_int(gateway) if gateway else None
         self.overlay = overlay
-        self._excluded: AllowedIPs[bool] = AllowedIPs()
+        self._excluded: PrefixTable[bool] = PrefixTable()
         for cidr in overlay_exclude:
             self._excluded.insert(cidr, True)
         self.reassembler = reassembler if reassembler is not None else fragment.Reassembler()

@@ -72,6 +72,8 @@ class Loop:
         self.selector.modify(fileobj, events, handler)  # type: ignore[arg-type]
 
     def unregister(self, fileobj: int | object) -> None:
+        """Stop watching `fileobj`; one not registered is ignored, as the bridges' Poller
+        protocol (wgslirp/slirp/bridge_context.py) promises, so teardown needs no checks."""
         try:
             self.selector.unregister(fileobj)  # type: ignore[arg-type]
         except (KeyError, ValueError):

@@ -127,7 +127,7 @@ class Worker:
         n = max(1, nworkers)
         self.ctx = BridgeContext(
             self.egress,
-            loop.selector,
+            loop,  # the Poller the bridges register their host sockets with
             mtu=cfg.mtu,
             ttl=cfg.ip_ttl,
             copy_tos=cfg.copy_tos,
@@ -162,7 +162,6 @@ class Worker:
             FlowTable[TcpFlow](
                 float("inf"), _share(cfg.tcp.max_flows, n), _share(cfg.tcp.max_flows_per_peer, n)
             ),
-            loop,
             tcp_params(cfg),
             error_signal=cfg.tcp.error_signal,
             fast_dial=cfg.tcp.fast_dial_ms / 1000.0,

@@ -1,13 +1,17 @@
-"""What every bridge in a worker shares: where packets to guests go, limits, counters.
+"""What every bridge in a worker shares: where packets to guests go, where host sockets
+are watched, limits, counters.
 
 Bridges build packets for guests directly in egress slots (`reserve` a slot, write, then
 `commit`), so a datagram received from a host socket is copied once, by the kernel.
+
+The bridges own host sockets but not the event loop that watches them: they register
+sockets through the small `Poller` protocol defined here, which the runtime's `Loop`
+satisfies. slirp so depends on the shape of a loop, never on wgslirp.runtime.
 """
 
 from __future__ import annotations
 
-import selectors
-import time
+import socket
 from collections.abc import Callable
 from typing import Protocol
 
@@ -31,6 +35,28 @@ class Egress(Protocol):
 
     def flush(self, now: float = 0.0) -> None:
         """Publish what was committed (one head store, at most one doorbell)."""
+        ...
+
+
+SocketHandler = Callable[[float, int], None]
+"""Called as `handler(now, events)` when a registered socket is ready; `events` is a mask
+of `selectors.EVENT_READ` / `selectors.EVENT_WRITE`."""
+
+
+class Poller(Protocol):
+    """The readiness watch over host sockets (the worker's event loop in production)."""
+
+    def register(self, fileobj: socket.socket, handler: SocketHandler, events: int = ...) -> None:
+        """Watch `fileobj` for `events` (default: readable)."""
+        ...
+
+    def modify(self, fileobj: socket.socket, handler: SocketHandler, events: int) -> None:
+        """Change what a registered socket is watched for."""
+        ...
+
+    def unregister(self, fileobj: socket.socket) -> None:
+        """Stop watching; a socket that is not registered is ignored, so a teardown path
+        never needs to know whether the socket was being watched."""
         ...
 
 
@@ -66,7 +92,7 @@ class BridgeContext:
     def __init__(
         self,
         egress: Egress,
-        selector: selectors.BaseSelector,
+        poller: Poller,
         *,
         mtu: int,
         ttl: int = 64,
@@ -75,17 +101,15 @@ class BridgeContext:
         worker_index: int = 0,
         nworkers: int = 1,
         gateway: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.egress = egress
         self.gateway = gateway  # source of errors about addresses no host could answer from
         # RFC 1812 4.3.2.8: ICMP errors are rate limited (a token bucket per worker), so a
         # guest hammering a closed port or a denied address cannot turn the worker into an
-        # error generator.
-        self.clock = clock
+        # error generator. The bucket starts full; time comes from the callers' `now`.
         self._err_tokens = float(ICMP_ERROR_BURST)
-        self._err_time = clock()
-        self.selector = selector
+        self._err_time = float("-inf")
+        self.poller = poller
         self.mtu = mtu
         self.ttl = ttl
         self.copy_tos = copy_tos  # COPY_TOS: replies carry the DSCP/ECN byte the guest used
@@ -138,10 +162,11 @@ class BridgeContext:
         length: int,
         code: int,
         peer: int,
+        now: float,
         router_src: int | None = None,
     ) -> None:
-        """ICMP destination unreachable to the guest about one of its packets."""
-        now = self.clock()
+        """ICMP destination unreachable to the guest about one of its packets, at loop time
+        `now` (rate limited, so the bucket needs the time; the caller has it already)."""
         tokens = min(
             float(ICMP_ERROR_BURST), self._err_tokens + (now - self._err_time) * ICMP_ERROR_RATE
         )

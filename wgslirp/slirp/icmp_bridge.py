@@ -13,9 +13,7 @@ so two guests using the same identifier never see each other's replies.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
 import socket
 import struct
 from functools import partial
@@ -95,7 +93,7 @@ class IcmpBridge:
                 self._raw.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~wanted & 0xFFFFFFFF))
             except OSError:
                 pass  # unfiltered works too, only costs more wake-ups
-            ctx.selector.register(self._raw, selectors.EVENT_READ, partial(self.on_readable, None))
+            ctx.poller.register(self._raw, partial(self.on_readable, None))
 
     # ------------------------------------------------------------- guest -> host
 
@@ -157,7 +155,7 @@ class IcmpBridge:
         decision = self.policy.decide(PROTO_ICMP, dst, 0)
         if decision.verdict is Verdict.DENY:
             ctx.stats.policy_denied += 1
-            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer)
+            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer, now)
             return None
         for old in self.table.make_room(peer):
             self._close(old)
@@ -181,7 +179,7 @@ class IcmpBridge:
             host_id = alloc
         flow = EchoFlow(key, peer, now, src, dst, decision.host, guest_id, host_id, sock)
         if sock is not None:
-            ctx.selector.register(sock, selectors.EVENT_READ, partial(self.on_readable, flow))
+            ctx.poller.register(sock, partial(self.on_readable, flow))
         else:
             self._by_host_id[host_id] = flow
         self.table.add(flow, now)
@@ -268,8 +266,7 @@ class IcmpBridge:
 
     def _close(self, flow: EchoFlow) -> None:
         if flow.sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.ctx.selector.unregister(flow.sock)
+            self.ctx.poller.unregister(flow.sock)
             flow.sock.close()
         else:
             self._by_host_id.pop(flow.host_id, None)
@@ -285,6 +282,5 @@ class IcmpBridge:
             self.table.remove(flow)
             self._close(flow)
         if self._raw is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.ctx.selector.unregister(self._raw)
+            self.ctx.poller.unregister(self._raw)
             self._raw.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from wgslirp.net.ipv4 import PROTO_TCP, PROTO_UDP, addr_to_int
-from wgslirp.wireguard.allowedips import AllowedIPs
+from wgslirp.net.prefix import PrefixTable
 
 DEFAULT_DENY: tuple[str, ...] = (
     "127.0.0.0/8",
@@ -61,7 +61,7 @@ class EgressPolicy:
     # Called before each decision so `local_addresses` is as the host's are at that moment
     # (the worker drains its address notifications here; see runtime/host_addresses.py).
     refresh: Callable[[], None] | None = None
-    _table: AllowedIPs[Verdict] = field(init=False, repr=False)
+    _table: PrefixTable[Verdict] = field(init=False, repr=False)
     _gateway: int | None = field(init=False, repr=False)
     _gateway_host: int = field(init=False, repr=False)
     _dns: int | None = field(init=False, repr=False)
@@ -70,7 +70,7 @@ class EgressPolicy:
     def __post_init__(self) -> None:
         # Longest prefix decides; at equal length an explicit deny beats an allow, which
         # beats the default deny (inserted first, so later inserts overwrite it).
-        self._table = AllowedIPs()
+        self._table = PrefixTable()
         for cidr in DEFAULT_DENY:
             self._table.insert(cidr, Verdict.DENY)
         for cidr in self.allow_cidrs:
@@ -82,12 +82,12 @@ class EgressPolicy:
         self._dns = addr_to_int(self.dns) if self.dns else None
         self._upstream = tuple((addr_to_int(h), p) for h, p in self.dns_upstream)
         self._local = frozenset(addr_to_int(a) for a in self.local_addresses)
-        self._explicit_deny = AllowedIPs[bool]()
+        self._explicit_deny = PrefixTable[bool]()
         for cidr in self.deny_cidrs:
             self._explicit_deny.insert(cidr, True)
         # The host's own addresses are opened only by an allow entry narrower than /0:
         # "allow everything" is not a decision to expose the host's own services.
-        self._host_allow = AllowedIPs[bool]()
+        self._host_allow = PrefixTable[bool]()
         for cidr in self.allow_cidrs:
             if not cidr.endswith("/0"):
                 self._host_allow.insert(cidr, True)

@@ -28,8 +28,7 @@ from wgslirp.net import icmp, ipv4
 from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
 from wgslirp.obs.counters import Counters
-from wgslirp.runtime.loop import Handler, Loop
-from wgslirp.slirp.bridge_context import BridgeContext, addr
+from wgslirp.slirp.bridge_context import BridgeContext, SocketHandler, addr
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
@@ -85,7 +84,7 @@ class TcpFlow(Flow):
         self.host_eof = False
         self.shut_wr = False
         self.heap_at = float("inf")
-        self.handler: Handler = _no_handler
+        self.handler: SocketHandler = _no_handler
 
 
 class TcpBridge:
@@ -94,7 +93,6 @@ class TcpBridge:
         ctx: BridgeContext,
         policy: EgressPolicy,
         table: FlowTable[TcpFlow],
-        loop: Loop,
         params: TcpParams,
         *,
         error_signal: str = "icmp",
@@ -109,7 +107,7 @@ class TcpBridge:
         self.ctx = ctx
         self.policy = policy
         self.table = table
-        self.loop = loop
+        self.poller = ctx.poller  # host sockets are watched by the worker's loop
         self.params = params
         self.error_signal = error_signal
         self.fast_dial = fast_dial
@@ -234,7 +232,7 @@ class TcpBridge:
         self.stats.opened += 1
         flow.handler = partial(self._on_event, flow)
         flow.events = selectors.EVENT_WRITE
-        self.loop.register(sock, flow.handler, flow.events)
+        self.poller.register(sock, flow.handler, flow.events)
         self._schedule(flow, flow.dial_deadline)
         if err == 0:
             self._connected(flow, now)
@@ -281,7 +279,7 @@ class TcpBridge:
         if how == "rst":
             self._reset_stray(pkt, n, peer)
         elif how == "icmp" and code is not None:
-            self.ctx.send_unreachable(pkt, n, code, peer)
+            self.ctx.send_unreachable(pkt, n, code, peer, now)
 
     def _reset_stray(self, pkt: memoryview, n: int, peer: int) -> None:
         """RST for a segment that belongs to no connection (RFC 9293 3.10.7.1)."""
@@ -338,7 +336,7 @@ class TcpBridge:
             elif self.error_signal == "icmp":
                 syn = flow.syn
                 if syn is not None:
-                    self.ctx.send_unreachable(memoryview(syn), len(syn), code, flow.peer)
+                    self.ctx.send_unreachable(memoryview(syn), len(syn), code, flow.peer, now)
         self._drop(flow, rst=False)
 
     def _gated(self, flow: TcpFlow, now: float) -> bool:
@@ -434,11 +432,11 @@ class TcpBridge:
             want |= selectors.EVENT_READ
         if want != flow.events:
             if not flow.events:
-                self.loop.register(flow.sock, flow.handler, want)
+                self.poller.register(flow.sock, flow.handler, want)
             elif want:
-                self.loop.modify(flow.sock, flow.handler, want)
+                self.poller.modify(flow.sock, flow.handler, want)
             else:
-                self.loop.unregister(flow.sock)
+                self.poller.unregister(flow.sock)
             flow.events = want
         t = ep.get_timer()
         if t is not None:
@@ -490,14 +488,14 @@ class TcpBridge:
                 self._pump(flow, now)
             except Exception:
                 self._fail(flow, now)
-        self.ctx.egress.flush()  # retransmissions and probes leave now, not next turn
+        self.ctx.egress.flush(now)  # retransmissions and probes leave now, not next turn
 
     # ---------------------------------------------------------------- teardown
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
         if flow.events:
-            self.loop.unregister(flow.sock)
+            self.poller.unregister(flow.sock)
             flow.events = 0
         if rst:
             try:

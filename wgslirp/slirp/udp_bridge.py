@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import selectors
 import socket
 import struct
 from functools import partial
@@ -100,7 +99,7 @@ class UdpBridge:
         ctx = self.ctx
         if decision.verdict is Verdict.DENY:
             ctx.stats.policy_denied += 1
-            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer)
+            ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer, now)
             return None
         for old in self.table.make_room(peer):
             ctx.stats.udp_flows_evicted += 1
@@ -118,10 +117,10 @@ class UdpBridge:
         except OSError:
             sock.close()
             ctx.stats.socket_errors += 1
-            ctx.send_unreachable(pkt, n, icmp.HOST_UNREACHABLE, peer)
+            ctx.send_unreachable(pkt, n, icmp.HOST_UNREACHABLE, peer, now)
             return None
         flow = UdpFlow(key, peer, now, sock, src, sport, dst, dport, remote)
-        ctx.selector.register(sock, selectors.EVENT_READ, partial(self.on_readable, flow))
+        ctx.poller.register(sock, partial(self.on_readable, flow))
         self.table.add(flow, now)
         ctx.stats.udp_flows_opened += 1
         return flow
@@ -239,8 +238,7 @@ class UdpBridge:
             self._close(flow)
 
     def _close(self, flow: UdpFlow) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.ctx.selector.unregister(flow.sock)
+        self.ctx.poller.unregister(flow.sock)
         flow.sock.close()
 
     def forget_peer(self, peer: int) -> int:

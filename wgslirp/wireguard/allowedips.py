@@ -1,86 +1,16 @@
-"""Cryptokey routing table: IPv4 prefixes -> peer, longest prefix wins.
+"""Cryptokey routing: the AllowedIPs table of the WireGuard whitepaper (section 2).
 
-WireGuard uses it twice per packet: to pick the peer for an outbound packet by destination,
-and to check that an inbound packet's source is routed back to the peer that sent it. A bitwise
-trie costs up to 32 Python steps per lookup; instead one dict per prefix length that is in use
-is probed from the longest length down, which is at most a handful of dict lookups since real
-configurations use few distinct lengths. Semantics are those of a trie: exact longest match.
+Each peer owns prefixes; an outbound packet goes to the peer owning the longest prefix that
+matches its destination, and an inbound packet is accepted only if its source is routed back
+to the peer that sent it. The table is the generic longest-prefix table of
+`wgslirp.net.prefix`; this module gives it the name WireGuard uses, so the device reads like
+the protocol it implements.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from wgslirp.net.prefix import PrefixTable, format_cidr, parse_cidr
 
-T = TypeVar("T")
+AllowedIPs = PrefixTable  # prefix -> Peer in the device
 
-
-def parse_cidr(cidr: str) -> tuple[int, int]:
-    """'10.0.0.0/8' -> (network as int, prefix length); host bits are cleared."""
-    net = ipaddress.IPv4Network(cidr.strip(), strict=False)
-    return int(net.network_address), net.prefixlen
-
-
-def format_cidr(network: int, plen: int) -> str:
-    return f"{ipaddress.IPv4Address(network)}/{plen}"
-
-
-class AllowedIPs(Generic[T]):
-    __slots__ = ("_by_len", "_lens")
-
-    def __init__(self) -> None:
-        self._by_len: dict[int, dict[int, T]] = {}
-        self._lens: list[int] = []  # lengths in use, longest first
-
-    def insert(self, cidr: str, owner: T) -> None:
-        network, plen = parse_cidr(cidr)
-        self.insert_prefix(network, plen, owner)
-
-    def insert_prefix(self, network: int, plen: int, owner: T) -> None:
-        """Add or re-own a prefix; a prefix belongs to exactly one peer, as in WireGuard."""
-        table = self._by_len.get(plen)
-        if table is None:
-            table = self._by_len[plen] = {}
-            self._lens = sorted(self._by_len, reverse=True)
-        table[network >> (32 - plen) if plen else 0] = owner
-
-    def remove(self, cidr: str) -> None:
-        network, plen = parse_cidr(cidr)
-        table = self._by_len.get(plen)
-        if table is not None:
-            table.pop(network >> (32 - plen) if plen else 0, None)
-            self._prune(plen)
-
-    def remove_owner(self, owner: T) -> None:
-        for plen in list(self._by_len):
-            table = self._by_len[plen]
-            for key in [k for k, v in table.items() if v is owner]:
-                del table[key]
-            self._prune(plen)
-
-    def _prune(self, plen: int) -> None:
-        if not self._by_len.get(plen, True):
-            del self._by_len[plen]
-            self._lens = sorted(self._by_len, reverse=True)
-
-    def lookup(self, addr: int) -> T | None:
-        by_len = self._by_len
-        for plen in self._lens:
-            owner = by_len[plen].get(addr >> (32 - plen) if plen else 0)
-            if owner is not None:
-                return owner
-        return None
-
-    def prefixes_of(self, owner: T) -> list[str]:
-        out = []
-        for plen in self._lens:
-            for key, v in self._by_len[plen].items():
-                if v is owner:
-                    out.append(format_cidr((key << (32 - plen)) & 0xFFFFFFFF if plen else 0, plen))
-        return out
-
-    def __iter__(self) -> Iterator[tuple[str, T]]:
-        for plen in self._lens:
-            for key, v in self._by_len[plen].items():
-                yield format_cidr((key << (32 - plen)) & 0xFFFFFFFF if plen else 0, plen), v
+__all__ = ["AllowedIPs", "format_cidr", "parse_cidr"]

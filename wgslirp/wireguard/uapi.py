@@ -33,7 +33,7 @@ import errno
 import ipaddress
 from dataclasses import dataclass, field
 
-from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
+from wgslirp.net.prefix import format_cidr, parse_cidr
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.peer import Addr
 from wgslirp.wireguard.peerset import PeerChange, PeerSetError, SetRequest, apply_set
