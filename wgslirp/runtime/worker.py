@@ -17,6 +17,7 @@ from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
+from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
@@ -118,7 +119,10 @@ class Worker:
         icmp_mode: str | None,
         inbound_big: Consumer | None = None,
         metrics: MetricsBlock | None = None,
+        registry: FlowRegistry | None = None,
     ) -> None:
+        """`registry`: this worker index's open-connection table, which outlives the
+        process; what a dead predecessor left there is reset at start."""
         self.index = index
         self.inbound = inbound
         self.inbound_big = inbound_big
@@ -170,8 +174,22 @@ class Worker:
             ack_idle_gate=cfg.tcp.ack_idle_gate_ms / 1000.0,
             ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
             gate_log=cfg.tcp.gate_log,
+            log=registry,
         )
         loop.timers.append(self.tcp)
+        if registry is not None:
+            orphans = registry.adopt()
+            if orphans:
+                sent = self.tcp.reset_orphans(orphans)
+                self.egress.flush()
+                log.warning(
+                    "worker %d: %d TCP connection(s) of a previous worker %d died with it; "
+                    "their guests were told to reset (%d probed)",
+                    index,
+                    len(orphans),
+                    index,
+                    sent,
+                )
         # Flows are decided against the host's addresses as they are at that moment.
         self.addresses = HostAddressWatch(
             policy.set_local_addresses, loop.clock(), events=open_address_events()

@@ -68,11 +68,17 @@ class FlowRegistry:
         return left
 
     def add(self, e: Entry) -> int:
+        return self.record(*e)
+
+    def record(
+        self, peer: int, guest: int, gport: int, remote: int, rport: int, iss: int, irs: int
+    ) -> int:
+        """One connection opened; its slot (for `remove`), or -1 when the table is full."""
         if not self._free:
             self.full += 1
             return -1
         slot = self._free.pop()
-        self._rows[slot] = (1, e.peer, e.guest, e.remote, e.gport, e.rport, e.iss, e.irs)
+        self._rows[slot] = (1, peer, guest, remote, gport, rport, iss, irs)
         return slot
 
     def remove(self, slot: int) -> None:

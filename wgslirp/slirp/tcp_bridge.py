@@ -20,11 +20,11 @@ import logging
 import selectors
 import socket
 import struct
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from functools import partial
-from typing import Final
+from typing import Final, Protocol
 
-from wgslirp.net import icmp, ipv4
+from wgslirp.net import icmp, ipv4, tcp
 from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
 from wgslirp.obs.counters import Counters
@@ -64,6 +64,7 @@ class TcpFlow(Flow):
         "host_eof",
         "read_paused",
         "shut_wr",
+        "slot",
         "sock",
         "syn",
         "synack_sent",
@@ -85,6 +86,17 @@ class TcpFlow(Flow):
         self.shut_wr = False
         self.heap_at = float("inf")
         self.handler: SocketHandler = _no_handler
+        self.slot = -1  # this connection's entry in the ConnectionLog
+
+
+class ConnectionLog(Protocol):
+    """Where open connections are recorded for a replacement worker (shm/registry.py)."""
+
+    def record(
+        self, peer: int, guest: int, gport: int, remote: int, rport: int, iss: int, irs: int
+    ) -> int: ...
+
+    def remove(self, slot: int) -> None: ...
 
 
 class TcpBridge:
@@ -103,6 +115,7 @@ class TcpBridge:
         ack_idle_min_inflight: int = 0,
         gate_log: str = "info",
         iss_source: itertools.count[int] | None = None,
+        log: ConnectionLog | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
@@ -127,6 +140,7 @@ class TcpBridge:
         # flow key -> time before which no further RST answers a stray segment of it
         self._stray_rst: dict[Hashable, float] = {}
         self.stats = TcpBridgeStats()
+        self.log = log
 
     # ------------------------------------------------------------- guest -> host
 
@@ -230,6 +244,8 @@ class TcpBridge:
             return
         self.table.add(flow, now)
         self.stats.opened += 1
+        if self.log is not None:
+            flow.slot = self.log.record(peer, src, sport, dst, dport, iss, ep.irs)
         flow.handler = partial(self._on_event, flow)
         flow.events = selectors.EVENT_WRITE
         self.poller.register(sock, flow.handler, flow.events)
@@ -494,6 +510,8 @@ class TcpBridge:
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
+        if self.log is not None:
+            self.log.remove(flow.slot)
         if flow.events:
             self.poller.unregister(flow.sock)
             flow.events = 0
@@ -505,6 +523,37 @@ class TcpBridge:
         flow.sock.close()
         flow.handler = _no_handler  # break flow -> partial -> flow, so refcounting frees it
         self.stats.closed += 1
+
+    def reset_orphans(self, orphans: Iterable[tuple[int, int, int, int, int, int, int]]) -> int:
+        """Connections a dead predecessor had open (peer, guest, guest port, remote, remote
+        port, its ISS, the guest's ISS): their state is gone, so each guest is made to reset
+        its end. A RST needs the exact sequence number the guest expects, which died with
+        the predecessor; an ACK below the guest's window makes the guest answer with a
+        duplicate ACK that carries it (RFC 9293 3.10.7.4), and that answer, a segment of no
+        connection here, draws the RST RFC 9293 3.10.7.1 prescribes (seq = its ACK)."""
+        egress = self.ctx.egress
+        sent = 0
+        for peer, guest, gport, remote, rport, iss, irs in orphans:
+            slot = egress.reserve()
+            if slot is None:
+                self.ctx.stats.egress_full += 1
+                break
+            k = tcp.build_into(
+                slot,
+                src=remote,
+                dst=guest,
+                sport=rport,
+                dport=gport,
+                seq=iss,  # the SYN's own number: long below the guest's window
+                ack=(irs + 1) & 0xFFFFFFFF,
+                flags=TCP_ACK,
+                window=0,
+                ttl=self.ctx.ttl,
+            )
+            egress.commit(k, peer)
+            sent += 1
+        self.stats.orphans_probed += sent
+        return sent
 
     def forget_peer(self, peer: int) -> int:
         """The peer is gone: abort its connections toward the host (RST), nothing to send
@@ -531,6 +580,7 @@ class TcpBridgeStats(Counters):
     refused_cap: int
     rst_suppressed: int  # stray segments not answered: their tuple was reset a moment ago
     rst_sent: int
+    orphans_probed: int  # connections of a dead predecessor whose guests were made to reset
     malformed: int
     host_resets: int
     gated: int
