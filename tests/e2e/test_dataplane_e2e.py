@@ -193,7 +193,8 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         t0 = time.monotonic()
         r.wait_for_line(r"worker 1 \(pid \d+\) has not turned its loop", timeout=10, since=mark)
         r.wait_for_line(r"restarting worker 1", timeout=3, since=mark)
-        assert 3.0 <= time.monotonic() - t0 < 8.0
+        # The last sign of life is the heartbeat published up to a second before SIGSTOP.
+        assert 2.0 <= time.monotonic() - t0 < 8.0
         assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
         for _ in range(6):  # several source ports: the new worker 1 carries some
             assert guest(c, "udp_echo", GATEWAY, echo.port, 100, 100, 16)["verified"] == 100
