@@ -137,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         debug=bool(cfg.debug), json_lines=cfg.log_format == "json", wg_debug=bool(cfg.wg_debug)
     )
     from wgslirp.runtime import supervisor
+    from wgslirp.runtime.control import ListenError
 
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect")
@@ -151,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         return supervisor.run(
             cfg, lambda address: _announce(cfg, address), reload=lambda: _load(args, embedded=True)
         )
-    except supervisor.ListenError as exc:
+    except ListenError as exc:
         print(f"wgslirp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. /dev/shm too small for the rings

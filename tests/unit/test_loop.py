@@ -5,6 +5,8 @@ from __future__ import annotations
 import selectors
 from typing import Any
 
+import pytest
+
 from wgslirp.runtime.loop import MAX_SLEEP, Loop
 from wgslirp_testkit.clock import FakeClock
 
@@ -97,3 +99,47 @@ def test_sleeper_with_data_prevents_blocking() -> None:
     loop.sleepers.append(Sleeper(has_data=True))
     loop.run_once()
     assert sel.timeouts[-1] == 0.0
+
+
+def test_max_sleep_is_the_longest_wait_of_a_turn() -> None:
+    """The supervisor shortens it so its per-turn hook keeps a beat without any timer."""
+    loop, sel = make(FakeClock(0.0))
+    loop.max_sleep = 0.1
+    loop.run_once()
+    assert sel.timeouts[-1] == 0.1
+    loop.timers.append(Timer(0.05))
+    loop.run_once()
+    assert sel.timeouts[-1] == 0.05
+
+
+def test_close_releases_the_selector_and_the_wakeup_fd() -> None:
+    """A forked child closes the loop it inherited: the selector and the signal wake-up
+    socket go, and a wake-up fd someone else set is left as it was."""
+    import signal
+    import socket
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set from the main thread")
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    other_r, other_w = socket.socketpair()
+    other_w.setblocking(False)
+    try:
+        loop = Loop()
+        loop.install_stop_signals()
+        loop.close()
+        assert signal.set_wakeup_fd(-1) == -1  # ours is gone
+        sel = loop.selector
+        with pytest.raises((RuntimeError, ValueError, OSError)):
+            sel.select(0)
+        second = Loop()
+        second.install_stop_signals()
+        signal.set_wakeup_fd(other_w.fileno())  # someone took the wake-up fd since
+        second.close()
+        assert signal.set_wakeup_fd(-1) == other_w.fileno()
+    finally:
+        signal.set_wakeup_fd(-1)
+        for s, h in saved.items():
+            signal.signal(s, h)
+        other_r.close()
+        other_w.close()

@@ -50,6 +50,9 @@ class Loop:
         self.timers: list[Timed] = []
         self.hooks: list[Hook] = []
         self.sleepers: list[Sleeper] = []
+        # The longest wait of a turn: a process whose hooks must run on a beat of their own
+        # (the supervisor judging its children) shortens it.
+        self.max_sleep = MAX_SLEEP
         # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
         # cost. 1 ms while traffic flows; after a second with no event at all the loop
         # relaxes it so an idle router does not wake a thousand times a second per process.
@@ -59,6 +62,7 @@ class Loop:
         self._last_event = 0.0
         self.stopping = False
         self._pending_signals: list[Hook] = []
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self.errors = 0
         self._next_error_log = float("-inf")
         self.turns = 0  # health: proves the loop is ticking
@@ -80,7 +84,7 @@ class Loop:
             pass
 
     def _timeout(self, now: float) -> float:
-        best = now + MAX_SLEEP
+        best = now + self.max_sleep
         for t in self.timers:
             d = t.get_timer()
             if d is not None and d < best:
@@ -187,3 +191,20 @@ class Loop:
     def run(self) -> None:
         while not self.stopping:
             self.run_once()
+
+    def close(self) -> None:
+        """Release the selector and the signal wake-up socket.
+
+        Also what a forked child does with the loop it inherited: closing its copies of
+        the descriptors leaves the parent's registrations alone (no epoll_ctl is issued),
+        and the wake-up fd no longer points at a socket the child does not read.
+        """
+        if self._wake is not None:
+            r, w = self._wake
+            self._wake = None
+            previous = signal.set_wakeup_fd(-1)
+            if previous not in (-1, w.fileno()):
+                signal.set_wakeup_fd(previous, warn_on_full_buffer=False)  # not ours to drop
+            r.close()
+            w.close()
+        self.selector.close()

@@ -5,6 +5,10 @@ Everything shared is created here before any fork, so a replacement process inhe
 same mappings and socket: a dead worker is replaced within a second and the other shards
 never notice. Ring blocks are unlinked from /dev/shm as soon as they exist, so nothing is
 left behind however the router ends, SIGKILL included.
+
+The supervisor runs on the same `Loop` as every other process, with the same control plane
+as the one-process mode (wgslirp/runtime/control.py); its own work is one per-turn hook that
+reaps, restarts and judges its children.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import gc
 import json
 import logging
 import os
-import selectors
 import signal
 import socket
 import struct
@@ -24,13 +27,10 @@ from dataclasses import dataclass
 import msgspec
 
 from wgslirp.config import Config
-from wgslirp.obs.http import HttpServer
 from wgslirp.obs.metrics import MetricsBlock
-from wgslirp.obs.notify import Notifier, Watchdog
-from wgslirp.obs.probes import Prober
+from wgslirp.runtime.control import ControlPlane, ListenError, status_line
 from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
-from wgslirp.runtime.monitor import Monitor
 from wgslirp.runtime.worker import WORKER_COUNTERS, Worker, die_with_parent, set_process_name
 from wgslirp.shm.ring import Ring
 from wgslirp.slirp.icmp_bridge import probe_mode
@@ -42,6 +42,10 @@ BIG_SLOT_SIZE = 65536
 STOP_GRACE = 1.5  # seconds children get to exit after SIGTERM before SIGKILL
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RESTART_MIN_INTERVAL = 0.2  # per slot, so a crash loop cannot eat the CPU
+# The supervisor turns at least this often: restarts and hang checks are judged on that
+# beat, and a much longer gap between turns means the process itself was paused.
+SUPERVISOR_TICK = 0.1
+PAUSED_AFTER = 1.0  # seconds between turns that count as this process having been paused
 
 
 def _pow2(n: int) -> int:
@@ -74,11 +78,6 @@ def _counters_line(role: str, counters: dict[str, int]) -> None:
     log.info("%s stopped; counters: %s", role, json.dumps(counters, sort_keys=True))
 
 
-def _totals_line(totals: dict[str, int]) -> None:
-    """One line with every counter of the run, summed over the processes."""
-    log.info("stopped; totals: %s", json.dumps(totals, sort_keys=True))
-
-
 def run_inline(
     cfg: Config,
     sock: socket.socket,
@@ -93,26 +92,12 @@ def run_inline(
     rbig = Ring.create(BIG_SLOTS, BIG_SLOT_SIZE)
     metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, 1)
     loop = Loop()
-    http: HttpServer | None = None
-    monitor: Monitor | None = None
+    control: ControlPlane | None = None
     ingress: Ingress | None = None
     try:
-        monitor = Monitor(
-            metrics,
-            [("in0", rin), ("out0", rout)],
-            dict,
-            lambda: 0,
-            log_format=cfg.metrics.format,
-            log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-            expected_roles=(),
-            prober=_prober(cfg, start=False),
+        control = ControlPlane(
+            cfg, loop, metrics, [("in0", rin), ("out0", rout)], expected_roles=()
         )
-        # Every listener is opened before anything is announced or created on disk, so a
-        # taken port fails the start cleanly (no client config printed, no UAPI socket).
-        http = _open_http(cfg, monitor, loop.selector)
-        if http is not None:
-            loop.timers.append(http)
-        loop.timers.append(monitor)
         ingress = Ingress(
             cfg,
             sock,
@@ -134,30 +119,22 @@ def run_inline(
             rbig.consumer(),
             metrics=metrics,
         )
-        if monitor.prober is not None:
-            monitor.prober.start()
-        loop.install_stop_signals(
-            lambda s: log.info("received %s, shutting down", signal.Signals(s).name)
-        )
-        loop.on_signal(signal.SIGHUP, ingress.reload)
+        control.install_signals(ingress.reload)
         announce(ingress.address)
-        sd = Notifier.from_environ()
-        loop.timers.append(Watchdog(sd))  # the loop turning is the health signal here
-        sd.ready(_status_line(cfg, 0))
-        loop.run()
-        sd.stopping("stopping")
+        control.ready(0)
+        control.run()
         ingress.close()
         worker.close()
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
-        _totals_line(ingress.stats() | worker.counters())
+        control.stopped(ingress.stats() | worker.counters())
     finally:
         if ingress is not None and ingress.uapi is not None:
             ingress.uapi.close()  # the loop closes it when it stops; also if it never ran
-        if http is not None:
-            http.close()
-        if monitor is not None and monitor.prober is not None:
-            monitor.prober.stop()
+        if control is not None:
+            control.close()
+        else:
+            loop.close()
         metrics.close()
         rin.close()
         rout.close()
@@ -199,26 +176,27 @@ class Supervisor:
         self.started_ns: dict[int, int] = {}  # pid -> fork time (monotonic ns)
         self.last_start: dict[str, float] = {}
         self.restarts = 0
-        self.stopping = False
-        self.sd = Notifier.from_environ()
-        self.watchdog = Watchdog(self.sd)
+        self._pending: list[str] = []  # roles waiting to be (re)started
+        self._last_turn = 0.0
+        self._next_hang_check = 0.0
         self.metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, n)
         rings = [(f"in{k}", r) for k, r in enumerate(self.rings_in)] + [
             (f"out{k}", r) for k, r in enumerate(self.rings_out)
         ]
-        self.monitor = Monitor(
+        self.loop = Loop()
+        self.loop.max_sleep = SUPERVISOR_TICK
+        # Opens the metrics listener before any child exists or anything is announced: a
+        # taken port fails the start cleanly. Children close their copies after the fork.
+        self.control = ControlPlane(
+            cfg,
+            self.loop,
             self.metrics,
             rings,
-            lambda: dict(self.children),
-            lambda: self.restarts,
-            log_format=cfg.metrics.format,
-            log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
-            prober=_prober(cfg, start=False),
+            children=lambda: dict(self.children),
+            restarts=lambda: self.restarts,
+            health=lambda: not self._pending,
         )
-        # Opened before any child exists or anything is announced: a taken port fails the
-        # start cleanly. Children close their copies right after the fork.
-        self._sel = selectors.DefaultSelector()
-        self.http: HttpServer | None = _open_http(cfg, self.monitor, self._sel)
+        self.monitor = self.control.monitor
         # Ingress -> supervisor: the configuration after each run-time change (wg set,
         # reload), length-prefixed msgpack, so a restarted ingress starts from it.
         self._cfg_r, self._cfg_w = socket.socketpair()
@@ -278,7 +256,7 @@ class Supervisor:
             self._peer_indices = dict(state.indices)
             self._next_peer_index = state.next_index
             log.info("run-time configuration kept for restarts: %d peer(s)", len(self.cfg.peers))
-            self.sd.status(_status_line(self.cfg, self.plan.nworkers, self.restarts))
+            self.control.sd.status(status_line(self.cfg, self.plan.nworkers, self.restarts))
 
     # ------------------------------------------------------------- children
 
@@ -303,10 +281,7 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ingress installs its own
-                signal.set_wakeup_fd(-1)
-                if self.http is not None:  # the metrics listener is the supervisor's
-                    self.http.lsock.close()
-                self._sel.close()
+                self.control.forget_in_child()  # the metrics listener and loop are ours
                 die_with_parent(parent)
                 set_process_name(f"wgslirp-{role.replace('worker ', 'w')}")
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -381,87 +356,27 @@ class Supervisor:
     # ----------------------------------------------------------------- loop
 
     def run(self) -> int:
-        r, w = socket.socketpair()
-        r.setblocking(False)
-        w.setblocking(False)
-        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-
-        def on_stop(signum: int, _frame: object) -> None:
-            if not self.stopping:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # just wake the selector
-        signal.signal(signal.SIGHUP, lambda *_: self._forward_hup())
-        self._start("ingress")
-        for k in range(self.plan.nworkers):
-            self._start(f"worker {k}")
-        sel = self._sel
-        sel.register(r, selectors.EVENT_READ)
-        sel.register(
-            self._cfg_r, selectors.EVENT_READ, lambda _now, _mask: self._read_config_reports()
-        )
-        if self.monitor.prober is not None:
-            self.monitor.prober.start()  # after the forks: children never inherit the thread
-        pending: list[str] = [
-            role
-            for role in ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
-            if role not in self.children.values()
-        ]
-        self.sd.ready(_status_line(self.cfg, self.plan.nworkers))
-        next_hang_check = 0.0
-        last_turn = time.monotonic()
+        loop, control = self.loop, self.control
         try:
-            while not self.stopping:
-                for key, mask in sel.select(0.1):
-                    if key.data is not None:
-                        key.data(time.monotonic(), mask)
-                try:
-                    r.recv(4096)
-                except OSError:
-                    pass
-                pending.extend(self._reap())
-                now = time.monotonic()
-                if self.http is not None:
-                    self.http.expire(now)
-                due = self.monitor.get_timer()
-                if due is not None and due <= now:
-                    self.monitor.handle_timer(now)
-                for role in list(pending):
-                    if self.stopping:
-                        break
-                    if now - self.last_start.get(role, 0.0) >= RESTART_MIN_INTERVAL:
-                        pending.remove(role)
-                        self.restarts += 1
-                        log.warning("restarting %s (restart #%d)", role, self.restarts)
-                        self._start(role)
-                        if role not in self.children.values():
-                            pending.append(role)  # the fork failed: try again shortly
-                        self.watchdog.restarted(now)
-                        self.sd.status(_status_line(self.cfg, self.plan.nworkers, self.restarts))
-                if now - last_turn > 1.0:
-                    # This process did not run for a while (SIGSTOP of the whole group,
-                    # docker pause, a frozen cgroup): neither did the children. Give them
-                    # the full grace again before judging their heartbeats.
-                    next_hang_check = now + self.cfg.hung_restart
-                last_turn = now
-                if now >= next_hang_check and self.cfg.hung_restart > 0:
-                    next_hang_check = now + min(1.0, self.cfg.hung_restart / 4)
-                    self._kill_hung()
-                self.watchdog.tick(now, healthy=not pending)
-            self.sd.stopping("stopping")
+            control.install_signals(lambda _now: self._forward_hup())
+            loop.on_signal(signal.SIGCHLD, lambda _now: None)  # wakes the loop; _turn reaps
+            self._start("ingress")
+            for k in range(self.plan.nworkers):
+                self._start(f"worker {k}")
+            loop.register(self._cfg_r, lambda _now, _mask: self._read_config_reports())
+            self._pending = [
+                role
+                for role in ["ingress", *(f"worker {k}" for k in range(self.plan.nworkers))]
+                if role not in self.children.values()
+            ]
+            self._last_turn = loop.clock()
+            loop.hooks.append(self._turn)
+            control.ready(self.plan.nworkers)
+            control.run()
             self._stop_children()
-            _totals_line(self.monitor.snapshot().totals())
+            control.stopped(self.monitor.snapshot().totals())
         finally:
-            if self.http is not None:
-                self.http.close()
-            if self.monitor.prober is not None:
-                self.monitor.prober.stop()
-            sel.close()
-            r.close()
-            w.close()
+            control.close()
             self._cfg_r.close()
             self._cfg_w.close()
             for ring in (*self.rings_in, *self.rings_out, *self.rings_big):
@@ -469,6 +384,33 @@ class Supervisor:
             self.metrics.close()
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0
+
+    def _turn(self, now: float) -> None:
+        """Once per loop turn (at least every SUPERVISOR_TICK): reap the dead, restart
+        what may be restarted, look for hung children, and tell systemd how it went."""
+        self._pending.extend(self._reap())
+        for role in list(self._pending):
+            if self.loop.stopping:
+                break
+            if now - self.last_start.get(role, 0.0) >= RESTART_MIN_INTERVAL:
+                self._pending.remove(role)
+                self.restarts += 1
+                log.warning("restarting %s (restart #%d)", role, self.restarts)
+                self._start(role)
+                if role not in self.children.values():
+                    self._pending.append(role)  # the fork failed: try again shortly
+                self.control.watchdog.restarted(now)
+                self.control.sd.status(status_line(self.cfg, self.plan.nworkers, self.restarts))
+        if now - self._last_turn > PAUSED_AFTER:
+            # This process did not run for a while (SIGSTOP of the whole group, docker
+            # pause, a frozen cgroup): neither did the children. Give them the full grace
+            # again before judging their heartbeats.
+            self._next_hang_check = now + self.cfg.hung_restart
+        self._last_turn = now
+        if now >= self._next_hang_check and self.cfg.hung_restart > 0:
+            self._next_hang_check = now + min(1.0, self.cfg.hung_restart / 4)
+            self._kill_hung()
+        self.control.tick(now)
 
     def _kill_hung(self) -> None:
         """A child whose loop stopped turning (a deadlock, a blocking call that never
@@ -519,7 +461,7 @@ class Supervisor:
                 how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
             else:
                 how = f"exited with status {os.WEXITSTATUS(status)}"
-            if not self.stopping:
+            if not self.loop.stopping:
                 log.warning("%s (pid %d) %s", role, pid, how)
                 died.append(role)
         return died
@@ -543,13 +485,6 @@ class Supervisor:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.children.pop(pid, None)
-
-
-def _status_line(cfg: Config, nworkers: int, restarts: int = 0) -> str:
-    """The STATUS= text `systemctl status` shows."""
-    workers = f"{nworkers} workers" if nworkers else "inline worker"
-    extra = f", {restarts} restarts" if restarts else ""
-    return f"serving {len(cfg.peers)} peers, {workers}{extra}"
 
 
 def run(
@@ -580,33 +515,6 @@ def run(
         sock.close()
 
 
-def _prober(cfg: Config, *, start: bool = True) -> Prober | None:
-    """HEALTHCHECK: periodic probes of HEALTH_HTTP_URL, HEALTH_DNS_NAME, HEALTH_DNS_IP."""
-    h = cfg.health
-    if not h.enabled:
-        return None
-    prober = Prober(http_url=h.http_url, dns_name=h.dns_name, dns_ip=h.dns_ip)
-    return prober.start() if start else prober
-
-
-def _open_http(cfg: Config, monitor: Monitor, sel: selectors.BaseSelector) -> HttpServer | None:
-    """METRICS_LISTEN: /metrics (Prometheus), /healthz and /readyz."""
-    if cfg.metrics.listen is None:
-        return None
-    host, port = cfg.metrics.listen
-    try:
-        srv = HttpServer(
-            host,
-            port,
-            {"/metrics": monitor.metrics, "/healthz": monitor.healthz, "/readyz": monitor.readyz},
-            sel,
-        )
-    except OSError as exc:
-        raise ListenError(host, port, exc.strerror or str(exc), "METRICS_LISTEN") from exc
-    log.info("metrics and health on http://%s:%d/metrics", *srv.address)
-    return srv
-
-
 def _raise_fd_limit() -> None:
     """Every flow is a host socket: take the whole hard limit of file descriptors."""
     import resource
@@ -617,11 +525,3 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (OSError, ValueError):
         pass
-
-
-class ListenError(Exception):
-    def __init__(
-        self, addr: str, port: int, reason: str, setting: str = "WG_LISTEN_ADDR/WG_LISTEN_PORT"
-    ) -> None:
-        super().__init__(f"cannot listen on {addr}:{port}: {reason} ({setting})")
-        self.addr, self.port, self.reason, self.setting = addr, port, reason, setting
