@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import select
 import selectors
 import socket
 import struct
@@ -277,6 +278,37 @@ def tcp_connect_time(host: str, port: int, tries: int, timeout: float) -> dict[s
     return {"results": results}
 
 
+def tcp_hold(host: str, port: int, conns: int, seconds: float) -> dict[str, object]:
+    """Open `conns` connections that only wait for data (a download that has not started),
+    print "ready" once all are up, then report how each ended: ("reset", unix time) or
+    ("open", None) at the deadline. The unix time lets a test compare with when it broke
+    something, on the one clock the namespaces share."""
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection((host, port), timeout=10)
+        s.setblocking(False)
+        socks.append(s)
+    print("ready", flush=True)
+    ended: dict[int, tuple[str, float | None]] = {}
+    deadline = time.monotonic() + seconds
+    while len(ended) < conns and time.monotonic() < deadline:
+        live = [s for s in socks if s.getsockname()[1] not in ended]
+        ready, _, _ = select.select(live, [], [], 0.1)
+        for s in ready:
+            try:
+                data = s.recv(100)
+                how = "eof" if not data else "data"
+            except ConnectionResetError:
+                how = "reset"
+            except OSError as exc:
+                how = errno.errorcode.get(exc.errno or 0, "error")
+            ended[s.getsockname()[1]] = (how, time.time())
+    results = [[s.getsockname()[1], *ended.get(s.getsockname()[1], ("open", None))] for s in socks]
+    for s in socks:
+        s.close()
+    return {"results": results}
+
+
 def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "dns":
@@ -295,6 +327,8 @@ def main() -> None:
         out = tcp_echo_many(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "tcp_connect_time":
         out = tcp_connect_time(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "tcp_hold":
+        out = tcp_hold(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "raw_udp":
         out = raw_udp(args[0], args[1], args[2], int(args[3]), int(args[4]))
     else:

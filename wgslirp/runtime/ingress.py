@@ -393,6 +393,11 @@ class Ingress:
         else:
             self.writers[shard].push(pkt, n, peer.index)
 
+    def finish(self, now: float) -> None:
+        """Stopping, after the workers: send what they queued last (the RSTs of the guest
+        connections they reset), so no guest is left waiting on a dead connection."""
+        self._drain_workers(now)
+
     def close(self) -> None:
         """Flush and close the packet capture, if any (the loop has stopped)."""
         if self.pcap is not None:

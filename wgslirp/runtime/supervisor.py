@@ -31,7 +31,13 @@ from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.runtime.control import ControlPlane, ListenError, status_line
 from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
-from wgslirp.runtime.worker import WORKER_COUNTERS, Worker, die_with_parent, set_process_name
+from wgslirp.runtime.worker import (
+    WORKER_COUNTERS,
+    Worker,
+    die_with_parent,
+    registry_for,
+    set_process_name,
+)
 from wgslirp.shm.ring import Ring
 from wgslirp.slirp.icmp_bridge import probe_mode
 
@@ -91,6 +97,7 @@ def run_inline(
     rout = Ring.create(plan.out_slots, plan.slot_size)
     rbig = Ring.create(BIG_SLOTS, BIG_SLOT_SIZE)
     metrics = MetricsBlock(INGRESS_COUNTERS, WORKER_COUNTERS, 1)
+    registry = registry_for(cfg, 1)
     loop = Loop()
     control: ControlPlane | None = None
     ingress: Ingress | None = None
@@ -118,13 +125,15 @@ def run_inline(
             icmp_mode,
             rbig.consumer(),
             metrics=metrics,
+            registry=registry,
         )
         control.install_signals(ingress.reload)
         announce(ingress.address)
         control.ready(0)
         control.run()
+        worker.close(loop.clock())  # resets the guests' connections ...
+        ingress.finish(loop.clock())  # ... and those RSTs leave before the process does
         ingress.close()
-        worker.close()
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
         control.stopped(ingress.stats() | worker.counters())
@@ -136,6 +145,7 @@ def run_inline(
         else:
             loop.close()
         metrics.close()
+        registry.close()
         rin.close()
         rout.close()
         rbig.close()
@@ -149,6 +159,8 @@ class RuntimeState(msgspec.Struct, frozen=True):
     config: Config
     indices: list[tuple[bytes, int]]
     next_index: int
+    # (public key, unix time of the last handshake): a replacement re-initiates to these
+    sessions: list[tuple[bytes, float]] = []
 
 
 _CFG_LEN = struct.Struct(">I")
@@ -207,6 +219,9 @@ class Supervisor:
         # keeps the numbers, since the workers' flows outlive an ingress restart.
         self._peer_indices: dict[bytes, int] = {}
         self._next_peer_index = 1
+        self._sessions: list[tuple[bytes, float]] = []
+        # Each worker's open TCP connections, where its replacement finds them.
+        self.registries = [registry_for(cfg, n) for _ in range(n)]
 
     # ------------------------------------------------------- run-time config
 
@@ -222,6 +237,7 @@ class Supervisor:
             config=cfg,
             indices=list(ingress.peer_indices().items()),
             next_index=ingress.device.next_peer_index,
+            sessions=ingress.active_peers(),
         )
         data = msgspec.msgpack.encode(state)
         self._cfg_w.sendall(_CFG_LEN.pack(len(data)) + data)
@@ -252,11 +268,16 @@ class Supervisor:
             except msgspec.DecodeError as exc:
                 log.error("run-time configuration from ingress unreadable: %s", exc)
                 continue
+            changed = state.config != self.cfg
             self.cfg = state.config
             self._peer_indices = dict(state.indices)
             self._next_peer_index = state.next_index
-            log.info("run-time configuration kept for restarts: %d peer(s)", len(self.cfg.peers))
-            self.control.sd.status(status_line(self.cfg, self.plan.nworkers, self.restarts))
+            self._sessions = state.sessions
+            if changed:  # most reports only carry sessions and endpoints
+                log.info(
+                    "run-time configuration kept for restarts: %d peer(s)", len(self.cfg.peers)
+                )
+                self.control.sd.status(status_line(self.cfg, self.plan.nworkers, self.restarts))
 
     # ------------------------------------------------------------- children
 
@@ -309,11 +330,13 @@ class Supervisor:
             reload=self.reload,
             peer_indices=self._peer_indices,
             next_peer_index=self._next_peer_index,
+            resume=self._sessions,
         )
         ingress.config_changed.append(lambda: self._send_config(ingress))
         loop.install_stop_signals()
         loop.on_signal(signal.SIGHUP, ingress.reload)
         loop.run()
+        ingress.finish(loop.clock())  # the workers stopped first: send their last packets
         ingress.close()
         if ingress.publisher is not None:
             ingress.publisher.publish()  # final numbers for the supervisor's totals line
@@ -336,10 +359,11 @@ class Supervisor:
                 self.icmp_mode,
                 self.rings_big[k].consumer(),
                 metrics=self.metrics,
+                registry=self.registries[k],
             )
             loop.install_stop_signals()
             loop.run()
-            worker.close()
+            worker.close(loop.clock())
             if worker.publisher is not None:
                 worker.publisher.publish()
             _counters_line(f"worker {k}", worker.counters())
@@ -381,6 +405,8 @@ class Supervisor:
             self._cfg_w.close()
             for ring in (*self.rings_in, *self.rings_out, *self.rings_big):
                 ring.close()
+            for registry in self.registries:
+                registry.close()
             self.metrics.close()
         log.info("supervisor stopped; worker restarts: %d", self.restarts)
         return 0
@@ -467,15 +493,20 @@ class Supervisor:
         return died
 
     def _stop_children(self) -> None:
-        for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        """Workers first: each resets its guests' connections on the way out, and ingress,
+        still running, encrypts and sends those RSTs before it is stopped itself."""
         deadline = time.monotonic() + STOP_GRACE
-        while self.children and time.monotonic() < deadline:
-            self._reap()
-            if self.children:
+        for first in (True, False):
+            for pid, role in list(self.children.items()):
+                if (role != "ingress") == first:
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            while time.monotonic() < deadline and any(
+                (role != "ingress") == first for role in self.children.values()
+            ):
+                self._reap()
                 time.sleep(0.01)
         for pid, role in list(self.children.items()):
             log.warning("%s (pid %d) did not stop in time; killing it", role, pid)

@@ -98,6 +98,17 @@ def tcp_params(cfg: Config) -> TcpParams:
     )
 
 
+REGISTRY_UNLIMITED = 65536
+"""Connections a worker records for its replacement when TCP_MAX_FLOWS is 0 (unlimited);
+beyond that a dead worker's connections hang until the guests time out (counted)."""
+
+
+def registry_for(cfg: Config, nworkers: int) -> FlowRegistry:
+    """The open-connection table of one worker, sized for its share of TCP_MAX_FLOWS."""
+    share = _share(cfg.tcp.max_flows, max(1, nworkers))
+    return FlowRegistry(share or REGISTRY_UNLIMITED)
+
+
 def _share(total: int, n: int) -> int:
     """A global cap split across workers (0 stays unlimited). Flows spread over workers by
     hash, not evenly, so each share has headroom; a cap is then exact with one worker and
@@ -275,11 +286,18 @@ class Worker:
         out["icmp_flows"] = len(self.icmp.table)
         return out
 
-    def close(self) -> None:
-        self.tcp.close()
+    def close(self, now: float) -> None:
+        """Stopping: every guest connection is reset (the guest learns at once instead of
+        waiting on a connection nobody serves any more) and the host sockets closed."""
+        reset = self.tcp.close(now)
+        self.egress.flush()
         self.udp.close()
         self.icmp.close()
         self.addresses.close()
+        if reset:
+            log.info(
+                "worker %d: reset %d guest TCP connection(s) on the way out", self.index, reset
+            )
 
 
 def _doorbell(cons: Consumer) -> Callable[[float, int], None]:

@@ -563,9 +563,14 @@ class TcpBridge:
             self._drop(flow, rst=True)
         return len(gone)
 
-    def close(self) -> None:
-        for flow in self.table.values():
+    def close(self, now: float) -> int:
+        """The worker stops: reset both ends of every connection; returns how many."""
+        flows = list(self.table.values())
+        for flow in flows:
+            if not flow.ep.closed:
+                flow.ep.abort(now)  # RST to the guest, with the exact sequence number
             self._drop(flow, rst=True)
+        return len(flows)
 
 
 class TcpBridgeStats(Counters):
