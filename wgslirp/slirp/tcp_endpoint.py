@@ -11,12 +11,13 @@ against RCV.NXT or SND.UNA into an unbounded integer, so all the state below is 
 integers and comparisons need no modular care (see tcp_seq's docstring).
 
 Buffers. Both rings are anonymous mmaps: pages are committed only when touched, so an idle
-connection holding 2 x 256 KiB of address space costs a few KiB, while a busy one pays for
-the window it uses. Out-of-order data is written straight into the receive ring at its final
-place (the ring covers the whole window we advertise, so any acceptable segment has a slot);
-reassembly only tracks which ranges arrived, and delivery is advancing RCV.NXT. Unacked data
-toward the guest stays in the send ring until acknowledged, which is the retransmission
-queue: a retransmission re-reads the ring.
+connection costs a few KiB whatever its ring sizes (TCP_RCV_BUFFER and TCP_SND_BUFFER, 1 MiB
+each by default in TcpConfig), while a busy one pays for the window it uses. Out-of-order data
+is written straight into the receive ring at its final place (the ring covers the whole window
+we advertise, so any acceptable segment has a slot); reassembly only tracks which ranges
+arrived (tcp_recovery.OutOfOrder), and delivery is advancing RCV.NXT. Unacked data toward the
+guest stays in the send ring until acknowledged, which is the retransmission queue: a
+retransmission re-reads the ring.
 
 Recovery. What loss recovery knows (the RTT estimator, the guest's SACK reports, our
 out-of-order ranges) lives in tcp_recovery and the window arithmetic in tcp_cc; this module
@@ -105,6 +106,8 @@ class TcpParams:
     mss: int = 1340  # our MSS ceiling (WG_MTU - 40, lowered by TCP_MSS_CLAMP)
     sack: bool = True  # TCP_ENABLE_SACK; used only when the guest offers SACK
     ack_delay: float = 0.010  # TCP_ACK_DELAY_MS / 1000
+    # The two ring sizes. The router passes TcpConfig's TCP_RCV_BUFFER / TCP_SND_BUFFER
+    # (1 MiB each unless set); 256 KiB here is only what direct users and tests get.
     rcv_buffer: int = 256 * 1024  # guest bytes held before the host side takes them
     snd_buffer: int = 256 * 1024  # bytes toward the guest held (unacked + unsent)
     wscale: int = 7  # our window-scale shift, used only if the guest sent WS
