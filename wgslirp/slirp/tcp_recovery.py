@@ -22,9 +22,9 @@ rebound): the header-prediction fast path tests a list for emptiness without a c
 
 The split is also where recovery is meant to grow: RFC 6675's pipe and NextSeg (HighRxt,
 the per-hole lost test) extend the scoreboard; RACK-TLP adds per-segment send times and a
-minimum RTT next to the estimator; D-SACK (RFC 2883) is the blocks below SND.UNA that
-`SackScoreboard.take` now ignores on one side, and a report of the duplicate ranges the
-receive side now silently absorbs on the other.
+minimum RTT next to the estimator; D-SACK (RFC 2883) means learning from the blocks below
+SND.UNA that `SackScoreboard.take` now skips, and reporting the duplicates the receive side
+now absorbs silently.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ class RttEstimator:
     """RFC 6298's estimator and timeout, and Karn's timed segment.
 
     `rto` is the timeout to arm now (backed off after expirations); `rto_base` is the last
-    computed one before any backoff, which the persist timer starts from. Without
-    timestamps one segment per round trip is timed (`timed_end`/`timed_at`); a segment
-    that is resent is no longer timed (Karn). With timestamps every ACK is a sample.
+    computed one before any backoff, which the persist timer starts from. One segment per
+    round trip is timed (`timed_end`/`timed_at`), and stops being timed once it is resent
+    (Karn); with timestamps the other ACKs give samples too.
     """
 
     __slots__ = (
