@@ -54,8 +54,10 @@ class Loop:
         # (the supervisor judging its children) shortens it.
         self.max_sleep = MAX_SLEEP
         # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
-        # cost. 1 ms while traffic flows; after a second with no event at all the loop
-        # relaxes it so an idle router does not wake a thousand times a second per process.
+        # cost. 1 ms while the selector keeps reporting events (a doorbell, a socket);
+        # after idle_after seconds in which select returned none (ring packets picked up
+        # without a doorbell and timers do not count) the loop relaxes it, so an idle
+        # router does not wake a thousand times a second per process.
         self.sleep_bound = 0.001
         self.idle_sleep_bound = 0.1
         self.idle_after = 1.0

@@ -37,10 +37,13 @@ execute a full fence between the two steps: acquiring and releasing an uncontend
 ``threading.Lock``, which on Linux is a POSIX semaphore whose ``sem_trywait``/``sem_post``
 are ``lock``-prefixed instructions (full barriers on x86), at about 60 ns and no syscall.
 
-That fence rests on CPython and glibc internals, so the consumer still bounds every wait it
-armed by :data:`MISSED_WAKEUP_BOUND` (1 ms): should a wake-up ever be missed (another CPU,
-another Python), the packet waits at most that long instead of until the next packet or
-timer. An idle worker then wakes 1000 times a second, which costs a few microseconds each.
+That fence rests on CPython and glibc internals, so a consumer should still bound every wait
+it armed, by :data:`MISSED_WAKEUP_BOUND` (1 ms): should a wake-up ever be missed (another
+CPU, another Python), the packet waits at most that long instead of until the next packet or
+timer. The runtime's loop (wgslirp/runtime/loop.py) keeps that 1 ms only while its selector
+reported something in the last second and relaxes it to 100 ms after that, so an idle
+process wakes about ten times a second instead of a thousand; the price is that a wake-up
+missed at the start of a burst could cost up to 100 ms.
 
 A consumer loop looks like this::
 
@@ -48,7 +51,7 @@ A consumer loop looks like this::
         if cons.drain(handle, 256):
             continue
         if cons.prepare_sleep():
-            events = selector.select(min(next_timer, MISSED_WAKEUP_BOUND))
+            events = selector.select(min(next_timer, MISSED_WAKEUP_BOUND))  # or the idle bound
             cons.woke(drain=<doorbell fd among events>)
         ...host sockets and timers...
 """
@@ -90,7 +93,8 @@ _TAIL = CACHE_LINE // 8
 _SLEEPING = 2 * CACHE_LINE // 8
 
 MISSED_WAKEUP_BOUND = 0.001
-"""Longest a consumer should wait after :meth:`Consumer.prepare_sleep` returned True."""
+"""Longest a consumer with traffic should wait after :meth:`Consumer.prepare_sleep` returned
+True (the runtime loop's ``sleep_bound`` has the same value; an idle loop waits longer)."""
 
 _U32_MAX = 0xFFFFFFFF
 

@@ -2,11 +2,11 @@
 
 Split from the endpoint the way aioquic splits recovery from the connection: the endpoint
 decides *when* loss happened (three duplicate ACKs, a timeout) and *what* to retransmit
-(RFC 6582 NewReno recovery, SACK holes); a controller here only decides *how big* the
-congestion window is. The window arithmetic of fast recovery itself (RFC 5681 3.2: inflate by
-one segment per duplicate ACK, deflate on partial ACKs, RFC 6582 3.2 step 3 on exit) is the
-same for every growth law, so it lives in the base class; NewReno and CUBIC differ only in how
-they grow outside recovery and how far they back off.
+(RFC 6582 NewReno recovery, the holes in tcp_recovery's SACK scoreboard); a controller here
+only decides *how big* the congestion window is. The window arithmetic of fast recovery
+itself (RFC 5681 3.2: inflate by one segment per duplicate ACK, deflate on partial ACKs,
+RFC 6582 3.2 step 3 on exit) is the same for every growth law, so it lives in the base class;
+NewReno and CUBIC differ only in how they grow outside recovery and how far they back off.
 """
 
 from __future__ import annotations

@@ -11,12 +11,17 @@ against RCV.NXT or SND.UNA into an unbounded integer, so all the state below is 
 integers and comparisons need no modular care (see tcp_seq's docstring).
 
 Buffers. Both rings are anonymous mmaps: pages are committed only when touched, so an idle
-connection holding 2 x 256 KiB of address space costs a few KiB, while a busy one pays for
-the window it uses. Out-of-order data is written straight into the receive ring at its final
-place (the ring covers the whole window we advertise, so any acceptable segment has a slot);
-reassembly only tracks which ranges arrived, and delivery is advancing RCV.NXT. Unacked data
-toward the guest stays in the send ring until acknowledged, which is the retransmission
-queue: a retransmission re-reads the ring.
+connection costs a few KiB whatever its ring sizes (TCP_RCV_BUFFER and TCP_SND_BUFFER, 1 MiB
+each by default in TcpConfig), while a busy one pays for the window it uses. Out-of-order data
+is written straight into the receive ring at its final place (the ring covers the whole window
+we advertise, so any acceptable segment has a slot); reassembly only tracks which ranges
+arrived (tcp_recovery.OutOfOrder), and delivery is advancing RCV.NXT. Unacked data toward the
+guest stays in the send ring until acknowledged, which is the retransmission queue: a
+retransmission re-reads the ring.
+
+Recovery. What loss recovery knows (the RTT estimator, the guest's SACK reports, our
+out-of-order ranges) lives in tcp_recovery and the window arithmetic in tcp_cc; this module
+decides when each is consulted and moves the bytes (see tcp_recovery's docstring).
 
 Fast path. `receive` first tries header prediction (RFC 9293 3.10.7.4, Van Jacobson's
 scheme): ESTABLISHED, only ACK/PSH, the next expected sequence number, no reassembly pending,
@@ -44,6 +49,7 @@ from typing import Final
 from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.bridge_context import Egress
+from wgslirp.slirp.tcp_recovery import OutOfOrder, RttEstimator, SackScoreboard
 from wgslirp.slirp.tcp_seq import MASK, unwrap
 
 INF: Final = float("inf")
@@ -61,12 +67,8 @@ _TS_PREFIX: Final = tcp.TS_PREFIX
 _TS_OPT = struct.Struct(">III")  # the RFC 7323 Appendix A layout: NOP NOP 8 10, TSval, TSecr
 _TS_PREFIX_WORD: Final = int.from_bytes(tcp.TS_PREFIX, "big")
 
-# Bounds that keep one connection's bookkeeping small whatever the guest sends.
-MAX_OOO_RANGES: Final = 32  # disjoint out-of-order ranges held (SACK can report 3 or 4)
-MAX_SACKED_RANGES: Final = 32  # ranges the guest reported in SACK blocks that we remember
 CHALLENGE_ACK_LIMIT: Final = 10  # RFC 5961 7: challenge ACKs per second
 EGRESS_RETRY: Final = 0.002  # egress ring full: look again this soon
-CLOCK_GRANULARITY: Final = 0.001  # "G" of RFC 6298 2.2; also the timestamp tick
 
 
 class TcpState(enum.Enum):
@@ -104,6 +106,8 @@ class TcpParams:
     mss: int = 1340  # our MSS ceiling (WG_MTU - 40, lowered by TCP_MSS_CLAMP)
     sack: bool = True  # TCP_ENABLE_SACK; used only when the guest offers SACK
     ack_delay: float = 0.010  # TCP_ACK_DELAY_MS / 1000
+    # The two ring sizes. The router passes TcpConfig's TCP_RCV_BUFFER / TCP_SND_BUFFER
+    # (1 MiB each unless set); 256 KiB here is only what direct users and tests get.
     rcv_buffer: int = 256 * 1024  # guest bytes held before the host side takes them
     snd_buffer: int = 256 * 1024  # bytes toward the guest held (unacked + unsent)
     wscale: int = 7  # our window-scale shift, used only if the guest sent WS
@@ -160,7 +164,7 @@ class TcpEndpoint:
         "_next_pace",
         "_ooo",
         "_ooo_fin",
-        "_ooo_stamp",
+        "_ooo_ranges",
         "_p",
         "_pending_rst",
         "_persist_backoff",
@@ -178,11 +182,8 @@ class TcpEndpoint:
         "_retries",
         "_rexmit",
         "_rexmit_high",
-        "_rto",
-        "_rto_base",
-        "_rtt_seq",
-        "_rtt_time",
-        "_rttvar",
+        "_rtt",
+        "_sack",
         "_sack_ok",
         "_sacked",
         "_snd_base",
@@ -197,7 +198,6 @@ class TcpEndpoint:
         "_snd_wl2",
         "_snd_wnd",
         "_snd_ws",
-        "_srtt",
         "_sws_thresh",
         "_synack_now",
         "_synack_rexmitted",
@@ -289,9 +289,11 @@ class TcpEndpoint:
         self._rcv_adv_edge = 0
         self._rcv_ws = 0
         self._rcv_mss = min(tcp.DEFAULT_MSS, params.mss)
-        self._ooo: list[list[int]] = []  # [start, end, stamp], sorted by start
+        self._ooo = OutOfOrder(params.max_ooo_bytes)
+        # The range list itself, which OutOfOrder only changes in place: header prediction
+        # tests it for emptiness on every segment, and one attribute load is all that costs.
+        self._ooo_ranges = self._ooo.ranges
         self._ooo_fin = -1
-        self._ooo_stamp = 0
         self._ack_now = False
         self._unacked = 0
         self._last_ack_sent = 0
@@ -311,14 +313,10 @@ class TcpEndpoint:
         self._recover = iss
         self._rexmit: list[int] = []  # starts of segments to retransmit on the next flush
         self._rexmit_high = iss
-        self._sacked: list[list[int]] = []  # [start, end] the guest reported, sorted
+        self._sack = SackScoreboard()
+        self._sacked = self._sack.ranges  # like _ooo_ranges, for header prediction's test
 
-        self._srtt = 0.0
-        self._rttvar = 0.0
-        self._rto = params.rto_initial
-        self._rto_base = max(params.rto_initial, params.rto_min)  # RTO before any backoff
-        self._rtt_seq = -1  # timed segment ends here (-1: nothing timed)
-        self._rtt_time = 0.0
+        self._rtt = RttEstimator(params.rto_initial, params.rto_min, params.rto_max)
         self._retries = 0
         self._synack_now = False
         self._synack_rexmitted = False
@@ -382,11 +380,11 @@ class TcpEndpoint:
 
     @property
     def srtt(self) -> float:
-        return self._srtt
+        return self._rtt.srtt
 
     @property
     def rto(self) -> float:
-        return self._rto
+        return self._rtt.rto
 
     def readable(self) -> int:
         return self._rcv_nxt - self.guest_fin - self._rcv_read
@@ -510,6 +508,7 @@ class TcpEndpoint:
         mss = max(min(self._guest_mss, p.mss) - (tcp.TS_OPTION_LEN if self._ts_ok else 0), 64)
         self._mss = mss
         self.cc.set_mss(mss)
+        self._rtt.set_sampling(self._ts_ok, mss)
         self._rcv_mss = min(p.mss, 536)
         self._sws_thresh = max(1, min(self._rcv_cap // 2, p.mss))
         self._rcv_adv_edge = self._rcv_nxt + min(self._rcv_cap, 0xFFFF)
@@ -523,8 +522,8 @@ class TcpEndpoint:
         self.state = _SYN_RCVD
         self._snd_nxt = self._snd_max = self.iss + 1
         self._synack_now = True
-        self._t_rto = now + self._rto
-        self._rtt_time = now
+        self._t_rto = now + self._rtt.rto
+        self._rtt.start_timing(self.iss + 1, now)
         self._send_synack(now)
 
     def refuse(self, now: float) -> None:
@@ -582,7 +581,7 @@ class TcpEndpoint:
         if (
             self.state is _EST
             and flags & 0x17 == _ACK
-            and not self._ooo
+            and not self._ooo_ranges
             and seq_w == self._rcv_nxt & MASK
         ):
             tsval = -1
@@ -786,7 +785,7 @@ class TcpEndpoint:
             self._ack_now = True  # RFC 5961 5.2: too old to be believed
             return
         if opts is not None and opts.sack and self._sack_ok:
-            self._take_sack(opts.sack)
+            self._sack.take(opts.sack, una, self._snd_max)
         scaled = wnd << self._snd_ws
         if ack > una:
             self._on_new_ack(ack, now, tsecr)
@@ -838,7 +837,7 @@ class TcpEndpoint:
             if plen:
                 if seq == nxt:
                     self._deliver(pkt, off, plen, now)
-                    if self._ooo or self._ooo_fin >= 0:
+                    if self._ooo_ranges or self._ooo_fin >= 0:
                         self._pull_ooo()
                         self._ack_now = True  # RFC 5681 4.2: a filled gap is ACKed at once
                 else:
@@ -888,10 +887,10 @@ class TcpEndpoint:
         self._t_rto = INF
         self._retries = 0
         if not self._synack_rexmitted:
-            self._rtt_sample(now - self._rtt_time, now)  # Karn: only an unrepeated SYN-ACK
-        elif self._srtt == 0.0:
-            # RFC 6298 5.7: a retransmitted handshake without a sample starts data at 3 s.
-            self._rto = max(self._rto, 3.0)
+            self._rtt.sample_timed(now)  # Karn: only an unrepeated SYN-ACK is timed
+        else:
+            self._rtt.stop_timing()
+            self._rtt.handshake_retransmitted()
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 7: challenge ACKs are rate limited so they cannot be used to flood."""
@@ -932,27 +931,11 @@ class TcpEndpoint:
     # ---- out-of-order reassembly ---------------------------------------------------------
 
     def _store_ooo(self, seq: int, pkt: memoryview, off: int, plen: int) -> None:
-        """Keep data beyond a gap in its final place in the ring and remember the range.
-        Bounded by `max_ooo_bytes` past RCV.NXT and MAX_OOO_RANGES disjoint ranges; what
-        does not fit is dropped (the guest retransmits it)."""
+        """Data beyond a gap goes straight to its final place in the ring; `OutOfOrder`
+        decides how much of it is kept (its bounds), the ring is ours to write."""
         self.ooo_segments += 1
-        end = seq + plen
-        bound = self._rcv_nxt + self._p.max_ooo_bytes
-        if end > bound:
-            end = bound
-            plen = end - seq
-            if plen <= 0:
-                return
-        ranges = self._ooo
-        # Find the ranges this one touches (overlaps or abuts) and merge them.
-        i = 0
-        nr = len(ranges)
-        while i < nr and ranges[i][1] < seq:
-            i += 1
-        j = i
-        while j < nr and ranges[j][0] <= end:
-            j += 1
-        if i == j and nr >= MAX_OOO_RANGES:
+        plen = self._ooo.add(seq, seq + plen, self._rcv_nxt)
+        if not plen:
             return
         cap = self._rcv_cap
         idx = (seq - self._rcv_base) % cap
@@ -964,30 +947,14 @@ class TcpEndpoint:
             k = cap - idx
             mv[idx:cap] = pkt[off : off + k]
             mv[0 : e - cap] = pkt[off + k : off + plen]
-        self._ooo_stamp += 1
-        if i < j:
-            seq = min(seq, ranges[i][0])
-            end = max(end, ranges[j - 1][1])
-        ranges[i:j] = [[seq, end, self._ooo_stamp]]
 
     def _pull_ooo(self) -> None:
-        ranges = self._ooo
         nxt = self._rcv_nxt
-        while ranges and ranges[0][0] <= nxt:
-            r = ranges.pop(0)
-            if r[1] > nxt:
-                self.bytes_in += r[1] - nxt
-                nxt = r[1]
-        self._rcv_nxt = nxt
-        if self._ooo_fin == nxt:
+        new = self._ooo.pull(nxt)
+        self.bytes_in += new - nxt
+        self._rcv_nxt = new
+        if self._ooo_fin == new:
             self._on_guest_fin(self._last_rx)
-
-    def _sack_blocks(self) -> list[tuple[int, int]]:
-        """RFC 2018 4: the block holding the latest segment first, then the most recent
-        others, as many as fit next to the timestamp option."""
-        most = 3 if self._ts_ok else 4
-        ranges = sorted(self._ooo, key=lambda r: -r[2])[:most]
-        return [(r[0] & MASK, r[1] & MASK) for r in ranges]
 
     # ================================================================== ACK processing
 
@@ -1002,15 +969,16 @@ class TcpEndpoint:
         if not resent:
             self._rexmit_high = ack
         if self._sacked:
-            self._trim_sacked(ack)
+            self._sack.trim(ack)
         # RTT: a timed segment (Karn: never a retransmitted one) or the echoed timestamp.
-        if self._rtt_seq >= 0 and ack >= self._rtt_seq:
-            self._rtt_sample(now - self._rtt_time, now, flight)
-            self._rtt_seq = -1
+        rtt = self._rtt
+        timed = rtt.timed_end
+        if timed >= 0 and ack >= timed:
+            rtt.sample_timed(now, flight)
         elif tsecr and self._ts_ok:
             rtt_ms = (self._ts_now(now) - tsecr) & MASK
             if rtt_ms < 60_000:
-                self._rtt_sample(rtt_ms / 1000.0, now, flight)
+                rtt.sample(rtt_ms / 1000.0, flight)
         self._retries = 0
         # Data bytes acknowledged (not SYN/FIN sequence numbers) feed the window.
         data_acked = min(ack, self._snd_end) - max(una, self._snd_base)
@@ -1027,12 +995,12 @@ class TcpEndpoint:
         else:
             self._dupacks = 0
             if data_acked > 0:
-                self.cc.on_ack(data_acked, flight, now, self._srtt)
+                self.cc.on_ack(data_acked, flight, now, rtt.srtt)
         # RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
         if ack >= self._snd_max:
             self._t_rto = INF
         else:
-            self._t_rto = now + self._rto
+            self._t_rto = now + rtt.rto
         st = self.state
         if st is not _EST and self._fin_queued and ack > self._fin_seq:
             if st is _FIN_WAIT_1:
@@ -1047,7 +1015,7 @@ class TcpEndpoint:
         if self._in_recovery:
             # Another segment left the network: fill the next SACK hole with it if there
             # is one, else let the inflated window release new data.
-            hole = self._next_hole()
+            hole = self._sack.next_hole(max(self._rexmit_high, self._snd_una))
             if hole >= 0:
                 self._queue_rexmit(hole)
             else:
@@ -1062,79 +1030,13 @@ class TcpEndpoint:
             self._recover = self._snd_max
             self.cc.on_fast_retransmit(flight, now)
             self.fast_retransmits += 1
-            self._rtt_seq = -1
+            self._rtt.stop_timing()
             self._rexmit_high = self._snd_una
             self._queue_rexmit(self._snd_una)
 
     def _queue_rexmit(self, seq: int) -> None:
         if seq < self._snd_max and seq not in self._rexmit:
             self._rexmit.append(seq)
-
-    def _take_sack(self, blocks: list[tuple[int, int]]) -> None:
-        una = self._snd_una
-        smax = self._snd_max
-        sacked = self._sacked
-        for left_w, right_w in blocks:
-            left = unwrap(left_w, una)
-            right = unwrap(right_w, una)
-            if not una <= left < right <= smax:
-                continue  # D-SACK (RFC 2883) or bogus: nothing to learn for recovery
-            i = 0
-            n = len(sacked)
-            while i < n and sacked[i][1] < left:
-                i += 1
-            j = i
-            while j < n and sacked[j][0] <= right:
-                j += 1
-            if i < j:
-                left = min(left, sacked[i][0])
-                right = max(right, sacked[j - 1][1])
-            elif n >= MAX_SACKED_RANGES:
-                continue
-            sacked[i:j] = [[left, right]]
-
-    def _trim_sacked(self, una: int) -> None:
-        sacked = self._sacked
-        while sacked and sacked[0][1] <= una:
-            sacked.pop(0)
-        if sacked and sacked[0][0] < una:
-            sacked[0][0] = una
-
-    def _next_hole(self) -> int:
-        """Start of the first unSACKed byte at or after what recovery already resent that
-        lies below the highest SACKed byte, or -1 (RFC 6675's NextSeg, simplified)."""
-        sacked = self._sacked
-        if not sacked:
-            return -1
-        s = max(self._rexmit_high, self._snd_una)
-        for left, right in sacked:
-            if s < left:
-                return s
-            if s < right:
-                s = right
-        return -1
-
-    def _rtt_sample(self, rtt: float, now: float, flight: int = 0) -> None:
-        """RFC 6298 2.2-2.3; with timestamps every ACK is a sample, so the gains are divided
-        by the samples expected per window (RFC 7323 Appendix G) to keep the estimator's
-        memory about one RTT long."""
-        if rtt < 0:
-            return
-        rtt = max(rtt, 1e-6)  # srtt == 0.0 means "no sample yet"
-        if self._srtt == 0.0:
-            self._srtt = rtt
-            self._rttvar = rtt / 2
-        else:
-            k = max(1, -(-flight // (2 * self._mss))) if self._ts_ok else 1
-            alpha = 0.125 / k
-            beta = 0.25 / k
-            self._rttvar = (1 - beta) * self._rttvar + beta * abs(self._srtt - rtt)
-            self._srtt = (1 - alpha) * self._srtt + alpha * rtt
-        p = self._p
-        self._rto = min(
-            max(self._srtt + max(CLOCK_GRANULARITY, 4 * self._rttvar), p.rto_min), p.rto_max
-        )
-        self._rto_base = self._rto
 
     def _ts_now(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & MASK
@@ -1185,12 +1087,13 @@ class TcpEndpoint:
             self._rcv_adv_edge = new_edge
         if self._ts_ok:
             opts = _TS_PREFIX + _TS.pack(self._ts_now(now), self._ts_recent)
-            if self._ooo and self._sack_ok:
+            if self._ooo_ranges and self._sack_ok:
+                # 40 option bytes hold three SACK blocks next to a timestamp, four without
                 opts = tcp.options_bytes(
-                    ts=(self._ts_now(now), self._ts_recent), sack=self._sack_blocks()
+                    ts=(self._ts_now(now), self._ts_recent), sack=self._ooo.sack_blocks(3)
                 )
-        elif self._ooo and self._sack_ok:
-            opts = tcp.options_bytes(sack=self._sack_blocks())
+        elif self._ooo_ranges and self._sack_ok:
+            opts = tcp.options_bytes(sack=self._ooo.sack_blocks(4))
         else:
             opts = b""
         return field, opts
@@ -1256,6 +1159,7 @@ class TcpEndpoint:
         fin_seq = self._fin_seq if self._fin_queued else -1
         sent = False
         una = self._snd_una
+        rtt = self._rtt
 
         rexmit = self._rexmit
         while rexmit:
@@ -1264,10 +1168,9 @@ class TcpEndpoint:
                 rexmit.pop(0)
                 continue
             n = min(mss, self._snd_end - seq, self._snd_max - seq)
-            for left, _ in self._sacked:
-                if left > seq:
-                    n = min(n, left - seq)
-                    break
+            sacked = self._sack.sacked_after(seq)
+            if sacked >= 0:
+                n = min(n, sacked - seq)
             flags = _ACK
             if n <= 0:
                 n = 0
@@ -1283,10 +1186,9 @@ class TcpEndpoint:
             sent = True
             self.retransmits += 1
             self._rexmit_high = max(self._rexmit_high, seq + n)
-            if self._rtt_seq >= 0 and seq < self._rtt_seq:
-                self._rtt_seq = -1  # Karn: the timed segment was resent
+            rtt.resent(seq)
             if self._t_rto == INF:
-                self._t_rto = now + self._rto
+                self._t_rto = now + rtt.rto
 
         nxt = self._snd_nxt
         end = self._snd_end
@@ -1327,9 +1229,8 @@ class TcpEndpoint:
                 self.retransmits += 1
             else:
                 self.bytes_out += n
-                if self._rtt_seq < 0:
-                    self._rtt_seq = nxt + n
-                    self._rtt_time = now
+                if rtt.timed_end < 0:
+                    rtt.start_timing(nxt + n, now)
             nxt += n
             if flags & _FIN:
                 nxt += 1
@@ -1356,7 +1257,7 @@ class TcpEndpoint:
                 self.state = _LAST_ACK
         if smax > self._snd_una:
             if self._t_rto == INF:
-                self._t_rto = now + self._rto
+                self._t_rto = now + rtt.rto
         elif (nxt < end or (fin_seq >= 0 and nxt <= fin_seq)) and self._t_persist == INF:
             # Nothing in flight yet data waits: only a probe can learn the window opened.
             self._t_persist = now + self._persist_interval()
@@ -1368,7 +1269,7 @@ class TcpEndpoint:
         """The persist timer backs off on its own from the un-backed-off RTO: a window
         that closed right after a string of retransmissions would otherwise wait out the
         retransmission backoff (up to rto_max) before the first probe."""
-        return min(self._rto_base * (1 << self._persist_backoff), self._p.rto_max)
+        return min(self._rtt.rto_base * (1 << self._persist_backoff), self._p.rto_max)
 
     # ================================================================== timers
 
@@ -1460,8 +1361,8 @@ class TcpEndpoint:
             self.rto_expirations += 1
             self.retransmits += 1
             self._synack_rexmitted = True
-            self._rto = min(self._rto * 2, p.rto_max)
-            self._t_rto = now + self._rto
+            self._rtt.backoff()
+            self._t_rto = now + self._rtt.rto
             self._synack_now = True
             return
         if self._snd_max <= self._snd_una:
@@ -1477,8 +1378,8 @@ class TcpEndpoint:
                 return
             self._probes += 1
             self._send_ack(now, (self._snd_una - 1) & MASK)
-            self._rto = min(self._rto * 2, p.rto_max)
-            self._t_rto = now + self._rto
+            self._rtt.backoff()
+            self._t_rto = now + self._rtt.rto
             return
         if self._retries >= p.max_retries:
             self._give_up(now)
@@ -1491,13 +1392,14 @@ class TcpEndpoint:
         self._recover = self._snd_max
         self._in_recovery = False
         self._dupacks = 0
-        self._sacked.clear()  # RFC 2018 8: the guest may have reneged
+        self._sack.clear()  # RFC 2018 8: the guest may have reneged
         self._rexmit.clear()
         self._snd_nxt = self._snd_una  # go back N, paced by the one-segment window
         self._rexmit_high = self._snd_una
-        self._rtt_seq = -1
-        self._rto = min(self._rto * 2, p.rto_max)  # RFC 6298 5.5
-        self._t_rto = now + self._rto
+        rtt = self._rtt
+        rtt.stop_timing()
+        rtt.backoff()  # RFC 6298 5.5
+        self._t_rto = now + rtt.rto
 
     def _on_persist(self, now: float) -> None:
         """RFC 9293 3.8.6.1: the guest's window is closed (or too small to use) with data
@@ -1513,13 +1415,13 @@ class TcpEndpoint:
             window, opts = self._ack_fields(now)
             n = min(usable, self._snd_end - self._snd_nxt, self._mss)
             if self._emit(self._snd_nxt, n, _ACK | _PSH, window, opts):
-                if self._snd_nxt >= self._snd_max and self._rtt_seq < 0:
-                    self._rtt_seq = self._snd_nxt + n
-                    self._rtt_time = now
+                rtt = self._rtt
+                if self._snd_nxt >= self._snd_max and rtt.timed_end < 0:
+                    rtt.start_timing(self._snd_nxt + n, now)
                 self._snd_nxt += n
                 self._snd_max = max(self._snd_max, self._snd_nxt)
                 self.bytes_out += n
-                self._t_rto = now + self._rto
+                self._t_rto = now + rtt.rto
                 self._ack_sent()
             return
         if self._probes >= self._p.max_retries:

@@ -1,8 +1,10 @@
-"""Protocol constants of the WireGuard whitepaper (section 6) and timer helpers.
+"""WireGuard's timer and limit constants, and only those: the whitepaper's (section 6), the
+values derived from them, and the per-peer limits wireguard-go also applies (initiation
+rate, packets staged while a handshake is pending).
 
-The timers themselves are deadlines stored on each Peer (None when not armed) and run by
-Device.handle_timer; keeping them as plain numbers makes the per-packet cost one attribute
-write and lets tests drive them with a fake clock.
+There is no timer code here. The timers themselves are deadlines stored on each Peer (None
+when not armed) and run by Device.handle_timer; keeping them as plain numbers makes the
+per-packet cost one attribute write and lets tests drive them with a fake clock.
 """
 
 from __future__ import annotations
