@@ -169,8 +169,7 @@ class Ingress:
         self.unknown_peer_index = 0
         loop.register(sock, self._on_readable)
         for cons in from_workers:
-            loop.register(cons.doorbell_fd, _doorbell(cons))
-            loop.sleepers.append(cons)
+            loop.add_ring(cons)
         loop.hooks.append(self._drain_workers)
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
@@ -639,13 +638,6 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     "peers",
     *ForwardStats.names(),
 )
-
-
-def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
-    def handler(_now: float, _mask: int = 0) -> None:
-        cons.woke(True)
-
-    return handler
 
 
 def _size_buffers(sock: socket.socket) -> None:

@@ -30,6 +30,13 @@ class Sleeper(Protocol):
     def woke(self, drain: bool = True) -> None: ...
 
 
+class RingSleeper(Sleeper, Protocol):
+    """A ring consumer with its doorbell: the eventfd producers ring while it sleeps."""
+
+    @property
+    def doorbell_fd(self) -> int: ...
+
+
 class Timed(Protocol):
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
@@ -73,6 +80,16 @@ class Loop:
         self, fileobj: int | object, handler: Handler, events: int = selectors.EVENT_READ
     ) -> None:
         self.selector.register(fileobj, events, handler)  # type: ignore[arg-type]
+
+    def add_ring(self, cons: RingSleeper) -> None:
+        """Wake for a ring's doorbell, and let the consumer veto each sleep (it re-checks
+        the ring after announcing it will sleep, so no packet waits for a timeout)."""
+
+        def rung(_now: float, _mask: int = 0) -> None:
+            cons.woke(True)
+
+        self.register(cons.doorbell_fd, rung)
+        self.sleepers.append(cons)
 
     def modify(self, fileobj: int | object, handler: Handler, events: int) -> None:
         self.selector.modify(fileobj, events, handler)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from wgslirp.config import Config
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
@@ -223,8 +223,7 @@ class Worker:
         self._next_error_log = 0.0
         for cons in (inbound, inbound_big):
             if cons is not None:
-                loop.register(cons.doorbell_fd, _doorbell(cons))
-                loop.sleepers.append(cons)
+                loop.add_ring(cons)
         loop.hooks.append(self.turn)
         loop.timers.append(self)
 
@@ -298,13 +297,6 @@ class Worker:
             log.info(
                 "worker %d: reset %d guest TCP connection(s) on the way out", self.index, reset
             )
-
-
-def _doorbell(cons: Consumer) -> Callable[[float, int], None]:
-    def handler(_now: float, _mask: int = 0) -> None:
-        cons.woke(True)
-
-    return handler
 
 
 def set_process_name(name: str) -> None:
