@@ -135,6 +135,7 @@ class Worker:
         """`registry`: this worker index's open-connection table, which outlives the
         process; what a dead predecessor left there is reset at start."""
         self.index = index
+        self._loop = loop
         self.inbound = inbound
         self.inbound_big = inbound_big
         self.egress = BatchWriter(outbound)
@@ -292,6 +293,8 @@ class Worker:
         self.egress.flush()
         self.udp.close()
         self.icmp.close()
+        if self.addresses.events is not None:
+            self._loop.unregister(self.addresses.events)
         self.addresses.close()
         if reset:
             log.info(
