@@ -195,6 +195,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "TCP_ENABLE_SACK": ("0", "tcp.enable_sack", False),
     "TCP_MSS_CLAMP": ("1200", "tcp.mss_clamp", 1200),
     "TCP_PACE_US": ("50", "tcp.pace_us", 50),
+    "TCP_PACING": ("0", "tcp.pacing", False),
     "TCP_GATE_LOG": ("debug", "tcp.gate_log", "debug"),
     "TCP_CC": ("cubic", "tcp.cc", "cubic"),
     "TCP_ERROR_SIGNAL": ("rst", "tcp.error_signal", "rst"),

@@ -245,6 +245,17 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="TCP",
         ),
     ] = None
+    pacing: Annotated[
+        bool,
+        _doc(
+            "TCP_PACING",
+            "Pace host-to-guest data at a rate derived from the congestion window and the "
+            "round-trip time (2x in slow start, 1.2x after, as Linux does), in bursts of at "
+            "most 1 ms at that rate. Without it a whole window leaves at once and can "
+            "overflow a client's UDP socket on long paths.",
+            group="TCP",
+        ),
+    ] = True
     pace_us: Annotated[
         int,
         Meta(ge=0, le=1_000_000),

@@ -90,6 +90,7 @@ def tcp_params(cfg: Config) -> TcpParams:
         cc=cfg.tcp.cc,
         ttl=cfg.ip_ttl,
         pace=cfg.tcp.pace_us / 1e6,
+        pacing=cfg.tcp.pacing,
         ack_idle_fail=float(cfg.tcp.ack_idle_fail_sec),
         ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
         init_cwnd=cfg.tcp.init_cwnd_mss or 10,

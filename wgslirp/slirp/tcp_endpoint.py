@@ -69,6 +69,12 @@ _TS_PREFIX_WORD: Final = int.from_bytes(tcp.TS_PREFIX, "big")
 
 CHALLENGE_ACK_LIMIT: Final = 10  # RFC 5961 7: challenge ACKs per second
 EGRESS_RETRY: Final = 0.002  # egress ring full: look again this soon
+# Pacing releases new data in bursts of this much time at the pacing rate: the event loop's
+# timers have millisecond resolution (epoll), so a per-segment gap (56 us at 200 Mbit/s) is
+# not to be had; a 1 ms burst is ~18 segments at 200 Mbit/s, which a receiver's default
+# 208 KiB UDP buffer takes, where an unpaced window of several hundred segments did not
+# (docs/tcp-wan.md).
+PACE_QUANTUM: Final = 0.001
 
 
 class TcpState(enum.Enum):
@@ -132,6 +138,9 @@ class TcpParams:
     max_retries: int = 15  # consecutive RTO expirations before giving up (RST)
     synack_retries: int = 5  # SYN-ACK retransmissions before giving up silently
     pace: float = 0.0  # TCP_PACE_US / 1e6: least time between new data segments (0 = off)
+    # TCP_PACING: new data leaves at a rate derived from cwnd / srtt (2x in slow start,
+    # 1.2x after, as Linux paces), in bursts of at most PACE_QUANTUM of that rate.
+    pacing: bool = True
     # TCP_ACK_IDLE_FAIL_SEC: reset a connection whose guest has acknowledged nothing for
     # this long while at least ack_idle_min_inflight bytes wait for it (0 = never).
     ack_idle_fail: float = 120.0
@@ -166,6 +175,7 @@ class TcpEndpoint:
         "_ooo_fin",
         "_ooo_ranges",
         "_p",
+        "_pace_at",
         "_pending_rst",
         "_persist_backoff",
         "_probes",
@@ -202,6 +212,7 @@ class TcpEndpoint:
         "_synack_now",
         "_synack_rexmitted",
         "_t_delack",
+        "_t_pace",
         "_t_persist",
         "_t_retry",
         "_t_rto",
@@ -329,6 +340,8 @@ class TcpEndpoint:
         self._t_tw = INF
         self._t_retry = INF
         self._next_pace = 0.0
+        self._pace_at = 0.0  # when the next new segment is due at the pacing rate
+        self._t_pace = INF  # new data waits for the pacing rate until then
         self.last_ack_progress = now  # when the guest last acknowledged new data
         self._last_rx = now
         self._last_host = now
@@ -1199,12 +1212,27 @@ class TcpEndpoint:
         edge = min(self._snd_wl2 + self._snd_wnd, una + cwnd)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
+        # Seconds per byte at the pacing rate (0 = not paced): cwnd per srtt, doubled in
+        # slow start so the window can still double per round trip (Linux's ratios).
+        per_byte = 0.0
+        srtt = rtt.srtt
+        if self._p.pacing and srtt > 0.0 and nxt < end:
+            cc = self.cc
+            per_byte = srtt / (cc.cwnd * (2.0 if cc.cwnd < cc.ssthresh else 1.2))
+            floor = now - PACE_QUANTUM  # lateness beyond one quantum is not caught up
+            if self._pace_at < floor:
+                self._pace_at = floor
+        self._t_pace = INF
         while nxt < end:
-            if pace and nxt >= smax:
-                if now < self._next_pace:
-                    self._t_retry = self._next_pace  # TCP_PACE_US: the next one later
+            if nxt >= smax:
+                if pace:
+                    if now < self._next_pace:
+                        self._t_retry = self._next_pace  # TCP_PACE_US: the next one later
+                        break
+                    self._next_pace = now + pace
+                if per_byte and self._pace_at > now + PACE_QUANTUM:
+                    self._t_pace = self._pace_at - PACE_QUANTUM  # the rest at the rate
                     break
-                self._next_pace = now + pace
             n = end - nxt
             if n > mss:
                 n = mss
@@ -1229,6 +1257,7 @@ class TcpEndpoint:
                 self.retransmits += 1
             else:
                 self.bytes_out += n
+                self._pace_at += n * per_byte
                 if rtt.timed_end < 0:
                     rtt.start_timing(nxt + n, now)
             nxt += n
@@ -1275,7 +1304,9 @@ class TcpEndpoint:
 
     def get_timer(self) -> float | None:
         p = self._p
-        t = min(self._t_rto, self._t_delack, self._t_persist, self._t_tw, self._t_retry)
+        t = min(
+            self._t_rto, self._t_delack, self._t_persist, self._t_tw, self._t_retry, self._t_pace
+        )
         st = self.state
         if st is not _CLOSED and st is not _TIME_WAIT:
             if p.idle_timeout > 0:
@@ -1327,6 +1358,8 @@ class TcpEndpoint:
             return
         if now >= self._t_retry:
             self._t_retry = INF
+        if now >= self._t_pace:
+            self._t_pace = INF
         if now >= self._t_rto:
             self._on_rto(now)
             if self.state is _CLOSED:
