@@ -187,7 +187,10 @@ def test_newreno_slow_start_and_avoidance() -> None:
     cc.on_fast_retransmit(20_000, 1.0)
     assert cc.ssthresh == 10_000 and cc.cwnd == 13_000
     cc.on_recovery_end(0, 1.1)
-    assert cc.cwnd == 2000  # min(ssthresh, flight + MSS) with nothing in flight
+    assert cc.cwnd == 2000  # unpaced: min(ssthresh, flight + MSS) with nothing in flight
+    cc.paced = True
+    cc.on_recovery_end(0, 1.1)
+    assert cc.cwnd == 10_000  # paced: back at ssthresh, not at one segment
     cc.cwnd = cc.ssthresh
     before = cc.cwnd
     for _ in range(10):

@@ -29,6 +29,7 @@ class CongestionControl:
         self.cwnd = initial_window
         self.ssthresh = UNLIMITED
         self._ca_acc = 0  # bytes acked in congestion avoidance not yet turned into cwnd
+        self.paced = False  # set by the endpoint when TCP_PACING spreads its window
 
     def set_mss(self, mss: int) -> None:
         """The effective MSS is known only after the handshake (options shrink it); the
@@ -82,8 +83,14 @@ class CongestionControl:
             self.cwnd += self.mss
 
     def on_recovery_end(self, flight: int, now: float) -> None:
-        """RFC 6582 3.2 step 3 option 1: no burst larger than one segment on exit."""
-        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+        """RFC 6582 3.2 step 3. A paced sender takes option 2, cwnd = ssthresh (Linux
+        does the same): pacing spreads what that releases. Unpaced, option 1 avoids the
+        burst but restarts from about one segment after a long recovery, which on a 40 ms
+        path cost seconds of slow start (docs/tcp-wan.md)."""
+        if self.paced:
+            self.cwnd = self.ssthresh
+        else:
+            self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
 
     def on_rto(self, flight: int, now: float) -> None:
         """RFC 5681 3.1 equation 4, then a loss window of one segment."""

@@ -319,6 +319,7 @@ class TcpEndpoint:
         self._ts_offset = (iss * 2654435761) & MASK  # hides our uptime in TSval
 
         self.cc = tcp_cc.make(params.cc, self._mss, params.init_cwnd * self._mss)
+        self.cc.paced = params.pacing
         self._dupacks = 0
         self._in_recovery = False
         self._recover = iss
