@@ -951,6 +951,8 @@ class TcpEndpoint:
         plen = self._ooo.add(seq, seq + plen, self._rcv_nxt)
         if not plen:
             return
+        # The same wrap-around copy as _deliver's; written out there because that is the
+        # per-segment fast path, where a call costs more than these eight lines.
         cap = self._rcv_cap
         idx = (seq - self._rcv_base) % cap
         e = idx + plen
