@@ -155,6 +155,42 @@ def test_sack_retransmits_every_hole_without_waiting_for_partial_acks() -> None:
     assert c.ep.fast_retransmits == 1 and c.ep.rto_expirations == 0
 
 
+def test_sack_recovery_resends_several_holes_per_partial_ack() -> None:
+    """A burst loss takes most of a window. NewReno resends one hole per partial ACK, one
+    per round trip; with SACK the pipe (RFC 6675) lets every ACK release several."""
+    c, rx, segs = _setup(sack=True)
+    c.ep.cc.ssthresh = c.ep.cc.cwnd = 40 * MSS  # room for all of them, as after slow start
+    c.ep.flush(c.now)
+    segs += c.out()
+    assert len(segs) >= 30
+    kept = {0, 1, 2, 3, len(segs) - 1}  # the rest of the window is lost in one burst
+    for i in sorted(kept):
+        rx.take(segs[i])
+        rx.ack()
+    first = c.out()
+    assert c.ep.fast_retransmits == 0  # only one duplicate ACK so far
+    # Two more duplicate ACKs (the guest repeats itself, e.g. for a window probe).
+    rx.ack()
+    rx.ack()
+    resent = c.out()
+    assert c.ep.fast_retransmits == 1
+    holes = [s.seq for s in segs[4:-1]]
+    got = {s.seq for s in first + resent if s.seq in holes}
+    # Not one hole (NewReno) but as many as the pipe allows under ssthresh, half the
+    # window that was in flight: the rest go as these are acknowledged.
+    assert len(got) >= (len(segs) // 2) - 3
+    rounds = 1
+    out = first + resent
+    while c.gack < segs[-1].seq + len(segs[-1].data):
+        for s in out:
+            rx.take(s)
+            rx.ack()
+        out = c.out()
+        rounds += 1
+        assert rounds <= 3, "holes left after three round trips"
+    assert c.ep.rto_expirations == 0
+
+
 def test_dup_ack_requires_unchanged_window_and_no_data() -> None:
     c, _rx, _segs = _setup()
     for w in (60000, 50000, 40000):  # window updates are not duplicate ACKs

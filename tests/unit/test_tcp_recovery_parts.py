@@ -320,3 +320,24 @@ def test_out_of_order_holds_exactly_what_it_agreed_to_keep(
 def _assert_disjoint_sorted(ranges: list[list[int]]) -> None:
     for a, b in itertools.pairwise(ranges):
         assert a[0] < a[1] < b[0]  # sorted, non-empty, and not even abutting (merged)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=6),
+    st.integers(0, 250),
+)
+def test_pipe_counts_what_is_neither_sacked_nor_a_hole_not_yet_resent(
+    blocks: list[tuple[int, int]], high_rxt: int
+) -> None:
+    """RFC 6675's pipe against a byte-by-byte count."""
+    una, snd_max = 0, 260
+    sb = SackScoreboard()
+    sb.take([(a, a + n) for a, n in blocks], una, snd_max)
+    sacked = {b for left, right in sb.ranges for b in range(left, right)}
+    high = sb.ranges[-1][1] if sb.ranges else una
+    expect = sum(
+        1
+        for b in range(una, snd_max)
+        if b not in sacked and not (max(high_rxt, una) <= b < high)
+    )
+    assert sb.pipe(una, snd_max, high_rxt) == expect

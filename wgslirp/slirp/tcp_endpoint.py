@@ -189,6 +189,7 @@ class TcpEndpoint:
         "_rcv_read",
         "_rcv_ws",
         "_recover",
+        "_recovery_room",
         "_retries",
         "_rexmit",
         "_rexmit_high",
@@ -322,6 +323,7 @@ class TcpEndpoint:
         self.cc.paced = params.pacing
         self._dupacks = 0
         self._in_recovery = False
+        self._recovery_room = 0  # new data SACK recovery may send beyond SND.MAX
         self._recover = iss
         self._rexmit: list[int] = []  # starts of segments to retransmit on the next flush
         self._rexmit_high = iss
@@ -1003,6 +1005,8 @@ class TcpEndpoint:
                 self._in_recovery = False
                 self._dupacks = 0
                 self.cc.on_recovery_end(self._snd_max - ack, now)
+            elif self._sacked:
+                self._sack_fill()  # RFC 6675: the SACK scoreboard says what to resend
             else:
                 # RFC 6582 3.2 step 5: partial ACK, the next hole is lost too.
                 self.cc.on_partial_ack(max(data_acked, 0))
@@ -1029,13 +1033,10 @@ class TcpEndpoint:
     def _on_dup_ack(self, now: float) -> None:
         self.dup_acks += 1
         if self._in_recovery:
-            # Another segment left the network: fill the next SACK hole with it if there
-            # is one, else let the inflated window release new data.
-            hole = self._sack.next_hole(max(self._rexmit_high, self._snd_una))
-            if hole >= 0:
-                self._queue_rexmit(hole)
+            if self._sacked:
+                self._sack_fill()
             else:
-                self.cc.on_dup_ack_in_recovery()
+                self.cc.on_dup_ack_in_recovery()  # NewReno: one segment left the network
             return
         self._dupacks += 1
         if self._dupacks == 3 and self._snd_una >= self._recover:
@@ -1049,6 +1050,37 @@ class TcpEndpoint:
             self._rtt.stop_timing()
             self._rexmit_high = self._snd_una
             self._queue_rexmit(self._snd_una)
+            self._recovery_room = 0
+            if self._sacked:
+                self._sack_fill()  # more holes than the first may go at once
+
+    def _sack_fill(self) -> None:
+        """SACK-based loss recovery (RFC 6675, in outline): while the bytes presumed in the
+        network (pipe) are below ssthresh, resend the next hole below the highest SACKed
+        byte, several per ACK if the window allows; what room is left goes to new data
+        (NextSeg rule 2). NewReno alone resends one hole per round trip, which after a
+        burst of losses on a 40 ms path took seconds (docs/tcp-wan.md)."""
+        sack = self._sack
+        una = self._snd_una
+        smax = self._snd_max
+        room = self.cc.ssthresh - sack.pipe(una, smax, self._rexmit_high)
+        s = self._rexmit_high if self._rexmit_high > una else una
+        mss = self._mss
+        while room > 0:
+            hole = sack.next_hole(s)
+            if hole < 0:
+                break
+            stop = sack.sacked_after(hole)
+            end = hole + mss
+            if 0 <= stop < end:
+                end = stop
+            if end > smax:
+                end = smax
+            if hole not in self._rexmit:
+                self._rexmit.append(hole)
+                room -= end - hole
+            s = end
+        self._recovery_room = room if room > 0 else 0
 
     def _queue_rexmit(self, seq: int) -> None:
         if seq < self._snd_max and seq not in self._rexmit:
@@ -1213,6 +1245,9 @@ class TcpEndpoint:
         if self._dupacks and not self._in_recovery:
             cwnd += min(self._dupacks, 2) * mss  # RFC 3042 limited transmit
         edge = min(self._snd_wl2 + self._snd_wnd, una + cwnd)
+        if self._in_recovery and self._sacked:
+            # SACK recovery counts the pipe, not an inflated window (see _sack_fill).
+            edge = min(self._snd_wl2 + self._snd_wnd, smax + self._recovery_room)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
         # Seconds per byte at the pacing rate (0 = not paced): cwnd per srtt, doubled in

@@ -199,6 +199,26 @@ class SackScoreboard:
                 return left
         return -1
 
+    def pipe(self, una: int, snd_max: int, high_rxt: int) -> int:
+        """RFC 6675's pipe: bytes presumed still in the network. Everything between
+        SND.UNA and SND.MAX counts, except what the guest SACKed and the holes below the
+        highest SACKed byte that recovery has not resent yet (presumed lost, the way
+        FACK and Linux's RACK-less SACK recovery treat them); `high_rxt` is how far
+        recovery has resent (HighRxt)."""
+        ranges = self.ranges
+        flight = snd_max - una
+        if not ranges:
+            return flight
+        high = ranges[-1][1]
+        sacked = 0
+        s = high_rxt if high_rxt > una else una
+        unsent_lost = high - s if high > s else 0
+        for left, right in ranges:
+            sacked += right - left
+            if right > s:  # SACKed bytes above s are not holes
+                unsent_lost -= right - (left if left > s else s)
+        return flight - sacked - unsent_lost
+
     def clear(self) -> None:
         self.ranges.clear()
 
