@@ -336,8 +336,6 @@ def test_pipe_counts_what_is_neither_sacked_nor_a_hole_not_yet_resent(
     sacked = {b for left, right in sb.ranges for b in range(left, right)}
     high = sb.ranges[-1][1] if sb.ranges else una
     expect = sum(
-        1
-        for b in range(una, snd_max)
-        if b not in sacked and not (max(high_rxt, una) <= b < high)
+        1 for b in range(una, snd_max) if b not in sacked and not (max(high_rxt, una) <= b < high)
     )
     assert sb.pipe(una, snd_max, high_rxt) == expect
