@@ -87,6 +87,7 @@ from wgslirp_testkit.bench import (
     table,
 )
 from wgslirp_testkit.hostservers import ForkedServer
+from wgslirp_testkit.iperf import Iperf3Server, client_argv, parse_client_output
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_tcp_port, free_udp_port
 from wgslirp_testkit.proc import (
@@ -367,56 +368,6 @@ class HoldServer(ForkedServer):
         return self.open
 
 
-class Iperf3Server:
-    """``iperf3 -s`` on ``addr``: in the root namespace, or inside ``ns`` (a WgClient)."""
-
-    def __init__(self, addr: str, port: int, ns: Any = None) -> None:
-        self.addr, self.port, self.ns = addr, port, ns
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._drain: Any = None
-
-    def __enter__(self) -> Iperf3Server:
-        argv = ["iperf3", "-s", "-B", self.addr, "-p", str(self.port), "--forceflush"]
-        self.proc = spawn(argv, self.ns, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            assert self.proc.stdout is not None
-            reader = LineReader(self.proc.stdout.fileno())
-            for _ in range(20):
-                line = reader.readline(5.0)
-                if line is None:
-                    raise RuntimeError(f"iperf3 -s on {self.addr}:{self.port} did not start")
-                if "Server listening" in line:
-                    break
-            else:
-                raise RuntimeError(f"iperf3 -s on {self.addr}:{self.port}: no listening line")
-            # nobody reads its output from now on: a log line per test must not block it
-            self._drain = reader
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def drain(self) -> None:
-        """Read (and forget) what the server printed, so its pipe never fills up."""
-        if self._drain is not None:
-            while self._drain.readline(0.0) is not None:
-                pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-
-
 # =========================================================================== results
 
 
@@ -556,24 +507,14 @@ class Bench:
         (label -> local port, root namespace) over the whole run."""
         a = self.args
         res = Tput(path, direction)
-        argv = [
-            "iperf3",
-            "-c",
+        argv = client_argv(
             host,
-            "-p",
-            str(server.port),
-            "-t",
-            str(a.seconds),
-            "-O",
-            str(a.omit),
-            "-P",
-            str(a.streams),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ]
-        if direction == "down":
-            argv.append("-R")
+            server.port,
+            seconds=a.seconds,
+            omit=a.omit,
+            reverse=direction == "down",
+            streams=a.streams,
+        )
         server.drain()
         res.background = wait_quiet(a.quiet_threshold, a.quiet_wait)
         ports = udp_ports or {}
@@ -614,18 +555,8 @@ class Bench:
                 res.profile = spy.finish()
             drops1 = drops()
             res.drops = {k: drops_between(drops0[k], drops1[k]) for k in ports}
-            try:
-                doc = json.loads(out.decode("utf-8", "replace"))
-            except ValueError:
-                raise RuntimeError(
-                    "iperf3 printed no JSON: " + (out + err).decode("utf-8", "replace")[-800:]
-                ) from None
-            if doc.get("error"):
-                raise RuntimeError(f"iperf3: {doc['error']}")
-            end = doc["end"]
-            res.mbit = float(end["sum_received"]["bits_per_second"]) / 1e6
-            retr = end.get("sum_sent", {}).get("retransmits")
-            res.retransmits = None if retr is None else int(retr)
+            parsed = parse_client_output(out, err)
+            res.mbit, res.retransmits = parsed.mbit, parsed.retransmits
         except Exception as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             return res
