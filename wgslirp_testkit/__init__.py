@@ -16,6 +16,10 @@ Modules, one concern each (see each docstring for why it is built the way it is)
 - ``nft``: an nft rule that drops and counts what the router must never send.
 - ``hostservers``: servers on host loopback (threads for tests, forked for benchmarks).
 - ``relay``: a lossy, reordering UDP relay between client and router.
+- ``impair``: the impaired path (delay, jitter, loss, reordering, a bottleneck) as a
+  sans-I/O link model and a relay process that reports its own limits.
+- ``iperf``, ``pinger``: iperf3 runs and fine-grained RTT sampling for the benchmarks.
+- ``flood``: a handshake flood and a legitimate peer's view of it.
 - ``sampling``: CPU, memory and socket-drop sampling of process trees and the machine.
 - ``clock``, ``tcpconn``, ``wgpair``: fakes and drivers for the sans-I/O cores.
 - ``guestprog``: the guest side of the e2e tests, run inside a namespace.
