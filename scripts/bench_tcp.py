@@ -88,7 +88,6 @@ from wgslirp_testkit.bench import (
 )
 from wgslirp_testkit.hostservers import ForkedServer
 from wgslirp_testkit.iperf import Iperf3Server, client_argv, parse_client_output
-from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_tcp_port, free_udp_port
 from wgslirp_testkit.proc import (
     HarnessError,
@@ -120,7 +119,7 @@ from wgslirp_testkit.sampling import (
     udp_socket_drops,
     wait_quiet,
 )
-from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
+from wgslirp_testkit.wgclient import grow_client_buffers, reference_pair
 
 KIB = 1024
 TARGET_MBIT = 500.0
@@ -613,35 +612,9 @@ class Bench:
             "both ends",
             flush=True,
         )
-        ka, kb = generate_keypair(), generate_keypair()
-        srv_ip, cli_ip = REF_NET
+        srv_ip = REF_NET[0]
         with contextlib.ExitStack() as stack:
-            b = stack.enter_context(
-                WgClient(
-                    kb.private,
-                    ka.public,
-                    None,
-                    address=f"{srv_ip}/32",
-                    allowed_ips=(f"{cli_ip}/32",),
-                    mtu=mtu,
-                    log_level="error",
-                )
-            )
-            c = stack.enter_context(
-                WgClient(
-                    ka.private,
-                    kb.public,
-                    b.udp_port(),
-                    address=f"{cli_ip}/32",
-                    allowed_ips=(f"{srv_ip}/32",),
-                    mtu=mtu,
-                    keepalive=25,
-                    log_level="error",
-                )
-            )
-            _sent, got = c.ping(srv_ip, count=3, interval=0.1)
-            if got == 0:
-                raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
+            b, c = reference_pair(stack, REF_NET, mtu)
             self._grow_buffers(c)
             self._grow_buffers(b)
             stack.callback(setattr, self, "_ns", None)

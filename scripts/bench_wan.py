@@ -95,7 +95,6 @@ from wgslirp_testkit.bench import (
 )
 from wgslirp_testkit.impair import ImpairedRelay, Impairment, RelayReport, profile
 from wgslirp_testkit.iperf import Iperf3Server, client_argv, parse_client_output
-from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_tcp_port, free_udp_port
 from wgslirp_testkit.proc import HarnessError, LineReader, run, spawn, stop_and_close
 from wgslirp_testkit.router import (
@@ -116,7 +115,7 @@ from wgslirp_testkit.sampling import (
     udp_socket_drops,
     wait_quiet,
 )
-from wgslirp_testkit.wgclient import WgClient, grow_client_buffers
+from wgslirp_testkit.wgclient import WgClient, grow_client_buffers, reference_pair
 
 #: name -> (up, down): one-way delay in both directions, loss each way.
 PROFILES: dict[str, tuple[Impairment, Impairment]] = {
@@ -518,35 +517,9 @@ class Bench:
         namespace: kernel TCP at both ends."""
         mtu = self.mtu or 1380
         print(f"reference: wireguard-go <-> wireguard-go (MTU {mtu}), kernel TCP", flush=True)
-        ka, kb = generate_keypair(), generate_keypair()
-        srv_ip, cli_ip = REF_NET
+        srv_ip = REF_NET[0]
         with contextlib.ExitStack() as stack:
-            b = stack.enter_context(
-                WgClient(
-                    kb.private,
-                    ka.public,
-                    None,
-                    address=f"{srv_ip}/32",
-                    allowed_ips=(f"{cli_ip}/32",),
-                    mtu=mtu,
-                    log_level="error",
-                )
-            )
-            c = stack.enter_context(
-                WgClient(
-                    ka.private,
-                    kb.public,
-                    b.udp_port(),
-                    address=f"{cli_ip}/32",
-                    allowed_ips=(f"{srv_ip}/32",),
-                    mtu=mtu,
-                    keepalive=25,
-                    log_level="error",
-                )
-            )
-            _sent, got = c.ping(srv_ip, count=3, interval=0.1)
-            if got == 0:
-                raise RuntimeError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
+            b, c = reference_pair(stack, REF_NET, mtu)
             self.grow_buffers(c)
             self.grow_buffers(b)
             self.namespace_cc(REFERENCE, b)  # b sends the reference download

@@ -575,3 +575,43 @@ def _udp_inodes_on_port(port: int) -> set[int]:
             if len(f) > 9 and f[1].rpartition(":")[2] == f"{port:04X}":
                 found.add(int(f[9]))
     return found
+
+
+def reference_pair(
+    stack: contextlib.ExitStack, net: tuple[str, str], mtu: int
+) -> tuple[WgClient, WgClient]:
+    """Two stock wireguard-go instances in namespaces of their own, tunnel addresses
+    `net` = (server, client): the kernel-TCP reference the benchmarks measure beside the
+    router. Returns (server side, client side) once a ping crossed the tunnel; both are
+    closed with `stack`."""
+    from wgslirp_testkit.keys import generate_keypair
+
+    srv_ip, cli_ip = net
+    ka, kb = generate_keypair(), generate_keypair()
+    b = stack.enter_context(
+        WgClient(
+            kb.private,
+            ka.public,
+            None,
+            address=f"{srv_ip}/32",
+            allowed_ips=(f"{cli_ip}/32",),
+            mtu=mtu,
+            log_level="error",
+        )
+    )
+    c = stack.enter_context(
+        WgClient(
+            ka.private,
+            kb.public,
+            b.udp_port(),
+            address=f"{cli_ip}/32",
+            allowed_ips=(f"{srv_ip}/32",),
+            mtu=mtu,
+            keepalive=25,
+            log_level="error",
+        )
+    )
+    _sent, got = c.ping(srv_ip, count=3, interval=0.1)
+    if got == 0:
+        raise HarnessError(f"reference tunnel: no ping reply\n{c.diagnostics()}")
+    return b, c
