@@ -279,6 +279,7 @@ def test_a_host_address_added_while_the_router_runs_is_refused_at_once(tmp_path:
                 # Now, well inside the old 10 s poll interval, the host gets an address.
                 subprocess.run(["ip", "addr", "add", f"{here}/30", "dev", veth], check=True)
                 with (
+                    NftGuard(here) as guard,  # the host never sends the guests' flows there
                     socket.create_server((here, 0)) as tcp,
                     socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
                 ):
@@ -293,6 +294,7 @@ def test_a_host_address_added_while_the_router_runs_is_refused_at_once(tmp_path:
                         tcp.accept()  # nothing arrived
                     with pytest.raises(TimeoutError):
                         udp.recvfrom(100)
+                    assert guard.count() == 0
                 counters = stop_and_counters(r)
         finally:
             subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
