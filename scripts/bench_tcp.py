@@ -83,6 +83,7 @@ from wgslirp_testkit.bench import (
     add_rev_argument,
     pct,
     rev_exported,
+    router_code_note,
     start_controller,
     table,
 )
@@ -1300,23 +1301,7 @@ def main(argv: list[str]) -> int:
         elif args.rev is not None:
             args.code_dir = rev_code.enter_context(rev_exported(args.rev))
         else:
-            dirty = subprocess.run(
-                ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-            head = subprocess.run(
-                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-            print(
-                f"router code: working tree at {head}"
-                + (" with uncommitted changes in wgslirp/" if dirty else ""),
-                flush=True,
-            )
+            print(router_code_note(), flush=True)
         bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
             port = free_tcp_port()

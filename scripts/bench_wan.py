@@ -90,6 +90,7 @@ from wgslirp_testkit.bench import (
     add_rev_argument,
     pct,
     rev_exported,
+    router_code_note,
     start_controller,
     table,
 )
@@ -100,7 +101,6 @@ from wgslirp_testkit.proc import HarnessError, LineReader, run, spawn, stop_and_
 from wgslirp_testkit.router import (
     GATEWAY,
     LISTENING,
-    REPO,
     RouterProcess,
     base_env,
     pinged_client,
@@ -928,30 +928,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def _router_code_note() -> str:
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout.strip()
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout.strip()
-    return f"router code: working tree at {head}" + (
-        " with uncommitted changes in wgslirp/" if dirty else ""
-    )
-
-
 @contextlib.contextmanager
 def _code(args: argparse.Namespace) -> Iterator[None]:
     with rev_exported(args.rev) as code_dir:
         args.code_dir = code_dir
         if code_dir is None:
-            print(_router_code_note(), flush=True)
+            print(router_code_note(), flush=True)
         yield
 
 

@@ -163,3 +163,22 @@ def si(x: float) -> str:
             v = x / div
             return f"{v:.3g}{suffix}" if v < 100 else f"{v:.0f}{suffix}"
     return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def router_code_note() -> str:
+    """Which router code a benchmark measures when it runs the working tree."""
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "wgslirp"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    return f"router code: working tree at {head}" + (
+        " with uncommitted changes in wgslirp/" if dirty else ""
+    )
