@@ -510,6 +510,10 @@ class TcpBridge:
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
+        ep, st = flow.ep, self.stats  # how the connection recovered from loss, for metrics
+        st.retransmits += ep.retransmits
+        st.fast_retransmits += ep.fast_retransmits
+        st.rto_expirations += ep.rto_expirations
         if self.log is not None:
             self.log.remove(flow.slot)
         if flow.events:
@@ -586,6 +590,11 @@ class TcpBridgeStats(Counters):
     rst_suppressed: int  # stray segments not answered: their tuple was reset a moment ago
     rst_sent: int
     orphans_probed: int  # connections of a dead predecessor whose guests were made to reset
+    # Summed over closed connections: segments resent, fast retransmits (duplicate ACKs or
+    # SACK), retransmission timeouts. Many timeouts per fast retransmit means recovery fails.
+    retransmits: int
+    fast_retransmits: int
+    rto_expirations: int
     malformed: int
     host_resets: int
     gated: int
