@@ -35,9 +35,15 @@ from wgslirp_testkit.bench import start_controller, table
 from wgslirp_testkit.flood import flooder, initiation_with_mac1, time_to_first_reply
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.router import GATEWAY, RouterProcess, router_cmd, summed_exit_counters
+from wgslirp_testkit.router import (
+    GATEWAY,
+    RouterProcess,
+    guest_client,
+    router_cmd,
+    summed_exit_counters,
+    two_peer_env,
+)
 from wgslirp_testkit.sampling import drops_between, udp_socket_drops
-from wgslirp_testkit.wgclient import WgClient
 
 
 def ingress_cpu(root: int) -> float:
@@ -57,39 +63,15 @@ def run(args: argparse.Namespace, flood: bool) -> dict[str, Any]:
     a, b = generate_keypair(), generate_keypair()
     tmp = Path(tempfile.mkdtemp(prefix="wgslirp-flood-"))
     server = generate_keypair()
-    env = {
-        "WGSLIRP_STATE_DIR": str(tmp / "state"),
-        "WG_LISTEN_ADDR": "127.0.0.1",
-        "WG_LISTEN_PORT": str(port),
-        "PROCESSOR_WORKERS": str(args.workers),
-        "WG_PRIVATE_KEY": server.private,
-        "WG_GATEWAY_IP": GATEWAY,
-        "WG_PEERS": "0,1",
-        "WG_PEER_0_PUBLIC_KEY": a.public,
-        "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32",
-        "WG_PEER_1_PUBLIC_KEY": b.public,
-        "WG_PEER_1_ALLOWED_IPS": "10.77.0.3/32",
-    }
+    env = two_peer_env(
+        tmp, port, server.private, a.public, b.public, PROCESSOR_WORKERS=str(args.workers)
+    )
     out: dict[str, Any] = {"flood": flood}
     with RouterProcess(router_cmd(), env) as r:
         r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
         with (
-            WgClient(
-                a.private,
-                server.public,
-                port,
-                address="10.77.0.2/32",
-                allowed_ips=("10.77.0.0/24",),
-                log_level="error",
-            ) as ca,
-            WgClient(
-                b.private,
-                server.public,
-                port,
-                address="10.77.0.3/32",
-                allowed_ips=("10.77.0.0/24",),
-                log_level="error",
-            ) as cb,
+            guest_client(a.private, server.public, port, 2, log_level="error") as ca,
+            guest_client(b.private, server.public, port, 3, log_level="error") as cb,
         ):
             if time_to_first_reply(ca, 10) is None:
                 raise RuntimeError(f"peer A never got a reply\n{r.output()[-3000:]}")

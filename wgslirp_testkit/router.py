@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from wgslirp_testkit.diagnostics import Diagnosable
 from wgslirp_testkit.netns import unique_name
@@ -358,3 +358,31 @@ def pinged_client(router: RouterProcess, port: int) -> Iterator[WgClient]:
     with client_from_router_output(router, port, log_level="error") as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         yield c
+
+
+def two_peer_env(
+    tmp_path: Path, port: int, server: str, a: str, b: str, **extra: str
+) -> dict[str, str]:
+    """A router with two configured peers (keys as base64 text): 10.77.0.2 and 10.77.0.3,
+    the gateway at 10.77.0.1; `extra` adds or overrides settings."""
+    return {
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+        "WG_PRIVATE_KEY": server,
+        "WG_GATEWAY_IP": GATEWAY,
+        "WG_PEERS": "0,1",
+        "PROCESSOR_WORKERS": "2",
+        "WG_PEER_0_PUBLIC_KEY": a,
+        "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32",
+        "WG_PEER_1_PUBLIC_KEY": b,
+        "WG_PEER_1_ALLOWED_IPS": "10.77.0.3/32",
+        **extra,
+    }
+
+
+def guest_client(private: str, server_public: str, port: int, host: int, **kw: Any) -> WgClient:
+    """A wireguard-go guest with tunnel address 10.77.0.`host` routing 10.77.0.0/24 to the
+    router on 127.0.0.1:`port`."""
+    kw.setdefault("allowed_ips", ("10.77.0.0/24",))
+    return WgClient(private, server_public, port, address=f"10.77.0.{host}/32", **kw)

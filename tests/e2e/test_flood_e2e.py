@@ -15,8 +15,7 @@ from wgslirp.obs.http import http_get
 from wgslirp_testkit.flood import flooder, initiation_with_mac1, time_to_first_reply
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_tcp_port, free_udp_port
-from wgslirp_testkit.router import GATEWAY, router
-from wgslirp_testkit.wgclient import WgClient
+from wgslirp_testkit.router import GATEWAY, guest_client, router, two_peer_env
 
 pytestmark = pytest.mark.e2e
 
@@ -41,26 +40,20 @@ def test_a_new_peer_gets_its_handshake_during_a_flood_and_the_flood_is_visible(
     were only in the exit log."""
     port, mport = free_udp_port(), free_tcp_port()
     server, a, b = generate_keypair(), generate_keypair(), generate_keypair()
-    env = {
-        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
-        "WG_LISTEN_ADDR": "127.0.0.1",
-        "WG_LISTEN_PORT": str(port),
-        "PROCESSOR_WORKERS": "0",
-        "WG_PRIVATE_KEY": server.private,
-        "WG_GATEWAY_IP": GATEWAY,
-        "WG_PEERS": "0,1",
-        "WG_PEER_0_PUBLIC_KEY": a.public,
-        "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32",
-        "WG_PEER_1_PUBLIC_KEY": b.public,
-        "WG_PEER_1_ALLOWED_IPS": "10.77.0.3/32",
-        "METRICS_LISTEN": f"127.0.0.1:{mport}",
-        "METRICS_INTERVAL": "200ms",
-    }
-    kw = {"allowed_ips": ("10.77.0.0/24",), "log_level": "error"}
+    env = two_peer_env(
+        tmp_path,
+        port,
+        server.private,
+        a.public,
+        b.public,
+        PROCESSOR_WORKERS="0",
+        METRICS_LISTEN=f"127.0.0.1:{mport}",
+        METRICS_INTERVAL="200ms",
+    )
     with (
         router(env) as r,
-        WgClient(a.private, server.public, port, address="10.77.0.2/32", **kw) as ca,  # type: ignore[arg-type]
-        WgClient(b.private, server.public, port, address="10.77.0.3/32", **kw) as cb,  # type: ignore[arg-type]
+        guest_client(a.private, server.public, port, 2, log_level="error") as ca,
+        guest_client(b.private, server.public, port, 3, log_level="error") as cb,
     ):
         assert time_to_first_reply(ca, 10) is not None
         sent = mp.Value("q", 0)

@@ -9,29 +9,16 @@ import pytest
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.nft import NftGuard
 from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.router import GATEWAY, RouterProcess, router_cmd, stop_and_counters
-from wgslirp_testkit.wgclient import WgClient
+from wgslirp_testkit.router import (
+    GATEWAY,
+    RouterProcess,
+    guest_client,
+    router_cmd,
+    stop_and_counters,
+    two_peer_env,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def two_peer_env(
-    tmp_path: Path, port: int, server: str, a: str, b: str, **extra: str
-) -> dict[str, str]:
-    return {
-        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
-        "WG_LISTEN_ADDR": "127.0.0.1",
-        "WG_LISTEN_PORT": str(port),
-        "WG_PRIVATE_KEY": server,
-        "WG_GATEWAY_IP": GATEWAY,
-        "WG_PEERS": "0,1",
-        "PROCESSOR_WORKERS": "2",
-        "WG_PEER_0_PUBLIC_KEY": a,
-        "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32",
-        "WG_PEER_1_PUBLIC_KEY": b,
-        "WG_PEER_1_ALLOWED_IPS": "10.77.0.3/32",
-        **extra,
-    }
 
 
 @pytest.mark.parametrize("overlay", ["1", "0"])
@@ -46,21 +33,8 @@ def test_two_guests_ping_each_other_only_with_overlay(tmp_path: Path, overlay: s
     with NftGuard("10.77.0.0/24") as guard, RouterProcess(router_cmd(), env) as r:
         r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
         with (
-            WgClient(
-                ka.private,
-                server.public,
-                port,
-                address="10.77.0.2/32",
-                allowed_ips=("10.77.0.0/24",),
-            ) as a,
-            WgClient(
-                kb.private,
-                server.public,
-                port,
-                address="10.77.0.3/32",
-                allowed_ips=("10.77.0.0/24",),
-                keepalive=1,
-            ) as b,
+            guest_client(ka.private, server.public, port, 2) as a,
+            guest_client(kb.private, server.public, port, 3, keepalive=1) as b,
         ):
             b.wait_handshake(timeout=10)
             sent, got = a.ping("10.77.0.3", count=10, interval=0.05, wait=1)

@@ -9,8 +9,13 @@ import pytest
 
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.router import GATEWAY, RouterProcess, router_cmd, stop_and_counters
-from wgslirp_testkit.wgclient import WgClient
+from wgslirp_testkit.router import (
+    GATEWAY,
+    RouterProcess,
+    guest_client,
+    router_cmd,
+    stop_and_counters,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -38,20 +43,8 @@ def test_sighup_adds_and_removes_peers(tmp_path: Path, workers: str) -> None:
     with RouterProcess(router_cmd("--config", str(conf)), env) as r:
         r.wait_for_line(r"listening on", timeout=20)
         with (
-            WgClient(
-                ka.private,
-                server.public,
-                port,
-                address="10.77.0.2/32",
-                allowed_ips=("10.77.0.0/24",),
-            ) as a,
-            WgClient(
-                kb.private,
-                server.public,
-                port,
-                address="10.77.0.3/32",
-                allowed_ips=("10.77.0.0/24",),
-            ) as b,
+            guest_client(ka.private, server.public, port, 2) as a,
+            guest_client(kb.private, server.public, port, 3) as b,
         ):
             assert a.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
             assert b.ping(GATEWAY, count=2, interval=0.1, wait=1) == (2, 0)
