@@ -341,7 +341,7 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"TCP_ENABLE_SACK": "yes please"}, "TCP_ENABLE_SACK"),
     ({"TCP_MSS_CLAMP": "0"}, "TCP_MSS_CLAMP"),
     ({"TCP_GATE_LOG": "loud"}, "TCP_GATE_LOG"),
-    ({"TCP_CC": "bbr"}, "TCP_CC"),
+    ({"TCP_CC": "vegas"}, "TCP_CC"),
     ({"TCP_ERROR_SIGNAL": "icmpp"}, "TCP_ERROR_SIGNAL"),
     ({"TCP_ERROR_SIGNAL": "reset"}, "TCP_ERROR_SIGNAL"),
     ({"TCP_SOCK_RCVBUF": "0"}, "TCP_SOCK_RCVBUF"),

@@ -457,7 +457,7 @@ scenarios = st.builds(
     ep_rcv_buffer=st.sampled_from([4096, 65_536, 256 * 1024]),
     ep_snd_buffer=st.sampled_from([8192, 256 * 1024]),
     host_read_rate=st.sampled_from([700, 100_000]),
-    cc=st.sampled_from(["newreno", "cubic", "off"]),
+    cc=st.sampled_from(["newreno", "cubic", "bbr", "off"]),
     close_order=st.sampled_from(["guest_first", "host_first", "together"]),
     iss=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32 - 200_000, 2**32 - 1)),
 )

@@ -283,11 +283,12 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = "info"
     cc: Annotated[
-        Literal["newreno", "cubic", "off"],
+        Literal["newreno", "cubic", "bbr", "off"],
         _doc(
             "TCP_CC",
             "Congestion control for the host-to-guest direction (reno and new-reno are "
-            "accepted for newreno).",
+            "accepted for newreno). bbr steers by measured bandwidth and RTT and holds its "
+            "rate on paths with random loss (docs/tcp-wan.md).",
             group="TCP",
             aliases={"reno": "newreno", "new-reno": "newreno"},
         ),

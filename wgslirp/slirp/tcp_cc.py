@@ -11,7 +11,10 @@ NewReno and CUBIC differ only in how they grow outside recovery and how far they
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from wgslirp.slirp.tcp_rate import DeliveryRate
 
 # Window of the "off" controller: far above any receive window (2**30, RFC 7323's ceiling),
 # so only the guest's advertised window limits what is in flight.
@@ -23,6 +26,7 @@ class CongestionControl:
 
     name = "newreno"
     beta = 0.5  # multiplicative decrease
+    uses_rate = False  # whether the endpoint must feed delivery-rate samples (tcp_rate)
 
     def __init__(self, mss: int, initial_window: int) -> None:
         self.mss = mss
@@ -37,6 +41,18 @@ class CongestionControl:
         if mss != self.mss and self.cwnd < UNLIMITED:
             self.cwnd = max(mss, self.cwnd * mss // self.mss)
         self.mss = mss
+
+    # ------------------------------------------------------------ what it answers
+
+    def pacing_rate(self, srtt: float) -> float:
+        """Bytes per second new data may leave at: cwnd per srtt, doubled in slow start so
+        the window can still double per round trip, 1.2x after (Linux's ratios)."""
+        cwnd = self.cwnd
+        return cwnd * (2.0 if cwnd < self.ssthresh else 1.2) / srtt
+
+    def recovery_window(self) -> int:
+        """What SACK recovery keeps in the pipe (RFC 6675: ssthresh after the reduction)."""
+        return self.ssthresh
 
     # ----------------------------------------------------------- outside recovery
 
@@ -97,6 +113,16 @@ class CongestionControl:
         self._reduce(flight, now)
         self.cwnd = self.mss
         self._ca_acc = 0
+
+    def on_loss_recovered(self) -> None:
+        """Everything outstanding at the last timeout is acknowledged (slow start has been
+        rebuilding the window meanwhile; only a model-based controller restores it)."""
+
+    def on_delivery(
+        self, rs: DeliveryRate, valid: bool, inflight: int, acked: int, now: float
+    ) -> None:
+        """Only for controllers with `uses_rate`: an ACK delivered `acked` bytes; `valid`
+        says `rs` holds a fresh sample; `inflight` is what is presumed in the network."""
 
 
 class NewReno(CongestionControl):
@@ -207,7 +233,11 @@ class Cubic(CongestionControl):
 
 
 def make(name: str, mss: int, initial_window: int) -> CongestionControl:
-    """The controller TCP_CC names ("newreno", "cubic" or "off")."""
+    """The controller TCP_CC names ("newreno", "cubic", "bbr" or "off")."""
+    if name == "bbr":
+        from wgslirp.slirp.tcp_bbr import Bbr
+
+        return Bbr(mss, initial_window)
     if name == "cubic":
         return Cubic(mss, initial_window)
     if name == "off":

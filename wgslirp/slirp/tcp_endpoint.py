@@ -49,6 +49,7 @@ from typing import Final
 from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.bridge_context import Egress
+from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp.slirp.tcp_recovery import OutOfOrder, RttEstimator, SackScoreboard
 from wgslirp.slirp.tcp_seq import MASK, unwrap
 
@@ -179,6 +180,8 @@ class TcpEndpoint:
         "_pending_rst",
         "_persist_backoff",
         "_probes",
+        "_rate",
+        "_rate_s",
         "_rcv_adv_edge",
         "_rcv_base",
         "_rcv_buf",
@@ -193,6 +196,7 @@ class TcpEndpoint:
         "_retries",
         "_rexmit",
         "_rexmit_high",
+        "_rto_loss",
         "_rtt",
         "_sack",
         "_sack_ok",
@@ -321,6 +325,11 @@ class TcpEndpoint:
 
         self.cc = tcp_cc.make(params.cc, self._mss, params.init_cwnd * self._mss)
         self.cc.paced = params.pacing
+        # Delivery-rate samples only for a controller that steers by them (BBR): the
+        # bookkeeping is per send batch and per ACK, not free on the hot path.
+        self._rate = DeliveryRate(now) if self.cc.uses_rate else None
+        self._rate_s = iss  # SND.UNA plus the SACKed bytes above it, at the last ACK
+        self._rto_loss = False  # a timeout's data is not all acknowledged yet
         self._dupacks = 0
         self._in_recovery = False
         self._recovery_room = 0  # new data SACK recovery may send beyond SND.MAX
@@ -1016,6 +1025,11 @@ class TcpEndpoint:
             self._dupacks = 0
             if data_acked > 0:
                 self.cc.on_ack(data_acked, flight, now, rtt.srtt)
+        if self._rto_loss and ack >= self._recover:
+            self._rto_loss = False
+            self.cc.on_loss_recovered()
+        if self._rate is not None:
+            self._rate_ack(now)
         # RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
         if ack >= self._snd_max:
             self._t_rto = INF
@@ -1032,6 +1046,8 @@ class TcpEndpoint:
 
     def _on_dup_ack(self, now: float) -> None:
         self.dup_acks += 1
+        if self._rate is not None and self._sacked:
+            self._rate_ack(now)  # newly SACKed bytes were delivered too
         if self._in_recovery:
             if self._sacked:
                 self._sack_fill()
@@ -1054,6 +1070,27 @@ class TcpEndpoint:
             if self._sacked:
                 self._sack_fill()  # more holes than the first may go at once
 
+    def _rate_ack(self, now: float) -> None:
+        """Tell a rate-steered controller what this ACK delivered (tcp_rate)."""
+        rate = self._rate
+        assert rate is not None
+        una = self._snd_una
+        s = una
+        high = una
+        for left, right in self._sacked:
+            s += right - left
+            high = right
+        newly = s - self._rate_s
+        self._rate_s = s
+        if newly <= 0:
+            return  # nothing new, or the guest reneged on a SACK
+        valid = rate.on_delivery(newly, high, now)
+        if self._sacked:
+            inflight = self._sack.pipe(una, self._snd_max, self._rexmit_high)
+        else:
+            inflight = self._snd_nxt - una  # after a timeout, what was resent so far
+        self.cc.on_delivery(rate, valid, inflight, newly, now)
+
     def _sack_fill(self) -> None:
         """SACK-based loss recovery (RFC 6675, in outline): while the bytes presumed in the
         network (pipe) are below ssthresh, resend the next hole below the highest SACKed
@@ -1063,7 +1100,7 @@ class TcpEndpoint:
         sack = self._sack
         una = self._snd_una
         smax = self._snd_max
-        room = self.cc.ssthresh - sack.pipe(una, smax, self._rexmit_high)
+        room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high)
         s = self._rexmit_high if self._rexmit_high > una else una
         mss = self._mss
         while room > 0:
@@ -1250,13 +1287,11 @@ class TcpEndpoint:
             edge = min(self._snd_wl2 + self._snd_wnd, smax + self._recovery_room)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
-        # Seconds per byte at the pacing rate (0 = not paced): cwnd per srtt, doubled in
-        # slow start so the window can still double per round trip (Linux's ratios).
+        # Seconds per byte at the controller's pacing rate (0 = not paced).
         per_byte = 0.0
         srtt = rtt.srtt
         if self._p.pacing and srtt > 0.0 and nxt < end:
-            cc = self.cc
-            per_byte = srtt / (cc.cwnd * (2.0 if cc.cwnd < cc.ssthresh else 1.2))
+            per_byte = 1.0 / self.cc.pacing_rate(srtt)
             floor = now - PACE_QUANTUM  # lateness beyond one quantum is not caught up
             if self._pace_at < floor:
                 self._pace_at = floor
@@ -1304,6 +1339,8 @@ class TcpEndpoint:
             if nxt > smax:
                 smax = nxt
         else:
+            if self._rate is not None and edge - nxt >= mss:
+                self._rate.app_limited(smax - una)  # window to spare, nothing to send
             if fin_seq == end and nxt == end and self._t_retry == INF:
                 # All data went out earlier: a bare FIN (it needs no window).
                 if self._emit(nxt, 0, _ACK | _FIN, window, opts):
@@ -1316,6 +1353,8 @@ class TcpEndpoint:
                 else:
                     self._t_retry = now + EGRESS_RETRY
         self._snd_nxt = nxt
+        if self._rate is not None and smax > self._snd_max:
+            self._rate.on_send(smax, now, self._snd_max == una)
         self._snd_max = smax
         if fin_seq >= 0 and smax > fin_seq:
             if self.state is _EST:
@@ -1459,6 +1498,9 @@ class TcpEndpoint:
         self.rto_expirations += 1
         flight = self._snd_max - self._snd_una
         self.cc.on_rto(flight, now)
+        self._rto_loss = True
+        if self._rate is not None:
+            self._rate.forget()
         # RFC 6582: losses revealed after a timeout are not a new congestion event.
         self._recover = self._snd_max
         self._in_recovery = False

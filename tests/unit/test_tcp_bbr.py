@@ -1,0 +1,194 @@
+"""BBR (TCP_CC=bbr) and the delivery-rate samples it steers by: the sampler's arithmetic with
+numbers alone, the controller's state machine with synthetic samples, and whole downloads on
+a simulated path (wgslirp_testkit.pathsim, a fake clock and seeded loss)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wgslirp.slirp import tcp_bbr
+from wgslirp.slirp.tcp_bbr import Bbr
+from wgslirp.slirp.tcp_rate import DeliveryRate
+from wgslirp_testkit import pathsim
+
+MSS = 1340
+
+
+# ------------------------------------------------------------------ DeliveryRate
+
+
+def test_a_sample_is_the_bytes_delivered_over_the_ack_span() -> None:
+    r = DeliveryRate(now=0.0)
+    r.on_send(10 * MSS, 0.0, idle=True)
+    r.on_send(20 * MSS, 0.001, idle=False)
+    assert not r.on_delivery(5 * MSS, 5 * MSS, 0.040)  # the first batch is not complete
+    assert r.on_delivery(5 * MSS, 10 * MSS, 0.041)
+    assert r.sample_delivered == 10 * MSS
+    assert r.sample_interval == pytest.approx(0.041)
+    assert r.sample_rtt == pytest.approx(0.041)
+    assert r.on_delivery(10 * MSS, 20 * MSS, 0.042)
+    # The second batch's sample starts where it was sent: 10 segments delivered then,
+    # 20 now, over the span from the delivery time recorded at its send (0.0) to now.
+    assert r.sample_delivered == 20 * MSS
+    assert r.sample_bw == pytest.approx(20 * MSS / 0.042)
+
+
+def test_a_burst_of_acks_does_not_read_as_more_bandwidth_than_was_sent() -> None:
+    """ACK compression: one segment sent per millisecond, ACKs 40 ms later, except that
+    the ACKs for 10 ms of sending arrive together. The send span bounds every sample, so
+    none reads above the 1 segment/ms that was sent."""
+    r = DeliveryRate(now=0.0)
+    sent_rate = MSS / 0.001
+    samples = []
+    acked = 0
+    for i in range(200):
+        t = i * 0.001
+        r.on_send((i + 1) * MSS, t, idle=i == 0)
+        due = i - 40  # the segment whose ACK arrives now
+        if due >= 0 and not 100 <= due % 120 < 110:  # ACKs of 100..109 are held back
+            upto = due + 1
+            if r.on_delivery((upto - acked) * MSS, upto * MSS, t):
+                samples.append(r.sample_bw)
+            acked = upto
+    assert len(samples) > 100
+    assert max(samples) <= 1.05 * sent_rate
+    assert min(samples[50:]) >= 0.5 * sent_rate  # once a round trip of history exists
+
+
+def test_samples_after_the_sender_ran_dry_are_marked_app_limited() -> None:
+    r = DeliveryRate(now=0.0)
+    r.on_send(4 * MSS, 0.0, idle=True)
+    r.app_limited(4 * MSS)
+    r.on_send(5 * MSS, 0.001, idle=False)
+    assert r.on_delivery(5 * MSS, 5 * MSS, 0.041)
+    assert r.sample_app_limited
+    r.on_send(20 * MSS, 0.042, idle=False)  # sent after the app-limited bytes were delivered
+    assert r.on_delivery(15 * MSS, 20 * MSS, 0.082)
+    assert not r.sample_app_limited
+
+
+def test_the_record_list_stays_bounded() -> None:
+    r = DeliveryRate(now=0.0)
+    for i in range(5000):
+        r.on_send((i + 1) * MSS, i * 1e-4, idle=i == 0)
+    assert len(r._recs) <= 512
+    assert r.on_delivery(5000 * MSS, 5000 * MSS, 1.0)
+
+
+# --------------------------------------------------------------- the controller
+
+
+class _Samples(DeliveryRate):
+    """A DeliveryRate whose samples are set directly: one per round trip."""
+
+    def feed(self, bbr: Bbr, bw: float, rtt: float, now: float, inflight: int) -> None:
+        acked = int(bw * rtt)
+        self.sample_prior_delivered = self.delivered
+        self.delivered += acked
+        self.sample_delivered = acked
+        self.sample_interval = rtt
+        self.sample_rtt = rtt
+        self.sample_app_limited = False
+        bbr.on_delivery(self, True, inflight, acked, now)
+
+
+def test_startup_ends_when_bandwidth_stops_growing_then_drains_and_cruises() -> None:
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for bw in (1e6, 2e6, 4e6, 8e6):  # still doubling: stay in STARTUP
+        now += 0.04
+        rs.feed(bbr, bw, 0.04, now, bbr.cwnd)
+    assert bbr.mode == tcp_bbr.STARTUP
+    for _ in range(3):  # three rounds without 25 % growth
+        now += 0.04
+        rs.feed(bbr, 8e6, 0.04, now, 2 * bbr.cwnd)
+    assert bbr.full_bw_reached
+    assert bbr.mode == tcp_bbr.DRAIN
+    now += 0.04
+    rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.04 * 0.5))  # in flight below one BDP
+    assert bbr.mode == tcp_bbr.PROBE_BW
+    assert bbr.btl_bw == pytest.approx(8e6)
+    assert bbr.rtprop == pytest.approx(0.04)
+    # cwnd converges to twice the BDP plus headroom, and the rate to the bandwidth.
+    for _ in range(40):
+        now += 0.04
+        rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.04))
+    assert bbr.cwnd == pytest.approx(2 * 8e6 * 0.04, rel=0.05)
+    gains = set()
+    for _ in range(16):
+        now += 0.041
+        # in flight follows the pacing gain of the phase, as on a real path
+        rs.feed(bbr, 8e6, 0.04, now, int(bbr.pacing_gain * 8e6 * 0.04))
+        gains.add(bbr.pacing_gain)
+    assert gains == {1.25, 0.75, 1.0}  # it probes up and drains in turn
+
+
+def test_probe_rtt_after_ten_seconds_without_a_new_minimum() -> None:
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for _ in range(8):
+        now += 0.04
+        rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.04))
+    now += 0.04
+    rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.02))
+    assert bbr.mode == tcp_bbr.PROBE_BW
+    saved = bbr.cwnd
+    while now < 10.5:  # a standing queue: every sample 60 ms, never the 40 ms minimum
+        now += 0.06
+        rs.feed(bbr, 8e6, 0.06, now, int(8e6 * 0.06))
+        if bbr.mode == tcp_bbr.PROBE_RTT:
+            break
+    assert bbr.mode == tcp_bbr.PROBE_RTT
+    assert bbr.cwnd == tcp_bbr.MIN_CWND_SEGMENTS * MSS
+    # In flight falls to 4 segments, 200 ms and a round later it is back, window restored.
+    start = now
+    while bbr.mode == tcp_bbr.PROBE_RTT and now < start + 1.0:
+        now += 0.041
+        rs.feed(bbr, 8e6, 0.041, now, 4 * MSS)
+    assert bbr.mode == tcp_bbr.PROBE_BW
+    assert now - start >= tcp_bbr.PROBE_RTT_TIME
+    assert bbr.cwnd >= saved
+    assert bbr.rtprop == pytest.approx(0.041)
+
+
+def test_loss_conserves_packets_for_a_round_and_restores_the_window_after() -> None:
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for _ in range(12):
+        now += 0.04
+        rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.04))
+    before = bbr.cwnd
+    bbr.on_fast_retransmit(before - 3 * MSS, now)
+    assert bbr.recovery_window() == before - 3 * MSS  # no multiplicative cut
+    bbr.on_recovery_end(before, now + 0.04)
+    assert bbr.cwnd >= before
+    bbr.on_rto(before, now + 0.3)
+    assert bbr.cwnd == MSS
+    bbr.on_loss_recovered()
+    assert bbr.cwnd >= before
+
+
+# ------------------------------------------------------- downloads on a simulated path
+
+
+def test_bbr_fills_a_clean_path_without_a_standing_queue_of_many_rtts() -> None:
+    r = pathsim.run("bbr", rate_mbit=20, rtt=0.040, loss=0.0, queue_packets=400, seconds=10)
+    assert r.mbit >= 0.85 * 20
+    assert r.rto_expirations == 0
+    # STARTUP overshoots by design (gain 2.89); after it, cwnd = 2 BDP keeps the queue
+    # near one RTT. A loss-based sender fills all 400 packets (~210 ms).
+    assert r.max_queue_delay < 0.150
+    cubic = pathsim.run("cubic", rate_mbit=20, rtt=0.040, loss=0.0, queue_packets=400, seconds=10)
+    assert cubic.max_queue_delay > r.max_queue_delay
+
+
+def test_bbr_keeps_its_rate_under_random_loss_where_loss_based_senders_collapse() -> None:
+    """1 % loss each way on a 40 ms path: Reno's rate is bound by the loss (Mathis), BBR's
+    by its bandwidth model. This is the download gap issue #9 measured through the relay."""
+    bbr = pathsim.run("bbr", rate_mbit=20, rtt=0.040, loss=0.01, seconds=10)
+    reno = pathsim.run("newreno", rate_mbit=20, rtt=0.040, loss=0.01, seconds=10)
+    assert bbr.mbit >= 0.5 * 20
+    assert bbr.mbit >= 3 * reno.mbit
