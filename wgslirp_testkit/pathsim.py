@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from wgslirp.net import tcp
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
 from wgslirp_testkit.tcpconn import GUEST_IP, GUEST_PORT, HOST_IP, HOST_PORT, Egress, guest_pkt
 
@@ -31,6 +32,7 @@ class PathResult:
     retransmits: int
     fast_retransmits: int
     rto_expirations: int
+    snd_capacity: int  # the send ring's size at the end
     max_queue_delay: float  # worst time a segment waited in the bottleneck queue
     queue_drops: int
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, cwnd, in flight)
@@ -108,12 +110,16 @@ def run(
     seconds: float = 10.0,
     seed: int = 1,
     snd_buffer: int = 4 << 20,
+    snd_buffer_max: int = 0,
+    budget: SendBudget | None = None,
     trace_every: float = 0.0,
 ) -> PathResult:
     """Download for `seconds` of fake time; loss applies to each direction."""
     rng = random.Random(seed)
     egress = Egress()
-    params = TcpParams(cc=cc, mss=1340, snd_buffer=snd_buffer, rcv_buffer=1 << 20)
+    params = TcpParams(
+        cc=cc, mss=1340, snd_buffer=snd_buffer, snd_buffer_max=snd_buffer_max, rcv_buffer=1 << 20
+    )
     now = 0.0
     ep = TcpEndpoint(
         params,
@@ -123,6 +129,7 @@ def run(
         now=now,
         egress=egress,
         peer=0,
+        budget=budget,
     )
     gseq = 500_000
     syn = guest_pkt(
@@ -233,6 +240,7 @@ def run(
         retransmits=ep.retransmits,
         fast_retransmits=ep.fast_retransmits,
         rto_expirations=ep.rto_expirations,
+        snd_capacity=ep.snd_capacity,
         max_queue_delay=max_qdelay,
         queue_drops=qdrops,
         samples=samples,

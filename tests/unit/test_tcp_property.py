@@ -15,10 +15,12 @@ import heapq
 import random
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wgslirp.net import tcp
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
 from wgslirp.slirp.tcp_seq import unwrap
 from wgslirp_testkit.tcpconn import (
@@ -51,6 +53,7 @@ class Scenario:
     guest_window_updates: bool
     ep_rcv_buffer: int
     ep_snd_buffer: int
+    ep_snd_buffer_max: int  # the send ring grows toward this (with a budget for 1.5 rings)
     host_read_rate: int
     cc: str
     close_order: str  # "guest_first" | "host_first" | "together"
@@ -306,6 +309,7 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
         cc=sc.cc,
         rcv_buffer=sc.ep_rcv_buffer,
         snd_buffer=sc.ep_snd_buffer,
+        snd_buffer_max=sc.ep_snd_buffer_max,
         sack=True,
         keepalive_idle=0.0,
     )
@@ -318,6 +322,7 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
         now=now,
         egress=egress,
         peer=0,
+        budget=SendBudget(sc.ep_snd_buffer_max * 3 // 2),
     )
     started = False
     net: list[tuple[float, int, str, bytes]] = []
@@ -456,6 +461,7 @@ scenarios = st.builds(
     guest_window_updates=st.booleans(),
     ep_rcv_buffer=st.sampled_from([4096, 65_536, 256 * 1024]),
     ep_snd_buffer=st.sampled_from([8192, 256 * 1024]),
+    ep_snd_buffer_max=st.sampled_from([0, 20_000, 1 << 20]),
     host_read_rate=st.sampled_from([700, 100_000]),
     cc=st.sampled_from(["newreno", "cubic", "bbr", "off"]),
     close_order=st.sampled_from(["guest_first", "host_first", "together"]),
@@ -487,12 +493,45 @@ def test_clean_network_large_transfer_both_ways() -> None:
             guest_window_updates=True,
             ep_rcv_buffer=256 * 1024,
             ep_snd_buffer=256 * 1024,
+            ep_snd_buffer_max=4 << 20,
             host_read_rate=1 << 30,
             cc="cubic",
             close_order="together",
             iss=2**32 - 1000,
         )
     )
+
+
+@pytest.mark.parametrize("cc", ["bbr", "cubic"])
+def test_lossy_reordering_download_through_a_growing_send_ring(cc: str) -> None:
+    """Several MB over loss, duplication and reordering while the send ring grows (the
+    live bytes are copied into a bigger ring mid-transfer, more than once), with the
+    sequence space wrapping: every byte must still arrive, in order."""
+    _, ep = run(
+        Scenario(
+            seed=7,
+            upload=50_000,
+            download=3_000_000,
+            loss=0.02,
+            dup=0.02,
+            jitter=0.004,
+            guest_mss=1460,
+            wscale=7,
+            sack=True,
+            ts=True,
+            guest_cap=1 << 20,
+            guest_read_rate=1 << 30,
+            guest_window_updates=True,
+            ep_rcv_buffer=256 * 1024,
+            ep_snd_buffer=16 * 1024,
+            ep_snd_buffer_max=1 << 20,
+            host_read_rate=1 << 30,
+            cc=cc,
+            close_order="host_first",
+            iss=2**32 - 5000,
+        )
+    )
+    assert ep.snd_capacity > 16 * 1024
 
 
 segments = st.tuples(

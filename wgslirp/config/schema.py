@@ -344,6 +344,30 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="TCP",
         ),
     ] = 1024 * 1024
+    snd_buffer_max: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=256 * 1024 * 1024),
+        _doc(
+            "TCP_SND_BUFFER_MAX",
+            "Size a connection's send buffer may grow to while its congestion window "
+            "wants more than half of what it has (Linux grows up to tcp_wmem's 4 MiB the "
+            "same way), out of TCP_SND_BUFFER_POOL. At or below TCP_SND_BUFFER it never "
+            "grows.",
+            group="TCP",
+        ),
+    ] = 4 * 1024 * 1024
+    snd_buffer_pool: Annotated[
+        int,
+        Meta(ge=0, le=64 * 1024 * 1024 * 1024),
+        _doc(
+            "TCP_SND_BUFFER_POOL",
+            "Bytes of send buffer above TCP_SND_BUFFER that all connections of one process "
+            "(the router inline, or each worker) may grow into together; a connection "
+            "refused keeps its size. Bounds memory: at most TCP_MAX_FLOWS x TCP_SND_BUFFER "
+            "+ this per process.",
+            group="TCP",
+        ),
+    ] = 128 * 1024 * 1024
     ack_idle_gate_ms: Annotated[
         int,
         Meta(ge=0, le=86_400_000),

@@ -24,6 +24,7 @@ from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
@@ -101,6 +102,7 @@ def tcp_params(cfg: Config) -> TcpParams:
         # 66 lost datagrams at 20 ms + 0.1 %).
         max_ooo_bytes=cfg.tcp.rcv_buffer,
         snd_buffer=cfg.tcp.snd_buffer,
+        snd_buffer_max=max(cfg.tcp.snd_buffer, cfg.tcp.snd_buffer_max),
     )
 
 
@@ -191,6 +193,7 @@ class Worker:
             sock_sndbuf=cfg.tcp.sock_sndbuf or 0,
             ack_idle_gate=cfg.tcp.ack_idle_gate_ms / 1000.0,
             ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
+            send_budget=SendBudget(cfg.tcp.snd_buffer_pool),
             gate_log=cfg.tcp.gate_log,
             log=registry,
         )

@@ -31,6 +31,7 @@ from wgslirp.obs.counters import Counters
 from wgslirp.slirp.bridge_context import BridgeContext, SocketHandler, addr
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
 
 log = logging.getLogger("wgslirp.tcp")
@@ -116,8 +117,10 @@ class TcpBridge:
         gate_log: str = "info",
         iss_source: itertools.count[int] | None = None,
         log: ConnectionLog | None = None,
+        send_budget: SendBudget | None = None,
     ) -> None:
         self.ctx = ctx
+        self.send_budget = send_budget
         self.policy = policy
         self.table = table
         self.poller = ctx.poller  # host sockets are watched by the worker's loop
@@ -218,6 +221,7 @@ class TcpBridge:
             now=now,
             egress=ctx.egress,
             peer=peer,
+            budget=self.send_budget,
         )
         ep.on_syn(pkt, n, now)
         try:
@@ -430,7 +434,7 @@ class TcpBridge:
             self._write_host(flow, now)
             if (
                 flow.read_paused
-                and ep.send_space() * READ_RESUME_FRACTION >= self.params.snd_buffer
+                and ep.send_space() * READ_RESUME_FRACTION >= ep.snd_capacity
                 and not self._gated(flow, now)
             ):
                 flow.read_paused = False
@@ -511,6 +515,7 @@ class TcpBridge:
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
         ep, st = flow.ep, self.stats  # how the connection recovered from loss, for metrics
+        ep.release()
         st.retransmits += ep.retransmits
         st.fast_retransmits += ep.fast_retransmits
         st.rto_expirations += ep.rto_expirations

@@ -49,6 +49,7 @@ from typing import Final
 from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.bridge_context import Egress
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp.slirp.tcp_recovery import OutOfOrder, RttEstimator, SackScoreboard
 from wgslirp.slirp.tcp_seq import MASK, unwrap
@@ -117,6 +118,9 @@ class TcpParams:
     # (1 MiB each unless set); 256 KiB here is only what direct users and tests get.
     rcv_buffer: int = 256 * 1024  # guest bytes held before the host side takes them
     snd_buffer: int = 256 * 1024  # bytes toward the guest held (unacked + unsent)
+    # TCP_SND_BUFFER_MAX: the send ring grows toward this while cwnd wants more than half
+    # of it, out of the process's SendBudget (tcp_buffers); equal to snd_buffer = fixed.
+    snd_buffer_max: int = 0  # 0 = snd_buffer
     wscale: int = 7  # our window-scale shift, used only if the guest sent WS
     cc: str = "newreno"  # "newreno" | "cubic" | "off" (TCP_CC)
     rto_min: float = 0.2
@@ -158,6 +162,7 @@ class TcpEndpoint:
     __slots__ = (
         "_ack_delay",
         "_ack_now",
+        "_budget",
         "_challenge_count",
         "_challenge_second",
         "_dupacks",
@@ -205,6 +210,8 @@ class TcpEndpoint:
         "_snd_buf",
         "_snd_cap",
         "_snd_end",
+        "_snd_grow_at",
+        "_snd_lent",
         "_snd_max",
         "_snd_mv",
         "_snd_nxt",
@@ -261,6 +268,7 @@ class TcpEndpoint:
         now: float,
         egress: Egress,
         peer: int = 0,
+        budget: SendBudget | None = None,
     ) -> None:
         self._p = params
         self.local = local
@@ -287,6 +295,11 @@ class TcpEndpoint:
         self._snd_cap = max(params.snd_buffer, 1)
         self._snd_buf = _ring(self._snd_cap)
         self._snd_mv = memoryview(self._snd_buf)
+        self._budget = budget
+        self._snd_lent = 0  # bytes of the ring above snd_buffer, taken from the budget
+        # cwnd above this makes the ring grow (see _grow_send); INF: it cannot
+        can_grow = budget is not None and params.snd_buffer_max > self._snd_cap
+        self._snd_grow_at = self._snd_cap // 2 if can_grow else 1 << 62
         self._snd_wnd = 0
         self._snd_wl1 = 0
         self._snd_wl2 = iss
@@ -438,6 +451,18 @@ class TcpEndpoint:
         new = self._rcv_read + self._rcv_cap - self._rcv_nxt
         if new >= 2 * cur and new - cur >= self._sws_thresh:
             self._ack_now = True
+
+    @property
+    def snd_capacity(self) -> int:
+        """The send ring's current size (it grows with the window, see _grow_send)."""
+        return self._snd_cap
+
+    def release(self) -> None:
+        """The connection is dropped: what its ring borrowed goes back to the pool."""
+        if self._snd_lent and self._budget is not None:
+            self._budget.give(self._snd_lent)
+        self._snd_lent = 0
+        self._snd_grow_at = 1 << 62
 
     def send_space(self) -> int:
         if self._fin_queued or self.state not in _ACCEPTING_WRITES:
@@ -1025,6 +1050,8 @@ class TcpEndpoint:
             self._dupacks = 0
             if data_acked > 0:
                 self.cc.on_ack(data_acked, flight, now, rtt.srtt)
+        if self.cc.cwnd > self._snd_grow_at:
+            self._grow_send()
         if self._rto_loss and ack >= self._recover:
             self._rto_loss = False
             self.cc.on_loss_recovered()
@@ -1069,6 +1096,42 @@ class TcpEndpoint:
             self._recovery_room = 0
             if self._sacked:
                 self._sack_fill()  # more holes than the first may go at once
+
+    def _grow_send(self) -> None:
+        """cwnd wants more than half the send ring: the ring, not the path, would soon
+        limit the window (docs/tcp-wan.md: 1 MiB per 41 ms capped a download at 174
+        Mbit/s). Grow it to twice cwnd, up to snd_buffer_max, if the budget lends it;
+        the live bytes are copied once into the new ring (a few per connection's life)."""
+        p = self._p
+        budget = self._budget
+        cap = self._snd_cap
+        want = min(max(2 * self.cc.cwnd, 2 * cap), p.snd_buffer_max)
+        want = -(-want // 65536) * 65536
+        if want > p.snd_buffer_max:
+            want = p.snd_buffer_max
+        if budget is None or want <= cap or not budget.take(want - cap):
+            # Refused: try again only once the window has grown by another quarter ring.
+            self._snd_grow_at = self.cc.cwnd + cap // 4 if want > cap else 1 << 62
+            return
+        self._snd_lent += want - cap
+        new = _ring(want)
+        nmv = memoryview(new)
+        head = max(min(self._snd_una, self._snd_end), self._snd_base)
+        live = self._snd_end - head
+        src = (head - self._snd_base) % cap
+        dst = (head - self._snd_base) % want
+        mv = self._snd_mv
+        done = 0
+        while done < live:  # at most three pieces: either ring may wrap once
+            k = min(live - done, cap - src, want - dst)
+            nmv[dst : dst + k] = mv[src : src + k]
+            done += k
+            src = (src + k) % cap
+            dst = (dst + k) % want
+        self._snd_buf = new
+        self._snd_mv = nmv
+        self._snd_cap = want
+        self._snd_grow_at = want // 2 if want < p.snd_buffer_max else 1 << 62
 
     def _rate_ack(self, now: float) -> None:
         """Tell a rate-steered controller what this ACK delivered (tcp_rate)."""
