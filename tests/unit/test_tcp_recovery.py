@@ -9,49 +9,10 @@ from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp_testkit.tcpconn import Conn, Seg
+from wgslirp_testkit.tcpconn import SackReceiver as Receiver
 
 ACK = tcp.ACK
 MSS = 1340
-
-
-class Receiver:
-    """The guest's receive side: which of our bytes it holds, ACKs with SACK blocks."""
-
-    def __init__(self, c: Conn, sack: bool) -> None:
-        self.c = c
-        self.sack = sack
-        self.ranges: list[tuple[int, int]] = []
-        self.latest: tuple[int, int] | None = None
-
-    def take(self, s: Seg) -> None:
-        if not s.data:
-            return
-        lo, hi = s.seq, s.seq + len(s.data)
-        if hi <= self.c.gack:
-            return
-        self.latest = (lo, hi)
-        self.ranges.append((lo, hi))
-        self.ranges.sort()
-        merged: list[tuple[int, int]] = []
-        for a, b in self.ranges:
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        if merged and merged[0][0] <= self.c.gack:
-            self.c.gack = max(self.c.gack, merged[0][1])
-            merged.pop(0)
-        self.ranges = merged
-
-    def ack(self) -> None:
-        blocks = []
-        if self.sack and self.ranges:
-            first = next(
-                (r for r in self.ranges if self.latest and r[0] <= self.latest[0] < r[1]),
-                self.ranges[0],
-            )
-            blocks = [first, *[r for r in self.ranges if r != first][:3]]
-        self.c.send(b"", ACK, opts=tcp.options_bytes(sack=blocks) if blocks else b"")
 
 
 def _setup(sack: bool = False, cc: str = "newreno") -> tuple[Conn, Receiver, list[Seg]]:

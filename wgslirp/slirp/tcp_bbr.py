@@ -257,6 +257,12 @@ class Bbr(CongestionControl):
         # let one segment out per segment delivered.
         self.cwnd = max(flight, MIN_CWND_SEGMENTS * self.mss)
 
+    def on_recovery_pipe(self, pipe: int) -> None:
+        # Linux's BBR starts conservation from packets in flight, which excludes what
+        # SACK shows lost: a burst of losses at a shallow bottleneck then shrinks the
+        # window at once instead of keeping the queue overflowing for a round.
+        self.cwnd = max(pipe, MIN_CWND_SEGMENTS * self.mss)
+
     def on_dup_ack_in_recovery(self) -> None:
         pass
 

@@ -519,6 +519,8 @@ class TcpBridge:
         st.retransmits += ep.retransmits
         st.fast_retransmits += ep.fast_retransmits
         st.rto_expirations += ep.rto_expirations
+        st.tlp_probes += ep.tlp_probes
+        st.lost_retransmits += ep.lost_retransmits
         if self.log is not None:
             self.log.remove(flow.slot)
         if flow.events:
@@ -600,6 +602,8 @@ class TcpBridgeStats(Counters):
     retransmits: int
     fast_retransmits: int
     rto_expirations: int
+    tlp_probes: int  # tail loss probes sent (RFC 8985 7): each one a timeout avoided or not needed
+    lost_retransmits: int  # retransmissions found lost again and resent before the timeout
     malformed: int
     host_resets: int
     gated: int

@@ -87,6 +87,10 @@ class CongestionControl:
         self.cwnd = self.ssthresh + 3 * self.mss
         self._ca_acc = 0
 
+    def on_recovery_pipe(self, pipe: int) -> None:
+        """Right after on_fast_retransmit with SACK: RFC 6675's pipe, the bytes still
+        presumed in the network (what was SACKed or presumed lost left it)."""
+
     def on_dup_ack_in_recovery(self) -> None:
         """Each further duplicate ACK means a segment left the network: inflate by one."""
         self.cwnd += self.mss

@@ -51,7 +51,12 @@ from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.bridge_context import Egress
 from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_rate import DeliveryRate
-from wgslirp.slirp.tcp_recovery import OutOfOrder, RttEstimator, SackScoreboard
+from wgslirp.slirp.tcp_recovery import (
+    CLOCK_GRANULARITY,
+    OutOfOrder,
+    RttEstimator,
+    SackScoreboard,
+)
 from wgslirp.slirp.tcp_seq import MASK, unwrap
 
 INF: Final = float("inf")
@@ -77,6 +82,12 @@ EGRESS_RETRY: Final = 0.002  # egress ring full: look again this soon
 # 208 KiB UDP buffer takes, where an unpaced window of several hundred segments did not
 # (docs/tcp-wan.md).
 PACE_QUANTUM: Final = 0.001
+# Tail loss probes (RFC 8985 7): never sooner than this, and this much later when a single
+# segment is in flight (the guest may hold its ACK for its delayed-ACK time; Linux's
+# minimum is 40 ms).
+TLP_MIN: Final = 0.010
+TLP_DELACK_ALLOWANCE: Final = 0.040
+MAX_REXMIT_LOG: Final = 256  # recovery retransmissions watched for a second loss
 
 
 class TcpState(enum.Enum):
@@ -201,6 +212,7 @@ class TcpEndpoint:
         "_retries",
         "_rexmit",
         "_rexmit_high",
+        "_rexmit_log",
         "_rto_loss",
         "_rtt",
         "_sack",
@@ -228,7 +240,9 @@ class TcpEndpoint:
         "_t_persist",
         "_t_retry",
         "_t_rto",
+        "_t_tlp",
         "_t_tw",
+        "_tlp_high",
         "_ts_offset",
         "_ts_ok",
         "_ts_recent",
@@ -247,6 +261,7 @@ class TcpEndpoint:
         "iss",
         "last_ack_progress",
         "local",
+        "lost_retransmits",
         "ooo_segments",
         "peer",
         "remote",
@@ -256,6 +271,7 @@ class TcpEndpoint:
         "rto_expirations",
         "state",
         "timed_out",
+        "tlp_probes",
     )
 
     def __init__(
@@ -349,6 +365,11 @@ class TcpEndpoint:
         self._recover = iss
         self._rexmit: list[int] = []  # starts of segments to retransmit on the next flush
         self._rexmit_high = iss
+        # (start, time) of each hole resent in SACK recovery, oldest first: one still
+        # neither ACKed nor SACKed a round trip later was lost again (RACK, RFC 8985 6.2).
+        self._rexmit_log: list[tuple[int, float]] = []
+        self._t_tlp = INF  # tail loss probe due (RFC 8985 7)
+        self._tlp_high = -1  # SND.MAX when the outstanding probe went out (-1: none)
         self._sack = SackScoreboard()
         self._sacked = self._sack.ranges  # like _ooo_ranges, for header prediction's test
 
@@ -377,6 +398,8 @@ class TcpEndpoint:
 
         self.retransmits = 0
         self.fast_retransmits = 0
+        self.tlp_probes = 0
+        self.lost_retransmits = 0
         self.rto_expirations = 0
         self.dup_acks = 0
         self.ooo_segments = 0
@@ -1039,8 +1062,9 @@ class TcpEndpoint:
                 self._in_recovery = False
                 self._dupacks = 0
                 self.cc.on_recovery_end(self._snd_max - ack, now)
+                self._rexmit_log.clear()
             elif self._sacked:
-                self._sack_fill()  # RFC 6675: the SACK scoreboard says what to resend
+                self._sack_fill(now)  # RFC 6675: the SACK scoreboard says what to resend
             else:
                 # RFC 6582 3.2 step 5: partial ACK, the next hole is lost too.
                 self.cc.on_partial_ack(max(data_acked, 0))
@@ -1059,9 +1083,14 @@ class TcpEndpoint:
             self._rate_ack(now)
         # RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
         if ack >= self._snd_max:
-            self._t_rto = INF
+            self._t_rto = self._t_tlp = INF
+            self._tlp_high = -1
         else:
             self._t_rto = now + rtt.rto
+            if ack >= self._tlp_high:
+                self._tlp_high = -1
+            if self._sack_ok and not self._in_recovery:
+                self._arm_tlp(now)
         st = self.state
         if st is not _EST and self._fin_queued and ack > self._fin_seq:
             if st is _FIN_WAIT_1:
@@ -1077,14 +1106,18 @@ class TcpEndpoint:
             self._rate_ack(now)  # newly SACKed bytes were delivered too
         if self._in_recovery:
             if self._sacked:
-                self._sack_fill()
+                self._sack_fill(now)
             else:
                 self.cc.on_dup_ack_in_recovery()  # NewReno: one segment left the network
             return
         self._dupacks += 1
-        if self._dupacks == 3 and self._snd_una >= self._recover:
-            # RFC 5681 3.2 fast retransmit; RFC 6582 3.2 step 2 keeps a second loss
-            # within the same window (una below `recover`) from halving twice.
+        if self._snd_una < self._recover:
+            return  # RFC 6582 3.2 step 2: a second loss in the same window halves once
+        if self._dupacks == 3 or (self._sacked and self._sack_says_lost()):
+            # RFC 5681 3.2 fast retransmit, or RFC 6675's IsLost / RACK before the third
+            # duplicate ACK (see _sack_says_lost).
+            self._tlp_high = -1
+            self._t_tlp = INF
             flight = self._snd_max - self._snd_una
             self._in_recovery = True
             self._recover = self._snd_max
@@ -1095,7 +1128,53 @@ class TcpEndpoint:
             self._queue_rexmit(self._snd_una)
             self._recovery_room = 0
             if self._sacked:
-                self._sack_fill()  # more holes than the first may go at once
+                self.cc.on_recovery_pipe(
+                    self._sack.pipe(self._snd_una, self._snd_max, self._snd_una)
+                )
+                self._sack_fill(now)  # more holes than the first may go at once
+
+    def _sack_says_lost(self) -> bool:
+        """Whether the segment at SND.UNA is lost before three duplicate ACKs came:
+        RFC 6675's IsLost (more than two segments' worth SACKed above it: a guest that
+        ACKs in stretches may never send three), or the tail loss probe was SACKed (it
+        was sent a probe timeout, two round trips, after everything unacknowledged below
+        it, which RACK (RFC 8985 6.2) then deems lost)."""
+        if self._tlp_high >= 0:
+            return True
+        sacked = 0
+        for left, right in self._sacked:
+            sacked += right - left
+        return sacked > 2 * self._mss
+
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 7.2: a probe two round trips after the last ACK or send, if that is
+        before the retransmission timer, so a lost tail costs a round trip or two
+        instead of an RTO (200 ms at least, backed off). One segment in flight may sit
+        in the guest's delayed-ACK timer, so it gets that much more."""
+        srtt = self._rtt.srtt
+        if srtt <= 0.0 or self._tlp_high >= 0:
+            return
+        pto = 2.0 * srtt
+        if self._snd_max - self._snd_una <= self._mss:
+            pto += TLP_DELACK_ALLOWANCE
+        if pto < TLP_MIN:
+            pto = TLP_MIN
+        at = now + pto
+        self._t_tlp = at if at < self._t_rto else INF
+
+    def _on_tlp(self, now: float) -> None:
+        """Resend the last segment: its SACK (or ACK) tells what of the tail is lost."""
+        self._t_tlp = INF
+        una = self._snd_una
+        smax = self._snd_max
+        if self._in_recovery or smax <= una or self.state not in _SENDING:
+            return
+        if self._snd_wl2 + self._snd_wnd <= una:
+            return  # a closed window is the persist timer's business
+        self._tlp_high = smax
+        self.tlp_probes += 1
+        seq = smax - self._mss
+        self._queue_rexmit(seq if seq > una else una)
 
     def _grow_send(self) -> None:
         """cwnd wants more than half the send ring: the ring, not the path, would soon
@@ -1154,7 +1233,7 @@ class TcpEndpoint:
             inflight = self._snd_nxt - una  # after a timeout, what was resent so far
         self.cc.on_delivery(rate, valid, inflight, newly, now)
 
-    def _sack_fill(self) -> None:
+    def _sack_fill(self, now: float) -> None:
         """SACK-based loss recovery (RFC 6675, in outline): while the bytes presumed in the
         network (pipe) are below ssthresh, resend the next hole below the highest SACKed
         byte, several per ACK if the window allows; what room is left goes to new data
@@ -1164,6 +1243,19 @@ class TcpEndpoint:
         una = self._snd_una
         smax = self._snd_max
         room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high)
+        log = self._rexmit_log
+        if log:
+            # RACK for retransmissions: a resent hole neither ACKed nor SACKed a round trip
+            # and a quarter after it went (while later data kept being SACKed, or this ACK
+            # would not be here) was lost again; resend it now rather than wait for the RTO.
+            srtt = self._rtt.srtt
+            lost_before = now - (1.25 * srtt + CLOCK_GRANULARITY)
+            while log and log[0][1] <= lost_before:
+                seq, _ = log.pop(0)
+                if seq >= una and not sack.holds(seq) and seq not in self._rexmit:
+                    self._rexmit.append(seq)
+                    self.lost_retransmits += 1
+                    room -= self._mss
         s = self._rexmit_high if self._rexmit_high > una else una
         mss = self._mss
         while room > 0:
@@ -1333,7 +1425,10 @@ class TcpEndpoint:
             rexmit.pop(0)
             sent = True
             self.retransmits += 1
-            self._rexmit_high = max(self._rexmit_high, seq + n)
+            if self._in_recovery:  # (a tail loss probe is not recovery's progress)
+                if self._sacked and len(self._rexmit_log) < MAX_REXMIT_LOG:
+                    self._rexmit_log.append((seq, now))
+                self._rexmit_high = max(self._rexmit_high, seq + n)
             rtt.resent(seq)
             if self._t_rto == INF:
                 self._t_rto = now + rtt.rto
@@ -1345,9 +1440,19 @@ class TcpEndpoint:
         if self._dupacks and not self._in_recovery:
             cwnd += min(self._dupacks, 2) * mss  # RFC 3042 limited transmit
         edge = min(self._snd_wl2 + self._snd_wnd, una + cwnd)
-        if self._in_recovery and self._sacked:
-            # SACK recovery counts the pipe, not an inflated window (see _sack_fill).
-            edge = min(self._snd_wl2 + self._snd_wnd, smax + self._recovery_room)
+        sranges = self._sacked
+        if sranges:
+            if self._in_recovery:
+                # SACK recovery counts the pipe, not an inflated window (see _sack_fill).
+                edge = min(self._snd_wl2 + self._snd_wnd, smax + self._recovery_room)
+            else:
+                # Resending after a timeout: what the guest SACKed within the window is
+                # neither resent (skipped below) nor counted against cwnd.
+                for left, right in sranges:
+                    if left >= edge:
+                        break
+                    edge += right - left
+                edge = min(self._snd_wl2 + self._snd_wnd, edge)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
         # Seconds per byte at the controller's pacing rate (0 = not paced).
@@ -1360,6 +1465,10 @@ class TcpEndpoint:
                 self._pace_at = floor
         self._t_pace = INF
         while nxt < end:
+            if nxt < smax and sranges:
+                nxt = self._sack.first_unsacked(nxt)  # the guest holds the rest: skip
+                if nxt >= end:
+                    continue
             if nxt >= smax:
                 if pace:
                     if now < self._next_pace:
@@ -1372,6 +1481,10 @@ class TcpEndpoint:
             n = end - nxt
             if n > mss:
                 n = mss
+            if nxt < smax and sranges:
+                stop = self._sack.sacked_after(nxt)
+                if 0 <= stop < nxt + n:
+                    n = stop - nxt  # resend up to what the guest holds, not into it
             room = edge - nxt
             if room < n:
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1): a partial segment only when it
@@ -1427,6 +1540,8 @@ class TcpEndpoint:
         if smax > self._snd_una:
             if self._t_rto == INF:
                 self._t_rto = now + rtt.rto
+            if self._t_tlp == INF and self._sack_ok and not self._in_recovery:
+                self._arm_tlp(now)
         elif (nxt < end or (fin_seq >= 0 and nxt <= fin_seq)) and self._t_persist == INF:
             # Nothing in flight yet data waits: only a probe can learn the window opened.
             self._t_persist = now + self._persist_interval()
@@ -1445,7 +1560,13 @@ class TcpEndpoint:
     def get_timer(self) -> float | None:
         p = self._p
         t = min(
-            self._t_rto, self._t_delack, self._t_persist, self._t_tw, self._t_retry, self._t_pace
+            self._t_rto,
+            self._t_delack,
+            self._t_persist,
+            self._t_tw,
+            self._t_retry,
+            self._t_pace,
+            self._t_tlp,
         )
         st = self.state
         if st is not _CLOSED and st is not _TIME_WAIT:
@@ -1504,6 +1625,8 @@ class TcpEndpoint:
             self._on_rto(now)
             if self.state is _CLOSED:
                 return
+        elif now >= self._t_tlp:
+            self._on_tlp(now)
         if now >= self._t_persist:
             self._on_persist(now)
         if now >= self._t_delack:
@@ -1568,7 +1691,14 @@ class TcpEndpoint:
         self._recover = self._snd_max
         self._in_recovery = False
         self._dupacks = 0
-        self._sack.clear()  # RFC 2018 8: the guest may have reneged
+        self._t_tlp = INF
+        self._tlp_high = -1
+        self._rexmit_log.clear()
+        if self._retries > 1:
+            # RFC 2018 8: the guest may renege on what it SACKed. Resending only the
+            # unSACKed bytes after one timeout saves resending a whole window (RFC 6675
+            # 5.1); a second timeout in a row is taken as a sign of reneging.
+            self._sack.clear()
         self._rexmit.clear()
         self._snd_nxt = self._snd_una  # go back N, paced by the one-segment window
         self._rexmit_high = self._snd_una

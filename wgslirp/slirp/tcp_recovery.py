@@ -191,6 +191,24 @@ class SackScoreboard:
                 s = right
         return -1
 
+    def first_unsacked(self, seq: int) -> int:
+        """The first byte at or after `seq` the guest has not reported holding."""
+        for left, right in self.ranges:
+            if seq < left:
+                return seq
+            if seq < right:
+                seq = right
+        return seq
+
+    def holds(self, seq: int) -> bool:
+        """Whether the guest reported holding the byte at `seq`."""
+        for left, right in self.ranges:
+            if seq < left:
+                return False
+            if seq < right:
+                return True
+        return False
+
     def sacked_after(self, seq: int) -> int:
         """Start of the first SACKed range that begins after `seq`, or -1: a retransmission
         from `seq` stops there rather than resend what the guest already holds."""

@@ -1,0 +1,147 @@
+"""Losses recovered without waiting for the retransmission timeout: the tail loss probe
+(RFC 8985 7), RFC 6675's IsLost before the third duplicate ACK, a lost retransmission
+found a round trip later (RACK, RFC 8985 6.2), and a timeout that resends only what the
+guest did not SACK (RFC 6675 5.1). Fake clock; the guest is tcpconn.SackReceiver."""
+
+from __future__ import annotations
+
+from wgslirp.net import tcp
+from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp_testkit.tcpconn import Conn, SackReceiver, Seg
+
+MSS = 1340
+RTT = 0.040
+
+
+def _setup(total: int = 10 * MSS, **params: object) -> tuple[Conn, SackReceiver, list[Seg]]:
+    p = TcpParams(mss=MSS, pacing=False, **params)  # type: ignore[arg-type]
+    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True), window=65535)
+    c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
+    c.ep.accept(c.now)
+    (sa,) = c.out()
+    c.clock.advance(RTT)  # srtt = 40 ms from the handshake
+    c.gseq += 1
+    c.gack = sa.seq + 1
+    c.send(b"", tcp.ACK)
+    c.ep.write(bytes(i % 251 for i in range(total)), c.now)
+    c.ep.flush(c.now)
+    segs = c.out()
+    return c, SackReceiver(c, True), segs
+
+
+def test_a_lost_tail_is_probed_and_repaired_without_a_timeout() -> None:
+    c, rx, segs = _setup()
+    assert len(segs) == 10
+    c.clock.advance(RTT)
+    for s in segs[:8]:  # the last two are lost
+        rx.take(s)
+    rx.ack()
+    assert c.out() == []
+    rto_at = c.now + c.ep.rto
+    # Two round trips later (not the 200 ms+ of the RTO) the last segment goes again.
+    probe = c.tick(3 * RTT)
+    assert [s.seq for s in probe] == [segs[9].seq]
+    assert c.ep.tlp_probes == 1 and c.now < rto_at
+    # Its SACK shows the segment before it missing: recovery starts at once.
+    c.clock.advance(RTT)
+    rx.take(probe[0])
+    rx.ack()
+    resent = c.out()
+    assert segs[8].seq in [s.seq for s in resent]
+    assert c.ep.fast_retransmits == 1
+    for s in resent:
+        rx.take(s)
+    rx.ack()
+    assert c.gack == segs[9].seq + MSS
+    assert c.ep.rto_expirations == 0
+
+
+def test_no_probe_while_everything_is_acknowledged_or_without_sack() -> None:
+    c, rx, segs = _setup()
+    for s in segs:
+        rx.take(s)
+    rx.ack()
+    c.tick(1.0)
+    assert c.ep.tlp_probes == 0
+    p = TcpParams(mss=MSS, pacing=False)
+    plain = Conn(p, syn_opts=tcp.options_bytes(mss=MSS), window=65535)
+    plain.handshake()
+    plain.ep.write(b"x" * 5 * MSS, plain.now)
+    plain.ep.flush(plain.now)
+    plain.out()
+    plain.tick(0.15)
+    assert plain.ep.tlp_probes == 0  # RACK-TLP needs SACK to learn anything
+
+
+def test_one_ack_sacking_three_segments_starts_recovery_before_three_dupacks() -> None:
+    """RFC 6675 IsLost: more than two segments SACKed above the hole. A guest that ACKs
+    in stretches (GRO, delayed ACKs) may never send three duplicates."""
+    c, rx, segs = _setup()
+    for s in segs[1:5]:
+        rx.take(s)
+    rx.ack()  # one duplicate ACK, four segments SACKed
+    out = c.out()
+    assert segs[0].seq in [s.seq for s in out]
+    assert c.ep.fast_retransmits == 1 and c.ep.dup_acks == 1
+
+
+def test_a_lost_retransmission_is_resent_a_round_trip_later_not_after_a_timeout() -> None:
+    c, rx, segs = _setup(total=60 * MSS, init_cwnd=20)
+    assert len(segs) == 20
+    c.clock.advance(RTT)
+    out: list[Seg] = []
+    for s in segs[1:]:  # the first segment is lost
+        rx.take(s)
+        rx.ack()
+        out += c.out()
+    first_resend = [s for s in out if s.seq == segs[0].seq]
+    assert len(first_resend) == 1 and c.ep.fast_retransmits == 1
+    # That retransmission is lost too; new data sent in recovery keeps being SACKed.
+    pending = [s for s in out if s.seq != segs[0].seq]
+    second: list[Seg] = []
+    for _ in range(20):
+        c.clock.advance(0.005)
+        if pending:
+            rx.take(pending.pop(0))
+        rx.ack()
+        got = c.out()
+        second += [s for s in got if s.seq == segs[0].seq]
+        pending += [s for s in got if s.seq != segs[0].seq]
+        if second:
+            break
+    assert second, "the lost retransmission was not resent before the timeout"
+    assert c.ep.lost_retransmits == 1
+    assert c.ep.rto_expirations == 0
+    rx.take(second[0])
+    rx.ack()
+    assert c.gack > segs[-1].seq
+
+
+def test_a_timeout_resends_only_what_the_guest_did_not_sack() -> None:
+    c, rx, segs = _setup(total=10 * MSS)
+    c.clock.advance(RTT)
+    for s in segs[1:]:
+        rx.take(s)
+    rx.ack()  # recovery: segment 0 resent ...
+    assert [s.seq for s in c.out() if s.seq == segs[0].seq] == [segs[0].seq]
+    # ... and lost; no ACK comes back at all now, so the timer expires.
+    out = c.tick(c.ep.rto + 0.001)
+    assert c.ep.rto_expirations == 1
+    # Go-back-N from SND.UNA, but the nine SACKed segments are not sent again.
+    assert [s.seq for s in out] == [segs[0].seq]
+    rx.take(out[0])
+    rx.ack()
+    assert c.gack == segs[-1].seq + MSS
+
+
+def test_a_second_timeout_in_a_row_forgets_the_sacks_in_case_the_guest_reneged() -> None:
+    c, rx, segs = _setup(total=6 * MSS)
+    c.clock.advance(RTT)
+    for s in segs[1:]:
+        rx.take(s)
+    rx.ack()
+    c.out()
+    c.tick(c.ep.rto + 0.001)
+    assert c.ep.rto_expirations == 1 and c.ep._sacked
+    c.tick(c.ep.rto + 0.001)  # nothing answered again
+    assert c.ep.rto_expirations == 2 and not c.ep._sacked
