@@ -8,6 +8,7 @@ import pytest
 
 from wgslirp.slirp import tcp_bbr
 from wgslirp.slirp.tcp_bbr import Bbr
+from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp_testkit import pathsim
 
@@ -192,3 +193,50 @@ def test_bbr_keeps_its_rate_under_random_loss_where_loss_based_senders_collapse(
     reno = pathsim.run("newreno", rate_mbit=20, rtt=0.040, loss=0.01, seconds=10)
     assert bbr.mbit >= 0.5 * 20
     assert bbr.mbit >= 3 * reno.mbit
+
+
+def test_startup_ends_on_heavy_loss_before_the_bandwidth_plateau() -> None:
+    """BBRv2/v3's rule: a round that lost over 2 % (and at least 6 segments) ends
+    STARTUP; v1 went on for three more rounds at 2.89x the path's rate."""
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for bw in (1e6, 2e6, 4e6):
+        now += 0.04
+        rs.feed(bbr, bw, 0.04, now, bbr.cwnd)
+    assert bbr.mode == tcp_bbr.STARTUP
+    bbr.on_lost(20 * MSS)  # 20 segments of a ~120-segment round
+    now += 0.04
+    rs.feed(bbr, 8e6, 0.04, now, bbr.cwnd)  # still growing fast, yet the round lost too much
+    assert bbr.full_bw_reached and bbr.mode != tcp_bbr.STARTUP
+
+
+def test_a_few_random_losses_do_not_end_startup() -> None:
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for bw in (1e6, 2e6, 4e6, 8e6):
+        bbr.on_lost(2 * MSS)  # 1 % of a round at most, and fewer than 6 segments
+        now += 0.04
+        rs.feed(bbr, bw, 0.04, now, bbr.cwnd)
+    assert bbr.mode == tcp_bbr.STARTUP
+
+
+def test_a_shallow_bottleneck_costs_bbr_neither_timeouts_nor_most_of_its_rate() -> None:
+    """40 Mbit/s, 80 ms, a 40-packet queue (an eighth of the BDP): STARTUP's overshoot
+    loses hundreds of segments at once. Recovery must resend them paced and find lost
+    retransmissions by RACK, not by the timer (before both, BBR got a fifth of the link
+    with a timeout every second here)."""
+    r = pathsim.run(
+        "bbr",
+        rate_mbit=40,
+        rtt=0.080,
+        queue_packets=40,
+        seconds=6,
+        snd_buffer=256 << 10,
+        snd_buffer_max=4 << 20,
+        budget=SendBudget(1 << 30),
+    )
+    assert r.queue_drops > 100  # the scenario does overflow the queue
+    assert r.rto_expirations <= 2
+    assert r.mbit >= 0.6 * 40

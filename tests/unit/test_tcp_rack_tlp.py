@@ -145,3 +145,38 @@ def test_a_second_timeout_in_a_row_forgets_the_sacks_in_case_the_guest_reneged()
     assert c.ep.rto_expirations == 1 and c.ep._sacked
     c.tick(c.ep.rto + 0.001)  # nothing answered again
     assert c.ep.rto_expirations == 2 and not c.ep._sacked
+
+
+def test_holes_are_resent_at_the_pacing_rate_not_in_one_burst() -> None:
+    """A burst loss of 60 segments: their retransmissions leave spread over time, as the
+    new data would, so a shallow bottleneck that dropped them once does not again."""
+    # CUBIC: its recovery window (ssthresh, 70 % of 100) lets all the holes go at once
+    p = TcpParams(mss=MSS, pacing=True, cc="cubic", snd_buffer=1 << 20)
+    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True, wscale=7), window=65535)
+    c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
+    c.ep.accept(c.now)
+    (sa,) = c.out()
+    c.clock.advance(RTT)
+    c.gseq += 1
+    c.gack = sa.seq + 1
+    c.send(b"", tcp.ACK)
+    c.ep.cc.cwnd = 100 * MSS
+    c.ep.write(b"z" * 100 * MSS, c.now)
+    segs: list[Seg] = []
+    for _ in range(200):
+        segs += c.tick(0.001)
+        c.ep.flush(c.now)
+        segs += c.out()
+        if len(segs) >= 100:
+            break
+    assert len(segs) == 100
+    rx = SackReceiver(c, True)
+    for s in segs[60:]:  # the first 60 are lost
+        rx.take(s)
+    rx.ack()
+    first = [s for s in c.out() if s.seq < segs[60].seq]
+    assert 0 < len(first) < 30  # not all 60 holes in the same instant
+    later = []
+    for _ in range(100):
+        later += [s for s in c.tick(0.001) if s.seq < segs[60].seq]
+    assert len(first) + len(later) >= 40  # the rest follow at the rate

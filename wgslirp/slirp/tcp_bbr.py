@@ -50,6 +50,12 @@ RTPROP_WINDOW: Final = 10.0  # seconds RTprop is kept without a new minimum
 PROBE_RTT_TIME: Final = 0.2
 FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
+# STARTUP also ends when a round loses more than this share of what it delivered, in at
+# least STARTUP_LOSS_SEGMENTS segments (BBRv2/v3's rule; v1 waits for the bandwidth to stop
+# growing for three rounds, and at 2.89x the path's rate into a shallow bottleneck those
+# rounds lost thousands of segments: pathsim 100 Mbit/s, 100 ms, 100-packet queue).
+STARTUP_LOSS_RATE: Final = 0.02
+STARTUP_LOSS_SEGMENTS: Final = 6
 MIN_CWND_SEGMENTS: Final = 4
 PACING_MARGIN: Final = 0.99  # pace 1 % below the estimate, so the queue it finds drains
 # Segments above gain * BDP: the ACKs of a paced burst come back as a burst (delayed and
@@ -89,6 +95,8 @@ class Bbr(CongestionControl):
         self._conserving = False
         self._in_loss = False
         self._lost_in_round = False
+        self._round_lost = 0  # bytes presumed lost since the round began
+        self._round_delivered_from = 0  # rs.delivered when the round began
         self._initial_window = initial_window
         self.ssthresh = 1 << 40  # unused by BBR; kept above cwnd for the base's tests
 
@@ -106,7 +114,16 @@ class Bbr(CongestionControl):
         # Round trips are counted in deliveries: a round ends when data sent after the
         # previous round's end is delivered.
         if rs.sample_prior_delivered >= self._next_round_delivered:
+            if self.mode == STARTUP and not self.full_bw_reached:
+                lost = self._round_lost
+                delivered = rs.delivered - self._round_delivered_from
+                if lost >= STARTUP_LOSS_SEGMENTS * self.mss and lost > STARTUP_LOSS_RATE * (
+                    delivered + lost
+                ):
+                    self.full_bw_reached = True  # the queue overflowed: stop the search
             self._next_round_delivered = rs.delivered
+            self._round_delivered_from = rs.delivered
+            self._round_lost = 0
             self.round_count += 1
             self._round_start = True
             self._bw_slots[self.round_count % BW_ROUNDS] = 0.0
@@ -256,6 +273,10 @@ class Bbr(CongestionControl):
         # Packet conservation starts from what is in flight; the ACKs of the round then
         # let one segment out per segment delivered.
         self.cwnd = max(flight, MIN_CWND_SEGMENTS * self.mss)
+
+    def on_lost(self, nbytes: int) -> None:
+        self._round_lost += nbytes
+        self._lost_in_round = True
 
     def on_recovery_pipe(self, pipe: int) -> None:
         # Linux's BBR starts conservation from packets in flight, which excludes what

@@ -87,6 +87,10 @@ class CongestionControl:
         self.cwnd = self.ssthresh + 3 * self.mss
         self._ca_acc = 0
 
+    def on_lost(self, nbytes: int) -> None:
+        """Only for controllers with `uses_rate`: SACK recovery presumed these bytes lost
+        (a hole below SACKed data) and queued them for retransmission."""
+
     def on_recovery_pipe(self, pipe: int) -> None:
         """Right after on_fast_retransmit with SACK: RFC 6675's pipe, the bytes still
         presumed in the network (what was SACKed or presumed lost left it)."""

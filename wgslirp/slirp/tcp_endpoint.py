@@ -87,7 +87,10 @@ PACE_QUANTUM: Final = 0.001
 # minimum is 40 ms).
 TLP_MIN: Final = 0.010
 TLP_DELACK_ALLOWANCE: Final = 0.040
-MAX_REXMIT_LOG: Final = 256  # recovery retransmissions watched for a second loss
+# Recovery retransmissions watched for a second loss: one per hole, so up to a send ring's
+# worth of segments (a 4 MiB ring is ~3100); 256 left most of a slow-start overshoot's
+# holes unwatched, and each lost retransmission among them cost a timeout.
+MAX_REXMIT_LOG: Final = 4096
 
 
 class TcpState(enum.Enum):
@@ -367,7 +370,7 @@ class TcpEndpoint:
         self._rexmit_high = iss
         # (start, time) of each hole resent in SACK recovery, oldest first: one still
         # neither ACKed nor SACKed a round trip later was lost again (RACK, RFC 8985 6.2).
-        self._rexmit_log: list[tuple[int, float]] = []
+        self._rexmit_log: list[tuple[int, float, int]] = []  # (start, sent at, SND.MAX then)
         self._t_tlp = INF  # tail loss probe due (RFC 8985 7)
         self._tlp_high = -1  # SND.MAX when the outstanding probe went out (-1: none)
         self._sack = SackScoreboard()
@@ -1062,7 +1065,9 @@ class TcpEndpoint:
                 self._in_recovery = False
                 self._dupacks = 0
                 self.cc.on_recovery_end(self._snd_max - ack, now)
-                self._rexmit_log.clear()
+                # Holes above `recover` resent in this episode stay watched: a lost one is
+                # found by the next episode's first ACKs instead of by the timer.
+                self._rexmit_log[:] = [e for e in self._rexmit_log if e[0] >= ack]
             elif self._sacked:
                 self._sack_fill(now)  # RFC 6675: the SACK scoreboard says what to resend
             else:
@@ -1227,10 +1232,14 @@ class TcpEndpoint:
         if newly <= 0:
             return  # nothing new, or the guest reneged on a SACK
         valid = rate.on_delivery(newly, high, now)
-        if self._sacked:
+        if self._in_recovery and self._sacked:
             inflight = self._sack.pipe(una, self._snd_max, self._rexmit_high)
         else:
-            inflight = self._snd_nxt - una  # after a timeout, what was resent so far
+            # After a timeout only what was resent since is in flight, less what of it
+            # the guest had already SACKed (skipped, not resent).
+            inflight = self._snd_nxt - una
+            if self._sacked:
+                inflight -= self._sack.sacked_below(self._snd_nxt)
         self.cc.on_delivery(rate, valid, inflight, newly, now)
 
     def _sack_fill(self, now: float) -> None:
@@ -1245,19 +1254,28 @@ class TcpEndpoint:
         room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high)
         log = self._rexmit_log
         if log:
-            # RACK for retransmissions: a resent hole neither ACKed nor SACKed a round trip
-            # and a quarter after it went (while later data kept being SACKed, or this ACK
-            # would not be here) was lost again; resend it now rather than wait for the RTO.
-            srtt = self._rtt.srtt
-            lost_before = now - (1.25 * srtt + CLOCK_GRANULARITY)
-            while log and log[0][1] <= lost_before:
-                seq, _ = log.pop(0)
-                if seq >= una and not sack.holds(seq) and seq not in self._rexmit:
-                    self._rexmit.append(seq)
-                    self.lost_retransmits += 1
-                    room -= self._mss
+            # RACK (RFC 8985 6.2) for retransmissions: a resent hole is lost again once
+            # data first sent after it has been SACKed (the guest's highest SACKed byte is
+            # past SND.MAX at the time of the resend) and a reordering window (srtt / 4)
+            # has passed; resend it now rather than wait for the timer. Sending times are
+            # only needed per resend here: new data is ordered by sequence number.
+            high = self._sacked[-1][1] if self._sacked else una
+            reo_before = now - (0.25 * self._rtt.srtt + CLOCK_GRANULARITY)
+            while log:
+                seq, at, smax_then = log[0]
+                if seq < una or sack.holds(seq):
+                    log.pop(0)  # delivered
+                elif high > smax_then and at <= reo_before:
+                    log.pop(0)
+                    if seq not in self._rexmit:
+                        self._rexmit.append(seq)
+                        self.lost_retransmits += 1
+                        room -= self._mss
+                else:
+                    break
         s = self._rexmit_high if self._rexmit_high > una else una
         mss = self._mss
+        uses_rate = self._rate is not None
         while room > 0:
             hole = sack.next_hole(s)
             if hole < 0:
@@ -1271,6 +1289,8 @@ class TcpEndpoint:
             if hole not in self._rexmit:
                 self._rexmit.append(hole)
                 room -= end - hole
+                if uses_rate:
+                    self.cc.on_lost(end - hole)
             s = end
         self._recovery_room = room if room > 0 else 0
 
@@ -1400,13 +1420,29 @@ class TcpEndpoint:
         sent = False
         una = self._snd_una
         rtt = self._rtt
-
         rexmit = self._rexmit
+        nxt = self._snd_nxt
+        end = self._snd_end
+        # Seconds per byte at the controller's pacing rate (0 = not paced). Resent
+        # segments are paced too: recovery that resent every hole at once into a
+        # 100-packet bottleneck lost most of them again (pathsim, 100 Mbit/s, 100 ms).
+        per_byte = 0.0
+        srtt = rtt.srtt
+        if self._p.pacing and srtt > 0.0 and (rexmit or nxt < end):
+            per_byte = 1.0 / self.cc.pacing_rate(srtt)
+            floor = now - PACE_QUANTUM  # lateness beyond one quantum is not caught up
+            if self._pace_at < floor:
+                self._pace_at = floor
+        self._t_pace = INF
+
         while rexmit:
             seq = rexmit[0]
             if seq < self._snd_una:
                 rexmit.pop(0)
                 continue
+            if per_byte and self._pace_at > now + PACE_QUANTUM:
+                self._t_pace = self._pace_at - PACE_QUANTUM
+                break
             n = min(mss, self._snd_end - seq, self._snd_max - seq)
             sacked = self._sack.sacked_after(seq)
             if sacked >= 0:
@@ -1425,16 +1461,15 @@ class TcpEndpoint:
             rexmit.pop(0)
             sent = True
             self.retransmits += 1
+            self._pace_at += n * per_byte
             if self._in_recovery:  # (a tail loss probe is not recovery's progress)
                 if self._sacked and len(self._rexmit_log) < MAX_REXMIT_LOG:
-                    self._rexmit_log.append((seq, now))
+                    self._rexmit_log.append((seq, now, self._snd_max))
                 self._rexmit_high = max(self._rexmit_high, seq + n)
             rtt.resent(seq)
             if self._t_rto == INF:
                 self._t_rto = now + rtt.rto
 
-        nxt = self._snd_nxt
-        end = self._snd_end
         smax = self._snd_max
         cwnd = self.cc.cwnd
         if self._dupacks and not self._in_recovery:
@@ -1455,29 +1490,19 @@ class TcpEndpoint:
                 edge = min(self._snd_wl2 + self._snd_wnd, edge)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
-        # Seconds per byte at the controller's pacing rate (0 = not paced).
-        per_byte = 0.0
-        srtt = rtt.srtt
-        if self._p.pacing and srtt > 0.0 and nxt < end:
-            per_byte = 1.0 / self.cc.pacing_rate(srtt)
-            floor = now - PACE_QUANTUM  # lateness beyond one quantum is not caught up
-            if self._pace_at < floor:
-                self._pace_at = floor
-        self._t_pace = INF
         while nxt < end:
             if nxt < smax and sranges:
                 nxt = self._sack.first_unsacked(nxt)  # the guest holds the rest: skip
                 if nxt >= end:
                     continue
-            if nxt >= smax:
-                if pace:
-                    if now < self._next_pace:
-                        self._t_retry = self._next_pace  # TCP_PACE_US: the next one later
-                        break
-                    self._next_pace = now + pace
-                if per_byte and self._pace_at > now + PACE_QUANTUM:
-                    self._t_pace = self._pace_at - PACE_QUANTUM  # the rest at the rate
+            if pace and nxt >= smax:
+                if now < self._next_pace:
+                    self._t_retry = self._next_pace  # TCP_PACE_US: the next one later
                     break
+                self._next_pace = now + pace
+            if per_byte and self._pace_at > now + PACE_QUANTUM:
+                self._t_pace = self._pace_at - PACE_QUANTUM  # the rest at the rate
+                break
             n = end - nxt
             if n > mss:
                 n = mss
@@ -1502,11 +1527,11 @@ class TcpEndpoint:
                 self._t_retry = now + EGRESS_RETRY
                 break
             sent = True
+            self._pace_at += n * per_byte
             if nxt < smax:
                 self.retransmits += 1
             else:
                 self.bytes_out += n
-                self._pace_at += n * per_byte
                 if rtt.timed_end < 0:
                     rtt.start_timing(nxt + n, now)
             nxt += n

@@ -191,6 +191,15 @@ class SackScoreboard:
                 s = right
         return -1
 
+    def sacked_below(self, seq: int) -> int:
+        """Bytes below `seq` the guest reported holding."""
+        total = 0
+        for left, right in self.ranges:
+            if left >= seq:
+                break
+            total += (right if right < seq else seq) - left
+        return total
+
     def first_unsacked(self, seq: int) -> int:
         """The first byte at or after `seq` the guest has not reported holding."""
         for left, right in self.ranges:
