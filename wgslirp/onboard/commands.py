@@ -143,7 +143,11 @@ def _apply(ctx: Context, what: str, record: StoredPeer) -> int:
         later = (
             "a running router keeps serving it until its next reload (SIGHUP) or restart"
             if what == "remove"
-            else "a router loads it at its next start or reload (SIGHUP)"
+            else "a router loads it at its next start or reload"
+        )
+        later += (
+            "; to reload: `kill -HUP PID`, `systemctl kill -s HUP wgslirp` or "
+            "`docker kill -s HUP CONTAINER`"
         )
         ctx.say(f"not applied live ({e}); {later}")
         return 0
