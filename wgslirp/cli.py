@@ -1,4 +1,4 @@
-"""Command line: `wgslirp [run|genkey|pubkey|check-config|client-config]`.
+"""Command line: `wgslirp [run|genkey|pubkey|check-config|client-config|peer ...]`.
 
 Configuration errors exit with status 2 and one line naming the setting; they are user
 errors, so no traceback is shown.
@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from wgslirp import __version__
 from wgslirp.config import (
@@ -19,7 +20,7 @@ from wgslirp.config import (
     Config,
     ConfigError,
     check_config,
-    load_config,
+    load_config_sourced,
     parse_setting,
     unknown_variables,
 )
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "client-config", parents=[cfg_opt], help="print a wg-quick config for the default client"
     )
+    _peer_parser(sub, cfg_opt)
     sub.add_parser(
         "healthcheck",
         help="exit 0 if the running router reports healthy "
@@ -68,13 +70,89 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
-    cfg = load_config(os.environ, args.config)
+def _peer_parser(sub: Any, cfg_opt: argparse.ArgumentParser) -> None:
+    peer = sub.add_parser(
+        "peer",
+        help="add, list, remove or show clients (kept in the state directory's peers.json)",
+        description="Clients added here are stored in $WGSLIRP_STATE_DIR/peers.json, join "
+        "the configured peers at every start and reload, and are applied to a running "
+        "router at once through its wg(8) socket.",
+    )
+    psub = peer.add_subparsers(dest="peer_command", required=True, metavar="COMMAND")
+    add = psub.add_parser(
+        "add", parents=[cfg_opt], help="new client: keys, next free address, its wg-quick file"
+    )
+    add.add_argument("name", help="1-32 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    add.add_argument("--qr", action="store_true", help="print the file as a QR code")
+    add.add_argument("--output", "-o", metavar="FILE", help="write the file here (mode 0600)")
+    add.add_argument(
+        "--keep-key",
+        action="store_true",
+        help="store the client's private key, so `peer show` can print the file again",
+    )
+    add.add_argument("--no-psk", action="store_true", help="no preshared key")
+    lst = psub.add_parser(
+        "list", parents=[cfg_opt], help="every peer, with live handshake and transfer"
+    )
+    lst.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    rm = psub.add_parser(
+        "remove", parents=[cfg_opt], help="forget a client; a running router drops it at once"
+    )
+    rm.add_argument("name")
+    show = psub.add_parser("show", parents=[cfg_opt], help="print a stored client's file again")
+    show.add_argument("name")
+    show.add_argument("--qr", action="store_true", help="print the file as a QR code")
+
+
+def _load_sourced(args: argparse.Namespace, *, embedded: bool) -> tuple[Config, tuple[str, ...]]:
+    """The configuration from the environment and --config (and, `embedded`, the stored
+    identity), with where each peer was configured."""
+    cfg, labels = load_config_sourced(os.environ, args.config)
     if embedded:
         from wgslirp.identity import ensure_default_identity
 
         cfg = ensure_default_identity(cfg)
+    return cfg, labels
+
+
+def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
+    """What the router runs with: with `embedded`, the stored identity and the clients of
+    the peers file too (at every start and every reload)."""
+    cfg, labels = _load_sourced(args, embedded=embedded)
+    if embedded:
+        from wgslirp.onboard.merge import with_stored_peers
+
+        cfg = with_stored_peers(cfg, labels)
     return cfg
+
+
+def _peer_command(args: argparse.Namespace) -> int:
+    from wgslirp.onboard import commands
+    from wgslirp.onboard.errors import PeerError
+
+    cmd = args.peer_command
+    try:
+        # add and show print files naming the router's key, so they load (and on a first
+        # run create) the identity as the router does; list and remove change nothing else
+        cfg, labels = _load_sourced(args, embedded=cmd in ("add", "show"))
+        ctx = commands.Context(cfg, labels)
+        if cmd == "add":
+            return commands.add(
+                ctx,
+                args.name,
+                psk=not args.no_psk,
+                keep_key=args.keep_key,
+                output=args.output,
+                qr=args.qr,
+            )
+        if cmd == "remove":
+            return commands.remove(ctx, args.name)
+        if cmd == "show":
+            return commands.show(ctx, args.name, qr=args.qr)
+        return commands.list_peers(ctx, as_json=args.json)
+    except PeerError as err:
+        print(f"wgslirp: peer {cmd}: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _load(args, embedded=True)
             print(client_config_text(cfg, read_client_private_key(cfg)), end="")
             return 0
+        if cmd == "peer":
+            return _peer_command(args)
         if cmd == "healthcheck":
             return _healthcheck(parse_setting(os.environ, "METRICS_LISTEN"))
         return _run(args)
@@ -140,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     from wgslirp.runtime.control import ListenError
 
     if cfg.private_key is not None and not cfg.peers:
-        log.warning("no peers configured: nobody can connect")
+        log.warning("no peers configured: nobody can connect (`wgslirp peer add NAME` adds one)")
     unknown = unknown_variables(os.environ)
     if unknown:
         log.warning(

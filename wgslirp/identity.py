@@ -30,6 +30,7 @@ __all__ = [
     "SERVER_KEY_FILE",
     "client_config_text",
     "ensure_default_identity",
+    "ensure_state_dir",
     "first_host_ipv4",
     "load_or_create_key",
     "read_client_private_key",
@@ -43,7 +44,8 @@ _SETTING = "WGSLIRP_STATE_DIR"
 log = logging.getLogger("wgslirp.identity")
 
 
-def _ensure_dir(path: str) -> None:
+def ensure_state_dir(path: str) -> None:
+    """Create the state directory (0700) if needed; refuse one others could write in."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
@@ -147,7 +149,7 @@ def _write_exclusive(path: str, text: str) -> None:
 
 def load_or_create_key(state_dir: str, name: str) -> bytes:
     """Return the private key stored as ``name`` in ``state_dir``, creating it once."""
-    _ensure_dir(state_dir)
+    ensure_state_dir(state_dir)
     path = os.path.join(state_dir, name)
     key = _read_key(path)
     if key is None:

@@ -518,6 +518,16 @@ def wait_tunnel(c: WgClient, address: str, interval: float = 0.2) -> None:
     c.wait_handshake(10)
 
 
+def first_reply_after(c: WgClient, address: str, limit: float) -> float | None:
+    """Seconds until a ping of ``address`` through the tunnel is answered, or None within
+    ``limit`` (one probe at a time, so the answer is the first one)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if c.ping(address, count=1, interval=0.1, wait=0.3)[1]:
+            return time.monotonic() - t0
+    return None
+
+
 # --------------------------------------------------------------------------- socket buffers
 
 SYS_PIDFD_GETFD = 438  # the same number on every architecture (new syscalls are unified)

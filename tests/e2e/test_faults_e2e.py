@@ -24,20 +24,11 @@ from wgslirp_testkit.router import (
     client_from_router_output,
     router,
 )
-from wgslirp_testkit.wgclient import WgClient
+from wgslirp_testkit.wgclient import WgClient, first_reply_after
 
 pytestmark = pytest.mark.e2e
 
 GUEST = "10.77.0.2"
-
-
-def first_reply_after(c: WgClient, limit: float) -> float | None:
-    """Seconds until a ping of the gateway is answered again, or None within `limit`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        if c.ping(GATEWAY, count=1, interval=0.1, wait=0.3)[1]:
-            return time.monotonic() - t0
-    return None
 
 
 def test_traffic_flows_again_at_once_after_ingress_is_killed(tmp_path: Path) -> None:
@@ -45,14 +36,14 @@ def test_traffic_flows_again_at_once_after_ingress_is_killed(tmp_path: Path) -> 
     (~15 s of silence); now it initiates to every peer it had a session with."""
     port = free_udp_port()
     with router(base_env(tmp_path, port, workers=2)) as r, client_from_router_output(r, port) as c:
-        assert first_reply_after(c, 10) is not None
+        assert first_reply_after(c, GATEWAY, 10) is not None
         c.wait_handshake(10)
         time.sleep(1.0)  # the session report (sent at once) is read by the supervisor
         ingress = child_pid(r.pid, "wgslirp-ingress")
         assert ingress is not None
         mark = r.mark()
         os.kill(ingress, signal.SIGKILL)
-        back = first_reply_after(c, 20)
+        back = first_reply_after(c, GATEWAY, 20)
         assert back is not None, "no reply within 20 s"
         # ~0.1 s measured; the client's own recovery would take ~15 s.
         assert back < 5.0, f"traffic resumed only after {back:.1f} s"

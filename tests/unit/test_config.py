@@ -164,6 +164,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     ),
     "WG_PUBLIC_ENDPOINT": ("vpn.example.com:443", "public_endpoint", "vpn.example.com:443"),
     "WGSLIRP_STATE_DIR": ("/srv/wgslirp", "state_dir", "/srv/wgslirp"),
+    "WGSLIRP_PEER_POOL": ("10.99.0.0/16", "peer_pool", "10.99.0.0/16"),
     "PROCESSOR_WORKERS": ("0", "processor_workers", 0),
     "PROCESSOR_QUEUE_CAP": ("4096", "processor_queue_cap", 4096),
     "WG_TUN_QUEUE_CAP": ("2048", "tun_queue_cap", 2048),
@@ -313,6 +314,10 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"WG_GATEWAY_HOST_IP": "host"}, "WG_GATEWAY_HOST_IP"),
     ({"WG_DNS_UPSTREAM": "resolver"}, "WG_DNS_UPSTREAM"),
     ({"WG_DNS_IP": "224.0.0.1"}, "WG_DNS_IP"),
+    ({"WGSLIRP_PEER_POOL": "10.77.0.1/24"}, "WGSLIRP_PEER_POOL"),  # host bits: a typo
+    ({"WGSLIRP_PEER_POOL": "10.77.0.5"}, "WGSLIRP_PEER_POOL"),
+    ({"WGSLIRP_PEER_POOL": "10.77.0.0/31"}, "WGSLIRP_PEER_POOL"),
+    ({"WGSLIRP_PEER_POOL": "fd00::/64"}, "WGSLIRP_PEER_POOL"),
     ({"WG_GATEWAY_IP": "10.0.0.1", "WG_DNS_IP": "10.0.0.1"}, "WG_DNS_IP"),
     ({"WG_PUBLIC_ENDPOINT": "vpn.example.com:0"}, "WG_PUBLIC_ENDPOINT"),
     ({"WG_PUBLIC_ENDPOINT": "[2001:db8::1]:51820"}, "WG_PUBLIC_ENDPOINT"),

@@ -260,16 +260,16 @@ def test_client_config_needs_router_key_and_peer(state_dir: Path) -> None:
 def test_a_state_directory_others_can_write_is_refused_not_changed(tmp_path: Path) -> None:
     import stat as st
 
-    from wgslirp.identity import _ensure_dir
+    from wgslirp.identity import ensure_state_dir
 
     for mode in (0o777, 0o1777, 0o770):  # shared, /tmp-like, group-writable
         d = tmp_path / f"d{mode:o}"
         d.mkdir()
         d.chmod(mode)
         with pytest.raises(ConfigError, match="writable by group or others"):
-            _ensure_dir(str(d))
+            ensure_state_dir(str(d))
         assert st.S_IMODE(d.stat().st_mode) == mode  # left as it was
     ok = tmp_path / "readable"
     ok.mkdir()
     ok.chmod(0o755)
-    _ensure_dir(str(ok))  # readable by others: a warning, still usable
+    ensure_state_dir(str(ok))  # readable by others: a warning, still usable

@@ -50,6 +50,11 @@ RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "rings and shared counters carry bytes, not protocols",
     ),
     (
+        "wgslirp.onboard",
+        ("wgslirp.runtime", "wgslirp.slirp", "wgslirp.shm", "wgslirp.router", "wgslirp.wireguard"),
+        "peer commands are a client of the running router: its wg(8) socket, not its internals",
+    ),
+    (
         "wgslirp.obs",
         ("wgslirp.runtime", "wgslirp.wireguard", "wgslirp.slirp"),
         "observability reads what the processes publish, not their hot-path internals",

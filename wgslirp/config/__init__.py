@@ -23,6 +23,7 @@ from wgslirp.config.docs import ORIGINAL_VARIABLES, Setting, render_markdown, se
 from wgslirp.config.load import (
     changed_settings,
     load_config,
+    load_config_sourced,
     parse_setting,
     resolve_ipv4,
     unknown_variables,
@@ -67,6 +68,7 @@ __all__ = [
     "default_state_dir",
     "format_duration",
     "load_config",
+    "load_config_sourced",
     "main",
     "parse_duration",
     "parse_setting",

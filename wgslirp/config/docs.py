@@ -116,6 +116,7 @@ def _type_text(f: Field) -> str:
         "endpoint": "host:port",
         "peers": "index list",
         "upstreams": "list of ip[:port]",
+        "pool": "IPv4 network",
     }[k]
 
 

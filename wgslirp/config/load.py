@@ -32,6 +32,7 @@ from wgslirp.config.values import (
     parse_int,
     parse_ipv4,
     parse_listen_ipv4,
+    parse_pool,
     parse_public_endpoint,
     parse_unicast_ipv4,
     parse_upstreams,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_CONFIG_FILE",
     "changed_settings",
     "load_config",
+    "load_config_sourced",
     "parse_setting",
     "resolve_ipv4",
     "unknown_variables",
@@ -92,6 +94,8 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return str(parse_ipv4(raw))
     if kind == "upstreams":
         return parse_upstreams(raw)
+    if kind == "pool":
+        return parse_pool(raw)
     if kind == "unicast_ipv4":
         return parse_unicast_ipv4(raw)
     if kind == "listen_ipv4":
@@ -258,6 +262,25 @@ def load_config(
     *,
     resolve: Callable[[str], str] = resolve_ipv4,
 ) -> Config:
+    """Build the effective configuration; see :func:`load_config_sourced`."""
+    return load_config_sourced(env, config_file, resolve=resolve)[0]
+
+
+def _peer_label(setting: str) -> str:
+    """``WG_PEER_1_PUBLIC_KEY`` -> ``WG_PEER_1``; ``f [Peer 2] PublicKey`` -> ``f [Peer 2]``:
+    how an error about a whole peer names where the user wrote it."""
+    for suffix in ("_PUBLIC_KEY", " PublicKey"):
+        if setting.endswith(suffix):
+            return setting[: -len(suffix)]
+    return setting
+
+
+def load_config_sourced(
+    env: Mapping[str, str],
+    config_file: str | None = None,
+    *,
+    resolve: Callable[[str], str] = resolve_ipv4,
+) -> tuple[Config, tuple[str, ...]]:
     """Build the effective configuration; raise ConfigError on the first bad setting.
 
     Environment variables override the file's scalar settings; ``WG_PEERS``,
@@ -266,6 +289,10 @@ def load_config(
     endpoint's host name to an IPv4 address (raising ValueError when it cannot);
     it is the only network access while loading, passed in so tests and tools
     can load without DNS.
+
+    Also returns, for each of the Config's peers in order, where it was configured
+    (``WG_PEER_1``, ``wg.conf [Peer 2]``), so a later check (the peers file's clashes)
+    can name both sides.
     """
     file_scalars: dict[str, _Source] = {}
     peers: list[tuple[PeerConfig, str]] = []
@@ -316,7 +343,7 @@ def load_config(
 
     for name, cls in NESTED.items():
         top[name] = cls(**nested[name])
-    return Config(**top)
+    return Config(**top), tuple(_peer_label(setting) for _, setting in peers)
 
 
 _IGNORED = frozenset(

@@ -642,12 +642,25 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _doc(
             "WGSLIRP_STATE_DIR",
-            "Directory (mode 0700) holding the generated server.key and client.key.",
+            "Directory (mode 0700) holding the generated server.key and client.key, and "
+            "peers.json, the clients added by `wgslirp peer add`.",
             group="Addresses and state",
             kind="dir",
             default_doc="$XDG_STATE_HOME/wgslirp or ~/.local/state/wgslirp",
         ),
     ] = msgspec.field(default_factory=_env_state_dir)
+    peer_pool: Annotated[
+        str,
+        _doc(
+            "WGSLIRP_PEER_POOL",
+            "IPv4 network (/8 to /30) that `wgslirp peer add` takes client addresses from: "
+            "the lowest free address, never the network or broadcast address, the "
+            "network's first address (the router's, by convention), WG_GATEWAY_IP, "
+            "WG_DNS_IP or an address inside another peer's AllowedIPs.",
+            group="Addresses and state",
+            kind="pool",
+        ),
+    ] = "10.77.0.0/24"
     processor_workers: Annotated[
         int,
         Meta(ge=0, le=256),

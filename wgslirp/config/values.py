@@ -29,6 +29,7 @@ __all__ = [
     "parse_int",
     "parse_ipv4",
     "parse_listen_ipv4",
+    "parse_pool",
     "parse_public_endpoint",
     "parse_unicast_ipv4",
     "parse_upstreams",
@@ -129,6 +130,20 @@ def parse_cidrs(raw: str) -> tuple[str, ...]:
             if net not in out:
                 out.append(net)
     return tuple(out)
+
+
+def parse_pool(raw: str) -> str:
+    """An address pool: a network written exactly (host bits set are a typo, not a wish),
+    with room for clients besides its network, first and broadcast addresses."""
+    text = raw.strip()
+    net = ipaddress.IPv4Network(_parse_cidr(text))
+    if "/" not in text:
+        raise ValueError(f"{text!r} is an address; a pool is a network such as {net.supernet(8)}")
+    if str(net) != text:
+        raise ValueError(f"{text!r} has host bits set; the network is {net}")
+    if not 8 <= net.prefixlen <= 30:
+        raise ValueError(f"{net} must be between /8 and /30")
+    return str(net)
 
 
 def parse_upstreams(raw: str) -> tuple[str, ...]:
