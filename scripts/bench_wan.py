@@ -80,6 +80,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,9 @@ class Run:
     busy: float | None = None  # the whole machine, % of one core
     background: float = 0.0  # machine busy before the run
     relay: dict[str, Any] | None = None  # RelayReport as a dict, plus cpu_share
+    # how the router's TCP recovered during the run (its counters' increase): resent
+    # segments, fast retransmits, timeouts, tail loss probes, lost retransmissions
+    router_tcp: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -273,6 +277,7 @@ class Target:
     router_pid: int = -1  # the router's main process
     wg_pids: list[int] = field(default_factory=list)
     udp_ports: dict[str, int] = field(default_factory=dict)  # label -> local UDP port
+    metrics_url: str = ""  # the router's /metrics (METRICS_LISTEN), for its TCP counters
 
 
 class Bench:
@@ -371,6 +376,7 @@ class Bench:
                 reverse=direction == "down",
                 congestion=a.guest_cc or None,
             )
+            tcp0 = _router_tcp(t.metrics_url)
             wall0 = time.time()
             proc = spawn(argv, c, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             meter = CpuMeter()
@@ -386,6 +392,11 @@ class Bench:
             except subprocess.TimeoutExpired:
                 raise RuntimeError("iperf3 client did not finish in time") from None
             drops1 = drops()
+            if t.metrics_url:
+                # the counters grow when a connection closes; workers report each second
+                time.sleep(1.2 if self.args.workers != [0] else 0.2)
+                tcp1 = _router_tcp(t.metrics_url)
+                res.router_tcp = {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in tcp1}
             pinger.send_signal(signal.SIGTERM)  # it prints each reply at once: nothing lost
             _read_samples(reader, samples, time.monotonic() + 5.0)
             parsed = parse_client_output(out, err)
@@ -486,6 +497,8 @@ class Bench:
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-wan-"))
         port = free_udp_port()
         env, cwd = self.router_env(tmp, port, workers)
+        mport = free_tcp_port()
+        env["METRICS_LISTEN"] = f"127.0.0.1:{mport}"
         try:
             with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(LISTENING, timeout=30)
@@ -504,6 +517,7 @@ class Bench:
                         router_pid=r.pid,
                         wg_pids=[c.pid],
                         udp_ports={"wg-go": c.udp_port(), "router": port},
+                        metrics_url=f"http://127.0.0.1:{mport}/metrics",
                     )
                     self.measure_all(t, ("down", "up"))
                 r.terminate(timeout=10)
@@ -572,7 +586,34 @@ def _run_line(r: Run) -> str:
         )
         if r.relay_suspect():
             parts.append("RELAY AT ITS LIMIT? (" + ", ".join(r.relay_suspect()) + ")")
+    if r.router_tcp:
+        parts.append("router tcp: " + " ".join(f"{k} {v}" for k, v in r.router_tcp.items() if v))
     return "  ".join(parts)
+
+
+ROUTER_TCP = (
+    "retransmits",
+    "fast_retransmits",
+    "rto_expirations",
+    "tlp_probes",
+    "lost_retransmits",
+)
+ROUTER_TCP_NAMES = {f"wgslirp_tcp_{k}_total": k for k in ROUTER_TCP}
+
+
+def _router_tcp(url: str) -> dict[str, int]:
+    """The router's TCP recovery counters from /metrics (empty without a URL)."""
+    if not url:
+        return {}
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        key = ROUTER_TCP_NAMES.get(name.split("{")[0])
+        if key is not None:
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
 
 
 # =========================================================================== report
