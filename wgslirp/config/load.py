@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, get_args
 
+from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.config.fields import BY_ENV, CONFIG_FIELDS, NESTED, PEER_FIELDS, Field
 from wgslirp.config.schema import Config, ConfigError, PeerConfig, default_state_dir
 from wgslirp.config.values import (
@@ -257,6 +258,7 @@ def load_config(
     config_file: str | None = None,
     *,
     resolve: Callable[[str], str] = resolve_ipv4,
+    cpus: Callable[[], int] = usable_cpus,
 ) -> Config:
     """Build the effective configuration; raise ConfigError on the first bad setting.
 
@@ -265,7 +267,8 @@ def load_config(
     peer lists by position would be guesswork. ``resolve`` maps a peer
     endpoint's host name to an IPv4 address (raising ValueError when it cannot);
     it is the only network access while loading, passed in so tests and tools
-    can load without DNS.
+    can load without DNS. ``cpus`` says how many CPUs the process may use, for
+    ``PROCESSOR_WORKERS`` when it is unset (a test passes its own).
     """
     file_scalars: dict[str, _Source] = {}
     peers: list[tuple[PeerConfig, str]] = []
@@ -293,6 +296,8 @@ def load_config(
     if _from_env(env, "METRICS_INTERVAL") is not None:
         nested["metrics"]["log"] = True
 
+    if "processor_workers" not in top:
+        top["processor_workers"] = workers_for_cpus(cpus())
     if "state_dir" not in top:
         top["state_dir"] = default_state_dir(env)
     endpoint = top.pop("public_endpoint", None)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from wgslirp.config.cpus import auto_workers
 from wgslirp.errors import ConfigError
 
 __all__ = [
@@ -629,10 +630,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "PROCESSOR_WORKERS",
             "Worker processes that run the TCP/UDP/ICMP bridges; 0 runs one worker inline "
-            "in the ingress process (debugging, tiny hosts).",
+            "in the ingress process (debugging, tiny hosts). When unset, fitted to the CPUs "
+            "this process may use (its affinity mask and its cgroup's CPU quota, as in a "
+            "container with a CPU limit): 0 on 2 CPUs or fewer, where one process is "
+            "measured fastest, else one fewer than the CPUs (ingress takes one), at most 4 "
+            "(their rings must fit a container's default 64 MiB /dev/shm).",
             group="Packet processing",
+            default_doc="fitted to the usable CPUs",
         ),
-    ] = 4
+    ] = msgspec.field(default_factory=auto_workers)
     processor_queue_cap: Annotated[
         int,
         Meta(ge=1, le=1 << 20),
