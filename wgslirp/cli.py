@@ -157,7 +157,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     try:
         return supervisor.run(
-            cfg, lambda address: _announce(cfg, address), reload=lambda: _load(args, embedded=True)
+            cfg,
+            lambda address: _announce(cfg, address),
+            reload=lambda: _load(args, embedded=True),
+            watch=args.config,
         )
     except ListenError as exc:
         print(f"wgslirp: {exc}", file=sys.stderr)

@@ -166,6 +166,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     ),
     "WG_PUBLIC_ENDPOINT": ("vpn.example.com:443", "public_endpoint", "vpn.example.com:443"),
     "WGSLIRP_STATE_DIR": ("/srv/wgslirp", "state_dir", "/srv/wgslirp"),
+    "WGSLIRP_CONFIG_POLL": ("500ms", "config_poll", 0.5),
     # beyond what an unset PROCESSOR_WORKERS picks on any machine (at most 4)
     "PROCESSOR_WORKERS": ("12", "processor_workers", 12),
     "PROCESSOR_QUEUE_CAP": ("4096", "processor_queue_cap", 4096),

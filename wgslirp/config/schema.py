@@ -624,6 +624,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             default_doc="$XDG_STATE_HOME/wgslirp or ~/.local/state/wgslirp",
         ),
     ] = msgspec.field(default_factory=_env_state_dir)
+    config_poll: Annotated[
+        float,
+        Meta(ge=0, le=3600),
+        _doc(
+            "WGSLIRP_CONFIG_POLL",
+            "How often the --config file is checked for changes, as a duration; a change "
+            "(an edit, or Kubernetes swapping a mounted Secret) is reloaded like SIGHUP "
+            "once it has held still for one interval. 0 turns the check off.",
+            group="Peers",
+        ),
+    ] = 2.0
     processor_workers: Annotated[
         int,
         Meta(ge=0, le=256),
