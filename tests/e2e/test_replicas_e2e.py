@@ -14,24 +14,19 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import os
-import re
 import shutil
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from wgslirp.obs.http import http_get
 from wgslirp_testkit import guestprog
 from wgslirp_testkit.balancer import UdpBalancer
 from wgslirp_testkit.hostservers import TcpServer, stream_chunks
-from wgslirp_testkit.keys import KeyPair, generate_keypair
-from wgslirp_testkit.netns import WG_SOCKET_DIR, link_exists, unique_name
-from wgslirp_testkit.ports import free_tcp_port, free_udp_port
-from wgslirp_testkit.proc import peek_exit
-from wgslirp_testkit.router import GATEWAY, RouterProcess, guest_client, router_cmd
+from wgslirp_testkit.keys import generate_keypair
+from wgslirp_testkit.ports import free_udp_port
+from wgslirp_testkit.replicas import Cluster, conf_text, publish
+from wgslirp_testkit.router import GATEWAY, guest_client
 from wgslirp_testkit.wgclient import WgClient, wait_tunnel
 
 pytestmark = [
@@ -48,27 +43,6 @@ SIZE = 10 << 20
 # the dead replica at once, so the first initiation lands: the bound below allows the
 # retry as well, for a busy machine.
 FAILOVER_BOUND = 21.0
-_HANDSHAKES = re.compile(r'^wgslirp_peer_handshakes_total\{public_key="([^"]+)"\} (\d+)', re.M)
-
-
-def conf_text(server: KeyPair, peers: list[KeyPair]) -> str:
-    text = f"[Interface]\nPrivateKey = {server.private}\n"
-    for i, p in enumerate(peers):
-        text += f"\n[Peer]\nPublicKey = {p.public}\nAllowedIPs = 10.77.0.{2 + i}/32\n"
-    return text
-
-
-def publish(secret_dir: Path, version: int, text: str) -> None:
-    """kubelet's update of a mounted Secret: a new directory, then `..data` swapped to it."""
-    d = secret_dir / f"..v{version}"
-    d.mkdir()
-    (d / "wg0.conf").write_text(text)
-    (d / "wg0.conf").chmod(0o600)
-    tmp = secret_dir / "..data_tmp"
-    tmp.symlink_to(d.name)
-    tmp.replace(secret_dir / "..data")
-    if not (secret_dir / "wg0.conf").is_symlink():
-        (secret_dir / "wg0.conf").symlink_to("..data/wg0.conf")
 
 
 def expected_sha(size: int) -> str:
@@ -76,51 +50,6 @@ def expected_sha(size: int) -> str:
     for chunk in stream_chunks(size):
         h.update(chunk)
     return h.hexdigest()
-
-
-class Cluster:
-    def __init__(self, tmp_path: Path, secret: Path, ports: list[int]) -> None:
-        self.tmp_path, self.secret, self.ports = tmp_path, secret, ports
-        self.metrics = [free_tcp_port() for _ in ports]
-        self.routers: list[RouterProcess] = []
-        self.ifnames = [unique_name("i", link_exists) for _ in ports]
-
-    def env(self, i: int) -> dict[str, str]:
-        return {
-            "WGSLIRP_STATE_DIR": str(self.tmp_path / f"state{i}"),
-            "WG_LISTEN_ADDR": "127.0.0.1",
-            "WG_LISTEN_PORT": str(self.ports[i]),
-            "WG_GATEWAY_IP": GATEWAY,
-            "WG_INTERFACE_NAME": self.ifnames[i],
-            "METRICS_LISTEN": f"127.0.0.1:{self.metrics[i]}",
-            "WGSLIRP_CONFIG_POLL": "200ms",
-            "PROCESSOR_WORKERS": "0",  # what an unset value picks on 2 CPUs
-        }
-
-    def start(self, stack: contextlib.ExitStack, i: int) -> RouterProcess:
-        cmd = router_cmd("--config", str(self.secret / "wg0.conf"))
-        r = stack.enter_context(RouterProcess(cmd, self.env(i), name=f"replica{i}"))
-        r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
-        if i < len(self.routers):
-            self.routers[i] = r
-        else:
-            self.routers.append(r)
-        return r
-
-    def handshakes(self, i: int) -> dict[str, int]:
-        status, body = http_get("127.0.0.1", self.metrics[i], "/metrics")
-        assert status == 200, body
-        return {k: int(v) for k, v in _HANDSHAKES.findall(body)}
-
-    def wait_handshakes(self, want: dict[int, dict[str, int]], timeout: float = 5.0) -> None:
-        """Until each replica's counters reach `want` (they are published once a second)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            seen = {i: self.handshakes(i) for i in want}
-            if all(seen[i].get(k, 0) >= n for i, w in want.items() for k, n in w.items()):
-                return
-            assert time.monotonic() < deadline, f"handshake counters {seen}, wanted {want}"
-            time.sleep(0.2)
 
 
 def download(c: WgClient, port: int) -> dict[str, object]:
@@ -149,9 +78,7 @@ def test_three_replicas_behind_a_hashing_balancer(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, secret, ports)
 
     with contextlib.ExitStack() as stack:
-        # last out: the wg(8) socket a SIGKILLed replica leaves behind
-        for name in cluster.ifnames:
-            stack.callback((WG_SOCKET_DIR / f"{name}.sock").unlink, missing_ok=True)
+        cluster.clean_sockets_at_exit(stack)
         lb = stack.enter_context(UdpBalancer(vport, ports))
         # Source ports for the clients, two hashing to each replica and one more for the
         # late peer: where each lands is known before anything starts.
@@ -206,11 +133,8 @@ def test_three_replicas_behind_a_hashing_balancer(tmp_path: Path) -> None:
         stayed = [j for j in range(CLIENTS) if home[j] != victim]
         heir = (victim + 1) % REPLICAS
         before = {i: cluster.handshakes(i) for i in range(REPLICAS) if i != victim}
-        dead = cluster.routers[victim]
         t0 = time.monotonic()
-        os.kill(dead.pid, signal.SIGKILL)
-        # not reaped: its group is killed again at cleanup, and its PID must not be reused
-        assert peek_exit(dead.proc, 10) == -signal.SIGKILL
+        cluster.kill(victim)
         lb.reroute(victim, ports[heir])
         lb.forget_flows(ports[victim])
         with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
