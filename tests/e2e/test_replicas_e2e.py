@@ -144,6 +144,7 @@ def test_three_replicas_behind_a_hashing_balancer(tmp_path: Path) -> None:
             times = [f.result() for f in recovering]
             losses = [f.result() for f in steady]
         print(f"failover: clients of the killed replica answered again after {times} s")
+        print(f"failover: the others' pings (sent, received) meanwhile: {losses}")
         assert max(times) < FAILOVER_BOUND, times
         for j, (sent, got) in zip(stayed, losses, strict=True):
             assert got >= sent - 1, (j, sent, got, clients[j].last_ping_output)
