@@ -71,7 +71,9 @@ def run_one(scenario: str, args: argparse.Namespace) -> float | None:
         cluster = Cluster(tmp_path, secret, ports)
         cluster.clean_sockets_at_exit(st)
         lb = st.enter_context(UdpBalancer(vport, ports))
-        where = lb.slot_of([free_udp_port() for _ in range(16)])
+        where = lb.slot_of(
+            [p for p in {free_udp_port() for _ in range(16)} if p not in {vport, *ports}]
+        )
         sport = next(p for p, s in where.items() if s == 0)
         for i in range(2):
             cluster.start(st, i)

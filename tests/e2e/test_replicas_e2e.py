@@ -82,7 +82,8 @@ def test_three_replicas_behind_a_hashing_balancer(tmp_path: Path) -> None:
         lb = stack.enter_context(UdpBalancer(vport, ports))
         # Source ports for the clients, two hashing to each replica and one more for the
         # late peer: where each lands is known before anything starts.
-        where = lb.slot_of([free_udp_port() for _ in range(48)])
+        taken = {vport, *ports}
+        where = lb.slot_of([p for p in {free_udp_port() for _ in range(48)} if p not in taken])
         chosen: list[int] = []
         for slot in range(REPLICAS):
             chosen += [p for p, s in where.items() if s == slot][:2]
