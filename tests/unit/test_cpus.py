@@ -129,3 +129,12 @@ def test_this_machine_with_a_faked_cgroup(tmp_path: Path) -> None:
     assert _load({}, usable_cpus(root, affinity=lambda: 16)) == 3
     (root / "sys/fs/cgroup/pod/cpu.max").write_text("200000 100000\n")
     assert _load({}, usable_cpus(root, affinity=lambda: 16)) == 0
+
+
+def test_this_machine_when_it_has_two_cpus_or_fewer_runs_inline() -> None:
+    """The project's 2-core machine, read for real (affinity and its own cgroup)."""
+    n = usable_cpus()
+    if n > 2:
+        pytest.skip(f"this machine lets the process use {n} CPUs")
+    cfg = load_config({"HOME": "/nonexistent"}, resolve=lambda h: "192.0.2.1")
+    assert cfg.processor_workers == 0
