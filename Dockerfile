@@ -37,16 +37,17 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/wgslirp-*
 # Defaults from the Go original's docker-compose example; override any with -e.
 # Keys: unset here on purpose. Without WG_PRIVATE_KEY the router creates its key (and one
 # client's) in the state volume on first start and reuses them afterwards.
-# PROCESSOR_WORKERS is 4, not the example's 8: with these queue caps each worker's rings
-# take 8 MiB of /dev/shm, and 8 workers would overflow Docker's default 64 MiB --shm-size
-# (a SIGBUS under load, not an error at start). More workers need a larger --shm-size.
+# PROCESSOR_WORKERS is unset, not the example's 8: the router fits it to the CPUs the
+# container may use (--cpus, a Kubernetes CPU limit, the cpuset): inline on 2 or fewer,
+# at most 4 workers. With these queue caps each worker's rings take ~8.5 MiB of /dev/shm,
+# and 8 workers would overflow Docker's default 64 MiB --shm-size. More workers need
+# `-e PROCESSOR_WORKERS=N` and a larger --shm-size.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     WGSLIRP_STATE_DIR=/var/lib/wgslirp \
     WG_LISTEN_PORT=51820 \
     WG_MTU=1200 \
     POOLING=1 \
-    PROCESSOR_WORKERS=4 \
     PROCESSOR_QUEUE_CAP=4096 \
     WG_TUN_QUEUE_CAP=2048 \
     TCP_ACK_DELAY_MS=5 \

@@ -393,8 +393,8 @@ class Bench:
                 raise RuntimeError("iperf3 client did not finish in time") from None
             drops1 = drops()
             if t.metrics_url:
-                # the counters grow when a connection closes; workers report each second
-                time.sleep(1.2 if self.args.workers != [0] else 0.2)
+                # the counters grow when a connection is dropped; workers report each second
+                time.sleep(3.5)  # TIME_WAIT (2 s) comes first
                 tcp1 = _router_tcp(t.metrics_url)
                 res.router_tcp = {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in tcp1}
             pinger.send_signal(signal.SIGTERM)  # it prints each reply at once: nothing lost

@@ -24,6 +24,7 @@ from wgslirp.config import (
     parse_setting,
     unknown_variables,
 )
+from wgslirp.config.cpus import usable_cpus
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 from wgslirp.obs.logs import setup_logging
 
@@ -221,6 +222,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if cfg.private_key is not None and not cfg.peers:
         log.warning("no peers configured: nobody can connect (`wgslirp peer add NAME` adds one)")
+    if not os.environ.get("PROCESSOR_WORKERS", "").strip():
+        log.info(
+            "PROCESSOR_WORKERS unset: %d worker(s) for %d usable CPU(s) (affinity, cgroup quota)",
+            cfg.processor_workers,
+            usable_cpus(),
+        )
     unknown = unknown_variables(os.environ)
     if unknown:
         log.warning(
@@ -230,7 +237,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     try:
         return supervisor.run(
-            cfg, lambda address: _announce(cfg, address), reload=lambda: _load(args, embedded=True)
+            cfg,
+            lambda address: _announce(cfg, address),
+            reload=lambda: _load(args, embedded=True),
+            watch=args.config,
         )
     except ListenError as exc:
         print(f"wgslirp: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from wgslirp.config import (
     render_markdown,
     settings_table,
 )
+from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -118,7 +119,8 @@ def test_defaults() -> None:
     assert cfg.gateway_host_ip == "127.0.0.1"
     assert cfg.state_dir == "/var/lib/test-state/wgslirp"
     assert cfg.interface_name == "wgslirp0"
-    assert cfg.processor_workers == 4 and cfg.processor_queue_cap == 1000
+    assert cfg.processor_workers == workers_for_cpus(usable_cpus())  # tests/unit/test_cpus.py
+    assert cfg.processor_queue_cap == 1000
     assert cfg.tun_queue_cap == 1024
     assert not (cfg.debug or cfg.wg_debug or cfg.pooling or cfg.copy_tos or cfg.disable_ipv6)
     assert cfg.ip_ttl == 64
@@ -165,7 +167,9 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "WG_PUBLIC_ENDPOINT": ("vpn.example.com:443", "public_endpoint", "vpn.example.com:443"),
     "WGSLIRP_STATE_DIR": ("/srv/wgslirp", "state_dir", "/srv/wgslirp"),
     "WGSLIRP_PEER_POOL": ("10.99.0.0/16", "peer_pool", "10.99.0.0/16"),
-    "PROCESSOR_WORKERS": ("0", "processor_workers", 0),
+    "WGSLIRP_CONFIG_POLL": ("500ms", "config_poll", 0.5),
+    # beyond what an unset PROCESSOR_WORKERS picks on any machine (at most 4)
+    "PROCESSOR_WORKERS": ("12", "processor_workers", 12),
     "PROCESSOR_QUEUE_CAP": ("4096", "processor_queue_cap", 4096),
     "WG_TUN_QUEUE_CAP": ("2048", "tun_queue_cap", 2048),
     "PROCESSOR_HUNG_RESTART": ("45s", "hung_restart", 45.0),

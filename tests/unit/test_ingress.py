@@ -8,6 +8,8 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -281,4 +283,52 @@ def test_a_replacement_ingress_initiates_to_the_peers_its_predecessor_had_sessio
         idle.close()
         wg.close()
         for ring in rings:
+            ring.close()
+
+
+def test_a_reload_asked_for_while_one_reads_runs_once_more_after_it() -> None:
+    """The file may have changed again after the running reload read it (a Secret updated
+    twice, SIGHUP and the file watch together): one more reload follows, not one per ask."""
+    settings = Settings(generate_private_key(), (PeerSpec(public_key(generate_private_key())),))
+    gate = threading.Event()
+    calls: list[float] = []
+
+    def load() -> Settings:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            gate.wait(5)
+        return settings
+
+    rings_in, rings_out = [Ring.create(64, 2048)], [Ring.create(64, 2048)]
+    loop = Loop(clock=lambda: NOW)
+    wg = open_wg_socket("127.0.0.1", 0)
+    try:
+        ingress = Ingress(
+            settings,
+            wg,
+            loop,
+            [r.producer() for r in rings_in],
+            [r.consumer() for r in rings_out],
+            reload=load,
+        )
+        ingress.reload(NOW)
+        ingress.reload(NOW)  # while the first one reads
+        ingress.reload(NOW)
+        gate.set()
+        for _ in range(2000):  # bounded: each turn waits at most 1 ms
+            loop.run_once()
+            if (
+                len(calls) == 2
+                and not ingress._reloading.is_alive()
+                and (ingress._reload_result is None)
+            ):
+                break
+        assert len(calls) == 2
+        for _ in range(50):
+            loop.run_once()
+        assert len(calls) == 2  # the three asks became two reads, not three
+    finally:
+        gate.set()
+        wg.close()
+        for ring in (*rings_in, *rings_out):
             ring.close()

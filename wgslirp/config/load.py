@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, get_args
 
+from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.config.fields import BY_ENV, CONFIG_FIELDS, NESTED, PEER_FIELDS, Field
 from wgslirp.config.schema import Config, ConfigError, PeerConfig, default_state_dir
 from wgslirp.config.values import (
@@ -261,9 +262,10 @@ def load_config(
     config_file: str | None = None,
     *,
     resolve: Callable[[str], str] = resolve_ipv4,
+    cpus: Callable[[], int] = usable_cpus,
 ) -> Config:
     """Build the effective configuration; see :func:`load_config_sourced`."""
-    return load_config_sourced(env, config_file, resolve=resolve)[0]
+    return load_config_sourced(env, config_file, resolve=resolve, cpus=cpus)[0]
 
 
 def _peer_label(setting: str) -> str:
@@ -280,6 +282,7 @@ def load_config_sourced(
     config_file: str | None = None,
     *,
     resolve: Callable[[str], str] = resolve_ipv4,
+    cpus: Callable[[], int] = usable_cpus,
 ) -> tuple[Config, tuple[str, ...]]:
     """Build the effective configuration; raise ConfigError on the first bad setting.
 
@@ -288,7 +291,8 @@ def load_config_sourced(
     peer lists by position would be guesswork. ``resolve`` maps a peer
     endpoint's host name to an IPv4 address (raising ValueError when it cannot);
     it is the only network access while loading, passed in so tests and tools
-    can load without DNS.
+    can load without DNS. ``cpus`` says how many CPUs the process may use, for
+    ``PROCESSOR_WORKERS`` when it is unset (a test passes its own).
 
     Also returns, for each of the Config's peers in order, where it was configured
     (``WG_PEER_1``, ``wg.conf [Peer 2]``), so a later check (the peers file's clashes)
@@ -320,6 +324,8 @@ def load_config_sourced(
     if _from_env(env, "METRICS_INTERVAL") is not None:
         nested["metrics"]["log"] = True
 
+    if "processor_workers" not in top:
+        top["processor_workers"] = workers_for_cpus(cpus())
     if "state_dir" not in top:
         top["state_dir"] = default_state_dir(env)
     endpoint = top.pop("public_endpoint", None)

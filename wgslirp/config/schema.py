@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from wgslirp.config.cpus import auto_workers
 from wgslirp.errors import ConfigError
 
 __all__ = [
@@ -661,16 +662,32 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             kind="pool",
         ),
     ] = "10.77.0.0/24"
+    config_poll: Annotated[
+        float,
+        Meta(ge=0, le=3600),
+        _doc(
+            "WGSLIRP_CONFIG_POLL",
+            "How often the --config file is checked for changes, as a duration; a change "
+            "(an edit, or Kubernetes swapping a mounted Secret) is reloaded like SIGHUP "
+            "once it has held still for one interval. 0 turns the check off.",
+            group="Peers",
+        ),
+    ] = 2.0
     processor_workers: Annotated[
         int,
         Meta(ge=0, le=256),
         _doc(
             "PROCESSOR_WORKERS",
             "Worker processes that run the TCP/UDP/ICMP bridges; 0 runs one worker inline "
-            "in the ingress process (debugging, tiny hosts).",
+            "in the ingress process (debugging, tiny hosts). When unset, fitted to the CPUs "
+            "this process may use (its affinity mask and its cgroup's CPU quota, as in a "
+            "container with a CPU limit): 0 on 2 CPUs or fewer, where one process is "
+            "measured fastest, else one fewer than the CPUs (ingress takes one), at most 4 "
+            "(their rings must fit a container's default 64 MiB /dev/shm).",
             group="Packet processing",
+            default_doc="fitted to the usable CPUs",
         ),
-    ] = 4
+    ] = msgspec.field(default_factory=auto_workers)
     processor_queue_cap: Annotated[
         int,
         Meta(ge=1, le=1 << 20),

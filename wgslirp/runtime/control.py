@@ -3,8 +3,9 @@ ingress and a worker inline (PROCESSOR_WORKERS=0).
 
 Both modes serve the same outlets (METRICS_LOG lines, /metrics, /healthz and /readyz,
 HEALTHCHECK probes), speak sd_notify the same way, stop on SIGTERM/SIGINT and reload on
-SIGHUP. This is that setup, once, on the process's `Loop`; what differs between the modes
-(who answers SIGHUP, who judges health, what the final totals are) is passed in.
+SIGHUP or when the configuration file changes. This is that setup, once, on the process's
+`Loop`; what differs between the modes (who answers SIGHUP, who judges health, what the
+final totals are) is passed in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from wgslirp.obs.http import HttpServer
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.obs.notify import Notifier, Watchdog
 from wgslirp.obs.probes import Prober
+from wgslirp.runtime.filewatch import FileWatch
 from wgslirp.runtime.loop import Hook, Loop
 from wgslirp.runtime.monitor import Monitor
 from wgslirp.shm.ring import Ring
@@ -99,6 +101,15 @@ class ControlPlane:
         if not self._stop_logged:  # systemd and a terminal may both send one
             self._stop_logged = True
             log.info("received %s, shutting down", signal.Signals(signum).name)
+
+    def watch_config(self, path: str | None, on_change: Hook) -> FileWatch | None:
+        """WGSLIRP_CONFIG_POLL: reload when the --config file changes on disk (see
+        wgslirp/runtime/filewatch.py); nothing to watch without a file."""
+        if path is None or self.cfg.config_poll <= 0:
+            return None
+        watch = FileWatch(path, self.cfg.config_poll, on_change, self.loop.clock())
+        self.loop.timers.append(watch)
+        return watch
 
     def ready(self, nworkers: int) -> None:
         """Serving: start the probes (after every fork, so no child inherits their thread)

@@ -150,6 +150,9 @@ class Ingress:
         self._reload = reload
         self._reloading: threading.Thread | None = None
         self._reload_result: tuple[str, Any] | None = None  # set by the reload thread
+        # Asked for again while a reload was reading: the file may have changed after it was
+        # read, so one more reload follows (however many requests came meanwhile).
+        self._reload_again = False
         self._started_with = settings  # what reload compares restart-only settings against
         self.forward: Forwarder[Peer] = Forwarder(
             self.device.route,
@@ -412,8 +415,12 @@ class Ingress:
         """
         if self._reload is None:
             return
-        if self._reloading is not None and self._reloading.is_alive():
-            log.warning("reload already in progress; this SIGHUP is folded into it")
+        if self._reloading is not None and (
+            self._reloading.is_alive() or self._reload_result is not None
+        ):
+            if not self._reload_again:
+                log.info("reload already in progress; another one follows it")
+            self._reload_again = True
             return
         load = self._reload
 
@@ -430,10 +437,15 @@ class Ingress:
         result, self._reload_result = self._reload_result, None
         if result is None:
             return
+        if self._reloading is not None:
+            self._reloading.join(1.0)  # setting the result was its last act
         if result[0] == "error":
             log.error("reload failed, keeping the running configuration: %s", result[1])
-            return
-        self.apply_reload(result[1], now)
+        else:
+            self.apply_reload(result[1], now)
+        if self._reload_again:
+            self._reload_again = False
+            self.reload(now)
 
     def apply_reload(self, new: IngressSettings, now: float) -> None:
         if isinstance(new, Config) and isinstance(self._started_with, Config):

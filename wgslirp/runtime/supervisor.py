@@ -90,6 +90,7 @@ def run_inline(
     icmp_mode: str | None,
     announce: Callable[[tuple[str, int]], None],
     reload: Callable[[], Config] | None = None,
+    watch: str | None = None,
 ) -> int:
     """PROCESSOR_WORKERS=0: one process, one loop, ingress and a worker side by side."""
     plan = plan_for(cfg)
@@ -128,6 +129,8 @@ def run_inline(
             registry=registry,
         )
         control.install_signals(ingress.reload)
+        if reload is not None:
+            control.watch_config(watch, ingress.reload)
         announce(ingress.address)
         control.ready(0)
         control.run()
@@ -174,9 +177,14 @@ class Supervisor:
         sock: socket.socket,
         icmp_mode: str | None,
         reload: Callable[[], Config] | None = None,
+        watch: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.reload = reload
+        self.watch = watch
+        # A reload asked for while no ingress runs (it is being replaced): the next one
+        # starts with it, so a change of the file on disk is not lost in between.
+        self._reload_at_start = False
         self.sock = sock
         self.icmp_mode = icmp_mode
         self.plan = plan_for(cfg)
@@ -335,6 +343,8 @@ class Supervisor:
         ingress.config_changed.append(lambda: self._send_config(ingress))
         loop.install_stop_signals()
         loop.on_signal(signal.SIGHUP, ingress.reload)
+        if self._reload_at_start:
+            ingress.reload(loop.clock())
         loop.run()
         ingress.finish(loop.clock())  # the workers stopped first: send their last packets
         ingress.close()
@@ -374,6 +384,8 @@ class Supervisor:
     def _start(self, role: str) -> None:
         if role == "ingress":
             self._fork(role, self._ingress_body)
+            if "ingress" in self.children.values():
+                self._reload_at_start = False  # the new ingress took it along
         else:
             self._fork(role, self._worker_body(int(role.split()[1])))
 
@@ -383,6 +395,8 @@ class Supervisor:
         loop, control = self.loop, self.control
         try:
             control.install_signals(lambda _now: self._forward_hup())
+            if self.reload is not None:
+                control.watch_config(self.watch, lambda _now: self._forward_hup())
             loop.on_signal(signal.SIGCHLD, lambda _now: None)  # wakes the loop; _turn reaps
             self._start("ingress")
             for k in range(self.plan.nworkers):
@@ -462,8 +476,10 @@ class Supervisor:
             if role == "ingress":
                 try:
                     os.kill(pid, signal.SIGHUP)
+                    return
                 except ProcessLookupError:
-                    pass
+                    break
+        self._reload_at_start = True
 
     def _reap(self) -> list[str]:
         died: list[str] = []
@@ -522,8 +538,11 @@ def run(
     cfg: Config,
     announce: Callable[[tuple[str, int]], None],
     reload: Callable[[], Config] | None = None,
+    watch: str | None = None,
 ) -> int:
-    """Run the router until SIGTERM/SIGINT; returns the process exit status."""
+    """Run the router until SIGTERM/SIGINT; returns the process exit status. `reload`
+    re-reads the configuration (SIGHUP); `watch` is the file whose changes on disk
+    trigger the same (WGSLIRP_CONFIG_POLL)."""
     try:
         sock = open_wg_socket(cfg.listen_addr, cfg.listen_port)
     except OSError as exc:
@@ -537,9 +556,9 @@ def run(
         )
     try:
         if cfg.processor_workers == 0:
-            return run_inline(cfg, sock, icmp_mode, announce, reload)
+            return run_inline(cfg, sock, icmp_mode, announce, reload, watch)
         set_process_name("wgslirp-main")
-        sup = Supervisor(cfg, sock, icmp_mode, reload)
+        sup = Supervisor(cfg, sock, icmp_mode, reload, watch)
         announce(sock.getsockname())
         return sup.run()
     finally:
