@@ -34,6 +34,7 @@ class CongestionControl:
         self.ssthresh = UNLIMITED
         self._ca_acc = 0  # bytes acked in congestion avoidance not yet turned into cwnd
         self.paced = False  # set by the endpoint when TCP_PACING spreads its window
+        self._ss_divisor = 1  # slow start's growth is divided by this (HyStart++'s CSS: 4)
 
     def set_mss(self, mss: int) -> None:
         """The effective MSS is known only after the handshake (options shrink it); the
@@ -65,7 +66,7 @@ class CongestionControl:
         if self.cwnd < self.ssthresh:
             # RFC 5681 3.1 with RFC 3465's L = 2: at most two segments per ACK, so a
             # stretch ACK after delayed ACKs still counts for what it covers.
-            self.cwnd += min(acked, 2 * self.mss)
+            self.cwnd += min(acked, 2 * self.mss) // self._ss_divisor
             return
         self._avoid(acked, now, srtt)
 
@@ -90,6 +91,10 @@ class CongestionControl:
     def on_lost(self, nbytes: int) -> None:
         """Only for controllers with `uses_rate`: SACK recovery presumed these bytes lost
         (a hole below SACKed data) and queued them for retransmission."""
+
+    def on_rtt(self, rtt: float, ack: int, snd_nxt: int) -> None:
+        """An RTT sample, taken on an ACK up to `ack` while SND.NXT is `snd_nxt` (the
+        endpoint calls it only in slow start, where HyStart++ watches the delay)."""
 
     def on_recovery_pipe(self, pipe: int) -> None:
         """Right after on_fast_retransmit with SACK: RFC 6675's pipe, the bytes still
@@ -165,6 +170,73 @@ class Off(CongestionControl):
         pass
 
 
+HYSTART_KEEP: Final = 0
+HYSTART_EXIT: Final = 1
+N_RTT_SAMPLE: Final = 8
+MIN_RTT_THRESH: Final = 0.004
+MAX_RTT_THRESH: Final = 0.016
+MIN_RTT_DIVISOR: Final = 8
+CSS_GROWTH_DIVISOR: Final = 4
+CSS_ROUNDS: Final = 5
+
+
+class HyStartPlusPlus:
+    """RFC 9406: leave slow start when the round trip starts to grow (a queue is forming)
+    instead of when the queue overflows. Slow start doubles the window each round; its
+    overshoot at a bottleneck loses up to a window of segments at once, and on a 40 ms
+    path the recovery from that cost seconds (docs/tcp-wan.md). When a round's minimum
+    RTT rises by an eighth (4-16 ms) over the last round's, growth slows to a quarter
+    (Conservative Slow Start) for up to five rounds, then congestion avoidance starts;
+    an RTT that falls back means the rise was noise, and slow start resumes."""
+
+    __slots__ = (
+        "_cur_min",
+        "_last_min",
+        "_samples",
+        "_window_end",
+        "css",
+        "css_baseline",
+        "css_rounds",
+        "done",
+    )
+
+    def __init__(self) -> None:
+        self._window_end = -1
+        self._last_min = float("inf")
+        self._cur_min = float("inf")
+        self._samples = 0
+        self.css = False
+        self.css_baseline = float("inf")
+        self.css_rounds = 0
+        self.done = False
+
+    def on_rtt(self, rtt: float, ack: int, snd_nxt: int) -> int:
+        if ack >= self._window_end:  # a round ended: the data sent at its start is ACKed
+            if self.css:
+                self.css_rounds += 1
+                if self.css_rounds >= CSS_ROUNDS:
+                    self.done = True
+                    self.css = False
+                    return HYSTART_EXIT
+            self._last_min = self._cur_min
+            self._cur_min = float("inf")
+            self._samples = 0
+            self._window_end = snd_nxt
+        if rtt < self._cur_min:
+            self._cur_min = rtt
+        self._samples += 1
+        if self._samples >= N_RTT_SAMPLE and self._last_min != float("inf"):
+            if not self.css:
+                thresh = min(max(self._last_min / MIN_RTT_DIVISOR, MIN_RTT_THRESH), MAX_RTT_THRESH)
+                if self._cur_min >= self._last_min + thresh:
+                    self.css = True
+                    self.css_baseline = self._cur_min
+                    self.css_rounds = 0
+            elif self._cur_min < self.css_baseline:
+                self.css = False  # the delay rise was spurious: back to slow start
+        return HYSTART_KEEP
+
+
 class Cubic(CongestionControl):
     """CUBIC (RFC 9438, formerly RFC 8312): window growth as a cubic function of the time
     since the last reduction, so long fat paths refill faster than Reno's one segment per
@@ -183,6 +255,7 @@ class Cubic(CongestionControl):
         self._origin = 0.0
         self._w_est = 0.0
         self._cwnd_f = float(initial_window)  # fractional window in bytes between updates
+        self._hystart = HyStartPlusPlus()
 
     def set_mss(self, mss: int) -> None:
         super().set_mss(mss)
@@ -218,7 +291,18 @@ class Cubic(CongestionControl):
         self._cwnd_f += (target - cwnd_seg) / cwnd_seg * acked_seg * mss
         self.cwnd = int(self._cwnd_f)
 
+    def on_rtt(self, rtt: float, ack: int, snd_nxt: int) -> None:
+        hs = self._hystart
+        if hs.done:
+            return
+        verdict = hs.on_rtt(rtt, ack, snd_nxt)
+        if verdict == HYSTART_EXIT:
+            self.ssthresh = self.cwnd  # RFC 9406 4.2: CSS rounds done, avoid congestion
+        self._ss_divisor = CSS_GROWTH_DIVISOR if hs.css else 1
+
     def _reduce(self, flight: int, now: float) -> None:
+        self._hystart.done = True  # RFC 9406: only the first slow start is steered
+        self._ss_divisor = 1
         cwnd_seg = self.cwnd / self.mss
         if self.FAST_CONVERGENCE and cwnd_seg < self._w_max:
             self._w_max = cwnd_seg * (1.0 + self.beta) / 2.0

@@ -1058,12 +1058,17 @@ class TcpEndpoint:
         # RTT: a timed segment (Karn: never a retransmitted one) or the echoed timestamp.
         rtt = self._rtt
         timed = rtt.timed_end
+        cc = self.cc
         if timed >= 0 and ack >= timed:
+            if cc.cwnd < cc.ssthresh:
+                cc.on_rtt(now - rtt.timed_at, ack, self._snd_nxt)
             rtt.sample_timed(now, flight)
         elif tsecr and self._ts_ok:
             rtt_ms = (self._ts_now(now) - tsecr) & MASK
             if rtt_ms < 60_000:
                 rtt.sample(rtt_ms / 1000.0, flight)
+                if cc.cwnd < cc.ssthresh:
+                    cc.on_rtt(rtt_ms / 1000.0, ack, self._snd_nxt)
         self._retries = 0
         # Data bytes acknowledged (not SYN/FIN sequence numbers) feed the window.
         data_acked = min(ack, self._snd_end) - max(una, self._snd_base)
