@@ -11,7 +11,10 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -544,3 +547,101 @@ def test_cli_peer_commands_exit_codes(
     listing = capsys.readouterr().out
     assert "zero-config client" in listing and "phone" in listing
     assert cli.main(["peer", "remove", "phone"]) == 0
+
+
+# ------------------------------------------------- which socket the commands use
+
+
+class LiveRouter:
+    """A real UapiServer (the router's code) on a loop a thread turns: what `peer`
+    commands talk to, without the rest of a router."""
+
+    def __init__(self, path_dir: Path, *, state_dir: Path | None = None) -> None:
+        from wgslirp.runtime.loop import Loop
+        from wgslirp.runtime.uapi_server import UapiServer
+        from wgslirp.wireguard.device import Device
+
+        self.device = Device(SERVER)
+        self.loop = Loop()
+        if state_dir is not None:
+            self.servers = UapiServer.start_all(
+                "wgt0", str(state_dir), self.device, self.loop, listen_port=1, directory=path_dir
+            )
+        else:
+            server = UapiServer.start(
+                "wgt0", self.device, self.loop, listen_port=1, directory=path_dir
+            )
+            assert server is not None
+            self.servers = [server]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._turn, daemon=True)
+
+    def _turn(self) -> None:
+        while not self._done.is_set():
+            self.loop.run_once(block=False)
+            time.sleep(0.002)
+
+    def __enter__(self) -> LiveRouter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+        for s in self.servers:
+            s.close()
+
+
+def stale_socket(path: Path) -> None:
+    """What a SIGKILLed router leaves: a socket file nobody listens on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+
+
+def test_socket_candidates_state_directory_first(state: Path, tmp_path: Path) -> None:
+    ctx = context(state, socket_dir=tmp_path / "run", interface_name="wgx9")
+    assert ctx.sockets == [state / "wg.sock", tmp_path / "run" / "wgx9.sock"]
+
+
+def test_commands_reach_the_router_in_its_state_directory(state: Path, tmp_path: Path) -> None:
+    """An unprivileged router: nothing in the standard directory but a stale file; add,
+    list and remove all go through the state directory's socket and take effect."""
+    run_dir = tmp_path / "run"
+    stale_socket(run_dir / "wgslirp0.sock")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with LiveRouter(blocked, state_dir=state) as r:
+        assert [s.path for s in r.servers] == [state / "wg.sock"]
+        ctx = context(state, socket_dir=run_dir)
+        assert commands.add(ctx, "phone") == 0
+        assert f"added to the running router (wgslirp0, through {state / 'wg.sock'})" in err(ctx)
+        rec = store.read_peers(str(state))[0]
+        assert [p.public_key for p in r.device.peers.values()] == [rec.public_key]
+        listed = fresh(ctx)
+        commands.list_peers(listed, as_json=True)
+        assert json.loads(out(listed))[0]["rx_bytes"] == 0  # live figures, read from it
+        removed = fresh(ctx)
+        assert commands.remove(removed, "phone") == 0
+        assert "removed from (its flows closed) the running router" in err(removed)
+        assert not r.device.peers
+
+
+def test_a_stale_state_socket_falls_back_to_the_standard_one(state: Path, tmp_path: Path) -> None:
+    stale_socket(state / "wg.sock")  # an older router's run, or one that crashed
+    with LiveRouter(tmp_path / "run") as r:
+        ctx = context(state, socket_dir=tmp_path / "run", interface_name="wgt0")
+        assert commands.add(ctx, "phone") == 0
+        assert f"through {tmp_path / 'run' / 'wgt0.sock'}" in err(ctx)
+        assert len(r.device.peers) == 1
+
+
+def test_no_router_anywhere_names_every_place_tried(state: Path, tmp_path: Path) -> None:
+    stale_socket(state / "wg.sock")
+    ctx = context(state, socket_dir=tmp_path / "run")
+    assert commands.add(ctx, "phone") == 0  # recorded; applied at the next start or reload
+    said = err(ctx)
+    assert f"nobody listens on {state / 'wg.sock'}" in said
+    assert f"nothing at {tmp_path / 'run' / 'wgslirp0.sock'}" in said
+    assert "not applied live" in said and "kill -HUP" in said
