@@ -269,6 +269,31 @@ def test_the_router_refuses_to_start_on_a_clash_with_exit_2(
     assert "Address = 10.77.0.2/32" in capsys.readouterr().out
 
 
+def test_check_config_joins_the_peers_file_and_reports_a_clash(
+    state: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wgslirp check-config` says before a start or reload what the router would say."""
+    phone = stored("phone", "10.77.0.3/32", preshared_key=b"\x05" * 32)
+    with store.locked(str(state)):
+        store.write_peers(str(state), [phone])
+    monkeypatch.setenv("WGSLIRP_STATE_DIR", str(state))
+    monkeypatch.setenv("WG_PRIVATE_KEY", encode_key(SERVER))
+    monkeypatch.setenv("WG_PEERS", "0")
+    monkeypatch.setenv("WG_PEER_0_PUBLIC_KEY", encode_key(key()))
+    monkeypatch.setenv("WG_PEER_0_ALLOWED_IPS", "10.77.0.0/28")
+    assert cli.main(["check-config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"wgslirp: configuration error: {state}/peers.json peer 'phone': address "
+        "10.77.0.3/32 is inside WG_PEER_0's AllowedIPs 10.77.0.0/28"
+    )
+    monkeypatch.setenv("WG_PEER_0_ALLOWED_IPS", "10.77.0.2/32")
+    assert cli.main(["check-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [p["allowed_ips"] for p in shown["peers"]] == [["10.77.0.2/32"], ["10.77.0.3/32"]]
+    assert encode_key(phone.public_key) in json.dumps(shown)
+    assert encode_key(b"\x05" * 32) not in json.dumps(shown)  # redacted like the others
+
+
 # ------------------------------------------------------------------- the peers file
 
 
