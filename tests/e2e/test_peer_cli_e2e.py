@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -223,12 +224,23 @@ def test_unprivileged_router_is_changed_live_through_its_state_directory(
         assert f"added to the running router ({ifname}, through {sock})" in added.stderr
         with client_from_file(added.stdout, port) as phone:
             assert first_reply_after(phone, GATEWAY, 10) is not None, phone.diagnostics()
-            removed = peer(env, "remove", "phone", prefix=AS_NOBODY)
+            # root (`sudo wgslirp peer ...` on the systemd unit) reaches it the same way,
+            # and leaves the files the service user's, so a reload still reads them
+            root_add = peer(env, "add", "tablet")
+            assert f"through {sock}" in root_add.stderr
+            removed = peer(env, "remove", "phone")
             assert (
                 f"removed from (its flows closed) the running router ({ifname}, through {sock})"
                 in removed.stderr
             )
             assert phone.ping(GATEWAY, count=3, interval=0.2, wait=1) == (3, 0)
+            for name in ("peers.json", "peers.lock"):
+                assert (state / name).stat().st_uid == NOBODY, name
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            done = r.wait_for_line(r"reload( failed| stopped|: \d+ peer)", timeout=10, since=mark)
+            # the file root wrote is read; the router already had exactly those peers
+            assert "reload: 0 peer(s) added, 0 removed" in done.string, r.output()
         counters = stop_and_counters(r)
         assert counters["unknown_index"] + counters["unknown_peer"] >= 1, counters
     assert not sock.exists()  # removed on exit

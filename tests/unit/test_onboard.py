@@ -23,6 +23,7 @@ import pytest
 
 from wgslirp import cli
 from wgslirp.config import Config, ConfigError, PeerConfig
+from wgslirp.identity import load_or_create_key
 from wgslirp.keys import encode_key, generate_private_key, public_key
 from wgslirp.onboard import commands, store
 from wgslirp.onboard.errors import PeerError
@@ -670,3 +671,51 @@ def test_no_router_anywhere_names_every_place_tried(state: Path, tmp_path: Path)
     assert f"nobody listens on {state / 'wg.sock'}" in said
     assert f"nothing at {tmp_path / 'run' / 'wgslirp0.sock'}" in said
     assert "not applied live" in said and "kill -HUP" in said
+
+
+# ------------------------------------------- root working on the service's directory
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+SERVICE = 65534  # the directory's owner, standing for the DynamicUser / container user
+
+
+@needs_root
+def test_root_keeps_the_service_users_files_its_own(state: Path) -> None:
+    """`sudo wgslirp peer add` on the service's directory: what root writes there ends up
+    the service user's (or the router could not read it at its next reload), and what
+    the service user owns is accepted; any third owner is still refused."""
+    os.chown(state, SERVICE, SERVICE)
+    ctx = context(state)
+    assert commands.add(ctx, "phone") == 0
+    for name in (store.PEERS_FILE, store.LOCK_FILE):
+        st = (state / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (SERVICE, SERVICE, 0o600)
+    assert [p.name for p in store.read_peers(str(state))] == ["phone"]
+    key = load_or_create_key(str(state), "server.key")  # zero-config keys alike
+    assert (state / "server.key").stat().st_uid == SERVICE
+    assert load_or_create_key(str(state), "server.key") == key
+    os.chown(state / store.PEERS_FILE, 12345, 12345)
+    with pytest.raises(ConfigError, match=r"owned by another user \(uid 12345\)"):
+        store.read_peers(str(state))
+
+
+@needs_root
+def test_root_owned_directory_and_plain_users_change_nothing(state: Path) -> None:
+    assert commands.add(context(state), "phone") == 0  # root in root's own directory
+    assert (state / store.PEERS_FILE).stat().st_uid == 0
+
+
+@needs_root
+def test_a_link_planted_as_the_temporary_file_is_not_written_through(
+    state: Path, tmp_path: Path
+) -> None:
+    """The directory's owner cannot make root truncate or chown another file by linking
+    it where root writes."""
+    os.chown(state, SERVICE, SERVICE)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.link(victim, state / (store.PEERS_FILE + store.TMP_SUFFIX))
+    with store.locked(str(state)):
+        store.write_peers(str(state), [stored("phone", "10.77.0.3/32")])
+    assert victim.read_text() == "precious" and victim.stat().st_uid == 0
+    assert (state / store.PEERS_FILE).stat().st_uid == SERVICE
