@@ -22,6 +22,7 @@ import msgspec
 
 from wgslirp.config import Config, ConfigError, PeerConfig
 from wgslirp.keys import decode_key, encode_key, generate_private_key, public_key
+from wgslirp.ownership import give_to_owner, trusted_owner
 
 __all__ = [
     "CLIENT_KEY_FILE",
@@ -93,7 +94,7 @@ def _read_key(path: str) -> bytes | None:
                 f"{path} is accessible by group or others (mode {mode:04o}); "
                 f"run `chmod 600 {path}` if the key is still secret",
             )
-        if st.st_uid != os.geteuid():
+        if not trusted_owner(st.st_uid, os.path.dirname(path) or "."):
             raise ConfigError(_SETTING, f"{path} is owned by another user (uid {st.st_uid})")
         text = fh.read(4096)
     try:
@@ -118,6 +119,7 @@ def _write_new_key(path: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             os.fchmod(fh.fileno(), 0o600)
+            give_to_owner(fh.fileno(), directory)  # root in the service's directory
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -142,6 +144,7 @@ def _write_exclusive(path: str, text: str) -> None:
     except OSError as e:
         raise ConfigError(_SETTING, f"cannot create {path}: {e.strerror or e}") from None
     with os.fdopen(fd, "w", encoding="ascii") as fh:
+        give_to_owner(fh.fileno(), os.path.dirname(path) or ".")
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

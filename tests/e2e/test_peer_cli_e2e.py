@@ -5,11 +5,15 @@ connected by real wireguard-go clients from the printed files, cut off at once b
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,15 @@ from wgslirp_testkit import guestprog
 from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.netns import WG_SOCKET_DIR, unique_name
 from wgslirp_testkit.ports import free_udp_port
-from wgslirp_testkit.router import GATEWAY, parse_client_config, router, stop_and_counters
+from wgslirp_testkit.router import (
+    GATEWAY,
+    LISTENING,
+    RouterProcess,
+    parse_client_config,
+    router,
+    router_cmd,
+    stop_and_counters,
+)
 from wgslirp_testkit.wgclient import WgClient, WgDump, first_reply_after
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +45,13 @@ def ifname() -> Iterator[str]:
     (WG_SOCKET_DIR / f"{name}.sock").unlink(missing_ok=True)
 
 
-def peer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`wgslirp peer ...` as an operator types it, with the router's settings."""
+def peer(
+    env: dict[str, str], *args: str, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`wgslirp peer ...` as an operator types it, with the router's settings (`prefix`:
+    e.g. a setpriv command line, to run it as the router's user)."""
     res = subprocess.run(
-        [sys.executable, "-m", "wgslirp", "peer", *args],
+        [*prefix, sys.executable, "-m", "wgslirp", "peer", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -149,3 +164,83 @@ def test_peer_add_remove_and_restart(tmp_path: Path, ifname: str) -> None:
                 assert phone.ping(GATEWAY, count=2, interval=0.2, wait=1) == (2, 0)
                 stop_and_counters(r2)
     assert phone_key not in (tmp_path / "state" / "peers.json").read_text()
+
+
+NOBODY = 65534
+# An unprivileged user, plus one read-only capability: the Python running the tests may
+# live where nobody can read (pyenv under /root); CAP_DAC_READ_SEARCH reads it, and grants
+# no write anywhere, so /var/run/wireguard stays out of reach as for the systemd unit.
+AS_NOBODY = (
+    "setpriv",
+    f"--reuid={NOBODY}",
+    f"--regid={NOBODY}",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+)
+
+
+@pytest.fixture
+def nobody_state() -> Iterator[Path]:
+    """A state directory the unprivileged user owns, where it can reach it (pytest's own
+    temporary directories are root's, 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="wgslirp-e2e-", dir="/tmp"))
+    try:
+        state = top / "state"
+        state.mkdir(mode=0o700)
+        os.chown(top, NOBODY, NOBODY)
+        os.chown(state, NOBODY, NOBODY)
+        yield state
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_unprivileged_router_is_changed_live_through_its_state_directory(
+    nobody_state: Path, ifname: str
+) -> None:
+    """The systemd unit's and the container's case: a router that cannot create
+    /var/run/wireguard serves its socket in the state directory, and `peer add` and
+    `peer remove` take effect at once through it."""
+    state = nobody_state
+    port = free_udp_port()
+    env = {
+        "WGSLIRP_STATE_DIR": str(state),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+        "WG_PRIVATE_KEY": generate_keypair().private,
+        "WG_GATEWAY_IP": GATEWAY,
+        "WG_INTERFACE_NAME": ifname,
+        "PROCESSOR_WORKERS": "1",
+    }
+    sock = state / "wg.sock"
+    cmd = [*AS_NOBODY, "--pdeathsig=TERM", *router_cmd()]
+    with RouterProcess(cmd, env) as r:
+        r.wait_for_line(LISTENING, timeout=20)
+        r.wait_for_line(rf"wg\(8\) interface {ifname} at {sock}$", timeout=5)
+        assert not (WG_SOCKET_DIR / f"{ifname}.sock").exists()  # it could not make that one
+        st = sock.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o600)
+        added = peer(env, "add", "phone", prefix=AS_NOBODY)
+        assert f"added to the running router ({ifname}, through {sock})" in added.stderr
+        with client_from_file(added.stdout, port) as phone:
+            assert first_reply_after(phone, GATEWAY, 10) is not None, phone.diagnostics()
+            # root (`sudo wgslirp peer ...` on the systemd unit) reaches it the same way,
+            # and leaves the files the service user's, so a reload still reads them
+            root_add = peer(env, "add", "tablet")
+            assert f"through {sock}" in root_add.stderr
+            removed = peer(env, "remove", "phone")
+            assert (
+                f"removed from (its flows closed) the running router ({ifname}, through {sock})"
+                in removed.stderr
+            )
+            assert phone.ping(GATEWAY, count=3, interval=0.2, wait=1) == (3, 0)
+            for name in ("peers.json", "peers.lock"):
+                assert (state / name).stat().st_uid == NOBODY, name
+            mark = r.mark()
+            r.send_signal(signal.SIGHUP)
+            done = r.wait_for_line(r"reload( failed| stopped|: \d+ peer)", timeout=10, since=mark)
+            # the file root wrote is read; the router already had exactly those peers
+            assert "reload: 0 peer(s) added, 0 removed" in done.string, r.output()
+        counters = stop_and_counters(r)
+        assert counters["unknown_index"] + counters["unknown_peer"] >= 1, counters
+    assert not sock.exists()  # removed on exit

@@ -51,6 +51,7 @@ class Settings:
     overlay_exclude_cidrs: tuple[str, ...] = ()
     interface_name: str = ""  # no UAPI socket
     pcap_path: str | None = None
+    state_dir: str = ""  # nor one in a state directory
 
 
 @dataclass

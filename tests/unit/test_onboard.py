@@ -11,7 +11,10 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 
 from wgslirp import cli
 from wgslirp.config import Config, ConfigError, PeerConfig
+from wgslirp.identity import load_or_create_key
 from wgslirp.keys import encode_key, generate_private_key, public_key
 from wgslirp.onboard import commands, store
 from wgslirp.onboard.errors import PeerError
@@ -264,6 +268,31 @@ def test_the_router_refuses_to_start_on_a_clash_with_exit_2(
     monkeypatch.setenv("WG_PEER_0_ALLOWED_IPS", "10.77.0.2/32")
     assert cli.main(["client-config"]) == 0  # no clash: the configured peer 0's file
     assert "Address = 10.77.0.2/32" in capsys.readouterr().out
+
+
+def test_check_config_joins_the_peers_file_and_reports_a_clash(
+    state: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wgslirp check-config` says before a start or reload what the router would say."""
+    phone = stored("phone", "10.77.0.3/32", preshared_key=b"\x05" * 32)
+    with store.locked(str(state)):
+        store.write_peers(str(state), [phone])
+    monkeypatch.setenv("WGSLIRP_STATE_DIR", str(state))
+    monkeypatch.setenv("WG_PRIVATE_KEY", encode_key(SERVER))
+    monkeypatch.setenv("WG_PEERS", "0")
+    monkeypatch.setenv("WG_PEER_0_PUBLIC_KEY", encode_key(key()))
+    monkeypatch.setenv("WG_PEER_0_ALLOWED_IPS", "10.77.0.0/28")
+    assert cli.main(["check-config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"wgslirp: configuration error: {state}/peers.json peer 'phone': address "
+        "10.77.0.3/32 is inside WG_PEER_0's AllowedIPs 10.77.0.0/28"
+    )
+    monkeypatch.setenv("WG_PEER_0_ALLOWED_IPS", "10.77.0.2/32")
+    assert cli.main(["check-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [p["allowed_ips"] for p in shown["peers"]] == [["10.77.0.2/32"], ["10.77.0.3/32"]]
+    assert encode_key(phone.public_key) in json.dumps(shown)
+    assert encode_key(b"\x05" * 32) not in json.dumps(shown)  # redacted like the others
 
 
 # ------------------------------------------------------------------- the peers file
@@ -544,3 +573,149 @@ def test_cli_peer_commands_exit_codes(
     listing = capsys.readouterr().out
     assert "zero-config client" in listing and "phone" in listing
     assert cli.main(["peer", "remove", "phone"]) == 0
+
+
+# ------------------------------------------------- which socket the commands use
+
+
+class LiveRouter:
+    """A real UapiServer (the router's code) on a loop a thread turns: what `peer`
+    commands talk to, without the rest of a router."""
+
+    def __init__(self, path_dir: Path, *, state_dir: Path | None = None) -> None:
+        from wgslirp.runtime.loop import Loop
+        from wgslirp.runtime.uapi_server import UapiServer
+        from wgslirp.wireguard.device import Device
+
+        self.device = Device(SERVER)
+        self.loop = Loop()
+        if state_dir is not None:
+            self.servers = UapiServer.start_all(
+                "wgt0", str(state_dir), self.device, self.loop, listen_port=1, directory=path_dir
+            )
+        else:
+            server = UapiServer.start(
+                "wgt0", self.device, self.loop, listen_port=1, directory=path_dir
+            )
+            assert server is not None
+            self.servers = [server]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._turn, daemon=True)
+
+    def _turn(self) -> None:
+        while not self._done.is_set():
+            self.loop.run_once(block=False)
+            time.sleep(0.002)
+
+    def __enter__(self) -> LiveRouter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+        for s in self.servers:
+            s.close()
+
+
+def stale_socket(path: Path) -> None:
+    """What a SIGKILLed router leaves: a socket file nobody listens on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+
+
+def test_socket_candidates_state_directory_first(state: Path, tmp_path: Path) -> None:
+    ctx = context(state, socket_dir=tmp_path / "run", interface_name="wgx9")
+    assert ctx.sockets == [state / "wg.sock", tmp_path / "run" / "wgx9.sock"]
+
+
+def test_commands_reach_the_router_in_its_state_directory(state: Path, tmp_path: Path) -> None:
+    """An unprivileged router: nothing in the standard directory but a stale file; add,
+    list and remove all go through the state directory's socket and take effect."""
+    run_dir = tmp_path / "run"
+    stale_socket(run_dir / "wgslirp0.sock")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with LiveRouter(blocked, state_dir=state) as r:
+        assert [s.path for s in r.servers] == [state / "wg.sock"]
+        ctx = context(state, socket_dir=run_dir)
+        assert commands.add(ctx, "phone") == 0
+        assert f"added to the running router (wgslirp0, through {state / 'wg.sock'})" in err(ctx)
+        rec = store.read_peers(str(state))[0]
+        assert [p.public_key for p in r.device.peers.values()] == [rec.public_key]
+        listed = fresh(ctx)
+        commands.list_peers(listed, as_json=True)
+        assert json.loads(out(listed))[0]["rx_bytes"] == 0  # live figures, read from it
+        removed = fresh(ctx)
+        assert commands.remove(removed, "phone") == 0
+        assert "removed from (its flows closed) the running router" in err(removed)
+        assert not r.device.peers
+
+
+def test_a_stale_state_socket_falls_back_to_the_standard_one(state: Path, tmp_path: Path) -> None:
+    stale_socket(state / "wg.sock")  # an older router's run, or one that crashed
+    with LiveRouter(tmp_path / "run") as r:
+        ctx = context(state, socket_dir=tmp_path / "run", interface_name="wgt0")
+        assert commands.add(ctx, "phone") == 0
+        assert f"through {tmp_path / 'run' / 'wgt0.sock'}" in err(ctx)
+        assert len(r.device.peers) == 1
+
+
+def test_no_router_anywhere_names_every_place_tried(state: Path, tmp_path: Path) -> None:
+    stale_socket(state / "wg.sock")
+    ctx = context(state, socket_dir=tmp_path / "run")
+    assert commands.add(ctx, "phone") == 0  # recorded; applied at the next start or reload
+    said = err(ctx)
+    assert f"nobody listens on {state / 'wg.sock'}" in said
+    assert f"nothing at {tmp_path / 'run' / 'wgslirp0.sock'}" in said
+    assert "not applied live" in said and "kill -HUP" in said
+
+
+# ------------------------------------------- root working on the service's directory
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+SERVICE = 65534  # the directory's owner, standing for the DynamicUser / container user
+
+
+@needs_root
+def test_root_keeps_the_service_users_files_its_own(state: Path) -> None:
+    """`sudo wgslirp peer add` on the service's directory: what root writes there ends up
+    the service user's (or the router could not read it at its next reload), and what
+    the service user owns is accepted; any third owner is still refused."""
+    os.chown(state, SERVICE, SERVICE)
+    ctx = context(state)
+    assert commands.add(ctx, "phone") == 0
+    for name in (store.PEERS_FILE, store.LOCK_FILE):
+        st = (state / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (SERVICE, SERVICE, 0o600)
+    assert [p.name for p in store.read_peers(str(state))] == ["phone"]
+    key = load_or_create_key(str(state), "server.key")  # zero-config keys alike
+    assert (state / "server.key").stat().st_uid == SERVICE
+    assert load_or_create_key(str(state), "server.key") == key
+    os.chown(state / store.PEERS_FILE, 12345, 12345)
+    with pytest.raises(ConfigError, match=r"owned by another user \(uid 12345\)"):
+        store.read_peers(str(state))
+
+
+@needs_root
+def test_root_owned_directory_and_plain_users_change_nothing(state: Path) -> None:
+    assert commands.add(context(state), "phone") == 0  # root in root's own directory
+    assert (state / store.PEERS_FILE).stat().st_uid == 0
+
+
+@needs_root
+def test_a_link_planted_as_the_temporary_file_is_not_written_through(
+    state: Path, tmp_path: Path
+) -> None:
+    """The directory's owner cannot make root truncate or chown another file by linking
+    it where root writes."""
+    os.chown(state, SERVICE, SERVICE)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.link(victim, state / (store.PEERS_FILE + store.TMP_SUFFIX))
+    with store.locked(str(state)):
+        store.write_peers(str(state), [stored("phone", "10.77.0.3/32")])
+    assert victim.read_text() == "precious" and victim.stat().st_uid == 0
+    assert (state / store.PEERS_FILE).stat().st_uid == SERVICE

@@ -89,6 +89,7 @@ def test_unit_declares_notify_watchdog_and_hardening() -> None:
     assert "AmbientCapabilities" not in svc  # CAP_NET_RAW stays an opt-in comment
     assert "#AmbientCapabilities=CAP_NET_RAW" in UNIT.read_text()
     assert shlex.split(svc["ExecStart"][0])[1:] == ["run"]
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # `systemctl reload wgslirp`
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
@@ -173,6 +174,11 @@ def test_router_runs_as_the_unit_runs_it(tmp_path: Path) -> None:
             listener.settimeout(5)
             assert listener.recv(4096) == b"WATCHDOG=1"
             assert (state / "server.key").exists()  # keys land in the StateDirectory
+            assert (state / "wg.sock").is_socket()  # where `wgslirp peer` reaches it
+            mark = r.mark()  # `systemctl reload`: ExecReload with the main PID
+            reload = shlex.split(svc["ExecReload"][0].replace("$MAINPID", str(r.pid)))
+            subprocess.run(reload, check=True, timeout=10)
+            r.wait_for_line(r"reload: 0 peer\(s\) added, 0 removed", timeout=10, since=mark)
             assert r.terminate(timeout=seconds(svc["TimeoutStopSec"][0])) == 0, r.output()
             got = []
             for _ in range(100):  # the queued datagrams: pings, then STOPPING

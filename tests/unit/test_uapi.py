@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -522,3 +523,114 @@ def test_non_socket_file_and_bad_names_are_refused(tmp_path: Path) -> None:
             UapiServer.start(name, new_device(), Loop(), listen_port=PORT, directory=tmp_path)
             is None
         )
+
+
+# ------------------------------------------------- the state directory's socket
+
+
+def answers(path: Path, loop: Loop) -> bool:
+    """Does a server at `path` answer a `get`? (the loop turned by hand, as in Served)"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(str(path))
+        c.sendall(b"get=1\n\n")
+        c.setblocking(False)
+        out = b""
+        deadline = time.monotonic() + 2
+        while not out.endswith(b"errno=0\n\n") and time.monotonic() < deadline:
+            loop.run_once(block=False)
+            try:
+                out += c.recv(65536)
+            except BlockingIOError:
+                continue
+    return out.endswith(b"errno=0\n\n")
+
+
+def test_state_dir_socket_when_the_standard_directory_is_unusable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an unprivileged router gets: no /var/run/wireguard, one socket in its state
+    directory (created 0700 if missing), 0600 and its own, said in the log, gone at exit."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")  # the standard directory cannot be created under a file
+    state = tmp_path / "state"
+    loop = Loop()
+    caplog.set_level("INFO", logger="wgslirp.uapi")
+    servers = UapiServer.start_all(
+        "wgt0", str(state), new_device(), loop, listen_port=PORT, directory=blocked / "wg"
+    )
+    assert [s.path for s in servers] == [state / "wg.sock"]
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    st = (state / "wg.sock").stat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+    assert f"wg(8) interface wgt0 at {state / 'wg.sock'}" in caplog.text
+    assert f"{blocked / 'wg' / 'wgt0.sock'}" in caplog.text  # why the standard one is missing
+    assert answers(state / "wg.sock", loop)
+    loop.stopping = True
+    loop.run_once(block=False)
+    assert servers[0].closed and not (state / "wg.sock").exists()
+
+
+def test_both_sockets_serve_one_device(tmp_path: Path) -> None:
+    loop = Loop()
+    dev = new_device()
+    servers = UapiServer.start_all(
+        "wgt0", str(tmp_path / "state"), dev, loop, listen_port=PORT, directory=tmp_path / "run"
+    )
+    assert [s.path for s in servers] == [tmp_path / "run" / "wgt0.sock", tmp_path / "state/wg.sock"]
+    assert all(s.device is dev for s in servers)
+    assert all(answers(s.path, loop) for s in servers)
+    for s in servers:
+        s.close()
+    assert not any(s.path.exists() for s in servers)
+
+
+def test_state_dir_socket_stale_replaced_live_kept(tmp_path: Path) -> None:
+    """A crashed router's socket is replaced after a connect test; a live router's socket
+    (two routers given one state directory) is not taken over."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(state / "wg.sock"))
+    dead.close()  # left behind, nobody listening
+    first = UapiServer.start_all(
+        "wgt0", str(state), new_device(), Loop(), listen_port=PORT, directory=tmp_path / "a"
+    )
+    assert [s.path for s in first] == [tmp_path / "a/wgt0.sock", state / "wg.sock"]
+    ident = (state / "wg.sock").stat().st_ino
+    second = UapiServer.start_all(
+        "wgt1", str(state), new_device(), Loop(), listen_port=PORT, directory=tmp_path / "b"
+    )
+    assert [s.path for s in second] == [tmp_path / "b/wgt1.sock"]
+    assert (state / "wg.sock").stat().st_ino == ident
+    assert answers(state / "wg.sock", first[0].loop)
+    for s in first + second:
+        s.close()
+
+
+def test_state_dir_socket_refused_where_others_may_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "shared"
+    state.mkdir()
+    state.chmod(0o777)  # anyone could put their own wg.sock here
+    servers = UapiServer.start_all(
+        "wgt0", str(state), new_device(), Loop(), listen_port=PORT, directory=tmp_path / "run"
+    )
+    assert [s.path for s in servers] == [tmp_path / "run/wgt0.sock"]
+    assert not (state / "wg.sock").exists()
+    assert "writable by group or others" in caplog.text
+    servers[0].close()
+
+
+def test_state_dir_path_too_long_for_af_unix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AF_UNIX paths stop at 107 bytes: the router says so and forwards anyway."""
+    state = tmp_path / ("d" * 120)
+    servers = UapiServer.start_all(
+        "wgt0", str(state), new_device(), Loop(), listen_port=PORT, directory=tmp_path / "run"
+    )
+    assert [s.path for s in servers] == [tmp_path / "run/wgt0.sock"]
+    assert f"wg(8) interface unavailable: {state / 'wg.sock'}" in caplog.text
+    servers[0].close()

@@ -19,7 +19,7 @@ import msgspec
 
 from wgslirp.config.docs import render_markdown
 from wgslirp.config.fields import CONFIG_FIELDS, EXTRAS, PEER_FIELDS, Field
-from wgslirp.config.load import load_config, resolve_ipv4
+from wgslirp.config.load import load_config_sourced, resolve_ipv4
 from wgslirp.config.schema import Config, ConfigError
 from wgslirp.config.values import format_duration
 from wgslirp.keys import encode_key, public_key
@@ -133,9 +133,17 @@ def check_config(
 ) -> int:
     """Print the effective configuration and return 0, or print the one-line error and
     return EXIT_CONFIG. ``wgslirp check-config`` and ``python -m wgslirp.config --check``
-    both end here, so they cannot drift apart in output or exit status."""
+    both end here, so they cannot drift apart in output or exit status.
+
+    The clients of the peers file (`wgslirp peer add`) are joined as the router joins
+    them at start and reload, so a clash between them and the configured peers shows
+    here first, with the same message naming both sides."""
+    # imported here: the peers file is read with the config's own types, one layer up
+    from wgslirp.onboard.merge import with_stored_peers
+
     try:
-        cfg = load_config(env, config_file, resolve=resolve)
+        cfg, labels = load_config_sourced(env, config_file, resolve=resolve)
+        cfg = with_stored_peers(cfg, labels)
     except ConfigError as e:
         print(f"wgslirp: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

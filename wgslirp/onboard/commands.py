@@ -17,6 +17,7 @@ from typing import TextIO
 
 import msgspec
 
+from wgslirp import uapi_paths
 from wgslirp.config import Config
 from wgslirp.identity import EMBEDDED_CLIENT_ADDRESS, client_config_text, ensure_state_dir
 from wgslirp.keys import encode_key, generate_private_key, public_key
@@ -44,8 +45,9 @@ class Context:
     now: float = field(default_factory=time.time)
 
     @property
-    def socket(self) -> Path:
-        return live.socket_path(self.cfg.interface_name, self.socket_dir)
+    def sockets(self) -> list[Path]:
+        """Where the router may answer, in the order tried (wgslirp/uapi_paths.py)."""
+        return uapi_paths.candidates(self.cfg.interface_name, self.cfg.state_dir, self.socket_dir)
 
     def say(self, text: str) -> None:
         print(f"wgslirp: {text}", file=self.err)
@@ -62,7 +64,7 @@ def _find(stored: Sequence[StoredPeer], name: str, path: str) -> StoredPeer:
 
 def _live_peers(ctx: Context) -> dict[bytes, live.LivePeer] | None:
     try:
-        return live.get_peers(ctx.socket)
+        return live.get_peers(ctx.sockets)
     except (live.RouterUnreachable, live.RouterRefused):
         return None
 
@@ -136,9 +138,11 @@ def remove(ctx: Context, name: str) -> int:
 def _apply(ctx: Context, what: str, record: StoredPeer) -> int:
     try:
         if what == "add":
-            live.add_peer(ctx.socket, record.public_key, record.preshared_key, record.address)
+            where = live.add_peer(
+                ctx.sockets, record.public_key, record.preshared_key, record.address
+            )
         else:
-            live.remove_peer(ctx.socket, record.public_key)
+            where = live.remove_peer(ctx.sockets, record.public_key)
     except live.RouterUnreachable as e:
         later = (
             "a running router keeps serving it until its next reload (SIGHUP) or restart"
@@ -155,7 +159,7 @@ def _apply(ctx: Context, what: str, record: StoredPeer) -> int:
         ctx.say(f"recorded, but {e}")
         return 1
     done = "added to" if what == "add" else "removed from (its flows closed)"
-    ctx.say(f"{done} the running router ({ctx.cfg.interface_name})")
+    ctx.say(f"{done} the running router ({ctx.cfg.interface_name}, through {where})")
     return 0
 
 
@@ -222,7 +226,8 @@ def list_peers(ctx: Context, *, as_json: bool = False) -> int:
         ctx.out.write(msgspec.json.encode(rows).decode() + "\n")
         return 0
     if running is None:
-        ctx.say(f"no router answers on {ctx.socket}: no live handshake or transfer figures")
+        where = " or ".join(map(str, ctx.sockets))
+        ctx.say(f"no router answers on {where}: no live handshake or transfer figures")
     table = [("NAME", "PUBLIC KEY", "ADDRESS", "LATEST HANDSHAKE", "TRANSFER", "FROM")]
     for r in rows:
         table.append(

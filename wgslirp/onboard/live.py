@@ -1,19 +1,23 @@
 """Talking to a running router through its wg(8) socket, as the stock `wg` tool does.
 
-The UAPI socket (/var/run/wireguard/WG_INTERFACE_NAME.sock) is the router's one door for
-run-time peer changes: a `set` there goes through the same peer-set code as `wg set`, so
-a peer removed by `wgslirp peer remove` has its sessions dropped and its flows closed
-exactly as after `wg set IF peer KEY remove`, and the supervisor keeps the change if
-ingress restarts. When no router answers (not running, or running unprivileged, where it
-cannot create that directory) the caller says so: the peers file is the durable record
-and the router reads it at its next start or reload (SIGHUP).
+The UAPI socket is the router's one door for run-time peer changes: a `set` there goes
+through the same peer-set code as `wg set`, so a peer removed by `wgslirp peer remove` has
+its sessions dropped and its flows closed exactly as after `wg set IF peer KEY remove`,
+and the supervisor keeps the change if ingress restarts. A router serves it in its state
+directory (`wg.sock`, always) and at /var/run/wireguard/WG_INTERFACE_NAME.sock (where it
+may); the commands try them in that order (wgslirp/uapi_paths.py says why) and use the
+first that answers. When none does (no router running) the caller says so: the peers
+file is the durable record and the router reads it at its next start or reload (SIGHUP).
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wgslirp import uapi_paths
 
 __all__ = [
     "SOCKET_DIR",
@@ -26,10 +30,11 @@ __all__ = [
     "socket_path",
 ]
 
-# where wg(8) and every userspace WireGuard look; runtime/uapi_server.py serves it there
-SOCKET_DIR = Path("/var/run/wireguard")
+SOCKET_DIR = uapi_paths.STANDARD_DIR
 TIMEOUT = 5.0
 MAX_ANSWER = 64 << 20
+
+Paths = Sequence[Path]
 
 
 class RouterUnreachable(Exception):
@@ -51,20 +56,34 @@ class LivePeer:
 
 
 def socket_path(interface: str, directory: Path = SOCKET_DIR) -> Path:
-    return directory / f"{interface}.sock"
+    return uapi_paths.standard_path(interface, directory)
 
 
-def _exchange(path: Path, request: bytes) -> str:
-    """One request, its whole answer (through errno=N and the empty line)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(TIMEOUT)
-    try:
+def _connect(paths: Paths) -> tuple[socket.socket, Path]:
+    """The first of `paths` a router answers on. A missing file or a refused connection
+    (a socket left by a router that died) moves on to the next."""
+    reasons: list[str] = []
+    for path in paths:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
         try:
             sock.connect(str(path))
         except FileNotFoundError:
-            raise RouterUnreachable(f"no router serves {path}") from None
+            reasons.append(f"nothing at {path}")
+        except ConnectionRefusedError:
+            reasons.append(f"nobody listens on {path}")
         except OSError as e:
-            raise RouterUnreachable(f"{path}: {e.strerror or e}") from None
+            reasons.append(f"{path}: {e.strerror or e}")
+        else:
+            return sock, path
+        sock.close()
+    raise RouterUnreachable("no router answers: " + "; ".join(reasons))
+
+
+def _exchange(paths: Paths, request: bytes) -> tuple[str, Path]:
+    """One request, its whole answer (through errno=N and the empty line), and where."""
+    sock, path = _connect(paths)
+    try:
         try:
             sock.sendall(request)
             buf = bytearray()
@@ -82,7 +101,7 @@ def _exchange(path: Path, request: bytes) -> str:
     text = buf.decode("utf-8", "replace")
     if "errno=" not in text:
         raise RouterUnreachable(f"{path}: the answer ended early")
-    return text
+    return text, path
 
 
 def _errno_of(text: str) -> int:
@@ -95,9 +114,9 @@ def _errno_of(text: str) -> int:
     raise RouterUnreachable("the router's answer has no valid errno line")
 
 
-def get_peers(path: Path) -> dict[bytes, LivePeer]:
+def get_peers(paths: Paths) -> dict[bytes, LivePeer]:
     """The running router's peers, by public key."""
-    text = _exchange(path, b"get=1\n\n")
+    text, _ = _exchange(paths, b"get=1\n\n")
     code = _errno_of(text)
     if code != 0:
         raise RouterRefused(f"get failed with errno {code}")
@@ -125,22 +144,24 @@ def get_peers(path: Path) -> dict[bytes, LivePeer]:
     return peers
 
 
-def _set(path: Path, lines: list[str]) -> None:
-    text = _exchange(path, ("set=1\n" + "".join(f"{ln}\n" for ln in lines) + "\n").encode())
+def _set(paths: Paths, lines: list[str]) -> Path:
+    request = ("set=1\n" + "".join(f"{ln}\n" for ln in lines) + "\n").encode()
+    text, path = _exchange(paths, request)
     code = _errno_of(text)
     if code != 0:
         raise RouterRefused(f"the router refused the change (errno {code}; its log says why)")
+    return path
 
 
-def add_peer(path: Path, public_key: bytes, preshared_key: bytes | None, address: str) -> None:
-    """Add (or update) a peer with exactly this one allowed IP."""
+def add_peer(paths: Paths, public_key: bytes, preshared_key: bytes | None, address: str) -> Path:
+    """Add (or update) a peer with exactly this one allowed IP; where the router answered."""
     lines = [f"public_key={public_key.hex()}"]
     if preshared_key is not None:
         lines.append(f"preshared_key={preshared_key.hex()}")
     lines += ["replace_allowed_ips=true", f"allowed_ip={address}"]
-    _set(path, lines)
+    return _set(paths, lines)
 
 
-def remove_peer(path: Path, public_key: bytes) -> None:
+def remove_peer(paths: Paths, public_key: bytes) -> Path:
     """What `wg set IF peer KEY remove` asks: sessions dropped, flows closed."""
-    _set(path, [f"public_key={public_key.hex()}", "remove=true"])
+    return _set(paths, [f"public_key={public_key.hex()}", "remove=true"])

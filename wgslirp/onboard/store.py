@@ -30,6 +30,7 @@ import msgspec
 
 from wgslirp.errors import ConfigError
 from wgslirp.onboard.names import BadName, name_key, validate_name
+from wgslirp.ownership import give_to_owner, trusted_owner
 
 __all__ = [
     "LOCK_FILE",
@@ -80,8 +81,18 @@ def locked(state_dir: str) -> Iterator[None]:
     """Hold the peers file's lock: a read-modify-write inside is not interleaved with
     another `wgslirp peer` command's."""
     path = os.path.join(state_dir, LOCK_FILE)
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags)
+        else:
+            try:
+                give_to_owner(fd, state_dir)  # root in the service's directory
+            except OSError:
+                os.close(fd)
+                raise
     except OSError as e:
         raise ConfigError("WGSLIRP_STATE_DIR", f"cannot open {path}: {e.strerror or e}") from None
     try:
@@ -111,7 +122,7 @@ def read_peers(state_dir: str) -> tuple[StoredPeer, ...]:
                 f"is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); it "
                 f"holds preshared keys: run `chmod 600 {path}` if they are still secret",
             )
-        if st.st_uid != os.geteuid():
+        if not trusted_owner(st.st_uid, state_dir):
             raise ConfigError(path, f"is owned by another user (uid {st.st_uid})")
         data = fh.read(MAX_PEERS_FILE + 1)
     if len(data) > MAX_PEERS_FILE:
@@ -161,14 +172,19 @@ def write_peers(state_dir: str, peers: Sequence[StoredPeer]) -> None:
     check_peers(peers, path)
     data = _encoder.encode(_File(peers=list(peers)))
     tmp = path + TMP_SUFFIX
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    # a fresh file every time (a crash's leftover is removed first): never truncating or
+    # chowning an inode someone linked here
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         fd = os.open(tmp, flags, 0o600)
     except OSError as e:
         raise ConfigError(path, f"cannot write {tmp}: {e.strerror or e}") from None
     try:
         try:
-            os.fchmod(fd, 0o600)  # a leftover from a crash may have any mode
+            os.fchmod(fd, 0o600)  # whatever the umask
+            give_to_owner(fd, state_dir)  # root in the service's directory
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -85,6 +85,8 @@ class IngressSettings(Protocol):
     def interface_name(self) -> str: ...
     @property
     def pcap_path(self) -> str | None: ...
+    @property
+    def state_dir(self) -> str: ...
 
 
 def open_wg_socket(addr: str, port: int) -> socket.socket:
@@ -177,16 +179,21 @@ class Ingress:
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
         loop.timers.append(self.forward)
-        # wg(8) talks to the Device here; the server closes itself when the loop stops
-        self.uapi = UapiServer.start(
-            settings.interface_name, self.device, loop, listen_port=self.address[1]
+        # wg(8) and `wgslirp peer` talk to the Device here (/var/run/wireguard where
+        # permitted, the state directory always); each server closes when the loop stops
+        self.uapi = UapiServer.start_all(
+            settings.interface_name,
+            settings.state_dir,
+            self.device,
+            loop,
+            listen_port=self.address[1],
         )
         # Called after the peer set or key changed at run time (wg set, reload): the
         # supervisor keeps the result so a restarted ingress does not revert to the
         # configuration it was started with.
         self.config_changed: list[Callable[[], None]] = []
-        if self.uapi is not None:
-            self.uapi.on_change.append(self._config_changed)
+        for server in self.uapi:
+            server.on_change.append(self._config_changed)
         self._roams_reported = 0
         self._sessions_changed = False
         self._next_state_report = 0.0

@@ -141,8 +141,8 @@ def run_inline(
         _counters_line("worker 0", worker.counters())
         control.stopped(ingress.stats() | worker.counters())
     finally:
-        if ingress is not None and ingress.uapi is not None:
-            ingress.uapi.close()  # the loop closes it when it stops; also if it never ran
+        for server in ingress.uapi if ingress is not None else ():
+            server.close()  # the loop closes them when it stops; also if it never ran
         if control is not None:
             control.close()
         else:

@@ -1,4 +1,5 @@
-"""The UAPI socket wg(8) connects to: /var/run/wireguard/NAME.sock, served on ingress's loop.
+"""The UAPI socket wg(8) connects to: /var/run/wireguard/NAME.sock, served on ingress's loop,
+and the same protocol at $WGSLIRP_STATE_DIR/wg.sock (wgslirp/uapi_paths.py says why both).
 
 It lives in ingress because ingress alone owns the Device (keys, peers, counters); a `set`
 then changes the very tables the next datagram is checked against, with no cross-process
@@ -15,7 +16,9 @@ Lifecycle: the socket is created when ingress starts and unlinked when its loop 
 left by a router that died without cleaning up is replaced; a path another live process
 answers on is left alone (with a warning) and the router runs without a UAPI socket rather
 than not at all. The socket is mode 0600 in a 0755 directory, as wireguard-go makes it: the
-protocol hands out the private key.
+protocol hands out the private key. In the state directory (created 0700 if missing, and
+refused if group or others may write in it, where the socket could be swapped) the socket is
+0600 too, owned by the router's user: root and that user can use it.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from wgslirp import uapi_paths
 from wgslirp.runtime.loop import Handler, Loop
 from wgslirp.wireguard import uapi
 from wgslirp.wireguard.device import Device
 
 log = logging.getLogger("wgslirp.uapi")
 
-SOCKET_DIR = Path("/var/run/wireguard")
+SOCKET_DIR = uapi_paths.STANDARD_DIR
 MAX_CLIENTS = 16
 MAX_REQUEST = 1 << 20  # a full `wg setconf` of thousands of peers still fits
 CLIENT_TIMEOUT = 5.0
@@ -107,21 +111,66 @@ class UapiServer:
         listen_port: int,
         directory: Path = SOCKET_DIR,
     ) -> UapiServer | None:
-        """Serve NAME's socket, or log why not and return None: wg(8) support is a
-        convenience, never a reason for the router to stop forwarding."""
-        path = directory / f"{name}.sock"
+        """Serve NAME's socket in `directory`, or log why not and return None: wg(8) support
+        is a convenience, never a reason for the router to stop forwarding."""
+        if not name or "/" in name or name in (".", ".."):
+            log.warning("wg(8) interface unavailable: interface name %r cannot name a socket", name)
+            return None
+        path = uapi_paths.standard_path(name, directory)
+        return cls._start_at(path, name, device, loop, listen_port=listen_port, quiet=True)
+
+    @classmethod
+    def start_all(
+        cls,
+        name: str,
+        state_dir: str,
+        device: Device,
+        loop: Loop,
+        *,
+        listen_port: int,
+        directory: Path = SOCKET_DIR,
+    ) -> list[UapiServer]:
+        """The standard socket where permitted, and the state directory's always: what
+        `wgslirp peer` looks for (uapi_paths.candidates)."""
+        servers = [cls.start(name, device, loop, listen_port=listen_port, directory=directory)]
+        if state_dir:  # "" only in tests that want no socket at all
+            servers.append(
+                cls._start_at(
+                    uapi_paths.state_path(state_dir),
+                    name,
+                    device,
+                    loop,
+                    listen_port=listen_port,
+                    private_dir=True,
+                )
+            )
+        return [s for s in servers if s is not None]
+
+    @classmethod
+    def _start_at(
+        cls,
+        path: Path,
+        name: str,
+        device: Device,
+        loop: Loop,
+        *,
+        listen_port: int,
+        private_dir: bool = False,
+        quiet: bool = False,
+    ) -> UapiServer | None:
         try:
-            if not name or "/" in name or name in (".", ".."):
-                raise UapiUnavailable(f"interface name {name!r} cannot name a socket")
+            if private_dir:
+                _private_dir(path.parent)
             server = cls(path, device, loop, listen_port=listen_port)
         except UapiUnavailable as exc:
             log.warning("wg(8) interface unavailable: %s", exc)
             return None
         except PermissionError as exc:
-            # the usual case for an unprivileged router: not worth a warning on every start
-            log.info("wg(8) interface unavailable: %s: %s", path, exc.strerror)
+            # an unprivileged router and /var/run/wireguard: not worth a warning every start
+            level = logging.INFO if quiet else logging.WARNING
+            log.log(level, "wg(8) interface unavailable: %s: %s", path, exc.strerror)
             return None
-        except OSError as exc:
+        except OSError as exc:  # e.g. a path longer than AF_UNIX allows (107 bytes)
             log.warning("wg(8) interface unavailable: %s: %s", path, exc.strerror or exc)
             return None
         log.info("wg(8) interface %s at %s", name, path)
@@ -276,6 +325,18 @@ class UapiServer:
         if c is not None:
             self.loop.unregister(c.sock)
             c.sock.close()
+
+
+def _private_dir(directory: Path) -> None:
+    """The state directory as the router's other files need it: 0700 when created here,
+    never one where others could replace the socket with their own."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_mode & 0o022:
+        raise UapiUnavailable(
+            f"{directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "no socket there"
+        )
 
 
 def _bind(path: Path) -> socket.socket:
