@@ -111,11 +111,14 @@ def test_startup_ends_when_bandwidth_stops_growing_then_drains_and_cruises() -> 
     assert bbr.mode == tcp_bbr.PROBE_BW
     assert bbr.btl_bw == pytest.approx(8e6)
     assert bbr.rtprop == pytest.approx(0.04)
-    # cwnd converges to twice the BDP plus headroom, and the rate to the bandwidth.
+    # cwnd converges to twice the BDP, plus the ACK-aggregation allowance: these
+    # synthetic samples deliver a whole round's bytes in one ACK, the worst clumping,
+    # which adds up to one more BDP.
     for _ in range(40):
         now += 0.04
         rs.feed(bbr, 8e6, 0.04, now, int(8e6 * 0.04))
-    assert bbr.cwnd == pytest.approx(2 * 8e6 * 0.04, rel=0.05)
+    bdp = 8e6 * 0.04
+    assert 2.5 * bdp <= bbr.cwnd <= 3 * bdp + 5 * MSS
     gains = set()
     for _ in range(16):
         now += 0.041
