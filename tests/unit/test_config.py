@@ -127,7 +127,7 @@ def test_defaults() -> None:
     assert cfg.metrics == C.MetricsConfig(log=False, interval=30.0, format="text", listen=None)
     assert not cfg.health.enabled
     assert cfg.tcp.ack_delay_ms == 10 and cfg.tcp.error_signal == "icmp"
-    assert cfg.tcp.cc == "newreno" and cfg.tcp.gate_log == "info"
+    assert cfg.tcp.cc == "bbr" and cfg.tcp.gate_log == "info"
     assert cfg.tcp.ack_idle_gate_ms == 6000 and cfg.tcp.ack_idle_fail_sec == 120
     assert cfg.tcp.fast_dial_ms == 5
     assert cfg.udp.idle_timeout == 60.0
