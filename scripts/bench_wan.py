@@ -773,7 +773,7 @@ def report(b: Bench, rows: list[dict[str, Any]]) -> None:
         mark = "*" if r.background > a.quiet_threshold else ""
         head = [r.profile, r.path, r.direction, f"{r.run}{mark}"]
         if r.error:
-            prow.append([*head, "ERROR", *["-"] * 13])
+            prow.append([*head, "ERROR", *["-"] * 14])
             continue
         rel, link = r.relay or {}, r.data_link()
         prow.append(
@@ -936,6 +936,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
     add_rev_argument(p)
+    p.add_argument(
+        "--code",
+        metavar="DIR",
+        default=None,
+        help="run the router from the wgslirp package in DIR (a patched copy for an "
+        "experiment, e.g. one that traces its TCP state) instead of the working tree",
+    )
     add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     a.profiles = [x.strip() for x in a.profiles.split(",") if x.strip()]
@@ -971,6 +978,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def _code(args: argparse.Namespace) -> Iterator[None]:
+    if args.code:
+        if args.rev:
+            raise SystemExit("--code excludes --rev")
+        args.code_dir = str(Path(args.code).resolve())
+        print(f"router code: {args.code_dir}", flush=True)
+        yield
+        return
     with rev_exported(args.rev) as code_dir:
         args.code_dir = code_dir
         if code_dir is None:

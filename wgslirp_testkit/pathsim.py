@@ -106,6 +106,7 @@ def run(
     rate_mbit: float = 20.0,
     rtt: float = 0.040,
     loss: float = 0.0,
+    reorder: float = 0.0,
     queue_packets: int = 200,
     seconds: float = 10.0,
     seed: int = 1,
@@ -114,7 +115,9 @@ def run(
     budget: SendBudget | None = None,
     trace_every: float = 0.0,
 ) -> PathResult:
-    """Download for `seconds` of fake time; loss applies to each direction."""
+    """Download for `seconds` of fake time; loss applies to each direction; `reorder` is
+    the share of data segments that arrive 2 ms early, overtaking others (the relay's
+    model, impair.py)."""
     rng = random.Random(seed)
     egress = Egress()
     params = TcpParams(
@@ -182,7 +185,10 @@ def run(
             link_free = start + len(pkt) / bytes_per_s
             queued.append(link_free)
             order += 1
-            heapq.heappush(heap, (link_free + one_way, order, 1, pkt))
+            arrive = link_free + one_way
+            if reorder and rng.random() < reorder:
+                arrive -= 0.002
+            heapq.heappush(heap, (arrive, order, 1, pkt))
         egress.packets.clear()
 
     # The guest's ACK of the SYN-ACK, one round trip later.

@@ -180,3 +180,18 @@ def test_holes_are_resent_at_the_pacing_rate_not_in_one_burst() -> None:
     for _ in range(100):
         later += [s for s in c.tick(0.001) if s.seq < segs[60].seq]
     assert len(first) + len(later) >= 40  # the rest follow at the rate
+
+
+def test_acks_that_sack_new_data_are_duplicates_even_as_the_window_grows() -> None:
+    """A Linux guest autotuning its receive buffer opens its window on nearly every ACK;
+    RFC 5681's duplicate (same window) never happens then, RFC 6675's (new SACK) does."""
+    c, _rx, segs = _setup()
+    c.clock.advance(RTT)
+    held: list[tuple[int, int]] = []
+    for i, s in enumerate(segs[1:4]):
+        lo, hi = s.seq, s.seq + len(s.data)
+        held = [(held[0][0], hi)] if held else [(lo, hi)]
+        c.send(b"", tcp.ACK, window=30000 + 1000 * i, opts=tcp.options_bytes(sack=held))
+    assert c.ep.fast_retransmits == 1
+    assert segs[0].seq in [s.seq for s in c.out()]
+    assert c.ep.rto_expirations == 0

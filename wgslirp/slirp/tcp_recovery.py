@@ -147,11 +147,13 @@ class SackScoreboard:
         self.ranges: list[list[int]] = []
         self._max_ranges = max_ranges
 
-    def take(self, blocks: list[tuple[int, int]], una: int, snd_max: int) -> None:
-        """Merge the SACK blocks of one ACK (32-bit edges, as on the wire). A block outside
-        [SND.UNA, SND.MAX] is a D-SACK (RFC 2883) or bogus and teaches recovery nothing; a
-        new range past the bound is forgotten (the guest repeats what matters)."""
+    def take(self, blocks: list[tuple[int, int]], una: int, snd_max: int) -> bool:
+        """Merge the SACK blocks of one ACK (32-bit edges, as on the wire); returns whether
+        they SACKed anything not SACKed before. A block outside [SND.UNA, SND.MAX] is a
+        D-SACK (RFC 2883) or bogus and teaches recovery nothing; a new range past the bound
+        is forgotten (the guest repeats what matters)."""
         ranges = self.ranges
+        newly = False
         for left_w, right_w in blocks:
             left = unwrap(left_w, una)
             right = unwrap(right_w, una)
@@ -165,11 +167,15 @@ class SackScoreboard:
             while j < n and ranges[j][0] <= right:
                 j += 1
             if i < j:
+                if j - i == 1 and ranges[i][0] <= left and right <= ranges[i][1]:
+                    continue  # nothing new
                 left = min(left, ranges[i][0])
                 right = max(right, ranges[j - 1][1])
             elif n >= self._max_ranges:
                 continue
             ranges[i:j] = [[left, right]]
+            newly = True
+        return newly
 
     def trim(self, una: int) -> None:
         """SND.UNA advanced: what it covers needs no SACK memory any more."""
