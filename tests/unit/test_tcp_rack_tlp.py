@@ -77,6 +77,7 @@ def test_one_ack_sacking_three_segments_starts_recovery_before_three_dupacks() -
     """RFC 6675 IsLost: more than two segments SACKed above the hole. A guest that ACKs
     in stretches (GRO, delayed ACKs) may never send three duplicates."""
     c, rx, segs = _setup()
+    c.clock.advance(RTT)  # the ACK comes a round trip after the segments left
     for s in segs[1:5]:
         rx.take(s)
     rx.ack()  # one duplicate ACK, four segments SACKed
@@ -171,6 +172,7 @@ def test_holes_are_resent_at_the_pacing_rate_not_in_one_burst() -> None:
             break
     assert len(segs) == 100
     rx = SackReceiver(c, True)
+    c.clock.advance(RTT)  # their ACKs come a round trip later
     for s in segs[60:]:  # the first 60 are lost
         rx.take(s)
     rx.ack()

@@ -43,6 +43,7 @@ from __future__ import annotations
 import enum
 import mmap
 import struct
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
@@ -213,6 +214,7 @@ class TcpEndpoint:
         "_rcv_ws",
         "_recover",
         "_recovery_room",
+        "_reord",
         "_retries",
         "_rexmit",
         "_rexmit_high",
@@ -223,6 +225,9 @@ class TcpEndpoint:
         "_sack",
         "_sack_ok",
         "_sacked",
+        "_sent_head",
+        "_sent_s",
+        "_sent_t",
         "_snd_base",
         "_snd_buf",
         "_snd_cap",
@@ -243,6 +248,7 @@ class TcpEndpoint:
         "_t_delack",
         "_t_pace",
         "_t_persist",
+        "_t_rack",
         "_t_retry",
         "_t_rto",
         "_t_tlp",
@@ -378,6 +384,15 @@ class TcpEndpoint:
         # neither ACKed nor SACKed a round trip later was lost again (RACK, RFC 8985 6.2).
         self._rexmit_log: deque[tuple[int, float, int]] = deque()  # (start, sent at, SND.MAX)
         self._t_tlp = INF  # tail loss probe due (RFC 8985 7)
+        # When new data went out: (time, SND.MAX after) per send batch, from _sent_head
+        # on, for RACK's rule that a hole is lost only once it was sent a round trip and a
+        # reordering window ago (RFC 8985 6.2). New data is sent in sequence order, so the
+        # rule becomes a sequence number (see _rack_lost_below).
+        self._sent_t: list[float] = []
+        self._sent_s: list[int] = []
+        self._sent_head = 0
+        self._t_rack = INF  # the first hole becomes lost by RACK's rule then
+        self._reord = False  # a hole was seen to fill by itself: reordering happens here
         self._tlp_high = -1  # SND.MAX when the outstanding probe went out (-1: none)
         self._sack = SackScoreboard()
         self._sacked = self._sack.ranges  # like _ooo_ranges, for header prediction's test
@@ -1060,6 +1075,16 @@ class TcpEndpoint:
         if not resent:
             self._rexmit_high = ack
         if self._sacked:
+            if (
+                not self._reord
+                and not self._in_recovery
+                and not self._rto_loss
+                and self._tlp_high < 0
+                and ack >= self._sacked[0][0]
+            ):
+                # the cumulative ACK reached SACKed data with nothing resent: the hole
+                # below it filled by itself, a segment overtaken, not lost
+                self._reord = True
             self._sack.trim(ack)
         # RTT: a timed segment (Karn: never a retransmitted one) or the echoed timestamp.
         rtt = self._rtt
@@ -1136,11 +1161,21 @@ class TcpEndpoint:
                 self.cc.on_dup_ack_in_recovery()  # NewReno: one segment left the network
             return
         self._dupacks += 1
+        self._maybe_fast_retransmit(now)
+
+    def _maybe_fast_retransmit(self, now: float) -> None:
         if self._snd_una < self._recover:
             return  # RFC 6582 3.2 step 2: a second loss in the same window halves once
-        if self._dupacks == 3 or (self._sacked and self._sack_says_lost()):
+        if self._dupacks >= 3 or (self._sacked and self._sack_says_lost()):
             # RFC 5681 3.2 fast retransmit, or RFC 6675's IsLost / RACK before the third
-            # duplicate ACK (see _sack_says_lost).
+            # duplicate ACK (see _sack_says_lost) ...
+            if self._sacked and self._tlp_high < 0 and self._rack_lost_below(now) <= self._snd_una:
+                # ... but not before RACK deems the first hole lost: reordering by a few
+                # milliseconds makes holes that fill themselves (bench_wan's reordering
+                # profile: thousands of needless retransmissions). Look again then.
+                self._t_rack = self._rack_due(now)
+                return
+            self._t_rack = INF
             self._tlp_high = -1
             self._t_tlp = INF
             flight = self._snd_max - self._snd_una
@@ -1154,9 +1189,51 @@ class TcpEndpoint:
             self._recovery_room = 0
             if self._sacked:
                 self.cc.on_recovery_pipe(
-                    self._sack.pipe(self._snd_una, self._snd_max, self._snd_una)
+                    self._sack.pipe(
+                        self._snd_una, self._snd_max, self._snd_una, self._rack_lost_below(now)
+                    )
                 )
                 self._sack_fill(now)  # more holes than the first may go at once
+
+    def _rack_lost_below(self, now: float) -> int:
+        """RACK (RFC 8985 6.2) as a sequence number: un-SACKed data below it was first
+        sent at least srtt + srtt/4 (the reordering window) ago while later data has been
+        SACKed, so it is lost; holes above it may still be on their way."""
+        srtt = self._rtt.srtt
+        una = self._snd_una
+        ts, ss = self._sent_t, self._sent_s
+        head = self._sent_head
+        n = len(ss)
+        while head < n and ss[head] <= una:
+            head += 1  # batches wholly acknowledged
+        if head > 1024:
+            del ts[:head], ss[:head]
+            head = 0
+        self._sent_head = head
+        if srtt <= 0.0:
+            return self._snd_max
+        # RACK.reo_wnd: none until the path was seen to reorder, then a quarter RTT
+        # (RFC 8985 6.2.3; Linux does the same), so on an ordinary path losses are found
+        # as soon as with three duplicate ACKs.
+        reo = 0.25 * srtt if self._reord else 0.0
+        i = bisect_right(ts, now - self._rtt.latest - reo + CLOCK_GRANULARITY, head) - 1
+        # batch i ends at ss[i]; everything before it was sent before the limit too
+        return ss[i] if i >= head else una
+
+    def _rack_due(self, now: float) -> float:
+        """When the segment at SND.UNA becomes lost by RACK's rule."""
+        ts, ss = self._sent_t, self._sent_s
+        i = bisect_right(ss, self._snd_una, self._sent_head)
+        sent = ts[i] if i < len(ts) else now
+        reo = 0.25 * self._rtt.srtt if self._reord else 0.0
+        due = sent + self._rtt.latest + reo
+        return due if due > now else now + CLOCK_GRANULARITY
+
+    def _on_rack_timer(self, now: float) -> None:
+        """The first hole's reordering window has passed with no ACK filling it."""
+        self._t_rack = INF
+        if not self._in_recovery and self._sacked and self._snd_una < self._snd_max:
+            self._maybe_fast_retransmit(now)
 
     def _sack_says_lost(self) -> bool:
         """Whether the segment at SND.UNA is lost before three duplicate ACKs came:
@@ -1253,7 +1330,9 @@ class TcpEndpoint:
             return  # nothing new, or the guest reneged on a SACK
         valid = rate.on_delivery(newly, high, now)
         if self._in_recovery and self._sacked:
-            inflight = self._sack.pipe(una, self._snd_max, self._rexmit_high)
+            inflight = self._sack.pipe(
+                una, self._snd_max, self._rexmit_high, self._rack_lost_below(now)
+            )
         else:
             # After a timeout only what was resent since is in flight, less what of it
             # the guest had already SACKed (skipped, not resent).
@@ -1271,7 +1350,8 @@ class TcpEndpoint:
         sack = self._sack
         una = self._snd_una
         smax = self._snd_max
-        room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high)
+        lost_below = self._rack_lost_below(now)
+        room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high, lost_below)
         log = self._rexmit_log
         if log:
             # RACK (RFC 8985 6.2) for retransmissions: a resent hole is lost again once
@@ -1297,8 +1377,8 @@ class TcpEndpoint:
         uses_rate = self._rate is not None
         while room > 0:
             hole = sack.next_hole(s)
-            if hole < 0:
-                break
+            if hole < 0 or hole >= lost_below:
+                break  # no hole, or the rest may still arrive (RACK's reordering window)
             stop = sack.sacked_after(hole)
             end = hole + mss
             if 0 <= stop < end:
@@ -1580,8 +1660,12 @@ class TcpEndpoint:
                 else:
                     self._t_retry = now + EGRESS_RETRY
         self._snd_nxt = nxt
-        if self._rate is not None and smax > self._snd_max:
-            self._rate.on_send(smax, now, self._snd_max == una)
+        if smax > self._snd_max:
+            if self._rate is not None:
+                self._rate.on_send(smax, now, self._snd_max == una)
+            if self._sack_ok:
+                self._sent_t.append(now)
+                self._sent_s.append(smax)
         self._snd_max = smax
         if fin_seq >= 0 and smax > fin_seq:
             if self.state is _EST:
@@ -1618,6 +1702,7 @@ class TcpEndpoint:
             self._t_retry,
             self._t_pace,
             self._t_tlp,
+            self._t_rack,
         )
         st = self.state
         if st is not _CLOSED and st is not _TIME_WAIT:
@@ -1678,6 +1763,8 @@ class TcpEndpoint:
                 return
         elif now >= self._t_tlp:
             self._on_tlp(now)
+        if now >= self._t_rack:
+            self._on_rack_timer(now)
         if now >= self._t_persist:
             self._on_persist(now)
         if now >= self._t_delack:
@@ -1742,7 +1829,7 @@ class TcpEndpoint:
         self._recover = self._snd_max
         self._in_recovery = False
         self._dupacks = 0
-        self._t_tlp = INF
+        self._t_tlp = self._t_rack = INF
         self._tlp_high = -1
         self._rexmit_log.clear()
         if self._retries > 1:
@@ -1804,6 +1891,7 @@ class TcpEndpoint:
             self._rcv_read = self._rcv_nxt - self.guest_fin
         self.state = _CLOSED
         self._t_rto = self._t_delack = self._t_persist = self._t_tw = INF
+        self._t_tlp = self._t_rack = INF
         self._rexmit.clear()
         self._rexmit_set.clear()
         self._ack_now = False

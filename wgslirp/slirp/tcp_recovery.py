@@ -57,6 +57,7 @@ class RttEstimator:
         "_rto_max",
         "_rto_min",
         "_window_bytes",
+        "latest",
         "rto",
         "rto_base",
         "rttvar",
@@ -67,6 +68,7 @@ class RttEstimator:
 
     def __init__(self, rto_initial: float, rto_min: float, rto_max: float) -> None:
         self.srtt = 0.0  # 0.0: no sample yet
+        self.latest = 0.0  # the last sample as it was (RACK's RTT, RFC 8985 6.2)
         self.rttvar = 0.0
         self.rto = rto_initial
         self.rto_base = max(rto_initial, rto_min)
@@ -89,6 +91,7 @@ class RttEstimator:
             return
         if rtt < MIN_SAMPLE:
             rtt = MIN_SAMPLE
+        self.latest = rtt
         srtt = self.srtt
         if srtt == 0.0:
             srtt = rtt
@@ -232,24 +235,26 @@ class SackScoreboard:
                 return left
         return -1
 
-    def pipe(self, una: int, snd_max: int, high_rxt: int) -> int:
+    def pipe(self, una: int, snd_max: int, high_rxt: int, lost_below: int = -1) -> int:
         """RFC 6675's pipe: bytes presumed still in the network. Everything between
         SND.UNA and SND.MAX counts, except what the guest SACKed and the holes below the
-        highest SACKed byte that recovery has not resent yet (presumed lost, the way
-        FACK and Linux's RACK-less SACK recovery treat them); `high_rxt` is how far
-        recovery has resent (HighRxt)."""
+        highest SACKed byte that recovery has not resent yet (presumed lost); `high_rxt`
+        is how far recovery has resent (HighRxt). With `lost_below` (RACK's verdict: data
+        sent long enough ago), holes at or above it are still in flight, not lost."""
         ranges = self.ranges
         flight = snd_max - una
         if not ranges:
             return flight
         high = ranges[-1][1]
+        if 0 <= lost_below < high:
+            high = lost_below
         sacked = 0
         s = high_rxt if high_rxt > una else una
         unsent_lost = high - s if high > s else 0
         for left, right in ranges:
             sacked += right - left
-            if right > s:  # SACKed bytes above s are not holes
-                unsent_lost -= right - (left if left > s else s)
+            if right > s and left < high:  # SACKed bytes in (s, high) are not holes
+                unsent_lost -= (right if right < high else high) - (left if left > s else s)
         return flight - sacked - unsent_lost
 
     def clear(self) -> None:
