@@ -11,6 +11,7 @@ no window updates of its own, so the endpoint's persist probes must find the reo
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from dataclasses import dataclass
@@ -475,31 +476,32 @@ def test_random_transfers_over_a_bad_network(sc: Scenario) -> None:
     run(sc)
 
 
+CLEAN = Scenario(
+    seed=1,
+    upload=1_000_000,
+    download=2_000_000,
+    loss=0.0,
+    dup=0.0,
+    jitter=0.0,
+    guest_mss=1460,
+    wscale=7,
+    sack=True,
+    ts=True,
+    guest_cap=1 << 20,
+    guest_read_rate=1 << 30,
+    guest_window_updates=True,
+    ep_rcv_buffer=256 * 1024,
+    ep_snd_buffer=256 * 1024,
+    ep_snd_buffer_max=4 << 20,
+    host_read_rate=1 << 30,
+    cc="cubic",
+    close_order="together",
+    iss=2**32 - 1000,
+)
+
+
 def test_clean_network_large_transfer_both_ways() -> None:
-    run(
-        Scenario(
-            seed=1,
-            upload=1_000_000,
-            download=2_000_000,
-            loss=0.0,
-            dup=0.0,
-            jitter=0.0,
-            guest_mss=1460,
-            wscale=7,
-            sack=True,
-            ts=True,
-            guest_cap=1 << 20,
-            guest_read_rate=1 << 30,
-            guest_window_updates=True,
-            ep_rcv_buffer=256 * 1024,
-            ep_snd_buffer=256 * 1024,
-            ep_snd_buffer_max=4 << 20,
-            host_read_rate=1 << 30,
-            cc="cubic",
-            close_order="together",
-            iss=2**32 - 1000,
-        )
-    )
+    run(CLEAN)
 
 
 @pytest.mark.parametrize("cc", ["bbr", "cubic"])
@@ -507,30 +509,21 @@ def test_lossy_reordering_download_through_a_growing_send_ring(cc: str) -> None:
     """Several MB over loss, duplication and reordering while the send ring grows (the
     live bytes are copied into a bigger ring mid-transfer, more than once), with the
     sequence space wrapping: every byte must still arrive, in order."""
-    _, ep = run(
-        Scenario(
-            seed=7,
-            upload=50_000,
-            download=3_000_000,
-            loss=0.02,
-            dup=0.02,
-            jitter=0.004,
-            guest_mss=1460,
-            wscale=7,
-            sack=True,
-            ts=True,
-            guest_cap=1 << 20,
-            guest_read_rate=1 << 30,
-            guest_window_updates=True,
-            ep_rcv_buffer=256 * 1024,
-            ep_snd_buffer=16 * 1024,
-            ep_snd_buffer_max=1 << 20,
-            host_read_rate=1 << 30,
-            cc=cc,
-            close_order="host_first",
-            iss=2**32 - 5000,
-        )
+    sc = dataclasses.replace(
+        CLEAN,
+        seed=7,
+        upload=50_000,
+        download=3_000_000,
+        loss=0.02,
+        dup=0.02,
+        jitter=0.004,
+        ep_snd_buffer=16 * 1024,
+        ep_snd_buffer_max=1 << 20,
+        cc=cc,
+        close_order="host_first",
+        iss=2**32 - 5000,
     )
+    _, ep = run(sc)
     assert ep.snd_capacity > 16 * 1024
 
 
