@@ -93,6 +93,10 @@ TLP_DELACK_ALLOWANCE: Final = 0.040
 # worth of segments (a 4 MiB ring is ~3100); 256 left most of a slow-start overshoot's
 # holes unwatched, and each lost retransmission among them cost a timeout.
 MAX_REXMIT_LOG: Final = 4096
+# Never appended to (the endpoint swaps in its own first); only read, cleared when empty.
+_NO_REXMIT: Final[deque[int]] = deque()
+_NO_REXMIT_SET: Final[set[int]] = set()
+_NO_LOG: Final[deque[tuple[int, float, int]]] = deque()
 
 
 class TcpState(enum.Enum):
@@ -377,12 +381,14 @@ class TcpEndpoint:
         # Starts of segments to retransmit, in order, and the same as a set: pacing can
         # hold thousands of them after a burst loss, so membership and popping must not
         # cost a scan (a list did: 81 % of a core at 3 Mbit/s, bench_wan 50ms+100mbit).
-        self._rexmit: deque[int] = deque()
-        self._rexmit_set: set[int] = set()
+        # (Shared empty placeholders until the first retransmission: a deque is 624 bytes
+        # and a set 216, and most connections never resend; see _queue_rexmit.)
+        self._rexmit: deque[int] = _NO_REXMIT
+        self._rexmit_set: set[int] = _NO_REXMIT_SET
         self._rexmit_high = iss
         # (start, time) of each hole resent in SACK recovery, oldest first: one still
         # neither ACKed nor SACKed a round trip later was lost again (RACK, RFC 8985 6.2).
-        self._rexmit_log: deque[tuple[int, float, int]] = deque()  # (start, sent at, SND.MAX)
+        self._rexmit_log: deque[tuple[int, float, int]] = _NO_LOG  # (start, sent at, SND.MAX)
         self._t_tlp = INF  # tail loss probe due (RFC 8985 7)
         # When new data went out: (time, SND.MAX after) per send batch, from _sent_head
         # on, for RACK's rule that a hole is lost only once it was sent a round trip and a
@@ -1112,7 +1118,8 @@ class TcpEndpoint:
                 # found by the next episode's first ACKs instead of by the timer.
                 kept = [e for e in self._rexmit_log if e[0] >= ack]
                 self._rexmit_log.clear()
-                self._rexmit_log.extend(kept)
+                if kept:
+                    self._rexmit_log.extend(kept)
             elif self._sacked:
                 self._sack_fill(now)  # RFC 6675: the SACK scoreboard says what to resend
             else:
@@ -1395,6 +1402,9 @@ class TcpEndpoint:
     def _queue_rexmit(self, seq: int) -> bool:
         """Queue the segment at `seq` for retransmission; False if it already is."""
         if seq < self._snd_max and seq not in self._rexmit_set:
+            if self._rexmit is _NO_REXMIT:
+                self._rexmit = deque()
+                self._rexmit_set = set()
             self._rexmit.append(seq)
             self._rexmit_set.add(seq)
             return True
@@ -1570,6 +1580,8 @@ class TcpEndpoint:
             self._pace_at += n * per_byte
             if self._in_recovery:  # (a tail loss probe is not recovery's progress)
                 if self._sacked and len(self._rexmit_log) < MAX_REXMIT_LOG:
+                    if self._rexmit_log is _NO_LOG:
+                        self._rexmit_log = deque()
                     self._rexmit_log.append((seq, now, self._snd_max))
                 self._rexmit_high = max(self._rexmit_high, seq + n)
             rtt.resent(seq)
