@@ -77,6 +77,39 @@ class Bbr(CongestionControl):
     (`on_delivery`) and asks it for the pacing rate; the base class's recovery hooks
     are replaced by BBR's packet conservation."""
 
+    __slots__ = (
+        "_bw_slots",
+        "_conserving",
+        "_cycle_at",
+        "_cycle_idx",
+        "_epoch_acked",
+        "_epoch_at",
+        "_extra_acked",
+        "_extra_idx",
+        "_extra_rounds",
+        "_full_bw",
+        "_full_bw_rounds",
+        "_in_loss",
+        "_initial_window",
+        "_lost_in_round",
+        "_next_round_delivered",
+        "_prior_cwnd",
+        "_probe_rtt_done",
+        "_probe_rtt_round_done",
+        "_round_delivered_from",
+        "_round_lost",
+        "_round_start",
+        "_rtprop_at",
+        "btl_bw",
+        "cwnd_gain",
+        "full_bw_reached",
+        "mode",
+        "pacing_gain",
+        "rate",
+        "round_count",
+        "rtprop",
+    )
+
     name = "bbr"
     uses_rate = True
 

@@ -24,6 +24,10 @@ UNLIMITED: Final = 1 << 40
 class CongestionControl:
     """Reno-style slow start and congestion avoidance (RFC 5681) with NewReno recovery."""
 
+    # Slots: one controller per connection, and an idle connection's memory is counted
+    # (bench_tcp: a BBR controller with a __dict__ cost ~1.5 KiB per idle flow).
+    __slots__ = ("_ca_acc", "_ss_divisor", "cwnd", "mss", "paced", "ssthresh")
+
     name = "newreno"
     beta = 0.5  # multiplicative decrease
     uses_rate = False  # whether the endpoint must feed delivery-rate samples (tcp_rate)
@@ -139,12 +143,14 @@ class CongestionControl:
 
 
 class NewReno(CongestionControl):
-    pass
+    __slots__ = ()
 
 
 class Off(CongestionControl):
     """TCP_CC=off: the guest's window alone limits the sender, for links known to be
     clean where recovery from the occasional loss is still wanted but backing off is not."""
+
+    __slots__ = ()
 
     name = "off"
 
@@ -241,6 +247,8 @@ class Cubic(CongestionControl):
     """CUBIC (RFC 9438, formerly RFC 8312): window growth as a cubic function of the time
     since the last reduction, so long fat paths refill faster than Reno's one segment per
     RTT, with Reno's rate as a floor (the "Reno-friendly" region) on short paths."""
+
+    __slots__ = ("_cwnd_f", "_epoch", "_hystart", "_k", "_origin", "_w_est", "_w_max")
 
     name = "cubic"
     beta = 0.7
