@@ -243,3 +243,16 @@ def test_a_shallow_bottleneck_costs_bbr_neither_timeouts_nor_most_of_its_rate() 
     assert r.queue_drops > 100  # the scenario does overflow the queue
     assert r.rto_expirations <= 2
     assert r.mbit >= 0.6 * 40
+
+
+def test_a_clock_far_from_zero_does_not_start_the_connection_in_probe_rtt() -> None:
+    """The router's clock is time.monotonic(), hours past zero: the first RTT sample
+    must start RTprop's 10 s, not find it long expired."""
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 5000.0
+    for bw in (1e6, 2e6, 4e6, 8e6, 16e6):
+        now += 0.1
+        rs.feed(bbr, bw, 0.1, now, bbr.cwnd)
+        assert bbr.mode == tcp_bbr.STARTUP
+    assert not bbr.full_bw_reached

@@ -122,7 +122,10 @@ class Bbr(CongestionControl):
         self._bw_slots = [0.0] * BW_ROUNDS  # max delivery rate per round, by round % 10
         self.btl_bw = 0.0
         self.rtprop = float("inf")
-        self._rtprop_at = 0.0
+        # When RTprop was last measured; -1: never. (It was 0.0, and with a monotonic
+        # clock hours past zero the first sample found RTprop "expired": every connection
+        # began in PROBE_RTT, and three flat rounds there ended STARTUP at a few Mbit/s.)
+        self._rtprop_at = -1.0
         self.round_count = 0
         self._next_round_delivered = 0
         self._round_start = False
@@ -204,7 +207,7 @@ class Bbr(CongestionControl):
             self._conserving = False  # one round of packet conservation, then grow
 
     def _update_rtprop(self, rtt: float, inflight: int, now: float) -> None:
-        expired = now > self._rtprop_at + RTPROP_WINDOW
+        expired = self._rtprop_at >= 0.0 and now > self._rtprop_at + RTPROP_WINDOW
         if rtt >= 0.0 and (rtt < self.rtprop or expired):
             self.rtprop = rtt
             self._rtprop_at = now
