@@ -105,6 +105,7 @@ from wgslirp_testkit.router import (
     REPO,
     RouterProcess,
     base_env,
+    effective_tcp_config,
     exit_counters,
     pinged_client,
     router_cmd,
@@ -647,24 +648,7 @@ class Bench:
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """The router's TCP settings (``wgslirp check-config`` with the routers' code and
         environment), or None if that fails."""
-
-        tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-cfg-"))
-        try:
-            env, cwd = self._router_env(tmp, 51820, 0, {})
-            r = subprocess.run(
-                router_cmd("check-config"),
-                env=os.environ | env,
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            tcp: dict[str, Any] = json.loads(r.stdout)["tcp"]
-            return tcp
-        except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
-            return None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return effective_tcp_config(lambda tmp: self._router_env(tmp, 51820, 0, {}))
 
     def _router_env(
         self, tmp: Path, port: int, workers: int, extra: dict[str, str]

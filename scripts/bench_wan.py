@@ -104,6 +104,7 @@ from wgslirp_testkit.router import (
     LISTENING,
     RouterProcess,
     base_env,
+    effective_tcp_config,
     pinged_client,
     router_cmd,
     router_cwd,
@@ -473,23 +474,7 @@ class Bench:
 
     def effective_tcp_config(self) -> dict[str, Any] | None:
         """``wgslirp check-config`` with the routers' code and environment: its TCP part."""
-        tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-wan-cfg-"))
-        try:
-            env, cwd = self.router_env(tmp, 51820, 0)
-            r = subprocess.run(
-                router_cmd("check-config"),
-                env=os.environ | env,
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            tcp: dict[str, Any] = json.loads(r.stdout)["tcp"]
-            return tcp
-        except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
-            return None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return effective_tcp_config(lambda tmp: self.router_env(tmp, 51820, 0))
 
     def run_router(self, workers: int, server: Server) -> None:
         path = f"workers={workers}"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -386,3 +386,28 @@ def guest_client(private: str, server_public: str, port: int, host: int, **kw: A
     router on 127.0.0.1:`port`."""
     kw.setdefault("allowed_ips", ("10.77.0.0/24",))
     return WgClient(private, server_public, port, address=f"10.77.0.{host}/32", **kw)
+
+
+def effective_tcp_config(
+    make_env: Callable[[Path], tuple[dict[str, str], str]],
+) -> dict[str, Any] | None:
+    """The TCP part of ``wgslirp check-config`` run with a benchmark's router code and
+    environment (`make_env` gets a scratch state directory and returns env and cwd), or
+    None if that fails: the benchmarks print it so a figure says what it measured."""
+    tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-cfg-"))
+    try:
+        env, cwd = make_env(tmp)
+        r = subprocess.run(
+            router_cmd("check-config"),
+            env=os.environ | env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        tcp: dict[str, Any] = json.loads(r.stdout)["tcp"]
+        return tcp
+    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
