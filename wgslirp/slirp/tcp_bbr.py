@@ -112,6 +112,7 @@ class Bbr(CongestionControl):
 
     name = "bbr"
     uses_rate = True
+    uses_prr = False  # its recovery window is packet conservation (recovery_window)
 
     def __init__(self, mss: int, initial_window: int) -> None:
         super().__init__(mss, initial_window)
@@ -379,6 +380,17 @@ class Bbr(CongestionControl):
         self._in_loss = True
         self._lost_in_round = True
         self.cwnd = self.mss
+
+    def undo_state(self) -> object:
+        return None  # BBR's window is its model's; the prior window is kept by itself
+
+    def undo(self, state: object) -> None:
+        """A spurious timeout or recovery: leave loss mode and take the old window back
+        at once, as when its data is all acknowledged."""
+        self._conserving = False
+        self.on_loss_recovered()
+        if self.cwnd < self._prior_cwnd:
+            self.cwnd = self._prior_cwnd
 
     def on_loss_recovered(self) -> None:
         """The data outstanding at a timeout is all acknowledged."""
