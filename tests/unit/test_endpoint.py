@@ -4,6 +4,7 @@ kept per IPv4 address or IPv6 /64 (wireguard/load.py)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,17 @@ def test_endpoints_print_as_wireguard_go_prints_them(endpoint: tuple[str, int], 
 def test_parse_endpoint_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["2001:DB8:0:0:1:0:0:1", "2001:db8::1", "1:0:1:1:1:1:1:1", "::", "::1", "0::1.2.3.4",
+     "::ffff:10.0.0.1", "fe80:0::7"],
+)  # fmt: skip
+def test_a_typed_endpoint_equals_the_same_one_seen_on_a_socket(typed: str) -> None:
+    """Otherwise a configured endpoint would look like a roam at the first packet."""
+    seen = socket.inet_ntop(socket.AF_INET6, ipaddress.IPv6Address(typed).packed)  # recvfrom
+    assert from_sockaddr((seen, 1, 0, 0)) == (canonical_host(typed), 1)
 
 
 def test_canonical_host() -> None:
