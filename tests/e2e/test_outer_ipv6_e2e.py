@@ -19,6 +19,7 @@ import pytest
 
 from wgslirp_testkit import guestprog
 from wgslirp_testkit.hostservers import TcpServer, stream_chunks
+from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.netns import WG_SOCKET_DIR, unique_name
 from wgslirp_testkit.ports import free_udp_port
 from wgslirp_testkit.router import (
@@ -116,3 +117,39 @@ def test_a_peer_roams_between_ipv4_and_ipv6_on_the_dual_stack_default(
                 tcp_both_ways(c, 2 * MB)
             counters = stop_and_counters(r)
     assert counters["send_errors"] == 0 and counters["internal_errors"] == 0
+
+
+def test_the_router_initiates_to_a_configured_ipv6_endpoint(tmp_path: Path, ifname: str) -> None:
+    """A wg-quick file's `Endpoint = [::1]:PORT` with a keepalive: the router sends the first
+    initiation, over IPv6, from its dual-stack socket."""
+    port, client_port = free_udp_port(), free_udp_port()
+    server, client = generate_keypair(), generate_keypair()
+    conf = tmp_path / "wgslirp.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {server.private}\nListenPort = {port}\n\n"
+        f"[Peer]\nPublicKey = {client.public}\nAllowedIPs = 10.77.0.2/32\n"
+        f"Endpoint = [::1]:{client_port}\nPersistentKeepalive = 1\n"
+    )
+    conf.chmod(0o600)
+    env = {
+        "WG_GATEWAY_IP": GATEWAY,
+        "WG_INTERFACE_NAME": ifname,
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+    }
+    with RouterProcess(router_cmd("--config", str(conf)), env) as r:
+        r.wait_for_line(rf"listening on \[::\]:{port}\b", timeout=20)
+        with WgClient(
+            client.private,
+            server.public,
+            None,
+            allowed_ips=("10.77.0.0/24",),
+            listen_port=client_port,
+            log_level="error",
+        ) as c:
+            stats = c.wait_handshake(timeout=10)  # no client traffic: the router initiated
+            assert stats.endpoint == f"[::1]:{port}"
+            assert c.ping(GATEWAY, count=3, interval=0.05) == (3, 3)
+            r.wait_for_line(r"handshake completed .* \(we initiated\)", timeout=5)
+            assert router_endpoint(ifname, c) == f"[::1]:{client_port}"
+            counters = stop_and_counters(r)
+    assert counters["send_errors"] == 0 and counters["gateway_echo_replies"] == 3

@@ -273,7 +273,11 @@ class Ingress:
         if sa is None:
             if len(self._to_sa) >= ADDR_CACHE_MAX:
                 self._to_sa.clear()
-            sa = self._to_sa[addr] = to_sockaddr6(addr)
+            try:
+                sa = to_sockaddr6(addr)
+            except OSError:  # a zone naming no interface (any more): sendto will say so
+                return addr
+            self._to_sa[addr] = sa
         return sa
 
     def _endpoint_of(self, sa: SockAddr) -> Addr:
