@@ -167,7 +167,11 @@ class Ingress:
         self.address: Addr = local_endpoint(sock)
         # A dual-stack socket's addresses are translated (wireguard/endpoint.py) between
         # what the kernel says and the canonical endpoint the device keeps; an AF_INET
-        # socket's are canonical already and skip it all.
+        # socket's are canonical already and skip it all. The cost, one dict lookup per
+        # datagram received and per send run: router CPU per GB of TCP through the tunnel
+        # (200 MB each way, PROCESSOR_WORKERS=0, median of 4 on the 2-core machine) was
+        # 9.73 s listening on [::] against 9.66 s on 127.0.0.1, within the run-to-run
+        # spread (8.9-10.4 s).
         self._v6 = sock.family == socket.AF_INET6
         self._from_sa: dict[SockAddr, Addr] = {}
         self._to_sa: dict[Addr, SockAddr] = {}
