@@ -24,7 +24,9 @@ from wgslirp.runtime.ingress import Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import Ring
 from wgslirp.wireguard.device import Device
+from wgslirp.wireguard.load import HandshakeGuard
 from wgslirp.wireguard.peer import Peer
+from wgslirp_testkit.flood import initiation_with_mac1
 
 GATEWAY = "10.77.0.1"
 GUEST = "10.77.0.2"
@@ -440,3 +442,31 @@ def test_dual_stack_means_v6only_off_and_a_specific_address_v6only_on() -> None:
             assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == v6only
         finally:
             sock.close()
+
+
+def test_ipv4_sources_on_a_dual_stack_socket_keep_budgets_of_their_own() -> None:
+    """Seen raw, 127.0.0.1 and 127.0.0.2 are ::ffff:7f00:1 and ::ffff:7f00:2: one IPv6
+    /64, which would make every IPv4 client share one handshake budget under load. After
+    the translation each IPv4 address is its own source, and cookie replies reach it."""
+    with make_rig("::", "127.0.0.1") as r:
+        r.ingress.device.guard = HandshakeGuard(0)  # every message counts as load
+        msg = initiation_with_mac1(r.ingress.device.public_key)
+        stats = r.ingress.device.stats
+        socks = []
+        try:
+            for host in ("127.0.0.1", "127.0.0.2"):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, 0))
+                for _ in range(10):
+                    s.sendto(msg, ("127.0.0.1", r.target[1]))
+            r.turn_until(lambda: stats.handshake_shed == 10)
+            # each source: three admitted fresh (garbage: invalid), two cookie replies
+            assert (stats.handshake_invalid, stats.cookie_replies_sent) == (6, 4)
+            for s in socks:
+                s.settimeout(2)
+                replies = [s.recvfrom(2048)[0][0] for _ in range(2)]
+                assert replies == [3, 3]  # MSG_COOKIE_REPLY
+        finally:
+            for s in socks:
+                s.close()
