@@ -1316,10 +1316,7 @@ class TcpEndpoint:
         it, which RACK (RFC 8985 6.2) then deems lost)."""
         if self._tlp_high >= 0:
             return True
-        sacked = 0
-        for left, right in self._sacked:
-            sacked += right - left
-        return sacked > 2 * self._mss
+        return self._sack.sacked > 2 * self._mss
 
     def _arm_tlp(self, now: float) -> None:
         """RFC 8985 7.2: a probe two round trips after the last ACK or send, if that is
@@ -1392,11 +1389,9 @@ class TcpEndpoint:
         rate = self._rate
         assert rate is not None
         una = self._snd_una
-        s = una
-        high = una
-        for left, right in self._sacked:
-            s += right - left
-            high = right
+        sacked = self._sacked
+        s = una + self._sack.sacked
+        high = sacked[-1][1] if sacked else una
         newly = s - self._rate_s
         self._rate_s = s
         if newly <= 0:
@@ -1509,10 +1504,7 @@ class TcpEndpoint:
     def _delivered_mark(self) -> int:
         """SND.UNA plus the bytes SACKed above it: what the guest reported receiving, so
         the difference between two ACKs is what the later one delivered."""
-        s = self._snd_una
-        for left, right in self._sacked:
-            s += right - left
-        return s
+        return self._snd_una + self._sack.sacked
 
     def _queue_rexmit(self, seq: int) -> bool:
         """Queue the segment at `seq` for retransmission; False if it already is."""
