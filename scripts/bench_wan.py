@@ -675,6 +675,12 @@ def _window_caps(b: Bench, rows: list[dict[str, Any]]) -> None:
     rcv, snd = tcp.get("rcv_buffer"), tcp.get("snd_buffer")
     if not isinstance(rcv, int) or not isinstance(snd, int):
         return
+    # Both rings grow toward their maximum (TCP_*_BUFFER_MAX) where the pool lends it.
+    rcv_max, snd_max = tcp.get("rcv_buffer_max"), tcp.get("snd_buffer_max")
+    if isinstance(rcv_max, int) and rcv_max > rcv:
+        rcv = rcv_max
+    if isinstance(snd_max, int) and snd_max > snd:
+        snd = snd_max
     caps = []
     for prof in dict.fromkeys(row["profile"] for row in rows):
         rtt = _median([x["rtt_idle_ms"] for x in rows if x["profile"] == prof and x["rtt_idle_ms"]])

@@ -365,15 +365,28 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="TCP",
         ),
     ] = 4 * 1024 * 1024
+    rcv_buffer_max: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=256 * 1024 * 1024),
+        _doc(
+            "TCP_RCV_BUFFER_MAX",
+            "Size a connection's receive buffer (the window the guest is offered) may "
+            "double up to while the guest delivers more than half of it per round trip, "
+            "as Linux autotunes toward tcp_rmem's maximum; out of TCP_SND_BUFFER_POOL. At "
+            "or below TCP_RCV_BUFFER it never grows. Needs the guest's window scaling.",
+            group="TCP",
+        ),
+    ] = 4 * 1024 * 1024
     snd_buffer_pool: Annotated[
         int,
         Meta(ge=0, le=64 * 1024 * 1024 * 1024),
         _doc(
             "TCP_SND_BUFFER_POOL",
-            "Bytes of send buffer above TCP_SND_BUFFER that all connections of one process "
-            "(the router inline, or each worker) may grow into together; a connection "
-            "refused keeps its size. Bounds memory: at most TCP_MAX_FLOWS x TCP_SND_BUFFER "
-            "+ this per process.",
+            "Bytes of buffer above TCP_SND_BUFFER and TCP_RCV_BUFFER that all connections "
+            "of one process (the router inline, or each worker) may grow into together, "
+            "send and receive rings alike; a connection refused keeps its size. Bounds "
+            "memory: at most TCP_MAX_FLOWS x (TCP_SND_BUFFER + TCP_RCV_BUFFER) + this per "
+            "process.",
             group="TCP",
         ),
     ] = 128 * 1024 * 1024

@@ -103,6 +103,7 @@ def tcp_params(cfg: Config) -> TcpParams:
         max_ooo_bytes=cfg.tcp.rcv_buffer,
         snd_buffer=cfg.tcp.snd_buffer,
         snd_buffer_max=max(cfg.tcp.snd_buffer, cfg.tcp.snd_buffer_max),
+        rcv_buffer_max=max(cfg.tcp.rcv_buffer, cfg.tcp.rcv_buffer_max),
     )
 
 
