@@ -124,6 +124,9 @@ def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
         from wgslirp.onboard.merge import with_stored_peers
 
         cfg = with_stored_peers(cfg, labels)
+        from wgslirp.config.forwards import check_config_forwards
+
+        check_config_forwards(cfg)  # needs the final peer set: at start and every reload
     return cfg
 
 

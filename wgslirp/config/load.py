@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, get_args
 
 from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.config.fields import BY_ENV, CONFIG_FIELDS, NESTED, PEER_FIELDS, Field
+from wgslirp.config.forwards import parse_forwards
 from wgslirp.config.schema import Config, ConfigError, PeerConfig, default_state_dir
 from wgslirp.config.values import (
     check_range,
@@ -73,7 +74,7 @@ def resolve_ipv4(host: str) -> str:
 
 def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
     kind = f.kind
-    if raw == "" and kind != "cidrs":
+    if raw == "" and kind not in ("cidrs", "forwards"):
         raise ValueError("empty value")
     if kind == "bool":
         return parse_bool(raw)
@@ -91,6 +92,8 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return parse_choice(raw, get_args(f.base), f.extra.get("aliases", {}))
     if kind == "cidrs":
         return parse_cidrs(raw)
+    if kind == "forwards":
+        return parse_forwards(raw)
     if kind == "ipv4":
         return str(parse_ipv4(raw))
     if kind == "upstreams":
@@ -206,6 +209,8 @@ def _load_file(
             for f in CONFIG_FIELDS:
                 ini = f.extra.get("ini")
                 value = section.get(ini) if ini else None
+                if ini and f.kind == "forwards":  # repeatable, like AllowedIPs
+                    value = ", ".join(section.get_all(ini)) or None
                 if value is not None:
                     scalars[f.env] = _Source(value, f"{prefix} {ini}")
             continue
