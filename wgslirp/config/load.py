@@ -137,11 +137,11 @@ def _parse(f: Field, raw: str, setting: str, resolve: Callable[[str], str]) -> A
 
 
 def changed_settings(old: Config, new: Config) -> list[str]:
-    """Names of the settings whose values differ (peers and the private key aside), for a
-    reload to say which changes wait for a restart."""
+    """Names of the settings whose values differ (peers, the private key and the forwards
+    aside: a reload applies those), for a reload to say which changes wait for a restart."""
     out = []
     for f in CONFIG_FIELDS:
-        if f.path[0] in ("peers", "private_key"):
+        if f.path[0] in ("peers", "private_key", "forward_tcp", "forward_udp"):
             continue
         a: Any = old
         b: Any = new

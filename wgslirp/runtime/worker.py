@@ -8,18 +8,21 @@ ingress loop (PROCESSOR_WORKERS=0).
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 from collections.abc import Iterable
 
 from wgslirp.config import Config
+from wgslirp.config.forwards import expand
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
-from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
+from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
+from wgslirp.slirp.forward_bridge import TcpForwards
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -29,6 +32,11 @@ from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")
+
+FORWARDS_MESSAGE = b"\x00forwards\n"
+"""Starts a control message on a worker's ring (peer index ROUTE_BY_DESTINATION, never a
+real peer's): the forwards to listen on after a reload, as JSON. An IPv4 packet cannot
+start with a zero byte, so it cannot be taken for one."""
 
 DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
 ERROR_LOG_INTERVAL = 10.0  # seconds in which further per-packet errors are only counted
@@ -198,6 +206,15 @@ class Worker:
             log=registry,
         )
         loop.timers.append(self.tcp)
+        self.tcp_forwards = TcpForwards(
+            self.tcp,
+            loop,
+            tcp_params(cfg),
+            connect_timeout=cfg.forward_connect_timeout,
+            index=index,
+            nworkers=n,
+        )
+        self.set_forwards(cfg)
         if registry is not None:
             orphans = registry.adopt()
             if orphans:
@@ -237,6 +254,21 @@ class Worker:
         loop.hooks.append(self.turn)
         loop.timers.append(self)
 
+    def set_forwards(self, cfg: Config) -> None:
+        self._listen(cfg.forward_tcp)
+
+    def _listen(self, tcp: tuple[str, ...]) -> None:
+        """Listen on these forwards (and only those): at start and on a reload. A port the
+        start-up check found free but taken since is logged, not fatal to a worker."""
+        for fwd, exc in self.tcp_forwards.listen(expand(tcp)):
+            log.error(
+                "worker %d: WG_FORWARD_TCP %s:%d cannot be bound: %s",
+                self.index,
+                fwd.listen_ip,
+                fwd.listen_port,
+                exc.strerror or exc,
+            )
+
     def turn(self, now: float) -> None:
         self._now = now
         self.inbound.drain(self._dispatch, DRAIN_BUDGET)
@@ -249,6 +281,9 @@ class Worker:
         try:
             if not pkt:  # ingress's "this peer is gone" message
                 self.forget_peer(peer)
+                return
+            if peer == ROUTE_BY_DESTINATION:  # a control message from ingress
+                self._control(pkt)
                 return
             proto = pkt[9]
             if proto == PROTO_TCP:
@@ -269,6 +304,12 @@ class Worker:
                     self.index,
                     ERROR_LOG_INTERVAL,
                 )
+
+    def _control(self, pkt: memoryview) -> None:
+        data = bytes(pkt)
+        if data.startswith(FORWARDS_MESSAGE):
+            entries = json.loads(data[len(FORWARDS_MESSAGE) :])
+            self._listen(tuple(entries["tcp"]))
 
     def forget_peer(self, peer: int) -> None:
         """Close every flow of a removed peer: its host sockets, its places under the caps."""
@@ -298,6 +339,7 @@ class Worker:
     def close(self, now: float) -> None:
         """Stopping: every guest connection is reset (the guest learns at once instead of
         waiting on a connection nobody serves any more) and the host sockets closed."""
+        self.tcp_forwards.close()
         reset = self.tcp.close(now)
         self.egress.flush()
         self.udp.close()

@@ -467,6 +467,11 @@ class TcpEndpoint:
         self._writer.tos = value & 0xFF
 
     @property
+    def syn_acked(self) -> bool:
+        """Our SYN (or SYN-ACK) was acknowledged: the connection was opened."""
+        return self._snd_una > self.iss
+
+    @property
     def mss(self) -> int:
         """Payload bytes of a full segment toward the guest."""
         return self._mss

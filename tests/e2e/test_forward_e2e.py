@@ -1,0 +1,228 @@
+"""Inbound port forwards through the real tunnel: a host client connects to a port of the
+router's host and reaches a service inside the wireguard-go guest's namespace."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wgslirp_testkit.guestprog import tcp_echo_many
+from wgslirp_testkit.guestserver import GuestServer
+from wgslirp_testkit.hostservers import stream_chunks
+from wgslirp_testkit.ports import free_tcp_port, free_udp_port
+from wgslirp_testkit.proc import child_pid
+from wgslirp_testkit.router import (
+    GATEWAY,
+    base_env,
+    client_from_router_output,
+    exit_counters,
+    router,
+    stop_and_counters,
+)
+from wgslirp_testkit.wgclient import wait_tunnel
+
+pytestmark = pytest.mark.e2e
+
+GUEST = "10.77.0.2"
+MB = 1 << 20
+
+
+def _sha(size: int) -> str:
+    h = hashlib.sha256()
+    for chunk in stream_chunks(size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _connect(port: int, timeout: float = 30.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def test_curl_reaches_http_server_inside_the_guest(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_tcp_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hello.txt").write_text("hello from the guest\n")
+    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"127.0.0.1:{hport}={GUEST}:8080"}
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        http = [sys.executable, "-m", "http.server", "--bind", GUEST, "--directory", str(site)]
+        c.popen([*http, "8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = ""
+        for _ in range(50):  # until the guest's server listens (bounded: 50 x ~0.2 s)
+            res = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{hport}/hello.txt"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            out = res.stdout
+            if res.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert out == "hello from the guest\n", res.stderr
+        counters = stop_and_counters(r)
+    assert counters["tcp_forwarded"] >= 1 and counters["internal_errors"] == 0
+
+
+def _upload(port: int, size: int) -> float:
+    """Send `size` bytes of the pattern and wait for the server's close; Mbit/s."""
+    t0 = time.monotonic()
+    with _connect(port) as s:
+        for chunk in stream_chunks(size):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(1) == b""
+    return size * 8 / (time.monotonic() - t0) / 1e6
+
+
+def _download(port: int) -> tuple[int, str, float]:
+    h = hashlib.sha256()
+    n = 0
+    t0 = time.monotonic()
+    with _connect(port) as s:
+        while data := s.recv(1 << 20):
+            h.update(data)
+            n += len(data)
+    return n, h.hexdigest(), n * 8 / (time.monotonic() - t0) / 1e6
+
+
+def test_100mb_each_way_sha256(tmp_path: Path) -> None:
+    port, up_port, down_port = free_udp_port(), free_tcp_port(), free_tcp_port()
+    size = 100 * MB
+    env = base_env(tmp_path, port) | {
+        "WG_FORWARD_TCP": f"{up_port}={GUEST}:9001,{down_port}={GUEST}:9002"
+    }
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        with (
+            GuestServer(c, "tcp", "sink", GUEST, 9001) as sink,
+            GuestServer(c, "tcp", "source", GUEST, 9002, size=size),
+        ):
+            up = _upload(up_port, size)
+            assert sink.wait_results(1, 30) == [(size, _sha(size))]
+            n, sha, down = _download(down_port)
+            assert (n, sha) == (size, _sha(size))
+        print(f"\nforwarded: host->guest {up:.0f} Mbit/s, guest->host {down:.0f} Mbit/s")
+        counters = stop_and_counters(r)
+    assert counters["tcp_forwarded"] == 2 and counters["internal_errors"] == 0
+
+
+def test_200_concurrent_forwarded_connections(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"{hport}={GUEST}:7"}
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        with GuestServer(c, "tcp", "echo", GUEST, 7):
+            res = tcp_echo_many("127.0.0.1", hport, 200, 16 * 1024)
+        assert res == {"ok": 200, "failed": 0, "unfinished": 0}, res
+        counters = stop_and_counters(r)
+    assert counters["tcp_forwarded"] == 200
+    per_worker = [
+        v["tcp_forwarded"] for k, v in exit_counters(r.output()).items() if k[:6] == "worker"
+    ]
+    assert len(per_worker) == 2 and all(per_worker), per_worker  # both workers accepted
+
+
+def _wait_reset(port: int, limit: float) -> float:
+    """Connect to the forward and wait for the router to reset the connection; seconds
+    from connect to reset."""
+    with _connect(port) as s:
+        t0 = time.monotonic()
+        s.settimeout(limit)
+        with pytest.raises(ConnectionResetError):
+            s.recv(1)
+        return time.monotonic() - t0
+
+
+def test_closed_guest_port_resets_the_host_connection_quickly(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"{hport}={GUEST}:9"}
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        took = _wait_reset(hport, 10.0)
+        counters = stop_and_counters(r)
+    assert took < 3.0, took  # one tunnel round trip, ~ms; generous for a busy machine
+    assert counters["tcp_forward_refused"] == 1
+
+
+def test_guest_gone_resets_within_the_connect_timeout(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {
+        "WG_FORWARD_TCP": f"{hport}={GUEST}:80",
+        "WG_FORWARD_CONNECT_TIMEOUT": "2s",
+    }
+    with router(env) as r:
+        with client_from_router_output(r, port, log_level="error") as c:
+            wait_tunnel(c, GATEWAY, interval=0.1)
+        # wireguard-go is stopped and its namespace gone: nothing will ever answer
+        took = _wait_reset(hport, 15.0)
+        counters = stop_and_counters(r)
+    assert took < 2.0 + 3.0, took  # the documented bound, plus slack for a busy machine
+    assert counters["tcp_forward_unanswered"] == 1
+
+
+def test_forward_survives_a_worker_sigkill(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"{hport}={GUEST}:7"}
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        with GuestServer(c, "tcp", "echo", GUEST, 7):
+            assert tcp_echo_many("127.0.0.1", hport, 20, 4096)["ok"] == 20
+            victim = child_pid(r.pid, "wgslirp-w1")
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            # Connections the kernel queued on the dying worker's listener before its
+            # sockets closed are lost with it (reset); once they are closed ...
+            for _ in range(100):
+                if not _listens(victim, hport):
+                    break
+                time.sleep(0.05)
+            # ... the other worker's listener takes every new connection ...
+            assert tcp_echo_many("127.0.0.1", hport, 20, 4096) == {
+                "ok": 20,
+                "failed": 0,
+                "unfinished": 0,
+            }
+            # ... and the replacement listens again (the supervisor restarts it in ~1 s)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                new = child_pid(r.pid, "wgslirp-w1")
+                if new not in (None, victim) and _listens(new, hport):
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("no replacement worker listens on the forward")
+            res = tcp_echo_many("127.0.0.1", hport, 40, 4096)
+            assert res == {"ok": 40, "failed": 0, "unfinished": 0}, res
+        assert r.terminate(timeout=10) == 0
+    # the replacement took some (the victim logged nothing: it was killed)
+    assert exit_counters(r.output())["worker 1"]["tcp_forwarded"] >= 1
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (its fds against
+    /proc/net/tcp, where state 0A is LISTEN)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].split(":")[1], 16) == port and f[9] in inodes:
+            return True
+    return False
