@@ -4,6 +4,7 @@ naming the setting, the file form, and the checks against the peers' AllowedIPs.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from wgslirp.config import ConfigError, load_config
 from wgslirp.config.forwards import Forward, check_config_forwards, expand, parse_forwards
 from wgslirp.config.render import render_check
 from wgslirp.keys import encode_key, public_key
+from wgslirp_testkit.ports import free_udp_port
 
 PRIV_B64 = encode_key(bytes(range(1, 33)))
 PEER_A = encode_key(public_key(bytes([0xA]) * 32))
@@ -169,3 +171,24 @@ def test_router_exits_2_naming_the_setting(tmp_path: Path) -> None:
             )
             assert r.returncode == 2, (cmd, r.stderr)
             assert fragment in r.stderr, (cmd, r.stderr)
+
+
+def test_port_in_use_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WG_", "WGSLIRP_", "TCP_"))}
+    env |= BASE | {"XDG_STATE_HOME": str(tmp_path), "PROCESSOR_WORKERS": "0"}
+    env |= {"WG_LISTEN_ADDR": "127.0.0.1", "WG_LISTEN_PORT": str(free_udp_port())}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "wgslirp"],
+            env=env | {"WG_FORWARD_TCP": f"{port}=10.77.0.2:80"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 2, r.stderr
+    assert f"WG_FORWARD_TCP: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        r.stderr
+    )
