@@ -226,3 +226,34 @@ def _listens(pid: int, port: int) -> bool:
         if f[3] == "0A" and int(f[1].split(":")[1], 16) == port and f[9] in inodes:
             return True
     return False
+
+
+def test_udp_echo_inside_the_guest_through_a_udp_forward(tmp_path: Path) -> None:
+    port, hport = free_udp_port(), free_udp_port()
+    env = base_env(tmp_path, port) | {"WG_FORWARD_UDP": f"{hport}={GUEST}:5353"}
+    with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
+        wait_tunnel(c, GATEWAY, interval=0.1)
+        with GuestServer(c, "udp", "echo", GUEST, 5353):
+            clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+            try:
+                for i, s in enumerate(clients):
+                    s.settimeout(0.5)
+                    got: list[bytes] = []
+                    for _ in range(20):  # bounded; a lost datagram is sent again
+                        msg = f"client {i} datagram {len(got)}".encode() + os.urandom(1000)
+                        s.sendto(msg, ("127.0.0.1", hport))
+                        try:
+                            data, src = s.recvfrom(4096)
+                        except TimeoutError:
+                            continue
+                        assert src == ("127.0.0.1", hport)  # from the forward's address
+                        assert data == msg  # each client gets its own replies
+                        got.append(data)
+                        if len(got) == 5:
+                            break
+                    assert len(got) == 5, i
+            finally:
+                for s in clients:
+                    s.close()
+        counters = stop_and_counters(r)
+    assert counters["udp_flows_opened"] == 3 and counters["internal_errors"] == 0

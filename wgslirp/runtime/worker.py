@@ -22,7 +22,7 @@ from wgslirp.runtime.loop import Loop
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
-from wgslirp.slirp.forward_bridge import TcpForwards
+from wgslirp.slirp.forward_bridge import TcpForwards, UdpForwards
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -214,6 +214,7 @@ class Worker:
             index=index,
             nworkers=n,
         )
+        self.udp_forwards = UdpForwards(self.udp, loop, index=index, nworkers=n)
         self.set_forwards(cfg)
         if registry is not None:
             orphans = registry.adopt()
@@ -255,15 +256,18 @@ class Worker:
         loop.timers.append(self)
 
     def set_forwards(self, cfg: Config) -> None:
-        self._listen(cfg.forward_tcp)
+        self._listen(cfg.forward_tcp, cfg.forward_udp)
 
-    def _listen(self, tcp: tuple[str, ...]) -> None:
+    def _listen(self, tcp: tuple[str, ...], udp: tuple[str, ...]) -> None:
         """Listen on these forwards (and only those): at start and on a reload. A port the
         start-up check found free but taken since is logged, not fatal to a worker."""
-        for fwd, exc in self.tcp_forwards.listen(expand(tcp)):
+        failed = [("WG_FORWARD_TCP", *f) for f in self.tcp_forwards.listen(expand(tcp))]
+        failed += [("WG_FORWARD_UDP", *f) for f in self.udp_forwards.listen(expand(udp))]
+        for name, fwd, exc in failed:
             log.error(
-                "worker %d: WG_FORWARD_TCP %s:%d cannot be bound: %s",
+                "worker %d: %s %s:%d cannot be bound: %s",
                 self.index,
+                name,
                 fwd.listen_ip,
                 fwd.listen_port,
                 exc.strerror or exc,
@@ -309,7 +313,7 @@ class Worker:
         data = bytes(pkt)
         if data.startswith(FORWARDS_MESSAGE):
             entries = json.loads(data[len(FORWARDS_MESSAGE) :])
-            self._listen(tuple(entries["tcp"]))
+            self._listen(tuple(entries["tcp"]), tuple(entries["udp"]))
 
     def forget_peer(self, peer: int) -> None:
         """Close every flow of a removed peer: its host sockets, its places under the caps."""
@@ -340,6 +344,7 @@ class Worker:
         """Stopping: every guest connection is reset (the guest learns at once instead of
         waiting on a connection nobody serves any more) and the host sockets closed."""
         self.tcp_forwards.close()
+        self.udp_forwards.close()
         reset = self.tcp.close(now)
         self.egress.flush()
         self.udp.close()

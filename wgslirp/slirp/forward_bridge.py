@@ -24,10 +24,11 @@ from functools import partial
 from wgslirp.config.forwards import Forward
 from wgslirp.errors import ConfigError
 from wgslirp.net.flowkey import flow_hash
-from wgslirp.net.ipv4 import PROTO_TCP, addr_to_int
+from wgslirp.net.ipv4 import PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.slirp.bridge_context import Poller
 from wgslirp.slirp.tcp_bridge import TcpBridge
 from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp.slirp.udp_bridge import UdpBridge
 
 log = logging.getLogger("wgslirp.forward")
 
@@ -194,6 +195,80 @@ class TcpForwards:
 
     def close(self) -> None:
         for sock in self.listeners.values():
+            self.poller.unregister(sock)
+            sock.close()
+        self.listeners.clear()
+
+
+class UdpForwards:
+    """The listening sockets of WG_FORWARD_UDP in one worker. The kernel hands each host
+    client's datagrams to one worker's socket (SO_REUSEPORT hashes the 4-tuple), which
+    keeps the client's NAT flow in the UDP bridge like any outbound flow."""
+
+    def __init__(
+        self,
+        bridge: UdpBridge,
+        poller: Poller,
+        *,
+        index: int,
+        nworkers: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.poller = poller
+        self.index = index
+        self.nworkers = max(1, nworkers)
+        self.rng = rng or random.Random()
+        self.listeners: dict[Forward, socket.socket] = {}
+        self.tallies: dict[Forward, ForwardTally] = {}
+
+    def listen(self, forwards: Iterable[Forward]) -> list[tuple[Forward, OSError]]:
+        """As TcpForwards.listen; the flows of a forward that goes are closed with it."""
+        wanted = list(dict.fromkeys(forwards))
+        for fwd in [f for f in self.listeners if f not in wanted]:
+            sock = self.listeners.pop(fwd)
+            self.bridge.close_forward(sock)
+            self.poller.unregister(sock)
+            sock.close()
+        failed: list[tuple[Forward, OSError]] = []
+        for fwd in wanted:
+            if fwd in self.listeners:
+                continue
+            try:
+                sock = open_listener(fwd, PROTO_UDP)
+            except OSError as exc:
+                failed.append((fwd, exc))
+                continue
+            self.listeners[fwd] = sock
+            tally = self.tallies.setdefault(fwd, ForwardTally(fwd))
+            self.poller.register(sock, partial(self._on_readable, sock, tally))
+        return failed
+
+    def _on_readable(self, sock: socket.socket, tally: ForwardTally, now: float, _m: int) -> None:
+        fwd = tally.forward
+        guest = addr_to_int(fwd.guest_ip)
+        bridge = self.bridge
+        gw = bridge.ctx.gateway
+
+        def pick() -> int | None:
+            if gw is None:
+                return None
+            return nat_port_for(
+                guest,
+                gw,
+                fwd.guest_port,
+                PROTO_UDP,
+                self.index,
+                self.nworkers,
+                partial(bridge.forward_port_taken, guest, fwd.guest_port),
+                self.rng,
+            )
+
+        bridge.from_forward(sock, guest, fwd.guest_port, pick, tally, now)
+
+    def close(self) -> None:
+        for sock in self.listeners.values():
+            self.bridge.close_forward(sock)
             self.poller.unregister(sock)
             sock.close()
         self.listeners.clear()
