@@ -17,15 +17,20 @@ import pytest
 from wgslirp_testkit.guestprog import tcp_echo_many
 from wgslirp_testkit.guestserver import GuestServer
 from wgslirp_testkit.hostservers import stream_chunks
+from wgslirp_testkit.keys import generate_keypair
 from wgslirp_testkit.ports import free_tcp_port, free_udp_port
 from wgslirp_testkit.proc import child_pid
 from wgslirp_testkit.router import (
     GATEWAY,
+    RouterProcess,
     base_env,
     client_from_router_output,
     exit_counters,
+    guest_client,
     router,
+    router_cmd,
     stop_and_counters,
+    two_peer_env,
 )
 from wgslirp_testkit.wgclient import wait_tunnel
 
@@ -257,3 +262,105 @@ def test_udp_echo_inside_the_guest_through_a_udp_forward(tmp_path: Path) -> None
                     s.close()
         counters = stop_and_counters(r)
     assert counters["udp_flows_opened"] == 3 and counters["internal_errors"] == 0
+
+
+def _echo_once(sock: socket.socket, msg: bytes) -> None:
+    sock.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        data = sock.recv(65536)
+        assert data, "closed"
+        got += data
+    assert got == msg
+
+
+def _write_conf(path: Path, server: str, port: int, peers: list[str], forwards: list[str]) -> None:
+    text = f"[Interface]\nPrivateKey = {server}\nListenPort = {port}\n"
+    text += "".join(f"ForwardTCP = {f}\n" for f in forwards)
+    text += "".join(f"\n[Peer]\nPublicKey = {p}\nAllowedIPs = {a}\n" for p, a in peers)
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def test_reload_adds_and_removes_forwards_and_a_removed_peer_loses_its_flows(
+    tmp_path: Path,
+) -> None:
+    port, pa, pb = free_udp_port(), free_tcp_port(), free_tcp_port()
+    server, ka, kb = generate_keypair(), generate_keypair(), generate_keypair()
+    conf = tmp_path / "wg.conf"
+    a_peer, b_peer = (ka.public, f"{GUEST}/32"), (kb.public, "10.77.0.3/32")
+    _write_conf(conf, server.private, port, [a_peer], [f"{pa}={GUEST}:7"])
+    env = {
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_GATEWAY_IP": GATEWAY,
+        "WGSLIRP_STATE_DIR": str(tmp_path / "state"),
+        "PROCESSOR_WORKERS": "2",
+    }
+    with RouterProcess(router_cmd("--config", str(conf)), env) as r:
+        r.wait_for_line(r"listening on", timeout=20)
+        with guest_client(ka.private, server.public, port, 2, log_level="error") as a:
+            wait_tunnel(a, GATEWAY, interval=0.1)
+            with GuestServer(a, "tcp", "echo", GUEST, 7), _connect(pa) as held:
+                _echo_once(held, b"before the reload")
+                # a forward added by reload
+                _write_conf(
+                    conf, server.private, port, [a_peer], [f"{pa}={GUEST}:7", f"{pb}={GUEST}:7"]
+                )
+                mark = r.mark()
+                r.send_signal(signal.SIGHUP)
+                r.wait_for_line(r"reload: forwarding 2 TCP", timeout=10, since=mark)
+                for _ in range(50):  # the workers take the new list from their rings
+                    try:
+                        with _connect(pb, timeout=5) as s:
+                            _echo_once(s, b"through the new forward")
+                        break
+                    except (ConnectionRefusedError, ConnectionResetError):
+                        time.sleep(0.1)
+                else:
+                    pytest.fail("the added forward never answered")
+                _echo_once(held, b"the old one still works")
+                # the peer and its forwards removed: its flows are reset, the ports closed
+                _write_conf(conf, server.private, port, [b_peer], [])
+                mark = r.mark()
+                r.send_signal(signal.SIGHUP)
+                r.wait_for_line(r"reload: 1 peer\(s\) added, 1 removed", timeout=10, since=mark)
+                held.settimeout(10)
+                with pytest.raises(ConnectionResetError):
+                    while held.recv(1):
+                        pass
+                for _ in range(50):
+                    try:
+                        socket.create_connection(("127.0.0.1", pa), timeout=5).close()
+                    except ConnectionRefusedError:
+                        break
+                    time.sleep(0.1)
+                else:
+                    pytest.fail("the removed forward still listens")
+        counters = stop_and_counters(r)
+    assert counters["peer_flows_closed"] >= 1
+
+
+def test_forwarded_syn_to_a_peer_without_session_starts_the_handshake(tmp_path: Path) -> None:
+    """The router knows the guest's endpoint but no session exists yet: the first SYN is
+    held while the router initiates the handshake, then delivered."""
+    port, cport, hport = free_udp_port(), free_udp_port(), free_tcp_port()
+    server, ka, kb = generate_keypair(), generate_keypair(), generate_keypair()
+    env = two_peer_env(
+        tmp_path,
+        port,
+        server.private,
+        ka.public,
+        kb.public,
+        WG_PEER_0_ENDPOINT=f"127.0.0.1:{cport}",
+        WG_FORWARD_TCP=f"{hport}={GUEST}:7",
+    )
+    with (
+        router(env) as r,
+        guest_client(ka.private, server.public, port, 2, listen_port=cport) as a,
+        GuestServer(a, "tcp", "echo", GUEST, 7),
+    ):
+        assert a.wg_show_dump().peer.latest_handshake == 0  # no traffic yet, no session
+        with _connect(hport) as s:
+            _echo_once(s, b"first contact")
+        r.wait_for_line(r"handshake completed with peer .* \(we initiated\)", timeout=5)
+        stop_and_counters(r)
