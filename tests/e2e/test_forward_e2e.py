@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from wgslirp.obs.http import http_get
 from wgslirp_testkit.guestprog import tcp_echo_many
 from wgslirp_testkit.guestserver import GuestServer
 from wgslirp_testkit.hostservers import stream_chunks
@@ -123,13 +124,30 @@ def test_100mb_each_way_sha256(tmp_path: Path) -> None:
 
 
 def test_200_concurrent_forwarded_connections(tmp_path: Path) -> None:
-    port, hport = free_udp_port(), free_tcp_port()
-    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"{hport}={GUEST}:7"}
+    port, hport, mport = free_udp_port(), free_tcp_port(), free_tcp_port()
+    env = base_env(tmp_path, port) | {
+        "WG_FORWARD_TCP": f"{hport}={GUEST}:7",
+        "METRICS_LISTEN": f"127.0.0.1:{mport}",
+    }
     with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         with GuestServer(c, "tcp", "echo", GUEST, 7):
             res = tcp_echo_many("127.0.0.1", hport, 200, 16 * 1024)
         assert res == {"ok": 200, "failed": 0, "unfinished": 0}, res
+        # the per-forward counters, as Prometheus sees them (published once a second)
+        name = f"tcp 127.0.0.1:{hport}->{GUEST}:7"
+        want = [
+            f'wgslirp_forward_connections_total{{forward="{name}",result="accepted"}} 200',
+            f'wgslirp_forward_bytes_total{{forward="{name}",direction="to_guest"}} {200 * 16384}',
+            f'wgslirp_forward_bytes_total{{forward="{name}",direction="to_host"}} {200 * 16384}',
+        ]
+        body = ""
+        for _ in range(50):
+            _, body = http_get("127.0.0.1", mport, "/metrics")
+            if all(w in body for w in want):
+                break
+            time.sleep(0.1)
+        assert all(w in body for w in want), [w for w in want if w not in body]
         counters = stop_and_counters(r)
     assert counters["tcp_forwarded"] == 200
     per_worker = [

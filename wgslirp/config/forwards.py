@@ -28,6 +28,7 @@ __all__ = [
     "check_config_forwards",
     "check_forwards",
     "expand",
+    "forward_labels",
     "parse_forwards",
 ]
 
@@ -165,3 +166,13 @@ def check_config_forwards(cfg: Config) -> None:
         [c for p in cfg.peers for c in p.allowed_ips],
         cfg.gateway_ip,
     )
+
+
+def forward_labels(cfg: Config) -> list[str]:
+    """One name per forwarded port, TCP then UDP in configuration order: the order the
+    workers publish per-forward counters in (the metrics' `forward` label)."""
+    return [
+        f"{proto} {f.listen_ip}:{f.listen_port}->{f.guest_ip}:{f.guest_port}"
+        for proto, entries in (("tcp", cfg.forward_tcp), ("udp", cfg.forward_udp))
+        for f in expand(entries)
+    ]

@@ -163,7 +163,7 @@ class Ingress:
         # read, so one more reload follows (however many requests came meanwhile).
         self._reload_again = False
         self._started_with = settings  # what reload compares restart-only settings against
-        self._forwards = forwards_of(settings)  # the workers listen on these
+        self.forwards = forwards_of(settings)  # the workers listen on these (after reloads)
         self.forward: Forwarder[Peer] = Forwarder(
             self.device.route,
             nworkers=self.nworkers,
@@ -493,8 +493,8 @@ class Ingress:
         )
         self._flush_outbox()
         forwards = forwards_of(new)
-        if forwards != self._forwards:
-            self._forwards = forwards
+        if forwards != self.forwards:
+            self.forwards = forwards
             self._send_forwards(forwards)
         self._config_changed()
 

@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from wgslirp.config import Config
 from wgslirp.config.forwards import expand
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
-from wgslirp.obs.metrics import MetricsBlock, Publisher
+from wgslirp.obs.metrics import FORWARD_FIELDS, MAX_FORWARD_METRICS, MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
-from wgslirp.slirp.forward_bridge import TcpForwards, UdpForwards
+from wgslirp.slirp.forward_bridge import ForwardTally, TcpForwards, UdpForwards
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -85,6 +85,7 @@ WORKER_COUNTERS: tuple[str, ...] = (
     "udp_flows",
     "tcp_flows",
     "icmp_flows",
+    *(f"fwd{i}_{f}" for i in range(MAX_FORWARD_METRICS) for f in FORWARD_FIELDS),
 )
 
 
@@ -113,6 +114,8 @@ def tcp_params(cfg: Config) -> TcpParams:
         snd_buffer_max=max(cfg.tcp.snd_buffer, cfg.tcp.snd_buffer_max),
     )
 
+
+_NO_FORWARDS = {f"fwd{i}_{f}": 0 for i in range(MAX_FORWARD_METRICS) for f in FORWARD_FIELDS}
 
 REGISTRY_UNLIMITED = 65536
 """Connections a worker records for its replacement when TCP_MAX_FLOWS is 0 (unlimited);
@@ -261,8 +264,14 @@ class Worker:
     def _listen(self, tcp: tuple[str, ...], udp: tuple[str, ...]) -> None:
         """Listen on these forwards (and only those): at start and on a reload. A port the
         start-up check found free but taken since is logged, not fatal to a worker."""
-        failed = [("WG_FORWARD_TCP", *f) for f in self.tcp_forwards.listen(expand(tcp))]
-        failed += [("WG_FORWARD_UDP", *f) for f in self.udp_forwards.listen(expand(udp))]
+        tcp_list, udp_list = expand(tcp), expand(udp)
+        failed = [("WG_FORWARD_TCP", *f) for f in self.tcp_forwards.listen(tcp_list)]
+        failed += [("WG_FORWARD_UDP", *f) for f in self.udp_forwards.listen(udp_list)]
+        # per-forward counters, in the order forward_labels names them
+        self._tallies = [
+            *(self.tcp_forwards.tallies.setdefault(f, ForwardTally(f)) for f in tcp_list),
+            *(self.udp_forwards.tallies.setdefault(f, ForwardTally(f)) for f in udp_list),
+        ][:MAX_FORWARD_METRICS]
         for name, fwd, exc in failed:
             log.error(
                 "worker %d: %s %s:%d cannot be bound: %s",
@@ -338,6 +347,13 @@ class Worker:
         out["udp_flows"] = len(self.udp.table)
         out["tcp_flows"] = len(self.tcp.table)
         out["icmp_flows"] = len(self.icmp.table)
+        out.update(_NO_FORWARDS)  # slots of forwards not configured (or gone) read 0
+        for i, t in enumerate(self._tallies):
+            out[f"fwd{i}_accepted"] = t.accepted
+            out[f"fwd{i}_refused"] = t.refused
+            out[f"fwd{i}_failed"] = t.failed
+            out[f"fwd{i}_bytes_to_guest"] = t.bytes_to_guest
+            out[f"fwd{i}_bytes_to_host"] = t.bytes_to_host
         return out
 
     def close(self, now: float) -> None:
