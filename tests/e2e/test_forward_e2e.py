@@ -52,12 +52,13 @@ def _connect(port: int, timeout: float = 30.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
-def test_curl_reaches_http_server_inside_the_guest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_curl_reaches_http_server_inside_the_guest(tmp_path: Path, workers: int) -> None:
     port, hport = free_udp_port(), free_tcp_port()
     site = tmp_path / "site"
     site.mkdir()
     (site / "hello.txt").write_text("hello from the guest\n")
-    env = base_env(tmp_path, port) | {"WG_FORWARD_TCP": f"127.0.0.1:{hport}={GUEST}:8080"}
+    env = base_env(tmp_path, port, workers) | {"WG_FORWARD_TCP": f"127.0.0.1:{hport}={GUEST}:8080"}
     with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         http = [sys.executable, "-m", "http.server", "--bind", GUEST, "--directory", str(site)]
@@ -251,9 +252,10 @@ def _listens(pid: int, port: int) -> bool:
     return False
 
 
-def test_udp_echo_inside_the_guest_through_a_udp_forward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_udp_echo_inside_the_guest_through_a_udp_forward(tmp_path: Path, workers: int) -> None:
     port, hport = free_udp_port(), free_udp_port()
-    env = base_env(tmp_path, port) | {"WG_FORWARD_UDP": f"{hport}={GUEST}:5353"}
+    env = base_env(tmp_path, port, workers) | {"WG_FORWARD_UDP": f"{hport}={GUEST}:5353"}
     with router(env) as r, client_from_router_output(r, port, log_level="error") as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         with GuestServer(c, "udp", "echo", GUEST, 5353):

@@ -4,21 +4,23 @@ it, the peer a forwarded flow learns from the guest's answer, the caps, and the 
 from __future__ import annotations
 
 import random
+import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from wgslirp.config.forwards import Forward
-from wgslirp.net import flowkey, ipv4, tcp
+from wgslirp.net import flowkey, ipv4, tcp, udp
 from wgslirp.obs.metrics import Snapshot, render_prometheus
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext
-from wgslirp.slirp.forward_bridge import ForwardTally, nat_port_for
+from wgslirp.slirp.forward_bridge import ForwardTally, nat_port_for, open_listener
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpFlow
 from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
+from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 GW = ipv4.addr_to_int("10.77.0.1")
 GUEST = ipv4.addr_to_int("10.77.0.2")
@@ -212,3 +214,113 @@ def test_prometheus_names_each_forward() -> None:
         'direction="to_guest"} 10' in text
     )
     assert "wgslirp_fwd0_accepted_total" not in text  # not also as a raw counter
+
+
+# ---------------------------------------------------------------------- UDP
+
+
+def _udp_bridge(idle: float = 5.0, per_peer: int = 0) -> tuple[UdpBridge, PeerEgress]:
+    eg = PeerEgress()
+    ctx = BridgeContext(eg, Loop(), mtu=1380, gateway=GW)
+    return UdpBridge(ctx, EgressPolicy(), FlowTable[UdpFlow](idle, 0, per_peer)), eg
+
+
+def _udp_out(eg: PeerEgress) -> list[tuple[tuple[int, ...], bytes, int]]:
+    out = []
+    for pkt, peer in eg.sent:
+        p = udp.parse(pkt, len(pkt))
+        assert p is not None
+        out.append((p[:4], pkt[p[4] : p[4] + p[5]], peer))
+    eg.sent.clear()
+    return out
+
+
+def _take_datagrams(
+    b: UdpBridge,
+    eg: PeerEgress,
+    lst: socket.socket,
+    pick: Callable[[], int | None],
+    tally: ForwardTally,
+    now: float,
+    want: int,
+) -> None:
+    """Hand the forward's socket to the bridge until `want` packets went to the guest
+    (bounded: the datagrams are on loopback, but need not be queued yet)."""
+    for _ in range(100):
+        if len(eg.sent) >= want:
+            return
+        select.select([lst], [], [], 0.1)
+        b.from_forward(lst, GUEST, 53, pick, tally, now)
+    raise AssertionError(f"{len(eg.sent)} of {want} datagrams reached the guest")
+
+
+def _from_guest(b: UdpBridge, peer: int, nat: int, payload: bytes, now: float) -> None:
+    buf = bytearray(28 + len(payload))
+    n = udp.build_udp_into(buf, GUEST, GW, 53, nat, payload)
+    b.from_guest(peer, memoryview(buf), n, now)
+
+
+def test_udp_forward_flow_per_client_bound_to_its_peer_and_expired_alone() -> None:
+    b, eg = _udp_bridge(idle=5.0)
+    lst = open_listener(Forward("127.0.0.1", 0, "10.77.0.2", 53), ipv4.PROTO_UDP)
+    tally = ForwardTally(Forward("127.0.0.1", lst.getsockname()[1], "10.77.0.2", 53))
+    ports = iter([40000, 40001])
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for i, c in enumerate(clients):
+            c.settimeout(5)
+            c.sendto(f"query {i}".encode(), lst.getsockname())
+        _take_datagrams(b, eg, lst, lambda: next(ports), tally, 1.0, 2)
+        got = sorted(_udp_out(eg))
+        assert [(hdr, peer) for hdr, _, peer in got] == [
+            ((GW, GUEST, 40000, 53), ROUTE_BY_DESTINATION),
+            ((GW, GUEST, 40001, 53), ROUTE_BY_DESTINATION),
+        ]
+        assert sorted(p for _, p, _ in got) == [b"query 0", b"query 1"]
+        assert tally.accepted == 2 and tally.bytes_to_guest == 14
+        # (which client got which NAT port depends on the order the datagrams were read)
+        port_of = {p: hdr[2] for hdr, p, _ in got}
+        first = port_of[b"query 0"]
+        # The guest answers each through its peer: each client gets its own answer.
+        _from_guest(b, PEER, port_of[b"query 1"], b"answer 1", 1.1)
+        _from_guest(b, PEER, first, b"answer 0", 1.1)
+        assert clients[0].recvfrom(100) == (b"answer 0", lst.getsockname())
+        assert clients[1].recvfrom(100) == (b"answer 1", lst.getsockname())
+        assert b.table.peer_count(PEER) == 2 and tally.bytes_to_host == 16
+        # A client's next datagram reuses its flow, now to the guest's own peer.
+        clients[0].sendto(b"again", lst.getsockname())
+        _take_datagrams(b, eg, lst, lambda: None, tally, 2.0, 1)
+        (again,) = _udp_out(eg)
+        assert again[0][2] == first and again[2] == PEER
+        # Idle flows expire like outbound ones; the forward's socket stays.
+        b.expire(6.5)
+        assert len(b.table) == 1  # one went idle at 1.1, client 0 was active at 2.0
+        assert b.forward_port_taken(GUEST, 53, first)
+        b.expire(7.5)
+        assert len(b.table) == 0 and lst.fileno() != -1
+        assert not b.forward_port_taken(GUEST, 53, first)
+    finally:
+        for c in clients:
+            c.close()
+        lst.close()
+
+
+def test_udp_forward_flows_go_with_their_peer_and_their_forward() -> None:
+    b, eg = _udp_bridge()
+    lst = open_listener(Forward("127.0.0.1", 0, "10.77.0.2", 53), ipv4.PROTO_UDP)
+    tally = ForwardTally(Forward("127.0.0.1", lst.getsockname()[1], "10.77.0.2", 53))
+    ports = iter(range(40000, 40010))
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for c in clients:
+            c.sendto(b"q", lst.getsockname())
+        _take_datagrams(b, eg, lst, lambda: next(ports), tally, 1.0, 3)
+        _from_guest(b, PEER, 40000, b"a", 1.0)
+        assert len(b.table) == 3
+        assert b.forget_peer(PEER) == 1  # the bound one
+        b.close_forward(lst)  # the forward removed by a reload: the rest
+        assert len(b.table) == 0 and lst.fileno() != -1
+    finally:
+        for c in clients:
+            c.close()
+        lst.close()
