@@ -339,6 +339,17 @@ def test_reload_adds_and_removes_forwards_and_a_removed_peer_loses_its_flows(
                 else:
                     pytest.fail("the added forward never answered")
                 _echo_once(held, b"the old one still works")
+                # a forward to an address no peer has is refused; the running ones stay
+                _write_conf(conf, server.private, port, [a_peer], [f"{pb}=10.77.0.9:7"])
+                mark = r.mark()
+                r.send_signal(signal.SIGHUP)
+                r.wait_for_line(
+                    r"reload failed, keeping the running configuration: WG_FORWARD_TCP: "
+                    r"guest address 10\.77\.0\.9 is outside every peer's AllowedIPs",
+                    timeout=10,
+                    since=mark,
+                )
+                _echo_once(held, b"still there")
                 # the peer and its forwards removed: its flows are reset, the ports closed
                 _write_conf(conf, server.private, port, [b_peer], [])
                 mark = r.mark()
