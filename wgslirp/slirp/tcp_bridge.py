@@ -315,6 +315,10 @@ class TcpBridge:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock_rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
+            if self.sock_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
         except OSError:
             pass
         flow = TcpFlow(key, ROUTE_BY_DESTINATION, now, ep, sock)

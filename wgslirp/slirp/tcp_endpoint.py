@@ -1,6 +1,9 @@
-"""Sans-I/O TCP endpoint: the passive side of one guest connection (RFC 9293).
+"""Sans-I/O TCP endpoint: the router's side of one guest connection (RFC 9293).
 
-The guest always opens; the endpoint stands in for the remote host. Guest bytes land in a
+The endpoint stands in for the remote host. Usually the guest opens (`on_syn`, then
+`accept` or `refuse` once the host connect is decided); for an inbound forward the endpoint
+opens toward the guest (`connect`: SYN-SENT, simultaneous open included) and `refused` says
+the guest answered with RST. Guest bytes land in a
 receive ring the bridge drains into the host socket (`peek_data`/`consume`); host bytes land in
 a send ring the bridge fills from the host socket (`write_buffer`/`commit_write`) and the
 endpoint sends them to the guest within the guest's window and the congestion window. Time is
@@ -703,8 +706,9 @@ class TcpEndpoint:
         now: float,
     ) -> None:
         """RFC 9293 3.10.7.3: our SYN is out; a SYN-ACK establishes, a SYN alone is a
-        simultaneous open, an RST that acknowledges our SYN is a refusal."""
-        ack_ok = True
+        simultaneous open, an RST that acknowledges our SYN is a refusal. Data on the
+        SYN-ACK is not kept (no guest sends any without TCP Fast Open): ACKing only the SYN
+        makes the guest send it again."""
         if flags & _ACK:
             ack = unwrap(ack_w, self._snd_una)
             if ack != self.iss + 1:
@@ -718,12 +722,11 @@ class TcpEndpoint:
             return
         if not flags & _SYN:
             return
-        ack_ok = bool(flags & _ACK)
         opts = tcp.parse_options(pkt, ihl + 20, ihl + doff) if doff > 20 else tcp.Options()
         if opts is None:
             return
         self._learn_syn(seq_w, wnd, opts, now)
-        if ack_ok:
+        if flags & _ACK:
             self._establish(self.iss + 1, wnd, seq_w, now)
             self._snd_wnd = wnd  # the window of a SYN-ACK is never scaled either
             self._max_snd_wnd = wnd
