@@ -64,7 +64,8 @@ def test_curl_reaches_http_server_inside_the_guest(tmp_path: Path, workers: int)
         http = [sys.executable, "-m", "http.server", "--bind", GUEST, "--directory", str(site)]
         c.popen([*http, "8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = ""
-        for _ in range(50):  # until the guest's server listens (bounded: 50 x ~0.2 s)
+        deadline = time.monotonic() + 60  # until the guest's server listens
+        while time.monotonic() < deadline:
             res = subprocess.run(
                 ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{hport}/hello.txt"],
                 capture_output=True,
@@ -143,7 +144,8 @@ def test_200_concurrent_forwarded_connections(tmp_path: Path) -> None:
             f'wgslirp_forward_bytes_total{{forward="{name}",direction="to_host"}} {200 * 16384}',
         ]
         body = ""
-        for _ in range(50):
+        deadline = time.monotonic() + 30  # published once a second
+        while time.monotonic() < deadline:
             _, body = http_get("127.0.0.1", mport, "/metrics")
             if all(w in body for w in want):
                 break
@@ -207,9 +209,9 @@ def test_forward_survives_a_worker_sigkill(tmp_path: Path) -> None:
             os.kill(victim, signal.SIGKILL)
             # Connections the kernel queued on the dying worker's listener before its
             # sockets closed are lost with it (reset); once they are closed ...
-            for _ in range(100):
-                if not _listens(victim, hport):
-                    break
+            deadline = time.monotonic() + 20
+            while _listens(victim, hport):
+                assert time.monotonic() < deadline, "the killed worker's socket stays open"
                 time.sleep(0.05)
             # ... the other worker's listener takes every new connection ...
             assert tcp_echo_many("127.0.0.1", hport, 20, 4096) == {
@@ -329,7 +331,8 @@ def test_reload_adds_and_removes_forwards_and_a_removed_peer_loses_its_flows(
                 mark = r.mark()
                 r.send_signal(signal.SIGHUP)
                 r.wait_for_line(r"reload: forwarding 2 TCP", timeout=10, since=mark)
-                for _ in range(50):  # the workers take the new list from their rings
+                deadline = time.monotonic() + 20  # the workers take the list from their rings
+                while time.monotonic() < deadline:
                     try:
                         with _connect(pb, timeout=5) as s:
                             _echo_once(s, b"through the new forward")
@@ -359,7 +362,8 @@ def test_reload_adds_and_removes_forwards_and_a_removed_peer_loses_its_flows(
                 with pytest.raises(ConnectionResetError):
                     while held.recv(1):
                         pass
-                for _ in range(50):
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
                     try:
                         socket.create_connection(("127.0.0.1", pa), timeout=5).close()
                     except ConnectionRefusedError:

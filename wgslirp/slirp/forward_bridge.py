@@ -52,14 +52,13 @@ class ForwardTally:
         self.accepted = 0  # host connections accepted and opened toward the guest
         self.refused = 0  # the guest answered RST (or never answered)
         self.failed = 0  # reset at once: no NAT port, no gateway address, or a flow cap
+        # payload bytes as the host side read and wrote them, counted as they move
         self.bytes_to_guest = 0
         self.bytes_to_host = 0
 
-    def closed(self, refused: bool, unanswered: bool, to_guest: int, to_host: int) -> None:
+    def closed(self, refused: bool, unanswered: bool) -> None:
         if refused or unanswered:
             self.refused += 1
-        self.bytes_to_guest += to_guest
-        self.bytes_to_host += to_host
 
 
 def reset_socket(sock: socket.socket) -> None:

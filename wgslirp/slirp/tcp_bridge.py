@@ -507,6 +507,8 @@ class TcpBridge:
                 return
             ep.commit_write(got, now)
             self.stats.bytes_to_guest += got
+            if flow.forward is not None:
+                flow.forward.bytes_to_guest += got
             if got < len(buf):
                 return
 
@@ -524,6 +526,8 @@ class TcpBridge:
                 return
             ep.consume(sent, now)
             self.stats.bytes_to_host += sent
+            if flow.forward is not None:
+                flow.forward.bytes_to_host += sent
             if sent < len(data):
                 return
         if ep.guest_fin and not flow.shut_wr:
@@ -627,7 +631,7 @@ class TcpBridge:
             if self._unbound.get(key[1:]) is flow:
                 del self._unbound[key[1:]]
             self._forward_ports.discard((key[1], key[2], key[4]))
-            tally.closed(ep.refused, not ep.syn_acked, ep.bytes_out, ep.bytes_in)
+            tally.closed(ep.refused, not ep.syn_acked)
             if ep.refused:
                 st.forward_refused += 1
             elif not ep.syn_acked:
