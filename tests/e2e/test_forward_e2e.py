@@ -161,13 +161,18 @@ def test_200_concurrent_forwarded_connections(tmp_path: Path) -> None:
 
 def _wait_reset(port: int, limit: float) -> float:
     """Connect to the forward and wait for the router to reset the connection; seconds
-    from connect to reset."""
-    with _connect(port) as s:
-        t0 = time.monotonic()
-        s.settimeout(limit)
-        with pytest.raises(ConnectionResetError):
-            s.recv(1)
-        return time.monotonic() - t0
+    from the connect to the reset. (The router accepts the host side before it asks the
+    guest, so the reset usually finds the connection established; on a busy machine it
+    can already be there when connect() returns.)"""
+    t0 = time.monotonic()
+    try:
+        with _connect(port) as s:
+            s.settimeout(limit)
+            with pytest.raises(ConnectionResetError):
+                s.recv(1)
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - t0
 
 
 def test_closed_guest_port_resets_the_host_connection_quickly(tmp_path: Path) -> None:
