@@ -3,6 +3,7 @@ it, the peer a forwarded flow learns from the guest's answer, the caps, and the 
 
 from __future__ import annotations
 
+import logging
 import random
 import select
 import socket
@@ -11,11 +12,17 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from wgslirp.config.forwards import Forward
+from wgslirp.errors import ConfigError
 from wgslirp.net import flowkey, ipv4, tcp, udp
 from wgslirp.obs.metrics import Snapshot, render_prometheus
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext
-from wgslirp.slirp.forward_bridge import ForwardTally, nat_port_for, open_listener
+from wgslirp.slirp.forward_bridge import (
+    ForwardTally,
+    nat_port_for,
+    open_listener,
+    probe_forwards,
+)
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpFlow
@@ -324,3 +331,28 @@ def test_udp_forward_flows_go_with_their_peer_and_their_forward() -> None:
         for c in clients:
             c.close()
         lst.close()
+
+
+def test_probe_names_the_setting_and_logs_an_exposed_forward(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError) as info:
+            probe_forwards(
+                [("WG_FORWARD_TCP", ipv4.PROTO_TCP, [Forward("127.0.0.1", port, "10.77.0.2", 1)])]
+            )
+    assert info.value.setting == "WG_FORWARD_TCP" and str(port) in info.value.problem
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a free port, for a moment
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with caplog.at_level(logging.WARNING, "wgslirp.forward"):
+        probe_forwards(
+            [
+                ("WG_FORWARD_UDP", ipv4.PROTO_UDP, [Forward("127.0.0.1", free, "10.77.0.2", 53)]),
+                ("WG_FORWARD_UDP", ipv4.PROTO_UDP, [Forward("0.0.0.0", free, "10.77.0.2", 53)]),
+            ]
+        )
+    exposed = [r.getMessage() for r in caplog.records]
+    assert exposed == [f"WG_FORWARD_UDP: 0.0.0.0:{free} is exposed beyond this host "
+                       f"(forwards to 10.77.0.2:53)"]  # fmt: skip
