@@ -231,6 +231,9 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
         "egress.deny_cidrs",
         ("10.0.0.0/8", "172.16.0.0/12"),
     ),
+    "WG_FORWARD_TCP": ("8080=10.9.0.2:80", "forward_tcp", ("127.0.0.1:8080=10.9.0.2:80",)),
+    "WG_FORWARD_UDP": ("0.0.0.0:53=10.9.0.2", "forward_udp", ("0.0.0.0:53=10.9.0.2:53",)),
+    "WG_FORWARD_CONNECT_TIMEOUT": ("5s", "forward_connect_timeout", 5.0),
 }
 
 

@@ -103,6 +103,7 @@ def _type_text(f: Field) -> str:
         "flag": "flag (any non-empty value)",
         "key": "base64 key",
         "cidrs": "IPv4 CIDR list",
+        "forwards": "list of [ip:]port=ip[:port]",
         "ipv4": "IPv4 address",
         "unicast_ipv4": "IPv4 address",
         "listen_addr": "IPv4 or IPv6 address",
