@@ -212,6 +212,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "TCP_SND_BUFFER_MAX": ("8388608", "tcp.snd_buffer_max", 8 << 20),
     "TCP_SND_BUFFER_POOL": ("1073741824", "tcp.snd_buffer_pool", 1 << 30),
     "TCP_RCV_BUFFER_MAX": ("8388608", "tcp.rcv_buffer_max", 8 << 20),
+    "TCP_ECN": ("false", "tcp.ecn", False),
     "TCP_ACK_IDLE_GATE_MS": ("0", "tcp.ack_idle_gate_ms", 0),
     "TCP_ACK_IDLE_MIN_INFLIGHT": ("1460", "tcp.ack_idle_min_inflight", 1460),
     "TCP_ACK_IDLE_FAIL_SEC": ("30", "tcp.ack_idle_fail_sec", 30),

@@ -245,6 +245,17 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="TCP",
         ),
     ] = True
+    ecn: Annotated[
+        bool,
+        _doc(
+            "TCP_ECN",
+            "Accept Explicit Congestion Notification (RFC 3168) when a guest's SYN asks for "
+            "it (Linux guests do with net.ipv4.tcp_ecn=1): our data leaves ECN-capable, a "
+            "CE mark on the guest's data is echoed, and its echo reduces our window "
+            "(CUBIC, NewReno; BBR does not react, as on Linux). Never offered unasked.",
+            group="TCP",
+        ),
+    ] = True
     mss_clamp: Annotated[
         Annotated[int, Meta(ge=88, le=65495)] | None,
         _doc(

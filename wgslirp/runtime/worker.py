@@ -96,6 +96,7 @@ def tcp_params(cfg: Config) -> TcpParams:
     return TcpParams(
         mss=mss,
         sack=cfg.tcp.enable_sack,
+        ecn=cfg.tcp.ecn,
         ack_delay=cfg.tcp.ack_delay_ms / 1000.0,
         cc=cfg.tcp.cc,
         ttl=cfg.ip_ttl,

@@ -454,6 +454,9 @@ class Bbr(CongestionControl):
         self._lost_in_round = True
         self.cwnd = self.mss
 
+    def on_ecn(self, flight: int, now: float) -> None:
+        pass  # BBR v1 (Linux's too) steers by its model, not by ECN marks
+
     def undo_state(self) -> object:
         return None  # BBR's window is its model's; the prior window is kept by itself
 

@@ -643,6 +643,7 @@ class TcpBridge:
         st.tlp_probes += ep.tlp_probes
         st.lost_retransmits += ep.lost_retransmits
         st.spurious_undos += ep.spurious_undos
+        st.ecn_reductions += ep.ecn_reductions
         if self.log is not None:
             self.log.remove(flow.slot)
         if flow.events:
@@ -730,6 +731,7 @@ class TcpBridgeStats(Counters):
     tlp_probes: int  # tail loss probes sent (RFC 8985 7): each one a timeout avoided or not needed
     lost_retransmits: int  # retransmissions found lost again and resent before the timeout
     spurious_undos: int  # window reductions taken back: D-SACK or timestamps showed no loss
+    ecn_reductions: int  # window reductions for a guest's ECN echo (RFC 3168), no loss
     malformed: int
     host_resets: int
     gated: int

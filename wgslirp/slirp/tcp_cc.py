@@ -93,6 +93,13 @@ class CongestionControl:
         self.cwnd = self.ssthresh + 3 * self.mss
         self._ca_acc = 0
 
+    def on_ecn(self, flight: int, now: float) -> None:
+        """The guest echoed a CE mark (RFC 3168 6.1.2): the same reduction as for a loss,
+        without a retransmission or a recovery episode."""
+        self._reduce(flight, now)
+        self.cwnd = max(self.ssthresh, 2 * self.mss)
+        self._ca_acc = 0
+
     def on_lost(self, nbytes: int) -> None:
         """Only for controllers with `uses_rate`: SACK recovery presumed these bytes lost
         (a hole below SACKed data) and queued them for retransmission."""
@@ -191,6 +198,9 @@ class Off(CongestionControl):
         pass
 
     def on_rto(self, flight: int, now: float) -> None:
+        pass
+
+    def on_ecn(self, flight: int, now: float) -> None:
         pass
 
 
@@ -347,6 +357,10 @@ class Cubic(CongestionControl):
 
     def on_rto(self, flight: int, now: float) -> None:
         super().on_rto(flight, now)
+        self._cwnd_f = float(self.cwnd)
+
+    def on_ecn(self, flight: int, now: float) -> None:
+        super().on_ecn(flight, now)
         self._cwnd_f = float(self.cwnd)
 
     def undo_state(self) -> object:

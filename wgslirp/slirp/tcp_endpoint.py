@@ -73,6 +73,8 @@ _SYN: Final = tcp.SYN
 _RST: Final = tcp.RST
 _PSH: Final = tcp.PSH
 _ACK: Final = tcp.ACK
+_ECE: Final = tcp.ECE
+_CWR: Final = tcp.CWR
 
 _HDR = struct.Struct(">HHIIHH")  # the TCP header fields receive() needs
 _TS = struct.Struct(">II")
@@ -150,6 +152,7 @@ class TcpParams:
     # TCP_RCV_BUFFER_MAX: the receive ring (the window offered) doubles toward this while
     # the guest delivers more than half of it per round trip, from the same budget.
     rcv_buffer_max: int = 0  # 0 = rcv_buffer
+    ecn: bool = True  # TCP_ECN: accept ECN (RFC 3168) when the guest's SYN asks for it
     wscale: int = 7  # our window-scale shift, used only if the guest sent WS
     cc: str = "newreno"  # "newreno" | "cubic" | "off" (TCP_CC)
     rto_min: float = 0.2
@@ -200,7 +203,11 @@ class TcpEndpoint:
         "_budget",
         "_challenge_count",
         "_challenge_second",
+        "_cwr_out",
         "_dupacks",
+        "_ece_out",
+        "_ecn_ok",
+        "_ecn_recover",
         "_fin_queued",
         "_fin_seq",
         "_guest_mss",
@@ -294,6 +301,8 @@ class TcpEndpoint:
         "cc",
         "challenge_acks",
         "dup_acks",
+        "ecn_ce",
+        "ecn_reductions",
         "egress",
         "fast_retransmits",
         "guest_fin",
@@ -408,6 +417,13 @@ class TcpEndpoint:
         self._rate_s = iss  # SND.UNA plus the SACKed bytes above it, at the last ACK
         self._rto_loss = False  # a timeout's data is not all acknowledged yet
         self._dupacks = 0
+        # ECN (RFC 3168), if the guest's SYN asked for it: _ece_out echoes a CE mark on
+        # our ACKs until the guest answers with CWR; _cwr_out marks our next new data
+        # after we reduced for its ECE; one reduction per window (_ecn_recover).
+        self._ecn_ok = False
+        self._ece_out = False
+        self._cwr_out = False
+        self._ecn_recover = iss
         self._in_recovery = False
         self._recovery_room = 0  # new data SACK recovery may send beyond SND.MAX
         self._recover = iss
@@ -478,6 +494,8 @@ class TcpEndpoint:
         self.lost_retransmits = 0
         self.rto_expirations = 0
         self.spurious_undos = 0
+        self.ecn_ce = 0  # guest segments that arrived marked CE
+        self.ecn_reductions = 0  # window reductions for the guest's ECE
         self.dup_acks = 0
         self.ooo_segments = 0
         self.bytes_in = 0
@@ -649,6 +667,8 @@ class TcpEndpoint:
         if opts is None:
             opts = tcp.Options()
         self._learn_syn(parsed[4], parsed[7], opts, now)
+        # RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; the SYN-ACK's ECE agrees.
+        self._ecn_ok = self._p.ecn and parsed[6] & (_ECE | _CWR) == _ECE | _CWR
         self.state = _LISTEN
 
     def _learn_syn(self, seq: int, wnd: int, opts: tcp.Options, now: float) -> None:
@@ -790,8 +810,9 @@ class TcpEndpoint:
             self._t_retry = now + EGRESS_RETRY
             return
         opts = self._syn_options(now)
+        flags = _SYN | _ACK | _ECE if self._ecn_ok else _SYN | _ACK
         n = self._writer.write(
-            slot, self.iss, self._rcv_nxt, _SYN | _ACK, min(self._rcv_cap, 0xFFFF), opts, 0
+            slot, self.iss, self._rcv_nxt, flags, min(self._rcv_cap, 0xFFFF), opts, 0
         )
         self.egress.commit(n, self.peer)
         self._synack_now = False
@@ -817,6 +838,8 @@ class TcpEndpoint:
         self._last_rx = now
         self._ka_probes = 0
         self._probes = 0
+        if self._ecn_ok and (offflags & 0xC0 or pkt[1] & 3 == 3):
+            self._ecn_in(offflags, pkt[1] & 3 == 3, plen, now)
 
         # ---- header prediction -------------------------------------------------------
         if (
@@ -1601,6 +1624,28 @@ class TcpEndpoint:
             prr.out += room0 - room  # type: ignore[union-attr]
         self._recovery_room = room if room > 0 else 0
 
+    def _ecn_in(self, offflags: int, ce: bool, plen: int, now: float) -> None:
+        """ECN signals on a guest segment (RFC 3168 6.1.2-6.1.3)."""
+        if offflags & _CWR:
+            self._ece_out = False  # it reduced: stop echoing (a CE on this one restarts it)
+        if ce and plen:
+            self.ecn_ce += 1
+            self._ece_out = True
+        if (
+            offflags & _ECE
+            and not offflags & _SYN
+            and self._snd_una >= self._ecn_recover
+            and self._snd_max > self._snd_una
+            and not self._in_recovery
+            and not self._rto_loss
+        ):
+            # Congestion without loss: reduce as for a loss, once per window, and say so
+            # with CWR on the next new data. (BBR v1, like Linux's, does not react.)
+            self._ecn_recover = self._snd_max
+            self.cc.on_ecn(self._snd_max - self._snd_una, now)
+            self.ecn_reductions += 1
+            self._cwr_out = True
+
     def _begin_undo(self, now: float) -> None:
         """A loss event is about to reduce the window: remember how to undo it."""
         self._undo = self.cc.undo_state()
@@ -1767,8 +1812,9 @@ class TcpEndpoint:
             self._t_retry = now + EGRESS_RETRY
             return False
         window, opts = self._ack_fields(now)
+        flags = _ACK | _ECE if self._ece_out else _ACK
         n = self._writer.write(
-            slot, self._snd_nxt if seq < 0 else seq, self._rcv_nxt, _ACK, window, opts, 0
+            slot, self._snd_nxt if seq < 0 else seq, self._rcv_nxt, flags, window, opts, 0
         )
         self.egress.commit(n, self.peer)
         self._ack_sent()
@@ -1791,6 +1837,8 @@ class TcpEndpoint:
         slot = self.egress.reserve()
         if slot is None:
             return False
+        if self._ece_out:
+            flags |= _ECE
         if n:
             start = 40 + len(opts)
             cap = self._snd_cap
@@ -1894,6 +1942,10 @@ class TcpEndpoint:
                 edge = min(self._snd_wl2 + self._snd_wnd, edge)
         half_wnd = self._max_snd_wnd >> 1
         pace = self._p.pace
+        ecn = self._ecn_ok
+        writer = self._writer
+        plain_tos = writer.tos & 0xFC
+        ect_tos = plain_tos | 2
         while nxt < end:
             if nxt < smax and sranges:
                 nxt = self._sack.first_unsacked(nxt)  # the guest holds the rest: skip
@@ -1927,6 +1979,15 @@ class TcpEndpoint:
                 flags = _ACK | _PSH
                 if fin_seq == end:
                     flags |= _FIN
+            if ecn:
+                # RFC 3168 6.1.5: new data is ECT(0); a retransmission is not.
+                if nxt >= smax:
+                    writer.tos = ect_tos
+                    if self._cwr_out:
+                        flags |= _CWR
+                        self._cwr_out = False
+                else:
+                    writer.tos = plain_tos
             if not self._emit(nxt, n, flags, window, opts):
                 self._t_retry = now + EGRESS_RETRY
                 break
@@ -1958,6 +2019,8 @@ class TcpEndpoint:
                     sent = True
                 else:
                     self._t_retry = now + EGRESS_RETRY
+        if ecn:
+            writer.tos = plain_tos  # ACKs and retransmissions: not ECT
         self._snd_nxt = nxt
         if smax > self._snd_max:
             if self._in_recovery and sranges:
