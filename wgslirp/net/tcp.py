@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-from wgslirp.net import ipv4
+from wgslirp.net import ipv4, ipv6
 from wgslirp.net.checksum import fold
 
 FIN: Final = 0x01
@@ -67,9 +67,10 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
         return None
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4:
+        return parse6(pkt, length) if vihl >> 4 == 6 else None
     if (
-        vihl >> 4 != 4
-        or ihl < 20
+        ihl < 20
         or proto != ipv4.PROTO_TCP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
         or total > length
@@ -92,6 +93,37 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
         ihl + HEADER_LEN,
         ihl + doff,
         total - ihl - doff,
+    )
+
+
+def parse6(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
+    """`parse` for IPv6, past any extension headers; offsets are from the packet start."""
+    chain = ipv6.Chain()
+    if (
+        not ipv6.walk(pkt, length, chain)
+        or chain.frag >= 0
+        or chain.proto != ipv6.NH_TCP
+        or chain.end - chain.offset < HEADER_LEN
+    ):
+        return None
+    off, end = chain.offset, chain.end
+    sport, dport, seq, ack, offflags, window, _, _ = HEADER.unpack_from(pkt, off)
+    doff = (offflags >> 12) * 4
+    if doff < HEADER_LEN or off + doff > end:
+        return None
+    src, dst = ipv6.src_dst(pkt)
+    return (
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        offflags & 0xFF,
+        window,
+        off + HEADER_LEN,
+        off + doff,
+        end - off - doff,
     )
 
 
@@ -200,10 +232,15 @@ def checksum_ok(pkt: bytes | bytearray | memoryview, length: int) -> bool:
     """Verify the TCP checksum (and that the IPv4 header checksum holds) of a segment
     `parse` accepts."""
     parsed = parse(pkt, length)
-    if parsed is None or not ipv4.header_valid(pkt, length):
+    if parsed is None:
         return False
     src, dst = parsed[0], parsed[1]
     ihl = parsed[8] - HEADER_LEN
+    if pkt[0] >> 4 == 6:
+        seg = memoryview(pkt)[ihl : parsed[9] + parsed[10]]
+        return fold(_sum(seg) + ipv6.pseudo_sum(src, dst, len(seg), ipv6.NH_TCP)) == 0
+    if not ipv4.header_valid(pkt, length):
+        return False
     total = ipv4.total_length(pkt)
     seg = memoryview(pkt)[ihl:total]
     return fold(_sum(seg) + _pseudo(src, dst) + len(seg)) == 0
