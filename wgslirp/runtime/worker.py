@@ -250,6 +250,9 @@ class Worker:
             if not pkt:  # ingress's "this peer is gone" message
                 self.forget_peer(peer)
                 return
+            if pkt[0] >> 4 != 4:
+                self.stats.not_handled += 1  # IPv6 reaches the bridges in a later slice
+                return
             proto = pkt[9]
             if proto == PROTO_TCP:
                 self._tcp_in(peer, pkt, len(pkt), self._now)
