@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 
 from wgslirp.config import Config
+from wgslirp.config.values import split_upstream
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
@@ -42,8 +43,8 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
             for line in f:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "nameserver":
-                    try:  # IPv6 and garbage are skipped, not fatal to the worker
-                        out.append((str(ipaddress.IPv4Address(parts[1])), 53))
+                    try:  # garbage (and scoped link-local) is skipped, not fatal
+                        out.append((str(ipaddress.ip_address(parts[1])), 53))
                     except ValueError:
                         continue
     except OSError:
@@ -54,7 +55,7 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
 def build_policy(cfg: Config) -> EgressPolicy:
     upstream: Iterable[tuple[str, int]]
     if cfg.dns_upstream:
-        upstream = tuple((h, int(p)) for h, p in (u.rsplit(":", 1) for u in cfg.dns_upstream))
+        upstream = tuple(split_upstream(u) for u in cfg.dns_upstream)
     else:
         upstream = read_resolv_conf()
     return EgressPolicy(
@@ -63,6 +64,9 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway=cfg.gateway_ip,
         gateway_host=cfg.gateway_host_ip,
         dns=cfg.dns_ip,
+        gateway6=cfg.gateway_ip6,
+        gateway_host6=cfg.gateway_host_ip6,
+        dns6=cfg.dns_ip6,
         dns_upstream=tuple(upstream),
         own_sockets=frozenset(
             {(PROTO_UDP, cfg.listen_port)}
