@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.unit.test_config import load
@@ -66,3 +68,11 @@ def test_ipv6_settings_reach_the_policy() -> None:
     assert (gw.verdict, gw.host, gw.v6) == (Verdict.ALLOW, 1, True)
     bad = int.from_bytes(bytes.fromhex("20010db80bad" + "00" * 9 + "01"), "big")
     assert pol.decide(6, bad, 80, True).verdict is Verdict.DENY
+
+
+def test_resolv_conf_keeps_ipv6_nameservers_but_not_scoped_ones(tmp_path: Path) -> None:
+    from wgslirp.runtime.worker import read_resolv_conf
+
+    f = tmp_path / "resolv.conf"
+    f.write_text("nameserver fe80::1%eth0\nnameserver 2001:db8::53\nnameserver 192.0.2.53\n")
+    assert read_resolv_conf(str(f)) == (("2001:db8::53", 53), ("192.0.2.53", 53))

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from wgslirp.config import Config
 from wgslirp.config.values import split_upstream
+from wgslirp.net import ipv6
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
@@ -21,7 +22,7 @@ from wgslirp.runtime.loop import Loop
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
-from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
+from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge, probe_mode
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
@@ -43,7 +44,9 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
             for line in f:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "nameserver":
-                    try:  # garbage (and scoped link-local) is skipped, not fatal
+                    if "%" in parts[1]:
+                        continue  # scoped link-local: no scope to connect with, skipped
+                    try:  # garbage is skipped, not fatal to the worker
                         out.append((str(ipaddress.ip_address(parts[1])), 53))
                     except ValueError:
                         continue
@@ -163,6 +166,7 @@ class Worker:
             worker_index=index,
             nworkers=n,
             gateway=addr_to_int(cfg.gateway_ip) if cfg.gateway_ip else None,
+            gateway6=ipv6.addr_to_int(cfg.gateway_ip6) if cfg.gateway_ip6 else None,
         )
         policy = build_policy(cfg)
         self.udp = UdpBridge(
@@ -183,6 +187,7 @@ class Worker:
                 _share(cfg.udp.max_flows_per_peer, n),
             ),
             icmp_mode,
+            probe_mode(v6=True),
         )
         self.tcp = TcpBridge(
             self.ctx,
