@@ -55,6 +55,9 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
     return tuple(out)
 
 
+_UPPER6 = frozenset({ipv6.NH_TCP, ipv6.NH_UDP, ipv6.NH_ICMPV6})
+
+
 def build_policy(cfg: Config) -> EgressPolicy:
     upstream: Iterable[tuple[str, int]]
     if cfg.dns_upstream:
@@ -239,6 +242,7 @@ class Worker:
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
         self._now = 0.0
+        self._chain = ipv6.Chain()
         self._next_error_log = 0.0
         for cons in (inbound, inbound_big):
             if cons is not None:
@@ -259,10 +263,15 @@ class Worker:
             if not pkt:  # ingress's "this peer is gone" message
                 self.forget_peer(peer)
                 return
-            if pkt[0] >> 4 != 4:
-                self.stats.not_handled += 1  # IPv6 reaches the bridges in a later slice
-                return
-            proto = pkt[9]
+            if pkt[0] >> 4 == 4:
+                proto = pkt[9]
+            else:  # IPv6: ingress checked the chain; usually no extension header at all
+                proto = pkt[6]
+                if proto not in _UPPER6:
+                    chain = self._chain
+                    proto = chain.proto if ipv6.walk(pkt, len(pkt), chain) else -1
+                if proto == ipv6.NH_ICMPV6:
+                    proto = PROTO_ICMP
             if proto == PROTO_TCP:
                 self._tcp_in(peer, pkt, len(pkt), self._now)
             elif proto == PROTO_UDP:
