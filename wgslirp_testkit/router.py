@@ -338,15 +338,17 @@ def client_from_router_output(r: RouterProcess, port: int, **kw: object) -> WgCl
     """The wireguard-go client of the configuration a started router printed."""
     r.wait_for_line(r"^PersistentKeepalive", timeout=5)
     cfg = parse_client_config(r.stdout())
-    assert cfg["Address"] == "10.77.0.2/32"
+    # zero-config: an IPv4 and an IPv6 tunnel address (docs/configuration.md)
+    addresses = [a.strip() for a in cfg["Address"].split(",")]
+    assert addresses == ["10.77.0.2/32", "fd77::2/128"], cfg["Address"]
     assert cfg["Endpoint"].endswith(f":{port}")
     return WgClient(
         cfg["PrivateKey"],
         cfg["PublicKey"],
         port,
-        address=cfg["Address"],
+        address=addresses,
         allowed_ips=kw.pop("allowed_ips", ("10.77.0.0/24",)),  # type: ignore[arg-type]
-        mtu=int(cfg["MTU"]),
+        mtu=kw.pop("mtu", int(cfg["MTU"])),  # type: ignore[arg-type]
         **kw,
     )  # type: ignore[arg-type]
 
