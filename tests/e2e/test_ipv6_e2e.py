@@ -175,3 +175,29 @@ def test_refused_ipv6_destinations_never_leave_the_router(tmp_path: Path) -> Non
         assert sink6.received == 0 and sink4.received == 0
     assert counters["ipv6_v4_compatible_dropped"] >= 3  # ::1 never reaches a worker
     assert counters["policy_denied"] >= 4  # 3 mapped datagrams' flow (1) + host address
+
+
+def test_iperf3_over_ipv6_to_a_far_host_both_ways(tmp_path: Path) -> None:
+    """iperf3 -6 up and down between the guest and an iperf3 server in a far namespace:
+    the router's AF_INET6 host sockets on a real link. Throughput is printed, not asserted
+    (benchmarks in scripts/ measure speed); the test checks that bytes flowed both ways."""
+    from wgslirp_testkit.iperf import Iperf3Server, client_argv, parse_client_output
+
+    port = free_udp_port()
+    with (
+        far_host6() as (host, _near, far),
+        Iperf3Server(far, 5201, ns=host) as srv,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(r, port, allowed_ips=("10.77.0.0/24", far + "/128")) as c,
+    ):
+        results = []
+        for reverse in (False, True):
+            argv = client_argv(far, 5201, seconds=2, omit=0, reverse=reverse)
+            done = c.run(argv, check=False, timeout=30)
+            res = parse_client_output(done.stdout.encode(), done.stderr.encode())
+            srv.drain()
+            assert res.mbit > 0, res
+            results.append(res.mbit)
+        print(f"\niperf3 -6 through the tunnel: up {results[0]:.0f}, down {results[1]:.0f} Mbit/s")
+        counters = stop_and_counters(r)
+    assert counters["tcp_dials_ok"] >= 4  # control and data connection, each way
