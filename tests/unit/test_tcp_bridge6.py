@@ -177,3 +177,11 @@ def test_stray_segment_gets_an_ipv6_rst() -> None:
     rst = parse6(eg.packets[0])
     assert rst.flags == tcp.RST and rst.seq == 1234
     assert (rst.src, rst.dst, rst.sport, rst.dport) == (GW6, GUEST6, 443, GPORT)
+
+
+def test_orphans_of_a_dead_worker_are_probed_in_ipv6() -> None:
+    b, eg = bridge()
+    assert b.reset_orphans([(3, GUEST6, GPORT, GW6, 443, 5000, 100000)]) == 1
+    probe = parse6(eg.packets[0])
+    assert probe.flags == tcp.ACK and probe.seq == 5000 and probe.ack == 100001
+    assert (probe.src, probe.dst, probe.sport, probe.dport) == (GW6, GUEST6, 443, GPORT)

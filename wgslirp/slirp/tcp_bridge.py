@@ -264,9 +264,7 @@ class TcpBridge:
             return
         self.table.add(flow, now)
         self.stats.opened += 1
-        if self.log is not None and not v6:
-            # The registry holds IPv4 addresses; an IPv6 connection a dead worker leaves
-            # behind is reset by the guest's next segment instead (the design's baseline).
+        if self.log is not None:
             flow.slot = self.log.record(peer, src, sport, dst, dport, iss, ep.irs)
         flow.handler = partial(self._on_event, flow)
         flow.events = selectors.EVENT_WRITE
