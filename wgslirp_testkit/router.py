@@ -242,6 +242,7 @@ class RouterProcess(Diagnosable):
 # --------------------------------------------------------------------------- wgslirp
 
 GATEWAY = "10.77.0.1"
+GATEWAY6 = "fd77::1"  # the zero-config client's IPv6 gateway (WG_GATEWAY_IP6)
 LISTENING = r"listening on 127\.0\.0\.1:\d+"
 _TOTALS = re.compile(r"stopped; totals: (\{.*\})")
 EXIT_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
@@ -354,10 +355,11 @@ def client_from_router_output(r: RouterProcess, port: int, **kw: object) -> WgCl
 
 
 @contextlib.contextmanager
-def pinged_client(router: RouterProcess, port: int) -> Iterator[WgClient]:
+def pinged_client(router: RouterProcess, port: int, **kw: object) -> Iterator[WgClient]:
     """The wireguard-go client of a started ``router`` listening on 127.0.0.1:``port``, once
-    a ping through the tunnel got an answer and the handshake is done."""
-    with client_from_router_output(router, port, log_level="error") as c:
+    a ping through the tunnel got an answer and the handshake is done; ``kw`` go to
+    `client_from_router_output` (``allowed_ips=...``)."""
+    with client_from_router_output(router, port, log_level="error", **kw) as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         yield c
 
