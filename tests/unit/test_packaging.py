@@ -79,7 +79,7 @@ def test_unit_declares_notify_watchdog_and_hardening() -> None:
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
         "StateDirectory": "wgslirp",
-        "RestrictAddressFamilies": "AF_INET AF_UNIX AF_NETLINK",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
         "CapabilityBoundingSet": "",
     }
     for key, value in expect.items():
