@@ -248,3 +248,10 @@ def test_device_source_check_with_ipv6_allowed_ips() -> None:
             assert r is not None and r[1] == len(pkt)
     assert p.b.stats.source_rejected == 3
     assert p.b.route6(A6("fd77::9")) is not p.pb and p.b.route6(A6("fd77::1")) is p.pb
+
+
+def test_multicast_is_dropped_and_counted_apart() -> None:
+    f = forwarder()
+    mld = packet(ipv6.NH_UDP, udp_body(1, 2, b"", 0, A6("ff02::16")), src=0, dst=A6("ff02::16"))
+    assert route(f, alice, mld) == DROP
+    assert f.stats.ipv6_multicast_dropped == 1 and f.stats.ipv6_v4_compatible_dropped == 0

@@ -54,6 +54,7 @@ class ForwardStats(Counters):
     ttl_expired: int
     peer_space_dropped: int
     ipv6_malformed: int
+    ipv6_multicast_dropped: int
     ipv6_v4_compatible_dropped: int
     ipv6_udp_zero_checksum: int
     ipv6_too_big: int
@@ -195,6 +196,11 @@ class Forwarder(Generic[P]):
             stats.ipv6_malformed += 1
             return DROP
         src, dst = ipv6.src_dst(pkt)
+        if ipv6.is_multicast(dst):
+            # Nothing routes multicast here; a guest's MLD reports (sent from ::) and
+            # router solicitations are its stack's chatter, counted apart from real drops.
+            stats.ipv6_multicast_dropped += 1
+            return DROP
         if src < ipv6.V4_COMPAT_LIMIT or dst < ipv6.V4_COMPAT_LIMIT:
             # ::/96 (with :: and ::1): the only IPv6 ints that could equal IPv4 ones in a
             # flow key; no guest has such an address and no destination there is allowed.
