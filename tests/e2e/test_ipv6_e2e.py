@@ -201,3 +201,74 @@ def test_iperf3_over_ipv6_to_a_far_host_both_ways(tmp_path: Path) -> None:
         print(f"\niperf3 -6 through the tunnel: up {results[0]:.0f}, down {results[1]:.0f} Mbit/s")
         counters = stop_and_counters(r)
     assert counters["tcp_dials_ok"] >= 4  # control and data connection, each way
+
+
+@contextlib.contextmanager
+def http_server(directory: Path, bind: str, ns: Namespace | None = None) -> Iterator[int]:
+    """python -m http.server on [bind]:port serving `directory` (in `ns`, or here); stopped
+    by PID. Waits (bounded) until it accepts connections."""
+    import sys
+    import time
+
+    port = 8080 if ns is not None else free_tcp6_port()
+    argv = [sys.executable, "-m", "http.server", "--bind", bind, "--directory", str(directory)]
+    argv.append(str(port))
+    if ns is not None:
+        proc = ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    try:
+        for _ in range(100):  # up to 10 s for the interpreter to start
+            # listening sockets, as the namespace (or this one) sees them
+            ss = (ns.run(["ss", "-Htln"]) if ns else subprocess.run(
+                ["ss", "-Htln"], capture_output=True, text=True, timeout=5
+            )).stdout  # fmt: skip
+            if f"]:{port} " in ss:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"http.server on [{bind}]:{port} did not start")
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def free_tcp6_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_curl6_100mb_from_host_loopback_and_from_a_far_host(tmp_path: Path) -> None:
+    """curl -6 through the tunnel, sha256 of what arrived equal to the file served: from the
+    host's [::1] through the gateway alias, and from a far host over a real link."""
+    www = tmp_path / "www"
+    www.mkdir()
+    blob = www / "blob"
+    h = hashlib.sha256()
+    with blob.open("wb") as f:
+        for _ in range(100):
+            chunk = os.urandom(MB)
+            h.update(chunk)
+            f.write(chunk)
+    want = h.hexdigest()
+    port = free_udp_port()
+    with (
+        far_host6() as (host, _near, far),
+        http_server(www, far, host) as far_port,
+        http_server(www, "::1") as lo_port,
+        router(base_env(tmp_path, port)) as r,
+        client_from_router_output(
+            r, port, allowed_ips=("10.77.0.0/24", "fd77::/64", far + "/128")
+        ) as c,
+    ):
+        for url in (f"http://[{GW6}]:{lo_port}/blob", f"http://[{far}]:{far_port}/blob"):
+            out = c.run(
+                ["sh", "-c", f"curl -6 -sS --fail --max-time 120 {url} | sha256sum"], timeout=150
+            ).stdout
+            assert out.split()[0] == want, (url, out)
+        counters = stop_and_counters(r)
+    assert counters["tcp_bytes_to_guest"] >= 200 * MB
