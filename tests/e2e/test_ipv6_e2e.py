@@ -272,3 +272,41 @@ def test_curl6_100mb_from_host_loopback_and_from_a_far_host(tmp_path: Path) -> N
             assert out.split()[0] == want, (url, out)
         counters = stop_and_counters(r)
     assert counters["tcp_bytes_to_guest"] >= 200 * MB
+
+
+def test_two_guests_ping6_each_other_through_the_overlay(tmp_path: Path) -> None:
+    """Overlay routing with IPv6 AllowedIPs: peer to peer inside ingress, hop limit lowered,
+    nothing for the peers' IPv6 space ever leaves through a host socket (guarded)."""
+    from wgslirp_testkit.keys import generate_keypair
+    from wgslirp_testkit.router import RouterProcess, router_cmd, two_peer_env
+    from wgslirp_testkit.wgclient import WgClient
+
+    port = free_udp_port()
+    server, ka, kb = generate_keypair(), generate_keypair(), generate_keypair()
+    env = two_peer_env(
+        tmp_path,
+        port,
+        server.private,
+        ka.public,
+        kb.public,
+        WG_OVERLAY_ROUTING="1",
+        WG_GATEWAY_IP6=GW6,
+        WG_PEER_0_ALLOWED_IPS="10.77.0.2/32, fd77::2/128",
+        WG_PEER_1_ALLOWED_IPS="10.77.0.3/32, fd77::3/128",
+    )
+    routes = ("10.77.0.0/24", "fd77::/64")
+    with NftGuard("fd77::/64") as guard, RouterProcess(router_cmd(), env) as r:
+        r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=20)
+        with (
+            WgClient(ka.private, server.public, port, address="10.77.0.2/32, fd77::2/128",
+                     allowed_ips=routes) as a,
+            WgClient(kb.private, server.public, port, address="10.77.0.3/32, fd77::3/128",
+                     allowed_ips=routes, keepalive=1) as b,
+        ):  # fmt: skip
+            b.wait_handshake(timeout=10)
+            assert a.ping("fd77::3", count=10, interval=0.05) == (10, 10), a.last_ping_output
+            assert b.ping("fd77::2", count=5, interval=0.05) == (5, 5), b.last_ping_output
+            assert a.ping(GW6, count=3, interval=0.05) == (3, 3), a.last_ping_output
+        counters = stop_and_counters(r)
+        assert guard.count() == 0
+    assert counters["overlay_forwarded"] >= 30  # requests and replies, both ways
