@@ -582,6 +582,7 @@ ROUTER_TCP = (
     "rto_expirations",
     "tlp_probes",
     "lost_retransmits",
+    "spurious_undos",
 )
 ROUTER_TCP_NAMES = {f"wgslirp_tcp_{k}_total": k for k in ROUTER_TCP}
 

@@ -252,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _announce(cfg: Config, address: tuple[str, int]) -> None:
     from wgslirp.identity import client_config_text, read_client_private_key
+    from wgslirp.wireguard.endpoint import format_endpoint
 
     assert cfg.private_key is not None
     client_key = read_client_private_key(cfg)
@@ -268,9 +269,8 @@ def _announce(cfg: Config, address: tuple[str, int]) -> None:
             )
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     log.info(
-        "listening on %s:%d, public key %s, %d peer(s)",
-        address[0],
-        address[1],
+        "listening on %s, public key %s, %d peer(s)",
+        format_endpoint(address),
         encode_key(public_key(cfg.private_key)),
         len(cfg.peers),
     )

@@ -237,8 +237,8 @@ def first_host_ipv4() -> str:
 def _endpoint(cfg: Config, local_ipv4: Callable[[], str]) -> str:
     if cfg.public_endpoint:
         return cfg.public_endpoint
-    host = cfg.listen_addr if cfg.listen_addr != "0.0.0.0" else local_ipv4()
-    return f"{host}:{cfg.listen_port}"
+    host = cfg.listen_addr if cfg.listen_addr not in ("0.0.0.0", "::") else local_ipv4()
+    return f"[{host}]:{cfg.listen_port}" if ":" in host else f"{host}:{cfg.listen_port}"
 
 
 def client_config_text(

@@ -35,6 +35,8 @@ class PathResult:
     snd_capacity: int  # the send ring's size at the end
     max_queue_delay: float  # worst time a segment waited in the bottleneck queue
     queue_drops: int
+    mean_queue_delay: float = 0.0  # time average of the bottleneck queue's delay (what a ping sees)
+    spurious_undos: int = 0
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, cwnd, in flight)
 
     @property
@@ -53,13 +55,17 @@ class _Receiver:
         self.ts_recent = 0
         self.wscale = wscale
         self.delivered = 0
+        self.last_ack = irs  # RCV.NXT in the last ACK sent (RFC 7323's Last.ACK.sent)
+        self.dup: tuple[int, int] | None = None  # D-SACK for the next ACK
 
     def on_data(self, seq: int, n: int, tsval: int) -> bool:
         """Returns whether to ACK at once."""
-        self.ts_recent = tsval
+        if seq <= self.last_ack and (tsval - self.ts_recent) & M < 1 << 31:
+            self.ts_recent = tsval  # RFC 7323 4.3: only at the left edge, never backwards
         end = seq + n
-        if end <= self.nxt:
-            return True  # a duplicate: ACK at once (it may carry a D-SACK on Linux)
+        if end <= self.nxt or any(r[0] <= seq and end <= r[1] for r in self.ranges):
+            self.dup = (seq, end)  # a duplicate: ACK at once with a D-SACK, as Linux does
+            return True
         if seq <= self.nxt:
             self.delivered += end - self.nxt
             self.nxt = end
@@ -90,6 +96,9 @@ class _Receiver:
 
     def sack_blocks(self) -> list[tuple[int, int]]:
         blocks: list[tuple[int, int]] = []
+        if self.dup is not None:
+            blocks.append((self.dup[0] & M, self.dup[1] & M))
+            self.dup = None
         if self.latest is not None and self.latest in self.ranges:
             blocks.append((self.latest[0] & M, self.latest[1] & M))
         for r in reversed(self.ranges):
@@ -114,16 +123,18 @@ def run(
     snd_buffer_max: int = 0,
     budget: SendBudget | None = None,
     trace_every: float = 0.0,
+    epoch: float = 10_000.0,
 ) -> PathResult:
     """Download for `seconds` of fake time; loss applies to each direction; `reorder` is
     the share of data segments that arrive 2 ms early, overtaking others (the relay's
-    model, impair.py)."""
+    model, impair.py). The clock starts at `epoch`, not 0: a router's monotonic clock is
+    hours past zero, and a timestamp initialised to 0.0 once hid a bug (BBR's RTprop)."""
     rng = random.Random(seed)
     egress = Egress()
     params = TcpParams(
         cc=cc, mss=1340, snd_buffer=snd_buffer, snd_buffer_max=snd_buffer_max, rcv_buffer=1 << 20
     )
-    now = 0.0
+    now = epoch
     ep = TcpEndpoint(
         params,
         local=(HOST_IP, HOST_PORT),
@@ -154,12 +165,15 @@ def run(
     link_free = 0.0
     queued: list[float] = []  # departure times of what is in the bottleneck queue
     max_qdelay = 0.0
+    q_area = 0.0  # integral of the queue's delay over time
+    q_at = epoch  # when q_area was last brought up to date
     qdrops = 0
     samples: list[tuple[float, int, int]] = []
     next_sample = 0.0
     delack_at = float("inf")
 
     def ack_pkt(t: float) -> bytes:
+        rx.last_ack = rx.nxt
         opts = tcp.options_bytes(ts=(int(t * 1000) & M, rx.ts_recent), sack=rx.sack_blocks())
         return bytes(guest_pkt(gseq, rx.nxt, ACK, window=65535, opts=opts))
 
@@ -171,7 +185,13 @@ def run(
         heapq.heappush(heap, (t + one_way, order, 0, pkt))
 
     def send_out(t: float) -> None:
-        nonlocal order, link_free, max_qdelay, qdrops
+        nonlocal order, link_free, max_qdelay, qdrops, q_area, q_at
+        if egress.packets:
+            # The queue's delay falls at one second per second until link_free.
+            if link_free > q_at:
+                rest = link_free - t if link_free > t else 0.0
+                q_area += ((link_free - q_at) ** 2 - rest**2) / 2
+            q_at = t
         for pkt in egress.packets:
             if rng.random() < loss:
                 continue
@@ -192,11 +212,12 @@ def run(
         egress.packets.clear()
 
     # The guest's ACK of the SYN-ACK, one round trip later.
-    now = rtt
+    now = epoch + rtt
     first = guest_pkt(gseq, rx.nxt, ACK, window=65535, opts=tcp.options_bytes(ts=(1, 0)))
     ep.receive(memoryview(first), len(first), now)
     chunk = b"\0" * 65536
-    while now < seconds:
+    end_at = epoch + seconds
+    while now < end_at:
         while ep.send_space() > 0 and ep.state is TcpState.ESTABLISHED:
             buf = ep.write_buffer(len(chunk))
             k = len(buf)
@@ -207,9 +228,9 @@ def run(
         ep.flush(now)
         send_out(now)
         if trace_every and now >= next_sample:
-            samples.append((now, ep.cc.cwnd, ep.in_flight))
+            samples.append((now - epoch, ep.cc.cwnd, ep.in_flight))
             next_sample = now + trace_every
-        t_next = min(heap[0][0] if heap else seconds, seconds, delack_at)
+        t_next = min(heap[0][0] if heap else end_at, end_at, delack_at)
         t = ep.get_timer()
         if t is not None and t < t_next:
             t_next = t
@@ -249,5 +270,7 @@ def run(
         snd_capacity=ep.snd_capacity,
         max_queue_delay=max_qdelay,
         queue_drops=qdrops,
+        mean_queue_delay=q_area / (seconds - rtt),
+        spurious_undos=ep.spurious_undos,
         samples=samples,
     )

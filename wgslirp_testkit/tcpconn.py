@@ -217,19 +217,39 @@ class Conn:
 
 
 class SackReceiver:
-    """The guest's receive side: which of our bytes it holds, ACKs with SACK blocks."""
+    """The guest's receive side: which of our bytes it holds, ACKs with SACK blocks.
 
-    def __init__(self, c: Conn, sack: bool) -> None:
+    With `dsack`, data it already held is reported in the next ACK's first block (RFC
+    2883), as Linux does; with `ts`, its ACKs carry timestamps whose echo follows RFC 7323
+    (TS.Recent moves only on a segment at the left edge and never backwards), which is
+    what a sender's spurious-retransmission test (RFC 3522) relies on."""
+
+    def __init__(self, c: Conn, sack: bool, *, dsack: bool = False, ts: bool = False) -> None:
         self.c = c
         self.sack = sack
+        self.dsack = dsack
+        self.ts = ts
         self.ranges: list[tuple[int, int]] = []
         self.latest: tuple[int, int] | None = None
+        self.duplicate: tuple[int, int] | None = None
+        self.ts_recent = 0
+        self.last_ack_sent = c.gack
 
     def take(self, s: Seg) -> None:
         if not s.data:
             return
         lo, hi = s.seq, s.seq + len(s.data)
-        if hi <= self.c.gack:
+        tsval = s.opts.ts_val
+        if (
+            self.ts
+            and tsval is not None
+            and lo <= self.last_ack_sent
+            and (tsval - self.ts_recent) & 0xFFFFFFFF < 1 << 31
+        ):
+            self.ts_recent = tsval
+        if hi <= self.c.gack or any(a <= lo and hi <= b for a, b in self.ranges):
+            if self.dsack:
+                self.duplicate = (lo, hi)
             return
         self.latest = (lo, hi)
         self.ranges.append((lo, hi))
@@ -246,11 +266,21 @@ class SackReceiver:
         self.ranges = merged
 
     def ack(self) -> None:
-        blocks = []
+        blocks: list[tuple[int, int]] = []
         if self.sack and self.ranges:
             first = next(
                 (r for r in self.ranges if self.latest and r[0] <= self.latest[0] < r[1]),
                 self.ranges[0],
             )
-            blocks = [first, *[r for r in self.ranges if r != first][:3]]
-        self.c.send(b"", tcp.ACK, opts=tcp.options_bytes(sack=blocks) if blocks else b"")
+            blocks = [first, *[r for r in self.ranges if r != first]]
+        if self.duplicate is not None:
+            blocks.insert(0, self.duplicate)
+            self.duplicate = None
+        ts = None
+        if self.ts:
+            self.c.ts_val += 1
+            ts = (self.c.ts_val, self.ts_recent)
+        blocks = blocks[: 3 if ts else 4]
+        opts = tcp.options_bytes(ts=ts, sack=blocks) if blocks or ts else b""
+        self.last_ack_sent = self.c.gack
+        self.c.send(b"", tcp.ACK, opts=opts)

@@ -125,6 +125,11 @@ class WgDump:
 # --------------------------------------------------------------------------- the client
 
 
+def _endpoint_text(host: str, port: int) -> str:
+    """host:port as wg(8) takes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 
 
@@ -141,7 +146,8 @@ class WgClient(Diagnosable):
     private_key, server_public_key:
         32-byte keys, raw or base64.
     endpoint_port:
-        UDP port of the peer on ``endpoint_host`` (a 127.0.0.0/8 address); None = no endpoint.
+        UDP port of the peer on ``endpoint_host`` (a 127.0.0.0/8 address or ::1); None = no
+        endpoint.
     address:
         Tunnel address(es) of the interface, e.g. ``"10.77.0.2/32"`` or
         ``"10.77.0.2/32, fd77::2/128"``.
@@ -174,7 +180,7 @@ class WgClient(Diagnosable):
         log_level: str = "debug",
     ) -> None:
         if not ipaddress.ip_address(endpoint_host).is_loopback:
-            raise ValueError("this machine's rule: WireGuard endpoints must be on 127.0.0.0/8")
+            raise ValueError("this machine's rule: WireGuard endpoints must be loopback")
         self.private_key = key_to_base64(private_key)
         self.public_key = public_key_of(self.private_key)
         self.server_public_key = key_to_base64(server_public_key)
@@ -312,7 +318,7 @@ class WgClient(Diagnosable):
             psk_file.chmod(0o600)
             cmd += ["preshared-key", str(psk_file)]
         if self.endpoint_port is not None:
-            cmd += ["endpoint", f"{self.endpoint_host}:{self.endpoint_port}"]
+            cmd += ["endpoint", _endpoint_text(self.endpoint_host, self.endpoint_port)]
         cmd += ["allowed-ips", ",".join(self.peer_allowed_ips)]
         cmd += ["persistent-keepalive", str(self.keepalive) if self.keepalive else "off"]
         run(cmd, timeout=10, check=True, context=self._log_section)
@@ -410,6 +416,17 @@ class WgClient(Diagnosable):
     def popen(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a background command in the client namespace (killed at cleanup)."""
         return self.namespace.popen(cmd, **kwargs)
+
+    def set_endpoint(self, host: str, port: int) -> None:
+        """Point the client at another endpoint of the router (``wg set ... endpoint``), e.g.
+        from 127.0.0.1 to ::1: its next packet leaves from wireguard-go's socket of that
+        family, which the router sees as the peer roaming."""
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError("this machine's rule: WireGuard endpoints must be loopback")
+        self.endpoint_host, self.endpoint_port = host, port
+        cmd = ["wg", "set", self.interface, "peer", self.server_public_key]
+        cmd += ["endpoint", _endpoint_text(host, port)]
+        run(cmd, timeout=10, check=True, context=self._log_section)
 
     def wg_show_dump(self) -> WgDump:
         """Parsed ``wg show IF dump`` (handshake time, rx/tx bytes per peer)."""

@@ -113,7 +113,7 @@ def test_port_message_is_exact() -> None:
 def test_defaults() -> None:
     cfg = load({})
     assert cfg.private_key is None
-    assert (cfg.listen_addr, cfg.listen_port, cfg.mtu) == ("0.0.0.0", 51820, 1380)
+    assert (cfg.listen_addr, cfg.listen_port, cfg.mtu) == ("::", 51820, 1380)
     assert cfg.peers == ()
     assert cfg.gateway_ip is None and cfg.dns_ip is None and cfg.public_endpoint is None
     assert cfg.gateway_host_ip == "127.0.0.1"
@@ -310,8 +310,12 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"WG_LISTEN_PORT": "70000"}, "WG_LISTEN_PORT"),
     ({"WG_LISTEN_PORT": "abc"}, "WG_LISTEN_PORT"),
     ({"WG_LISTEN_PORT": "51820.0"}, "WG_LISTEN_PORT"),
-    ({"WG_LISTEN_ADDR": "::"}, "WG_LISTEN_ADDR"),
     ({"WG_LISTEN_ADDR": "localhost"}, "WG_LISTEN_ADDR"),
+    ({"WG_LISTEN_ADDR": "[::1]:51820"}, "WG_LISTEN_ADDR"),
+    ({"WG_LISTEN_ADDR": "ff02::1"}, "WG_LISTEN_ADDR"),
+    ({"WG_LISTEN_ADDR": "fe80::1"}, "WG_LISTEN_ADDR"),  # link-local needs its %zone
+    ({"WG_LISTEN_ADDR": "2001:db8::1%eth0"}, "WG_LISTEN_ADDR"),
+    ({"WG_LISTEN_ADDR": "::1::"}, "WG_LISTEN_ADDR"),
     ({"WG_MTU": "100"}, "WG_MTU"),
     ({"WG_MTU": "65536"}, "WG_MTU"),
     ({"WG_INTERFACE_NAME": "a-name-longer-than-15"}, "WG_INTERFACE_NAME"),
@@ -342,7 +346,9 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"WGSLIRP_PEER_POOL": "fd00::/64"}, "WGSLIRP_PEER_POOL"),
     ({"WG_GATEWAY_IP": "10.0.0.1", "WG_DNS_IP": "10.0.0.1"}, "WG_DNS_IP"),
     ({"WG_PUBLIC_ENDPOINT": "vpn.example.com:0"}, "WG_PUBLIC_ENDPOINT"),
-    ({"WG_PUBLIC_ENDPOINT": "[2001:db8::1]:51820"}, "WG_PUBLIC_ENDPOINT"),
+    ({"WG_PUBLIC_ENDPOINT": "2001:db8::1:51820"}, "WG_PUBLIC_ENDPOINT"),
+    ({"WG_PUBLIC_ENDPOINT": "[2001:db8::1]:0"}, "WG_PUBLIC_ENDPOINT"),
+    ({"WG_PUBLIC_ENDPOINT": "[vpn.example.com]:51820"}, "WG_PUBLIC_ENDPOINT"),
     ({"WG_PUBLIC_ENDPOINT": "bad_host!:1"}, "WG_PUBLIC_ENDPOINT"),
     ({"PROCESSOR_WORKERS": "-1"}, "PROCESSOR_WORKERS"),
     ({"PROCESSOR_QUEUE_CAP": "0"}, "PROCESSOR_QUEUE_CAP"),
@@ -516,6 +522,55 @@ def test_host_names_are_resolved_only_through_the_given_resolver() -> None:
     assert asked == ["peer.example"]
     assert [p.endpoint for p in cfg.peers] == [("203.0.113.5", 4000), ("198.51.100.4", 51821)]
     assert cfg.public_endpoint == "vpn.example.com:51820"
+
+
+def _peer0(endpoint: str, **extra: str) -> dict[str, str]:
+    peer = {"WG_PEER_0_PUBLIC_KEY": PEER_A, "WG_PEER_0_ENDPOINT": endpoint}
+    return {"WG_PEERS": "0", **peer, **extra}
+
+
+def test_peer_endpoints_may_be_ipv6() -> None:
+    cfg = load(_peer0("[2001:DB8::1]:51820"))
+    assert cfg.listen_addr == "::" and cfg.peers[0].endpoint == ("2001:db8::1", 51820)
+    assert load(_peer0("[::ffff:192.0.2.1]:7")).peers[0].endpoint == ("192.0.2.1", 7)
+    cfg = load(_peer0("[2001:db8::1]:51820", WG_LISTEN_ADDR="::1"))
+    assert cfg.peers[0].endpoint == ("2001:db8::1", 51820)
+    assert "WG_PEER_0_ENDPOINT=[2001:db8::1]:51820" in render_check(cfg).splitlines()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "listen", "message"),
+    [
+        ("2001:db8::1:51820", "::", "[address]:port"),
+        ("[2001:db8::1]", "::", "no port"),
+        ("[2001:db8::1]:0", "::", "out of range"),
+        ("[peer.example]:1", "::", "not an IPv6 address"),
+        ("[2001:db8::1]:51820", "0.0.0.0", "listens on IPv4 only"),
+        ("[2001:db8::1]:51820", "127.0.0.1", "listens on IPv4 only"),
+        ("192.0.2.1:51820", "::1", "listens on IPv6 only"),
+        ("peer.example:51820", "::1", "listens on IPv6 only"),  # resolved to IPv4
+    ],
+)
+def test_bad_peer_endpoints_name_the_setting(endpoint: str, listen: str, message: str) -> None:
+    e = err(_peer0(endpoint, WG_LISTEN_ADDR=listen))
+    assert e.setting == "WG_PEER_0_ENDPOINT" and message in e.problem, e
+
+
+def test_a_config_file_endpoint_of_the_wrong_family_names_its_line(tmp_path: Path) -> None:
+    conf = tmp_path / "wg0.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {PRIV_B64}\n\n"
+        f"[Peer]\nPublicKey = {PEER_A}\nEndpoint = [2001:db8::1]:51820\n"
+    )
+    assert load({}, str(conf)).peers[0].endpoint == ("2001:db8::1", 51820)
+    e = err({"WG_LISTEN_ADDR": "0.0.0.0"}, str(conf))
+    assert e.setting == f"{conf} [Peer 1] Endpoint" and "IPv4 only" in e.problem, e
+
+
+def test_an_ipv6_public_endpoint_is_written_with_brackets() -> None:
+    assert load({"WG_PUBLIC_ENDPOINT": "2001:db8::1"}).public_endpoint == "[2001:db8::1]:51820"
+    cfg = load({"WG_PUBLIC_ENDPOINT": "[2001:db8::1]:4000"})
+    assert cfg.public_endpoint == "[2001:db8::1]:4000"
 
 
 # ---------------------------------------------------------------- wg-quick files

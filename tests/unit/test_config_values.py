@@ -43,8 +43,82 @@ def test_endpoint_host_names_come_back_unresolved() -> None:
 def test_hostport_and_public_endpoint() -> None:
     assert V.parse_hostport(":9100") == ("0.0.0.0", 9100)
     assert V.parse_public_endpoint("vpn.example.com") == ("vpn.example.com", None)
-    with pytest.raises(ValueError, match="IPv6"):
-        V.parse_public_endpoint("[2001:db8::1]:51820")
+    assert V.parse_public_endpoint("[2001:DB8:0::1]:51820") == ("2001:db8::1", 51820)
+    assert V.parse_public_endpoint("[2001:db8::1]") == ("2001:db8::1", None)
+    assert V.parse_public_endpoint("2001:db8::1") == ("2001:db8::1", None)
+    with pytest.raises(ValueError, match=r"\[address\]:port"):
+        V.parse_public_endpoint("2001:db8::1:51820")
+    with pytest.raises(ValueError, match="IPv6"):  # the metrics listener stays IPv4
+        V.parse_hostport("[::1]:9100")
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("[2001:db8::1]:51820", ("2001:db8::1", 51820)),
+        ("[2001:0DB8:0000::0001]:1", ("2001:db8::1", 1)),  # canonical text
+        ("[::ffff:192.0.2.7]:51820", ("192.0.2.7", 51820)),  # IPv4-mapped is IPv4
+        ("[fe80::1%eth0]:51820", ("fe80::1%eth0", 51820)),
+        ("192.0.2.7:51820", ("192.0.2.7", 51820)),
+        ("peer.example:4000", ("peer.example", 4000)),
+    ],
+)
+def test_endpoints_take_bracketed_ipv6(text: str, want: tuple[str, int]) -> None:
+    assert V.parse_endpoint(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2001:db8::1:51820", r"\[address\]:port"),  # ambiguous without brackets
+        ("[2001:db8::1]", "no port"),
+        ("[2001:db8::1]51820", "not \\[IPv6 address\\]:port"),
+        ("[2001:db8::1", "not \\[IPv6 address\\]:port"),
+        ("[192.0.2.7]:51820", "not an IPv6 address"),
+        ("[peer.example]:51820", "not an IPv6 address"),
+        ("[2001:db8::g]:51820", "not an IPv6 address"),
+        ("[2001:db8::1%eth0]:51820", "link-local"),
+        ("[2001:db8::1]:0", "out of range"),
+        ("[2001:db8::1]:65536", "out of range"),
+        ("[2001:db8::1]:port", "not a number"),
+        ("bad_host!:1", "neither an IP address nor a host name"),
+    ],
+)
+def test_bad_endpoints_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        V.parse_endpoint(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("0.0.0.0", "0.0.0.0"),
+        ("::", "::"),
+        ("[::]", "::"),
+        ("::1", "::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+    ],
+)
+def test_listen_addresses_of_both_families(text: str, want: str) -> None:
+    assert V.parse_listen_addr(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("localhost", "not an IPv4 or IPv6 address"),
+        ("[::1]:51820", "not an IPv4 or IPv6 address"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("fe80::1", "link-local"),
+        ("2001:db8::1%eth0", "%zone"),
+    ],
+)
+def test_bad_listen_addresses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        V.parse_listen_addr(text)
 
 
 def test_ranges_and_choices_take_their_limits_as_arguments() -> None:

@@ -221,6 +221,15 @@ def test_client_endpoint_uses_listen_addr_when_specific(state_dir: Path) -> None
     assert peer["Endpoint"] == "192.0.2.10:51820"
 
 
+def test_client_endpoint_brackets_an_ipv6_address(state_dir: Path) -> None:
+    cfg = _with_peer(state_dir, WG_LISTEN_ADDR="2001:db8::10")
+    _, peer = _interface_and_peer(client_config_text(cfg, CLIENT))
+    assert peer["Endpoint"] == "[2001:db8::10]:51820"
+    cfg = _with_peer(state_dir, WG_PUBLIC_ENDPOINT="2001:db8::20")
+    _, peer = _interface_and_peer(client_config_text(cfg, CLIENT))
+    assert peer["Endpoint"] == "[2001:db8::20]:51820"
+
+
 def test_client_endpoint_falls_back_to_a_host_address(state_dir: Path) -> None:
     cfg = _with_peer(state_dir)
     text = client_config_text(cfg, CLIENT, local_ipv4=lambda: "198.51.100.20")

@@ -5,6 +5,8 @@ test_forward.py; here: that ingress carries out each decision to the right socke
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import select
 import socket
 import struct
@@ -22,7 +24,9 @@ from wgslirp.runtime.ingress import Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.ring import Ring
 from wgslirp.wireguard.device import Device
+from wgslirp.wireguard.load import HandshakeGuard
 from wgslirp.wireguard.peer import Peer
+from wgslirp_testkit.flood import initiation_with_mac1
 
 GATEWAY = "10.77.0.1"
 GUEST = "10.77.0.2"
@@ -65,10 +69,11 @@ class Rig:
     client: Device
     peer: Peer  # the router, as the client knows it
     sock: socket.socket
+    target: tuple[str, int]  # where the client sends: the router's address in its family
     plain: bytearray = field(default_factory=lambda: bytearray(70000))
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        self.sock.sendto(data, self.ingress.address)
+        self.sock.sendto(data, self.target)
 
     def turn_until(self, done: Callable[[], bool]) -> None:
         for _ in range(500):  # bounded: each turn waits at most the loop's 1 ms bound
@@ -83,7 +88,8 @@ class Rig:
         for _ in range(50):
             ready, _, _ = select.select([self.sock], [], [], 1.0)
             assert ready, "no datagram from ingress within 1 s"
-            data, addr = self.sock.recvfrom(70000)
+            data, sa = self.sock.recvfrom(70000)
+            addr = (sa[0], sa[1])
             if data[0] != 4:
                 self.client.receive_handshake(data, addr, NOW)
                 continue
@@ -101,12 +107,20 @@ class Rig:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
+    with make_rig("127.0.0.1", "127.0.0.1") as r:
+        yield r
+
+
+@contextlib.contextmanager
+def make_rig(listen: str, client_host: str) -> Iterator[Rig]:
+    """An ingress listening on `listen`, its client's socket on `client_host` (the family
+    decides which of the router's addresses it sends to), handshake and first ping done."""
     router_key, client_key = generate_private_key(), generate_private_key()
     settings = Settings(router_key, (PeerSpec(public_key(client_key)),))
     rings_in = [Ring.create(64, 2048) for _ in range(2)]
     rings_out = [Ring.create(64, 2048) for _ in range(2)]
     loop = Loop(clock=lambda: NOW)
-    wg = open_wg_socket("127.0.0.1", 0)
+    wg = open_wg_socket(listen, 0)
     ingress = Ingress(
         settings,
         wg,
@@ -114,21 +128,23 @@ def rig() -> Iterator[Rig]:
         [r.producer() for r in rings_in],
         [r.consumer() for r in rings_out],
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    v6 = ":" in client_host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((client_host, 0))
     client = Device(client_key)
+    target = (client_host, ingress.address[1])
     peer = client.add_peer(
-        public_key(router_key), allowed_ips=["0.0.0.0/0"], endpoint=ingress.address, now=NOW
+        public_key(router_key), allowed_ips=["0.0.0.0/0"], endpoint=target, now=NOW
     )
-    r = Rig(ingress, loop, rings_in, rings_out, client, peer, sock)
+    r = Rig(ingress, loop, rings_in, rings_out, client, peer, sock, target)
     try:
         assert client.initiate(peer, NOW)
         for data, _addr in client.outbox:
             r.send(data)
         client.outbox.clear()
         r.turn_until(lambda: bool(select.select([sock], [], [], 0)[0]))
-        data, addr = sock.recvfrom(2048)  # the handshake response
-        client.receive_handshake(data, addr, NOW)
+        data, sa = sock.recvfrom(2048)  # the handshake response
+        client.receive_handshake(data, (sa[0], sa[1]), NOW)
         assert peer.current is not None
         # The responder may send only once the initiator's first transport message has
         # confirmed the session (whitepaper 5.4.7): a ping of the gateway does that.
@@ -272,7 +288,7 @@ def test_a_replacement_ingress_initiates_to_the_peers_its_predecessor_had_sessio
         assert client.receive_handshake(data, addr, NOW) is peer
         ((response, _),) = client.outbox
         sock.sendto(response, ingress.address)
-        r = Rig(ingress, loop, [rings[0]], [rings[1]], client, peer, sock)
+        r = Rig(ingress, loop, [rings[0]], [rings[1]], client, peer, sock, ingress.address)
         r.turn_until(lambda: ingress.stats()["handshakes_completed"] == 1)
         assert r.receive() == b""  # the initiator's keepalive confirms the session to the peer
         r.send_packet(ping(GATEWAY))  # which then carries traffic both ways
@@ -335,3 +351,124 @@ def test_a_reload_asked_for_while_one_reads_runs_once_more_after_it() -> None:
         wg.close()
         for ring in (*rings_in, *rings_out):
             ring.close()
+
+
+# ------------------------------------------------------------- the socket's address family
+
+
+def _router_peer(r: Rig) -> Peer:
+    (peer,) = r.ingress.device.peers.values()
+    return peer
+
+
+@pytest.mark.parametrize(
+    ("listen", "client_host"),
+    [("::", "127.0.0.1"), ("::", "::1"), ("::1", "::1")],
+)
+def test_a_peer_reaches_the_router_over_either_family(listen: str, client_host: str) -> None:
+    """On a dual-stack socket an IPv4 peer arrives as ::ffff:127.0.0.1 with four address
+    fields; the device, `wg show` and the cookies must see 127.0.0.1 (and the replies must
+    still reach it), an IPv6 peer its own address."""
+    with make_rig(listen, client_host) as r:
+        assert r.ingress.sock.family == socket.AF_INET6
+        peer = _router_peer(r)
+        assert peer.endpoint == (client_host, r.sock.getsockname()[1])
+        r.send_packet(ping(GATEWAY))
+        r.turn_until(lambda: r.ingress.stats()["gateway_echo_replies"] == 2)
+        assert r.receive()[20] == icmp.ECHO_REPLY
+        assert r.ingress.stats()["send_errors"] == 0
+
+
+def test_a_peer_roams_between_ipv4_and_ipv6_on_a_dual_stack_socket() -> None:
+    with make_rig("::", "127.0.0.1") as r:
+        peer = _router_peer(r)
+        v4 = (peer.endpoint, r.sock)
+        six = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        six.bind(("::1", 0))
+        try:
+            for sock, target, replies in (
+                (six, ("::1", r.target[1]), 2),
+                (v4[1], r.target, 3),
+            ):
+                r.sock, r.target = sock, target
+                r.send_packet(ping(GATEWAY))
+                r.turn_until(lambda n=replies: r.ingress.stats()["gateway_echo_replies"] == n)
+                host = sock.getsockname()[0]
+                assert peer.endpoint == (host, sock.getsockname()[1])
+                assert r.receive()[20] == icmp.ECHO_REPLY  # the answer went to the new address
+            assert r.ingress.device.roams == 2
+        finally:
+            six.close()
+
+
+def test_an_ipv4_socket_counts_sends_to_an_ipv6_endpoint_as_errors(rig: Rig) -> None:
+    peer = _router_peer(rig)
+    peer.endpoint = ("::1", 9)  # e.g. set by `wg set` on a router listening on 0.0.0.0
+    rig.ingress.send_packet(peer, bytearray(ping(GUEST)) + bytearray(16), 36, NOW)
+    assert rig.ingress.stats()["send_errors"] == 1
+
+
+class _NoIPv6:
+    """A socket constructor of a host whose kernel has no IPv6 (ipv6.disable=1)."""
+
+    def __init__(self) -> None:
+        self.families: list[int] = []
+
+    def __call__(self, family: int, kind: int) -> socket.socket:
+        self.families.append(family)
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return socket.socket(family, kind)
+
+
+def test_the_dual_stack_default_falls_back_to_ipv4_on_a_host_without_ipv6() -> None:
+    make = _NoIPv6()
+    sock = open_wg_socket("::", 0, make=make)
+    try:
+        assert make.families == [socket.AF_INET6, socket.AF_INET]
+        assert sock.family == socket.AF_INET and sock.getsockname()[0] == "0.0.0.0"
+    finally:
+        sock.close()
+
+
+def test_a_specific_ipv6_address_does_not_fall_back() -> None:
+    with pytest.raises(OSError) as exc:
+        open_wg_socket("::1", 0, make=_NoIPv6())
+    assert exc.value.errno == errno.EAFNOSUPPORT
+
+
+def test_dual_stack_means_v6only_off_and_a_specific_address_v6only_on() -> None:
+    for addr, v6only in (("::", 0), ("::1", 1)):
+        sock = open_wg_socket(addr, 0)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == v6only
+        finally:
+            sock.close()
+
+
+def test_ipv4_sources_on_a_dual_stack_socket_keep_budgets_of_their_own() -> None:
+    """Seen raw, 127.0.0.1 and 127.0.0.2 are ::ffff:7f00:1 and ::ffff:7f00:2: one IPv6
+    /64, which would make every IPv4 client share one handshake budget under load. After
+    the translation each IPv4 address is its own source, and cookie replies reach it."""
+    with make_rig("::", "127.0.0.1") as r:
+        r.ingress.device.guard = HandshakeGuard(0)  # every message counts as load
+        msg = initiation_with_mac1(r.ingress.device.public_key)
+        stats = r.ingress.device.stats
+        socks = []
+        try:
+            for host in ("127.0.0.1", "127.0.0.2"):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, 0))
+                for _ in range(10):
+                    s.sendto(msg, ("127.0.0.1", r.target[1]))
+            r.turn_until(lambda: stats.handshake_shed == 10)
+            # each source: three admitted fresh (garbage: invalid), two cookie replies
+            assert (stats.handshake_invalid, stats.cookie_replies_sent) == (6, 4)
+            for s in socks:
+                s.settimeout(2)
+                replies = [s.recvfrom(2048)[0][0] for _ in range(2)]
+                assert replies == [3, 3]  # MSG_COOKIE_REPLY
+        finally:
+            for s in socks:
+                s.close()

@@ -256,3 +256,85 @@ def test_a_clock_far_from_zero_does_not_start_the_connection_in_probe_rtt() -> N
         rs.feed(bbr, bw, 0.1, now, bbr.cwnd)
         assert bbr.mode == tcp_bbr.STARTUP
     assert not bbr.full_bw_reached
+
+
+def _cruising(bw: float = 8e6, rtt: float = 0.04) -> tuple[Bbr, _Samples, float]:
+    """A controller in PROBE_BW at `bw` bytes/s and `rtt`, with the time now."""
+    bbr = Bbr(MSS, 10 * MSS)
+    rs = _Samples(0.0)
+    now = 0.0
+    for b in (bw / 8, bw / 4, bw / 2, bw, bw, bw, bw):
+        now += rtt
+        rs.feed(bbr, b, rtt, now, bbr.cwnd)
+    now += rtt
+    rs.feed(bbr, bw, rtt, now, int(bw * rtt * 0.5))
+    assert bbr.mode == tcp_bbr.PROBE_BW
+    return bbr, rs, now
+
+
+def _to_probe(bbr: Bbr, rs: _Samples, now: float, bw: float, rtt: float) -> float:
+    for _ in range(20):
+        if bbr.pacing_gain > 1.0:
+            return now
+        now += rtt + 0.001
+        rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bw * rtt))
+    raise AssertionError("no probing phase in 20 rounds")
+
+
+def test_a_probe_that_loses_too_much_bounds_the_window_where_the_path_overflowed() -> None:
+    """BBRv2/v3's inflight_hi: v1 probed at 1.25x every eight rounds with nothing learned
+    from the losses each probe caused behind a shallow queue."""
+    bw, rtt = 8e6, 0.04
+    bdp = int(bw * rtt)
+    bbr, rs, now = _cruising(bw, rtt)
+    assert bbr.inflight_hi == tcp_bbr.UNBOUNDED
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    bbr.on_lost(20 * MSS)  # ~8 % of the round: the queue overflowed
+    overflowed = bdp + bdp // 10  # what was in flight when the losses were found
+    rs.feed(bbr, bw, rtt, now + 0.001, overflowed)
+    assert bbr.inflight_hi == overflowed
+    assert bbr.pacing_gain < 1.0  # the probe ended at once, draining what it queued
+    for _ in range(8):  # nowhere in the cycle does cwnd pass the bound any more
+        now += rtt + 0.001
+        rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bdp))
+        assert bbr.cwnd <= bbr.inflight_hi
+
+
+def test_probing_rounds_without_loss_raise_the_bound_doubling() -> None:
+    bw, rtt = 8e6, 0.04
+    bdp = int(bw * rtt)
+    bbr, rs, now = _cruising(bw, rtt)
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    bbr.on_lost(20 * MSS)
+    rs.feed(bbr, bw, rtt, now + 0.001, bdp)
+    hi = bbr.inflight_hi
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    steps = []
+    while bbr.pacing_gain > 1.0 and len(steps) < 6:
+        before = bbr.inflight_hi
+        now += rtt + 0.001
+        rs.feed(bbr, bw, rtt, now, bbr.inflight_hi)  # in flight presses against the bound
+        steps.append(bbr.inflight_hi - before)
+    assert bbr.inflight_hi > hi
+    assert steps[:3] == [MSS, 2 * MSS, 4 * MSS], steps
+
+
+def test_random_loss_under_two_percent_sets_no_bound() -> None:
+    bw, rtt = 8e6, 0.04
+    bbr, rs, now = _cruising(bw, rtt)
+    for _ in range(16):
+        bbr.on_lost(2 * MSS)  # ~1 % of each round
+        now += rtt + 0.001
+        rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bw * rtt))
+    assert bbr.inflight_hi == tcp_bbr.UNBOUNDED
+
+
+def test_probes_into_a_shallow_queue_resend_what_was_dropped_not_what_was_sacked() -> None:
+    """100 Mbit/s, 100 ms, a 100-packet queue (a ninth of the BDP). Before the loss bound
+    and a scoreboard that keeps every SACKed range, each probe overflowed the queue and
+    recovery resent 4x what was dropped (the scoreboard forgot ranges past 32): 75 Mbit/s
+    with 10,055 retransmissions for 2,100 drops in 15 s."""
+    r = pathsim.run("bbr", rate_mbit=100, rtt=0.1, queue_packets=100, seconds=8)
+    assert r.rto_expirations == 0
+    assert r.retransmits <= 1.3 * r.queue_drops
+    assert r.mbit >= 0.8 * 96  # 96: the payload share of 100 Mbit/s of packets

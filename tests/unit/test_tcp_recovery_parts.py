@@ -56,7 +56,12 @@ def test_later_samples_use_gains_of_one_eighth_and_one_quarter() -> None:
 def test_rto_is_kept_between_floor_and_ceiling_and_at_least_one_tick_above_srtt() -> None:
     e = _est(rto_min=0.2)
     e.sample(0.001)
-    assert e.rto == 0.2
+    assert e.rto == pytest.approx(0.201)  # the floor is on the variation, above SRTT
+    e = _est(rto_min=0.2)
+    e.set_sampling(True, 1000)
+    for _ in range(200):  # a steady 100 ms path: RTTVAR decays towards nothing ...
+        e.sample(0.1, flight=100_000)
+    assert e.rto == pytest.approx(0.3, abs=0.002)  # ... and the timeout stays SRTT + floor
     e = _est(rto_max=2.0)
     e.sample(5.0)
     assert e.rto == 2.0
@@ -226,6 +231,48 @@ def test_scoreboard_holds_exactly_the_union_of_valid_blocks(blocks: list[tuple[i
             held.update(range(left, left + size))
     _assert_disjoint_sorted(sb.ranges)
     assert {b for r in sb.ranges for b in range(r[0], r[1])} == held
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(900, 2600), st.integers(1, 60)), max_size=60),
+    st.integers(1000, 1400),
+    st.lists(st.integers(990, 2510), min_size=1, max_size=8),
+)
+def test_scoreboard_answers_as_a_set_of_bytes_would(
+    blocks: list[tuple[int, int]], una2: int, probes: list[int]
+) -> None:
+    """Every query of the bisecting scoreboard against a plain set of SACKed bytes (the
+    reference model), with many small ranges (what a tail-dropping queue leaves) and a
+    trim in between."""
+    una, smax = 1000, 2500
+    sb = SackScoreboard()
+    held: set[int] = set()
+    for left, size in blocks:
+        sb.take([(left, left + size)], una, smax)
+        if una <= left and left + size <= smax:
+            held.update(range(left, left + size))
+    sb.trim(una2)
+    held = {b for b in held if b >= una2}
+    _assert_disjoint_sorted(sb.ranges)
+    assert sb.sacked == len(held)
+    top = max(held) + 1 if held else -1
+    for p in probes:
+        assert sb.holds(p) == (p in held)
+        hole = next((b for b in range(p, top) if b not in held), -1)
+        assert sb.next_hole(p) == hole
+        q = p
+        while q in held:
+            q += 1
+        assert sb.first_unsacked(p) == q
+        after = [b for b in held if b > p and b - 1 not in held]
+        assert sb.sacked_after(p) == (min(after) if after else -1)
+        assert sb.sacked_below(p) == len([b for b in held if b < p])
+        for lost_below in (-1, p):
+            high = top if not 0 <= lost_below < top else lost_below
+            s = max(p, una2)
+            lost = len([b for b in range(s, high) if b not in held]) if held else 0
+            assert sb.pipe(una2, smax, p, lost_below) == smax - una2 - len(held) - lost
 
 
 # ------------------------------------------------------------------------------ OutOfOrder

@@ -119,6 +119,34 @@ def test_get_lists_device_and_peers() -> None:
     assert b["last_handshake_time_sec"] == ["0"] and b["last_handshake_time_nsec"] == ["0"]
 
 
+def test_get_prints_ipv6_endpoints_as_wireguard_go_does() -> None:
+    dev = new_device()
+    dev.add_peer(public_key(generate_private_key()), endpoint=("2001:db8::1", 51820))
+    dev.add_peer(public_key(generate_private_key()), endpoint=("fe80::1%eth0", 7))
+    _, peers = parse_get(dev)
+    assert [p["endpoint"] for p in peers] == [["[2001:db8::1]:51820"], ["[fe80::1%eth0]:7"]]
+
+
+@pytest.mark.parametrize(
+    ("line", "stored"),
+    [
+        ("endpoint=[2001:db8::1]:51820", ("2001:db8::1", 51820)),
+        ("endpoint=[2001:DB8:0:0::1]:51820", ("2001:db8::1", 51820)),
+        ("endpoint=[::ffff:127.0.0.1]:51820", ("127.0.0.1", 51820)),  # the IPv4 it names
+        ("endpoint=[fe80::1%eth0]:51820", ("fe80::1%eth0", 51820)),
+    ],
+)
+def test_set_takes_ipv6_endpoints_as_wg_writes_them(line: str, stored: tuple[str, int]) -> None:
+    dev = new_device()
+    key = hexkey()
+    assert do_set(dev, f"public_key={key}", line) == 0
+    assert dev.peers[bytes.fromhex(key)].endpoint == stored
+    _, peers = parse_get(dev)
+    host, port = stored
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert peers[0]["endpoint"] == [shown]
+
+
 # ---------------------------------------------------------------------- set
 
 
@@ -219,8 +247,11 @@ def test_update_only_replace_peers_and_own_key() -> None:
         ("private_key=" + "00" * 32, errno.EINVAL),
         ("replace_peers=false", errno.EINVAL),
         ("tx_bytes=1", errno.EINVAL),
-        ("PEER endpoint=[::1]:51820", errno.EAFNOSUPPORT),
-        ("PEER endpoint=::1:51820", errno.EAFNOSUPPORT),
+        ("PEER endpoint=::1:51820", errno.EINVAL),  # IPv6 needs its brackets
+        ("PEER endpoint=[::1]", errno.EINVAL),
+        ("PEER endpoint=[::1]:0", errno.EINVAL),
+        ("PEER endpoint=[127.0.0.1]:51820", errno.EINVAL),
+        ("PEER endpoint=[2001:db8::1%eth0]:51820", errno.EINVAL),  # zone off link-local
         ("PEER endpoint=example.com:51820", errno.EINVAL),
         ("PEER endpoint=127.0.0.1", errno.EINVAL),
         ("PEER endpoint=127.0.0.1:0", errno.EINVAL),

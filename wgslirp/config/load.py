@@ -10,6 +10,7 @@ over file, ``WG_PEERS`` replacing the file's peers) and the checks that span set
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -19,7 +20,13 @@ from typing import Any, NamedTuple, get_args
 
 from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.config.fields import BY_ENV, CONFIG_FIELDS, NESTED, PEER_FIELDS, Field
-from wgslirp.config.schema import Config, ConfigError, PeerConfig, default_state_dir
+from wgslirp.config.schema import (
+    DEFAULT_LISTEN_ADDR,
+    Config,
+    ConfigError,
+    PeerConfig,
+    default_state_dir,
+)
 from wgslirp.config.values import (
     check_range,
     parse_allowed_ips,
@@ -34,7 +41,7 @@ from wgslirp.config.values import (
     parse_int,
     parse_ipv4,
     parse_ipv6,
-    parse_listen_ipv4,
+    parse_listen_addr,
     parse_pool,
     parse_public_endpoint,
     parse_unicast_ipv4,
@@ -48,9 +55,11 @@ from wgslirp.keys import decode_key, public_key
 __all__ = [
     "MAX_CONFIG_FILE",
     "changed_settings",
+    "listen_family",
     "load_config",
     "load_config_sourced",
     "parse_setting",
+    "resolve_host",
     "resolve_ipv4",
     "unknown_variables",
 ]
@@ -58,20 +67,50 @@ __all__ = [
 MAX_CONFIG_FILE = 4 << 20
 
 
-def resolve_ipv4(host: str) -> str:
-    """Resolve once at load time so a bad endpoint fails start-up, not the first handshake."""
+def resolve_host(
+    host: str,
+    family: int = socket.AF_UNSPEC,
+    *,
+    getaddrinfo: Callable[..., list[Any]] = socket.getaddrinfo,
+) -> str:
+    """Resolve once at load time so a bad endpoint fails start-up, not the first handshake.
+
+    `family` is what the WireGuard socket can reach (AF_INET, AF_INET6, or AF_UNSPEC for a
+    dual-stack one); a name with both A and AAAA records then takes the first answer in
+    the resolver's order (RFC 6724, /etc/gai.conf), as wg(8) does. AI_ADDRCONFIG leaves
+    out a family the host has no address of, so a dual-stack listener on a host without
+    IPv6 connectivity does not pick an AAAA record it could never reach."""
     try:
         return str(ipaddress.IPv4Address(host))
     except ValueError:
         pass
+    flags = socket.AI_ADDRCONFIG if family == socket.AF_UNSPEC else 0
     try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+        infos = getaddrinfo(host, None, family, socket.SOCK_DGRAM, 0, flags)
     except (OSError, UnicodeError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise ValueError(f"cannot resolve {host!r}: {reason}") from None
-    if not infos:
-        raise ValueError(f"{host!r} has no IPv4 address")
-    return str(infos[0][4][0])
+    for info in infos:
+        if info[0] in (socket.AF_INET, socket.AF_INET6):
+            addr = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                return str(addr.ipv4_mapped)
+            return str(addr)
+    kinds = "IPv4 " if family == socket.AF_INET else "IPv6 " if family == socket.AF_INET6 else ""
+    raise ValueError(f"{host!r} has no {kinds}address")
+
+
+def resolve_ipv4(host: str) -> str:
+    """An IPv4 address for `host` (what a router listening on IPv4 can reach)."""
+    return resolve_host(host, socket.AF_INET)
+
+
+def listen_family(listen_addr: str) -> int:
+    """Which peer addresses a WireGuard socket bound to `listen_addr` can reach:
+    AF_UNSPEC (both) for the dual-stack wildcard."""
+    if listen_addr == "::":
+        return socket.AF_UNSPEC
+    return socket.AF_INET6 if ":" in listen_addr else socket.AF_INET
 
 
 def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
@@ -108,8 +147,8 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return parse_pool(raw)
     if kind == "unicast_ipv4":
         return parse_unicast_ipv4(raw)
-    if kind == "listen_ipv4":
-        return parse_listen_ipv4(raw)
+    if kind == "listen_addr":
+        return parse_listen_addr(raw)
     if kind == "ifname":
         return parse_ifname(raw)
     if kind == "hostname":
@@ -127,7 +166,7 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
     if kind == "endpoint":
         host, port = parse_endpoint(raw)
         try:
-            return (str(ipaddress.IPv4Address(host)), port)
+            return (str(ipaddress.ip_address(host)), port)
         except ValueError:
             return (resolve(host), port)
     raise AssertionError(f"unhandled kind {kind}")
@@ -277,6 +316,25 @@ def load_config(
     return load_config_sourced(env, config_file, resolve=resolve, cpus=cpus)[0]
 
 
+def _check_endpoint_family(peer: PeerConfig, setting: str, listen_addr: str, family: int) -> None:
+    """A literal endpoint the WireGuard socket cannot send to fails start-up, naming it."""
+    if peer.endpoint is None or family == socket.AF_UNSPEC:
+        return
+    host, port = peer.endpoint
+    v6 = ":" in host
+    if v6 == (family == socket.AF_INET6):
+        return
+    label = _peer_label(setting)
+    where = label + (" Endpoint" if setting.endswith(" PublicKey") else "_ENDPOINT")
+    shown = f"[{host}]:{port}" if v6 else f"{host}:{port}"
+    raise ConfigError(
+        where,
+        f"{shown} is {'IPv6' if v6 else 'IPv4'}, but the WireGuard socket listens on "
+        f"{'IPv4' if v6 else 'IPv6'} only (WG_LISTEN_ADDR={listen_addr}; "
+        f"WG_LISTEN_ADDR=:: takes both)",
+    )
+
+
 def _peer_label(setting: str) -> str:
     """``WG_PEER_1_PUBLIC_KEY`` -> ``WG_PEER_1``; ``f [Peer 2] PublicKey`` -> ``f [Peer 2]``:
     how an error about a whole peer names where the user wrote it."""
@@ -290,7 +348,7 @@ def load_config_sourced(
     env: Mapping[str, str],
     config_file: str | None = None,
     *,
-    resolve: Callable[[str], str] = resolve_ipv4,
+    resolve: Callable[[str], str] | None = None,
     cpus: Callable[[], int] = usable_cpus,
 ) -> tuple[Config, tuple[str, ...]]:
     """Build the effective configuration; raise ConfigError on the first bad setting.
@@ -298,15 +356,26 @@ def load_config_sourced(
     Environment variables override the file's scalar settings; ``WG_PEERS``,
     when set, replaces the file's peer list as a whole because merging two
     peer lists by position would be guesswork. ``resolve`` maps a peer
-    endpoint's host name to an IPv4 address (raising ValueError when it cannot);
-    it is the only network access while loading, passed in so tests and tools
-    can load without DNS. ``cpus`` says how many CPUs the process may use, for
-    ``PROCESSOR_WORKERS`` when it is unset (a test passes its own).
+    endpoint's host name to an address (raising ValueError when it cannot); it is
+    the only network access while loading, passed in so tests and tools can load
+    without DNS. By default it is :func:`resolve_host` for the family the
+    WireGuard socket of ``WG_LISTEN_ADDR`` reaches. ``cpus`` says how many CPUs
+    the process may use, for ``PROCESSOR_WORKERS`` when it is unset (a test
+    passes its own).
 
     Also returns, for each of the Config's peers in order, where it was configured
     (``WG_PEER_1``, ``wg.conf [Peer 2]``), so a later check (the peers file's clashes)
     can name both sides.
     """
+    listen_src = _from_env(env, "WG_LISTEN_ADDR")
+    listen_addr: str = (
+        _parse(BY_ENV["WG_LISTEN_ADDR"], listen_src.raw, listen_src.setting, resolve_ipv4)
+        if listen_src is not None
+        else DEFAULT_LISTEN_ADDR
+    )
+    family = listen_family(listen_addr)
+    if resolve is None:
+        resolve = functools.partial(resolve_host, family=family)
     file_scalars: dict[str, _Source] = {}
     peers: list[tuple[PeerConfig, str]] = []
     if config_file is not None:
@@ -340,6 +409,7 @@ def load_config_sourced(
     endpoint = top.pop("public_endpoint", None)
     if endpoint is not None:
         host, port = endpoint
+        host = f"[{host}]" if ":" in host else host
         top["public_endpoint"] = f"{host}:{port or top.get('listen_port', 51820)}"
 
     seen: dict[bytes, str] = {}
@@ -350,6 +420,7 @@ def load_config_sourced(
         if peer.public_key == server_pub:
             raise ConfigError(setting, "is the router's own public key (from WG_PRIVATE_KEY)")
         seen[peer.public_key] = setting
+        _check_endpoint_family(peer, setting, listen_addr, family)
     top["peers"] = tuple(p for p, _ in peers)
 
     gw, dns = top.get("gateway_ip"), top.get("dns_ip")

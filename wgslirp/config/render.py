@@ -19,7 +19,7 @@ import msgspec
 
 from wgslirp.config.docs import render_markdown
 from wgslirp.config.fields import CONFIG_FIELDS, EXTRAS, PEER_FIELDS, Field
-from wgslirp.config.load import load_config_sourced, resolve_ipv4
+from wgslirp.config.load import load_config_sourced
 from wgslirp.config.schema import Config, ConfigError
 from wgslirp.config.values import format_duration
 from wgslirp.keys import encode_key, public_key
@@ -89,7 +89,7 @@ def _env_text(f: Field, value: Any) -> str:
     if isinstance(value, bytes):
         return encode_key(value)
     if f.kind in ("hostport", "endpoint"):
-        return f"{value[0]}:{value[1]}"
+        return f"[{value[0]}]:{value[1]}" if ":" in value[0] else f"{value[0]}:{value[1]}"
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
@@ -129,7 +129,7 @@ def check_config(
     env: Mapping[str, str],
     config_file: str | None,
     *,
-    resolve: Callable[[str], str] = resolve_ipv4,
+    resolve: Callable[[str], str] | None = None,
 ) -> int:
     """Print the effective configuration and return 0, or print the one-line error and
     return EXIT_CONFIG. ``wgslirp check-config`` and ``python -m wgslirp.config --check``

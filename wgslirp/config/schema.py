@@ -25,6 +25,7 @@ from wgslirp.config.cpus import auto_workers
 from wgslirp.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_LISTEN_ADDR",
     "GROUPS",
     "Config",
     "ConfigError",
@@ -65,6 +66,9 @@ def _doc(env: str, description: str, *, group: str, **extra: Any) -> Meta:
 
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
+# Both families on one socket, like wireguard-go and the kernel's WireGuard, which listen on
+# IPv4 and IPv6 alike; a host without IPv6 gets 0.0.0.0 (runtime/ingress.py:open_wg_socket).
+DEFAULT_LISTEN_ADDR = "::"
 Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Count = Annotated[int, Meta(ge=0, le=1_000_000)]
 
@@ -116,8 +120,10 @@ class PeerConfig(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, int] | None,
         _doc(
             "WG_PEER_<i>_ENDPOINT",
-            "Optional host:port of the peer; host names are resolved to IPv4 at start-up. "
-            "Roaming peers update it from their authenticated packets.",
+            "Optional host:port or [IPv6]:port of the peer. Host names are resolved at "
+            "start-up, to the family WG_LISTEN_ADDR listens on (either for `::`: the "
+            "resolver's first answer). Roaming peers update it from their authenticated "
+            "packets, between IPv4 and IPv6 too.",
             group="Peers",
             ini="Endpoint",
             kind="endpoint",
@@ -548,11 +554,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _doc(
             "WG_LISTEN_ADDR",
-            "IPv4 address the WireGuard UDP socket binds to.",
+            "Address the WireGuard UDP socket binds to, IPv4 or IPv6. `::` (the default) "
+            "takes IPv4 and IPv6 peers on one dual-stack socket, and falls back to 0.0.0.0 "
+            "on a host without IPv6; `0.0.0.0` takes IPv4 only; a specific address takes "
+            "that address's family only.",
             group="WireGuard",
-            kind="listen_ipv4",
+            kind="listen_addr",
         ),
-    ] = "0.0.0.0"
+    ] = DEFAULT_LISTEN_ADDR
     listen_port: Annotated[
         Port,
         _doc(
@@ -670,7 +679,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "WG_PUBLIC_ENDPOINT",
             "host[:port] clients should connect to, written into generated client configs "
-            "(the port defaults to WG_LISTEN_PORT). When unset, a local address is guessed.",
+            "(the port defaults to WG_LISTEN_PORT); an IPv6 address is written [addr]:port "
+            "(or bare, without a port). When unset, a local address is guessed.",
             group="Addresses and state",
             kind="public_endpoint",
         ),

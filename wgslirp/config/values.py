@@ -30,7 +30,7 @@ __all__ = [
     "parse_int",
     "parse_ipv4",
     "parse_ipv6",
-    "parse_listen_ipv4",
+    "parse_listen_addr",
     "parse_pool",
     "parse_public_endpoint",
     "parse_unicast_ipv4",
@@ -184,30 +184,17 @@ def parse_upstreams(raw: str) -> tuple[str, ...]:
         text = part.strip()
         if not text:
             continue
-        if text.startswith("[") or text.count(":") > 1:
-            addr, port = _split_ipv6_port(text)
+        host, port = _split_endpoint(text, need_port=False)
+        addr = _ip_literal(host)
+        if addr is None:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address")
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.scope_id:
+                raise ValueError(f"{text!r}: a resolver with a %zone is not supported")
             out.append(f"[{addr}]:{port or 53}")
         else:
-            host, port = _split_hostport(text, need_port=False)
-            out.append(f"{parse_ipv4(host)}:{port or 53}")
+            out.append(f"{addr}:{port or 53}")
     return tuple(out)
-
-
-def _split_ipv6_port(text: str) -> tuple[ipaddress.IPv6Address, int | None]:
-    port: int | None = None
-    if text.startswith("["):
-        addr_text, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not [IPv6 address]:port")
-        if rest:
-            if not rest[1:].isdigit():
-                raise ValueError(f"port {rest[1:]!r} is not a number")
-            port = int(rest[1:])
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} is out of range 1-65535")
-    else:
-        addr_text = text
-    return parse_ipv6(addr_text), port
 
 
 def split_upstream(text: str) -> tuple[str, int]:
@@ -321,17 +308,76 @@ def parse_url(raw: str) -> str:
     return raw
 
 
-def parse_listen_ipv4(raw: str) -> str:
-    """A bind address may be the wildcard 0.0.0.0, unlike a tunnel address, but not a group."""
-    addr = parse_ipv4(raw)
+def _ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address literal (an IPv4-mapped IPv6 address is the IPv4 address), or None."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_listen_addr(raw: str) -> str:
+    """A bind address: IPv4 or IPv6, the wildcards 0.0.0.0 and :: included, but not a group.
+    Brackets are allowed ([::1]) since that is how an IPv6 address is usually seen next to
+    a port; an IPv4-mapped address is the IPv4 address it names."""
+    text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    addr = _ip_literal(text)
+    if addr is None:
+        raise ValueError(f"{raw!r} is not an IPv4 or IPv6 address (e.g. 0.0.0.0, ::, ::1)")
     if addr.is_multicast:
         raise ValueError(f"{addr} is a multicast address")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.is_link_local and not addr.scope_id:
+            raise ValueError(f"{addr} is link-local: name the interface ({addr}%eth0)")
+        if addr.scope_id and not addr.is_link_local:
+            raise ValueError(f"{raw!r}: only a link-local address takes a %zone")
     return str(addr)
 
 
+def _split_endpoint(raw: str, *, need_port: bool) -> tuple[str, int | None]:
+    """host:port where host may also be a bracketed IPv6 address, [v6]:port as wg(8) and
+    wireguard-go write it; an IPv6 host comes back as its canonical text."""
+    if not raw.startswith("["):
+        if raw.count(":") > 1:
+            if not need_port and _ip_literal(raw) is not None:
+                return (str(_ip_literal(raw)), None)  # a bare IPv6 address, no port
+            raise ValueError(f"{raw!r}: an IPv6 address with a port is written [address]:port")
+        return _split_hostport(raw, need_port=need_port)
+    end = raw.find("]")
+    rest = raw[end + 1 :] if end >= 0 else ""
+    if end < 0 or (rest and not rest.startswith(":")):
+        raise ValueError(f"{raw!r} is not [IPv6 address]:port")
+    inner = raw[1:end]
+    addr = _ip_literal(inner) if ":" in inner else None
+    if addr is None:
+        raise ValueError(f"{raw!r}: {inner!r} in brackets is not an IPv6 address")
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id and not addr.is_link_local:
+        raise ValueError(f"{raw!r}: only a link-local address takes a %zone")
+    if not rest:
+        if need_port:
+            raise ValueError(f"{raw!r} has no port (expected [address]:port)")
+        return (str(addr), None)
+    _, port = _split_hostport("x" + rest, need_port=True)
+    return (str(addr), port)
+
+
+def _endpoint_host(host: str, raw: str) -> str:
+    addr = _ip_literal(host)
+    if addr is not None:
+        return str(addr)
+    if not _is_hostname(host):
+        raise ValueError(f"{raw!r}: {host!r} is neither an IP address nor a host name")
+    return host
+
+
 def parse_public_endpoint(raw: str) -> tuple[str, int | None]:
-    host, port = _split_hostport(raw, need_port=False)
-    return (_parse_host(host, raw), port)
+    """host[:port] for client configurations: a name, an IPv4 address, or an IPv6 address
+    (bare without a port, [v6]:port with one)."""
+    host, port = _split_endpoint(raw, need_port=False)
+    return (_endpoint_host(host, raw), port)
 
 
 def parse_hostport(raw: str) -> tuple[str, int]:
@@ -341,12 +387,13 @@ def parse_hostport(raw: str) -> tuple[str, int]:
 
 
 def parse_endpoint(raw: str) -> tuple[str, int]:
-    """A peer's host:port with the host as written: resolving a name is the caller's I/O."""
-    host, port = _split_hostport(raw, need_port=True)
+    """A peer's host:port or [IPv6]:port. An address comes back in canonical text (an
+    IPv4-mapped one as IPv4), a name as written: resolving it is the caller's I/O."""
+    host, port = _split_endpoint(raw, need_port=True)
     if not host:
         raise ValueError(f"{raw!r} has no host")
     assert port is not None
-    return (host, port)
+    return (_endpoint_host(host, raw), port)
 
 
 def check_range(

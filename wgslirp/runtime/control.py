@@ -35,7 +35,8 @@ class ListenError(Exception):
     def __init__(
         self, addr: str, port: int, reason: str, setting: str = "WG_LISTEN_ADDR/WG_LISTEN_PORT"
     ) -> None:
-        super().__init__(f"cannot listen on {addr}:{port}: {reason} ({setting})")
+        host = f"[{addr}]" if ":" in addr else addr
+        super().__init__(f"cannot listen on {host}:{port}: {reason} ({setting})")
         self.addr, self.port, self.reason, self.setting = addr, port, reason, setting
 
 

@@ -29,7 +29,7 @@ import msgspec
 from wgslirp.config import Config
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.runtime.control import ControlPlane, ListenError, status_line
-from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, open_wg_socket
+from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, local_endpoint, open_wg_socket
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.worker import (
     WORKER_COUNTERS,
@@ -559,7 +559,7 @@ def run(
             return run_inline(cfg, sock, icmp_mode, announce, reload, watch)
         set_process_name("wgslirp-main")
         sup = Supervisor(cfg, sock, icmp_mode, reload, watch)
-        announce(sock.getsockname())
+        announce(local_endpoint(sock))
         return sup.run()
     finally:
         sock.close()

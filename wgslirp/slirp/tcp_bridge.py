@@ -537,6 +537,7 @@ class TcpBridge:
         st.rto_expirations += ep.rto_expirations
         st.tlp_probes += ep.tlp_probes
         st.lost_retransmits += ep.lost_retransmits
+        st.spurious_undos += ep.spurious_undos
         if self.log is not None:
             self.log.remove(flow.slot)
         if flow.events:
@@ -620,6 +621,7 @@ class TcpBridgeStats(Counters):
     rto_expirations: int
     tlp_probes: int  # tail loss probes sent (RFC 8985 7): each one a timeout avoided or not needed
     lost_retransmits: int  # retransmissions found lost again and resent before the timeout
+    spurious_undos: int  # window reductions taken back: D-SACK or timestamps showed no loss
     malformed: int
     host_resets: int
     gated: int

@@ -11,7 +11,7 @@ NewReno and CUBIC differ only in how they grow outside recovery and how far they
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
     from wgslirp.slirp.tcp_rate import DeliveryRate
@@ -31,6 +31,7 @@ class CongestionControl:
     name = "newreno"
     beta = 0.5  # multiplicative decrease
     uses_rate = False  # whether the endpoint must feed delivery-rate samples (tcp_rate)
+    uses_prr = True  # SACK recovery sends by proportional rate reduction (tcp_prr)
 
     def __init__(self, mss: int, initial_window: int) -> None:
         self.mss = mss
@@ -141,6 +142,22 @@ class CongestionControl:
         """Only for controllers with `uses_rate`: an ACK delivered `acked` bytes; `valid`
         says `rs` holds a fresh sample; `inflight` is what is presumed in the network."""
 
+    # ------------------------------------------------------------------- undo
+
+    def undo_state(self) -> object:
+        """What `undo` needs to restore, taken just before a loss event reduces the window."""
+        return (self.cwnd, self.ssthresh)
+
+    def undo(self, state: object) -> None:
+        """The loss event whose `undo_state` this is turned out spurious (D-SACK, or an
+        ACK echoing an original's timestamp): take the window back. Like Linux, to at
+        least what it was, never below what it has grown to since."""
+        cwnd, ssthresh = cast("tuple[int, int]", state)
+        if cwnd > self.cwnd:
+            self.cwnd = cwnd
+        if ssthresh > self.ssthresh:
+            self.ssthresh = ssthresh
+
 
 class NewReno(CongestionControl):
     __slots__ = ()
@@ -153,6 +170,7 @@ class Off(CongestionControl):
     __slots__ = ()
 
     name = "off"
+    uses_prr = False
 
     def __init__(self, mss: int, initial_window: int) -> None:
         super().__init__(mss, UNLIMITED)
@@ -329,6 +347,16 @@ class Cubic(CongestionControl):
 
     def on_rto(self, flight: int, now: float) -> None:
         super().on_rto(flight, now)
+        self._cwnd_f = float(self.cwnd)
+
+    def undo_state(self) -> object:
+        return (self.cwnd, self.ssthresh, self._w_max, self._k, self._epoch, self._origin)
+
+    def undo(self, state: object) -> None:
+        """Also the cubic curve: a spurious reduction leaves no trace in later growth."""
+        saved = cast("tuple[int, int, float, float, float | None, float]", state)
+        cwnd, ssthresh, self._w_max, self._k, self._epoch, self._origin = saved
+        super().undo((cwnd, ssthresh))
         self._cwnd_f = float(self.cwnd)
 
 

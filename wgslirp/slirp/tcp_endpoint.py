@@ -53,6 +53,7 @@ from wgslirp.net import tcp
 from wgslirp.slirp import tcp_cc
 from wgslirp.slirp.bridge_context import Egress
 from wgslirp.slirp.tcp_buffers import SendBudget
+from wgslirp.slirp.tcp_prr import Prr
 from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp.slirp.tcp_recovery import (
     CLOCK_GRANULARITY,
@@ -207,6 +208,7 @@ class TcpEndpoint:
         "_pending_rst",
         "_persist_backoff",
         "_probes",
+        "_prr",
         "_rate",
         "_rate_s",
         "_rcv_adv_edge",
@@ -264,6 +266,11 @@ class TcpEndpoint:
         "_ts_ok",
         "_ts_recent",
         "_unacked",
+        "_undo",
+        "_undo_marker",
+        "_undo_retrans",
+        "_undo_ts",
+        "_undo_until",
         "_writer",
         "_wscale_ok",
         "bytes_in",
@@ -286,6 +293,7 @@ class TcpEndpoint:
         "reset",
         "retransmits",
         "rto_expirations",
+        "spurious_undos",
         "state",
         "timed_out",
         "tlp_probes",
@@ -386,6 +394,19 @@ class TcpEndpoint:
         self._in_recovery = False
         self._recovery_room = 0  # new data SACK recovery may send beyond SND.MAX
         self._recover = iss
+        # Proportional rate reduction (tcp_prr) for a loss-based controller's SACK
+        # recovery, made at the connection's first recovery (most never have one).
+        self._prr: Prr | None = None
+        # Undoing a reduction that was not needed (RFC 2883's D-SACK as Linux uses it,
+        # and the timestamp test of RFC 3522, Eifel): the controller's state before the
+        # episode, the segment where it began (-1: nothing to undo), how many segments it
+        # resent that the guest has not reported as duplicates, and our TSval when it
+        # began; an ACK echoing an older TSval at its end was sent for an original.
+        self._undo: object = None
+        self._undo_marker = -1
+        self._undo_retrans = 0
+        self._undo_ts = 0
+        self._undo_until = -1  # after recovery: late D-SACKs may still undo up to here
         # Starts of segments to retransmit, in order, and the same as a set: pacing can
         # hold thousands of them after a burst loss, so membership and popping must not
         # cost a scan (a list did: 81 % of a core at 3 Mbit/s, bench_wan 50ms+100mbit).
@@ -439,6 +460,7 @@ class TcpEndpoint:
         self.tlp_probes = 0
         self.lost_retransmits = 0
         self.rto_expirations = 0
+        self.spurious_undos = 0
         self.dup_acks = 0
         self.ooo_segments = 0
         self.bytes_in = 0
@@ -899,8 +921,24 @@ class TcpEndpoint:
             self._ack_now = True  # RFC 5961 5.2: too old to be believed
             return
         newly_sacked = False
+        mark = -1  # what the guest had reported holding before this ACK's SACK blocks
         if opts is not None and opts.sack and self._sack_ok:
-            newly_sacked = self._sack.take(opts.sack, una, self._snd_max)
+            mark = self._delivered_mark()
+            blocks = opts.sack
+            # RFC 2883: a first block below the cumulative ACK, or inside the second
+            # block, reports data received twice (a D-SACK).
+            left = unwrap(blocks[0][0], una)
+            right = unwrap(blocks[0][1], una)
+            if left < right and (
+                right <= ack
+                or (
+                    len(blocks) > 1
+                    and unwrap(blocks[1][0], una) <= left
+                    and right <= unwrap(blocks[1][1], una)
+                )
+            ):
+                self._on_dsack(left, right)
+            newly_sacked = self._sack.take(blocks, una, self._snd_max)
         scaled = wnd << self._snd_ws
         if ack > una:
             self._on_new_ack(ack, now, tsecr)
@@ -916,7 +954,7 @@ class TcpEndpoint:
                 or (plen == 0 and not fin and ack + scaled == self._snd_wl2 + self._snd_wnd)
             )
         ):
-            self._on_dup_ack(now)
+            self._on_dup_ack(now, mark)
         # The window is taken from a segment that is not older than the last one that set
         # it (RFC 9293's SND.WL1/WL2 test) or that acknowledges new data (as Linux does: a
         # guest that rolled SND.NXT back after a timeout sends ACKs with older sequence
@@ -1125,14 +1163,22 @@ class TcpEndpoint:
                 self._in_recovery = False
                 self._dupacks = 0
                 self.cc.on_recovery_end(self._snd_max - ack, now)
+                if self._undo_marker >= 0:
+                    if self._undo_retrans <= 0 or self._echoes_original(tsecr):
+                        self._do_undo()
+                    else:
+                        self._undo_until = self._snd_max  # late D-SACKs may still undo
                 # Holes above `recover` resent in this episode stay watched: a lost one is
                 # found by the next episode's first ACKs instead of by the timer.
                 kept = [e for e in self._rexmit_log if e[0] >= ack]
                 self._rexmit_log.clear()
                 if kept:
                     self._rexmit_log.extend(kept)
-            elif self._sacked:
-                self._sack_fill(now)  # RFC 6675: the SACK scoreboard says what to resend
+            elif self._sack_ok:
+                # RFC 6675: the SACK scoreboard says what to resend. With nothing SACKed
+                # above the new SND.UNA nothing is known lost: NewReno's rule that a
+                # partial ACK means the next hole is lost resent data merely overtaken.
+                self._sack_fill(now)
             else:
                 # RFC 6582 3.2 step 5: partial ACK, the next hole is lost too.
                 self.cc.on_partial_ack(max(data_acked, 0))
@@ -1144,9 +1190,20 @@ class TcpEndpoint:
                 self.cc.on_ack(data_acked, flight, now, rtt.srtt)
         if self.cc.cwnd > self._snd_grow_at:
             self._grow_send()
-        if self._rto_loss and ack >= self._recover:
-            self._rto_loss = False
-            self.cc.on_loss_recovered()
+        if self._rto_loss:
+            if self._undo_marker >= 0 and self._echoes_original(tsecr):
+                # RFC 3522 / 4015 (Eifel): the ACK was sent for data from before the
+                # timeout, so the timeout was spurious (a delay spike, not a loss): take
+                # the window back and stop going back N; any real hole is SACK's work.
+                self._rto_loss = False
+                self._do_undo()
+                if self._snd_nxt < self._snd_max:
+                    self._snd_nxt = self._snd_max
+            elif ack >= self._recover:
+                self._rto_loss = False
+                self.cc.on_loss_recovered()
+        elif self._undo_until >= 0 and ack > self._undo_until and not self._in_recovery:
+            self._undo_marker = self._undo_until = -1  # D-SACKs for it would have come
         if self._rate is not None:
             self._rate_ack(now)
         # RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
@@ -1168,7 +1225,7 @@ class TcpEndpoint:
             elif st is _LAST_ACK:
                 self._close()
 
-    def _on_dup_ack(self, now: float) -> None:
+    def _on_dup_ack(self, now: float, mark: int) -> None:
         self.dup_acks += 1
         if self._rate is not None and self._sacked:
             self._rate_ack(now)  # newly SACKed bytes were delivered too
@@ -1179,9 +1236,11 @@ class TcpEndpoint:
                 self.cc.on_dup_ack_in_recovery()  # NewReno: one segment left the network
             return
         self._dupacks += 1
-        self._maybe_fast_retransmit(now)
+        self._maybe_fast_retransmit(now, mark)
 
-    def _maybe_fast_retransmit(self, now: float) -> None:
+    def _maybe_fast_retransmit(self, now: float, mark: int = -1) -> None:
+        """`mark`: _delivered_mark() before the ACK at hand took its SACK blocks (-1: no
+        ACK at hand), so what that ACK delivered counts in PRR's first step."""
         if self._snd_una < self._recover:
             return  # RFC 6582 3.2 step 2: a second loss in the same window halves once
         if self._dupacks >= 3 or (self._sacked and self._sack_says_lost()):
@@ -1199,6 +1258,7 @@ class TcpEndpoint:
             flight = self._snd_max - self._snd_una
             self._in_recovery = True
             self._recover = self._snd_max
+            self._begin_undo(now)
             self.cc.on_fast_retransmit(flight, now)
             self.fast_retransmits += 1
             self._rtt.stop_timing()
@@ -1206,6 +1266,12 @@ class TcpEndpoint:
             self._queue_rexmit(self._snd_una)
             self._recovery_room = 0
             if self._sacked:
+                if self.cc.uses_prr:
+                    prr = self._prr
+                    if prr is None:
+                        prr = self._prr = Prr()
+                    prr.start(flight, mark if mark >= 0 else self._delivered_mark(), self._snd_una)
+                    prr.out = self._mss  # the retransmission just queued
                 self.cc.on_recovery_pipe(
                     self._sack.pipe(
                         self._snd_una, self._snd_max, self._snd_una, self._rack_lost_below(now)
@@ -1261,10 +1327,7 @@ class TcpEndpoint:
         it, which RACK (RFC 8985 6.2) then deems lost)."""
         if self._tlp_high >= 0:
             return True
-        sacked = 0
-        for left, right in self._sacked:
-            sacked += right - left
-        return sacked > 2 * self._mss
+        return self._sack.sacked > 2 * self._mss
 
     def _arm_tlp(self, now: float) -> None:
         """RFC 8985 7.2: a probe two round trips after the last ACK or send, if that is
@@ -1337,11 +1400,9 @@ class TcpEndpoint:
         rate = self._rate
         assert rate is not None
         una = self._snd_una
-        s = una
-        high = una
-        for left, right in self._sacked:
-            s += right - left
-            high = right
+        sacked = self._sacked
+        s = una + self._sack.sacked
+        high = sacked[-1][1] if sacked else una
         newly = s - self._rate_s
         self._rate_s = s
         if newly <= 0:
@@ -1369,7 +1430,13 @@ class TcpEndpoint:
         una = self._snd_una
         smax = self._snd_max
         lost_below = self._rack_lost_below(now)
-        room = self.cc.recovery_window() - sack.pipe(una, smax, self._rexmit_high, lost_below)
+        pipe = sack.pipe(una, smax, self._rexmit_high, lost_below)
+        prr = self._prr
+        if prr is not None and self.cc.uses_prr:
+            room = room0 = prr.quota(pipe, self.cc.ssthresh, self._delivered_mark(), una, self._mss)
+        else:
+            room = self.cc.recovery_window() - pipe
+            room0 = -1
         log = self._rexmit_log
         if log:
             # RACK (RFC 8985 6.2) for retransmissions: a resent hole is lost again once
@@ -1408,7 +1475,47 @@ class TcpEndpoint:
                 if uses_rate:
                     self.cc.on_lost(end - hole)
             s = end
+        if room0 >= 0:
+            prr.out += room0 - room  # type: ignore[union-attr]
         self._recovery_room = room if room > 0 else 0
+
+    def _begin_undo(self, now: float) -> None:
+        """A loss event is about to reduce the window: remember how to undo it."""
+        self._undo = self.cc.undo_state()
+        self._undo_marker = self._snd_una
+        self._undo_retrans = 0
+        self._undo_ts = self._ts_now(now)
+        self._undo_until = -1
+
+    def _echoes_original(self, tsecr: int) -> bool:
+        """Whether an ACK's echoed timestamp is older than the episode's first
+        retransmission: the guest answered an original segment (RFC 3522). TS.Recent
+        never moves backwards (RFC 7323), so once a retransmission filled the left edge
+        no later ACK can echo an older value."""
+        if not (tsecr and self._ts_ok):
+            return False
+        d = (self._undo_ts - tsecr) & MASK
+        return 0 < d < _HALF
+
+    def _do_undo(self) -> None:
+        self.cc.undo(self._undo)
+        self._undo = None
+        self._undo_marker = self._undo_until = -1
+        self.spurious_undos += 1
+
+    def _on_dsack(self, left: int, right: int) -> None:
+        """The guest got [left, right) twice: if we resent it in the episode that can
+        still be undone, that resend was not needed (RFC 2883, as Linux counts it)."""
+        if self._undo_marker < 0 or left < self._undo_marker or self._undo_retrans <= 0:
+            return
+        self._undo_retrans -= -(-(right - left) // self._mss)
+        if self._undo_retrans <= 0 and not self._in_recovery and not self._rto_loss:
+            self._do_undo()  # every resend was a duplicate, and the episode is over
+
+    def _delivered_mark(self) -> int:
+        """SND.UNA plus the bytes SACKed above it: what the guest reported receiving, so
+        the difference between two ACKs is what the later one delivered."""
+        return self._snd_una + self._sack.sacked
 
     def _queue_rexmit(self, seq: int) -> bool:
         """Queue the segment at `seq` for retransmission; False if it already is."""
@@ -1588,6 +1695,7 @@ class TcpEndpoint:
             rset.discard(seq)
             sent = True
             self.retransmits += 1
+            self._undo_retrans += 1
             self._pace_at += n * per_byte
             if self._in_recovery:  # (a tail loss probe is not recovery's progress)
                 if self._sacked and len(self._rexmit_log) < MAX_REXMIT_LOG:
@@ -1659,6 +1767,7 @@ class TcpEndpoint:
             self._pace_at += n * per_byte
             if nxt < smax:
                 self.retransmits += 1
+                self._undo_retrans += 1
             else:
                 self.bytes_out += n
                 if rtt.timed_end < 0:
@@ -1684,6 +1793,14 @@ class TcpEndpoint:
                     self._t_retry = now + EGRESS_RETRY
         self._snd_nxt = nxt
         if smax > self._snd_max:
+            if self._in_recovery and sranges:
+                # New data sent in recovery spends the room _sack_fill granted (a second
+                # flush before the next ACK, for pacing, must not be granted it again).
+                grown = smax - self._snd_max
+                room = self._recovery_room - grown
+                self._recovery_room = room if room > 0 else 0
+                if self._prr is not None:
+                    self._prr.out += grown
             if self._rate is not None:
                 self._rate.on_send(smax, now, self._snd_max == una)
             if self._sack_ok:
@@ -1844,6 +1961,8 @@ class TcpEndpoint:
         self._retries += 1
         self.rto_expirations += 1
         flight = self._snd_max - self._snd_una
+        if not (self._in_recovery or self._rto_loss) or self._undo_marker < 0:
+            self._begin_undo(now)  # (a timeout within an episode keeps its start)
         self.cc.on_rto(flight, now)
         self._rto_loss = True
         if self._rate is not None:

@@ -24,7 +24,7 @@ from wgslirp.wireguard import crypto, noise
 from wgslirp.wireguard.allowedips import AllowedIPs
 from wgslirp.wireguard.cookie import CookieChecker
 from wgslirp.wireguard.keypair import Keypair
-from wgslirp.wireguard.load import HandshakeGuard
+from wgslirp.wireguard.load import HandshakeGuard, source_key
 from wgslirp.wireguard.messages import (
     INIT_MAC1,
     INIT_MAC2,
@@ -276,7 +276,7 @@ class Device:
                 return True
             self.stats.mac1_invalid += 1
             return False
-        ip = addr[0]
+        ip = source_key(addr[0])
         has_mac2 = data[mac2_off : mac2_off + 16] != _ZEROS
         if not has_mac2 and guard.spent(ip, now):
             self.stats.handshake_shed += 1

@@ -18,10 +18,21 @@ token bucket; the per-source table is bounded.
 Budgets, measured against the ~0.2 ms responder handshake: fresh admissions 100/s in total
 (2 % of a core), cookie replies 2000/s in total (~3 %), DH for cookie holders 20/s per source
 (wireguard-go's limit).
+
+A "source" is an IPv4 address or an IPv6 /64 (`source_key`). One IPv6 host is normally given
+a whole /64 (SLAAC, RFC 7421), so budgets per IPv6 address would hand a flooder 2^64 of
+them, each bucket full, and let it churn the bounded source table out of the entries of the
+peers it competes with. Linux's WireGuard (ratelimiter.c) and wireguard-nt key their
+ratelimiter by the /64 for the same reason; wireguard-go keys by the full address. The
+cost is that hosts sharing one /64 share one budget, as hosts behind one IPv4 NAT already
+do; the global budgets and cookies (which stay bound to the full address and port) are
+unchanged. An IPv4 peer on a dual-stack socket is keyed by its IPv4 address: the socket
+shell hands the device canonical endpoints (wireguard/endpoint.py).
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Final
 
 DEFAULT_UNDER_LOAD_RATE: Final = 500
@@ -38,6 +49,19 @@ FRESH_TOTAL: Final = (100.0, 100.0)
 COOKIE_TOTAL: Final = (2000.0, 500.0)
 
 _FRESH, _COOKIE, _DH, _TIME = 0, 1, 2, 3
+
+Source = str | bytes
+
+
+def source_key(ip: str) -> Source:
+    """The unit budgets are kept per: an IPv4 address as it is, an IPv6 address as the
+    8 bytes of its /64 (a zone does not make another source)."""
+    if ":" not in ip:
+        return ip
+    try:
+        return socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])[:8]
+    except OSError:  # not an address (never from a socket): its own source
+        return ip
 
 
 class Bucket:
@@ -64,7 +88,8 @@ class Bucket:
 
 
 class HandshakeGuard:
-    """Sans-I/O: fed a source address and time, answers what a message may cost."""
+    """Sans-I/O: fed a source (`source_key` of the sender's address) and time, answers
+    what a message may cost."""
 
     def __init__(
         self,
@@ -80,7 +105,7 @@ class HandshakeGuard:
         self.fresh, self.cookie, self.dh = fresh, cookie, dh
         self.fresh_total = Bucket(*fresh_total)
         self.cookie_total = Bucket(*cookie_total)
-        self._sources: dict[str, list[float]] = {}
+        self._sources: dict[Source, list[float]] = {}
         self._window = float("-inf")
         self._count = 0
         self._until = float("-inf")
@@ -96,7 +121,7 @@ class HandshakeGuard:
             self._until = now + 1.0
         return now < self._until
 
-    def spent(self, ip: str, now: float) -> bool:
+    def spent(self, ip: Source, now: float) -> bool:
         """The cheap first check: `ip` can be neither admitted fresh nor sent a cookie, so
         a message of its without a cookie is dropped before any hashing."""
         s = self._sources.get(ip)
@@ -112,7 +137,7 @@ class HandshakeGuard:
             cookie >= 1.0 and self.cookie[1] >= 1.0 and self.cookie_total.available(now) >= 1.0
         )
 
-    def admit_fresh(self, ip: str, now: float) -> bool:
+    def admit_fresh(self, ip: Source, now: float) -> bool:
         """A message without a cookie from a source that is not flooding: handled at once."""
         if self.fresh_total.available(now) < 1.0:
             return False
@@ -120,18 +145,18 @@ class HandshakeGuard:
             return False
         return self.fresh_total.take(now)
 
-    def allow_cookie(self, ip: str, now: float) -> bool:
+    def allow_cookie(self, ip: Source, now: float) -> bool:
         if self.cookie_total.available(now) < 1.0:
             return False
         if not self._take(ip, _COOKIE, self.cookie, now):
             return False
         return self.cookie_total.take(now)
 
-    def allow_dh(self, ip: str, now: float) -> bool:
+    def allow_dh(self, ip: Source, now: float) -> bool:
         """A cookie holder may still not make us do DH at line rate (wireguard-go's limit)."""
         return self._take(ip, _DH, self.dh, now)
 
-    def _take(self, ip: str, which: int, rb: tuple[float, float], now: float) -> bool:
+    def _take(self, ip: Source, which: int, rb: tuple[float, float], now: float) -> bool:
         s = self._sources.get(ip)
         if s is None:
             if len(self._sources) >= SOURCE_TABLE_MAX:

@@ -21,7 +21,9 @@ Where wgslirp differs from wireguard-go, and why:
   with the output of `wg showconf` works); another port fails with EOPNOTSUPP. `fwmark` is not
   supported: 0 is accepted, anything else fails with EOPNOTSUPP.
 * IPv6 allowed IPs are accepted, except prefixes inside ::/96 (EINVAL), as in the
-  configuration. IPv6 endpoints fail with EAFNOSUPPORT.
+  configuration. Endpoints may be IPv4 or IPv6 (`[addr]:port`, as wg(8) writes them); an
+  IPv4-mapped IPv6 endpoint is stored as the IPv4 address it names, which is how the router
+  reports it afterwards.
 * A private key of all zeros ("no key") fails with EINVAL: the router always has an identity.
 * Changes live in the ingress process only; they are not written back to the configuration,
   so a restart of the router (or of a crashed ingress) starts from the configuration again.
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 from wgslirp.net.prefix import format_cidr, parse_prefix
 from wgslirp.wireguard.device import Device
+from wgslirp.wireguard.endpoint import format_endpoint, parse_endpoint
 from wgslirp.wireguard.peer import Addr
 from wgslirp.wireguard.peerset import PeerChange, PeerSetError, SetRequest, apply_set
 
@@ -133,7 +136,7 @@ def get(device: Device, listen_port: int) -> str:
         out.append(f"preshared_key={peer.handshake.psk.hex()}")
         out.append("protocol_version=1")
         if peer.endpoint is not None:
-            out.append(f"endpoint={peer.endpoint[0]}:{peer.endpoint[1]}")
+            out.append(f"endpoint={format_endpoint(peer.endpoint)}")
         out.append(f"last_handshake_time_sec={sec}")
         out.append(f"last_handshake_time_nsec={nsec}")
         out.append(f"tx_bytes={peer.tx_bytes}")
@@ -247,19 +250,10 @@ def _true(value: str, name: str) -> None:
 
 
 def _endpoint(value: str) -> Addr:
-    if value.startswith("["):
-        raise UapiError(errno.EAFNOSUPPORT, "IPv6 endpoints are not supported")
-    host, _, port = value.rpartition(":")
     try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise UapiError(errno.EINVAL, f"endpoint must be IPv4:port, got {value!r}") from None
-    if addr.version != 4:
-        raise UapiError(errno.EAFNOSUPPORT, "IPv6 endpoints are not supported")
-    p = _uint(port, 0xFFFF, "endpoint port")
-    if p == 0:
-        raise UapiError(errno.EINVAL, "endpoint port 0")
-    return (str(addr), p)
+        return parse_endpoint(value)
+    except ValueError as exc:
+        raise UapiError(errno.EINVAL, f"endpoint: {exc}") from None
 
 
 def _cidr(value: str) -> str:
