@@ -75,6 +75,14 @@ def packet_flow_key6(packet: bytes | bytearray | memoryview, length: int) -> Flo
     chain = ipv6.Chain()
     if not ipv6.walk(packet, length, chain):
         return (src, dst, packet[6], 0, 0)
+    return chain_flow_key6(packet, length, chain, src, dst)
+
+
+def chain_flow_key6(
+    packet: bytes | bytearray | memoryview, length: int, chain: ipv6.Chain, src: int, dst: int
+) -> FlowKey:
+    """The key of an IPv6 packet whose chain the caller walked already (the forwarder
+    does, once per packet; walking it again here would double that cost)."""
     proto, off, end = chain.proto, chain.offset, chain.end
     if chain.frag >= 0:
         return (src, dst, proto, 0, 0)
