@@ -225,7 +225,7 @@ def http_server(directory: Path, bind: str, ns: Namespace | None = None) -> Iter
             ss = (ns.run(["ss", "-Htln"]) if ns else subprocess.run(
                 ["ss", "-Htln"], capture_output=True, text=True, timeout=5
             )).stdout  # fmt: skip
-            if f"]:{port} " in ss:
+            if f"{bind}]:{port} " in ss or f"{bind}:{port} " in ss:
                 break
             time.sleep(0.1)
         else:
@@ -310,3 +310,57 @@ def test_two_guests_ping6_each_other_through_the_overlay(tmp_path: Path) -> None
         counters = stop_and_counters(r)
         assert guard.count() == 0
     assert counters["overlay_forwarded"] >= 30  # requests and replies, both ways
+
+
+@contextlib.contextmanager
+def far_host4() -> Iterator[tuple[Namespace, str]]:
+    """A namespace on a veth with an IPv4 /30 unique to this process (as the IPv4 far-host
+    tests build it): (namespace, the far host's address)."""
+    pid = os.getpid()
+    net = 10 << 24 | 202 << 16 | (pid % 64) << 8 | (pid // 64 % 60) * 4
+    a = lambda k: f"{net >> 24}.{(net >> 16) & 255}.{(net >> 8) & 255}.{(net & 255) + k}"  # noqa: E731
+    veth = unique_name("i")
+    with Namespace() as host:
+        host.run(["true"])
+        subprocess.run(
+            ["ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p"], check=True
+        )
+        try:
+            subprocess.run(["ip", "link", "set", veth + "p", "netns", host.name], check=True)
+            subprocess.run(["ip", "addr", "add", f"{a(1)}/30", "dev", veth], check=True)
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+            host.ip("addr", "add", f"{a(2)}/30", "dev", veth + "p")
+            host.ip("link", "set", veth + "p", "up")
+            yield host, a(2)
+        finally:
+            subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
+
+
+def test_nat64_lets_an_ipv6_guest_reach_an_ipv4_host(tmp_path: Path) -> None:
+    """EGRESS_NAT64: ping -6 and curl -6 to 64:ff9b::a.b.c.d reach an IPv4-only far host;
+    64:ff9b::127.0.0.1 is judged as 127.0.0.1 and refused (guarded)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    payload = os.urandom(4 * MB)
+    (www / "blob").write_bytes(payload)
+    port = free_udp_port()
+    with (
+        far_host4() as (host, far4),
+        http_server(www, far4, host) as far_port,
+        UdpSink() as sink4,
+        NftGuard("127.0.0.1", port=sink4.port, proto="udp") as g_lo,
+        router(base_env(tmp_path, port) | {"EGRESS_NAT64": "1"}) as r,
+        client_from_router_output(
+            r, port, allowed_ips=("10.77.0.0/24", "fd77::/64", "64:ff9b::/96")
+        ) as c,
+    ):
+        nat = f"64:ff9b::{far4}"
+        assert c.ping(nat, count=5, interval=0.05) == (5, 5), c.last_ping_output
+        url = f"http://[{nat}]:{far_port}/blob"
+        out = c.run(["sh", "-c", f"curl -6 -sS --fail --max-time 60 {url} | sha256sum"]).stdout
+        assert out.split()[0] == hashlib.sha256(payload).hexdigest(), out
+        res = guest(c, "udp_error", "64:ff9b::127.0.0.1", sink4.port)
+        assert res["error"] not in (None, "timeout"), res
+        counters = stop_and_counters(r)
+        assert g_lo.count() == 0 and sink4.received == 0
+    assert counters["policy_denied"] >= 1

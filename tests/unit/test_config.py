@@ -162,6 +162,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "WG_GATEWAY_IP6": ("FD09::1", "gateway_ip6", "fd09::1"),
     "WG_GATEWAY_HOST_IP6": ("0:0::2", "gateway_host_ip6", "::2"),
     "WG_DNS_IP6": ("fd09::53", "dns_ip6", "fd09::53"),
+    "EGRESS_NAT64": ("yes", "egress.nat64", True),
     "WG_DNS_UPSTREAM": (
         "127.0.0.1, 127.0.0.2:5353",
         "dns_upstream",

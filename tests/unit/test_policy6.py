@@ -173,3 +173,13 @@ def test_egress_lists_take_ipv6_cidrs() -> None:
     assert EgressPolicy(deny_cidrs=("::/0",)).decide(
         PROTO_TCP, addr_to_int("8.8.8.8"), 80
     ).verdict is (Verdict.ALLOW)
+
+
+def test_nat64_when_enabled_reaches_the_embedded_ipv4_address_judged_as_ipv4() -> None:
+    pol = EgressPolicy(nat64=True, local_addresses=frozenset({"192.0.2.10"}))
+    d = pol.decide(PROTO_TCP, a6("64:ff9b::8.8.8.8"), 53, v6=True)
+    assert (d.verdict, d.host, d.port, d.v6) == (Verdict.ALLOW, addr_to_int("8.8.8.8"), 53, False)
+    for v4 in ("127.0.0.1", "169.254.169.254", "192.0.2.10", "224.0.0.1"):
+        assert denied(pol, f"64:ff9b::{v4}"), v4
+    assert denied(pol, "64:ff9b:1::808:808")  # only the well-known prefix is translated
+    assert denied(EgressPolicy(nat64=True, deny_cidrs=("8.8.8.0/24",)), "64:ff9b::8.8.8.8")

@@ -219,8 +219,9 @@ its IPv6 traffic around the tunnel, while one whose IPv6 traffic meets a host
 without IPv6 gets a quick ICMPv6 unreachable from the router and falls back to
 IPv4. A generated config for any peer lists `::/0` when that peer has an IPv6
 tunnel address. Guests reach IPv4-only destinations through their IPv4
-address; an IPv6-only guest reaches IPv6 destinations only (the router does no
-NAT64, and `64:ff9b::/96` is denied).
+address; an IPv6-only guest reaches IPv6 destinations only, unless
+`EGRESS_NAT64` is on: then `64:ff9b::a.b.c.d` reaches `a.b.c.d` through an IPv4
+host socket (judged by the IPv4 policy; there is no DNS64).
 
 ## Differences from the Go original
 

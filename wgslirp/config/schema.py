@@ -506,8 +506,8 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
             "Comma-separated IPv4/IPv6 CIDRs guests may reach even though the default policy "
             "denies them (loopback, 0.0.0.0/8, link-local, multicast, broadcast, and the "
             "host's own addresses; those only by an entry narrower than 0.0.0.0/0 or ::/0). "
-            "IPv6 destinations inside ::/96, SIIT and NAT64 prefixes stay denied; an "
-            "IPv4-mapped ::ffff:a.b.c.d is judged as a.b.c.d.",
+            "IPv6 destinations inside ::/96, SIIT and NAT64 prefixes stay denied (for NAT64 "
+            "see EGRESS_NAT64); an IPv4-mapped ::ffff:a.b.c.d is judged as a.b.c.d.",
             group="Egress policy",
         ),
     ] = ()
@@ -519,6 +519,18 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="Egress policy",
         ),
     ] = ()
+    nat64: Annotated[
+        bool,
+        _doc(
+            "EGRESS_NAT64",
+            "Stateless NAT64 for guests: IPv6 traffic to 64:ff9b::a.b.c.d (the RFC 6052 "
+            "well-known prefix) leaves through IPv4 host sockets to a.b.c.d, judged by the "
+            "IPv4 policy, and its replies come back as IPv6, so IPv6-only guests reach IPv4 "
+            "destinations. There is no DNS64: guests use literal addresses or a resolver that "
+            "synthesizes AAAA records. Off: the prefix is denied.",
+            group="Egress policy",
+        ),
+    ] = False
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:

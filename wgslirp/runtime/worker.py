@@ -73,6 +73,7 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway6=cfg.gateway_ip6,
         gateway_host6=cfg.gateway_host_ip6,
         dns6=cfg.dns_ip6,
+        nat64=cfg.egress.nat64,
         dns_upstream=tuple(upstream),
         own_sockets=frozenset(
             {(PROTO_UDP, cfg.listen_port)}

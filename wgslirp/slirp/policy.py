@@ -51,6 +51,7 @@ DEFAULT_DENY6: tuple[str, ...] = (
 )
 
 _M32 = 0xFFFFFFFF
+_NAT64_WKP = 0x0064FF9B << 64  # 64:ff9b::/96, shifted right by 32
 
 
 def parse_address(text: str) -> tuple[int, bool]:
@@ -93,6 +94,8 @@ class EgressPolicy:
     gateway6: str | None = None
     gateway_host6: str = "::1"
     dns6: str | None = None
+    # EGRESS_NAT64: 64:ff9b::a.b.c.d is reached as a.b.c.d (judged and connected as IPv4)
+    nat64: bool = False
     # Called before each decision so `local_addresses` is as the host's are at that moment
     # (the worker drains its address notifications here; see runtime/host_addresses.py).
     refresh: Callable[[], None] | None = None
@@ -162,8 +165,11 @@ class EgressPolicy:
         if self._gateway6 is not None and dst == self._gateway6:
             return self._gateway_decision(proto, dst, dport, self._gateway_host6, v6=True)
         mapped = ipv6.v4_mapped(dst)
+        if mapped is None and self.nat64 and dst >> 32 == _NAT64_WKP:
+            mapped = dst & _M32  # RFC 6052: the IPv4 address in the prefix's last 32 bits
         if mapped is not None:
-            # A dual-stack socket sends this to the IPv4 address: judge it as that one.
+            # A dual-stack socket sends this to the IPv4 address (and NAT64 translates it
+            # to it): judge it as that one.
             d = self._decide4(proto, mapped, dport)
             if d.verdict is Verdict.DENY:
                 return Decision(Verdict.DENY, dst, dport, f"IPv4-mapped: {d.reason}", True)
