@@ -272,7 +272,8 @@ class IcmpBridge:
             flow = self._by_host_id.get(host_id)
             if flow is None or not flow.host_v6:
                 continue
-            if ipv6.addr_to_int(src_addr[0].split("%", 1)[0]) != flow.remote:
+            src = socket.inet_pton(socket.AF_INET6, src_addr[0].split("%", 1)[0])
+            if int.from_bytes(src, "big") != flow.remote:
                 continue
             self._reply(flow, memoryview(buf)[:n], now)
 

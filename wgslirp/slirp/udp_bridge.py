@@ -155,12 +155,11 @@ class UdpBridge:
     # ------------------------------------------------------------- host -> guest
 
     def on_readable(self, flow: UdpFlow, now: float, _mask: int = 0) -> None:
-        if flow.v6:
-            self._readable6(flow, now)
-            return
         ctx = self.ctx
         egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
-        room = mtu - udp.PAYLOAD_OFFSET
+        v6 = flow.v6
+        off = udp.PAYLOAD_OFFSET6 if v6 else udp.PAYLOAD_OFFSET  # 48 or 28 header bytes
+        room = mtu - off
         overflow = memoryview(ctx.scratch2)
         sock = flow.sock
         for _ in range(RECV_BATCH):
@@ -169,61 +168,6 @@ class UdpBridge:
                 # Tail drop, as any router queue does. Leaving the datagram in the socket
                 # would keep it readable, and the level-triggered loop would spin on it
                 # until ingress drained the ring, starving everything else on this core.
-                stats.egress_full += 1
-                with contextlib.suppress(OSError):
-                    sock.recv_into(overflow)
-                return
-            try:
-                nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET : mtu], overflow])[0]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._drain_errqueue(flow)
-                continue
-            flow.last_active = now
-            stats.udp_rx_packets += 1
-            stats.udp_rx_bytes += nbytes
-            if nbytes <= room:
-                k = udp.build_in_place(
-                    slot,
-                    flow.src_alias,
-                    flow.guest,
-                    flow.aport,
-                    flow.gport,
-                    nbytes,
-                    ctx.ttl,
-                    flow.tos,
-                    ctx.next_ident(),
-                )
-                egress.commit(k, flow.peer)
-            else:  # larger than the tunnel MTU: assemble, then fragment
-                big = memoryview(ctx.scratch)
-                big[udp.PAYLOAD_OFFSET : mtu] = slot[udp.PAYLOAD_OFFSET : mtu]
-                big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
-                k = udp.build_in_place(
-                    big,
-                    flow.src_alias,
-                    flow.guest,
-                    flow.aport,
-                    flow.gport,
-                    nbytes,
-                    ctx.ttl,
-                    flow.tos,
-                    ctx.next_ident(),
-                )
-                ctx.emit(big, k, flow.peer)
-
-    def _readable6(self, flow: UdpFlow, now: float) -> None:
-        """`on_readable` for an IPv6 guest: the same loop with the 48-byte headers."""
-        ctx = self.ctx
-        egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
-        off = udp.PAYLOAD_OFFSET6
-        room = mtu - off
-        overflow = memoryview(ctx.scratch2)
-        sock = flow.sock
-        for _ in range(RECV_BATCH):
-            slot = egress.reserve()
-            if slot is None:
                 stats.egress_full += 1
                 with contextlib.suppress(OSError):
                     sock.recv_into(overflow)
@@ -238,21 +182,25 @@ class UdpBridge:
             flow.last_active = now
             stats.udp_rx_packets += 1
             stats.udp_rx_bytes += nbytes
-            if nbytes <= room:
+            out = slot
+            if nbytes > room:  # larger than the tunnel MTU: assemble, then fragment
+                out = memoryview(ctx.scratch)
+                out[off:mtu] = slot[off:mtu]
+                out[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
+            if v6:
                 k = udp.build_in_place6(
-                    slot, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
+                    out, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
                     ctx.ttl, flow.tos,
                 )  # fmt: skip
+            else:
+                k = udp.build_in_place(
+                    out, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
+                    ctx.ttl, flow.tos, ctx.next_ident(),
+                )  # fmt: skip
+            if out is slot:
                 egress.commit(k, flow.peer)
-            else:  # larger than the tunnel MTU: assemble, then fragment (we are the source)
-                big = memoryview(ctx.scratch)
-                big[off:mtu] = slot[off:mtu]
-                big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
-                k = udp.build_in_place6(
-                    big, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
-                    ctx.ttl, flow.tos,
-                )  # fmt: skip
-                ctx.emit(big, k, flow.peer)
+            else:
+                ctx.emit(out, k, flow.peer)
 
     def _drain_errqueue(self, flow: UdpFlow) -> None:
         """Turn ICMP errors the kernel queued for this flow into ICMP errors to the guest."""
