@@ -255,3 +255,14 @@ def test_multicast_is_dropped_and_counted_apart() -> None:
     mld = packet(ipv6.NH_UDP, udp_body(1, 2, b"", 0, A6("ff02::16")), src=0, dst=A6("ff02::16"))
     assert route(f, alice, mld) == DROP
     assert f.stats.ipv6_multicast_dropped == 1 and f.stats.ipv6_v4_compatible_dropped == 0
+
+
+def test_icmpv6_errors_are_rate_limited_on_the_injected_clock() -> None:
+    f = forwarder()
+    big = udp6(REMOTE, bytes(MTU))
+    verdicts = [route(f, alice, big, 100.0) for _ in range(250)]
+    assert verdicts.count(REPLY) == 200 and verdicts.count(DROP) == 50
+    assert f.stats.ipv6_errors_rate_limited == 50 and f.stats.ipv6_too_big == 250
+    # 10 ms later the bucket holds 10 tokens again
+    later = [route(f, alice, big, 100.01) for _ in range(20)]
+    assert later.count(REPLY) == 10

@@ -45,6 +45,11 @@ _DST = struct.Struct(">I")
 _FRAG = struct.Struct(">H")
 _MF_OR_OFFSET: Final = 0x3FFF
 _MAX_PACKET: Final = 0xFFFF + 64
+# RFC 4443 2.4 (f): ICMPv6 errors are rate limited. A token bucket as the bridges' (1,000 a
+# second, bursts of 200): a guest with a wrong MTU blasting big packets gets enough Packet
+# Too Big to learn, not one per packet.
+ERROR_RATE: Final = 1000.0
+ERROR_BURST: Final = 200.0
 
 
 class ForwardStats(Counters):
@@ -58,6 +63,7 @@ class ForwardStats(Counters):
     ipv6_v4_compatible_dropped: int
     ipv6_udp_zero_checksum: int
     ipv6_too_big: int
+    ipv6_errors_rate_limited: int
 
 
 class Forwarder(Generic[P]):
@@ -101,6 +107,8 @@ class Forwarder(Generic[P]):
         self._gateway6 = ipv6.addr_to_int(gateway6) if gateway6 else None
         self._chain = ipv6.Chain()
         self._frag_ident = 0
+        self._err_tokens = ERROR_BURST
+        self._err_time = float("-inf")
         self.overlay = overlay
         self._excluded: PrefixTable[bool] = PrefixTable()
         for cidr in overlay_exclude:
@@ -211,7 +219,7 @@ class Forwarder(Generic[P]):
             stats.ipv6_v4_compatible_dropped += 1
             return DROP
         if chain.end > self.mtu:
-            return self._too_big(pkt, n, dst)
+            return self._too_big(pkt, n, dst, now)
         own = dst in self._own6
         if own and chain.proto == ipv6.NH_ICMPV6:
             return self._answer_echo6(pkt, chain.end, chain.frag >= 0, now)
@@ -228,9 +236,15 @@ class Forwarder(Generic[P]):
             return OVERLAY
         if pkt[7] <= 1 and not own:
             stats.ttl_expired += 1
-            return self._error6(
-                icmpv6.time_exceeded_into, pkt, n, icmpv6.HOP_LIMIT_EXCEEDED, self._gateway6
+            if self._gateway6 is None or not self._error_allowed(now):
+                return DROP  # no address of ours to answer from, or over the error rate
+            k = icmpv6.time_exceeded_into(
+                self._reply, pkt, n, icmpv6.HOP_LIMIT_EXCEEDED, self._gateway6, self.ttl
             )
+            if not k:
+                return DROP
+            self.replies = [memoryview(self._reply)[:k]]
+            return REPLY
         if chain.frag >= 0:
             whole = self.reassembler.feed(pkt, n, now)
             if whole is None:
@@ -260,8 +274,10 @@ class Forwarder(Generic[P]):
             return False
         return True
 
-    def _too_big(self, pkt: memoryview, n: int, dst: int) -> int:
+    def _too_big(self, pkt: memoryview, n: int, dst: int, now: float) -> int:
         self.stats.ipv6_too_big += 1
+        if not self._error_allowed(now):
+            return DROP
         src = self._gateway6 if self._gateway6 is not None else dst
         k = icmpv6.packet_too_big_into(self._reply, pkt, n, self.mtu, src, self.ttl)
         if not k:
@@ -269,21 +285,15 @@ class Forwarder(Generic[P]):
         self.replies = [memoryview(self._reply)[:k]]
         return REPLY
 
-    def _error6(
-        self,
-        build: Callable[[bytearray, memoryview, int, int, int | None, int], int],
-        pkt: memoryview,
-        n: int,
-        code: int,
-        router_src: int | None,
-    ) -> int:
-        if router_src is None:
-            return DROP  # no address of ours to answer from
-        k = build(self._reply, pkt, n, code, router_src, self.ttl)
-        if not k:
-            return DROP
-        self.replies = [memoryview(self._reply)[:k]]
-        return REPLY
+    def _error_allowed(self, now: float) -> bool:
+        tokens = min(ERROR_BURST, self._err_tokens + (now - self._err_time) * ERROR_RATE)
+        self._err_time = now
+        if tokens < 1.0:
+            self._err_tokens = tokens
+            self.stats.ipv6_errors_rate_limited += 1
+            return False
+        self._err_tokens = tokens - 1.0
+        return True
 
     def _answer_echo6(self, pkt: memoryview, n: int, fragmented: bool, now: float) -> int:
         """Ping6 of the gateway/DNS address; a large one arrives in fragments (the guest is
