@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.unit.test_ipv6 import echo, ext, frag_hdr, packet, udp_body
 from wgslirp.net import flowkey, fragment, icmpv6, ipv6, udp
 from wgslirp.net.prefix import PrefixTable
@@ -266,3 +269,13 @@ def test_icmpv6_errors_are_rate_limited_on_the_injected_clock() -> None:
     # 10 ms later the bucket holds 10 tokens again
     later = [route(f, alice, big, 100.01) for _ in range(20)]
     assert later.count(REPLY) == 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=40, max_size=300), st.integers(0, 255), st.integers(0, 255))
+def test_route_never_raises_on_garbage_after_the_header(body: bytes, nh: int, hl: int) -> None:
+    f = forwarder(overlay=True)
+    pkt = packet(nh, body[40:], src=ALICE, dst=A6("2001:db8::9"), hop_limit=hl)
+    verdict = route(f, alice, pkt)
+    assert verdict in (DELIVER, DELIVER_WHOLE, DROP, HELD, OVERLAY, REPLY)
+    assert f.reassembler.pending_bytes <= f.reassembler.max_bytes

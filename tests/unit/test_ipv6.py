@@ -9,8 +9,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from wgslirp.net import icmpv6, ipv6, tcp, udp
+from wgslirp.net import flowkey, icmpv6, ipv6, tcp, udp
+from wgslirp.net.fragment import Reassembler
 
 GUEST = ipv6.addr_to_int("fd77::2")
 REMOTE = ipv6.addr_to_int("2001:db8::7")
@@ -353,3 +356,44 @@ def test_quoted_flow_needs_an_error_with_an_ipv6_quote() -> None:
     assert icmpv6.quoted_flow(req, len(req)) is None
     short = packet(ipv6.NH_ICMPV6, icmp_body(1, 4, bytes(4) + bytes(20)))
     assert icmpv6.quoted_flow(short, len(short)) is None
+
+
+# --- arbitrary input never raises ------------------------------------------------------------
+
+_NH = st.sampled_from([0, 6, 17, 43, 44, 58, 59, 60, 255])
+
+
+@st.composite
+def chains(draw: st.DrawFn) -> bytearray:
+    """IPv6 packets whose chains are plausible but broken in random places."""
+    parts = b""
+    nh_first = draw(_NH)
+    for _ in range(draw(st.integers(0, 6))):
+        nxt = draw(_NH)
+        size = draw(st.integers(0, 40))
+        parts += bytes([nxt, draw(st.integers(0, 255))]) + bytes(size)
+    parts += draw(st.binary(max_size=64))
+    plen = draw(st.one_of(st.just(len(parts)), st.integers(0, 0xFFFF)))
+    pkt = packet(nh_first, parts, plen=plen)
+    return pkt
+
+
+@settings(max_examples=400, deadline=None)
+@given(chains(), st.integers(0, 4))
+def test_no_parser_raises_on_broken_chains(pkt: bytearray, cut: int) -> None:
+    n = max(0, len(pkt) - cut)
+    chain = ipv6.Chain()
+    if ipv6.walk(pkt, n, chain):
+        assert 40 <= chain.offset <= chain.end <= n and chain.offset <= ipv6.MAX_CHAIN_END
+    udp.parse(pkt, n)
+    tcp.parse(pkt, n)
+    icmpv6.parse(pkt, n)
+    icmpv6.quoted_flow(pkt, n)
+    icmpv6.may_send_error(pkt, n)
+    flowkey.packet_flow_key(pkt, n)
+    r = Reassembler(max_bytes=8192)
+    r.feed(pkt, n, 0.0)
+    assert r.pending_bytes <= 8192
+    out = bytearray(2048)
+    icmpv6.dest_unreachable_into(out, pkt, n, icmpv6.PORT_UNREACHABLE)
+    icmpv6.echo_reply_into(pkt, n, out)
