@@ -18,12 +18,15 @@ import pytest
 
 from wgslirp_testkit import guestprog
 from wgslirp_testkit.hostservers import TcpServer, TinyDns, UdpEcho, UdpSink, stream_chunks
-from wgslirp_testkit.netns import Namespace, unique_name
+from wgslirp_testkit.netns import Namespace, ipv6_unavailable, unique_name
 from wgslirp_testkit.nft import NftGuard
 from wgslirp_testkit.ports import closed_tcp_port, closed_udp_port, free_udp_port
 from wgslirp_testkit.router import base_env, client_from_router_output, router, stop_and_counters
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(ipv6_unavailable() is not None, reason=str(ipv6_unavailable())),
+]
 
 GW6 = "fd77::1"
 DNS6 = "fd77::53"

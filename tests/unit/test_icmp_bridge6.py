@@ -17,7 +17,11 @@ from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.icmp_bridge import IcmpBridge, probe_mode
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
+from wgslirp_testkit.netns import ipv6_unavailable
 from wgslirp_testkit.tcpconn import Egress
+
+# These tests talk to real sockets on [::1].
+pytestmark = pytest.mark.skipif(ipv6_unavailable() is not None, reason=str(ipv6_unavailable()))
 
 GUEST6, GW6 = ipv6.addr_to_int("fd77::2"), ipv6.addr_to_int("fd77::1")
 MODE4, MODE6 = probe_mode(), probe_mode(v6=True)
