@@ -18,6 +18,11 @@ Paths measured (needs root, /dev/net/tun, wireguard-go, wg, ip and iperf3):
 - **workers=N ipv6** (``--family 6`` or ``4,6``): the same over IPv6 inside the tunnel: the
   guest's fd77::2 to the gateway fd77::1, bridged to an iperf3 server on [::1] (MSS from
   MTU - 60), printed next to the IPv4 rows of the same run.
+- **fwd workers=N** (``--direction forward``): the same router and guest, the other way in:
+  an iperf3 server inside the guest namespace on 10.77.0.2, reached by an iperf3 client on
+  the host through an inbound forward (``WG_FORWARD_TCP=127.0.0.1:P=10.77.0.2:Q``), so the
+  router's TCP endpoint opens actively toward the guest. ``up`` is still the guest sending
+  (``-R`` here), ``down`` the host sending; the summary sets each next to the outbound row.
 
 Mbit/s is iperf3's receiver-side goodput over the window after the omitted first seconds;
 ``retr`` the sender's retransmissions (the guest kernel's going up; the host's going down,
@@ -55,6 +60,7 @@ asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each way on a
     python scripts/bench_tcp.py --rev HEAD          # router from a commit, not the work tree
     python scripts/bench_tcp.py --code /tmp/patched # router from a patched copy (experiments)
     python scripts/bench_tcp.py --router-env TCP_ENABLE_SACK=1
+    python scripts/bench_tcp.py --direction forward --workers 2 --skip memory,reference
     python scripts/bench_tcp.py --profile /tmp/p    # py-spy each router process, top lines
 
 The same file is also the guest program (``bench_tcp.py guest-hold ...``).
@@ -131,6 +137,7 @@ from wgslirp_testkit.wgclient import grow_client_buffers, reference_pair
 KIB = 1024
 TARGET_MBIT = 500.0
 TARGET_FLOW_KIB = 16.0
+GUEST = "10.77.0.2"  # the tunnel address of the client the router prints (pinged_client)
 GUEST_LIFETIME = 1800.0  # s: the guest program exits (closing everything) after this
 SERVER_LIFETIME = 3600.0
 REF_NET = ("10.78.0.1", "10.78.0.2")  # the reference tunnel's addresses (its own namespaces)
@@ -507,18 +514,23 @@ class Bench:
         router: dict[int, str] | None = None,
         router_pid: int = -1,
         udp_ports: dict[str, int] | None = None,
+        *,
+        port: int = 0,
+        server_in_guest: bool = False,
     ) -> Tput:
         """One iperf3 client run; CPU of ``groups`` (+ the ``router`` processes, whose root is
         ``router_pid``) over its window; receive drops of the UDP sockets on ``udp_ports``
-        (label -> local port, root namespace) over the whole run."""
+        (label -> local port, root namespace) over the whole run. ``port``: where the
+        client connects (an inbound forward), if not the server's own port;
+        ``server_in_guest``: the server runs in the guest, so "up" (guest sends) is -R."""
         a = self.args
         res = Tput(path, direction)
         argv = client_argv(
             host,
-            server.port,
+            port or server.port,
             seconds=a.seconds,
             omit=a.omit,
-            reverse=direction == "down",
+            reverse=(direction == "up") if server_in_guest else (direction == "down"),
             streams=a.streams,
         )
         server.drain()
@@ -691,7 +703,10 @@ class Bench:
         print(f"PROCESSOR_WORKERS={workers}: throughput{' over IPv6' if v6 else ''}", flush=True)
         info: dict[str, Any] = {"mode": mode, "test": "throughput"}
         self.infos.append(info)
-        with self._tunnel(workers, {}, v6) as (r, c):
+        forward = self.args.direction == "forward" and not v6  # forwards are IPv4 for now
+        fport, gport = free_tcp_port(), free_tcp_port()
+        extra = {"WG_FORWARD_TCP": f"127.0.0.1:{fport}={GUEST}:{gport}"} if forward else {}
+        with self._tunnel(workers, extra, v6) as (r, c):
             procs = process_tree(r.pid)
             info["processes"] = sorted(set(procs.values()))
             ports = {"wg-go": c.udp_port(), "router": self.router_port}
@@ -708,6 +723,26 @@ class Bench:
                     udp_ports=ports,
                 )
             )
+            if forward:
+                # The same router and guest, the other way in: iperf3's server inside the
+                # guest, its client on the host's forwarded port (WG_FORWARD_TCP).
+                print(f"PROCESSOR_WORKERS={workers}: throughput over an inbound forward")
+                with Iperf3Server(GUEST, gport, ns=c) as gserver:
+                    self._both_ways(
+                        lambda d: self.iperf(
+                            f"fwd {mode}",
+                            d,
+                            "127.0.0.1",
+                            gserver,
+                            None,
+                            {"wg-go": [c.pid]},
+                            router=procs,
+                            router_pid=r.pid,
+                            udp_ports=ports,
+                            port=fport,
+                            server_in_guest=True,
+                        )
+                    )
             info["exit"] = r.terminate(timeout=10)
             info["counters"] = exit_counters(r.output())
 
@@ -1048,6 +1083,19 @@ def report(b: Bench, args: argparse.Namespace) -> None:
 def summary(b: Bench, args: argparse.Namespace) -> None:
     print("\nSUMMARY (targets from the TCP issue)")
     med = medians(b.tput)
+    for mode in dict.fromkeys(r.path for r in b.tput if r.path.startswith("fwd ")):
+        outbound = mode.removeprefix("fwd ")
+        parts = []
+        for d in ("up", "down"):
+            if (mode, d) in med and (outbound, d) in med:
+                f, o = med[(mode, d)][0], med[(outbound, d)][0]
+                parts.append(f"{d} {f:.0f} vs {o:.0f} ({100 * (f - o) / o:+.0f} %)")
+            else:
+                parts.append(f"{d} no result")
+        print(
+            f"  inbound forward within 10 % of outbound, {outbound}: "
+            f"{', '.join(parts)} Mbit/s (up: guest sends)"
+        )
     for mode in dict.fromkeys(r.path for r in b.tput if r.path.startswith("workers=")):
         parts = []
         ok: bool | None = True
@@ -1132,6 +1180,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--omit", type=int, default=1, help="iperf3 -O: seconds of slow start left out (default 1)"
     )
     p.add_argument("--streams", type=int, default=1, help="iperf3 -P (default 1)")
+    p.add_argument(
+        "--direction",
+        choices=("outbound", "forward"),
+        default="outbound",
+        help="outbound: the guest connects out (default); forward: also, in the same "
+        "router and run, over an inbound forward (WG_FORWARD_TCP: iperf3 server inside "
+        "the guest, client on the host), printed next to the outbound rows",
+    )
     p.add_argument(
         "--repeat",
         type=int,

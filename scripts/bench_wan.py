@@ -179,6 +179,13 @@ class Run:
         }[stat]
         return None if load is None or self.rtt_idle_ms is None else load - self.rtt_idle_ms
 
+    @property
+    def queue_ms(self) -> float | None:
+        """The mean wait of this run's data datagrams in the relay's bottleneck queue, ms."""
+        link = self.data_link()
+        n = link.get("delivered", 0)
+        return link.get("queue_wait", 0.0) * 1000 / n if n else None
+
     def data_link(self) -> dict[str, int]:
         """The relay's figures for the direction the data went (down or up)."""
         if not self.relay:
@@ -620,6 +627,7 @@ def medians(runs: list[Run]) -> dict[tuple[str, str, str], dict[str, float | Non
                 for stat in ("mean", "p90")
             },
             "rtt_idle_ms": _median([r.rtt_idle_ms for r in v if r.rtt_idle_ms is not None]),
+            "queue_ms": _median([q for r in v if (q := r.queue_ms) is not None]),
             "runs": len(v),
         }
         for k, v in by.items()
@@ -658,6 +666,9 @@ def summary_rows(b: Bench) -> list[dict[str, Any]]:
                     "added_down_ms": dn.get("added_ms"),
                     "added_up_ms": up.get("added_ms"),
                     "added_ref_ms": ref.get("added_ms"),
+                    "queue_down_ms": dn.get("queue_ms"),
+                    "queue_up_ms": up.get("queue_ms"),
+                    "queue_ref_ms": ref.get("queue_ms"),
                     **{
                         f"added_{who}_{stat}_ms": src.get(f"added_{stat}_ms")
                         for who, src in (("down", dn), ("up", up), ("ref", ref))
@@ -675,6 +686,12 @@ def _window_caps(b: Bench, rows: list[dict[str, Any]]) -> None:
     rcv, snd = tcp.get("rcv_buffer"), tcp.get("snd_buffer")
     if not isinstance(rcv, int) or not isinstance(snd, int):
         return
+    # Both rings grow toward their maximum (TCP_*_BUFFER_MAX) where the pool lends it.
+    rcv_max, snd_max = tcp.get("rcv_buffer_max"), tcp.get("snd_buffer_max")
+    if isinstance(rcv_max, int) and rcv_max > rcv:
+        rcv = rcv_max
+    if isinstance(snd_max, int) and snd_max > snd:
+        snd = snd_max
     caps = []
     for prof in dict.fromkeys(row["profile"] for row in rows):
         rtt = _median([x["rtt_idle_ms"] for x in rows if x["profile"] == prof and x["rtt_idle_ms"]])
@@ -863,6 +880,23 @@ def report(b: Bench, rows: list[dict[str, Any]]) -> None:
                 f"({_f(row['down'])} Mbit/s); Linux upload ({cc_up}) {stats('up')} "
                 f"({_f(row['up'])} Mbit/s); reference download ({cc_ref}) {stats('ref')} "
                 f"({_f(row['ref_down'])} Mbit/s) -> wgslirp {verdict}"
+            )
+        print(
+            "Queueing delay at the bottleneck itself: the mean wait of the data datagrams in "
+            "the relay's queue, ms, median of the runs (router and client scheduling excluded)"
+        )
+        for row in rows:
+            if row["profile"] not in bottleneck:
+                continue
+            d, u = row["queue_down_ms"], row["queue_up_ms"]
+            verdict = "no result"
+            if d is not None and u is not None:
+                verdict = "<= Linux's: MET" if d <= u + 0.5 else "> Linux's: NOT MET"
+            cc_up = _sender_cc(b, row["profile"], row["path"], "up")
+            print(
+                f"  {row['profile']} {row['path']}: wgslirp download {_f(d)}; Linux upload "
+                f"({cc_up}) {_f(u)}; reference download {_f(row['queue_ref_ms'])} -> wgslirp "
+                f"{verdict}"
             )
         imp = PROFILES[bottleneck[0]][1]
         qms = imp.queue * ((b.mtu or 1380) + 32) * 8 / imp.rate * 1000  # WireGuard: +32 B

@@ -124,6 +124,9 @@ def _load(args: argparse.Namespace, *, embedded: bool) -> Config:
         from wgslirp.onboard.merge import with_stored_peers
 
         cfg = with_stored_peers(cfg, labels)
+        from wgslirp.config.forwards import check_config_forwards
+
+        check_config_forwards(cfg)  # needs the final peer set: at start and every reload
     return cfg
 
 
@@ -235,6 +238,16 @@ def _run(args: argparse.Namespace) -> int:
             "and docs/configuration.md)",
             ", ".join(unknown),
         )
+    from wgslirp.config.forwards import expand
+    from wgslirp.net.ipv4 import PROTO_TCP, PROTO_UDP
+    from wgslirp.slirp.forward_bridge import probe_forwards
+
+    probe_forwards(
+        (
+            ("WG_FORWARD_TCP", PROTO_TCP, expand(cfg.forward_tcp)),
+            ("WG_FORWARD_UDP", PROTO_UDP, expand(cfg.forward_udp)),
+        )
+    )
     try:
         return supervisor.run(
             cfg,

@@ -337,8 +337,38 @@ def tcp_hold(host: str, port: int, conns: int, seconds: float) -> dict[str, obje
     return {"results": results}
 
 
+def serve(kind: str, mode: str, host: str, port: int, size: int, seconds: float, out: str) -> None:
+    """A server inside the guest (what an inbound forward reaches): TCP in a
+    hostservers.TcpServer `mode`, or UDP echo. Prints {"ready": true} once listening, then
+    appends each finished sink's [bytes, sha256] to the file `out` as a JSON line, until
+    `seconds` have passed (or it is stopped)."""
+    from wgslirp_testkit.hostservers import TcpServer, UdpEcho
+
+    raise_nofile()
+    srv: Any = (
+        TcpServer(mode, size, lifetime=seconds, host=host, port=port)
+        if kind == "tcp"
+        else UdpEcho(host, port, lifetime=seconds)
+    )
+    with srv:
+        print(json.dumps({"ready": True}), flush=True)
+        written = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            results = getattr(srv, "results", [])
+            if len(results) > written:
+                with open(out, "a") as f:
+                    for r in results[written:]:
+                        f.write(json.dumps(r) + "\n")
+                written = len(results)
+
+
 def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "serve":
+        serve(args[0], args[1], args[2], int(args[3]), int(args[4]), float(args[5]), args[6])
+        return
     if cmd == "dns":
         out = dns(args[0], int(args[1]), args[2])
     elif cmd == "dns_tcp":

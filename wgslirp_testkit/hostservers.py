@@ -211,14 +211,21 @@ class TcpServer:
     """
 
     def __init__(
-        self, mode: str, size: int = 0, lifetime: float = 600, host: str = "127.0.0.1"
+        self,
+        mode: str,
+        size: int = 0,
+        lifetime: float = 600,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`host`/`port`: a guest's address when it runs inside a guest namespace
+        (guestprog's `serve`, the service behind an inbound forward), or [::1] for IPv6."""
         self.mode, self.size = mode, size
         self.lsock = socket.socket(
             socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
         )
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(4096)
         self.lsock.setblocking(False)
         self.port: int = self.lsock.getsockname()[1]

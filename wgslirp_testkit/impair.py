@@ -92,6 +92,9 @@ class LinkStats:
     reordered: int = 0
     duplicated: int = 0
     max_queue: int = 0
+    # Seconds datagrams spent waiting in the bottleneck's queue (before their own
+    # transmission), summed: divided by `delivered`, the queueing delay they met.
+    queue_wait: float = 0.0
 
 
 class Link:
@@ -127,7 +130,9 @@ class Link:
             if len(q) >= imp.queue:
                 st.dropped_queue += 1
                 return ()
-            leave = max(now, q[-1] if q else now) + size * 8 / imp.rate
+            start = q[-1] if q and q[-1] > now else now
+            st.queue_wait += start - now
+            leave = start + size * 8 / imp.rate
             q.append(leave)
             st.max_queue = max(st.max_queue, len(q))
         arrive = leave + imp.delay + (rnd() * imp.jitter if imp.jitter else 0.0)

@@ -155,6 +155,30 @@ class Conn:
         assert ep.state is TcpState.ESTABLISHED
         return synack
 
+    def open_active(self, synack_opts: bytes | None = None) -> tuple[Seg, Seg]:
+        """Active open (an inbound forward): the endpoint's SYN, the guest's SYN-ACK with
+        `synack_opts` (by default what the guest's SYN would carry), the endpoint's ACK.
+        Returns (SYN, ACK)."""
+        ep = self.ep
+        ep.connect(self.now)
+        (syn,) = self.egress.take()
+        assert syn.has(tcp.SYN) and not syn.flags & tcp.ACK
+        self.gack = syn.seq + 1
+        opts = self.syn_opts if synack_opts is None else synack_opts
+        parsed = tcp.parse_options(opts, 0, len(opts))
+        if parsed is not None and parsed.ts_val is not None:
+            # the SYN-ACK echoes our SYN's TSval, as a real stack does
+            opts = tcp.options_bytes(
+                mss=parsed.mss,
+                wscale=parsed.wscale,
+                sack_perm=parsed.sack_perm,
+                ts=(parsed.ts_val, syn.opts.ts_val or 0),
+            )
+        self.send(b"", tcp.SYN | tcp.ACK, opts=opts)
+        assert ep.state is TcpState.ESTABLISHED
+        (ack,) = self.out()
+        return syn, ack
+
     def opts(self) -> bytes:
         if not self.ts:
             return b""

@@ -215,6 +215,7 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "TCP_SND_BUFFER": ("524288", "tcp.snd_buffer", 524288),
     "TCP_SND_BUFFER_MAX": ("8388608", "tcp.snd_buffer_max", 8 << 20),
     "TCP_SND_BUFFER_POOL": ("1073741824", "tcp.snd_buffer_pool", 1 << 30),
+    "TCP_RCV_BUFFER_MAX": ("8388608", "tcp.rcv_buffer_max", 8 << 20),
     "TCP_ACK_IDLE_GATE_MS": ("0", "tcp.ack_idle_gate_ms", 0),
     "TCP_ACK_IDLE_MIN_INFLIGHT": ("1460", "tcp.ack_idle_min_inflight", 1460),
     "TCP_ACK_IDLE_FAIL_SEC": ("30", "tcp.ack_idle_fail_sec", 30),
@@ -234,6 +235,9 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
         "egress.deny_cidrs",
         ("10.0.0.0/8", "172.16.0.0/12"),
     ),
+    "WG_FORWARD_TCP": ("8080=10.9.0.2:80", "forward_tcp", ("127.0.0.1:8080=10.9.0.2:80",)),
+    "WG_FORWARD_UDP": ("0.0.0.0:53=10.9.0.2", "forward_udp", ("0.0.0.0:53=10.9.0.2:53",)),
+    "WG_FORWARD_CONNECT_TIMEOUT": ("5s", "forward_connect_timeout", 5.0),
 }
 
 

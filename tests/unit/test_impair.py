@@ -42,6 +42,9 @@ def test_the_bottleneck_serialises_at_its_rate_and_drops_at_the_tail() -> None:
     assert lk.stats.dropped_queue == 2 and lk.stats.max_queue == 3
     # Once the first has left, there is room for one more, behind the last.
     assert lk.offer(1250, 0.0015) == (pytest.approx(0.004),)
+    # Queueing waits: 0, 1 and 2 ms for the first three, 1.5 ms for the last (not the
+    # dropped ones, which never waited).
+    assert lk.stats.queue_wait == pytest.approx(0.0045)
 
 
 def test_random_loss_rate() -> None:

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from wgslirp.obs.metrics import MetricsBlock, PeerSample, render_log, render_prometheus, snapshot
+from wgslirp.obs.metrics import (
+    MAX_FORWARD_METRICS,
+    MetricsBlock,
+    PeerSample,
+    render_log,
+    render_prometheus,
+    snapshot,
+)
 
 KEY = bytes(range(32))
 
@@ -117,9 +125,16 @@ def test_every_counter_any_process_keeps_is_on_the_metrics_endpoint_and_in_the_l
         block.ingress.publish(ing, 1, 1)
         block.workers[0].publish(wrk, 2, 1)
         block.workers[1].publish(wrk, 3, 1)
-        snap = snapshot(block)
+        snap = snapshot(block, forwards=[f"f{i}" for i in range(MAX_FORWARD_METRICS)])
         totals = snap.totals()
         fams = {f.name: f for f in text_string_to_metric_families(render_prometheus(snap))}
+        per_forward = {
+            (s.labels["forward"], s.labels.get("result") or "bytes_" + s.labels["direction"]): (
+                s.value
+            )
+            for fam in ("wgslirp_forward_connections", "wgslirp_forward_bytes")
+            for s in fams[fam].samples
+        }
         by_label = {
             (fam, k, v): s.value
             for fam, f in fams.items()
@@ -142,6 +157,8 @@ def test_every_counter_any_process_keeps_is_on_the_metrics_endpoint_and_in_the_l
                 got = by_label[("wgslirp_dropped_packets", "reason", name)]
             elif name == "peers":
                 continue  # the gauge counts the peers published (none here), not a sum
+            elif m := re.fullmatch(r"fwd(\d+)_(\w+)", name):  # labelled by forward
+                got = per_forward.get((f"f{m.group(1)}", m.group(2)))
             else:
                 fam = fams.get(f"wgslirp_{name}")
                 got = fam.samples[0].value if fam else None

@@ -4,6 +4,8 @@ a simulated path (wgslirp_testkit.pathsim, a fake clock and seeded loss)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from wgslirp.slirp import tcp_bbr
@@ -273,12 +275,12 @@ def _cruising(bw: float = 8e6, rtt: float = 0.04) -> tuple[Bbr, _Samples, float]
 
 
 def _to_probe(bbr: Bbr, rs: _Samples, now: float, bw: float, rtt: float) -> float:
-    for _ in range(20):
+    for _ in range(200):
         if bbr.pacing_gain > 1.0:
             return now
         now += rtt + 0.001
         rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bw * rtt))
-    raise AssertionError("no probing phase in 20 rounds")
+    raise AssertionError("no probing phase in 200 rounds")
 
 
 def test_a_probe_that_loses_too_much_bounds_the_window_where_the_path_overflowed() -> None:
@@ -338,3 +340,21 @@ def test_probes_into_a_shallow_queue_resend_what_was_dropped_not_what_was_sacked
     assert r.rto_expirations == 0
     assert r.retransmits <= 1.3 * r.queue_drops
     assert r.mbit >= 0.8 * 96  # 96: the payload share of 100 Mbit/s of packets
+
+
+def test_once_bounded_it_probes_every_two_seconds_not_every_eight_rounds() -> None:
+    bw, rtt = 8e6, 0.04
+    bdp = int(bw * rtt)
+    bbr, rs, now = _cruising(bw, rtt)
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    bbr.on_lost(20 * MSS)
+    rs.feed(bbr, bw, rtt, now + 0.001, bdp)
+    probes = []
+    for _ in range(200):  # 8 s of rounds
+        now += rtt + 0.001
+        was = bbr.pacing_gain
+        rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bdp))
+        if bbr.pacing_gain > 1.0 >= was:
+            probes.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert len(probes) >= 3 and all(g >= tcp_bbr.CRUISE_BOUNDED for g in gaps), gaps

@@ -55,6 +55,7 @@ class Scenario:
     ep_rcv_buffer: int
     ep_snd_buffer: int
     ep_snd_buffer_max: int  # the send ring grows toward this (with a budget for 1.5 rings)
+    ep_rcv_buffer_max: int  # and the receive ring toward this, from the same budget
     host_read_rate: int
     cc: str
     close_order: str  # "guest_first" | "host_first" | "together"
@@ -311,6 +312,7 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
         rcv_buffer=sc.ep_rcv_buffer,
         snd_buffer=sc.ep_snd_buffer,
         snd_buffer_max=sc.ep_snd_buffer_max,
+        rcv_buffer_max=sc.ep_rcv_buffer_max,
         sack=True,
         keepalive_idle=0.0,
     )
@@ -323,7 +325,7 @@ def run(sc: Scenario) -> tuple[float, TcpEndpoint]:
         now=now,
         egress=egress,
         peer=0,
-        budget=SendBudget(sc.ep_snd_buffer_max * 3 // 2),
+        budget=SendBudget((sc.ep_snd_buffer_max + sc.ep_rcv_buffer_max) * 3 // 2),
     )
     started = False
     net: list[tuple[float, int, str, bytes]] = []
@@ -463,6 +465,7 @@ scenarios = st.builds(
     ep_rcv_buffer=st.sampled_from([4096, 65_536, 256 * 1024]),
     ep_snd_buffer=st.sampled_from([8192, 256 * 1024]),
     ep_snd_buffer_max=st.sampled_from([0, 20_000, 1 << 20]),
+    ep_rcv_buffer_max=st.sampled_from([0, 20_000, 1 << 20]),
     host_read_rate=st.sampled_from([700, 100_000]),
     cc=st.sampled_from(["newreno", "cubic", "bbr", "off"]),
     close_order=st.sampled_from(["guest_first", "host_first", "together"]),
@@ -493,6 +496,7 @@ CLEAN = Scenario(
     ep_rcv_buffer=256 * 1024,
     ep_snd_buffer=256 * 1024,
     ep_snd_buffer_max=4 << 20,
+    ep_rcv_buffer_max=4 << 20,
     host_read_rate=1 << 30,
     cc="cubic",
     close_order="together",
@@ -525,6 +529,26 @@ def test_lossy_reordering_download_through_a_growing_send_ring(cc: str) -> None:
     )
     _, ep = run(sc)
     assert ep.snd_capacity > 16 * 1024
+
+
+def test_lossy_reordering_upload_through_a_growing_receive_ring() -> None:
+    """The same for the guest's upload: the receive ring doubles under data held past
+    holes at their final places, which must move with it."""
+    sc = dataclasses.replace(
+        CLEAN,
+        seed=11,
+        upload=3_000_000,
+        download=50_000,
+        loss=0.02,
+        dup=0.02,
+        jitter=0.004,
+        ep_rcv_buffer=16 * 1024,
+        ep_rcv_buffer_max=1 << 20,
+        close_order="guest_first",
+        iss=2**32 - 5000,
+    )
+    _, ep = run(sc)
+    assert ep.rcv_capacity > 16 * 1024
 
 
 segments = st.tuples(

@@ -104,6 +104,7 @@ def _type_text(f: Field) -> str:
         "key": "base64 key",
         "cidrs": "IPv4/IPv6 CIDR list",
         "allowed_ips": "IPv4/IPv6 CIDR list",
+        "forwards": "list of [ip:]port=ip[:port]",
         "ipv4": "IPv4 address",
         "unicast_ipv4": "IPv4 address",
         "ipv6": "IPv6 address",

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, get_args
 
 from wgslirp.config.cpus import usable_cpus, workers_for_cpus
 from wgslirp.config.fields import BY_ENV, CONFIG_FIELDS, NESTED, PEER_FIELDS, Field
+from wgslirp.config.forwards import parse_forwards
 from wgslirp.config.schema import (
     DEFAULT_LISTEN_ADDR,
     Config,
@@ -115,7 +116,7 @@ def listen_family(listen_addr: str) -> int:
 
 def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
     kind = f.kind
-    if raw == "" and kind != "cidrs":
+    if raw == "" and kind not in ("cidrs", "forwards"):
         raise ValueError("empty value")
     if kind == "bool":
         return parse_bool(raw)
@@ -139,6 +140,8 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return str(parse_ipv6(raw))
     if kind == "unicast_ipv6":
         return parse_unicast_ipv6(raw)
+    if kind == "forwards":
+        return parse_forwards(raw)
     if kind == "ipv4":
         return str(parse_ipv4(raw))
     if kind == "upstreams":
@@ -182,11 +185,11 @@ def _parse(f: Field, raw: str, setting: str, resolve: Callable[[str], str]) -> A
 
 
 def changed_settings(old: Config, new: Config) -> list[str]:
-    """Names of the settings whose values differ (peers and the private key aside), for a
-    reload to say which changes wait for a restart."""
+    """Names of the settings whose values differ (peers, the private key and the forwards
+    aside: a reload applies those), for a reload to say which changes wait for a restart."""
     out = []
     for f in CONFIG_FIELDS:
-        if f.path[0] in ("peers", "private_key"):
+        if f.path[0] in ("peers", "private_key", "forward_tcp", "forward_udp"):
             continue
         a: Any = old
         b: Any = new
@@ -254,6 +257,8 @@ def _load_file(
             for f in CONFIG_FIELDS:
                 ini = f.extra.get("ini")
                 value = section.get(ini) if ini else None
+                if ini and f.kind == "forwards":  # repeatable, like AllowedIPs
+                    value = ", ".join(section.get_all(ini)) or None
                 if value is not None:
                     scalars[f.env] = _Source(value, f"{prefix} {ini}")
             continue

@@ -139,11 +139,14 @@ def check_config(
     them at start and reload, so a clash between them and the configured peers shows
     here first, with the same message naming both sides."""
     # imported here: the peers file is read with the config's own types, one layer up
+    from wgslirp.config.forwards import check_config_forwards
     from wgslirp.onboard.merge import with_stored_peers
 
     try:
         cfg, labels = load_config_sourced(env, config_file, resolve=resolve)
         cfg = with_stored_peers(cfg, labels)
+        if cfg.private_key is not None:  # zero-config: the client is only made at start
+            check_config_forwards(cfg)
     except ConfigError as e:
         print(f"wgslirp: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

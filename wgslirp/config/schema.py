@@ -54,6 +54,7 @@ GROUPS = (
     "TCP",
     "UDP",
     "Egress policy",
+    "Port forwarding",
     "IP header synthesis",
 )
 
@@ -366,15 +367,28 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
             group="TCP",
         ),
     ] = 4 * 1024 * 1024
+    rcv_buffer_max: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=256 * 1024 * 1024),
+        _doc(
+            "TCP_RCV_BUFFER_MAX",
+            "Size a connection's receive buffer (the window the guest is offered) may "
+            "double up to while the guest delivers more than half of it per round trip, "
+            "as Linux autotunes toward tcp_rmem's maximum; out of TCP_SND_BUFFER_POOL. At "
+            "or below TCP_RCV_BUFFER it never grows. Needs the guest's window scaling.",
+            group="TCP",
+        ),
+    ] = 4 * 1024 * 1024
     snd_buffer_pool: Annotated[
         int,
         Meta(ge=0, le=64 * 1024 * 1024 * 1024),
         _doc(
             "TCP_SND_BUFFER_POOL",
-            "Bytes of send buffer above TCP_SND_BUFFER that all connections of one process "
-            "(the router inline, or each worker) may grow into together; a connection "
-            "refused keeps its size. Bounds memory: at most TCP_MAX_FLOWS x TCP_SND_BUFFER "
-            "+ this per process.",
+            "Bytes of buffer above TCP_SND_BUFFER and TCP_RCV_BUFFER that all connections "
+            "of one process (the router inline, or each worker) may grow into together, "
+            "send and receive rings alike; a connection refused keeps its size. Bounds "
+            "memory: at most TCP_MAX_FLOWS x (TCP_SND_BUFFER + TCP_RCV_BUFFER) + this per "
+            "process.",
             group="TCP",
         ),
     ] = 128 * 1024 * 1024
@@ -864,6 +878,45 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             group="IP header synthesis",
         ),
     ] = 64
+    forward_tcp: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_FORWARD_TCP",
+            "Host TCP ports forwarded to services inside guests, comma-separated "
+            "`[listen-ip:]port[-port]=guest-ip[:port[-port]]`, e.g. "
+            "`127.0.0.1:8080=10.77.0.2:80,0.0.0.0:2222=10.77.0.3:22` or "
+            "`8000-8010=10.77.0.2`. The listen address defaults to 127.0.0.1 and the guest "
+            "ports to the listen ports. Each guest address must lie in some peer's "
+            "AllowedIPs; the guest sees the connection come from WG_GATEWAY_IP (which is "
+            "required). A port that cannot be bound stops the start (exit 2).",
+            group="Port forwarding",
+            ini="ForwardTCP",
+            kind="forwards",
+        ),
+    ] = ()
+    forward_udp: Annotated[
+        tuple[str, ...],
+        _doc(
+            "WG_FORWARD_UDP",
+            "Host UDP ports forwarded to guests, in the syntax of WG_FORWARD_TCP; each "
+            "host client is one NAT flow (UDP_IDLE_TIMEOUT and the UDP caps apply), and "
+            "the guest's replies go back to that client.",
+            group="Port forwarding",
+            ini="ForwardUDP",
+            kind="forwards",
+        ),
+    ] = ()
+    forward_connect_timeout: Annotated[
+        float,
+        Meta(gt=0, le=600),
+        _doc(
+            "WG_FORWARD_CONNECT_TIMEOUT",
+            "How long a forwarded TCP connection waits for the guest's answer (SYN "
+            "retransmitted after 1, 2, 4, 8 ... s meanwhile, and held while the peer's "
+            "handshake completes) before the host client's connection is reset.",
+            group="Port forwarding",
+        ),
+    ] = 20.0
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)

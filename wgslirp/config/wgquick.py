@@ -23,6 +23,9 @@ _INTERFACE_KEYS = {
         "PrivateKey",
         "ListenPort",
         "MTU",
+        # wgslirp's own: inbound port forwards (WG_FORWARD_TCP / WG_FORWARD_UDP)
+        "ForwardTCP",
+        "ForwardUDP",
         # wg-quick keys that configure the kernel side; accepted so an existing
         # wg0.conf loads unchanged, but they have no meaning for a user-space router.
         "Address",
@@ -40,7 +43,7 @@ _PEER_KEYS = {
     k.lower(): k
     for k in ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")
 }
-_REPEATABLE = frozenset({"AllowedIPs", "Address", "DNS"})
+_REPEATABLE = frozenset({"AllowedIPs", "Address", "DNS", "ForwardTCP", "ForwardUDP"})
 
 
 class WgSection(msgspec.Struct, frozen=True, kw_only=True):

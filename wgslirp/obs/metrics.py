@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ import numpy.typing as npt
 from wgslirp.shm.ring import anonymous_block
 
 MAX_COUNTERS = 128  # per process section
+# Inbound forwards with counters of their own (the first ones in configuration order, TCP
+# then UDP); the rest count only in the totals. Five counters each fit beside the ~50 a
+# worker keeps.
+MAX_FORWARD_METRICS = 12
+FORWARD_FIELDS = ("accepted", "refused", "failed", "bytes_to_guest", "bytes_to_host")
+_FORWARD_COUNTER = re.compile(r"fwd\d+_")
 MAX_PEERS = 1024  # peers whose counters are exported (the rest are summed into totals only)
 _SECTION_HEAD = 4  # heartbeat_ns, pid, loop_turns, publishes
 PEER_FIELDS = (
@@ -182,6 +189,7 @@ class Snapshot:
     workers: list[dict[str, int]]
     peers: list[PeerSample]
     extra: dict[str, float] = field(default_factory=dict)  # supervisor's own gauges
+    forwards: list[str] = field(default_factory=list)  # labels of the fwd<i>_* counters
 
     def totals(self) -> dict[str, int]:
         out = dict(self.ingress)
@@ -191,12 +199,17 @@ class Snapshot:
         return out
 
 
-def snapshot(block: MetricsBlock, extra: Mapping[str, float] | None = None) -> Snapshot:
+def snapshot(
+    block: MetricsBlock,
+    extra: Mapping[str, float] | None = None,
+    forwards: Sequence[str] = (),
+) -> Snapshot:
     return Snapshot(
         block.ingress.read(),
         [w.read() for w in block.workers],
         block.read_peers(),
         dict(extra or {}),
+        list(forwards),
     )
 
 
@@ -367,11 +380,34 @@ def render_prometheus(snap: Snapshot) -> str:
         "Resident memory per process.",
         labelled("rss_bytes", "process"),
     )
+    # Inbound forwards: workers publish fwd<i>_<field>; the i-th name says which forward.
+    names = snap.forwards
+    metric(
+        "forward_connections_total",
+        "counter",
+        "Inbound forwards: host connections (TCP) or client flows (UDP) by outcome "
+        "(accepted; refused: the guest reset or never answered; failed: reset at once).",
+        [
+            ({"forward": name, "result": r}, totals.get(f"fwd{i}_{r}", 0))
+            for i, name in enumerate(names[:MAX_FORWARD_METRICS])
+            for r in ("accepted", "refused", "failed")
+        ],
+    )
+    metric(
+        "forward_bytes_total",
+        "counter",
+        "Inbound forwards: payload bytes by direction.",
+        [
+            ({"forward": name, "direction": d}, totals.get(f"fwd{i}_bytes_{d}", 0))
+            for i, name in enumerate(names[:MAX_FORWARD_METRICS])
+            for d in ("to_guest", "to_host")
+        ],
+    )
     # Every other counter a process keeps, one metric each (summed over the processes that
     # keep it), so nothing is visible only in the exit log: a handshake flood shows up as
     # wgslirp_cookie_replies_sent_total while it happens.
     for name in sorted(totals):
-        if name in _CURATED or name in _DROP_COUNTERS:
+        if name in _CURATED or name in _DROP_COUNTERS or _FORWARD_COUNTER.match(name):
             continue
         metric(
             f"{name}_total",

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 from wgslirp.config import Config
+from wgslirp.config.forwards import forward_labels
 from wgslirp.obs.http import HttpServer
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.obs.notify import Notifier, Watchdog
@@ -81,6 +82,7 @@ class ControlPlane:
             log_interval=cfg.metrics.interval if cfg.metrics.log else 0.0,
             expected_roles=expected_roles,
             prober=_prober(cfg),
+            forwards=lambda: forward_labels(self.cfg),
         )
         # Opened before any child exists or anything is announced or created on disk, so a
         # taken port fails the start cleanly (no client config printed, no UAPI socket).

@@ -10,6 +10,7 @@ this process.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import socket
 import struct
@@ -32,7 +33,9 @@ from wgslirp.router.forward import (
 )
 from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.uapi_server import UapiServer
+from wgslirp.runtime.worker import FORWARDS_MESSAGE
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
+from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION
 from wgslirp.wireguard import peerset
 from wgslirp.wireguard.device import (
     Device,
@@ -138,6 +141,10 @@ def local_endpoint(sock: socket.socket) -> Addr:
     return (str(name[0]), int(name[1]))
 
 
+def forwards_of(settings: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (getattr(settings, "forward_tcp", ()), getattr(settings, "forward_udp", ()))
+
+
 class Ingress:
     def __init__(
         self,
@@ -202,6 +209,7 @@ class Ingress:
         # read, so one more reload follows (however many requests came meanwhile).
         self._reload_again = False
         self._started_with = settings  # what reload compares restart-only settings against
+        self.forwards = forwards_of(settings)  # the workers listen on these (after reloads)
         self.forward: Forwarder[Peer] = Forwarder(
             self.device.route,
             nworkers=self.nworkers,
@@ -336,8 +344,12 @@ class Ingress:
                 slot, length, peer_index = cons.peek_slot(i)
                 peer = by_index.get(peer_index)
                 if peer is None:
-                    self.unknown_peer_index += 1  # removed while its packets were queued
-                    continue
+                    if peer_index == ROUTE_BY_DESTINATION and length >= 20:
+                        # an inbound forward's first SYN: the worker cannot know the peer
+                        peer = self.device.route(int.from_bytes(slot[16:20], "big"))
+                    if peer is None:
+                        self.unknown_peer_index += 1  # removed while its packets were queued
+                        continue
                 n = encrypt(peer, slot, length, now, batch[off:])
                 if not n or peer.endpoint is None:
                     continue
@@ -560,7 +572,28 @@ class Ingress:
             updated,
         )
         self._flush_outbox()
+        forwards = forwards_of(new)
+        if forwards != self.forwards:
+            self.forwards = forwards
+            self._send_forwards(forwards)
         self._config_changed()
+
+    def _send_forwards(self, forwards: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+        """A reload changed WG_FORWARD_*: tell every worker (see worker.FORWARDS_MESSAGE)."""
+        msg = FORWARDS_MESSAGE + json.dumps({"tcp": forwards[0], "udp": forwards[1]}).encode()
+        writers = self.big_writers or self.writers
+        for w, writer in enumerate(writers):
+            if len(msg) <= writer.slot_size and writer.push(
+                memoryview(msg), len(msg), ROUTE_BY_DESTINATION
+            ):
+                writer.flush()
+            else:
+                log.error("reload: worker %d could not be given the new forwards", w)
+        log.info(
+            "reload: forwarding %d TCP and %d UDP entries",
+            len(forwards[0]),
+            len(forwards[1]),
+        )
 
     def _config_changed(self) -> None:
         for hook in self.config_changed:

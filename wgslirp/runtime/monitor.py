@@ -47,7 +47,11 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         expected_roles: Sequence[str] | None = None,
         prober: Prober | None = None,
+        forwards: Callable[[], list[str]] = list,
     ) -> None:
+        """`forwards`: the names of the forwards, in the order the workers publish their
+        per-forward counters (fwd<i>_*), for the metrics' labels."""
+        self.forwards = forwards
         self.block = block
         self.rings = [_RingWatch(n, r) for n, r in rings]
         self.children = children
@@ -87,7 +91,7 @@ class Monitor:
         return out
 
     def snapshot(self) -> Snapshot:
-        return snapshot(self.block, self.extra())
+        return snapshot(self.block, self.extra(), self.forwards())
 
     # ------------------------------------------------------------------ health
 

@@ -129,6 +129,13 @@ def run_inline(
             registry=registry,
         )
         control.install_signals(ingress.reload)
+
+        def forwards_changed(ingress: Ingress = ingress) -> None:  # the metrics' labels
+            control.cfg = msgspec.structs.replace(
+                control.cfg, forward_tcp=ingress.forwards[0], forward_udp=ingress.forwards[1]
+            )
+
+        ingress.config_changed.append(forwards_changed)
         if reload is not None:
             control.watch_config(watch, ingress.reload)
         announce(ingress.address)
@@ -240,6 +247,8 @@ class Supervisor:
             self.cfg,
             private_key=ingress.device.identity.private_bytes,
             peers=ingress.effective_peers(),
+            forward_tcp=ingress.forwards[0],  # a replacement worker listens on these
+            forward_udp=ingress.forwards[1],
         )
         state = RuntimeState(
             config=cfg,
@@ -277,7 +286,7 @@ class Supervisor:
                 log.error("run-time configuration from ingress unreadable: %s", exc)
                 continue
             changed = state.config != self.cfg
-            self.cfg = state.config
+            self.cfg = self.control.cfg = state.config
             self._peer_indices = dict(state.indices)
             self._next_peer_index = state.next_index
             self._sessions = state.sessions

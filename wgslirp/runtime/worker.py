@@ -8,20 +8,23 @@ ingress loop (PROCESSOR_WORKERS=0).
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 from collections.abc import Iterable
 
 from wgslirp.config import Config
+from wgslirp.config.forwards import expand
 from wgslirp.config.values import split_upstream
 from wgslirp.net import ipv6
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
-from wgslirp.obs.metrics import MetricsBlock, Publisher
+from wgslirp.obs.metrics import FORWARD_FIELDS, MAX_FORWARD_METRICS, MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
-from wgslirp.slirp.bridge_context import BridgeContext, WorkerStats
+from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
+from wgslirp.slirp.forward_bridge import ForwardTally, TcpForwards, UdpForwards
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge, probe_mode
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -31,6 +34,11 @@ from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")
+
+FORWARDS_MESSAGE = b"\x00forwards\n"
+"""Starts a control message on a worker's ring (peer index ROUTE_BY_DESTINATION, never a
+real peer's): the forwards to listen on after a reload, as JSON. An IPv4 packet cannot
+start with a zero byte, so it cannot be taken for one."""
 
 DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
 ERROR_LOG_INTERVAL = 10.0  # seconds in which further per-packet errors are only counted
@@ -88,6 +96,7 @@ WORKER_COUNTERS: tuple[str, ...] = (
     "udp_flows",
     "tcp_flows",
     "icmp_flows",
+    *(f"fwd{i}_{f}" for i in range(MAX_FORWARD_METRICS) for f in FORWARD_FIELDS),
 )
 
 
@@ -114,8 +123,11 @@ def tcp_params(cfg: Config) -> TcpParams:
         max_ooo_bytes=cfg.tcp.rcv_buffer,
         snd_buffer=cfg.tcp.snd_buffer,
         snd_buffer_max=max(cfg.tcp.snd_buffer, cfg.tcp.snd_buffer_max),
+        rcv_buffer_max=max(cfg.tcp.rcv_buffer, cfg.tcp.rcv_buffer_max),
     )
 
+
+_NO_FORWARDS = {f"fwd{i}_{f}": 0 for i in range(MAX_FORWARD_METRICS) for f in FORWARD_FIELDS}
 
 REGISTRY_UNLIMITED = 65536
 """Connections a worker records for its replacement when TCP_MAX_FLOWS is 0 (unlimited);
@@ -211,6 +223,16 @@ class Worker:
             log=registry,
         )
         loop.timers.append(self.tcp)
+        self.tcp_forwards = TcpForwards(
+            self.tcp,
+            loop,
+            tcp_params(cfg),
+            connect_timeout=cfg.forward_connect_timeout,
+            index=index,
+            nworkers=n,
+        )
+        self.udp_forwards = UdpForwards(self.udp, loop, index=index, nworkers=n)
+        self.set_forwards(cfg)
         if registry is not None:
             orphans = registry.adopt()
             if orphans:
@@ -251,6 +273,30 @@ class Worker:
         loop.hooks.append(self.turn)
         loop.timers.append(self)
 
+    def set_forwards(self, cfg: Config) -> None:
+        self._listen(cfg.forward_tcp, cfg.forward_udp)
+
+    def _listen(self, tcp: tuple[str, ...], udp: tuple[str, ...]) -> None:
+        """Listen on these forwards (and only those): at start and on a reload. A port the
+        start-up check found free but taken since is logged, not fatal to a worker."""
+        tcp_list, udp_list = expand(tcp), expand(udp)
+        failed = [("WG_FORWARD_TCP", *f) for f in self.tcp_forwards.listen(tcp_list)]
+        failed += [("WG_FORWARD_UDP", *f) for f in self.udp_forwards.listen(udp_list)]
+        # per-forward counters, in the order forward_labels names them
+        self._tallies = [
+            *(self.tcp_forwards.tallies.setdefault(f, ForwardTally(f)) for f in tcp_list),
+            *(self.udp_forwards.tallies.setdefault(f, ForwardTally(f)) for f in udp_list),
+        ][:MAX_FORWARD_METRICS]
+        for name, fwd, exc in failed:
+            log.error(
+                "worker %d: %s %s:%d cannot be bound: %s",
+                self.index,
+                name,
+                fwd.listen_ip,
+                fwd.listen_port,
+                exc.strerror or exc,
+            )
+
     def turn(self, now: float) -> None:
         self._now = now
         self.inbound.drain(self._dispatch, DRAIN_BUDGET)
@@ -263,6 +309,9 @@ class Worker:
         try:
             if not pkt:  # ingress's "this peer is gone" message
                 self.forget_peer(peer)
+                return
+            if peer == ROUTE_BY_DESTINATION:  # a control message from ingress
+                self._control(pkt)
                 return
             if pkt[0] >> 4 == 4:
                 proto = pkt[9]
@@ -292,6 +341,12 @@ class Worker:
                     ERROR_LOG_INTERVAL,
                 )
 
+    def _control(self, pkt: memoryview) -> None:
+        data = bytes(pkt)
+        if data.startswith(FORWARDS_MESSAGE):
+            entries = json.loads(data[len(FORWARDS_MESSAGE) :])
+            self._listen(tuple(entries["tcp"]), tuple(entries["udp"]))
+
     def forget_peer(self, peer: int) -> None:
         """Close every flow of a removed peer: its host sockets, its places under the caps."""
         n = self.tcp.forget_peer(peer) + self.udp.forget_peer(peer) + self.icmp.forget_peer(peer)
@@ -315,11 +370,20 @@ class Worker:
         out["udp_flows"] = len(self.udp.table)
         out["tcp_flows"] = len(self.tcp.table)
         out["icmp_flows"] = len(self.icmp.table)
+        out.update(_NO_FORWARDS)  # slots of forwards not configured (or gone) read 0
+        for i, t in enumerate(self._tallies):
+            out[f"fwd{i}_accepted"] = t.accepted
+            out[f"fwd{i}_refused"] = t.refused
+            out[f"fwd{i}_failed"] = t.failed
+            out[f"fwd{i}_bytes_to_guest"] = t.bytes_to_guest
+            out[f"fwd{i}_bytes_to_host"] = t.bytes_to_host
         return out
 
     def close(self, now: float) -> None:
         """Stopping: every guest connection is reset (the guest learns at once instead of
         waiting on a connection nobody serves any more) and the host sockets closed."""
+        self.tcp_forwards.close()
+        self.udp_forwards.close()
         reset = self.tcp.close(now)
         self.egress.flush()
         self.udp.close()

@@ -50,6 +50,13 @@ class Egress(Protocol):
         ...
 
 
+ROUTE_BY_DESTINATION = 0
+"""The peer index an egress packet carries when its sender cannot know the peer: ingress
+then encrypts it to the peer whose AllowedIPs hold its destination (cryptokey routing).
+An inbound forward's first SYN needs it; the guest's answer tells the worker the peer.
+Real peer indices start at 1."""
+
+
 SocketHandler = Callable[[float, int], None]
 """Called as `handler(now, events)` when a registered socket is ready; `events` is a mask
 of `selectors.EVENT_READ` / `selectors.EVENT_WRITE`."""

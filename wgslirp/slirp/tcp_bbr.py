@@ -25,7 +25,8 @@ tcp_bbr.c is the reference for details the draft leaves open):
   than 2 % ends STARTUP, or ends a probe and sets `inflight_hi`, the most in flight the
   path held, which cwnd keeps to (outside probes, with only half the queue it found);
   each later probing round raises the bound, 1, 2, 4 ... segments, so more capacity is
-  found in a few rounds. Random loss below 2 % does not trip it. Measured on pathsim (100
+  found in a few rounds, and once bounded it probes every 2 s instead of every eight
+  rounds, as BBRv3 does. Random loss below 2 % does not trip it. Measured on pathsim (100
   Mbit/s, 100 ms, 100-packet queue, 15 s): v1 75 Mbit/s with 2,527 drops, with the bound
   88.5 with 2,050 (most of them STARTUP's); keeping a quarter of the queue instead of half
   gave 2.5 ms of mean queue instead of 2.8 and 2 % less on the lossy reordering path.
@@ -63,6 +64,10 @@ FULL_BW_ROUNDS: Final = 3
 LOSS_RATE: Final = 0.02
 LOSS_SEGMENTS: Final = 6
 UNBOUNDED: Final = 1 << 62
+# Once a probe found the queue's depth (inflight_hi), cruise this long between probes:
+# pathsim 100 Mbit/s, 100 ms, 100-packet queue, 15 s: mean queue 2.81 -> 0.56 ms, drops
+# 2,050 -> 1,337, throughput 88.5 -> 87.7 Mbit/s.
+CRUISE_BOUNDED: Final = 2.0
 HI_QUEUE_SHARE: Final = 0.5  # of the queue inflight_hi found, what cwnd may fill outside probes
 MIN_CWND_SEGMENTS: Final = 4
 PACING_MARGIN: Final = 0.99  # pace 1 % below the estimate, so the queue it finds drains
@@ -326,6 +331,11 @@ class Bbr(CongestionControl):
             go = full and (self._lost_in_round or inflight >= self._bdp(gain))
         elif gain < 1.0:
             go = full or inflight <= self._bdp(1.0)  # drained what the probe queued
+        elif self._cycle_idx == len(PACING_GAINS) - 1 and self.inflight_hi < UNBOUNDED:
+            # A path whose queue overflowed at a known depth: probe again only after
+            # CRUISE_BOUNDED (BBRv3 waits 2-3 s), not every eight rounds; each probe fills
+            # that queue to find the bound again.
+            go = now - self._cycle_at > max(self.rtprop, CRUISE_BOUNDED)
         else:
             go = full
         if go:

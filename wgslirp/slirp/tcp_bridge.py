@@ -23,17 +23,25 @@ import socket
 import struct
 from collections.abc import Hashable, Iterable
 from functools import partial
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from wgslirp.net import icmp, ipv4, ipv6, tcp
 from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
 from wgslirp.obs.counters import Counters
-from wgslirp.slirp.bridge_context import BridgeContext, SocketHandler, sock_addr
+from wgslirp.slirp.bridge_context import (
+    ROUTE_BY_DESTINATION,
+    BridgeContext,
+    SocketHandler,
+    sock_addr,
+)
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
+
+if TYPE_CHECKING:
+    from wgslirp.slirp.forward_bridge import ForwardTally
 
 log = logging.getLogger("wgslirp.tcp")
 
@@ -61,6 +69,7 @@ class TcpFlow(Flow):
         "dial_deadline",
         "ep",
         "events",
+        "forward",
         "handler",
         "heap_at",
         "host_eof",
@@ -89,6 +98,7 @@ class TcpFlow(Flow):
         self.heap_at = float("inf")
         self.handler: SocketHandler = _no_handler
         self.slot = -1  # this connection's entry in the ConnectionLog
+        self.forward: ForwardTally | None = None  # an inbound forward's connection
 
 
 class ConnectionLog(Protocol):
@@ -148,6 +158,11 @@ class TcpBridge:
         self._stray_rst: dict[Hashable, float] = {}
         self.stats = TcpBridgeStats()
         self.log = log
+        # Inbound forwards whose guest has not answered yet, by (guest, guest port,
+        # gateway, NAT port): their key carries ROUTE_BY_DESTINATION until the guest's
+        # first segment says which peer it came through (see open_forwarded).
+        self._unbound: dict[tuple[int, int, int, int], TcpFlow] = {}
+        self._forward_ports: set[tuple[int, int, int]] = set()  # (guest, port, NAT port)
 
     # ------------------------------------------------------------- guest -> host
 
@@ -167,6 +182,10 @@ class TcpBridge:
         sport, dport = _PORTS.unpack_from(pkt, ihl)
         key = (peer, src, sport, dst, dport)
         flow = self.table.get(key)
+        if flow is None and self._unbound:
+            flow = self._unbound.get(key[1:])
+            if flow is not None:
+                flow = self._bind(flow, key, peer, pkt, ihl, now)
         if flow is None:
             flags = pkt[ihl + 13]
             doff = (pkt[ihl + 12] >> 4) * 4
@@ -272,6 +291,93 @@ class TcpBridge:
         self._schedule(flow, flow.dial_deadline)
         if err == 0:
             self._connected(flow, now)
+
+    # ------------------------------------------------------- inbound forwards
+
+    def open_forwarded(
+        self,
+        sock: socket.socket,
+        guest: int,
+        gport: int,
+        nat_port: int,
+        params: TcpParams,
+        now: float,
+        tally: ForwardTally,
+    ) -> bool:
+        """An accepted host connection of an inbound forward: open one to guest:gport
+        from the gateway address and NAT port `nat_port` (chosen by the caller so the
+        guest's replies hash to this worker) and bridge the two like any other flow.
+        False (the socket is the caller's to reset) when no gateway or the caps say no."""
+        gw = self.ctx.gateway
+        if gw is None:
+            return False
+        key = (ROUTE_BY_DESTINATION, guest, gport, gw, nat_port)
+        if (guest, gport, nat_port) in self._forward_ports:
+            return False
+        if self._at_cap(ROUTE_BY_DESTINATION):
+            self.stats.refused_cap += 1
+            return False
+        iss = int.from_bytes(_random4(), "big")
+        ep = TcpEndpoint(
+            params,
+            local=(gw, nat_port),
+            remote=(guest, gport),
+            iss=iss,
+            now=now,
+            egress=self.ctx.egress,
+            peer=ROUTE_BY_DESTINATION,
+            budget=self.send_budget,
+        )
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock_rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
+            if self.sock_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
+        except OSError:
+            pass
+        flow = TcpFlow(key, ROUTE_BY_DESTINATION, now, ep, sock)
+        flow.connecting = False
+        flow.synack_sent = True
+        flow.forward = tally
+        self.table.add(flow, now)
+        self._unbound[(guest, gport, gw, nat_port)] = flow
+        self._forward_ports.add((guest, gport, nat_port))
+        self.stats.forwarded += 1
+        flow.handler = partial(self._on_event, flow)
+        ep.connect(now)
+        self._pump(flow, now)
+        return True
+
+    def forwarded_port_taken(self, guest: int, gport: int, nat_port: int) -> bool:
+        """Whether a forwarded connection to guest:gport already uses `nat_port` (the
+        guest could not tell two such connections apart)."""
+        return (guest, gport, nat_port) in self._forward_ports
+
+    def _bind(
+        self, flow: TcpFlow, key: TcpKey, peer: int, pkt: memoryview, ihl: int, now: float
+    ) -> TcpFlow | None:
+        """The guest's first segment of a forwarded connection: the peer it came through
+        is the flow's peer from now on (and the one whose caps and removal apply)."""
+        del self._unbound[key[1:]]
+        self.table.remove(flow)
+        t = self.table
+        if t.max_per_peer and t.peer_count(peer) >= t.max_per_peer:
+            self.stats.refused_cap += 1
+            flow.ep.abort(now)
+            self._drop(flow, rst=True)
+            self.ctx.egress.flush(now)
+            return None
+        flow.key = key
+        flow.peer = peer
+        flow.ep.peer = peer
+        flow.heap_at = float("inf")  # heap entries under the old key are dead now
+        t.add(flow, now)
+        if self.log is not None:
+            irs = struct.unpack_from(">I", pkt, ihl + 4)[0]
+            flow.slot = self.log.record(peer, key[1], key[2], key[3], key[4], flow.ep.iss, irs)
+        return flow
 
     def _at_cap(self, peer: int) -> bool:
         t = self.table
@@ -417,6 +523,8 @@ class TcpBridge:
                 return
             ep.commit_write(got, now)
             self.stats.bytes_to_guest += got
+            if flow.forward is not None:
+                flow.forward.bytes_to_guest += got
             if got < len(buf):
                 return
 
@@ -434,6 +542,8 @@ class TcpBridge:
                 return
             ep.consume(sent, now)
             self.stats.bytes_to_host += sent
+            if flow.forward is not None:
+                flow.forward.bytes_to_host += sent
             if sent < len(data):
                 return
         if ep.guest_fin and not flow.shut_wr:
@@ -531,6 +641,17 @@ class TcpBridge:
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
         ep, st = flow.ep, self.stats  # how the connection recovered from loss, for metrics
+        tally = flow.forward
+        if tally is not None:
+            key: TcpKey = flow.key  # type: ignore[assignment]
+            if self._unbound.get(key[1:]) is flow:
+                del self._unbound[key[1:]]
+            self._forward_ports.discard((key[1], key[2], key[4]))
+            tally.closed(ep.refused, not ep.syn_acked)
+            if ep.refused:
+                st.forward_refused += 1
+            elif not ep.syn_acked:
+                st.forward_unanswered += 1
         ep.release()
         st.retransmits += ep.retransmits
         st.fast_retransmits += ep.fast_retransmits
@@ -614,6 +735,9 @@ class TcpBridgeStats(Counters):
     rst_suppressed: int  # stray segments not answered: their tuple was reset a moment ago
     rst_sent: int
     orphans_probed: int  # connections of a dead predecessor whose guests were made to reset
+    forwarded: int  # connections accepted on an inbound forward's port and opened to a guest
+    forward_refused: int  # ... that the guest answered with RST
+    forward_unanswered: int  # ... that the guest never answered (WG_FORWARD_CONNECT_TIMEOUT)
     # Summed over closed connections: segments resent, fast retransmits (duplicate ACKs or
     # SACK), retransmission timeouts. Many timeouts per fast retransmit means recovery fails.
     retransmits: int

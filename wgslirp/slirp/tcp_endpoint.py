@@ -1,6 +1,9 @@
-"""Sans-I/O TCP endpoint: the passive side of one guest connection (RFC 9293).
+"""Sans-I/O TCP endpoint: the router's side of one guest connection (RFC 9293).
 
-The guest always opens; the endpoint stands in for the remote host. Guest bytes land in a
+The endpoint stands in for the remote host. Usually the guest opens (`on_syn`, then
+`accept` or `refuse` once the host connect is decided); for an inbound forward the endpoint
+opens toward the guest (`connect`: SYN-SENT, simultaneous open included) and `refused` says
+the guest answered with RST. Guest bytes land in a
 receive ring the bridge drains into the host socket (`peek_data`/`consume`); host bytes land in
 a send ring the bridge fills from the host socket (`write_buffer`/`commit_write`) and the
 endpoint sends them to the guest within the guest's window and the congestion window. Time is
@@ -103,6 +106,7 @@ _NO_LOG: Final[deque[tuple[int, float, int]]] = deque()
 
 class TcpState(enum.Enum):
     LISTEN_PENDING = "LISTEN_PENDING"  # guest SYN stored, host connect in progress
+    SYN_SENT = "SYN_SENT"  # active open (inbound forward): our SYN is out to the guest
     SYN_RECEIVED = "SYN_RECEIVED"
     ESTABLISHED = "ESTABLISHED"
     CLOSE_WAIT = "CLOSE_WAIT"
@@ -116,6 +120,7 @@ class TcpState(enum.Enum):
 
 _LISTEN: Final = TcpState.LISTEN_PENDING
 _SYN_RCVD: Final = TcpState.SYN_RECEIVED
+_SYN_SENT: Final = TcpState.SYN_SENT
 _EST: Final = TcpState.ESTABLISHED
 _CLOSE_WAIT: Final = TcpState.CLOSE_WAIT
 _LAST_ACK: Final = TcpState.LAST_ACK
@@ -143,6 +148,9 @@ class TcpParams:
     # TCP_SND_BUFFER_MAX: the send ring grows toward this while cwnd wants more than half
     # of it, out of the process's SendBudget (tcp_buffers); equal to snd_buffer = fixed.
     snd_buffer_max: int = 0  # 0 = snd_buffer
+    # TCP_RCV_BUFFER_MAX: the receive ring (the window offered) doubles toward this while
+    # the guest delivers more than half of it per round trip, from the same budget.
+    rcv_buffer_max: int = 0  # 0 = rcv_buffer
     wscale: int = 7  # our window-scale shift, used only if the guest sent WS
     cc: str = "newreno"  # "newreno" | "cubic" | "off" (TCP_CC)
     rto_min: float = 0.2
@@ -164,6 +172,11 @@ class TcpParams:
     init_cwnd: int = 10  # initial window in segments (RFC 6928; TCP_INIT_CWND_MSS)
     max_retries: int = 15  # consecutive RTO expirations before giving up (RST)
     synack_retries: int = 5  # SYN-ACK retransmissions before giving up silently
+    # Active open (inbound forwards): SYN retransmissions before giving up, and a bound on
+    # the whole of SYN-SENT (0 = only the retries bound it: 1+2+4+8+16+32 s at the
+    # defaults). A host client waiting on a guest that never answers is closed then.
+    syn_retries: int = 5
+    syn_timeout: float = 0.0
     pace: float = 0.0  # TCP_PACE_US / 1e6: least time between new data segments (0 = off)
     # TCP_PACING: new data leaves at a rate derived from cwnd / srtt (2x in slow start,
     # 1.2x after, as Linux paces), in bursts of at most PACE_QUANTUM of that rate.
@@ -184,6 +197,7 @@ class TcpEndpoint:
     __slots__ = (
         "_ack_delay",
         "_ack_now",
+        "_active",
         "_budget",
         "_challenge_count",
         "_challenge_second",
@@ -215,10 +229,13 @@ class TcpEndpoint:
         "_rcv_base",
         "_rcv_buf",
         "_rcv_cap",
+        "_rcv_lent",
         "_rcv_mss",
         "_rcv_mv",
         "_rcv_nxt",
         "_rcv_read",
+        "_rcv_space_at",
+        "_rcv_space_seq",
         "_rcv_ws",
         "_recover",
         "_recovery_room",
@@ -251,6 +268,7 @@ class TcpEndpoint:
         "_snd_wnd",
         "_snd_ws",
         "_sws_thresh",
+        "_syn_deadline",
         "_synack_now",
         "_synack_rexmitted",
         "_t_delack",
@@ -288,6 +306,7 @@ class TcpEndpoint:
         "lost_retransmits",
         "ooo_segments",
         "peer",
+        "refused",
         "remote",
         "reopen",
         "reset",
@@ -322,6 +341,9 @@ class TcpEndpoint:
         self.reset = False  # the guest reset the connection
         self.timed_out = False  # we gave up (retries, keepalive, idle) and sent RST
         self.reopen = False  # a new SYN for this 4-tuple arrived in TIME_WAIT (see receive)
+        self.refused = False  # active open: the guest answered our SYN with RST
+        self._active = False  # we sent the first SYN (tcp_endpoint.connect)
+        self._syn_deadline = INF
         self._writer: tcp.SegmentWriter | tcp.SegmentWriter6
         if v6:
             self._writer = tcp.SegmentWriter6(local[0], remote[0], local[1], remote[1], params.ttl)
@@ -362,6 +384,9 @@ class TcpEndpoint:
         self._rcv_cap = max(params.rcv_buffer, 1)
         self._rcv_buf = _ring(self._rcv_cap)
         self._rcv_mv = memoryview(self._rcv_buf)
+        self._rcv_lent = 0  # bytes of the receive ring above rcv_buffer, from the budget
+        self._rcv_space_at = INF  # when to look at the guest's rate again (_rcv_space)
+        self._rcv_space_seq = 0  # RCV.NXT then
         self._rcv_adv_edge = 0
         self._rcv_ws = 0
         self._rcv_mss = min(tcp.DEFAULT_MSS, params.mss)
@@ -484,6 +509,11 @@ class TcpEndpoint:
         self._writer.tos = value & 0xFF
 
     @property
+    def syn_acked(self) -> bool:
+        """Our SYN (or SYN-ACK) was acknowledged: the connection was opened."""
+        return self._snd_una > self.iss
+
+    @property
     def mss(self) -> int:
         """Payload bytes of a full segment toward the guest."""
         return self._mss
@@ -540,12 +570,18 @@ class TcpEndpoint:
         """The send ring's current size (it grows with the window, see _grow_send)."""
         return self._snd_cap
 
+    @property
+    def rcv_capacity(self) -> int:
+        """The receive ring's size now (it grows with the guest's rate; see _rcv_space)."""
+        return self._rcv_cap
+
     def release(self) -> None:
-        """The connection is dropped: what its ring borrowed goes back to the pool."""
-        if self._snd_lent and self._budget is not None:
-            self._budget.give(self._snd_lent)
-        self._snd_lent = 0
+        """The connection is dropped: what its rings borrowed goes back to the pool."""
+        if self._budget is not None and self._snd_lent + self._rcv_lent:
+            self._budget.give(self._snd_lent + self._rcv_lent)
+        self._snd_lent = self._rcv_lent = 0
         self._snd_grow_at = 1 << 62
+        self._rcv_space_at = INF
 
     def send_space(self) -> int:
         if self._fin_queued or self.state not in _ACCEPTING_WRITES:
@@ -602,6 +638,8 @@ class TcpEndpoint:
             return
         if st is _LISTEN:
             self._pending_rst = (0, self.irs + 1, _RST | _ACK)
+        elif st is _SYN_SENT:
+            self._pending_rst = (self._snd_nxt, 0, _RST)  # the guest may be in SYN-RECEIVED
         elif st is not _TIME_WAIT:
             self._pending_rst = (self._snd_nxt, self._rcv_nxt, _RST | _ACK)
         self._close(discard=True)
@@ -618,15 +656,21 @@ class TcpEndpoint:
         opts = tcp.parse_options(pkt, parsed[8], parsed[9])
         if opts is None:
             opts = tcp.Options()
+        self._learn_syn(parsed[4], parsed[7], opts, now)
+        self.state = _LISTEN
+
+    def _learn_syn(self, seq: int, wnd: int, opts: tcp.Options, now: float) -> None:
+        """The guest's SYN (passive open) or SYN-ACK / crossing SYN (active open): its
+        sequence number, window and options. Actively we offer every option, so what is
+        used is what the guest's segment carries either way (SACK only if enabled here)."""
         p = self._p
-        seq = parsed[4]
         self.irs = seq
         self._rcv_nxt = seq + 1
         self._rcv_base = seq + 1
         self._rcv_read = seq + 1
         self._last_ack_sent = seq + 1
         self._snd_wl1 = seq
-        self._snd_wnd = parsed[7]  # RFC 7323 2.2: the window in a SYN is never scaled
+        self._snd_wnd = wnd  # RFC 7323 2.2: the window in a SYN is never scaled
         self._max_snd_wnd = self._snd_wnd
         self._guest_mss = opts.mss if opts.mss else tcp.DEFAULT_MSS
         self._wscale_ok = opts.wscale is not None
@@ -646,7 +690,6 @@ class TcpEndpoint:
         self._sws_thresh = max(1, min(self._rcv_cap // 2, p.mss))
         self._rcv_adv_edge = self._rcv_nxt + min(self._rcv_cap, 0xFFFF)
         self._last_rx = now
-        self.state = _LISTEN
 
     def accept(self, now: float) -> None:
         """Host connect succeeded: answer the guest's SYN."""
@@ -666,6 +709,79 @@ class TcpEndpoint:
         self._pending_rst = (0, self.irs + 1, _RST | _ACK)
         self._close(discard=True)
         self._send_pending_rst(now)
+
+    def connect(self, now: float) -> None:
+        """Active open (an inbound forward): send our SYN to the guest, offering every
+        option the passive side would accept (MSS, WS, SACK if enabled, TS)."""
+        if self.state is not _LISTEN or self._active:
+            return
+        self._active = True
+        self.state = _SYN_SENT
+        self._snd_nxt = self._snd_max = self.iss + 1
+        self._rcv_ws = min(max(self._p.wscale, 0), tcp.MAX_WSCALE)
+        self._synack_now = True  # in SYN-SENT: our SYN is due
+        self._t_rto = now + self._rtt.rto
+        if self._p.syn_timeout > 0:
+            self._syn_deadline = now + self._p.syn_timeout
+        self._rtt.start_timing(self.iss + 1, now)
+        self._send_syn(now)
+
+    def _send_syn(self, now: float) -> None:
+        slot = self.egress.reserve()
+        if slot is None:
+            self._t_retry = now + EGRESS_RETRY
+            return
+        p = self._p
+        opts = tcp.options_bytes(
+            mss=p.mss, wscale=self._rcv_ws, sack_perm=p.sack, ts=(self._ts_now(now), 0)
+        )
+        n = self._writer.write(slot, self.iss, 0, _SYN, min(self._rcv_cap, 0xFFFF), opts, 0)
+        self.egress.commit(n, self.peer)
+        self._synack_now = False
+
+    def _slow_syn_sent(
+        self,
+        pkt: memoryview,
+        ihl: int,
+        doff: int,
+        flags: int,
+        seq_w: int,
+        ack_w: int,
+        wnd: int,
+        now: float,
+    ) -> None:
+        """RFC 9293 3.10.7.3: our SYN is out; a SYN-ACK establishes, a SYN alone is a
+        simultaneous open, an RST that acknowledges our SYN is a refusal. Data on the
+        SYN-ACK is not kept (no guest sends any without TCP Fast Open): ACKing only the SYN
+        makes the guest send it again."""
+        if flags & _ACK:
+            ack = unwrap(ack_w, self._snd_una)
+            if ack != self.iss + 1:
+                if not flags & _RST:
+                    self._pending_rst = (ack_w, 0, _RST)
+                return
+        if flags & _RST:
+            if flags & _ACK:
+                self.reset = self.refused = True
+                self._close(discard=True)
+            return
+        if not flags & _SYN:
+            return
+        opts = tcp.parse_options(pkt, ihl + 20, ihl + doff) if doff > 20 else tcp.Options()
+        if opts is None:
+            return
+        self._learn_syn(seq_w, wnd, opts, now)
+        if flags & _ACK:
+            self._establish(self.iss + 1, wnd, seq_w, now)
+            self._snd_wnd = wnd  # the window of a SYN-ACK is never scaled either
+            self._max_snd_wnd = wnd
+            self._ack_now = True
+        else:
+            # Both sides opened at once: answer with a SYN-ACK carrying our first SYN's
+            # sequence number; its ACK (or the guest's own SYN-ACK) establishes.
+            self.state = _SYN_RCVD
+            self._synack_now = True
+            self._t_rto = now + self._rtt.rto
 
     def _syn_options(self, now: float) -> bytes:
         p = self._p
@@ -809,6 +925,9 @@ class TcpEndpoint:
         if st is _LISTEN:
             self._slow_listen(pkt, ihl + doff + plen, flags, seq_w, now)
             return
+        if st is _SYN_SENT:
+            self._slow_syn_sent(pkt, ihl, doff, flags, seq_w, ack_w, wnd, now)
+            return
         opts: tcp.Options | None = None
         if doff > 20:
             opts = tcp.parse_options(pkt, ihl + 20, ihl + doff)
@@ -829,6 +948,17 @@ class TcpEndpoint:
                     self._close(discard=True)
                 return
             if syn:
+                if (
+                    self._active
+                    and flags & _ACK
+                    and seq_w == self.irs
+                    and unwrap(ack_w, self._snd_una) == self.iss + 1
+                ):
+                    # Simultaneous open: the guest's SYN-ACK acknowledges our SYN
+                    # (RFC 9293 3.5 figure 7; Linux accepts it the same way).
+                    self._establish(self.iss + 1, wnd, self.irs, now)
+                    self._snd_wnd = wnd  # a SYN's window is never scaled
+                    return
                 # The guest did not get our SYN-ACK (or it crossed its retransmission):
                 # answer with the same one.
                 if not flags & _ACK:
@@ -1049,6 +1179,9 @@ class TcpEndpoint:
         else:
             self._rtt.stop_timing()
             self._rtt.handshake_retransmitted()
+        if self._wscale_ok and self._budget is not None and self._p.rcv_buffer_max > self._rcv_cap:
+            self._rcv_space_seq = self._rcv_nxt
+            self._rcv_space_at = now + max(self._rtt.srtt, CLOCK_GRANULARITY)
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 7: challenge ACKs are rate limited so they cannot be used to flood."""
@@ -1512,6 +1645,45 @@ class TcpEndpoint:
         if self._undo_retrans <= 0 and not self._in_recovery and not self._rto_loss:
             self._do_undo()  # every resend was a duplicate, and the episode is over
 
+    def _rcv_space(self, now: float) -> None:
+        """Once a round trip: if the guest delivered more than half the ring in it, the
+        window it is offered may be what limits it, so double the ring (Linux's receive
+        buffer autotuning, tcp_rcv_space_adjust, sizes to twice a round trip's data the
+        same way). A fixed 1 MiB capped an upload at 83 Mbit/s at 100 ms (bench_wan)."""
+        copied = self._rcv_nxt - self._rcv_space_seq
+        self._rcv_space_seq = self._rcv_nxt
+        srtt = self._rtt.srtt
+        self._rcv_space_at = now + (srtt if srtt > CLOCK_GRANULARITY else CLOCK_GRANULARITY)
+        if 2 * copied <= self._rcv_cap or self.state not in _RECEIVING:
+            return
+        p = self._p
+        cap = self._rcv_cap
+        want = min(2 * cap, p.rcv_buffer_max)
+        budget = self._budget
+        if budget is None or want <= cap or not budget.take(want - cap):
+            if want <= cap:
+                self._rcv_space_at = INF  # at the ceiling: nothing more to look at
+            return
+        self._rcv_lent += want - cap
+        new = _ring(want)
+        nmv = memoryview(new)
+        mv = self._rcv_mv
+        # Every byte held (in order or beyond a hole) lies in [RCV.READ, RCV.READ + cap)
+        # at index (seq - base) % cap; it moves to (seq - base) % want.
+        src = (self._rcv_read - self._rcv_base) % cap
+        dst = (self._rcv_read - self._rcv_base) % want
+        done = 0
+        while done < cap:  # at most three pieces: either ring may wrap once
+            k = min(cap - done, cap - src, want - dst)
+            nmv[dst : dst + k] = mv[src : src + k]
+            done += k
+            src = (src + k) % cap
+            dst = (dst + k) % want
+        self._rcv_buf = new
+        self._rcv_mv = nmv
+        self._rcv_cap = want
+        self._ooo.max_bytes = want
+
     def _delivered_mark(self) -> int:
         """SND.UNA plus the bytes SACKed above it: what the guest reported receiving, so
         the difference between two ACKs is what the later one delivered."""
@@ -1548,6 +1720,10 @@ class TcpEndpoint:
             if self._synack_now:
                 self._send_synack(now)
             return
+        if st is _SYN_SENT:
+            if self._synack_now:
+                self._send_syn(now)
+            return
         sent = False
         if st in _SENDING and (
             self._rexmit
@@ -1560,6 +1736,8 @@ class TcpEndpoint:
 
     def _ack_fields(self, now: float) -> tuple[int, bytes]:
         """Window field and options for the segments of one flush."""
+        if now >= self._rcv_space_at:
+            self._rcv_space(now)
         nxt = self._rcv_nxt
         edge = self._rcv_read + self._rcv_cap
         adv = self._rcv_adv_edge
@@ -1854,7 +2032,9 @@ class TcpEndpoint:
                 # exactly the condition handle_timer acts on: a deadline it would ignore
                 # would come back as "due" forever
                 t = min(t, self.last_ack_progress + p.ack_idle_fail)
-            if p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
+            if st is _SYN_SENT:
+                t = min(t, self._syn_deadline)
+            elif p.keepalive_idle > 0 and st is not _LISTEN and st is not _SYN_RCVD:
                 t = min(
                     t, self._last_rx + p.keepalive_idle + self._ka_probes * p.keepalive_interval
                 )
@@ -1897,6 +2077,10 @@ class TcpEndpoint:
             self._t_retry = INF
         if now >= self._t_pace:
             self._t_pace = INF
+        if st is _SYN_SENT and now >= self._syn_deadline:
+            self.timed_out = True
+            self._close(discard=True)  # the guest never answered: nothing to reset
+            return
         if now >= self._t_rto:
             self._on_rto(now)
             if self.state is _CLOSED:
@@ -1914,6 +2098,7 @@ class TcpEndpoint:
             p.keepalive_idle > 0
             and st is not _LISTEN
             and st is not _SYN_RCVD
+            and st is not _SYN_SENT
             and now >= self._last_rx + p.keepalive_idle + self._ka_probes * p.keepalive_interval
         ):
             if self._ka_probes >= p.keepalive_count:
@@ -1926,6 +2111,19 @@ class TcpEndpoint:
     def _on_rto(self, now: float) -> None:
         p = self._p
         st = self.state
+        if st is _SYN_SENT:
+            if self._retries >= p.syn_retries:
+                self.timed_out = True
+                self._close(discard=True)  # the guest never answered our SYN
+                return
+            self._retries += 1
+            self.rto_expirations += 1
+            self.retransmits += 1
+            self._synack_rexmitted = True  # Karn: the SYN-ACK's RTT is not sampled
+            self._rtt.backoff()
+            self._t_rto = now + self._rtt.rto
+            self._synack_now = True
+            return
         if st is _SYN_RCVD:
             if self._retries >= p.synack_retries:
                 self.timed_out = True
@@ -2039,4 +2237,4 @@ class TcpEndpoint:
         self._ack_now = False
 
 
-_ACCEPTING_WRITES: Final = frozenset({_LISTEN, _SYN_RCVD, _EST, _CLOSE_WAIT})
+_ACCEPTING_WRITES: Final = frozenset({_LISTEN, _SYN_SENT, _SYN_RCVD, _EST, _CLOSE_WAIT})

@@ -293,18 +293,18 @@ class OutOfOrder:
     SACK blocks. Bounded in bytes past RCV.NXT and in ranges, so a guest cannot make us
     track an unbounded scatter; what does not fit is dropped and retransmitted later."""
 
-    __slots__ = ("_max_bytes", "_max_ranges", "_stamp", "ranges")
+    __slots__ = ("_max_ranges", "_stamp", "max_bytes", "ranges")
 
     def __init__(self, max_bytes: int, max_ranges: int = MAX_OOO_RANGES) -> None:
         self.ranges: list[list[int]] = []
         self._stamp = 0
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes  # raised when the receive ring grows
         self._max_ranges = max_ranges
 
     def add(self, seq: int, end: int, nxt: int) -> int:
         """Record that [seq, end) arrived while RCV.NXT is `nxt` (seq > nxt). Returns how
         many bytes from `seq` to keep, which the caller then stores; 0 means drop them."""
-        bound = nxt + self._max_bytes
+        bound = nxt + self.max_bytes
         if end > bound:
             end = bound
             if end <= seq:

@@ -17,13 +17,24 @@ import contextlib
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from wgslirp.net import icmp, icmpv6, udp
 from wgslirp.net.ipv4 import PROTO_UDP
-from wgslirp.slirp.bridge_context import V6_UNREACH_CODE, BridgeContext, sock_addr, traffic_class
+from wgslirp.slirp.bridge_context import (
+    ROUTE_BY_DESTINATION,
+    V6_UNREACH_CODE,
+    BridgeContext,
+    sock_addr,
+    traffic_class,
+)
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
+
+if TYPE_CHECKING:
+    from wgslirp.slirp.forward_bridge import ForwardTally
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -48,7 +59,9 @@ UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst add
 
 
 class UdpFlow(Flow):
-    __slots__ = ("aport", "gport", "guest", "remote", "sock", "src_alias", "tos", "v6")
+    __slots__ = (
+        "aport", "client", "gport", "guest", "remote", "sock", "src_alias", "tally", "tos", "v6"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -72,6 +85,10 @@ class UdpFlow(Flow):
         self.remote = remote
         self.tos = 0
         self.v6 = v6  # the guest speaks IPv6: replies and errors are built as IPv6
+        # An inbound forward's flow: `sock` is the forward's shared listening socket and
+        # the guest's datagrams go to the host client at `client`.
+        self.client: tuple[str, int] | None = None
+        self.tally: ForwardTally | None = None
 
 
 class UdpBridge:
@@ -80,6 +97,12 @@ class UdpBridge:
         self.policy = policy
         self.table = table
         self._quote = bytearray(1024)
+        # Inbound forwards (see TcpBridge's twins): flows whose guest has not answered yet,
+        # by (guest, guest port, gateway, NAT port); NAT ports in use; flows by listening
+        # socket and host client.
+        self._unbound: dict[tuple[int, int, int, int], UdpFlow] = {}
+        self._forward_ports: set[tuple[int, int, int]] = set()
+        self._by_client: dict[tuple[int, tuple[str, int]], UdpFlow] = {}
 
     # ------------------------------------------------------------- guest -> host
 
@@ -92,6 +115,8 @@ class UdpBridge:
         src, dst, sport, dport, off, plen = parsed
         key = (peer, src, sport, dst, dport)
         flow = self.table.get(key)
+        if flow is None and self._unbound:
+            flow = self._bind(key, peer, now)
         if flow is None:
             flow = self._open(key, peer, pkt, n, now)
             if flow is None:
@@ -100,7 +125,12 @@ class UdpBridge:
         if self.ctx.copy_tos:
             flow.tos = traffic_class(pkt)
         try:
-            flow.sock.send(pkt[off : off + plen])
+            client = flow.client
+            if client is None:
+                flow.sock.send(pkt[off : off + plen])
+            else:
+                flow.sock.sendto(pkt[off : off + plen], client)
+                flow.tally.bytes_to_host += plen  # type: ignore[union-attr]
         except BlockingIOError:
             stats.udp_send_errors += 1
             return
@@ -304,8 +334,112 @@ class UdpBridge:
             self._close(flow)
 
     def _close(self, flow: UdpFlow) -> None:
+        if flow.client is not None:  # the socket is the forward's, shared
+            key: UdpKey = flow.key  # type: ignore[assignment]
+            if self._unbound.get(key[1:]) is flow:
+                del self._unbound[key[1:]]
+            self._forward_ports.discard((key[1], key[2], key[4]))
+            self._by_client.pop((flow.sock.fileno(), flow.client), None)
+            return
         self.ctx.poller.unregister(flow.sock)
         flow.sock.close()
+
+    # ------------------------------------------------------------ inbound forwards
+
+    def forward_port_taken(self, guest: int, gport: int, nat_port: int) -> bool:
+        return (guest, gport, nat_port) in self._forward_ports
+
+    def from_forward(
+        self,
+        sock: socket.socket,
+        guest: int,
+        gport: int,
+        nat_port_for: Callable[[], int | None],
+        tally: ForwardTally,
+        now: float,
+    ) -> None:
+        """Datagrams from host clients on a forward's listening socket: each client is a
+        flow from the gateway address and its own NAT port (`nat_port_for` picks one that
+        hashes back to this worker) to guest:gport, under the usual caps and idle timeout."""
+        ctx = self.ctx
+        gw = ctx.gateway
+        egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
+        room = mtu - udp.PAYLOAD_OFFSET
+        overflow = memoryview(ctx.scratch2)
+        fd = sock.fileno()
+        for _ in range(RECV_BATCH):
+            slot = egress.reserve()
+            if slot is None:
+                stats.egress_full += 1
+                with contextlib.suppress(OSError):
+                    sock.recv_into(overflow)  # tail drop, as in on_readable
+                return
+            try:
+                nbytes, _, _, client = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET : mtu], overflow])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if gw is None:
+                continue
+            flow = self._by_client.get((fd, client))
+            if flow is None:
+                port = nat_port_for()
+                if port is None:
+                    tally.failed += 1
+                    continue
+                for old in self.table.make_room(ROUTE_BY_DESTINATION):
+                    stats.udp_flows_evicted += 1
+                    self._close(old)
+                key = (ROUTE_BY_DESTINATION, guest, gport, gw, port)
+                flow = UdpFlow(key, ROUTE_BY_DESTINATION, now, sock, guest, gport, gw, port, client)
+                flow.client = client
+                flow.tally = tally
+                self.table.add(flow, now)
+                self._unbound[(guest, gport, gw, port)] = flow
+                self._forward_ports.add((guest, gport, port))
+                self._by_client[(fd, client)] = flow
+                stats.udp_flows_opened += 1
+                tally.accepted += 1
+            flow.last_active = now
+            stats.udp_rx_packets += 1
+            stats.udp_rx_bytes += nbytes
+            tally.bytes_to_guest += nbytes
+            buf = slot
+            if nbytes > room:  # larger than the tunnel MTU: assemble, then fragment
+                buf = memoryview(ctx.scratch)
+                buf[udp.PAYLOAD_OFFSET : mtu] = slot[udp.PAYLOAD_OFFSET : mtu]
+                buf[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
+            k = udp.build_in_place(
+                buf, gw, guest, flow.aport, gport, nbytes, ctx.ttl, 0, ctx.next_ident()
+            )
+            if nbytes <= room:
+                egress.commit(k, flow.peer)
+            else:
+                ctx.emit(buf, k, flow.peer)
+
+    def _bind(self, key: UdpKey, peer: int, now: float) -> UdpFlow | None:
+        """The guest's first answer on a forwarded flow: from now on the flow is that
+        peer's (its caps, its removal)."""
+        flow = self._unbound.pop(key[1:], None)
+        if flow is None:
+            return None
+        self.table.remove(flow)
+        for old in self.table.make_room(peer):
+            self.ctx.stats.udp_flows_evicted += 1
+            self._close(old)
+        flow.key = key
+        flow.peer = peer
+        self.table.add(flow, now)
+        return flow
+
+    def close_forward(self, sock: socket.socket) -> None:
+        """A forward's listening socket goes (a reload removed it): its flows go too."""
+        fd = sock.fileno()
+        for (f, _), flow in list(self._by_client.items()):
+            if f == fd:
+                self.table.remove(flow)
+                self._close(flow)
 
     def forget_peer(self, peer: int) -> int:
         gone = self.table.remove_peer(peer)
