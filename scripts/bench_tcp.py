@@ -15,6 +15,9 @@ Paths measured (needs root, /dev/net/tun, wireguard-go, wg, ip and iperf3):
   (``PROCESSOR_WORKERS=N``), which terminates the guest's TCP in user space and bridges it
   to a host socket -> the iperf3 server on 127.0.0.1, reached as the gateway 10.77.0.1.
   ``up`` is ``iperf3 -c`` (guest sends), ``down`` is ``iperf3 -R`` (host sends).
+- **workers=N ipv6** (``--family 6`` or ``4,6``): the same over IPv6 inside the tunnel: the
+  guest's fd77::2 to the gateway fd77::1, bridged to an iperf3 server on [::1] (MSS from
+  MTU - 60), printed next to the IPv4 rows of the same run.
 - **fwd workers=N** (``--direction forward``): the same router and guest, the other way in:
   an iperf3 server inside the guest namespace on 10.77.0.2, reached by an iperf3 client on
   the host through an inbound forward (``WG_FORWARD_TCP=127.0.0.1:P=10.77.0.2:Q``), so the
@@ -52,6 +55,7 @@ asserts a speed.  Targets (from the TCP issue): >= 500 Mbit/s each way on a
     python scripts/bench_tcp.py                     # everything, ~3 minutes
     python scripts/bench_tcp.py --quick             # 3 s windows, 2,000 flows
     python scripts/bench_tcp.py --workers 2 --skip memory
+    python scripts/bench_tcp.py --family 4,6 --skip memory,reference  # IPv6 next to IPv4
     python scripts/bench_tcp.py --repeat 3          # median of 3 iperf3 runs per row
     python scripts/bench_tcp.py --rev HEAD          # router from a commit, not the work tree
     python scripts/bench_tcp.py --code /tmp/patched # router from a patched copy (experiments)
@@ -108,6 +112,7 @@ from wgslirp_testkit.proc import (
 from wgslirp_testkit.pyspy import PySpy, print_profile
 from wgslirp_testkit.router import (
     GATEWAY,
+    GATEWAY6,
     REPO,
     RouterProcess,
     base_env,
@@ -671,7 +676,7 @@ class Bench:
         return env, router_cwd(env, self.args.code_dir)
 
     @contextlib.contextmanager
-    def _tunnel(self, workers: int, extra: dict[str, str]) -> Any:
+    def _tunnel(self, workers: int, extra: dict[str, str], v6: bool = False) -> Any:
 
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-tcp-"))
         port = free_udp_port()
@@ -679,7 +684,8 @@ class Bench:
         try:
             with RouterProcess(router_cmd(), env, cwd=cwd) as r:
                 r.wait_for_line(r"listening on 127\.0\.0\.1:\d+", timeout=30)
-                with pinged_client(r, port) as c:
+                allowed = ("10.77.0.0/24", "fd77::/64") if v6 else ("10.77.0.0/24",)
+                with pinged_client(r, port, allowed_ips=allowed) as c:
                     self._grow_buffers(c)
                     self.mtu = c.mtu
                     self.router_port = port
@@ -691,16 +697,16 @@ class Bench:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def run_throughput(self, workers: int, server: Iperf3Server) -> None:
+    def run_throughput(self, workers: int, server: Iperf3Server, v6: bool = False) -> None:
 
-        mode = f"workers={workers}"
-        print(f"PROCESSOR_WORKERS={workers}: throughput", flush=True)
+        mode = f"workers={workers}" + (" ipv6" if v6 else "")
+        print(f"PROCESSOR_WORKERS={workers}: throughput{' over IPv6' if v6 else ''}", flush=True)
         info: dict[str, Any] = {"mode": mode, "test": "throughput"}
         self.infos.append(info)
-        forward = self.args.direction == "forward"
+        forward = self.args.direction == "forward" and not v6  # forwards are IPv4 for now
         fport, gport = free_tcp_port(), free_tcp_port()
         extra = {"WG_FORWARD_TCP": f"127.0.0.1:{fport}={GUEST}:{gport}"} if forward else {}
-        with self._tunnel(workers, extra) as (r, c):
+        with self._tunnel(workers, extra, v6) as (r, c):
             procs = process_tree(r.pid)
             info["processes"] = sorted(set(procs.values()))
             ports = {"wg-go": c.udp_port(), "router": self.router_port}
@@ -708,7 +714,7 @@ class Bench:
                 lambda d: self.iperf(
                     mode,
                     d,
-                    GATEWAY,
+                    GATEWAY6 if v6 else GATEWAY,
                     server,
                     c,
                     {"wg-go": [c.pid]},
@@ -1191,6 +1197,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--workers", default="0,2", help="PROCESSOR_WORKERS values (default 0,2)")
     p.add_argument(
+        "--family",
+        default="4",
+        help="address families inside the tunnel for the throughput rows: 4, 6 or 4,6 (default 4)",
+    )
+    p.add_argument(
         "--flows",
         type=int,
         default=None,
@@ -1284,6 +1295,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.flows is None:
         a.flows = 2000 if a.quick else 10_000
     a.workers = [int(x) for x in a.workers.split(",") if x.strip()]
+    a.family = [x.strip() for x in a.family.split(",") if x.strip()]
+    if not a.family or set(a.family) - {"4", "6"}:
+        p.error("--family must be 4, 6 or 4,6")
     a.skip = {x.strip() for x in a.skip.split(",") if x.strip()}
     if a.no_reference:
         a.skip.add("reference")
@@ -1345,16 +1359,26 @@ def main(argv: list[str]) -> int:
         bench.tcp_config = bench.effective_tcp_config()
         if "throughput" not in args.skip:
             port = free_tcp_port()
-            with Iperf3Server("127.0.0.1", port) as server:
+            with contextlib.ExitStack() as servers:
+                server = servers.enter_context(Iperf3Server("127.0.0.1", port))
+                server6 = None
+                if "6" in args.family:
+                    server6 = servers.enter_context(Iperf3Server("::1", free_tcp_port()))
                 if "loopback" not in args.skip:
                     bench.run_loopback(server)
                 for w in args.workers:
-                    try:
-                        bench.run_throughput(w, server)
-                    except (HarnessError, RuntimeError) as exc:
-                        print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
-                        bench.tput.append(Tput(f"workers={w}", "up", error=str(exc)))
-                        code = 1
+                    for fam in args.family:
+                        try:
+                            if fam == "6":
+                                assert server6 is not None
+                                bench.run_throughput(w, server6, v6=True)
+                            else:
+                                bench.run_throughput(w, server)
+                        except (HarnessError, RuntimeError) as exc:
+                            label = f"workers={w}" + (" ipv6" if fam == "6" else "")
+                            print(f"{label} failed: {exc}", file=sys.stderr)
+                            bench.tput.append(Tput(label, "up", error=str(exc)))
+                            code = 1
             if "reference" not in args.skip:
                 try:
                     bench.run_reference()

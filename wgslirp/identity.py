@@ -41,6 +41,12 @@ SERVER_KEY_FILE = "server.key"
 CLIENT_KEY_FILE = "client.key"
 EMBEDDED_CLIENT_ADDRESS = "10.77.0.2/32"
 EMBEDDED_GATEWAY_IP = "10.77.0.1"
+# The generated client gets an IPv6 tunnel address too, always, whether the host has IPv6 or
+# not: a client whose AllowedIPs leave out ::/0 sends its IPv6 traffic around the tunnel
+# (the classic VPN leak), while one that tunnels it and meets a host without IPv6 gets a
+# quick ICMPv6 unreachable from the router and falls back to IPv4 (RFC 8305).
+EMBEDDED_CLIENT_ADDRESS6 = "fd77::2/128"
+EMBEDDED_GATEWAY_IP6 = "fd77::1"
 _SETTING = "WGSLIRP_STATE_DIR"
 log = logging.getLogger("wgslirp.identity")
 
@@ -185,11 +191,19 @@ def ensure_default_identity(cfg: Config) -> Config:
         return msgspec.structs.replace(cfg, private_key=server)
 
     client = load_or_create_key(cfg.state_dir, CLIENT_KEY_FILE)
-    peer = PeerConfig(public_key=public_key(client), allowed_ips=(EMBEDDED_CLIENT_ADDRESS,))
+    peer = PeerConfig(
+        public_key=public_key(client),
+        allowed_ips=(EMBEDDED_CLIENT_ADDRESS, EMBEDDED_CLIENT_ADDRESS6),
+    )
     gateway = cfg.gateway_ip
     if gateway is None and cfg.dns_ip != EMBEDDED_GATEWAY_IP:
         gateway = EMBEDDED_GATEWAY_IP
-    return msgspec.structs.replace(cfg, private_key=server, peers=(peer,), gateway_ip=gateway)
+    gateway6 = cfg.gateway_ip6
+    if gateway6 is None and cfg.dns_ip6 != EMBEDDED_GATEWAY_IP6:
+        gateway6 = EMBEDDED_GATEWAY_IP6
+    return msgspec.structs.replace(
+        cfg, private_key=server, peers=(peer,), gateway_ip=gateway, gateway_ip6=gateway6
+    )
 
 
 def read_client_private_key(cfg: Config | str) -> bytes | None:
@@ -234,7 +248,8 @@ def client_config_text(
     peer_index: int = 0,
     local_ipv4: Callable[[], str] = first_host_ipv4,
 ) -> str:
-    """A wg-quick file for peer ``peer_index`` that tunnels all its IPv4 traffic.
+    """A wg-quick file for peer ``peer_index`` that tunnels all its IPv4 traffic, and all
+    its IPv6 traffic when the peer has an IPv6 tunnel address.
 
     A ``client_private_key`` that does not belong to that peer (for example a
     client.key left from an earlier zero-config run after peers were
@@ -258,22 +273,29 @@ def client_config_text(
         lines.append(
             f"# PrivateKey = <the private key whose public key is {encode_key(peer.public_key)}>"
         )
+    # One address per family: the first prefix of each, when it is a single address.
+    v4 = [c for c in peer.allowed_ips if ":" not in c]
+    v6 = [c for c in peer.allowed_ips if ":" in c]
+    hosts = [f[0] for f, full in ((v4, "/32"), (v6, "/128")) if f and f[0].endswith(full)]
     first = peer.allowed_ips[0] if peer.allowed_ips else None
-    if first is not None and first.endswith("/32"):
-        lines.append(f"Address = {first}")
+    if hosts:
+        lines.append(f"Address = {', '.join(hosts)}")
     elif first is not None:
         lines.append(f"# Address = <an address in {first}>")
     else:
         lines.append("# Address = <none: this peer has no AllowedIPs on the router>")
-    if cfg.dns_ip is not None:
-        lines.append(f"DNS = {cfg.dns_ip}")
+    dns = [a for a in (cfg.dns_ip, cfg.dns_ip6) if a is not None]
+    if dns:
+        lines.append(f"DNS = {', '.join(dns)}")
     lines.append(f"MTU = {cfg.mtu}")
     lines += ["", "[Peer]", f"PublicKey = {encode_key(public_key(cfg.private_key))}"]
     if peer.preshared_key is not None:
         lines.append(f"PresharedKey = {encode_key(peer.preshared_key)}")
     lines += [
         f"Endpoint = {_endpoint(cfg, local_ipv4)}",
-        "AllowedIPs = 0.0.0.0/0",
+        "AllowedIPs = 0.0.0.0/0, ::/0"
+        if any(":" in c for c in peer.allowed_ips)
+        else "AllowedIPs = 0.0.0.0/0",
         "PersistentKeepalive = 25",
     ]
     return "\n".join(lines) + "\n"

@@ -39,9 +39,14 @@ def run(client: Any, *args: object, timeout: float = 300) -> dict[str, Any]:
     return out
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """The socket family of a literal address (IPv6 literals hold a colon)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def dns(server: str, port: int, name: str) -> dict[str, object]:
     msg = dns_query(name, qid=0xBEEF)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(server), socket.SOCK_DGRAM)
     s.settimeout(2)
     for _ in range(3):
         s.sendto(msg, (server, port))
@@ -76,7 +81,7 @@ def dns_tcp(server: str, port: int, name: str) -> dict[str, object]:
 
 
 def udp_echo(host: str, port: int, count: int, size: int, window: int) -> dict[str, object]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(host), socket.SOCK_DGRAM)
     s.connect((host, port))
     s.settimeout(0.5)
     pad = bytes(range(256)) * (size // 256 + 1)
@@ -122,7 +127,7 @@ def udp_echo(host: str, port: int, count: int, size: int, window: int) -> dict[s
 
 
 def udp_error(host: str, port: int) -> dict[str, object]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(host), socket.SOCK_DGRAM)
     s.connect((host, port))
     s.settimeout(2)
     for _ in range(3):
@@ -164,6 +169,29 @@ def raw_udp(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str,
     s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
     for _ in range(count):
         s.sendto(hdr + udp, (ifname, 0x0800))
+    return {"sent": count}
+
+
+def raw_udp6(ifname: str, src: str, dst: str, port: int, count: int) -> dict[str, object]:
+    """`raw_udp` for IPv6: the only way a guest puts a packet for ::1 or an IPv4-mapped
+    address into the tunnel (its kernel keeps the first on its own loopback and sends the
+    second as IPv4). The UDP checksum is computed: zero is invalid in IPv6."""
+    payload = b"loopback probe"
+    s_addr = socket.inet_pton(socket.AF_INET6, src)
+    d_addr = socket.inet_pton(socket.AF_INET6, dst)
+    ulen = 8 + len(payload)
+    udp = struct.pack(">HHHH", 40000, port, ulen, 0) + payload
+    pseudo = s_addr + d_addr + struct.pack(">I3xB", ulen, 17) + udp
+    if len(pseudo) % 2:
+        pseudo += b"\x00"
+    csum = sum(struct.unpack(f">{len(pseudo) // 2}H", pseudo))
+    while csum >> 16:
+        csum = (csum & 0xFFFF) + (csum >> 16)
+    udp = udp[:6] + struct.pack(">H", (~csum & 0xFFFF) or 0xFFFF) + udp[8:]
+    hdr = struct.pack(">IHBB", 6 << 28, ulen, 17, 64) + s_addr + d_addr
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD))
+    for _ in range(count):
+        s.sendto(hdr + udp, (ifname, 0x86DD))
     return {"sent": count}
 
 
@@ -265,7 +293,7 @@ def _verified_connect(s: socket.socket, deadline: float) -> str:
 def tcp_connect_time(host: str, port: int, tries: int, timeout: float) -> dict[str, object]:
     results = []
     for _ in range(tries):
-        s = socket.socket()
+        s = socket.socket(_family(host))
         s.settimeout(timeout)
         t0 = time.perf_counter()
         try:
@@ -361,6 +389,8 @@ def main() -> None:
         out = tcp_hold(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "raw_udp":
         out = raw_udp(args[0], args[1], args[2], int(args[3]), int(args[4]))
+    elif cmd == "raw_udp6":
+        out = raw_udp6(args[0], args[1], args[2], int(args[3]), int(args[4]))
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(out))

@@ -31,7 +31,10 @@ from wgslirp_testkit.proc import die_with_parent
 
 class _ThreadedUdpServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, lifetime: float = 300) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.host = host
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+        )
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind((host, port))
         self.port: int = self.sock.getsockname()[1]
@@ -94,9 +97,9 @@ class TinyDns(_ThreadedUdpServer):
     def __init__(self, records: dict[str, str], **kw: float) -> None:
         for _ in range(50):  # a UDP port whose TCP twin is free too
             super().__init__(**kw)  # type: ignore[arg-type]
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp = socket.socket(self.sock.family, socket.SOCK_STREAM)
             try:
-                self.tcp.bind(("127.0.0.1", self.port))
+                self.tcp.bind((self.host, self.port))
                 break
             except OSError:
                 self.tcp.close()
@@ -216,9 +219,11 @@ class TcpServer:
         port: int = 0,
     ) -> None:
         """`host`/`port`: a guest's address when it runs inside a guest namespace
-        (guestprog's `serve`, the service behind an inbound forward)."""
+        (guestprog's `serve`, the service behind an inbound forward), or [::1] for IPv6."""
         self.mode, self.size = mode, size
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+        )
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((host, port))
         self.lsock.listen(4096)

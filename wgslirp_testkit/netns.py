@@ -71,6 +71,22 @@ def require_root_and_tun(extra_binaries: Sequence[str] = ()) -> str | None:
     return None
 
 
+def ipv6_unavailable() -> str | None:
+    """Why IPv6 cannot be used in tests here (a kernel or container with it off), or None.
+
+    Checked by binding [::1], which every IPv6-enabled host has; the namespaces tests create
+    inherit the same setting.
+    """
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"IPv6 is off on this host ({exc.strerror or exc})"
+    return None
+
+
 def skip_unless_e2e(extra_binaries: Sequence[str] = ()) -> pytest.MarkDecorator:
     """Marker that skips a test, with the reason, where :func:`require_root_and_tun` fails.
 

@@ -30,7 +30,7 @@ def free_tcp_port() -> int:
 
 
 @contextlib.contextmanager
-def closed_tcp_port() -> Iterator[int]:
+def closed_tcp_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A TCP port on 127.0.0.1 that refuses connections and stays ours while the block runs.
 
     A socket bound without listen() answers every SYN with RST, and its binding keeps the
@@ -38,19 +38,21 @@ def closed_tcp_port() -> Iterator[int]:
     connect choosing it as its own source port, which would self-connect). A port that was
     merely free a moment ago gives a test that expects a refusal a rare false "connected".
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         yield int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
-def closed_udp_port() -> Iterator[int]:
+def closed_udp_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A UDP port on 127.0.0.1 that answers port-unreachable and stays ours meanwhile.
 
     A UDP socket connected to another peer does not match datagrams from anyone else, so the
     kernel answers them with ICMP port unreachable exactly as for an unbound port.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.connect(("127.0.0.1", 9))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        s.connect((host, 9))
         yield int(s.getsockname()[1])

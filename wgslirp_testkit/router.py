@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from wgslirp_testkit.diagnostics import Diagnosable
-from wgslirp_testkit.netns import unique_name
+from wgslirp_testkit.netns import ipv6_unavailable, unique_name
 from wgslirp_testkit.proc import (
     HarnessError,
     file_size,
@@ -242,6 +242,7 @@ class RouterProcess(Diagnosable):
 # --------------------------------------------------------------------------- wgslirp
 
 GATEWAY = "10.77.0.1"
+GATEWAY6 = "fd77::1"  # the zero-config client's IPv6 gateway (WG_GATEWAY_IP6)
 LISTENING = r"listening on 127\.0\.0\.1:\d+"
 _TOTALS = re.compile(r"stopped; totals: (\{.*\})")
 EXIT_COUNTERS = re.compile(r"(ingress|worker \d+) stopped; counters: (\{.*\})")
@@ -338,24 +339,30 @@ def client_from_router_output(r: RouterProcess, port: int, **kw: object) -> WgCl
     """The wireguard-go client of the configuration a started router printed."""
     r.wait_for_line(r"^PersistentKeepalive", timeout=5)
     cfg = parse_client_config(r.stdout())
-    assert cfg["Address"] == "10.77.0.2/32"
+    # zero-config: an IPv4 and an IPv6 tunnel address (docs/configuration.md); on a host
+    # with IPv6 off the guest gets the IPv4 one only (its namespace could not take the other)
+    addresses = [a.strip() for a in cfg["Address"].split(",")]
+    assert addresses == ["10.77.0.2/32", "fd77::2/128"], cfg["Address"]
+    if ipv6_unavailable() is not None:
+        addresses = addresses[:1]
     assert cfg["Endpoint"].endswith(f":{port}")
     return WgClient(
         cfg["PrivateKey"],
         cfg["PublicKey"],
         port,
-        address=cfg["Address"],
+        address=addresses,
         allowed_ips=kw.pop("allowed_ips", ("10.77.0.0/24",)),  # type: ignore[arg-type]
-        mtu=int(cfg["MTU"]),
+        mtu=kw.pop("mtu", int(cfg["MTU"])),  # type: ignore[arg-type]
         **kw,
     )  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
-def pinged_client(router: RouterProcess, port: int) -> Iterator[WgClient]:
+def pinged_client(router: RouterProcess, port: int, **kw: object) -> Iterator[WgClient]:
     """The wireguard-go client of a started ``router`` listening on 127.0.0.1:``port``, once
-    a ping through the tunnel got an answer and the handshake is done."""
-    with client_from_router_output(router, port, log_level="error") as c:
+    a ping through the tunnel got an answer and the handshake is done; ``kw`` go to
+    `client_from_router_output` (``allowed_ips=...``)."""
+    with client_from_router_output(router, port, log_level="error", **kw) as c:
         wait_tunnel(c, GATEWAY, interval=0.1)
         yield c
 

@@ -149,7 +149,8 @@ class WgClient(Diagnosable):
         UDP port of the peer on ``endpoint_host`` (a 127.0.0.0/8 address or ::1); None = no
         endpoint.
     address:
-        Tunnel address(es) of the interface, e.g. ``"10.77.0.2/32"``.
+        Tunnel address(es) of the interface, e.g. ``"10.77.0.2/32"`` or
+        ``"10.77.0.2/32, fd77::2/128"``.
     allowed_ips:
         CIDRs routed through the tunnel inside the namespace, and the peer's allowed-ips
         unless ``peer_allowed_ips`` says otherwise.  ``0.0.0.0/0`` is the default route.
@@ -185,7 +186,10 @@ class WgClient(Diagnosable):
         self.server_public_key = key_to_base64(server_public_key)
         self.endpoint_port = endpoint_port
         self.endpoint_host = endpoint_host
-        self.addresses = [address] if isinstance(address, str) else list(address)
+        # a string may list several, as a wg-quick Address line does ("a/32, b/128")
+        self.addresses = (
+            [a.strip() for a in address.split(",")] if isinstance(address, str) else list(address)
+        )
         self.allowed_ips = list(allowed_ips)
         self.peer_allowed_ips = list(peer_allowed_ips or allowed_ips)
         self.mtu = mtu

@@ -83,7 +83,7 @@ def test_wg_show_and_showconf_after_traffic(tmp_path: Path, ifname: str) -> None
         peer = d.peers[c.public_key]
         assert abs(time.time() - peer.latest_handshake) < 30
         assert peer.rx_bytes > 0 and peer.tx_bytes > 0
-        assert peer.allowed_ips == ("10.77.0.2/32",)
+        assert peer.allowed_ips == ("10.77.0.2/32", "fd77::2/128")
         assert peer.endpoint == f"127.0.0.1:{c.udp_port()}"
         # showconf -> syncconf is a no-op that keeps the session; showconf is unchanged
         conf = wg("showconf", ifname).stdout

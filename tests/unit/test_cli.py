@@ -123,6 +123,15 @@ def test_pubkey_rejects_garbage_with_exit_2() -> None:
             "WG_PEER_0_ALLOWED_IPS",
         ),
         ({"IP_TTL": "0"}, "IP_TTL"),
+        ({"WG_GATEWAY_IP6": "fd77::zz"}, "WG_GATEWAY_IP6"),
+        (
+            {
+                "WG_PEERS": "0",
+                "WG_PEER_0_PUBLIC_KEY": encode_key(b"\x02" * 32),
+                "WG_PEER_0_ALLOWED_IPS": "10.77.0.2/32, ::10.77.0.2/128",
+            },
+            "WG_PEER_0_ALLOWED_IPS",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["run", "check-config"])

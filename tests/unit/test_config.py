@@ -159,6 +159,10 @@ SAMPLES: dict[str, tuple[str, str, object]] = {
     "WG_GATEWAY_IP": ("10.9.0.1", "gateway_ip", "10.9.0.1"),
     "WG_GATEWAY_HOST_IP": ("127.0.0.2", "gateway_host_ip", "127.0.0.2"),
     "WG_DNS_IP": ("10.9.0.53", "dns_ip", "10.9.0.53"),
+    "WG_GATEWAY_IP6": ("FD09::1", "gateway_ip6", "fd09::1"),
+    "WG_GATEWAY_HOST_IP6": ("0:0::2", "gateway_host_ip6", "::2"),
+    "WG_DNS_IP6": ("fd09::53", "dns_ip6", "fd09::53"),
+    "EGRESS_NAT64": ("yes", "egress.nat64", True),
     "WG_DNS_UPSTREAM": (
         "127.0.0.1, 127.0.0.2:5353",
         "dns_upstream",
@@ -327,6 +331,21 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"WG_GATEWAY_HOST_IP": "host"}, "WG_GATEWAY_HOST_IP"),
     ({"WG_DNS_UPSTREAM": "resolver"}, "WG_DNS_UPSTREAM"),
     ({"WG_DNS_IP": "224.0.0.1"}, "WG_DNS_IP"),
+    ({"WG_GATEWAY_IP6": "fd77::1::2"}, "WG_GATEWAY_IP6"),
+    ({"WG_GATEWAY_IP6": "::1"}, "WG_GATEWAY_IP6"),  # loopback, inside ::/96
+    ({"WG_GATEWAY_IP6": "::10.77.0.1"}, "WG_GATEWAY_IP6"),  # IPv4-compatible
+    ({"WG_GATEWAY_IP6": "::ffff:10.77.0.1"}, "WG_GATEWAY_IP6"),  # IPv4-mapped
+    ({"WG_GATEWAY_IP6": "fe80::1"}, "WG_GATEWAY_IP6"),
+    ({"WG_GATEWAY_IP6": "10.77.0.1"}, "WG_GATEWAY_IP6"),
+    ({"WG_GATEWAY_HOST_IP6": "localhost"}, "WG_GATEWAY_HOST_IP6"),
+    ({"WG_GATEWAY_HOST_IP6": "fe80::1%eth0"}, "WG_GATEWAY_HOST_IP6"),
+    ({"WG_DNS_IP6": "ff02::1"}, "WG_DNS_IP6"),
+    ({"WG_GATEWAY_IP6": "fd77::1", "WG_DNS_IP6": "fd77:0::1"}, "WG_DNS_IP6"),
+    ({"WG_DNS_UPSTREAM": "[::1"}, "WG_DNS_UPSTREAM"),
+    ({"WG_DNS_UPSTREAM": "[::1]:0"}, "WG_DNS_UPSTREAM"),
+    ({"WG_DNS_UPSTREAM": "fd00::1::5"}, "WG_DNS_UPSTREAM"),
+    ({"EGRESS_DENY_CIDRS": "2001:db8::/200"}, "EGRESS_DENY_CIDRS"),
+    ({"EGRESS_ALLOW_CIDRS": "2001:zz8::/32"}, "EGRESS_ALLOW_CIDRS"),
     ({"WGSLIRP_PEER_POOL": "10.77.0.1/24"}, "WGSLIRP_PEER_POOL"),  # host bits: a typo
     ({"WGSLIRP_PEER_POOL": "10.77.0.5"}, "WGSLIRP_PEER_POOL"),
     ({"WGSLIRP_PEER_POOL": "10.77.0.0/31"}, "WGSLIRP_PEER_POOL"),
@@ -345,7 +364,7 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"DEBUG": "2"}, "DEBUG"),
     ({"WG_DISABLE_IPV6": "y"}, "WG_DISABLE_IPV6"),
     ({"WG_OVERLAY_EXCLUDE_CIDRS": "10.0.0.0/33"}, "WG_OVERLAY_EXCLUDE_CIDRS"),
-    ({"WG_OVERLAY_EXCLUDE_CIDRS": "fd00::/8"}, "WG_OVERLAY_EXCLUDE_CIDRS"),
+    ({"WG_OVERLAY_EXCLUDE_CIDRS": "fd00::/129"}, "WG_OVERLAY_EXCLUDE_CIDRS"),
     ({"METRICS_INTERVAL": "0s"}, "METRICS_INTERVAL"),
     ({"METRICS_INTERVAL": "0"}, "METRICS_INTERVAL"),
     ({"METRICS_INTERVAL": "15"}, "METRICS_INTERVAL"),
@@ -446,7 +465,7 @@ PEER_BAD: list[tuple[dict[str, str], str]] = [
         "WG_PEER_0_ALLOWED_IPS",
     ),
     (
-        {"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": PEER_A, "WG_PEER_0_ALLOWED_IPS": "::/0"},
+        {"WG_PEERS": "0", "WG_PEER_0_PUBLIC_KEY": PEER_A, "WG_PEER_0_ALLOWED_IPS": "::1"},
         "WG_PEER_0_ALLOWED_IPS",
     ),
     (

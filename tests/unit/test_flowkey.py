@@ -131,7 +131,7 @@ def test_defensive_fallbacks() -> None:
     bogus_err = ip_packet(GUEST, REMOTE, ipv4.PROTO_ICMP, bytes([3, 3]) + bytes(10))
     assert flowkey.packet_flow_key(bogus_err, len(bogus_err)) == (GUEST, REMOTE, 1, 0, 0)
 
-    for garbage in (b"", b"\x45" * 19, b"\x60" + bytes(39)):
+    for garbage in (b"", b"\x45" * 19, b"\x60" + bytes(38), b"\x70" + bytes(39)):
         assert flowkey.packet_flow_key(garbage, len(garbage)) is None
         assert flowkey.shard_of(garbage, len(garbage), 4) == 0
     pkt = udp_packet(GUEST, REMOTE, 1, 2)

@@ -44,7 +44,7 @@ def test_first_start_creates_private_keys(state_dir: Path) -> None:
     client = decode_key((state_dir / CLIENT_KEY_FILE).read_text(), "t")
     (peer,) = cfg.peers
     assert peer.public_key == public_key(client)
-    assert peer.allowed_ips == ("10.77.0.2/32",)
+    assert peer.allowed_ips == ("10.77.0.2/32", "fd77::2/128")
     assert cfg.gateway_ip == "10.77.0.1"
     assert cfg.dns_ip is None
     assert sorted(os.listdir(state_dir)) == [CLIENT_KEY_FILE, SERVER_KEY_FILE]  # no temp files
@@ -178,14 +178,14 @@ def test_client_config_round_trips(state_dir: Path, tmp_path: Path) -> None:
     iface, peer = _interface_and_peer(text)
     assert iface == {
         "PrivateKey": encode_key(client),
-        "Address": "10.77.0.2/32",
+        "Address": "10.77.0.2/32, fd77::2/128",
         "DNS": "10.77.0.53",
         "MTU": "1280",
     }
     assert peer == {
         "PublicKey": encode_key(public_key(cfg.private_key)),
         "Endpoint": "vpn.example.com:51999",
-        "AllowedIPs": "0.0.0.0/0",
+        "AllowedIPs": "0.0.0.0/0, ::/0",
         "PersistentKeepalive": "25",
     }
 
@@ -199,7 +199,7 @@ def test_client_config_round_trips(state_dir: Path, tmp_path: Path) -> None:
     (router,) = as_loaded.peers
     assert router.public_key == public_key(cfg.private_key)
     assert router.endpoint == ("203.0.113.1", 51999)
-    assert router.allowed_ips == ("0.0.0.0/0",) and router.keepalive == 25
+    assert router.allowed_ips == ("0.0.0.0/0", "::/0") and router.keepalive == 25
 
 
 CLIENT = generate_private_key()

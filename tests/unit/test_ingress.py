@@ -50,6 +50,8 @@ class Settings:
     mtu: int = 1420
     gateway_ip: str | None = GATEWAY
     dns_ip: str | None = None
+    gateway_ip6: str | None = None
+    dns_ip6: str | None = None
     ip_ttl: int = 64
     overlay_routing: bool = False
     overlay_exclude_cidrs: tuple[str, ...] = ()

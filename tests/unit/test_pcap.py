@@ -444,3 +444,23 @@ def test_a_hard_linked_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="hard links"):
         PcapWriter(str(link), keep=0)
     assert precious.read_bytes() == b"secret"
+
+
+@needs_tshark
+def test_tshark_reads_ipv6_and_ipv4_in_one_capture(tmp_path: Path) -> None:
+    """LINKTYPE_RAW carries both families: readers tell them apart by the version nibble."""
+    from wgslirp.net import ipv6
+    from wgslirp.net.udp import build_udp_into6
+
+    path = tmp_path / "both.pcap"
+    w = PcapWriter(str(path))
+    buf = bytearray(256)
+    n = build_udp_into6(
+        buf, ipv6.addr_to_int("fd77::2"), ipv6.addr_to_int("fd77::1"), 40000, 53, b"six"
+    )
+    w.write(buf, n, time.monotonic())
+    q = udp_packet(GUEST, HOST, 40001, 53, b"four")
+    w.write(q, len(q), time.monotonic())
+    w.close()
+    rows = tshark_fields(path, "ipv6.src", "ipv6.dst", "ip.src", "udp.srcport", "udp.checksum")
+    assert [r[:4] for r in rows] == [["fd77::2", "fd77::1", "", "40000"], ["", "", GUEST, "40001"]]

@@ -106,3 +106,18 @@ def test_add_configured_gives_known_peers_their_old_numbers_first() -> None:
     peerset.add_configured(dev, [Spec(new), Spec(old)], {old: 3}, now=1.0)
     assert dev.peers[old].index == 3
     assert dev.peers[new].index >= 8
+
+
+def test_reload_with_ipv6_allowed_ips() -> None:
+    dev = Device(generate_private_key())
+    a = key()
+    sync(dev, [Spec(a, allowed_ips=("10.77.0.2/32", "fd77::2/128"))])
+    assert state(dev)[a][0] == ("10.77.0.2/32", "fd77::2/128")
+    # the same prefixes written differently: nothing to do
+    same = [Spec(a, allowed_ips=("FD77:0::2/128", "10.77.0.2/32"))]
+    assert peerset.sync_request(dev, None, same).peers == []
+    sync(dev, [Spec(a, allowed_ips=("10.77.0.2/32", "fd77::/64"))])
+    assert (
+        dev.route6(int.from_bytes(bytes.fromhex("fd77" + "00" * 13 + "09"), "big"))
+        is (dev.peers[a])
+    )

@@ -41,3 +41,18 @@ def test_a_full_registry_refuses_and_counts() -> None:
         assert len(reg) == 2
     finally:
         reg.close()
+
+
+def test_ipv6_connections_are_kept_whole() -> None:
+    guest6 = int.from_bytes(bytes.fromhex("fd77" + "00" * 13 + "02"), "big")
+    remote6 = (0x20010DB8 << 96) | 0xFFFF_FFFF_FFFF_FFFF_0000_0007
+    reg = FlowRegistry(4)
+    try:
+        reg.add(Entry(2, guest6, 40000, remote6, 443, 0xFFFFFFFF, 5))
+        reg.add(Entry(2, 0x0A4D0002, 40001, 0x7F000001, 80, 1, 2))
+        assert sorted(reg.adopt()) == [
+            Entry(2, 0x0A4D0002, 40001, 0x7F000001, 80, 1, 2),
+            Entry(2, guest6, 40000, remote6, 443, 0xFFFFFFFF, 5),
+        ]
+    finally:
+        reg.close()

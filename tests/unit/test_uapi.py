@@ -256,7 +256,9 @@ def test_update_only_replace_peers_and_own_key() -> None:
         ("PEER endpoint=127.0.0.1", errno.EINVAL),
         ("PEER endpoint=127.0.0.1:0", errno.EINVAL),
         ("PEER endpoint=127.0.0.1:70000", errno.EINVAL),
-        ("PEER allowed_ip=fd00::/64", errno.EAFNOSUPPORT),
+        ("PEER allowed_ip=::1/128", errno.EINVAL),  # inside ::/96
+        ("PEER allowed_ip=::10.0.0.1/128", errno.EINVAL),
+        ("PEER allowed_ip=fd00::/129", errno.EINVAL),
         ("PEER allowed_ip=10.0.0.0/33", errno.EINVAL),
         ("PEER allowed_ip=10.0.0.0", errno.EINVAL),
         ("PEER allowed_ip=10.0.0.0/255.0.0.0", errno.EINVAL),
@@ -665,3 +667,19 @@ def test_state_dir_path_too_long_for_af_unix(
     assert [s.path for s in servers] == [tmp_path / "run/wgt0.sock"]
     assert f"wg(8) interface unavailable: {state / 'wg.sock'}" in caplog.text
     servers[0].close()
+
+
+def test_ipv6_allowed_ips_are_set_shown_and_routed() -> None:
+    import ipaddress
+
+    dev = new_device()
+    key = hexkey()
+    lines = ("allowed_ip=10.77.0.3/32", "allowed_ip=FD77:0::3/128", "allowed_ip=fd99::7/48")
+    assert do_set(dev, f"public_key={key}", *lines) == 0
+    peer = dev.peers[bytes.fromhex(key)]
+    assert sorted(dev.allowed.prefixes_of(peer)) == ["10.77.0.3/32", "fd77::3/128", "fd99::/48"]
+    assert dev.route6(int(ipaddress.IPv6Address("fd99::1234"))) is peer
+    (shown,) = parse_get(dev)[1]
+    assert sorted(shown["allowed_ip"]) == ["10.77.0.3/32", "fd77::3/128", "fd99::/48"]
+    assert do_set(dev, f"public_key={key}", "allowed_ip=-fd99::/48") == 0
+    assert dev.route6(int(ipaddress.IPv6Address("fd99::1234"))) is None

@@ -102,10 +102,13 @@ def _type_text(f: Field) -> str:
         "bool": "boolean",
         "flag": "flag (any non-empty value)",
         "key": "base64 key",
-        "cidrs": "IPv4 CIDR list",
+        "cidrs": "IPv4/IPv6 CIDR list",
+        "allowed_ips": "IPv4/IPv6 CIDR list",
         "forwards": "list of [ip:]port=ip[:port]",
         "ipv4": "IPv4 address",
         "unicast_ipv4": "IPv4 address",
+        "ipv6": "IPv6 address",
+        "unicast_ipv6": "IPv6 address",
         "listen_addr": "IPv4 or IPv6 address",
         "ifname": "interface name (<= 15 chars)",
         "hostname": "host name",
@@ -116,7 +119,7 @@ def _type_text(f: Field) -> str:
         "hostport": "host:port",
         "endpoint": "host:port or [IPv6]:port",
         "peers": "index list",
-        "upstreams": "list of ip[:port]",
+        "upstreams": "list of ip[:port] or [ipv6]:port",
         "pool": "IPv4 network",
     }[k]
 
@@ -204,11 +207,22 @@ address or CIDR`. `AllowedIPs` may be repeated within a `[Peer]`.
 When no private key is configured, wgslirp keeps its identity in the state
 directory (`WGSLIRP_STATE_DIR`, created with mode 0700): `server.key`, and when
 no peers are configured also `client.key` for one generated client with
-address 10.77.0.2/32. Both files hold base64 text like `wg genkey` output and
-must have mode 0600; a key file that group or others can read is refused. In
-that mode `WG_GATEWAY_IP` defaults to 10.77.0.1. Later starts reuse the same
-keys, so a client configured once keeps working, and wgslirp can print a
-ready wg-quick file for that client.
+addresses 10.77.0.2/32 and fd77::2/128. Both files hold base64 text like `wg
+genkey` output and must have mode 0600; a key file that group or others can
+read is refused. In that mode `WG_GATEWAY_IP` defaults to 10.77.0.1 and
+`WG_GATEWAY_IP6` to fd77::1. Later starts reuse the same keys, so a client
+configured once keeps working, and wgslirp can print a ready wg-quick file for
+that client.
+
+The generated client always gets its IPv6 address and `AllowedIPs = 0.0.0.0/0,
+::/0`, whether the host has IPv6 or not: a client that leaves `::/0` out sends
+its IPv6 traffic around the tunnel, while one whose IPv6 traffic meets a host
+without IPv6 gets a quick ICMPv6 unreachable from the router and falls back to
+IPv4. A generated config for any peer lists `::/0` when that peer has an IPv6
+tunnel address. Guests reach IPv4-only destinations through their IPv4
+address; an IPv6-only guest reaches IPv6 destinations only, unless
+`EGRESS_NAT64` is on: then `64:ff9b::a.b.c.d` reaches `a.b.c.d` through an IPv4
+host socket (judged by the IPv4 policy; there is no DNS64).
 
 ## Differences from the Go original
 

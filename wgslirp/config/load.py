@@ -30,6 +30,7 @@ from wgslirp.config.schema import (
 )
 from wgslirp.config.values import (
     check_range,
+    parse_allowed_ips,
     parse_bool,
     parse_choice,
     parse_cidrs,
@@ -40,10 +41,12 @@ from wgslirp.config.values import (
     parse_ifname,
     parse_int,
     parse_ipv4,
+    parse_ipv6,
     parse_listen_addr,
     parse_pool,
     parse_public_endpoint,
     parse_unicast_ipv4,
+    parse_unicast_ipv6,
     parse_upstreams,
     parse_url,
 )
@@ -131,6 +134,12 @@ def _parse_value(f: Field, raw: str, resolve: Callable[[str], str]) -> Any:
         return parse_choice(raw, get_args(f.base), f.extra.get("aliases", {}))
     if kind == "cidrs":
         return parse_cidrs(raw)
+    if kind == "allowed_ips":
+        return parse_allowed_ips(raw)
+    if kind == "ipv6":
+        return str(parse_ipv6(raw))
+    if kind == "unicast_ipv6":
+        return parse_unicast_ipv6(raw)
     if kind == "forwards":
         return parse_forwards(raw)
     if kind == "ipv4":
@@ -422,6 +431,9 @@ def load_config_sourced(
     gw, dns = top.get("gateway_ip"), top.get("dns_ip")
     if gw is not None and gw == dns:
         raise ConfigError("WG_DNS_IP", f"must differ from WG_GATEWAY_IP ({gw})")
+    gw6, dns6 = top.get("gateway_ip6"), top.get("dns_ip6")
+    if gw6 is not None and gw6 == dns6:
+        raise ConfigError("WG_DNS_IP6", f"must differ from WG_GATEWAY_IP6 ({gw6})")
 
     for name, cls in NESTED.items():
         top[name] = cls(**nested[name])

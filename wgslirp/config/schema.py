@@ -108,12 +108,13 @@ class PeerConfig(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...],
         _doc(
             "WG_PEER_<i>_ALLOWED_IPS",
-            "Comma-separated IPv4 CIDRs the peer may use as source addresses (cryptokey "
-            "routing). A bare address means /32; host bits are cleared, so 10.77.0.5/24 "
-            "becomes 10.77.0.0/24. IPv6 entries are rejected.",
+            "Comma-separated IPv4 and IPv6 CIDRs the peer may use as source addresses "
+            "(cryptokey routing). A bare address means /32 (/128); host bits are cleared, so "
+            "10.77.0.5/24 becomes 10.77.0.0/24. IPv6 prefixes inside ::/96 (IPv4-compatible, "
+            ":: and ::1) are rejected.",
             group="Peers",
             ini="AllowedIPs",
-            kind="cidrs",
+            kind="allowed_ips",
         ),
     ] = ()
     endpoint: Annotated[
@@ -527,9 +528,11 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...],
         _doc(
             "EGRESS_ALLOW_CIDRS",
-            "Comma-separated IPv4 CIDRs guests may reach even though the default policy "
+            "Comma-separated IPv4/IPv6 CIDRs guests may reach even though the default policy "
             "denies them (loopback, 0.0.0.0/8, link-local, multicast, broadcast, and the "
-            "host's own addresses; those only by an entry narrower than 0.0.0.0/0).",
+            "host's own addresses; those only by an entry narrower than 0.0.0.0/0 or ::/0). "
+            "IPv6 destinations inside ::/96, SIIT and NAT64 prefixes stay denied (for NAT64 "
+            "see EGRESS_NAT64); an IPv4-mapped ::ffff:a.b.c.d is judged as a.b.c.d.",
             group="Egress policy",
         ),
     ] = ()
@@ -537,10 +540,22 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...],
         _doc(
             "EGRESS_DENY_CIDRS",
-            "Comma-separated IPv4 CIDRs guests may never reach; deny wins over allow.",
+            "Comma-separated IPv4/IPv6 CIDRs guests may never reach; deny wins over allow.",
             group="Egress policy",
         ),
     ] = ()
+    nat64: Annotated[
+        bool,
+        _doc(
+            "EGRESS_NAT64",
+            "Stateless NAT64 for guests: IPv6 traffic to 64:ff9b::a.b.c.d (the RFC 6052 "
+            "well-known prefix) leaves through IPv4 host sockets to a.b.c.d, judged by the "
+            "IPv4 policy, and its replies come back as IPv6, so IPv6-only guests reach IPv4 "
+            "destinations. There is no DNS64: guests use literal addresses or a resolver that "
+            "synthesizes AAAA records. Off: the prefix is denied.",
+            group="Egress policy",
+        ),
+    ] = False
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:
@@ -654,12 +669,43 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             kind="unicast_ipv4",
         ),
     ] = None
+    gateway_ip6: Annotated[
+        str | None,
+        _doc(
+            "WG_GATEWAY_IP6",
+            "IPv6 tunnel address that acts as an alias for the host: guest traffic to it "
+            "goes to WG_GATEWAY_HOST_IP6, and its ping is answered by the router. Off when "
+            "unset, except in zero-config start where it is fd77::1.",
+            group="Addresses and state",
+            kind="unicast_ipv6",
+        ),
+    ] = None
+    gateway_host_ip6: Annotated[
+        str,
+        _doc(
+            "WG_GATEWAY_HOST_IP6",
+            "Host IPv6 address that traffic to WG_GATEWAY_IP6 is sent to.",
+            group="Addresses and state",
+            kind="ipv6",
+        ),
+    ] = "::1"
+    dns_ip6: Annotated[
+        str | None,
+        _doc(
+            "WG_DNS_IP6",
+            "IPv6 tunnel address that answers DNS queries (UDP and TCP port 53) like "
+            "WG_DNS_IP. Off when unset; generated client configs list it as DNS.",
+            group="Addresses and state",
+            kind="unicast_ipv6",
+        ),
+    ] = None
     dns_upstream: Annotated[
         tuple[str, ...],
         _doc(
             "WG_DNS_UPSTREAM",
-            "Comma-separated resolvers (ip[:port], port 53 by default) that queries to "
-            "WG_DNS_IP are forwarded to. When unset, the nameservers of /etc/resolv.conf.",
+            "Comma-separated resolvers (ip[:port] or [ipv6]:port, port 53 by default) that "
+            "queries to WG_DNS_IP and WG_DNS_IP6 are forwarded to. When unset, the "
+            "nameservers of /etc/resolv.conf.",
             group="Addresses and state",
             kind="upstreams",
             default_doc="from /etc/resolv.conf",
@@ -794,7 +840,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         str | None,
         _doc(
             "WG_PCAP",
-            "File to write decrypted IPv4 packets to (pcap, LINKTYPE_RAW).",
+            "File to write decrypted IPv4 and IPv6 packets to (pcap, LINKTYPE_RAW).",
             group="Logging and diagnostics",
             kind="path",
         ),
@@ -812,7 +858,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...],
         _doc(
             "WG_OVERLAY_EXCLUDE_CIDRS",
-            "Comma-separated IPv4 CIDRs that always leave through host sockets even when "
+            "Comma-separated IPv4/IPv6 CIDRs that always leave through host sockets even when "
             "overlay routing would match them.",
             group="Overlay routing",
         ),

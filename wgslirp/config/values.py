@@ -18,6 +18,7 @@ __all__ = [
     "MAX_DURATION",
     "check_range",
     "format_duration",
+    "parse_allowed_ips",
     "parse_bool",
     "parse_choice",
     "parse_cidrs",
@@ -28,10 +29,12 @@ __all__ = [
     "parse_ifname",
     "parse_int",
     "parse_ipv4",
+    "parse_ipv6",
     "parse_listen_addr",
     "parse_pool",
     "parse_public_endpoint",
     "parse_unicast_ipv4",
+    "parse_unicast_ipv6",
     "parse_upstreams",
     "parse_url",
 ]
@@ -115,7 +118,10 @@ def format_duration(seconds: float) -> str:
 def _parse_cidr(text: str) -> str:
     s = text.strip()
     if ":" in s:
-        raise ValueError(f"{s} is IPv6; wgslirp routes IPv4 only")
+        try:
+            return str(ipaddress.IPv6Network(s, strict=False))
+        except ValueError:
+            raise ValueError(f"{s!r} is not an IPv6 address or CIDR") from None
     try:
         return str(ipaddress.IPv4Network(s, strict=False))
     except ValueError:
@@ -132,10 +138,34 @@ def parse_cidrs(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_V4_COMPAT = ipaddress.IPv6Network("::/96")
+
+
+def parse_allowed_ips(raw: str) -> tuple[str, ...]:
+    """A peer's AllowedIPs: CIDRs of either family, but no IPv6 prefix inside ::/96.
+
+    Those are IPv4-compatible addresses (with :: and ::1), the one range where an IPv6
+    address equals an IPv4 one as an int, so the router never gives a guest one (see
+    docs/architecture.md, "Both families"). A wider prefix such as ::/0 that merely
+    contains ::/96 is fine: the router drops such packets whoever sends them.
+    """
+    out = parse_cidrs(raw)
+    for cidr in out:
+        net = ipaddress.ip_network(cidr)
+        if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_V4_COMPAT):
+            raise ValueError(
+                f"{cidr} lies inside ::/96 (IPv4-compatible addresses, :: and ::1), which "
+                "wgslirp does not route; use an IPv4 address or another IPv6 prefix"
+            )
+    return out
+
+
 def parse_pool(raw: str) -> str:
     """An address pool: a network written exactly (host bits set are a typo, not a wish),
     with room for clients besides its network, first and broadcast addresses."""
     text = raw.strip()
+    if ":" in text:
+        raise ValueError(f"{text} is IPv6; the peer pool is an IPv4 network")
     net = ipaddress.IPv4Network(_parse_cidr(text))
     if "/" not in text:
         raise ValueError(f"{text!r} is an address; a pool is a network such as {net.supernet(8)}")
@@ -147,12 +177,53 @@ def parse_pool(raw: str) -> str:
 
 
 def parse_upstreams(raw: str) -> tuple[str, ...]:
+    """Resolvers as ip[:port]: IPv4 as a.b.c.d[:port], IPv6 as [addr]:port or a bare
+    address; each comes out as host:port with IPv6 in brackets."""
     out: list[str] = []
     for part in raw.split(","):
-        if part.strip():
-            host, port = _split_hostport(part.strip(), need_port=False)
-            out.append(f"{parse_ipv4(host)}:{port or 53}")
+        text = part.strip()
+        if not text:
+            continue
+        host, port = _split_endpoint(text, need_port=False)
+        addr = _ip_literal(host)
+        if addr is None:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address")
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.scope_id:
+                raise ValueError(f"{text!r}: a resolver with a %zone is not supported")
+            out.append(f"[{addr}]:{port or 53}")
+        else:
+            out.append(f"{addr}:{port or 53}")
     return tuple(out)
+
+
+def split_upstream(text: str) -> tuple[str, int]:
+    """'[::1]:53' or '127.0.0.1:53' (as `parse_upstreams` writes them) -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def parse_ipv6(raw: str) -> ipaddress.IPv6Address:
+    try:
+        addr = ipaddress.IPv6Address(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an IPv6 address") from None
+    if addr.scope_id:
+        raise ValueError(f"{raw!r} has a scope (%{addr.scope_id}); give a plain address")
+    return addr
+
+
+def parse_unicast_ipv6(raw: str) -> str:
+    """A tunnel address of the router (gateway, DNS): a plain unicast address outside the
+    ranges a guest may never reach or that would be ambiguous with IPv4 (::/96)."""
+    addr = parse_ipv6(raw)
+    if addr in _V4_COMPAT:
+        raise ValueError(
+            f"{addr} lies inside ::/96 (IPv4-compatible, :: and ::1) and cannot be a tunnel address"
+        )
+    if addr.is_multicast or addr.is_link_local or addr.ipv4_mapped is not None:
+        raise ValueError(f"{addr} cannot be a tunnel address (multicast, link-local or mapped)")
+    return str(addr)
 
 
 def parse_ipv4(raw: str) -> ipaddress.IPv4Address:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from wgslirp.net import icmp, ipv4
+from wgslirp.net import icmp, icmpv6, ipv4, ipv6
 
 FlowKey = tuple[int, int, int, int, int]
 
 _PORTS = struct.Struct(">HH")
+_M32: Final = 0xFFFFFFFF
 _M64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
 
@@ -30,7 +31,7 @@ def flow_key(src: int, dst: int, proto: int, sport: int = 0, dport: int = 0) -> 
 
 
 def packet_flow_key(packet: bytes | bytearray | memoryview, length: int) -> FlowKey | None:
-    """The key of the flow a guest packet belongs to; None if it is not IPv4 at all.
+    """The key of the flow a guest packet belongs to; None if it is neither IPv4 nor IPv6.
 
     Packets too short or too odd to carry ports fall back to (src, dst, proto, 0, 0), which
     still keeps them on one worker. Any fragment uses that fallback: only the first carries
@@ -40,7 +41,7 @@ def packet_flow_key(packet: bytes | bytearray | memoryview, length: int) -> Flow
         return None
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(packet)
     if vihl >> 4 != 4:
-        return None
+        return packet_flow_key6(packet, length) if vihl >> 4 == 6 else None
     ihl = (vihl & 0x0F) * 4
     end = min(total, length)
     if ihl < 20 or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK):
@@ -64,13 +65,60 @@ def packet_flow_key(packet: bytes | bytearray | memoryview, length: int) -> Flow
     return (src, dst, proto, 0, 0)
 
 
+def packet_flow_key6(packet: bytes | bytearray | memoryview, length: int) -> FlowKey | None:
+    """`packet_flow_key` for IPv6: the protocol is the one at the end of the extension
+    header chain; a chain too broken to walk gives (src, dst, next header, 0, 0), since
+    the worker will drop it anyway and it only needs a worker."""
+    if length < ipv6.HEADER_LEN:
+        return None
+    src, dst = ipv6.src_dst(packet)
+    chain = ipv6.Chain()
+    if not ipv6.walk(packet, length, chain):
+        return (src, dst, packet[6], 0, 0)
+    return chain_flow_key6(packet, length, chain, src, dst)
+
+
+def chain_flow_key6(
+    packet: bytes | bytearray | memoryview, length: int, chain: ipv6.Chain, src: int, dst: int
+) -> FlowKey:
+    """The key of an IPv6 packet whose chain the caller walked already (the forwarder
+    does, once per packet; walking it again here would double that cost)."""
+    proto, off, end = chain.proto, chain.offset, chain.end
+    if chain.frag >= 0:
+        return (src, dst, proto, 0, 0)
+    if proto == ipv6.NH_TCP or proto == ipv6.NH_UDP:
+        if end >= off + 4:
+            sport, dport = _PORTS.unpack_from(packet, off)
+            return (src, dst, proto, sport, dport)
+    elif proto == ipv6.NH_ICMPV6 and end >= off + 8:
+        kind = packet[off]
+        if kind == icmpv6.ECHO_REQUEST or kind == icmpv6.ECHO_REPLY:
+            ident: int = _PORTS.unpack_from(packet, off + 4)[0]
+            return (src, dst, proto, ident, ident)
+        if icmpv6.is_error(kind):
+            quoted = icmpv6.quoted_flow(packet, length)
+            if quoted is not None:
+                qsrc, qdst, qproto, qsport, qdport = quoted
+                return (qdst, qsrc, qproto, qdport, qsport)
+    return (src, dst, proto, 0, 0)
+
+
+def _fold32(addr: int) -> int:
+    """A 128-bit address folded to 32 bits for the hash (any fold works: the finaliser
+    below mixes; xor keeps the prefix and interface-id halves both in play)."""
+    addr ^= addr >> 64
+    return (addr ^ (addr >> 32)) & _M32
+
+
 def flow_hash(src: int, dst: int, proto: int, sport: int, dport: int) -> int:
     """A 64-bit hash of a flow key, identical in every process and on every run.
 
-    The addresses fill one 64-bit word, protocol and ports a second that is spread by a
-    multiplication; the murmur3 finaliser then mixes every input bit into the low bits that
-    the modulo keeps.
+    The addresses fill one 64-bit word (IPv6 addresses folded to 32 bits first), protocol
+    and ports a second that is spread by a multiplication; the murmur3 finaliser then mixes
+    every input bit into the low bits that the modulo keeps.
     """
+    if (src | dst) > _M32:
+        src, dst = _fold32(src), _fold32(dst)
     h = ((src << 32) | dst) ^ ((((proto << 32) | (sport << 16) | dport) * _GOLDEN) & _M64)
     h ^= h >> 33
     h = (h * 0xFF51AFD7ED558CCD) & _M64
@@ -89,7 +137,8 @@ def shard_of_key(key: FlowKey, nworkers: int) -> int:
 def shard_of(packet: bytes | bytearray | memoryview, length: int, nworkers: int) -> int:
     """The worker, in [0, nworkers), that owns the flow of a packet from the guest.
 
-    Garbage that is not IPv4 goes to worker 0, which will drop it like any worker would.
+    Garbage that is neither IPv4 nor IPv6 goes to worker 0, which will drop it like any
+    worker would.
     """
     if nworkers <= 1:
         return 0

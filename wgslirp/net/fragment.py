@@ -1,8 +1,10 @@
-"""IPv4 fragmentation and reassembly (RFC 791, RFC 815), both off the hot path.
+"""IPv4 and IPv6 fragmentation and reassembly (RFC 791, RFC 815, RFC 8200 4.5), off the
+hot path.
 
 Guests normally keep under the tunnel MTU, so fragments are rare; both directions favour
 plain code and hard bounds over speed. Reassembly happens in ingress, before flow hashing,
-because only the first fragment carries the ports that choose a worker.
+because only the first fragment carries the ports that choose a worker. Both families share
+one Reassembler and so one memory bound: a guest cannot double its share by mixing them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Final
 
-from wgslirp.net import ipv4
+from wgslirp.net import ipv4, ipv6
 from wgslirp.net.checksum import checksum
 
 MAX_DATAGRAM: Final = 0xFFFF
@@ -26,6 +28,10 @@ PIECE_OVERHEAD: Final = 160
 DATAGRAM_OVERHEAD: Final = 256
 
 _U16 = struct.Struct(">H")
+_FRAG6 = struct.Struct(">BBHI")
+# The protocol slot of an IPv6 datagram's key: no IPv4 protocol number is this large, so the
+# keys of the two families never meet even for addresses that are equal as ints.
+_V6_KEY: Final = 0x100
 
 
 def _copied_options(options: memoryview) -> bytes:
@@ -107,16 +113,57 @@ def fragment(
     return out
 
 
+def fragment6(
+    packet: bytes | bytearray | memoryview,
+    length: int,
+    mtu: int,
+    ident: int,
+) -> list[bytearray]:
+    """Split an IPv6 packet the router itself originates into fragments of at most `mtu`
+    bytes (RFC 8200 4.5: only the source fragments in IPv6), each with a fragment header
+    carrying `ident`. The unfragmentable part is the IPv6 header alone: the router's own
+    packets carry no extension headers. A packet that fits comes back as a single copy.
+    """
+    mv = memoryview(packet)[:length]
+    if not ipv6.header_valid(mv, length):
+        raise ValueError("malformed IPv6 header")
+    total = ipv6.HEADER_LEN + ipv6.payload_length(mv)
+    if total <= mtu:
+        return [bytearray(mv[:total])]
+    hlen = ipv6.HEADER_LEN + ipv6.FRAGMENT_HEADER_LEN
+    room = (mtu - hlen) & ~7
+    if room <= 0:
+        raise ValueError(f"MTU {mtu} leaves no room for data after a {hlen}-byte header")
+    data = mv[ipv6.HEADER_LEN : total]
+    out: list[bytearray] = []
+    pos = 0
+    while pos < len(data):
+        chunk = min(room, len(data) - pos)
+        piece = bytearray(hlen + chunk)
+        piece[:40] = mv[:40]
+        more = 1 if pos + chunk < len(data) else 0
+        _FRAG6.pack_into(piece, 40, mv[6], 0, pos | more, ident & 0xFFFFFFFF)
+        piece[6] = ipv6.NH_FRAGMENT
+        _U16.pack_into(piece, 4, ipv6.FRAGMENT_HEADER_LEN + chunk)
+        piece[hlen:] = data[pos : pos + chunk]
+        out.append(piece)
+        pos += chunk
+    return out
+
+
 @dataclass(slots=True)
 class _Pending:
     deadline: float
-    header: bytes | None = None  # the offset-0 fragment's header, reused for the datagram
+    # The offset-0 fragment's header, reused for the datagram: IPv4's header, or IPv6's
+    # unfragmentable part with its last next-header byte already naming the upper layer.
+    header: bytes | None = None
     total: int = -1  # data length, known once the last fragment (MF clear) arrives
     received: int = 0
     charged: int = 0  # bytes counted against the memory bound
     starts: list[int] = field(default_factory=list)  # sorted, disjoint pieces
     ends: list[int] = field(default_factory=list)
     pieces: list[bytes] = field(default_factory=list)
+    v6: bool = False
 
 
 Key = tuple[int, int, int, int]
@@ -220,6 +267,8 @@ class Reassembler:
         caller.
         """
         self.expire(now)
+        if length and packet[0] >> 4 == 6:
+            return self._feed6(packet, length, now)
         if not ipv4.header_valid(packet, length):
             self.dropped_invalid += 1
             return None
@@ -237,6 +286,61 @@ class Reassembler:
             return None
         ident: int = _U16.unpack_from(mv, 4)[0]
         key = (src, dst, proto, ident)
+        p = self._pending_for(key, now, v6=False)
+        header = bytes(mv[:ihl]) if start == 0 else None
+        return self._add(key, p, mv, ihl, header, start, end, more)
+
+    def _feed6(
+        self, packet: bytes | bytearray | memoryview, length: int, now: float
+    ) -> bytearray | None:
+        """IPv6: the fragment header sits after the unfragmentable part, and the datagram
+        is that part plus the reassembled data, with the next-header byte that named the
+        fragment header renamed to what the fragment header announced."""
+        mv = memoryview(packet)
+        chain = ipv6.Chain()
+        if not ipv6.walk(mv, length, chain):
+            self.dropped_invalid += 1
+            return None
+        if chain.frag < 0:
+            return bytearray(mv[: chain.end])
+        nh, start, more, ident = ipv6.fragment_fields(mv, chain.frag)
+        data_off = chain.offset
+        end = start + chain.end - data_off
+        if (more and (end == start or (end - start) % 8)) or (
+            chain.frag - ipv6.HEADER_LEN + end > ipv6.MAX_PAYLOAD
+        ):
+            self.dropped_invalid += 1
+            return None
+        header: bytes | None = None
+        if start == 0:
+            if not self._first_fragment_ok(mv, nh, data_off, chain.end):
+                self.dropped_invalid += 1
+                return None
+            unfrag = bytearray(mv[: chain.frag])
+            unfrag[chain.nh_at] = nh
+            header = bytes(unfrag)
+        if header is not None and not more:
+            # An atomic fragment (RFC 6946): a whole datagram, never merged with others.
+            whole = bytearray(header) + mv[data_off : chain.end]
+            _U16.pack_into(whole, 4, len(whole) - ipv6.HEADER_LEN)
+            return whole
+        src, dst = ipv6.src_dst(mv)
+        key = (src, dst, _V6_KEY, ident)
+        p = self._pending_for(key, now, v6=True)
+        return self._add(key, p, mv, data_off, header, start, end, more)
+
+    @staticmethod
+    def _first_fragment_ok(mv: memoryview, nh: int, off: int, end: int) -> bool:
+        """RFC 7112: the first fragment holds the whole header chain, so a filter never has
+        to reassemble to find the upper-layer header; one that does not is dropped. The
+        walk may not meet a second fragment header either."""
+        chain = ipv6.Chain()
+        if not ipv6.walk_from(mv, nh, off, end, 0, chain) or chain.frag >= 0:
+            return False
+        need = {ipv6.NH_TCP: 20, ipv6.NH_UDP: 8, ipv6.NH_ICMPV6: 8}.get(chain.proto, 0)
+        return chain.offset + need <= end
+
+    def _pending_for(self, key: Key, now: float, *, v6: bool) -> _Pending:
         p = self._pending.get(key)
         if p is None:
             while len(self._pending) >= self.max_datagrams and self._evict_oldest(key):
@@ -244,11 +348,11 @@ class Reassembler:
             while self._bytes + DATAGRAM_OVERHEAD > self.max_bytes and self._evict_oldest(key):
                 pass
             p = self._pending[key] = _Pending(
-                deadline=now + self.timeout, charged=DATAGRAM_OVERHEAD
+                deadline=now + self.timeout, charged=DATAGRAM_OVERHEAD, v6=v6
             )
             self._bytes += DATAGRAM_OVERHEAD
-            self._src_bytes[src] = self._src_bytes.get(src, 0) + DATAGRAM_OVERHEAD
-        return self._add(key, p, mv, ihl, start, end, more)
+            self._src_bytes[key[0]] = self._src_bytes.get(key[0], 0) + DATAGRAM_OVERHEAD
+        return p
 
     def _add(
         self,
@@ -256,6 +360,7 @@ class Reassembler:
         p: _Pending,
         mv: memoryview,
         ihl: int,
+        header: bytes | None,
         start: int,
         end: int,
         more: bool,
@@ -281,14 +386,14 @@ class Reassembler:
             self._discard(key)
             self.dropped_overlap += 1
             return None
-        cost = end - start + (ihl if start == 0 else 0) + PIECE_OVERHEAD
+        cost = end - start + (len(header) if header is not None else 0) + PIECE_OVERHEAD
         while self._bytes + cost > self.max_bytes:
             if not self._evict_oldest(key):
                 self._discard(key)
                 self.dropped_memory += 1
                 return None
-        if start == 0:
-            p.header = bytes(mv[:ihl])
+        if header is not None:
+            p.header = header
         if not more:
             p.total = end
         if end > start:
@@ -301,7 +406,8 @@ class Reassembler:
         self._src_bytes[key[0]] += cost
         if p.header is None or p.received != p.total:
             return None
-        if len(p.header) + p.total > MAX_DATAGRAM:
+        limit = ipv6.HEADER_LEN + ipv6.MAX_PAYLOAD if p.v6 else MAX_DATAGRAM
+        if len(p.header) + p.total > limit:
             self._discard(key)
             self.dropped_invalid += 1
             return None
@@ -314,8 +420,11 @@ class Reassembler:
         out[:hlen] = p.header
         for start, piece in zip(p.starts, p.pieces, strict=True):
             out[hlen + start : hlen + start + len(piece)] = piece
-        flags = _U16.unpack_from(p.header, 6)[0] & ipv4.FLAG_DF
-        _finish_header(out, hlen, hlen + p.total, flags)
+        if p.v6:
+            _U16.pack_into(out, 4, hlen + p.total - ipv6.HEADER_LEN)
+        else:
+            flags = _U16.unpack_from(p.header, 6)[0] & ipv4.FLAG_DF
+            _finish_header(out, hlen, hlen + p.total, flags)
         self._discard(key)
         self.completed += 1
         return out

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-from wgslirp.net import ipv4
+from wgslirp.net import ipv4, ipv6
 from wgslirp.net.checksum import fold
 
 FIN: Final = 0x01
@@ -67,9 +67,10 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
         return None
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4:
+        return parse6(pkt, length) if vihl >> 4 == 6 else None
     if (
-        vihl >> 4 != 4
-        or ihl < 20
+        ihl < 20
         or proto != ipv4.PROTO_TCP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
         or total > length
@@ -92,6 +93,37 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
         ihl + HEADER_LEN,
         ihl + doff,
         total - ihl - doff,
+    )
+
+
+def parse6(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
+    """`parse` for IPv6, past any extension headers; offsets are from the packet start."""
+    chain = ipv6.Chain()
+    if (
+        not ipv6.walk(pkt, length, chain)
+        or chain.frag >= 0
+        or chain.proto != ipv6.NH_TCP
+        or chain.end - chain.offset < HEADER_LEN
+    ):
+        return None
+    off, end = chain.offset, chain.end
+    sport, dport, seq, ack, offflags, window, _, _ = HEADER.unpack_from(pkt, off)
+    doff = (offflags >> 12) * 4
+    if doff < HEADER_LEN or off + doff > end:
+        return None
+    src, dst = ipv6.src_dst(pkt)
+    return (
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        offflags & 0xFF,
+        window,
+        off + HEADER_LEN,
+        off + doff,
+        end - off - doff,
     )
 
 
@@ -200,10 +232,15 @@ def checksum_ok(pkt: bytes | bytearray | memoryview, length: int) -> bool:
     """Verify the TCP checksum (and that the IPv4 header checksum holds) of a segment
     `parse` accepts."""
     parsed = parse(pkt, length)
-    if parsed is None or not ipv4.header_valid(pkt, length):
+    if parsed is None:
         return False
     src, dst = parsed[0], parsed[1]
     ihl = parsed[8] - HEADER_LEN
+    if pkt[0] >> 4 == 6:
+        seg = memoryview(pkt)[ihl : parsed[9] + parsed[10]]
+        return fold(_sum(seg) + ipv6.pseudo_sum(src, dst, len(seg), ipv6.NH_TCP)) == 0
+    if not ipv4.header_valid(pkt, length):
+        return False
     total = ipv4.total_length(pkt)
     seg = memoryview(pkt)[ihl:total]
     return fold(_sum(seg) + _pseudo(src, dst) + len(seg)) == 0
@@ -217,6 +254,8 @@ class SegmentWriter:
     because our MSS already fits the tunnel MTU (a segment never needs fragmenting here), and
     with DF the IPv4 identification carries no meaning (RFC 6864), so a counter suffices.
     """
+
+    header_len = 40  # IPv4 and TCP headers before the options
 
     __slots__ = (
         "_dport",
@@ -314,6 +353,90 @@ class SegmentWriter:
         return total
 
 
+_IP6_TCP = struct.Struct(">IHBBQQQQHHIIHHHH")
+
+
+class SegmentWriter6:
+    """`SegmentWriter` for IPv6: the same `write`, with a 40-byte IPv6 header (no header
+    checksum, no identification) and the payload at `out[60 + len(options):]`. `tos` is
+    the traffic class."""
+
+    header_len = 60
+
+    __slots__ = ("_dport", "_dst_hi", "_dst_lo", "_hop", "_pseudo", "_sport", "_src_hi",
+                 "_src_lo", "tos")  # fmt: skip
+
+    def __init__(
+        self, src: int, dst: int, sport: int, dport: int, hop_limit: int = 64, tos: int = 0
+    ) -> None:
+        self._src_hi, self._src_lo = src >> 64, src & 0xFFFFFFFFFFFFFFFF
+        self._dst_hi, self._dst_lo = dst >> 64, dst & 0xFFFFFFFFFFFFFFFF
+        self._sport = sport
+        self._dport = dport
+        self._hop = hop_limit
+        self.tos = tos
+        # The pseudo-header's addresses and next header; the length is added per segment.
+        self._pseudo = ipv6.pseudo_sum(src, dst, 0, ipv6.NH_TCP)
+
+    def write(
+        self,
+        out: memoryview,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes,
+        payload_len: int,
+    ) -> int:
+        olen = len(options)
+        hlen = HEADER_LEN + olen
+        tcp_len = hlen + payload_len
+        total = 40 + tcp_len
+        _IP6_TCP.pack_into(
+            out,
+            0,
+            0x60000000 | ((self.tos & 0xFF) << 20),
+            tcp_len,
+            ipv6.NH_TCP,
+            self._hop,
+            self._src_hi,
+            self._src_lo,
+            self._dst_hi,
+            self._dst_lo,
+            self._sport,
+            self._dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (hlen << 10) | flags,
+            window,
+            0,
+            0,
+        )
+        if olen:
+            out[60 : 60 + olen] = options
+        v = int.from_bytes(out[40:total], "big")
+        if tcp_len & 1:
+            v <<= 8
+        s = v % 0xFFFF + self._pseudo + tcp_len
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        _CSUM.pack_into(out, 56, (~s) & 0xFFFF)
+        return total
+
+
+def span6(pkt: bytes | bytearray | memoryview, n: int) -> tuple[int, int]:
+    """(offset of the TCP header, end of the segment) of an IPv6 packet, (0, 0) if it is
+    not a whole TCP segment. The common case, TCP right after the IPv6 header, costs no
+    chain walk."""
+    if n >= 60 and pkt[6] == ipv6.NH_TCP and pkt[0] >> 4 == 6:
+        end = 40 + ((pkt[4] << 8) | pkt[5])
+        return (40, end) if end <= n else (0, 0)
+    chain = ipv6.Chain()
+    if not ipv6.walk(pkt, n, chain) or chain.frag >= 0 or chain.proto != ipv6.NH_TCP:
+        return 0, 0
+    return chain.offset, chain.end
+
+
 def build_into(
     out: bytearray | memoryview,
     *,
@@ -331,9 +454,15 @@ def build_into(
     tos: int = 0,
     ident: int = 0,
 ) -> int:
-    """Build a whole segment with a copy of `payload`; for tests and rare paths."""
+    """Build a whole segment with a copy of `payload`; for tests and rare paths. An
+    address above 32 bits makes it an IPv6 segment (no IPv6 address in ::/96 reaches here;
+    see docs/architecture.md, "Both families")."""
     mv = memoryview(out)
-    start = PAYLOAD_OFFSET + len(options)
+    w: SegmentWriter | SegmentWriter6
+    if src > 0xFFFFFFFF or dst > 0xFFFFFFFF:
+        w = SegmentWriter6(src, dst, sport, dport, ttl, tos)
+    else:
+        w = SegmentWriter(src, dst, sport, dport, ttl, tos, ident - 1)
+    start = w.header_len + len(options)
     mv[start : start + len(payload)] = payload
-    w = SegmentWriter(src, dst, sport, dport, ttl, tos, ident - 1)
     return w.write(mv, seq, ack, flags, window, options, len(payload))

@@ -1,4 +1,5 @@
-"""UDP in IPv4 (RFC 768): parse without copying, build into the caller's buffer.
+"""UDP in IPv4 (RFC 768) and IPv6 (RFC 8200 8.1): parse without copying, build into the
+caller's buffer.
 
 Packets from the guest arrive decrypted and authenticated by WireGuard and were checksummed
 by the guest's own stack, so `parse` only checks lengths; `checksum_ok` is separate for the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from wgslirp.net import ipv4
+from wgslirp.net import ipv4, ipv6
 from wgslirp.net.checksum import fold
 
 HEADER = struct.Struct(">HHHH")
@@ -22,6 +23,9 @@ HEADER_LEN: Final = 8
 # Offset of the payload in packets this module builds (20-byte IPv4 header, no options).
 PAYLOAD_OFFSET: Final = 20 + HEADER_LEN
 MAX_PAYLOAD: Final = 0xFFFF - PAYLOAD_OFFSET
+# The same for packets built with a 40-byte IPv6 header (the payload length excludes it).
+PAYLOAD_OFFSET6: Final = ipv6.HEADER_LEN + HEADER_LEN
+MAX_PAYLOAD6: Final = 0xFFFF - HEADER_LEN
 
 _CSUM = struct.Struct(">H")
 
@@ -35,14 +39,17 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
     Fragments are refused: ingress reassembles before anything reaches a UDP handler, so a
     fragment here means a caller skipped that step, and its payload would be incomplete.
     The UDP length, not the IP total, bounds the payload (trailing IP padding is ignored).
+    IPv6 packets are parsed by `parse6` (the version test sits on the IPv4 failure path, so
+    IPv4 pays nothing for it).
     """
     if length < PAYLOAD_OFFSET:
         return None
     vihl, total, frag, proto, src, dst = ipv4.SUMMARY.unpack_from(pkt)
     ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4:
+        return parse6(pkt, length) if vihl >> 4 == 6 else None
     if (
-        vihl >> 4 != 4
-        or ihl < 20
+        ihl < 20
         or proto != ipv4.PROTO_UDP
         or frag & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
         or total > length
@@ -53,6 +60,26 @@ def parse(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
     if ulen < HEADER_LEN or ulen > total - ihl:
         return None
     return src, dst, sport, dport, ihl + HEADER_LEN, ulen - HEADER_LEN
+
+
+def parse6(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
+    """`parse` for IPv6, past any extension headers. A zero checksum is refused: unlike
+    IPv4, IPv6 makes the UDP checksum mandatory (RFC 8200 8.1), and the forwarder drops and
+    counts such packets before they get here."""
+    chain = ipv6.Chain()
+    if (
+        not ipv6.walk(pkt, length, chain)
+        or chain.frag >= 0
+        or chain.proto != ipv6.NH_UDP
+        or chain.end - chain.offset < HEADER_LEN
+    ):
+        return None
+    off = chain.offset
+    sport, dport, ulen, csum = HEADER.unpack_from(pkt, off)
+    if ulen < HEADER_LEN or ulen > chain.end - off or csum == 0:
+        return None
+    src, dst = ipv6.src_dst(pkt)
+    return src, dst, sport, dport, off + HEADER_LEN, ulen - HEADER_LEN
 
 
 def _sum(mv: memoryview, initial: int) -> int:
@@ -82,10 +109,12 @@ def checksum_ok(pkt: bytes | bytearray | memoryview, length: int) -> bool:
         return False
     src, dst, _, _, off, plen = parsed
     ihl = off - HEADER_LEN
-    if _CSUM.unpack_from(pkt, ihl + 6)[0] == 0:
-        return True
     ulen = plen + HEADER_LEN
     seg = memoryview(pkt)[ihl : ihl + ulen]
+    if pkt[0] >> 4 == 6:
+        return fold(_sum(seg, ipv6.pseudo_sum(src, dst, ulen, ipv6.NH_UDP))) == 0
+    if _CSUM.unpack_from(pkt, ihl + 6)[0] == 0:
+        return True
     return fold(_sum(seg, _pseudo(src, dst, ulen))) == 0
 
 
@@ -154,3 +183,50 @@ def build_udp_into(
     return build_in_place(
         out, src, dst, sport, dport, n, ttl, tos, ident, dont_fragment=dont_fragment
     )
+
+
+def build_in_place6(
+    out: bytearray | memoryview,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload_len: int,
+    hop_limit: int = 64,
+    traffic_class: int = 0,
+) -> int:
+    """`build_in_place` for IPv6: the payload waits at `out[PAYLOAD_OFFSET6:]`."""
+    if not 0 <= payload_len <= MAX_PAYLOAD6:
+        raise ValueError(f"UDP payload of {payload_len} bytes does not fit an IPv6 packet")
+    ulen = HEADER_LEN + payload_len
+    total = ipv6.HEADER_LEN + ulen
+    o = memoryview(out)
+    HEADER.pack_into(o, 40, sport, dport, ulen, 0)
+    csum = fold(_sum(o[40:total], ipv6.pseudo_sum(src, dst, ulen, ipv6.NH_UDP)))
+    _CSUM.pack_into(o, 46, csum or 0xFFFF)
+    ipv6.write_header(
+        o,
+        payload_length=ulen,
+        next_header=ipv6.NH_UDP,
+        src=src,
+        dst=dst,
+        hop_limit=hop_limit,
+        traffic_class=traffic_class,
+    )
+    return total
+
+
+def build_udp_into6(
+    out: bytearray | memoryview,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload: bytes | bytearray | memoryview,
+    hop_limit: int = 64,
+) -> int:
+    n = len(payload)
+    if n > MAX_PAYLOAD6:
+        raise ValueError(f"UDP payload of {n} bytes does not fit an IPv6 packet")
+    memoryview(out)[PAYLOAD_OFFSET6 : PAYLOAD_OFFSET6 + n] = payload
+    return build_in_place6(out, src, dst, sport, dport, n, hop_limit)

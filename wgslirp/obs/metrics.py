@@ -453,6 +453,9 @@ _DROP_COUNTERS = frozenset(
         "not_handled",
         "icmp_unavailable",
         "icmp_unsupported",
+        "ipv6_malformed",
+        "ipv6_v4_compatible_dropped",
+        "ipv6_udp_zero_checksum",
     }
 )
 

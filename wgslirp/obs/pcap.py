@@ -1,10 +1,11 @@
-"""Packet capture: the tunnel's plaintext IPv4, both directions, as a classic pcap file.
+"""Packet capture: the tunnel's plaintext IP, both directions, as a classic pcap file.
 
 `WG_PCAP=path` makes ingress, the one process that sees every packet in the clear, record
 what it decrypted from peers and what it is about to encrypt for them. The format is the
 classic libpcap one (magic 0xa1b2c3d4, microsecond timestamps) with link type
-LINKTYPE_RAW (101), whose records start at the IPv4 header: a tunnel has no link layer, and
-every tool (tcpdump, tshark, Wireshark, scapy) reads this format. pcapng would say more
+LINKTYPE_RAW (101), whose records start at the IP header, IPv4 or IPv6 (readers tell them
+apart by the version nibble): a tunnel has no link layer, and every tool (tcpdump, tshark,
+Wireshark, scapy) reads this format. pcapng would say more
 (interfaces, comments) but costs more per record and nothing here needs it.
 
 Why it is shaped the way it is:

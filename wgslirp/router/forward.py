@@ -20,9 +20,9 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Final, Generic, TypeVar
 
-from wgslirp.net import fragment, icmp, ipv4
-from wgslirp.net.flowkey import shard_of
-from wgslirp.net.prefix import PrefixTable
+from wgslirp.net import fragment, icmp, icmpv6, ipv4, ipv6
+from wgslirp.net.flowkey import chain_flow_key6, flow_hash, shard_of
+from wgslirp.net.prefix import PrefixTable, parse_prefix
 from wgslirp.obs.counters import Counters
 
 P = TypeVar("P")
@@ -45,6 +45,11 @@ _DST = struct.Struct(">I")
 _FRAG = struct.Struct(">H")
 _MF_OR_OFFSET: Final = 0x3FFF
 _MAX_PACKET: Final = 0xFFFF + 64
+# RFC 4443 2.4 (f): ICMPv6 errors are rate limited. A token bucket as the bridges' (1,000 a
+# second, bursts of 200): a guest with a wrong MTU blasting big packets gets enough Packet
+# Too Big to learn, not one per packet.
+ERROR_RATE: Final = 1000.0
+ERROR_BURST: Final = 200.0
 
 
 class ForwardStats(Counters):
@@ -53,17 +58,26 @@ class ForwardStats(Counters):
     overlay_ttl_expired: int
     ttl_expired: int
     peer_space_dropped: int
+    ipv6_malformed: int
+    ipv6_multicast_dropped: int
+    ipv6_v4_compatible_dropped: int
+    ipv6_udp_zero_checksum: int
+    ipv6_too_big: int
+    ipv6_errors_rate_limited: int
 
 
 class Forwarder(Generic[P]):
     """Decides, for each packet from a peer, between the verdicts above.
 
-    `routes(dst)` returns the peer whose AllowedIPs hold `dst` (longest prefix) or None.
-    `own` are the router's addresses inside the tunnel (gateway, DNS): pings to them are
-    answered here. `gateway` is the source of the router's own ICMP errors; without it a
-    packet whose TTL runs out is dropped silently. `overlay` (WG_OVERLAY_ROUTING) lets peers
-    reach each other through the router; `overlay_exclude` are destinations that go to the
-    host network even though a peer's AllowedIPs cover them.
+    `routes(dst)` returns the peer whose AllowedIPs hold `dst` (longest prefix) or None,
+    `routes6` the same for IPv6 destinations (None: no peer owns IPv6 space).
+    `own` are the router's addresses inside the tunnel (gateway, DNS, of either family):
+    pings to them are answered here. `gateway` and `gateway6` are the sources of the
+    router's own ICMP and ICMPv6 errors; without them a packet whose TTL or hop limit runs
+    out is dropped silently (and Packet Too Big comes from the destination it was sent to).
+    `overlay` (WG_OVERLAY_ROUTING) lets peers reach each other through the router;
+    `overlay_exclude` are destinations that go to the host network even though a peer's
+    AllowedIPs cover them.
     """
 
     def __init__(
@@ -75,16 +89,26 @@ class Forwarder(Generic[P]):
         ttl: int,
         own: Iterable[str] = (),
         gateway: str | None = None,
+        gateway6: str | None = None,
+        routes6: Callable[[int], P | None] | None = None,
         overlay: bool = False,
         overlay_exclude: Iterable[str] = (),
         reassembler: fragment.Reassembler | None = None,
     ) -> None:
         self._routes = routes
+        self._routes6 = routes6 if routes6 is not None else _no_route
         self.nworkers = nworkers
         self.mtu = mtu
         self.ttl = ttl
-        self._own = frozenset(ipv4.addr_to_int(a) for a in own)
+        own_parsed = [parse_prefix(a) for a in own]  # (address, /32 or /128, is IPv6)
+        self._own = frozenset(v for v, _, is6 in own_parsed if not is6)
+        self._own6 = frozenset(v for v, _, is6 in own_parsed if is6)
         self._gateway = ipv4.addr_to_int(gateway) if gateway else None
+        self._gateway6 = ipv6.addr_to_int(gateway6) if gateway6 else None
+        self._chain = ipv6.Chain()
+        self._frag_ident = 0
+        self._err_tokens = ERROR_BURST
+        self._err_time = float("-inf")
         self.overlay = overlay
         self._excluded: PrefixTable[bool] = PrefixTable()
         for cidr in overlay_exclude:
@@ -101,6 +125,8 @@ class Forwarder(Generic[P]):
     def route(self, peer: P, pkt: memoryview, n: int, now: float) -> int:
         """Decide what becomes of `pkt[:n]`, an IPv4 packet `peer` sent (header already
         checked by the device). OVERLAY changes the packet in place (TTL, checksum)."""
+        if pkt[0] >> 4 == 6:
+            return self._route6(peer, pkt, n, now)
         dst = _DST.unpack_from(pkt, 16)[0]
         own = dst in self._own
         if own and pkt[9] == ipv4.PROTO_ICMP:
@@ -165,8 +191,136 @@ class Forwarder(Generic[P]):
         self.replies = [memoryview(self._reply)[:k]]
         return REPLY
 
+    # --- IPv6 ----------------------------------------------------------------------------------
+
+    def _route6(self, peer: P, pkt: memoryview, n: int, now: float) -> int:
+        """`route` for IPv6: the same decisions, plus what IPv6 asks of a router: nothing
+        fragments in flight, so a packet above the tunnel MTU is answered with Packet Too
+        Big (path MTU discovery); the chain is checked once here so workers see only
+        well-formed packets; a UDP checksum of zero is dropped (RFC 8200 8.1).
+
+        Measured on the 2-core dev box (busy), a 1300-byte TCP segment to a host, 4 workers:
+        2.7 us per IPv4 packet, 3.2 us per IPv6 one; the chain is walked once and its result
+        reused for the flow key (walking it again in `shard_of` cost another 0.4 us)."""
+        chain = self._chain
+        stats = self.stats
+        if not ipv6.walk(pkt, n, chain):
+            stats.ipv6_malformed += 1
+            return DROP
+        src, dst = ipv6.src_dst(pkt)
+        if ipv6.is_multicast(dst):
+            # Nothing routes multicast here; a guest's MLD reports (sent from ::) and
+            # router solicitations are its stack's chatter, counted apart from real drops.
+            stats.ipv6_multicast_dropped += 1
+            return DROP
+        if src < ipv6.V4_COMPAT_LIMIT or dst < ipv6.V4_COMPAT_LIMIT:
+            # ::/96 (with :: and ::1): the only IPv6 ints that could equal IPv4 ones in a
+            # flow key; no guest has such an address and no destination there is allowed.
+            stats.ipv6_v4_compatible_dropped += 1
+            return DROP
+        if chain.end > self.mtu:
+            return self._too_big(pkt, n, dst, now)
+        own = dst in self._own6
+        if own and chain.proto == ipv6.NH_ICMPV6:
+            return self._answer_echo6(pkt, chain.end, chain.frag >= 0, now)
+        target = self._routes6(dst)
+        if target is not None and target is not peer and not self._excluded.lookup6(dst):
+            if not self.overlay:
+                stats.peer_space_dropped += 1
+                return DROP
+            if not ipv6.decrement_hop_limit(pkt):
+                stats.overlay_ttl_expired += 1
+                return DROP
+            stats.overlay_forwarded += 1
+            self.target = target
+            return OVERLAY
+        if pkt[7] <= 1 and not own:
+            stats.ttl_expired += 1
+            if self._gateway6 is None or not self._error_allowed(now):
+                return DROP  # no address of ours to answer from, or over the error rate
+            k = icmpv6.time_exceeded_into(
+                self._reply, pkt, n, icmpv6.HOP_LIMIT_EXCEEDED, self._gateway6, self.ttl
+            )
+            if not k:
+                return DROP
+            self.replies = [memoryview(self._reply)[:k]]
+            return REPLY
+        if chain.frag >= 0:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return HELD
+            wchain = ipv6.Chain()
+            if not ipv6.walk(whole, len(whole), wchain):
+                stats.ipv6_malformed += 1
+                return DROP
+            if wchain.proto == ipv6.NH_UDP and not self._udp_checksum_present(whole, wchain):
+                return DROP
+            self.whole = whole
+            self.shard = shard_of(whole, len(whole), self.nworkers) if self.nworkers > 1 else 0
+            return DELIVER_WHOLE
+        if chain.proto == ipv6.NH_UDP and not self._udp_checksum_present(pkt, chain):
+            return DROP
+        if self.nworkers > 1:
+            key = chain_flow_key6(pkt, n, chain, src, dst)
+            self.shard = flow_hash(*key) % self.nworkers
+        else:
+            self.shard = 0
+        return DELIVER
+
+    def _udp_checksum_present(self, pkt: memoryview | bytearray, chain: ipv6.Chain) -> bool:
+        off = chain.offset
+        if chain.end - off >= 8 and pkt[off + 6] == 0 and pkt[off + 7] == 0:
+            self.stats.ipv6_udp_zero_checksum += 1
+            return False
+        return True
+
+    def _too_big(self, pkt: memoryview, n: int, dst: int, now: float) -> int:
+        self.stats.ipv6_too_big += 1
+        if not self._error_allowed(now):
+            return DROP
+        src = self._gateway6 if self._gateway6 is not None else dst
+        k = icmpv6.packet_too_big_into(self._reply, pkt, n, self.mtu, src, self.ttl)
+        if not k:
+            return DROP
+        self.replies = [memoryview(self._reply)[:k]]
+        return REPLY
+
+    def _error_allowed(self, now: float) -> bool:
+        tokens = min(ERROR_BURST, self._err_tokens + (now - self._err_time) * ERROR_RATE)
+        self._err_time = now
+        if tokens < 1.0:
+            self._err_tokens = tokens
+            self.stats.ipv6_errors_rate_limited += 1
+            return False
+        self._err_tokens = tokens - 1.0
+        return True
+
+    def _answer_echo6(self, pkt: memoryview, n: int, fragmented: bool, now: float) -> int:
+        """Ping6 of the gateway/DNS address; a large one arrives in fragments (the guest is
+        its source, so it may fragment) and the reply, of which the router is the source,
+        leaves in fragments of the tunnel MTU."""
+        if fragmented:
+            whole = self.reassembler.feed(pkt, n, now)
+            if whole is None:
+                return HELD
+            pkt, n = memoryview(whole), len(whole)
+        k = icmpv6.echo_reply_into(pkt, n, self._reply, self.ttl)
+        if not k:
+            return DROP
+        self.stats.gateway_echo_replies += 1
+        if k <= self.mtu:
+            self.replies = [memoryview(self._reply)[:k]]
+        else:
+            self._frag_ident = (self._frag_ident + 1) & 0xFFFFFFFF
+            self.replies = list(fragment.fragment6(self._reply, k, self.mtu, self._frag_ident))
+        return REPLY
+
     def get_timer(self) -> float | None:
         return self.reassembler.get_timer()
 
     def handle_timer(self, now: float) -> None:
         self.reassembler.handle_timer(now)
+
+
+def _no_route(_dst: int) -> None:
+    return None

@@ -34,16 +34,16 @@ told us (none known)."""
 
 
 def host_addresses() -> frozenset[str]:
-    """Every IPv4 address of every interface of this host (the policy is IPv4 for now;
-    the subscription already covers IPv6 for when it is not)."""
+    """Every IPv4 and IPv6 address of every interface of this host (link-local ones
+    without their %scope suffix)."""
     import psutil
 
     out: set[str] = set()
     try:
         for addrs in psutil.net_if_addrs().values():
             for a in addrs:
-                if a.family == socket.AF_INET:
-                    out.add(a.address)
+                if a.family in (socket.AF_INET, socket.AF_INET6):
+                    out.add(a.address.split("%", 1)[0])
     except OSError:
         pass
     return frozenset(out)

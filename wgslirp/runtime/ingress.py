@@ -83,6 +83,10 @@ class IngressSettings(Protocol):
     @property
     def dns_ip(self) -> str | None: ...
     @property
+    def gateway_ip6(self) -> str | None: ...
+    @property
+    def dns_ip6(self) -> str | None: ...
+    @property
     def ip_ttl(self) -> int: ...
     @property
     def overlay_routing(self) -> bool: ...
@@ -211,8 +215,19 @@ class Ingress:
             nworkers=self.nworkers,
             mtu=settings.mtu,
             ttl=settings.ip_ttl,
-            own=[a for a in (settings.gateway_ip, settings.dns_ip) if a],
+            own=[
+                a
+                for a in (
+                    settings.gateway_ip,
+                    settings.dns_ip,
+                    settings.gateway_ip6,
+                    settings.dns_ip6,
+                )
+                if a
+            ],
             gateway=settings.gateway_ip,
+            gateway6=settings.gateway_ip6,
+            routes6=self.device.route6,
             overlay=settings.overlay_routing,
             overlay_exclude=settings.overlay_exclude_cidrs,
         )

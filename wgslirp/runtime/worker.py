@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 from wgslirp.config import Config
 from wgslirp.config.forwards import expand
+from wgslirp.config.values import split_upstream
+from wgslirp.net import ipv6
 from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import FORWARD_FIELDS, MAX_FORWARD_METRICS, MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
@@ -23,7 +25,7 @@ from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
 from wgslirp.slirp.forward_bridge import ForwardTally, TcpForwards, UdpForwards
-from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge
+from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge, probe_mode
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
@@ -50,8 +52,10 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
             for line in f:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "nameserver":
-                    try:  # IPv6 and garbage are skipped, not fatal to the worker
-                        out.append((str(ipaddress.IPv4Address(parts[1])), 53))
+                    if "%" in parts[1]:
+                        continue  # scoped link-local: no scope to connect with, skipped
+                    try:  # garbage is skipped, not fatal to the worker
+                        out.append((str(ipaddress.ip_address(parts[1])), 53))
                     except ValueError:
                         continue
     except OSError:
@@ -59,10 +63,13 @@ def read_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], .
     return tuple(out)
 
 
+_UPPER6 = frozenset({ipv6.NH_TCP, ipv6.NH_UDP, ipv6.NH_ICMPV6})
+
+
 def build_policy(cfg: Config) -> EgressPolicy:
     upstream: Iterable[tuple[str, int]]
     if cfg.dns_upstream:
-        upstream = tuple((h, int(p)) for h, p in (u.rsplit(":", 1) for u in cfg.dns_upstream))
+        upstream = tuple(split_upstream(u) for u in cfg.dns_upstream)
     else:
         upstream = read_resolv_conf()
     return EgressPolicy(
@@ -71,6 +78,10 @@ def build_policy(cfg: Config) -> EgressPolicy:
         gateway=cfg.gateway_ip,
         gateway_host=cfg.gateway_host_ip,
         dns=cfg.dns_ip,
+        gateway6=cfg.gateway_ip6,
+        gateway_host6=cfg.gateway_host_ip6,
+        dns6=cfg.dns_ip6,
+        nat64=cfg.egress.nat64,
         dns_upstream=tuple(upstream),
         own_sockets=frozenset(
             {(PROTO_UDP, cfg.listen_port)}
@@ -172,6 +183,7 @@ class Worker:
             worker_index=index,
             nworkers=n,
             gateway=addr_to_int(cfg.gateway_ip) if cfg.gateway_ip else None,
+            gateway6=ipv6.addr_to_int(cfg.gateway_ip6) if cfg.gateway_ip6 else None,
         )
         policy = build_policy(cfg)
         self.udp = UdpBridge(
@@ -192,6 +204,7 @@ class Worker:
                 _share(cfg.udp.max_flows_per_peer, n),
             ),
             icmp_mode,
+            probe_mode(v6=True),
         )
         self.tcp = TcpBridge(
             self.ctx,
@@ -253,6 +266,7 @@ class Worker:
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
         self._now = 0.0
+        self._chain = ipv6.Chain()
         self._next_error_log = 0.0
         for cons in (inbound, inbound_big):
             if cons is not None:
@@ -300,7 +314,15 @@ class Worker:
             if peer == ROUTE_BY_DESTINATION:  # a control message from ingress
                 self._control(pkt)
                 return
-            proto = pkt[9]
+            if pkt[0] >> 4 == 4:
+                proto = pkt[9]
+            else:  # IPv6: ingress checked the chain; usually no extension header at all
+                proto = pkt[6]
+                if proto not in _UPPER6:
+                    chain = self._chain
+                    proto = chain.proto if ipv6.walk(pkt, len(pkt), chain) else -1
+                if proto == ipv6.NH_ICMPV6:
+                    proto = PROTO_ICMP
             if proto == PROTO_TCP:
                 self._tcp_in(peer, pkt, len(pkt), self._now)
             elif proto == PROTO_UDP:

@@ -20,12 +20,17 @@ import numpy as np
 
 from wgslirp.shm.ring import anonymous_block
 
+# Addresses are kept as two 64-bit halves so one row holds an IPv4 (high half 0) or an IPv6
+# address; no IPv6 address the router carries is below 2**32 (docs/architecture.md, "Both
+# families"), so the value alone says which family it is. 44 bytes a row instead of 28.
 _DTYPE = np.dtype(
     [
         ("used", "<u4"),
         ("peer", "<u4"),
-        ("guest", "<u4"),
-        ("remote", "<u4"),
+        ("guest_hi", "<u8"),
+        ("guest_lo", "<u8"),
+        ("remote_hi", "<u8"),
+        ("remote_lo", "<u8"),
         ("gport", "<u2"),
         ("rport", "<u2"),
         ("iss", "<u4"),  # our initial sequence number toward the guest
@@ -62,7 +67,20 @@ class FlowRegistry:
         this worker's to reset; the table is then empty and every slot free."""
         rows = self._rows
         used = np.flatnonzero(rows["used"])
-        left = [Entry(*(int(rows[i][f]) for f in Entry._fields)) for i in used]
+        left = []
+        for i in used:
+            row = rows[i]
+            left.append(
+                Entry(
+                    int(row["peer"]),
+                    (int(row["guest_hi"]) << 64) | int(row["guest_lo"]),
+                    int(row["gport"]),
+                    (int(row["remote_hi"]) << 64) | int(row["remote_lo"]),
+                    int(row["rport"]),
+                    int(row["iss"]),
+                    int(row["irs"]),
+                )
+            )
         rows["used"] = 0
         self._free = list(range(self.capacity - 1, -1, -1))
         return left
@@ -78,7 +96,10 @@ class FlowRegistry:
             self.full += 1
             return -1
         slot = self._free.pop()
-        self._rows[slot] = (1, peer, guest, remote, gport, rport, iss, irs)
+        m = 0xFFFFFFFFFFFFFFFF
+        self._rows[slot] = (
+            1, peer, guest >> 64, guest & m, remote >> 64, remote & m, gport, rport, iss, irs
+        )  # fmt: skip
         return slot
 
     def remove(self, slot: int) -> None:

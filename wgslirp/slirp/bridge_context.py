@@ -15,11 +15,23 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
-from wgslirp.net import fragment, icmp, ipv4
+from wgslirp.net import fragment, icmp, icmpv6, ipv4, ipv6
 from wgslirp.obs.counters import Counters
 
 ICMP_ERROR_RATE = 1000.0  # unreachables per second per worker, sustained
 ICMP_ERROR_BURST = 200  # and in a burst
+
+# The bridges speak IPv4's unreachable codes; an IPv6 guest gets the ICMPv6 code that means
+# the same (RFC 4443 3.1), so no caller needs to know which family it is answering.
+V6_UNREACH_CODE = {
+    icmp.NET_UNREACHABLE: icmpv6.NO_ROUTE,
+    icmp.HOST_UNREACHABLE: icmpv6.ADDRESS_UNREACHABLE,
+    icmp.PROTO_UNREACHABLE: icmpv6.ADDRESS_UNREACHABLE,
+    icmp.PORT_UNREACHABLE: icmpv6.PORT_UNREACHABLE,
+    9: icmpv6.ADMIN_PROHIBITED,  # network administratively prohibited
+    10: icmpv6.ADMIN_PROHIBITED,  # host administratively prohibited
+    icmp.ADMIN_PROHIBITED: icmpv6.ADMIN_PROHIBITED,
+}
 
 
 class Egress(Protocol):
@@ -108,9 +120,11 @@ class BridgeContext:
         worker_index: int = 0,
         nworkers: int = 1,
         gateway: int | None = None,
+        gateway6: int | None = None,
     ) -> None:
         self.egress = egress
         self.gateway = gateway  # source of errors about addresses no host could answer from
+        self.gateway6 = gateway6
         # RFC 1812 4.3.2.8: ICMP errors are rate limited (a token bucket per worker), so a
         # guest hammering a closed port or a denied address cannot turn the worker into an
         # error generator. The bucket starts full; time comes from the callers' `now`.
@@ -124,6 +138,7 @@ class BridgeContext:
         self.worker_index = worker_index
         self.nworkers = max(1, nworkers)
         self._ident = worker_index << 12
+        self._ident6 = worker_index << 24
         self.scratch = bytearray(65536 + 64)
         self.scratch2 = bytearray(65536 + 64)
 
@@ -133,8 +148,16 @@ class BridgeContext:
         self._ident = (self._ident + 1) & 0xFFFF
         return self._ident
 
+    def next_ident6(self) -> int:
+        """IPv6 fragment identification for packets we originate (RFC 7739: unpredictable
+        is better, but the router fragments only its own replies to one guest, and a
+        32-bit counter per worker never repeats while fragments are in flight)."""
+        self._ident6 = (self._ident6 + 1) & 0xFFFFFFFF
+        return self._ident6
+
     def emit(self, packet: bytes | bytearray | memoryview, length: int, peer: int) -> bool:
-        """Copy a whole packet to the egress, fragmenting it to the tunnel MTU if needed."""
+        """Copy a whole packet to the egress, fragmenting it to the tunnel MTU if needed
+        (IPv6: the router is the source of what it emits, so it may fragment too)."""
         if length > self.mtu:
             return self._emit_fragments(packet, length, peer)
         slot = self.egress.reserve()
@@ -148,7 +171,12 @@ class BridgeContext:
     def _emit_fragments(
         self, packet: bytes | bytearray | memoryview, length: int, peer: int
     ) -> bool:
-        frags = fragment.fragment(packet, length, self.mtu)
+        if packet[0] >> 4 == 6:
+            frags: list[bytearray] | None = fragment.fragment6(
+                packet, length, self.mtu, self.next_ident6()
+            )
+        else:
+            frags = fragment.fragment(packet, length, self.mtu)
         if frags is None:  # DF set: nothing we can do but count it
             self.stats.too_big_dropped += 1
             return False
@@ -183,6 +211,9 @@ class BridgeContext:
             self.stats.icmp_errors_rate_limited += 1
             return
         self._err_tokens = tokens - 1.0
+        if length >= 40 and original[0] >> 4 == 6:
+            self._unreachable6(original, length, code, peer, router_src)
+            return
         if router_src is None and self.gateway is not None and length >= 20:
             first = original[16]
             if first == 0 or first == 127 or first >= 224:
@@ -197,6 +228,39 @@ class BridgeContext:
         if n:
             self.egress.commit(n, peer)
 
+    def _unreachable6(
+        self,
+        original: bytes | bytearray | memoryview,
+        length: int,
+        code: int,
+        peer: int,
+        router_src: int | None,
+    ) -> None:
+        if router_src is None and self.gateway6 is not None:
+            dst = ipv6.dst_of(original)
+            if ipv6.is_v4_compatible(dst) or ipv6.is_multicast(dst) or ipv6.is_link_local(dst):
+                router_src = self.gateway6  # as for IPv4: never an error from a martian
+        slot = self.egress.reserve()
+        if slot is None:
+            self.stats.egress_full += 1
+            return
+        code6 = V6_UNREACH_CODE.get(code, icmpv6.ADDRESS_UNREACHABLE)
+        n = icmpv6.dest_unreachable_into(slot, original, length, code6, router_src, self.ttl)
+        if n:
+            self.egress.commit(n, peer)
+
 
 def addr(v: int) -> str:
     return ipv4.int_to_addr(v)
+
+
+def sock_addr(v: int, v6: bool) -> str:
+    """The text a host socket of the address's family takes."""
+    return ipv6.int_to_addr(v) if v6 else ipv4.int_to_addr(v)
+
+
+def traffic_class(pkt: bytes | bytearray | memoryview) -> int:
+    """The DSCP/ECN byte of a packet of either family (COPY_TOS)."""
+    if pkt[0] >> 4 == 6:
+        return ((pkt[0] & 0x0F) << 4) | (pkt[1] >> 4)
+    return pkt[1]

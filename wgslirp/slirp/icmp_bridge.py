@@ -9,6 +9,11 @@ Two kinds of host socket can send an echo request without spawning `ping`:
   workers and ignores the rest.
 Either way the guest's identifier is mapped to a host one per (peer, guest, destination, id),
 so two guests using the same identifier never see each other's replies.
+
+ICMPv6 echo works the same way with the IPv6 twins of both sockets (SOCK_DGRAM or SOCK_RAW
+with IPPROTO_ICMPV6, whose checksums the kernel computes because they cover the
+pseudo-header). The guest's family and the host socket's family are kept apart: a ping of
+an IPv4-mapped address goes out as ICMP and its reply comes back to the guest as ICMPv6.
 """
 
 from __future__ import annotations
@@ -18,16 +23,17 @@ import socket
 import struct
 from functools import partial
 
-from wgslirp.net import icmp, ipv4
+from wgslirp.net import icmp, icmpv6, ipv4, ipv6
 from wgslirp.net.checksum import checksum
 from wgslirp.net.ipv4 import PROTO_ICMP
-from wgslirp.slirp.bridge_context import BridgeContext, addr
+from wgslirp.slirp.bridge_context import BridgeContext, sock_addr
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 
 log = logging.getLogger("wgslirp.icmp")
 
 ICMP_FILTER = 1  # SOL_RAW option: bitmask of ICMP types the raw socket must NOT receive
+ICMP6_FILTER = 1  # IPPROTO_ICMPV6 option: 256-bit map, a set bit blocks that type
 SOL_RAW = getattr(socket, "SOL_RAW", 255)
 _ECHO_HDR = struct.Struct(">BBHHH")
 RECV_BATCH = 64
@@ -36,11 +42,13 @@ ECHO_IDLE_TIMEOUT = 30.0
 EchoKey = tuple[int, int, int, int]  # peer, guest addr, destination, guest echo id
 
 
-def probe_mode() -> str | None:
-    """'ping', 'raw' or None: which ICMP socket this process may open."""
+def probe_mode(v6: bool = False) -> str | None:
+    """'ping', 'raw' or None: which ICMP (`v6`: ICMPv6) socket this process may open."""
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
     for mode, kind in (("ping", socket.SOCK_DGRAM), ("raw", socket.SOCK_RAW)):
         try:
-            socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+            socket.socket(family, kind, proto).close()
             return mode
         except OSError:
             continue
@@ -48,7 +56,7 @@ def probe_mode() -> str | None:
 
 
 class EchoFlow(Flow):
-    __slots__ = ("guest", "guest_id", "host_id", "remote", "sock", "target")
+    __slots__ = ("guest", "guest_id", "host_id", "host_v6", "remote", "sock", "target", "v6")
 
     def __init__(
         self,
@@ -61,6 +69,8 @@ class EchoFlow(Flow):
         guest_id: int,
         host_id: int,
         sock: socket.socket | None,
+        v6: bool = False,
+        host_v6: bool = False,
     ) -> None:
         super().__init__(key, peer, now)
         self.guest = guest
@@ -69,16 +79,25 @@ class EchoFlow(Flow):
         self.guest_id = guest_id
         self.host_id = host_id
         self.sock = sock
+        self.v6 = v6  # the guest pings in ICMPv6
+        self.host_v6 = host_v6  # the host socket is ICMPv6
 
 
 class IcmpBridge:
     def __init__(
-        self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[EchoFlow], mode: str | None
+        self,
+        ctx: BridgeContext,
+        policy: EgressPolicy,
+        table: FlowTable[EchoFlow],
+        mode: str | None,
+        mode6: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.table = table
         self.mode = mode
+        self.mode6 = mode6
+        self._raw6: socket.socket | None = None
         self._by_host_id: dict[int, EchoFlow] = {}
         self._next_k = 0
         self._raw: socket.socket | None = None
@@ -94,23 +113,37 @@ class IcmpBridge:
             except OSError:
                 pass  # unfiltered works too, only costs more wake-ups
             ctx.poller.register(self._raw, partial(self.on_readable, None))
+        if mode6 == "raw":
+            self._raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            self._raw6.setblocking(False)
+            # struct icmp6_filter: eight native 32-bit words, a set bit blocks that type.
+            words = [0xFFFFFFFF] * 8
+            words[icmpv6.ECHO_REPLY >> 5] &= ~(1 << (icmpv6.ECHO_REPLY & 31)) & 0xFFFFFFFF
+            try:
+                self._raw6.setsockopt(
+                    socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words)
+                )
+            except OSError:
+                pass  # unfiltered works too, only costs more wake-ups
+            ctx.poller.register(self._raw6, partial(self._on_raw6, None))
 
     # ------------------------------------------------------------- guest -> host
 
     def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
         stats = self.ctx.stats
-        parsed = icmp.parse(pkt, n)
+        v6 = pkt[0] >> 4 == 6
+        parsed = icmpv6.parse(pkt, n) if v6 else icmp.parse(pkt, n)
         if parsed is None:
             stats.icmp_unsupported += 1
             return
         itype, code, off, ilen = parsed
-        if itype != icmp.ECHO_REQUEST or code != 0 or ilen < 8:
+        if itype != (icmpv6.ECHO_REQUEST if v6 else icmp.ECHO_REQUEST) or code != 0 or ilen < 8:
             stats.icmp_unsupported += 1  # errors and other queries are not forwarded
             return
-        if self.mode is None:
+        if self.mode is None and self.mode6 is None:
             stats.icmp_unavailable += 1
             return
-        src, dst = ipv4.src_dst(pkt)
+        src, dst = ipv6.src_dst(pkt) if v6 else ipv4.src_dst(pkt)
         guest_id, seq = icmp.echo_id_seq(pkt, off)
         key = (peer, src, dst, guest_id)
         flow = self.table.get(key)
@@ -122,14 +155,18 @@ class IcmpBridge:
         # Re-issue the request under our identifier, same sequence and payload.
         out = memoryview(self._buf)
         out[:ilen] = pkt[off : off + ilen]
-        _ECHO_HDR.pack_into(out, 0, icmp.ECHO_REQUEST, 0, 0, flow.host_id, seq)
-        struct.pack_into(">H", out, 2, checksum(out[:ilen]))
+        if flow.host_v6:  # the kernel fills in ICMPv6 checksums (they need the addresses)
+            _ECHO_HDR.pack_into(out, 0, icmpv6.ECHO_REQUEST, 0, 0, flow.host_id, seq)
+        else:
+            _ECHO_HDR.pack_into(out, 0, icmp.ECHO_REQUEST, 0, 0, flow.host_id, seq)
+            struct.pack_into(">H", out, 2, checksum(out[:ilen]))
         try:
             if flow.sock is not None:
                 flow.sock.send(out[:ilen])
             else:
-                assert self._raw is not None
-                self._raw.sendto(out[:ilen], (addr(flow.remote), 0))
+                raw = self._raw6 if flow.host_v6 else self._raw
+                assert raw is not None
+                raw.sendto(out[:ilen], (sock_addr(flow.remote, flow.host_v6), 0))
         except OSError:
             stats.socket_errors += 1
             return
@@ -152,19 +189,28 @@ class IcmpBridge:
     ) -> EchoFlow | None:
         _, src, dst, guest_id = key
         ctx = self.ctx
-        decision = self.policy.decide(PROTO_ICMP, dst, 0)
+        v6 = pkt[0] >> 4 == 6
+        decision = self.policy.decide(PROTO_ICMP, dst, 0, v6)
         if decision.verdict is Verdict.DENY:
             ctx.stats.policy_denied += 1
             ctx.send_unreachable(pkt, n, icmp.ADMIN_PROHIBITED, peer, now)
             return None
+        host_v6 = decision.v6
+        mode = self.mode6 if host_v6 else self.mode
+        if mode is None:
+            ctx.stats.icmp_unavailable += 1
+            return None
         for old in self.table.make_room(peer):
             self._close(old)
         sock: socket.socket | None = None
-        if self.mode == "ping":
+        if mode == "ping":
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                if host_v6:
+                    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+                else:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
                 sock.setblocking(False)
-                sock.connect((addr(decision.host), 0))
+                sock.connect((sock_addr(decision.host, host_v6), 0))
             except OSError:
                 if sock is not None:
                     sock.close()
@@ -177,7 +223,9 @@ class IcmpBridge:
                 ctx.stats.socket_errors += 1
                 return None
             host_id = alloc
-        flow = EchoFlow(key, peer, now, src, dst, decision.host, guest_id, host_id, sock)
+        flow = EchoFlow(
+            key, peer, now, src, dst, decision.host, guest_id, host_id, sock, v6, host_v6
+        )
         if sock is not None:
             ctx.poller.register(sock, partial(self.on_readable, flow))
         else:
@@ -205,6 +253,30 @@ class IcmpBridge:
                 self.ctx.stats.socket_errors += 1
                 return
 
+    def _on_raw6(self, _flow: None, now: float, _mask: int = 0) -> None:
+        """The shared raw ICMPv6 socket: it delivers the ICMPv6 message without the IPv6
+        header (RFC 3542), checksum already verified by the kernel, and the source apart."""
+        buf = self._buf
+        assert self._raw6 is not None
+        for _ in range(RECV_BATCH):
+            try:
+                n, src_addr = self._raw6.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.ctx.stats.socket_errors += 1
+                return
+            if n < 8 or buf[0] != icmpv6.ECHO_REPLY:
+                continue
+            host_id: int = struct.unpack_from(">H", buf, 4)[0]
+            flow = self._by_host_id.get(host_id)
+            if flow is None or not flow.host_v6:
+                continue
+            src = socket.inet_pton(socket.AF_INET6, src_addr[0].split("%", 1)[0])
+            if int.from_bytes(src, "big") != flow.remote:
+                continue
+            self._reply(flow, memoryview(buf)[:n], now)
+
     def _from_raw(self, pkt: memoryview, n: int, now: float) -> None:
         parsed = icmp.parse(pkt, n)
         if parsed is None:
@@ -217,7 +289,7 @@ class IcmpBridge:
         host_id, _seq = icmp.echo_id_seq(pkt, off)
         flow = self._by_host_id.get(host_id)
         src, _ = ipv4.src_dst(pkt)
-        if flow is None or src != flow.remote:
+        if flow is None or flow.host_v6 or src != flow.remote:
             return  # another worker's, or a ping of the host's own
         self._reply(flow, pkt[off : off + ilen], now)
 
@@ -225,9 +297,9 @@ class IcmpBridge:
         """`message` is an ICMP echo reply (header + data) from the host side."""
         ctx = self.ctx
         ilen = len(message)
-        if ilen < 8 or message[0] != icmp.ECHO_REPLY:
+        if ilen < 8 or message[0] != (icmpv6.ECHO_REPLY if flow.host_v6 else icmp.ECHO_REPLY):
             return
-        total = 20 + ilen
+        total = (40 if flow.v6 else 20) + ilen
         if total > ctx.mtu:
             big = memoryview(ctx.scratch)
             self._build_reply(big, flow, message, ilen)
@@ -243,6 +315,21 @@ class IcmpBridge:
         ctx.stats.icmp_echo_replies += 1
 
     def _build_reply(self, out: memoryview, flow: EchoFlow, message: memoryview, ilen: int) -> None:
+        if flow.v6:
+            out[40 : 40 + ilen] = message
+            seq6: int = struct.unpack_from(">H", message, 6)[0]
+            _ECHO_HDR.pack_into(out, 40, icmpv6.ECHO_REPLY, 0, 0, flow.guest_id, seq6)
+            ipv6.write_header(
+                out,
+                payload_length=ilen,
+                next_header=ipv6.NH_ICMPV6,
+                src=flow.target,
+                dst=flow.guest,
+                hop_limit=self.ctx.ttl,
+            )
+            csum = icmpv6.icmp_checksum(out, 40, ilen, flow.target, flow.guest)
+            struct.pack_into(">H", out, 42, csum)
+            return
         out[20 : 20 + ilen] = message
         seq: int = struct.unpack_from(">H", message, 6)[0]
         _ECHO_HDR.pack_into(out, 20, icmp.ECHO_REPLY, 0, 0, flow.guest_id, seq)
@@ -281,6 +368,7 @@ class IcmpBridge:
         for flow in self.table.values():
             self.table.remove(flow)
             self._close(flow)
-        if self._raw is not None:
-            self.ctx.poller.unregister(self._raw)
-            self._raw.close()
+        for raw in (self._raw, self._raw6):
+            if raw is not None:
+                self.ctx.poller.unregister(raw)
+                raw.close()

@@ -13,6 +13,7 @@ shrinks meanwhile). Nothing is ever dropped for lack of room.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import heapq
 import itertools
@@ -24,7 +25,7 @@ from collections.abc import Hashable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
-from wgslirp.net import icmp, ipv4, tcp
+from wgslirp.net import icmp, ipv4, ipv6, tcp
 from wgslirp.net.checksum import fold, ones_sum
 from wgslirp.net.ipv4 import PROTO_TCP
 from wgslirp.obs.counters import Counters
@@ -32,7 +33,7 @@ from wgslirp.slirp.bridge_context import (
     ROUTE_BY_DESTINATION,
     BridgeContext,
     SocketHandler,
-    addr,
+    sock_addr,
 )
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
@@ -135,6 +136,9 @@ class TcpBridge:
         self.table = table
         self.poller = ctx.poller  # host sockets are watched by the worker's loop
         self.params = params
+        # IPv6 headers are 20 bytes longer than IPv4's: MSS = MTU - 60 for IPv6
+        # connections (TCP_MSS_CLAMP still applies; it can only lower it).
+        self.params6 = dataclasses.replace(params, mss=min(params.mss, ctx.mtu - 60))
         self.error_signal = error_signal
         self.fast_dial = fast_dial
         self.sock_rcvbuf = sock_rcvbuf
@@ -163,11 +167,18 @@ class TcpBridge:
     # ------------------------------------------------------------- guest -> host
 
     def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
-        ihl = (pkt[0] & 0x0F) * 4
-        if n < ihl + 20:
-            self.stats.malformed += 1
-            return
-        src, dst = struct.unpack_from(">II", pkt, 12)
+        if pkt[0] >> 4 == 6:
+            ihl, end = tcp.span6(pkt, n)
+            if end < ihl + 20:
+                self.stats.malformed += 1
+                return
+            src, dst = ipv6.src_dst(pkt)
+        else:
+            ihl = (pkt[0] & 0x0F) * 4
+            if n < ihl + 20:
+                self.stats.malformed += 1
+                return
+            src, dst = struct.unpack_from(">II", pkt, 12)
         sport, dport = _PORTS.unpack_from(pkt, ihl)
         key = (peer, src, sport, dst, dport)
         flow = self.table.get(key)
@@ -222,7 +233,8 @@ class TcpBridge:
     def _open(self, key: TcpKey, peer: int, pkt: memoryview, n: int, now: float) -> None:
         _, src, sport, dst, dport = key
         ctx = self.ctx
-        decision = self.policy.decide(PROTO_TCP, dst, dport)
+        v6 = pkt[0] >> 4 == 6
+        decision = self.policy.decide(PROTO_TCP, dst, dport, v6)
         if decision.verdict is Verdict.DENY:
             ctx.stats.policy_denied += 1
             self._signal_failure(pkt, n, peer, None, icmp.ADMIN_PROHIBITED, now)
@@ -233,7 +245,7 @@ class TcpBridge:
             return
         iss = int.from_bytes(_random4(), "big")
         ep = TcpEndpoint(
-            self.params,
+            self.params6 if v6 else self.params,
             local=(dst, dport),
             remote=(src, sport),
             iss=iss,
@@ -241,12 +253,16 @@ class TcpBridge:
             egress=ctx.egress,
             peer=peer,
             budget=self.send_budget,
+            v6=v6,
         )
         ep.on_syn(pkt, n, now)
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError:
+            sock = socket.socket(
+                socket.AF_INET6 if decision.v6 else socket.AF_INET, socket.SOCK_STREAM
+            )
+        except OSError as exc:  # no IPv6 on this host: a refusal the guest can act on
             ctx.stats.socket_errors += 1
+            self._connect_failed(pkt, n, peer, exc.errno or errno.EAFNOSUPPORT, now)
             return
         sock.setblocking(False)
         try:
@@ -260,7 +276,7 @@ class TcpBridge:
         flow = TcpFlow(key, peer, now, ep, sock)
         flow.syn = bytes(pkt[:n])
         flow.dial_deadline = now + self.fast_dial
-        err = sock.connect_ex((addr(decision.host), decision.port))
+        err = sock.connect_ex((sock_addr(decision.host, decision.v6), decision.port))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self._connect_failed(pkt, n, peer, err, now)
@@ -742,12 +758,15 @@ class TcpBridgeStats(Counters):
 
 def _flow_name(flow: TcpFlow) -> str:
     key: TcpKey = flow.key  # type: ignore[assignment]
-    return f"{addr(key[1])}:{key[2]} -> {addr(key[3])}:{key[4]}"
+    v6 = key[1] > 0xFFFFFFFF  # guest addresses in ::/96 never reach a bridge
+    return f"[{sock_addr(key[1], v6)}]:{key[2]} -> [{sock_addr(key[3], v6)}]:{key[4]}"
 
 
 def rst_reply_into(out: memoryview, pkt: memoryview, n: int, ttl: int) -> int:
     """The RST RFC 9293 prescribes for a segment that matches no connection: if it had
     ACK, <SEQ=SEG.ACK><CTL=RST>, else <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>."""
+    if pkt[0] >> 4 == 6:
+        return _rst_reply6(out, pkt, n, ttl)
     ihl = (pkt[0] & 0x0F) * 4
     total: int = struct.unpack_from(">H", pkt, 2)[0]
     if total > n or total < ihl + 20:
@@ -768,6 +787,25 @@ def rst_reply_into(out: memoryview, pkt: memoryview, n: int, ttl: int) -> int:
     struct.pack_into(">H", out, 36, fold(ones_sum(out[20:40], pseudo)))
     ipv4.write_header(out, total_length=40, proto=PROTO_TCP, src=dst, dst=src, ttl=ttl)
     return 40
+
+
+def _rst_reply6(out: memoryview, pkt: memoryview, n: int, hop_limit: int) -> int:
+    off, end = tcp.span6(pkt, n)
+    if end < off + 20:
+        return 0
+    src, dst = ipv6.src_dst(pkt)
+    sport, dport, seq, ack, off_flags = struct.unpack_from(">HHIIH", pkt, off)
+    flags = off_flags & 0x3F
+    if flags & TCP_RST:
+        return 0
+    doff = (off_flags >> 12) * 4
+    seg_len = end - off - doff + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+    if flags & TCP_ACK:
+        r_seq, r_ack, r_flags = ack, 0, TCP_RST
+    else:
+        r_seq, r_ack, r_flags = 0, (seq + seg_len) & 0xFFFFFFFF, TCP_RST | TCP_ACK
+    w = tcp.SegmentWriter6(dst, src, dport, sport, hop_limit)
+    return w.write(out, r_seq, r_ack, r_flags, 0, b"", 0)
 
 
 def _random4() -> bytes:

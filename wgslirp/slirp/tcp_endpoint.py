@@ -38,7 +38,8 @@ turns true only once the host side has also taken every guest byte, so a gracefu
 loses data; `reset` (the guest reset) and `timed_out` (we gave up and sent RST) discard them.
 `reopen` means a fresh SYN for this 4-tuple arrived while we sat in TIME_WAIT: drop this
 endpoint and open a new one with that SYN. Segments are at most 40 + `TcpParams.mss` bytes,
-so `mss` must be the tunnel MTU minus 40.
+so `mss` must be the tunnel MTU minus 40; an IPv6 endpoint (`v6=True`) writes 60-byte
+headers, so its `mss` must be the tunnel MTU minus 60 (the bridge gives it such params).
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class TcpEndpoint:
         "_fin_queued",
         "_fin_seq",
         "_guest_mss",
+        "_hlen",
         "_in_recovery",
         "_ka_probes",
         "_last_ack_sent",
@@ -336,6 +338,7 @@ class TcpEndpoint:
         egress: Egress,
         peer: int = 0,
         budget: SendBudget | None = None,
+        v6: bool = False,
     ) -> None:
         self._p = params
         self.local = local
@@ -350,9 +353,14 @@ class TcpEndpoint:
         self.refused = False  # active open: the guest answered our SYN with RST
         self._active = False  # we sent the first SYN (tcp_endpoint.connect)
         self._syn_deadline = INF
-        self._writer = tcp.SegmentWriter(
-            local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7
-        )
+        self._writer: tcp.SegmentWriter | tcp.SegmentWriter6
+        if v6:
+            self._writer = tcp.SegmentWriter6(local[0], remote[0], local[1], remote[1], params.ttl)
+        else:
+            self._writer = tcp.SegmentWriter(
+                local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7
+            )
+        self._hlen = self._writer.header_len
         self._ack_delay = params.ack_delay
 
         iss &= MASK
@@ -821,11 +829,14 @@ class TcpEndpoint:
     # ================================================================== receive
 
     def receive(self, pkt: memoryview, n: int, now: float) -> None:
-        """A segment from the guest (a whole IPv4 packet whose header ingress checked)."""
-        ihl = (pkt[0] & 0x0F) << 2
-        total = (pkt[2] << 8) | pkt[3]
-        if total > n:
-            total = n
+        """A segment from the guest (a whole IP packet whose header ingress checked)."""
+        if pkt[0] >> 4 == 6:
+            ihl, total = tcp.span6(pkt, n)
+        else:
+            ihl = (pkt[0] & 0x0F) << 2
+            total = (pkt[2] << 8) | pkt[3]
+            if total > n:
+                total = n
         if total < ihl + 20:
             return
         _, _, seq_w, ack_w, offflags, wnd = _HDR.unpack_from(pkt, ihl)
@@ -1840,7 +1851,7 @@ class TcpEndpoint:
         if self._ece_out:
             flags |= _ECE
         if n:
-            start = 40 + len(opts)
+            start = self._hlen + len(opts)
             cap = self._snd_cap
             idx = (seq - self._snd_base) % cap
             end = idx + n

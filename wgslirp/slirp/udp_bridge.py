@@ -4,6 +4,11 @@ A connected socket lets the kernel filter replies to the flow's peer and report 
 for it; with IP_RECVERR the error queue says which ICMP type and code came back, so the
 guest gets the same error (port unreachable shows up as "connection refused" in its socket)
 instead of a silent timeout.
+
+IPv6 guests use the same flows: the guest side's family decides how replies are built
+(`UdpFlow.v6`), the policy's decision which family the host socket has (an IPv4-mapped
+destination is reached through an AF_INET socket). ICMP errors the host socket reports are
+translated into the guest's family: the guest hears ICMPv6 if it spoke IPv6.
 """
 
 from __future__ import annotations
@@ -16,9 +21,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from wgslirp.net import icmp, udp
+from wgslirp.net import icmp, icmpv6, udp
 from wgslirp.net.ipv4 import PROTO_UDP
-from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, addr
+from wgslirp.slirp.bridge_context import (
+    ROUTE_BY_DESTINATION,
+    V6_UNREACH_CODE,
+    BridgeContext,
+    sock_addr,
+    traffic_class,
+)
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 
@@ -26,7 +37,20 @@ if TYPE_CHECKING:
     from wgslirp.slirp.forward_bridge import ForwardTally
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+# ICMPv6 errors a host socket reports, in IPv4's words (type, code), so one relay path
+# serves both families; Packet Too Big becomes "fragmentation needed" with its MTU.
+_V6_TO_V4_UNREACH = {
+    icmpv6.NO_ROUTE: icmp.NET_UNREACHABLE,
+    icmpv6.ADMIN_PROHIBITED: icmp.ADMIN_PROHIBITED,
+    icmpv6.BEYOND_SCOPE: icmp.HOST_UNREACHABLE,
+    icmpv6.ADDRESS_UNREACHABLE: icmp.HOST_UNREACHABLE,
+    icmpv6.PORT_UNREACHABLE: icmp.PORT_UNREACHABLE,
+    icmpv6.SOURCE_POLICY_FAILED: icmp.ADMIN_PROHIBITED,
+    icmpv6.REJECT_ROUTE: icmp.ADMIN_PROHIBITED,
+}
 _EXT_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 RECV_BATCH = 64  # datagrams per readiness event per flow
 ERRQUEUE_BATCH = 16
@@ -35,7 +59,9 @@ UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst add
 
 
 class UdpFlow(Flow):
-    __slots__ = ("aport", "client", "gport", "guest", "remote", "sock", "src_alias", "tally", "tos")
+    __slots__ = (
+        "aport", "client", "gport", "guest", "remote", "sock", "src_alias", "tally", "tos", "v6"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -48,6 +74,7 @@ class UdpFlow(Flow):
         src_alias: int,
         aport: int,
         remote: tuple[str, int],
+        v6: bool = False,
     ) -> None:
         super().__init__(key, peer, now)
         self.sock = sock
@@ -57,6 +84,7 @@ class UdpFlow(Flow):
         self.aport = aport
         self.remote = remote
         self.tos = 0
+        self.v6 = v6  # the guest speaks IPv6: replies and errors are built as IPv6
         # An inbound forward's flow: `sock` is the forward's shared listening socket and
         # the guest's datagrams go to the host client at `client`.
         self.client: tuple[str, int] | None = None
@@ -95,7 +123,7 @@ class UdpBridge:
                 return
         flow.last_active = now
         if self.ctx.copy_tos:
-            flow.tos = pkt[1]
+            flow.tos = traffic_class(pkt)
         try:
             client = flow.client
             if client is None:
@@ -117,7 +145,8 @@ class UdpBridge:
 
     def _open(self, key: UdpKey, peer: int, pkt: memoryview, n: int, now: float) -> UdpFlow | None:
         _, src, sport, dst, dport = key
-        decision = self.policy.decide(PROTO_UDP, dst, dport)
+        v6 = pkt[0] >> 4 == 6
+        decision = self.policy.decide(PROTO_UDP, dst, dport, v6)
         ctx = self.ctx
         if decision.verdict is Verdict.DENY:
             ctx.stats.policy_denied += 1
@@ -126,22 +155,28 @@ class UdpBridge:
         for old in self.table.make_room(peer):
             ctx.stats.udp_flows_evicted += 1
             self._close(old)
-        remote = (addr(decision.host), decision.port)
+        remote = (sock_addr(decision.host, decision.v6), decision.port)
+        family = socket.AF_INET6 if decision.v6 else socket.AF_INET
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError:
             ctx.stats.socket_errors += 1
+            if decision.v6:  # a host without IPv6: say so at once (RFC 8305 fallback)
+                ctx.send_unreachable(pkt, n, icmp.NET_UNREACHABLE, peer, now)
             return None
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            if decision.v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
             sock.connect(remote)
         except OSError:
             sock.close()
             ctx.stats.socket_errors += 1
             ctx.send_unreachable(pkt, n, icmp.HOST_UNREACHABLE, peer, now)
             return None
-        flow = UdpFlow(key, peer, now, sock, src, sport, dst, dport, remote)
+        flow = UdpFlow(key, peer, now, sock, src, sport, dst, dport, remote, v6)
         ctx.poller.register(sock, partial(self.on_readable, flow))
         self.table.add(flow, now)
         ctx.stats.udp_flows_opened += 1
@@ -152,7 +187,9 @@ class UdpBridge:
     def on_readable(self, flow: UdpFlow, now: float, _mask: int = 0) -> None:
         ctx = self.ctx
         egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
-        room = mtu - udp.PAYLOAD_OFFSET
+        v6 = flow.v6
+        off = udp.PAYLOAD_OFFSET6 if v6 else udp.PAYLOAD_OFFSET  # 48 or 28 header bytes
+        room = mtu - off
         overflow = memoryview(ctx.scratch2)
         sock = flow.sock
         for _ in range(RECV_BATCH):
@@ -166,7 +203,7 @@ class UdpBridge:
                     sock.recv_into(overflow)
                 return
             try:
-                nbytes = sock.recvmsg_into([slot[udp.PAYLOAD_OFFSET : mtu], overflow])[0]
+                nbytes = sock.recvmsg_into([slot[off:mtu], overflow])[0]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -175,35 +212,25 @@ class UdpBridge:
             flow.last_active = now
             stats.udp_rx_packets += 1
             stats.udp_rx_bytes += nbytes
-            if nbytes <= room:
+            out = slot
+            if nbytes > room:  # larger than the tunnel MTU: assemble, then fragment
+                out = memoryview(ctx.scratch)
+                out[off:mtu] = slot[off:mtu]
+                out[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
+            if v6:
+                k = udp.build_in_place6(
+                    out, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
+                    ctx.ttl, flow.tos,
+                )  # fmt: skip
+            else:
                 k = udp.build_in_place(
-                    slot,
-                    flow.src_alias,
-                    flow.guest,
-                    flow.aport,
-                    flow.gport,
-                    nbytes,
-                    ctx.ttl,
-                    flow.tos,
-                    ctx.next_ident(),
-                )
+                    out, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
+                    ctx.ttl, flow.tos, ctx.next_ident(),
+                )  # fmt: skip
+            if out is slot:
                 egress.commit(k, flow.peer)
-            else:  # larger than the tunnel MTU: assemble, then fragment
-                big = memoryview(ctx.scratch)
-                big[udp.PAYLOAD_OFFSET : mtu] = slot[udp.PAYLOAD_OFFSET : mtu]
-                big[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
-                k = udp.build_in_place(
-                    big,
-                    flow.src_alias,
-                    flow.guest,
-                    flow.aport,
-                    flow.gport,
-                    nbytes,
-                    ctx.ttl,
-                    flow.tos,
-                    ctx.next_ident(),
-                )
-                ctx.emit(big, k, flow.peer)
+            else:
+                ctx.emit(out, k, flow.peer)
 
     def _drain_errqueue(self, flow: UdpFlow) -> None:
         """Turn ICMP errors the kernel queued for this flow into ICMP errors to the guest."""
@@ -216,16 +243,32 @@ class UdpBridge:
                 self.ctx.stats.socket_errors += 1
                 return
             for level, kind, payload in anc:
-                if level != socket.SOL_IP or kind != IP_RECVERR or len(payload) < 16:
+                if len(payload) < 16 or (level, kind) not in (
+                    (socket.SOL_IP, IP_RECVERR),
+                    (socket.IPPROTO_IPV6, IPV6_RECVERR),
+                ):
                     continue
                 _errno, origin, ee_type, ee_code, _pad, info, _data = _EXT_ERR.unpack_from(payload)
-                if origin != SO_EE_ORIGIN_ICMP:
+                if origin == SO_EE_ORIGIN_ICMP6:
+                    if ee_type == icmpv6.DEST_UNREACHABLE:
+                        ee_type = icmp.DEST_UNREACHABLE
+                        ee_code = _V6_TO_V4_UNREACH.get(ee_code, icmp.HOST_UNREACHABLE)
+                    elif ee_type == icmpv6.PACKET_TOO_BIG:
+                        ee_type, ee_code = icmp.DEST_UNREACHABLE, icmp.FRAG_NEEDED
+                    elif ee_type == icmpv6.TIME_EXCEEDED:
+                        ee_type = icmp.TIME_EXCEEDED
+                    else:
+                        continue
+                elif origin != SO_EE_ORIGIN_ICMP:
                     continue
                 self._relay_icmp_error(flow, ee_type, ee_code, info, data)
 
     def _relay_icmp_error(
         self, flow: UdpFlow, ee_type: int, ee_code: int, info: int, payload: bytes
     ) -> None:
+        if flow.v6:
+            self._relay_icmp_error6(flow, ee_type, ee_code, info, payload)
+            return
         # Rebuild the guest's datagram as the guest sent it, to quote it in the error.
         q = self._quote
         n = udp.build_udp_into(
@@ -251,6 +294,37 @@ class UdpBridge:
         if k:
             self.ctx.egress.commit(k, flow.peer)
             self.ctx.stats.udp_icmp_errors_relayed += 1
+
+    def _relay_icmp_error6(
+        self, flow: UdpFlow, ee_type: int, ee_code: int, info: int, payload: bytes
+    ) -> None:
+        """`_relay_icmp_error` to an IPv6 guest: the same error in ICMPv6's words."""
+        q = self._quote
+        n = udp.build_udp_into6(
+            q,
+            flow.guest,
+            flow.src_alias,
+            flow.gport,
+            flow.aport,
+            payload[: len(q) - udp.PAYLOAD_OFFSET6],
+        )
+        ctx = self.ctx
+        slot = ctx.egress.reserve()
+        if slot is None:
+            ctx.stats.egress_full += 1
+            return
+        if ee_type == icmp.DEST_UNREACHABLE and ee_code == icmp.FRAG_NEEDED:
+            k = icmpv6.packet_too_big_into(slot, q, n, info, None, ctx.ttl)
+        elif ee_type == icmp.DEST_UNREACHABLE:
+            code = V6_UNREACH_CODE.get(ee_code, icmpv6.ADDRESS_UNREACHABLE)
+            k = icmpv6.dest_unreachable_into(slot, q, n, code, None, ctx.ttl)
+        elif ee_type == icmp.TIME_EXCEEDED:
+            k = icmpv6.time_exceeded_into(slot, q, n, ee_code, None, ctx.ttl)
+        else:
+            return
+        if k:
+            ctx.egress.commit(k, flow.peer)
+            ctx.stats.udp_icmp_errors_relayed += 1
 
     # ------------------------------------------------------------------ timers
 

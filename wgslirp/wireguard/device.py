@@ -58,6 +58,7 @@ from wgslirp.wireguard.timers import (
 
 _NONCE = struct.Struct("<4xQ")
 _IPV4_LEN_SRC = struct.Struct(">2xH8xI")  # total length, then source address at offset 12
+_IPV6_LEN_SRC = struct.Struct(">4xH2xQQ")  # payload length, then the source's two halves
 _ZEROS = bytes(16)
 
 
@@ -219,6 +220,10 @@ class Device:
     def route(self, dst: int) -> Peer | None:
         """Peer that owns destination address `dst` (an int) by longest prefix."""
         return self.allowed.lookup(dst)
+
+    def route6(self, dst: int) -> Peer | None:
+        """`route` for an IPv6 destination."""
+        return self.allowed.lookup6(dst)
 
     # ------------------------------------------------------------ handshakes
 
@@ -494,6 +499,8 @@ class Device:
         else:
             peer.need_another_keepalive = True
         if plen < 20 or (out[0] >> 4) != 4:
+            if plen >= 40 and out[0] >> 4 == 6:
+                return self._check_source6(peer, out, plen)
             self.stats.not_ipv4 += 1
             return None
         total, src = _IPV4_LEN_SRC.unpack_from(out, 0)
@@ -501,6 +508,23 @@ class Device:
             self.stats.invalid_datagrams += 1
             return None
         if self.allowed.lookup(src) is not peer:
+            self.stats.source_rejected += 1
+            return None
+        self.stats.rx_packets += 1
+        self.stats.rx_bytes += total
+        return peer, total
+
+    def _check_source6(
+        self, peer: Peer, out: bytearray | memoryview, plen: int
+    ) -> tuple[Peer, int] | None:
+        """The IPv6 half of the inbound checks: whole packet, and a source routed back to
+        the sending peer by its IPv6 AllowedIPs (longest prefix)."""
+        payload, hi, lo = _IPV6_LEN_SRC.unpack_from(out, 0)
+        total = 40 + payload
+        if total > plen:
+            self.stats.invalid_datagrams += 1
+            return None
+        if self.allowed.lookup6((hi << 64) | lo) is not peer:
             self.stats.source_rejected += 1
             return None
         self.stats.rx_packets += 1

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from wgslirp.wireguard.allowedips import format_cidr, parse_cidr
+from wgslirp.net.prefix import normalize_cidr
 from wgslirp.wireguard.crypto import CryptoError
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.peer import Addr
@@ -198,4 +198,4 @@ def sync_request(
 
 
 def _normal(cidr: str) -> str:
-    return format_cidr(*parse_cidr(cidr))
+    return normalize_cidr(cidr)

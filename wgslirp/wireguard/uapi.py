@@ -20,10 +20,10 @@ Where wgslirp differs from wireguard-go, and why:
   with every ingress it ever starts. Setting the current port is accepted (so `wg setconf`
   with the output of `wg showconf` works); another port fails with EOPNOTSUPP. `fwmark` is not
   supported: 0 is accepted, anything else fails with EOPNOTSUPP.
-* The router routes IPv4 only, like its configuration: IPv6 allowed IPs fail with
-  EAFNOSUPPORT instead of being stored where they could never match. Endpoints may be IPv4
-  or IPv6 (`[addr]:port`, as wg(8) writes them); an IPv4-mapped IPv6 endpoint is stored
-  as the IPv4 address it names, which is how the router reports it afterwards.
+* IPv6 allowed IPs are accepted, except prefixes inside ::/96 (EINVAL), as in the
+  configuration. Endpoints may be IPv4 or IPv6 (`[addr]:port`, as wg(8) writes them); an
+  IPv4-mapped IPv6 endpoint is stored as the IPv4 address it names, which is how the router
+  reports it afterwards.
 * A private key of all zeros ("no key") fails with EINVAL: the router always has an identity.
 * Changes live in the ingress process only; they are not written back to the configuration,
   so a restart of the router (or of a crashed ingress) starts from the configuration again.
@@ -35,7 +35,7 @@ import errno
 import ipaddress
 from dataclasses import dataclass, field
 
-from wgslirp.net.prefix import format_cidr, parse_cidr
+from wgslirp.net.prefix import format_cidr, parse_prefix
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.endpoint import format_endpoint, parse_endpoint
 from wgslirp.wireguard.peer import Addr
@@ -257,14 +257,17 @@ def _endpoint(value: str) -> Addr:
 
 
 def _cidr(value: str) -> str:
-    """Normalised `a.b.c.d/n`; host bits are cleared, as wireguard-go's trie stores it."""
-    if ":" in value:
-        raise UapiError(errno.EAFNOSUPPORT, f"IPv6 allowed IP {value!r}: the router is IPv4 only")
+    """Normalised `a.b.c.d/n` or `x::y/n`; host bits are cleared, as wireguard-go's trie
+    stores it. IPv6 prefixes inside ::/96 are refused like in the configuration (they are
+    the IPv6 addresses that equal IPv4 ones as ints; docs/architecture.md)."""
     ip, sep, plen = value.partition("/")
     if not sep or not plen.isascii() or not plen.isdigit():
-        raise UapiError(errno.EINVAL, f"allowed_ip must be a.b.c.d/n, got {value!r}")
+        raise UapiError(errno.EINVAL, f"allowed_ip must be address/n, got {value!r}")
     try:
-        ipaddress.IPv4Address(ip)
-        return format_cidr(*parse_cidr(value))
+        ipaddress.ip_address(ip)
+        network, length, v6 = parse_prefix(value)
     except ValueError:
-        raise UapiError(errno.EINVAL, f"allowed_ip must be a.b.c.d/n, got {value!r}") from None
+        raise UapiError(errno.EINVAL, f"allowed_ip must be address/n, got {value!r}") from None
+    if v6 and length >= 96 and network < (1 << 32):
+        raise UapiError(errno.EINVAL, f"allowed_ip {value!r} lies inside ::/96")
+    return format_cidr(network, length, v6)
