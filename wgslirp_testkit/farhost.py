@@ -21,7 +21,8 @@ from wgslirp_testkit.proc import run
 class FarHost:
     ns: Namespace
     address: str  # the far host's address
-    near: str  # this host's end of the veth (one of the host's own addresses)
+    near: str  # the near end's address (one of the host's own, without `near`)
+    near_link: str  # the near end's interface name
 
 
 def _subnet(second_octet: int) -> int:
@@ -31,14 +32,21 @@ def _subnet(second_octet: int) -> int:
 
 
 @contextlib.contextmanager
-def far_host(second_octet: int = 202) -> Iterator[FarHost]:
-    """A namespace at 10.<second_octet>.x.y+2 behind a veth whose host end is .y+1; both
-    removed on exit. Pick another `second_octet` for a second far host in one process."""
+def far_host(second_octet: int = 202, near: Namespace | None = None) -> Iterator[FarHost]:
+    """A namespace at 10.<second_octet>.x.y+2 behind a veth whose near end is .y+1, in the
+    root namespace or in `near`; both removed on exit. Pick another `second_octet` for a
+    second far host in one process."""
     net = _subnet(second_octet)
 
     def a(k: int) -> str:
         n = net + k
         return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+    def near_ip(*args: str) -> None:
+        if near is None:
+            run(["ip", *args], timeout=10, check=True)
+        else:
+            near.ip(*args)
 
     veth = unique_name("i", link_exists)
     with Namespace() as ns:
@@ -49,10 +57,16 @@ def far_host(second_octet: int = 202) -> Iterator[FarHost]:
         )
         try:
             run(["ip", "link", "set", veth + "p", "netns", ns.name], timeout=10, check=True)
-            run(["ip", "addr", "add", f"{a(1)}/30", "dev", veth], timeout=10, check=True)
-            run(["ip", "link", "set", veth, "up"], timeout=10, check=True)
+            if near is not None:
+                run(["ip", "link", "set", veth, "netns", near.name], timeout=10, check=True)
+            near_ip("addr", "add", f"{a(1)}/30", "dev", veth)
+            near_ip("link", "set", veth, "up")
             ns.ip("addr", "add", f"{a(2)}/30", "dev", veth + "p")
             ns.ip("link", "set", veth + "p", "up")
-            yield FarHost(ns, a(2), a(1))
+            yield FarHost(ns, a(2), a(1), veth)
         finally:
-            run(["ip", "link", "del", veth], timeout=10, check=False)
+            # Deleting either end removes the pair; in `near` it may be gone with it already.
+            if near is None:
+                run(["ip", "link", "del", veth], timeout=10, check=False)
+            else:
+                run(["ip", "-n", near.name, "link", "del", veth], timeout=10, check=False)
