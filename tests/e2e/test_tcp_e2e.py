@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,41 @@ def test_refused_connects_are_mirrored_never_connected(tmp_path: Path, workers: 
         counters = stop_and_counters(r)
     assert counters["tcp_dials_failed"] == 100 and counters["tcp_dials_ok"] == 0
     assert counters["tcp_refused_rst"] == 100 and counters["tcp_refused_icmp"] == 0
+
+
+def mappings(pid: int) -> int:
+    return len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
+def test_idle_connections_add_no_kernel_mappings(tmp_path: Path) -> None:
+    """An idle connection holds no ring (slirp/tcp_rings.py): 3,000 of them add no
+    mappings to the router, where rings of their own were two mmaps each and Linux's
+    vm.max_map_count (65,530) stopped a process near 32,000 connections."""
+    port = free_udp_port()
+    n = 3000
+    env = base_env(tmp_path, port, 0) | {
+        "TCP_MAX_FLOWS": str(n + 100),
+        "TCP_MAX_FLOWS_PER_PEER": str(n + 100),
+    }
+    with TcpServer("sink") as srv, router(env) as r, client_from_router_output(r, port) as c:
+        assert guest(c, "tcp_connect_time", GATEWAY, srv.port, 1, 5.0)["results"][0][0] == (
+            "connected"
+        )
+        before = mappings(r.pid)
+        proc = c.popen(
+            guestprog.command("tcp_hold", GATEWAY, srv.port, n, 1.0),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        during = mappings(r.pid)
+        out, _ = proc.communicate(timeout=120)
+        held = json.loads(out.strip().splitlines()[-1])["results"]
+        counters = stop_and_counters(r)
+    assert len(held) == n and all(how == "open" for _, how, _ in held)
+    assert counters["tcp_opened"] >= n + 1
+    assert during - before < n // 10, (before, during)
 
 
 def test_denied_destination_is_refused_and_never_leaves(tmp_path: Path) -> None:

@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Many concurrent idle TCP connections through the real tunnel, and the router's memory
+per idle flow.
+
+A guest (Debian's wireguard-go + its own kernel, in a namespace) opens ``--flows``
+connections (default 100,000) through a fresh wgslirp router to a host program that
+accepts and holds them on 127.0.0.1, reached via the gateway address, and keeps them idle.
+Printed: how many opened and how fast, the router's user-space memory (PSS and USS summed
+over its processes) per idle flow, after minus before (before = after a warm-up of a few
+hundred connections, opened and closed), and its kernel mappings (``/proc/<pid>/maps``
+lines: rings that were an mmap each made two per connection, and vm.max_map_count, 65,530
+by default, then stopped a process near 32,000 connections).
+
+Limits this needs and takes care of:
+
+- file descriptors: one per connection in the guest, in each router process holding it
+  and in the host program; RLIMIT_NOFILE (hard too, as root) is raised before anything
+  starts, and children inherit it;
+- 4-tuples: a guest (and the router toward the host) has about 28,000 ephemeral ports
+  (net.ipv4.ip_local_port_range) per destination, so connections are spread over
+  ``ceil(flows / 20,000)`` host ports;
+- the router's flow caps: TCP_MAX_FLOWS and TCP_MAX_FLOWS_PER_PEER are raised to the
+  flow count (plus the warm-up).
+
+Kernel socket memory (three sockets per connection: guest, router's host socket, host
+program's) is kernel memory, not counted per flow; the machine's slab growth is printed for
+scale. Nothing here asserts a figure.
+
+    python scripts/bench_flows.py                      # 100,000 flows, PROCESSOR_WORKERS=0
+    python scripts/bench_flows.py --flows 10000 --workers 2
+    python scripts/bench_flows.py --rev HEAD~3         # router from a commit
+
+The same file is also the guest and the host program (``bench_flows.py guest|hold ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import resource
+import select
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+PER_PORT = 20_000  # connections per host port (ephemeral ports per destination: ~28,000)
+KIB = 1024
+
+
+def raise_nofile(need: int) -> int:
+    """Soft and, as root, hard RLIMIT_NOFILE up to `need` (capped by fs.nr_open)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if need <= soft:
+        return soft
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    want = min(need, nr_open)
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        return want
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# =========================================================================== guest
+
+
+def guest_main(host: str, ports: list[int], n: int, concurrency: int, timeout: float) -> None:
+    """Open `n` connections round-robin over `ports`, at most `concurrency` pending; report;
+    hold them until stdin says ``close`` (or closes)."""
+    raise_nofile(n + 256)
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    pending = 0
+    errors: dict[str, int] = {}
+    started = 0
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+
+    def fail(s: socket.socket, err: int) -> None:
+        name = errno.errorcode.get(err, str(err))
+        errors[name] = errors.get(name, 0) + 1
+        s.close()
+
+    while (started < n or pending) and time.monotonic() < deadline:
+        while started < n and pending < concurrency:
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                name = errno.errorcode.get(exc.errno or 0, "socket")
+                errors[name] = errors.get(name, 0) + n - started
+                started = n
+                break
+            s.setblocking(False)
+            err = s.connect_ex((host, ports[started % len(ports)]))
+            started += 1
+            if err == 0:
+                socks.append(s)
+            elif err == errno.EINPROGRESS:
+                sel.register(s, selectors.EVENT_WRITE)
+                pending += 1
+            else:
+                fail(s, err)
+        for key, _ in sel.select(0.2):
+            s = key.fileobj  # type: ignore[assignment]
+            sel.unregister(s)
+            pending -= 1
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                fail(s, err)
+            else:
+                socks.append(s)
+    for key in list(sel.get_map().values()):
+        sel.unregister(key.fileobj)
+        fail(key.fileobj, errno.ETIMEDOUT)  # type: ignore[arg-type]
+    emit({"phase": "open", "ok": len(socks), "errors": errors, "seconds": time.monotonic() - t0})
+    while True:
+        line = sys.stdin.readline()
+        if not line or line.strip() == "close":
+            break
+    t1 = time.monotonic()
+    for s in socks:
+        s.close()
+    emit({"phase": "close", "closed": len(socks), "seconds": time.monotonic() - t1})
+
+
+# =========================================================================== host program
+
+
+def hold_main(nports: int, need: int) -> None:
+    """Listen on `nports` ports of 127.0.0.1, accept and hold; ``count`` on stdin prints
+    how many are held."""
+    raise_nofile(need + 256)
+    sel = selectors.DefaultSelector()
+    lsocks = []
+    for _ in range(nports):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(4096)
+        ls.setblocking(False)
+        sel.register(ls, selectors.EVENT_READ)
+        lsocks.append(ls)
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    held: list[socket.socket] = []
+    errors = 0
+    emit({"ports": [ls.getsockname()[1] for ls in lsocks]})
+    while True:
+        for key, _ in sel.select(1.0):
+            if key.fileobj is sys.stdin:
+                cmd = sys.stdin.readline().strip()
+                if cmd == "count":
+                    emit({"held": len(held), "errors": errors})
+                elif cmd in ("", "quit"):
+                    return
+                continue
+            ls = key.fileobj
+            assert isinstance(ls, socket.socket)
+            for _ in range(512):
+                try:
+                    c, _ = ls.accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    errors += 1
+                    break
+                held.append(c)
+
+
+# =========================================================================== controller
+
+
+def router_memory(pid: int) -> dict[str, dict[str, int]]:
+    """Process label -> pss/uss/rss bytes and kernel mappings, over the router's tree."""
+    import psutil
+
+    from wgslirp_testkit.sampling import router_label, tree_processes
+
+    out: dict[str, dict[str, int]] = {}
+    for p in tree_processes(pid):
+        try:
+            m = p.memory_full_info()
+            maps = len(Path(f"/proc/{p.pid}/maps").read_text().splitlines())
+            label = router_label(p.pid, p.name(), pid, other=p.name())
+        except (psutil.Error, OSError):
+            continue
+        out[label] = {"pss": m.pss, "uss": m.uss, "rss": m.rss, "maps": maps}
+    return out
+
+
+def stable_memory(pid: int, limit: float = 10.0) -> dict[str, dict[str, int]]:
+    """Sample until two totals (USS) a second apart agree within 256 KiB."""
+    last = router_memory(pid)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        cur = router_memory(pid)
+        if abs(total(cur, "uss") - total(last, "uss")) <= 256 * KIB:
+            return cur
+        last = cur
+    return last
+
+
+def total(snap: dict[str, dict[str, int]], key: str) -> int:
+    return sum(v[key] for v in snap.values())
+
+
+def slab() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return int(line.split()[1]) * KIB
+    return 0
+
+
+class Lines:
+    """JSON lines from a child's stdout, with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None and proc.stdin is not None
+        self.proc = proc
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"no answer from {self.proc.args!r} in {timeout:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.args!r} exited ({self.proc.poll()})")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from wgslirp_testkit.bench import rev_exported, router_code_note, start_controller
+    from wgslirp_testkit.ports import free_udp_port
+    from wgslirp_testkit.proc import die_with_parent, stop_process
+    from wgslirp_testkit.router import (
+        GATEWAY,
+        LISTENING,
+        RouterProcess,
+        base_env,
+        client_from_router_output,
+        router_cmd,
+        router_cwd,
+        summed_exit_counters,
+    )
+    from wgslirp_testkit.wgclient import wait_tunnel
+
+    if not start_controller(tunnel=True):
+        return 1
+    n, warm = args.flows, args.warm
+    nports = max(1, -(-(n + warm) // PER_PORT))
+    limit = raise_nofile(n + warm + 4096)
+    if limit < n + warm + 1024:
+        print(f"cannot raise RLIMIT_NOFILE to {n + warm + 1024} (got {limit})", file=sys.stderr)
+        return 1
+    script = str(Path(__file__).resolve())
+    env_py = dict(os.environ, PYTHONPATH=str(REPO))
+    hold = subprocess.Popen(
+        [sys.executable, script, "hold", str(nports), str(n + warm)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env_py,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    hl = Lines(hold)
+    try:
+        ports = hl.read(10)["ports"]
+        with contextlib.ExitStack() as stack:
+            code_dir = stack.enter_context(rev_exported(args.rev))
+            if args.rev is None:
+                print(router_code_note(), flush=True)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-flows-")))
+            port = free_udp_port()
+            env = base_env(tmp, port, args.workers) | {
+                "TCP_MAX_FLOWS": str(n + warm + 64),
+                "TCP_MAX_FLOWS_PER_PEER": str(n + warm + 64),
+            }
+            r = stack.enter_context(RouterProcess(router_cmd(), env, cwd=router_cwd(env, code_dir)))
+            r.wait_for_line(LISTENING, timeout=30)
+            c = stack.enter_context(client_from_router_output(r, port, log_level="error"))
+            wait_tunnel(c, GATEWAY, interval=0.1)
+
+            def guest(count: int) -> Lines:
+                p: subprocess.Popen[str] = c.popen(
+                    [
+                        sys.executable,
+                        script,
+                        "guest",
+                        GATEWAY,
+                        ",".join(map(str, ports)),
+                        str(count),
+                        str(args.concurrency),
+                        str(args.timeout),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=env_py,
+                )
+                return Lines(p)
+
+            print(
+                f"PROCESSOR_WORKERS={args.workers}: {n:,} idle connections over {nports} host "
+                f"port(s), RLIMIT_NOFILE {limit:,}",
+                flush=True,
+            )
+            g = guest(warm)  # code paths, imports and allocator pools in "before"
+            g.read(args.timeout + 30)
+            g.say("close")
+            g.read(60)
+            time.sleep(3.0)  # the endpoints' TIME_WAIT (2 s)
+            before = stable_memory(r.pid)
+            slab0 = slab()
+            g = guest(n)
+            o = g.read(args.timeout + 60)
+            opened = int(o["ok"])
+            time.sleep(args.idle)
+            hl.say("count")
+            held = hl.read(10)
+            idle = stable_memory(r.pid)
+            slab1 = slab()
+            print(
+                f"  opened {opened:,} of {n:,} in {o['seconds']:.1f} s "
+                f"({opened / max(o['seconds'], 1e-9):,.0f}/s); errors {o['errors'] or 'none'}; "
+                f"the host program holds {held['held'] - warm:,} (and the warm-up's {warm})",
+                flush=True,
+            )
+            if opened:
+                for key in ("pss", "uss"):
+                    per = (total(idle, key) - total(before, key)) / opened
+                    print(f"  router {key.upper()} per idle flow: {per / KIB:.2f} KiB", flush=True)
+                for name in sorted(idle):
+                    b = before.get(name, {"pss": 0, "maps": 0})
+                    print(
+                        f"    {name:<8} PSS {b['pss'] / 2**20:7.1f} -> "
+                        f"{idle[name]['pss'] / 2**20:7.1f} MiB, mappings {b['maps']:,} -> "
+                        f"{idle[name]['maps']:,}",
+                        flush=True,
+                    )
+                print(
+                    f"  kernel slab +{(slab1 - slab0) / opened / KIB:.1f} KiB per flow "
+                    "(three sockets each: guest, router, host; for scale)",
+                    flush=True,
+                )
+            g.say("close")
+            closed = g.read(120)
+            print(f"  closed {closed['closed']:,} in {closed['seconds']:.1f} s", flush=True)
+            time.sleep(1.0)
+            r.terminate(timeout=30)
+            counters = summed_exit_counters(r.output())
+            print(
+                f"  router: tcp_opened {counters.get('tcp_opened', 0):,}, refused at the cap "
+                f"{counters.get('tcp_refused_cap', 0):,}, socket errors "
+                f"{counters.get('socket_errors', 0):,}",
+                flush=True,
+            )
+        return 0 if opened == n else 2
+    finally:
+        with contextlib.suppress(OSError):
+            hl.say("quit")
+        stop_process(hold, timeout=5.0, group=True)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "guest":
+        a = sys.argv[2:]
+        guest_main(a[0], [int(p) for p in a[1].split(",")], int(a[2]), int(a[3]), float(a[4]))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "hold":
+        hold_main(int(sys.argv[2]), int(sys.argv[3]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--flows", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=0, help="PROCESSOR_WORKERS (default 0)")
+    ap.add_argument("--warm", type=int, default=500, help="warm-up connections (default 500)")
+    ap.add_argument("--concurrency", type=int, default=512, help="connects pending at once")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds to open them all")
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds idle before measuring")
+    ap.add_argument("--rev", default=None, help="run the router from this git revision")
+    args = ap.parse_args()
+    if not 1 <= args.flows <= 1_000_000:
+        ap.error("--flows must be 1..1000000")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
