@@ -13,9 +13,12 @@ by default, then stopped a process near 32,000 connections).
 
 Limits this needs and takes care of:
 
-- file descriptors: one per connection in the guest, in each router process holding it
-  and in the host program; RLIMIT_NOFILE (hard too, as root) is raised before anything
-  starts, and children inherit it;
+- file descriptors: one per connection in the guest, in the router process holding it
+  and in the host program. RLIMIT_NOFILE (hard too, where the process may: as root with
+  CAP_SYS_RESOURCE) is raised before anything starts, and children inherit it; where one
+  process cannot hold them all, the guest and the host program are several processes and
+  the router gets enough workers (PROCESSOR_WORKERS) that each holds its share (this
+  machine's container: hard limit 20,000, no CAP_SYS_RESOURCE: 100,000 flows take 7);
 - 4-tuples: a guest (and the router toward the host) has about 28,000 ephemeral ports
   (net.ipv4.ip_local_port_range) per destination, so connections are spread over
   ``ceil(flows / 20,000)`` host ports;
@@ -26,7 +29,7 @@ Kernel socket memory (three sockets per connection: guest, router's host socket,
 program's) is kernel memory, not counted per flow; the machine's slab growth is printed for
 scale. Nothing here asserts a figure.
 
-    python scripts/bench_flows.py                      # 100,000 flows, PROCESSOR_WORKERS=0
+    python scripts/bench_flows.py                      # 100,000 flows
     python scripts/bench_flows.py --flows 10000 --workers 2
     python scripts/bench_flows.py --rev HEAD~3         # router from a commit
 
@@ -252,6 +255,10 @@ class Lines:
         self.proc.stdin.flush()
 
 
+def split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
 def run(args: argparse.Namespace) -> int:
     from wgslirp_testkit.bench import rev_exported, router_code_note, start_controller
     from wgslirp_testkit.ports import free_udp_port
@@ -271,32 +278,52 @@ def run(args: argparse.Namespace) -> int:
     if not start_controller(tunnel=True):
         return 1
     n, warm = args.flows, args.warm
-    nports = max(1, -(-(n + warm) // PER_PORT))
     limit = raise_nofile(n + warm + 4096)
-    if limit < n + warm + 1024:
-        print(f"cannot raise RLIMIT_NOFILE to {n + warm + 1024} (got {limit})", file=sys.stderr)
+    # What one process may hold: the guest's and the host program's connections are split
+    # over as many processes as that takes, and so are the router's (PROCESSOR_WORKERS).
+    per_proc = limit - 1024
+    if per_proc < 1000:
+        print(f"RLIMIT_NOFILE is only {limit}", file=sys.stderr)
         return 1
+    procs = -(-(n + warm) // per_proc)
+    workers = args.workers
+    if workers is None:
+        # flows spread over workers by hash: a quarter's margin over the even share
+        workers = 0 if procs == 1 else -(-(n + warm) * 5 // (4 * per_proc))
+    elif (n + warm) / max(workers, 1) * 1.1 > per_proc:
+        print(
+            f"{n:,} flows need more than {workers} workers with RLIMIT_NOFILE {limit:,} "
+            "(leave --workers out to choose)",
+            file=sys.stderr,
+        )
+        return 1
+    ports_each = max(1, -(-(n + warm) // (procs * PER_PORT)))
     script = str(Path(__file__).resolve())
     env_py = dict(os.environ, PYTHONPATH=str(REPO))
-    hold = subprocess.Popen(
-        [sys.executable, script, "hold", str(nports), str(n + warm)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env_py,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    hl = Lines(hold)
+    holds: list[Lines] = []
     try:
-        ports = hl.read(10)["ports"]
+        for _ in range(procs):
+            holds.append(
+                Lines(
+                    subprocess.Popen(
+                        [sys.executable, script, "hold", str(ports_each), str(per_proc)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        env=env_py,
+                        start_new_session=True,
+                        preexec_fn=die_with_parent,
+                    )
+                )
+            )
+        ports = [p for h in holds for p in h.read(10)["ports"]]
         with contextlib.ExitStack() as stack:
             code_dir = stack.enter_context(rev_exported(args.rev))
             if args.rev is None:
                 print(router_code_note(), flush=True)
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-flows-")))
             port = free_udp_port()
-            env = base_env(tmp, port, args.workers) | {
+            env = base_env(tmp, port, workers) | {
                 "TCP_MAX_FLOWS": str(n + warm + 64),
                 "TCP_MAX_FLOWS_PER_PEER": str(n + warm + 64),
             }
@@ -305,49 +332,68 @@ def run(args: argparse.Namespace) -> int:
             c = stack.enter_context(client_from_router_output(r, port, log_level="error"))
             wait_tunnel(c, GATEWAY, interval=0.1)
 
-            def guest(count: int) -> Lines:
-                p: subprocess.Popen[str] = c.popen(
-                    [
-                        sys.executable,
-                        script,
-                        "guest",
-                        GATEWAY,
-                        ",".join(map(str, ports)),
-                        str(count),
-                        str(args.concurrency),
-                        str(args.timeout),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    env=env_py,
-                )
-                return Lines(p)
+            def guests(count: int) -> list[Lines]:
+                out = []
+                for share in split(count, procs):
+                    p: subprocess.Popen[str] = c.popen(
+                        [
+                            sys.executable,
+                            script,
+                            "guest",
+                            GATEWAY,
+                            ",".join(map(str, ports)),
+                            str(share),
+                            str(max(1, args.concurrency // procs)),
+                            str(args.timeout),
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        env=env_py,
+                    )
+                    out.append(Lines(p))
+                return out
+
+            def opened_by(gs: list[Lines], timeout: float) -> tuple[int, dict[str, int], float]:
+                ok, errors, seconds = 0, {}, 0.0
+                for g in gs:
+                    o = g.read(timeout)
+                    ok += int(o["ok"])
+                    seconds = max(seconds, float(o["seconds"]))
+                    for k, v in o["errors"].items():
+                        errors[k] = errors.get(k, 0) + v
+                return ok, errors, seconds
+
+            def close(gs: list[Lines]) -> tuple[int, float]:
+                for g in gs:
+                    g.say("close")
+                res = [g.read(120) for g in gs]
+                return sum(x["closed"] for x in res), max(x["seconds"] for x in res)
 
             print(
-                f"PROCESSOR_WORKERS={args.workers}: {n:,} idle connections over {nports} host "
-                f"port(s), RLIMIT_NOFILE {limit:,}",
+                f"PROCESSOR_WORKERS={workers}: {n:,} idle connections over {len(ports)} host "
+                f"ports; RLIMIT_NOFILE {limit:,}, so {procs} guest and host process(es)",
                 flush=True,
             )
-            g = guest(warm)  # code paths, imports and allocator pools in "before"
-            g.read(args.timeout + 30)
-            g.say("close")
-            g.read(60)
+            gs = guests(warm)  # code paths, imports and allocator pools in "before"
+            opened_by(gs, args.timeout + 30)
+            close(gs)
             time.sleep(3.0)  # the endpoints' TIME_WAIT (2 s)
             before = stable_memory(r.pid)
             slab0 = slab()
-            g = guest(n)
-            o = g.read(args.timeout + 60)
-            opened = int(o["ok"])
+            gs = guests(n)
+            opened, errors, seconds = opened_by(gs, args.timeout + 60)
             time.sleep(args.idle)
-            hl.say("count")
-            held = hl.read(10)
+            held = 0
+            for h in holds:
+                h.say("count")
+                held += int(h.read(10)["held"])
             idle = stable_memory(r.pid)
             slab1 = slab()
             print(
-                f"  opened {opened:,} of {n:,} in {o['seconds']:.1f} s "
-                f"({opened / max(o['seconds'], 1e-9):,.0f}/s); errors {o['errors'] or 'none'}; "
-                f"the host program holds {held['held'] - warm:,} (and the warm-up's {warm})",
+                f"  opened {opened:,} of {n:,} in {seconds:.1f} s "
+                f"({opened / max(seconds, 1e-9):,.0f}/s); errors {errors or 'none'}; "
+                f"the host programs hold {held - warm:,} (and the warm-up's {warm})",
                 flush=True,
             )
             if opened:
@@ -367,23 +413,34 @@ def run(args: argparse.Namespace) -> int:
                     "(three sockets each: guest, router, host; for scale)",
                     flush=True,
                 )
-            g.say("close")
-            closed = g.read(120)
-            print(f"  closed {closed['closed']:,} in {closed['seconds']:.1f} s", flush=True)
-            time.sleep(1.0)
-            r.terminate(timeout=30)
-            counters = summed_exit_counters(r.output())
-            print(
-                f"  router: tcp_opened {counters.get('tcp_opened', 0):,}, refused at the cap "
-                f"{counters.get('tcp_refused_cap', 0):,}, socket errors "
-                f"{counters.get('socket_errors', 0):,}",
-                flush=True,
-            )
+            closed, took = close(gs)
+            print(f"  closed {closed:,} in {took:.1f} s", flush=True)
+            # Let the router see the FINs and its endpoints leave TIME_WAIT (2 s): a worker
+            # still holding thousands of connections may outlast the supervisor's stop grace
+            # and lose its exit counters.
+            time.sleep(min(30.0, 5.0 + opened / 20_000))
+            code = r.terminate(timeout=120)
+            output = r.output()
+            counters = summed_exit_counters(output)
+            noted = [ln for ln in output.splitlines() if " WARNING " in ln or " ERROR " in ln]
+            for line in noted[:10]:
+                print(f"  router: {line}", flush=True)
+            if code != 0:
+                print(f"  router exited with {code}", flush=True)
+            if counters:
+                print(
+                    f"  router exit counters (processes that stopped in time): "
+                    f"tcp_opened {counters.get('tcp_opened', 0):,}, refused at the cap "
+                    f"{counters.get('tcp_refused_cap', 0):,}, refused by RST "
+                    f"{counters.get('tcp_refused_rst', 0):,}",
+                    flush=True,
+                )
         return 0 if opened == n else 2
     finally:
-        with contextlib.suppress(OSError):
-            hl.say("quit")
-        stop_process(hold, timeout=5.0, group=True)
+        for h in holds:
+            with contextlib.suppress(OSError):
+                h.say("quit")
+            stop_process(h.proc, timeout=5.0, group=True)
 
 
 def main() -> int:
@@ -396,7 +453,13 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--flows", type=int, default=100_000)
-    ap.add_argument("--workers", type=int, default=0, help="PROCESSOR_WORKERS (default 0)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="PROCESSOR_WORKERS (default: 0 if one process may hold every flow's socket, "
+        "else enough workers for RLIMIT_NOFILE)",
+    )
     ap.add_argument("--warm", type=int, default=500, help="warm-up connections (default 500)")
     ap.add_argument("--concurrency", type=int, default=512, help="connects pending at once")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to open them all")
