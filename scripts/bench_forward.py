@@ -6,8 +6,9 @@ so benchmarks through it measure the client. Here the peer is synthetic, written
 project's own WireGuard code (wgslirp/wireguard): a real handshake with the router under
 test, then packets sealed in advance and sent in UDP GSO trains (UDP_SEGMENT, one sendmsg per
 train) at a fixed offered rate. The host side is one small program (this file's ``host``
-subcommand) that counts what arrives (up) or sends at a fixed rate (down); the peer counts
-what the router sends back (UDP_GRO), and decrypts the first arrivals to prove them valid.
+subcommand) that counts what arrives (up; without UDP_GRO, as an ordinary service) or sends
+at a fixed rate (down); the peer counts what the router sends back (with UDP_GRO, as a
+current wireguard-go does), and decrypts the first arrivals to prove them valid.
 
 Per cell (direction up/down x UDP payload 64/1392 bytes; 1392 makes the inner packet the
 1420-byte tunnel MTU) and per router:
@@ -148,6 +149,22 @@ def own_drops(sock: socket.socket) -> int:
 
 
 def recv_counting(sock: socket.socket, buf: bytearray, limit: int = 512) -> tuple[int, list[Any]]:
+    """Drain up to `limit` datagrams of a socket without GRO: (count, source addresses)."""
+    got = 0
+    addrs = []
+    for _ in range(limit):
+        try:
+            _n, addr = sock.recvfrom_into(buf)
+        except (BlockingIOError, InterruptedError):
+            break
+        got += 1
+        addrs.append(addr)
+    return got, addrs
+
+
+def recv_counting_gro(
+    sock: socket.socket, buf: bytearray, limit: int = 512
+) -> tuple[int, list[Any]]:
     """Drain up to `limit` reads of a UDP_GRO socket: (datagrams, source addresses)."""
     got = 0
     addrs = []
@@ -205,12 +222,20 @@ def host_main(argv: list[str]) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--flows", type=int, required=True)
+    ap.add_argument(
+        "--gro",
+        action="store_true",
+        help="UDP_GRO on the socket (a host service "
+        "seldom sets it; it would make the router's GSO sends cheaper to receive)",
+    )
     a = ap.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
-    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    if a.gro:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    recv = recv_counting_gro if a.gro else recv_counting
     sock.bind((a.bind, a.port))
     sock.setblocking(False)
     buf = bytearray(1 << 16)
@@ -221,7 +246,7 @@ def host_main(argv: list[str]) -> None:
     while True:
         ready, _, _ = select.select([sock, stdin], [], [], 0.05)
         if sock in ready:
-            got, addrs = recv_counting(sock, buf)
+            got, addrs = recv(sock, buf)
             count += got
             if len(learned) < a.flows:
                 for addr in addrs:
