@@ -24,7 +24,10 @@ Per cell (direction up/down x UDP payload 64/1392 bytes; 1392 makes the inner pa
   cost of the router's busiest process (for wireguard-go: the whole process), with where the
   packets were lost: ``sock`` on the router's receiving socket (the kernel dropped them before
   the router paid for them), ``in`` inside the router after it had decrypted or read them
-  (full rings, full egress), ``out`` at the receiving end (sink or peer socket).
+  (full rings, full egress), ``out`` at the receiving end (sink or peer socket). For wgslirp
+  ``sock`` is what is left of the loss after ``in`` and ``out`` (with UDP GRO a whole train
+  the socket could not take is one drop in /proc/net/udp); for wireguard-go the drops
+  /proc/net/udp counts on its socket (and nothing inside it is counted).
 
 Routers: wgslirp inline (``PROCESSOR_WORKERS=0``) and with 2 workers, each a fresh process
 per cell, and the reference: stock wireguard-go whose TUN sits in a namespace that forwards
@@ -464,6 +467,15 @@ class Target:
 
 # wgslirp's counters of packets it had already decrypted or read when it dropped them
 INSIDE_DROPS = ("ring_full_dropped", "egress_full", "udp_send_errors", "too_big_dropped")
+# and what would mean a fault, printed when not zero
+FAULTS = (
+    "transport_replayed",
+    "transport_auth_failed",
+    "invalid_datagrams",
+    "unknown_index",
+    "internal_errors",
+    "malformed",
+)
 
 
 @contextlib.contextmanager
@@ -727,7 +739,11 @@ def describe(
             f"{over.offered / max(1, over.delivered):.1f}x what got through)"
         )
     if internal:
-        dropped = {k: v for k, v in internal.items() if v and k in INSIDE_DROPS}
+        dropped = {
+            k: v
+            for k, v in internal.items()
+            if v and (k in INSIDE_DROPS or any(k.endswith(f) for f in FAULTS))
+        }
         if dropped:
             text += f"; router drops {dropped}"
     return text
@@ -818,6 +834,13 @@ def main() -> int:
                         internal = t.stop() if t.stop is not None else None
                     if over is not None and internal is not None:
                         over.inside = sum(internal.get(k, 0) for k in INSIDE_DROPS)
+                        # With UDP_GRO a train the socket could not take counts as one drop
+                        # in /proc/net/udp: what was lost neither inside nor at the far end
+                        # was lost on the socket.
+                        over.sock_drops = max(
+                            over.sock_drops,
+                            over.offered - over.delivered - over.inside - over.out_drops,
+                        )
                     key = (name, direction, size)
                     results.setdefault(key, []).append(cell)
                     if over is not None:
