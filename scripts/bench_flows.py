@@ -170,6 +170,11 @@ def hold_main(nports: int, need: int) -> None:
                 cmd = sys.stdin.readline().strip()
                 if cmd == "count":
                     emit({"held": len(held), "errors": errors})
+                elif cmd == "release":
+                    for c in held:
+                        c.close()
+                    emit({"released": len(held)})
+                    held.clear()
                 elif cmd in ("", "quit"):
                     return
                 continue
@@ -199,11 +204,12 @@ def router_memory(pid: int) -> dict[str, dict[str, int]]:
     for p in tree_processes(pid):
         try:
             m = p.memory_full_info()
+            fds = p.num_fds()
             maps = len(Path(f"/proc/{p.pid}/maps").read_text().splitlines())
             label = router_label(p.pid, p.name(), pid, other=p.name())
         except (psutil.Error, OSError):
             continue
-        out[label] = {"pss": m.pss, "uss": m.uss, "rss": m.rss, "maps": maps}
+        out[label] = {"pss": m.pss, "uss": m.uss, "rss": m.rss, "maps": maps, "fds": fds}
     return out
 
 
@@ -415,10 +421,19 @@ def run(args: argparse.Namespace) -> int:
                 )
             closed, took = close(gs)
             print(f"  closed {closed:,} in {took:.1f} s", flush=True)
+            for h in holds:  # the host side closes too, so the router's flows end
+                h.say("release")
+                h.read(60)
             # Let the router see the FINs and its endpoints leave TIME_WAIT (2 s): a worker
             # still holding thousands of connections may outlast the supervisor's stop grace
-            # and lose its exit counters.
-            time.sleep(min(30.0, 5.0 + opened / 20_000))
+            # (1.5 s) and lose its exit counters. Its descriptors say when it is done.
+            base = sum(v["fds"] for v in before.values())
+            deadline = time.monotonic() + 180.0
+            while time.monotonic() < deadline:
+                if sum(v["fds"] for v in router_memory(r.pid).values()) <= base + 64:
+                    break
+                time.sleep(1.0)
+            time.sleep(3.0)
             code = r.terminate(timeout=120)
             output = r.output()
             counters = summed_exit_counters(output)
@@ -427,12 +442,17 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  router: {line}", flush=True)
             if code != 0:
                 print(f"  router exited with {code}", flush=True)
-            if counters:
+            if counters and not any("did not stop in time" in line for line in noted):
                 print(
-                    f"  router exit counters (processes that stopped in time): "
+                    f"  router exit counters: "
                     f"tcp_opened {counters.get('tcp_opened', 0):,}, refused at the cap "
                     f"{counters.get('tcp_refused_cap', 0):,}, refused by RST "
-                    f"{counters.get('tcp_refused_rst', 0):,}",
+                    f"{counters.get('tcp_refused_rst', 0):,} / ICMP "
+                    f"{counters.get('tcp_refused_icmp', 0):,}, dials failed "
+                    f"{counters.get('tcp_dials_failed', 0):,}, socket errors "
+                    f"{counters.get('socket_errors', 0):,}, stray RSTs "
+                    f"{counters.get('tcp_rst_sent', 0):,}, ring/egress full "
+                    f"{counters.get('ring_full_dropped', 0):,}/{counters.get('egress_full', 0):,}",
                     flush=True,
                 )
         return 0 if opened == n else 2
