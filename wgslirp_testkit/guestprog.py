@@ -12,7 +12,6 @@ import errno
 import hashlib
 import json
 import os
-import select
 import selectors
 import socket
 import struct
@@ -319,10 +318,13 @@ def tcp_hold(host: str, port: int, conns: int, seconds: float) -> dict[str, obje
     print("ready", flush=True)
     ended: dict[int, tuple[str, float | None]] = {}
     deadline = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()  # select() stops at descriptor 1023
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
     while len(ended) < conns and time.monotonic() < deadline:
-        live = [s for s in socks if s.getsockname()[1] not in ended]
-        ready, _, _ = select.select(live, [], [], 0.1)
-        for s in ready:
+        for key, _ in sel.select(0.1):
+            s = key.fileobj  # type: ignore[assignment]
+            sel.unregister(s)
             try:
                 data = s.recv(100)
                 how = "eof" if not data else "data"

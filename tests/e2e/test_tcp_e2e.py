@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wgslirp_testkit import guestprog
+from wgslirp_testkit.farhost import far_host
 from wgslirp_testkit.hostservers import TcpServer, stream_chunks
 from wgslirp_testkit.nft import NftGuard
 from wgslirp_testkit.ports import closed_tcp_port, free_udp_port
@@ -124,6 +127,63 @@ def test_connect_to_closed_port_per_error_signal(tmp_path: Path, signal_: str, e
         if expect != "timeout":
             assert min(ms for _, ms in res) < 5.0, res
         stop_and_counters(r)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_refused_connects_are_mirrored_never_connected(tmp_path: Path, workers: int) -> None:
+    """The default TCP_ERROR_SIGNAL=mirror with the default fast-dial window: 50 connects to
+    a closed host port (gateway alias) and 50 to a closed port of a far host (a namespace on
+    a veth, reached by the host's routing) are all refused by RST, as the host was refused;
+    none may be reported connected by the guest's kernel."""
+    port = free_udp_port()
+    with (
+        far_host() as far,
+        closed_tcp_port() as closed,
+        router(base_env(tmp_path, port, workers)) as r,
+        client_from_router_output(r, port, allowed_ips=("10.0.0.0/8",)) as c,
+    ):
+        for host, hport in ((GATEWAY, closed), (far.address, 9)):
+            res = guest(c, "tcp_connect_time", host, hport, 50, 2.0)["results"]
+            outcomes = {err for err, _ in res}
+            assert outcomes == {"ECONNREFUSED"}, (host, res)
+        counters = stop_and_counters(r)
+    assert counters["tcp_dials_failed"] == 100 and counters["tcp_dials_ok"] == 0
+    assert counters["tcp_refused_rst"] == 100 and counters["tcp_refused_icmp"] == 0
+
+
+def mappings(pid: int) -> int:
+    return len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
+def test_idle_connections_add_no_kernel_mappings(tmp_path: Path) -> None:
+    """An idle connection holds no ring (slirp/tcp_rings.py): 3,000 of them add no
+    mappings to the router, where rings of their own were two mmaps each and Linux's
+    vm.max_map_count (65,530) stopped a process near 32,000 connections."""
+    port = free_udp_port()
+    n = 3000
+    env = base_env(tmp_path, port, 0) | {
+        "TCP_MAX_FLOWS": str(n + 100),
+        "TCP_MAX_FLOWS_PER_PEER": str(n + 100),
+    }
+    with TcpServer("sink") as srv, router(env) as r, client_from_router_output(r, port) as c:
+        assert guest(c, "tcp_connect_time", GATEWAY, srv.port, 1, 5.0)["results"][0][0] == (
+            "connected"
+        )
+        before = mappings(r.pid)
+        proc = c.popen(
+            guestprog.command("tcp_hold", GATEWAY, srv.port, n, 1.0),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        during = mappings(r.pid)
+        out, _ = proc.communicate(timeout=120)
+        held = json.loads(out.strip().splitlines()[-1])["results"]
+        counters = stop_and_counters(r)
+    assert len(held) == n and all(how == "open" for _, how, _ in held)
+    assert counters["tcp_opened"] >= n + 1
+    assert during - before < n // 10, (before, during)
 
 
 def test_denied_destination_is_refused_and_never_leaves(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_defaults() -> None:
     assert cfg.ip_ttl == 64
     assert cfg.metrics == C.MetricsConfig(log=False, interval=30.0, format="text", listen=None)
     assert not cfg.health.enabled
-    assert cfg.tcp.ack_delay_ms == 10 and cfg.tcp.error_signal == "icmp"
+    assert cfg.tcp.ack_delay_ms == 10 and cfg.tcp.error_signal == "mirror"
     assert cfg.tcp.cc == "bbr" and cfg.tcp.gate_log == "info"
     assert cfg.tcp.ack_idle_gate_ms == 6000 and cfg.tcp.ack_idle_fail_sec == 120
     assert cfg.tcp.fast_dial_ms == 5
@@ -721,7 +721,7 @@ def test_redacted_hides_private_and_preshared_keys() -> None:
     assert data["peers"][0]["preshared_key"] == "(redacted)"
     assert data["peers"][0]["public_key"] == PEER_A
     assert data["server_public_key"] == encode_key(public_key(PRIV))
-    assert data["tcp"]["error_signal"] == "icmp"
+    assert data["tcp"]["error_signal"] == "mirror"
     assert redacted(load({}))["private_key"] is None
 
 

@@ -1,18 +1,35 @@
-"""The TCP bridge: segments of no connection, orphans of a dead worker, the connection log."""
+"""The TCP bridge: segments of no connection, orphans of a dead worker, the connection log,
+how failed dials are told to the guest."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
-from wgslirp.net import tcp
+import pytest
+
+from wgslirp.net import icmp, tcp
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.tcp_bridge import STRAY_RST_INTERVAL, TcpBridge, TcpFlow
+from wgslirp.slirp.tcp_bridge import (
+    STRAY_RST_INTERVAL,
+    TcpBridge,
+    TcpFlow,
+    failure_signal,
+)
 from wgslirp.slirp.tcp_endpoint import TcpParams
-from wgslirp_testkit.tcpconn import GUEST_IP, GUEST_PORT, HOST_IP, HOST_PORT, Egress, guest_pkt
+from wgslirp_testkit.ports import closed_tcp_port
+from wgslirp_testkit.tcpconn import (
+    GUEST_IP,
+    GUEST_PORT,
+    HOST_IP,
+    HOST_PORT,
+    Egress,
+    guest_pkt,
+)
 
 
 def bridge() -> tuple[TcpBridge, Egress]:
@@ -108,3 +125,107 @@ def test_every_open_connection_is_in_the_log_until_it_is_dropped() -> None:
         assert rport != HOST_PORT
         b.forget_peer(4)
         assert log.open == {}
+
+
+@pytest.mark.parametrize(
+    ("mode", "err", "how"),
+    [
+        ("mirror", errno.ECONNREFUSED, "rst"),
+        ("mirror", errno.EHOSTUNREACH, "icmp"),
+        ("mirror", errno.ENETUNREACH, "icmp"),
+        ("mirror", errno.ETIMEDOUT, "icmp"),
+        ("mirror", None, "icmp"),  # policy
+        ("icmp", errno.ECONNREFUSED, "icmp"),
+        ("icmp", None, "icmp"),
+        ("rst", errno.EHOSTUNREACH, "rst"),
+        ("rst", None, "rst"),
+        ("none", errno.ECONNREFUSED, "none"),
+    ],
+)
+def test_failure_signal_per_mode(mode: str, err: int | None, how: str) -> None:
+    assert failure_signal(mode, err) == how
+
+
+def dial_bridge(mode: str, **policy: object) -> tuple[TcpBridge, Egress]:
+    eg = Egress()
+    ctx = BridgeContext(eg, Loop(), mtu=1380, gateway=HOST_IP)
+    pol = EgressPolicy(**policy) if policy else EgressPolicy(gateway="93.184.216.34")  # type: ignore[arg-type]
+    b = TcpBridge(
+        ctx, pol, FlowTable[TcpFlow](float("inf")), TcpParams(mss=1340), error_signal=mode
+    )
+    return b, eg
+
+
+def syn_to(port: int) -> bytearray:
+    buf = bytearray(40)
+    tcp.build_into(
+        buf,
+        src=GUEST_IP,
+        dst=HOST_IP,
+        sport=GUEST_PORT,
+        dport=port,
+        seq=99,
+        ack=0,
+        flags=tcp.SYN,
+        window=65535,
+    )
+    return buf
+
+
+def rst_flags_ack(pkt: bytes) -> tuple[int, int]:
+    parsed = tcp.parse(pkt, len(pkt))
+    assert parsed is not None and tcp.checksum_ok(pkt, len(pkt))
+    return parsed[6], parsed[5]
+
+
+def icmp_unreachable(pkt: bytes) -> int | None:
+    """The code of an ICMP destination unreachable, None for anything else."""
+    if pkt[9] != 1 or pkt[20] != icmp.DEST_UNREACHABLE:
+        return None
+    return pkt[21]
+
+
+def refused_dial(mode: str) -> tuple[TcpBridge, list[bytes]]:
+    """A guest SYN to a closed port through the gateway, the loop arriving late: the host's
+    refusal is in the socket when the fast-dial deadline is handled, before any socket
+    event (timers and ring hooks can run first in one turn of a busy worker)."""
+    b, eg = dial_bridge(mode)
+    with closed_tcp_port() as closed:
+        syn = syn_to(closed)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(b.table) == 1  # connecting: EINPROGRESS, the outcome not yet read
+        b.handle_timer(1.0 + 1.0)
+    assert len(b.table) == 0 and b.stats.dials_failed == 1 and b.stats.dials_ok == 0
+    return b, list(eg.packets)
+
+
+@pytest.mark.parametrize("mode", ["mirror", "rst"])
+def test_a_refused_host_connect_is_answered_with_rst_never_a_synack(mode: str) -> None:
+    b, packets = refused_dial(mode)
+    (pkt,) = packets
+    assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)  # RST/ACK for the SYN (ISN 99)
+    assert b.stats.refused_rst == 1 and b.stats.refused_icmp == 0
+
+
+def test_icmp_mode_reports_a_refusal_as_port_unreachable() -> None:
+    b, packets = refused_dial("icmp")
+    assert [icmp_unreachable(p) for p in packets] == [icmp.PORT_UNREACHABLE]
+    assert b.stats.refused_icmp == 1 and b.stats.refused_rst == 0
+
+
+def test_none_mode_tells_the_guest_nothing() -> None:
+    _, packets = refused_dial("none")
+    assert packets == []
+
+
+@pytest.mark.parametrize(("mode", "answer"), [("mirror", "icmp"), ("icmp", "icmp"), ("rst", "rst")])
+def test_a_denied_destination_is_admin_prohibited_when_mirrored(mode: str, answer: str) -> None:
+    b, eg = dial_bridge(mode, deny_cidrs=("93.184.216.0/24",))
+    syn = guest_pkt(99, 0, tcp.SYN)
+    b.from_guest(0, memoryview(syn), len(syn), 1.0)
+    (pkt,) = eg.packets
+    if answer == "icmp":
+        assert icmp_unreachable(pkt) == icmp.ADMIN_PROHIBITED
+    else:
+        assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)
+    assert len(b.table) == 0 and b.ctx.stats.policy_denied == 1

@@ -316,14 +316,18 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = "bbr"
     error_signal: Annotated[
-        Literal["icmp", "rst", "none"],
+        Literal["mirror", "icmp", "rst", "none"],
         _doc(
             "TCP_ERROR_SIGNAL",
-            "How a failed outbound connect is reported to the guest: ICMP unreachable, "
-            "TCP RST, or nothing.",
+            "How a failed outbound connect is reported to the guest. mirror answers as the "
+            "host was answered: a refused connect (the host got an RST) with an RST, an "
+            "unreachable host or network with the matching ICMP unreachable, a destination "
+            "the policy denies with ICMP admin-prohibited. icmp reports every failure as "
+            "ICMP unreachable (a refusal as port unreachable; a Linux guest inside connect() "
+            "may miss it and retry), rst as TCP RST, none not at all (the guest times out).",
             group="TCP",
         ),
-    ] = "icmp"
+    ] = "mirror"
     fast_dial_ms: Annotated[
         int,
         Meta(ge=0, le=60_000),

@@ -66,6 +66,11 @@ MAX_DATAGRAM = 65535
 # Socket addresses of a dual-stack socket remembered with their canonical endpoint (and back):
 # a bound, since a flood from spoofed sources must not grow them; past it they start over.
 ADDR_CACHE_MAX = 4096
+UDP_GRO = 104  # linux/udp.h: coalesce a train of datagrams into one receive
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GRO_SIZE = struct.Struct("=i")
+GRO_QUIET = 1024  # datagrams received without one train before GRO is switched off
+GRO_PROBE_INTERVAL = 1.0  # seconds with GRO off before it is tried again
 _DST = struct.Struct(">I")
 _U16 = struct.Struct("=H")
 _FRAG = struct.Struct(">H")
@@ -145,6 +150,62 @@ def forwards_of(settings: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (getattr(settings, "forward_tcp", ()), getattr(settings, "forward_udp", ()))
 
 
+class GroSwitch:
+    """UDP GRO on the WireGuard socket, on only while it pays.
+
+    With UDP_GRO a train of datagrams from one sender (a GSO send, or what NIC GRO
+    coalesced) is one recvmsg: ~0.15 µs a datagram instead of ~1.8 µs for recvfrom_into
+    (measured here, 128-byte datagrams in trains of 32). But recvmsg with room for the
+    segment size costs ~2.9 µs for a datagram that came alone, so after GRO_QUIET
+    datagrams without a train it is switched off and recvfrom_into used again, and every
+    GRO_PROBE_INTERVAL it is tried for another GRO_QUIET. Coalesced datagrams queued
+    before the switch are read with recvmsg until the queue is once empty (`reading`).
+    """
+
+    __slots__ = ("on", "probe_at", "quiet", "reading")
+
+    def __init__(self, now: float) -> None:
+        self.on = True  # the socket option
+        self.reading = True  # receive with recvmsg (on, or coalesced data may be queued)
+        self.quiet = 0
+        self.probe_at = now
+
+    @classmethod
+    def try_enable(cls, sock: socket.socket, now: float) -> GroSwitch | None:
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            return None  # a kernel before 5.0: one datagram per receive
+        return cls(now)
+
+    def switch(self, sock: socket.socket, on: bool, now: float) -> None:
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+        except OSError:
+            return
+        self.on = on
+        self.quiet = 0
+        if on:
+            self.reading = True
+        else:
+            self.probe_at = now + GRO_PROBE_INTERVAL
+
+    def segment_size(
+        self, anc: list[tuple[int, int, bytes]], n: int, sock: socket.socket, now: float
+    ) -> int:
+        """The datagram size of what one recvmsg returned (n itself for a lone one)."""
+        for level, kind, data in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                self.quiet = 0
+                seg: int = _GRO_SIZE.unpack_from(data)[0]
+                return seg if seg > 0 else n
+        if self.on:
+            self.quiet += 1
+            if self.quiet >= GRO_QUIET:
+                self.switch(sock, False, now)
+        return n
+
+
 class Ingress:
     def __init__(
         self,
@@ -191,6 +252,8 @@ class Ingress:
         self._tx = bytearray(MAX_DATAGRAM + 64)
         self._batch = memoryview(bytearray(GSO_MAX_BYTES + MAX_DATAGRAM_OUT))
         self._gso = True
+        self._rx_bufs = [self._rx]
+        self._gro = GroSwitch.try_enable(sock, self.clock())
         self.writers = [BatchWriter(p) for p in to_workers]
         # Reassembled datagrams larger than a slot travel on a small ring of 64 KiB slots.
         self.big_writers = [BatchWriter(p) for p in (to_workers_big or [])]
@@ -414,49 +477,68 @@ class Ingress:
         debug = log.isEnabledFor(logging.DEBUG)
         writers = self.writers
         v6 = self._v6
-        for _ in range(RECV_BATCH):
+        gro = self._gro
+        if gro is not None and not gro.reading and now >= gro.probe_at:
+            gro.switch(sock, True, now)
+        budget = RECV_BATCH
+        while budget > 0:
             try:
-                n, addr = sock.recvfrom_into(rx)
+                if gro is not None and gro.reading:
+                    n, anc, _flags, addr = sock.recvmsg_into(self._rx_bufs, _GRO_CMSG_SPACE)
+                    seg = gro.segment_size(anc, n, sock, now)
+                else:
+                    n, addr = sock.recvfrom_into(rx)
+                    seg = n
             except (BlockingIOError, InterruptedError):
+                if gro is not None and not gro.on:
+                    gro.reading = False  # nothing coalesced is left in the queue
                 break
             except OSError:
                 self.internal_errors += 1  # e.g. ICMP errors queued on the socket
+                budget -= 1
                 continue
-            self.datagrams_received += 1
             if v6:
                 addr = self._endpoint_of(addr)
-            try:
-                if n and rx[0] == MSG_TRANSPORT:
-                    # Decrypt straight into a slot of the ring the last packet went to: a
-                    # bulk flow keeps hitting the same worker, so the plaintext is never
-                    # copied; a guess that turns out wrong costs one copy.
-                    slot = writers[self._last_shard].reserve() if writers else None
-                    if slot is not None and n - 32 <= len(slot):
-                        res = dev.decrypt(rxv[:n], addr, now, slot)
-                        if res is not None and res[1]:
-                            deliver(res[0], slot, res[1], now, True)
+            off = 0
+            while True:  # one datagram, or a GRO train of `seg`-byte ones (the last shorter)
+                m = n - off if n - off < seg else seg
+                budget -= 1
+                self.datagrams_received += 1
+                try:
+                    if m and rx[off] == MSG_TRANSPORT:
+                        # Decrypt straight into a slot of the ring the last packet went to:
+                        # a bulk flow keeps hitting the same worker, so the plaintext is
+                        # never copied; a guess that turns out wrong costs one copy.
+                        slot = writers[self._last_shard].reserve() if writers else None
+                        if slot is not None and m - 32 <= len(slot):
+                            res = dev.decrypt(rxv[off : off + m], addr, now, slot)
+                            if res is not None and res[1]:
+                                deliver(res[0], slot, res[1], now, True)
+                        else:
+                            res = dev.decrypt(rxv[off : off + m], addr, now, plain)
+                            if res is not None and res[1]:
+                                deliver(res[0], plainv, res[1], now, False)
                     else:
-                        res = dev.decrypt(rxv[:n], addr, now, plain)
-                        if res is not None and res[1]:
-                            deliver(res[0], plainv, res[1], now, False)
-                else:
-                    got = dev.receive_handshake(rxv[:n], addr, now)
-                    if debug:
-                        log.debug(
-                            "handshake message type %d from %s: %s",
-                            rx[0] if n else 0,
+                        got = dev.receive_handshake(rxv[off : off + m], addr, now)
+                        if debug:
+                            log.debug(
+                                "handshake message type %d from %s: %s",
+                                rx[off] if m else 0,
+                                format_endpoint(addr),
+                                "peer " + encode_key(got.public_key) if got else "dropped",
+                            )
+                except Exception:  # a bug must not take the router down with it
+                    self.internal_errors += 1
+                    if now >= self._next_error_log:
+                        self._next_error_log = now + 10.0
+                        log.exception(
+                            "error processing a datagram from %s (more errors in "
+                            "the next 10 s are only counted)",
                             format_endpoint(addr),
-                            "peer " + encode_key(got.public_key) if got else "dropped",
                         )
-            except Exception:  # a bug must not take the router down with it
-                self.internal_errors += 1
-                if now >= self._next_error_log:
-                    self._next_error_log = now + 10.0
-                    log.exception(
-                        "error processing a datagram from %s (more errors in "
-                        "the next 10 s are only counted)",
-                        format_endpoint(addr),
-                    )
+                off += m
+                if off >= n:
+                    break
         for w in self.writers:
             w.flush()
         for w in self.big_writers:

@@ -303,6 +303,7 @@ class Worker:
         self.inbound.drain(self._dispatch, DRAIN_BUDGET)
         if self.inbound_big is not None:
             self.inbound_big.drain(self._dispatch, DRAIN_BUDGET)
+        self.udp.flush()
         self.tcp.flush_dirty(now)
         self.egress.flush()
 

@@ -13,14 +13,16 @@ Sequence numbers. Every 32-bit number from the wire is unwrapped once (`tcp_seq.
 against RCV.NXT or SND.UNA into an unbounded integer, so all the state below is plain
 integers and comparisons need no modular care (see tcp_seq's docstring).
 
-Buffers. Both rings are anonymous mmaps: pages are committed only when touched, so an idle
-connection costs a few KiB whatever its ring sizes (TCP_RCV_BUFFER and TCP_SND_BUFFER, 1 MiB
-each by default in TcpConfig), while a busy one pays for the window it uses. Out-of-order data
-is written straight into the receive ring at its final place (the ring covers the whole window
-we advertise, so any acceptable segment has a slot); reassembly only tracks which ranges
-arrived (tcp_recovery.OutOfOrder), and delivery is advancing RCV.NXT. Unacked data toward the
-guest stays in the send ring until acknowledged, which is the retransmission queue: a
-retransmission re-reads the ring.
+Buffers. Each ring (TCP_RCV_BUFFER and TCP_SND_BUFFER, 1 MiB each by default in TcpConfig)
+is lent by the process's tcp_rings pool only while bytes wait in it, and handed back once
+drained (`_shed_rings`, from flush): an idle connection holds no ring and no kernel mapping,
+and a busy one pays for the window it uses (pages are committed only when touched).
+Out-of-order data is written straight into the receive ring at its final place (the ring
+covers the whole window we advertise, so any acceptable segment has a slot); reassembly only
+tracks which ranges arrived (tcp_recovery.OutOfOrder), and delivery is advancing RCV.NXT.
+Unacked data toward the guest stays in the send ring until acknowledged, which is the
+retransmission queue: a retransmission re-reads the ring. The owner calls `release` when it
+drops the connection, or the rings it holds are lost to the pool.
 
 Recovery. What loss recovery knows (the RTT estimator, the guest's SACK reports, our
 out-of-order ranges) lives in tcp_recovery and the window arithmetic in tcp_cc; this module
@@ -45,7 +47,6 @@ headers, so its `mss` must be the tunnel MTU minus 60 (the bridge gives it such 
 from __future__ import annotations
 
 import enum
-import mmap
 import struct
 from bisect import bisect_right
 from collections import deque
@@ -64,6 +65,7 @@ from wgslirp.slirp.tcp_recovery import (
     RttEstimator,
     SackScoreboard,
 )
+from wgslirp.slirp.tcp_rings import EMPTY, NO_RING, POOL
 from wgslirp.slirp.tcp_seq import MASK, unwrap
 
 INF: Final = float("inf")
@@ -188,10 +190,6 @@ class TcpParams:
     # this long while at least ack_idle_min_inflight bytes wait for it (0 = never).
     ack_idle_fail: float = 120.0
     ack_idle_min_inflight: int = 0  # 0 = one MSS
-
-
-def _ring(size: int) -> mmap.mmap:
-    return mmap.mmap(-1, max(size, 1))
 
 
 class TcpEndpoint:
@@ -371,8 +369,8 @@ class TcpEndpoint:
         self._snd_base = iss + 1  # sequence number of the first data byte
         self._snd_end = iss + 1  # one past the last byte queued by the host side
         self._snd_cap = max(params.snd_buffer, 1)
-        self._snd_buf = _ring(self._snd_cap)
-        self._snd_mv = memoryview(self._snd_buf)
+        self._snd_buf = NO_RING  # the ring's slot in tcp_rings.POOL while it holds one
+        self._snd_mv = EMPTY
         self._budget = budget
         self._snd_lent = 0  # bytes of the ring above snd_buffer, taken from the budget
         # cwnd above this makes the ring grow (see _grow_send); INF: it cannot
@@ -391,8 +389,8 @@ class TcpEndpoint:
         self._rcv_base = 0
         self._rcv_read = 0
         self._rcv_cap = max(params.rcv_buffer, 1)
-        self._rcv_buf = _ring(self._rcv_cap)
-        self._rcv_mv = memoryview(self._rcv_buf)
+        self._rcv_buf = NO_RING
+        self._rcv_mv = EMPTY
         self._rcv_lent = 0  # bytes of the receive ring above rcv_buffer, from the budget
         self._rcv_space_at = INF  # when to look at the guest's rate again (_rcv_space)
         self._rcv_space_seq = 0  # RCV.NXT then
@@ -594,7 +592,14 @@ class TcpEndpoint:
         return self._rcv_cap
 
     def release(self) -> None:
-        """The connection is dropped: what its rings borrowed goes back to the pool."""
+        """The connection is dropped: its rings, and what they borrowed from the budget,
+        go back to their pools."""
+        if self._snd_buf != NO_RING:
+            POOL.give(self._snd_cap, self._snd_buf)
+            self._snd_buf, self._snd_mv = NO_RING, EMPTY
+        if self._rcv_buf != NO_RING:
+            POOL.give(self._rcv_cap, self._rcv_buf)
+            self._rcv_buf, self._rcv_mv = NO_RING, EMPTY
         if self._budget is not None and self._snd_lent + self._rcv_lent:
             self._budget.give(self._snd_lent + self._rcv_lent)
         self._snd_lent = self._rcv_lent = 0
@@ -615,7 +620,26 @@ class TcpEndpoint:
         idx = (self._snd_end - self._snd_base) % cap
         if idx + n > cap:
             n = cap - idx
-        return self._snd_mv[idx : idx + max(n, 0)]
+        if n <= 0:
+            return EMPTY
+        if self._snd_buf == NO_RING:
+            self._snd_buf, self._snd_mv = POOL.take(cap)
+        return self._snd_mv[idx : idx + n]
+
+    def _shed_rings(self) -> None:
+        """Hand back a ring that holds nothing any more (tcp_rings: idle connections hold
+        none). The positions in a ring are sequence numbers modulo its size, so a ring
+        taken again later needs no bookkeeping."""
+        if self._snd_buf != NO_RING and self._snd_end <= max(self._snd_una, self._snd_base):
+            POOL.give(self._snd_cap, self._snd_buf)
+            self._snd_buf, self._snd_mv = NO_RING, EMPTY
+        if (
+            self._rcv_buf != NO_RING
+            and self._rcv_read >= self._rcv_nxt - self.guest_fin
+            and not self._ooo_ranges
+        ):
+            POOL.give(self._rcv_cap, self._rcv_buf)
+            self._rcv_buf, self._rcv_mv = NO_RING, EMPTY
 
     def commit_write(self, n: int, now: float) -> None:
         if n <= 0:
@@ -910,6 +934,8 @@ class TcpEndpoint:
         cap = self._rcv_cap
         idx = (nxt - self._rcv_base) % cap
         end = idx + plen
+        if self._rcv_buf == NO_RING:
+            self._rcv_buf, self._rcv_mv = POOL.take(cap)
         mv = self._rcv_mv
         if end <= cap:
             mv[idx:end] = pkt[off : off + plen]
@@ -1257,6 +1283,8 @@ class TcpEndpoint:
         cap = self._rcv_cap
         idx = (seq - self._rcv_base) % cap
         e = idx + plen
+        if self._rcv_buf == NO_RING:
+            self._rcv_buf, self._rcv_mv = POOL.take(cap)
         mv = self._rcv_mv
         if e <= cap:
             mv[idx:e] = pkt[off : off + plen]
@@ -1532,8 +1560,11 @@ class TcpEndpoint:
             self._snd_grow_at = self.cc.cwnd + cap // 4 if want > cap else 1 << 62
             return
         self._snd_lent += want - cap
-        new = _ring(want)
-        nmv = memoryview(new)
+        if self._snd_buf == NO_RING:  # nothing buffered: the next ring taken is the big one
+            self._snd_cap = want
+            self._snd_grow_at = want // 2 if want < p.snd_buffer_max else 1 << 62
+            return
+        new, nmv = POOL.take(want)
         head = max(min(self._snd_una, self._snd_end), self._snd_base)
         live = self._snd_end - head
         src = (head - self._snd_base) % cap
@@ -1546,6 +1577,7 @@ class TcpEndpoint:
             done += k
             src = (src + k) % cap
             dst = (dst + k) % want
+        POOL.give(cap, self._snd_buf)
         self._snd_buf = new
         self._snd_mv = nmv
         self._snd_cap = want
@@ -1710,8 +1742,11 @@ class TcpEndpoint:
                 self._rcv_space_at = INF  # at the ceiling: nothing more to look at
             return
         self._rcv_lent += want - cap
-        new = _ring(want)
-        nmv = memoryview(new)
+        if self._rcv_buf == NO_RING:  # nothing held: the next ring taken is the big one
+            self._rcv_cap = want
+            self._ooo.max_bytes = want
+            return
+        new, nmv = POOL.take(want)
         mv = self._rcv_mv
         # Every byte held (in order or beyond a hole) lies in [RCV.READ, RCV.READ + cap)
         # at index (seq - base) % cap; it moves to (seq - base) % want.
@@ -1724,6 +1759,7 @@ class TcpEndpoint:
             done += k
             src = (src + k) % cap
             dst = (dst + k) % want
+        POOL.give(cap, self._rcv_buf)
         self._rcv_buf = new
         self._rcv_mv = nmv
         self._rcv_cap = want
@@ -1752,6 +1788,8 @@ class TcpEndpoint:
 
     def flush(self, now: float) -> None:
         """Send what the windows allow and any ACK that is due."""
+        if self._snd_buf != NO_RING or self._rcv_buf != NO_RING:
+            self._shed_rings()
         if self._pending_rst is not None:
             self._send_pending_rst(now)
         st = self.state

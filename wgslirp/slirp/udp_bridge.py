@@ -9,6 +9,16 @@ IPv6 guests use the same flows: the guest side's family decides how replies are 
 (`UdpFlow.v6`), the policy's decision which family the host socket has (an IPv4-mapped
 destination is reached through an AF_INET socket). ICMP errors the host socket reports are
 translated into the guest's family: the guest hears ICMPv6 if it spoke IPv6.
+
+A flow's first datagram of a drained batch is sent at once; the ones after it are copied to
+a staging buffer and `flush`, at the end of the batch, sends each flow's run of them with
+one sendmsg and UDP GSO (UDP_SEGMENT: datagrams of one size, the last may be shorter; the
+kernel splits them). A burst then costs two syscalls instead of one per datagram. Measured
+driving the bridge alone to a loopback sink (µs per datagram, sink's receive included, noise
+~0.5): 8 flows in 32-datagram batches 6.6 -> 5.4 (64 B) and 6.0 -> 5.5 (1392 B); 32 flows
+with one datagram each per batch unchanged, where staging every datagram had cost ~0.7 more
+(a flow with one datagram per batch is the common case with many peers). Order within a
+flow is kept.
 """
 
 from __future__ import annotations
@@ -36,6 +46,14 @@ from wgslirp.slirp.policy import EgressPolicy, Verdict
 if TYPE_CHECKING:
     from wgslirp.slirp.forward_bridge import ForwardTally
 
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # one GSO send is one UDP payload in size
+GSO_MAX_SEG = 1472  # larger datagrams (reassembled ones) go alone: no segment over a path MTU
+STAGE_BYTES = 1 << 20  # staging for one batch; a fuller batch is flushed on the way
+_U16 = struct.Struct("=H")
+
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 SO_EE_ORIGIN_ICMP = 2
@@ -56,11 +74,26 @@ RECV_BATCH = 64  # datagrams per readiness event per flow
 ERRQUEUE_BATCH = 16
 
 UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst addr, dst port
+# sendmsg errors that mean "no GSO here" (EINVAL also: a segment over the path MTU)
+_NO_GSO = frozenset({errno.EINVAL, errno.EMSGSIZE, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+
+
+class _Run:
+    """Datagrams of one flow waiting for `flush`, one GSO send's worth."""
+
+    __slots__ = ("nbytes", "seg", "short", "views")
+
+    def __init__(self, view: memoryview, n: int) -> None:
+        self.views = [view]
+        self.seg = n
+        self.nbytes = n
+        self.short = False  # a datagram shorter than seg came: it must be the last
 
 
 class UdpFlow(Flow):
     __slots__ = (
-        "aport", "client", "gport", "guest", "remote", "sock", "src_alias", "tally", "tos", "v6"
+        "aport", "client", "gport", "guest", "queued", "remote", "run", "sock", "src_alias",
+        "tally", "tos", "v6",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +122,8 @@ class UdpFlow(Flow):
         # the guest's datagrams go to the host client at `client`.
         self.client: tuple[str, int] | None = None
         self.tally: ForwardTally | None = None
+        self.run: _Run | None = None  # datagrams staged for the next flush
+        self.queued = False  # in the bridge's list of flows to flush
 
 
 class UdpBridge:
@@ -103,6 +138,11 @@ class UdpBridge:
         self._unbound: dict[tuple[int, int, int, int], UdpFlow] = {}
         self._forward_ports: set[tuple[int, int, int]] = set()
         self._by_client: dict[tuple[int, tuple[str, int]], UdpFlow] = {}
+        self._stage = memoryview(bytearray(STAGE_BYTES))
+        self._staged = 0
+        self._done: list[tuple[UdpFlow, _Run]] = []  # full runs, in order, before any current
+        self._queued: list[UdpFlow] = []
+        self._gso = True
 
     # ------------------------------------------------------------- guest -> host
 
@@ -124,13 +164,70 @@ class UdpBridge:
         flow.last_active = now
         if self.ctx.copy_tos:
             flow.tos = traffic_class(pkt)
+        if flow.client is not None:
+            # An inbound forward's flow shares the listening socket: sent at once.
+            self._send_one(flow, pkt[off : off + plen], plen)
+            return
+        if not flow.queued:
+            # The flow's first datagram of the batch goes straight out: a flow that sends
+            # one per batch (most, with many peers) pays nothing for the batching.
+            flow.queued = True
+            self._queued.append(flow)
+            self._send_one(flow, pkt[off : off + plen], plen)
+            return
+        if plen > GSO_MAX_SEG or not self._gso:
+            if flow.run is not None:
+                self.flush()  # what the flow has staged leaves first
+            self._send_one(flow, pkt[off : off + plen], plen)
+            return
+        used = self._staged
+        if used + plen > STAGE_BYTES:
+            self.flush()
+            used = 0
+        view = self._stage[used : used + plen]
+        view[:] = pkt[off : off + plen]
+        self._staged = used + plen
+        run = flow.run
+        if run is None:
+            flow.run = _Run(view, plen)
+        elif (
+            plen > run.seg
+            or run.short
+            or len(run.views) >= GSO_MAX_SEGMENTS
+            or run.nbytes + plen > GSO_MAX_BYTES
+        ):
+            self._done.append((flow, run))
+            flow.run = _Run(view, plen)
+        else:
+            run.views.append(view)
+            run.nbytes += plen
+            if plen < run.seg:
+                run.short = True
+
+    def flush(self) -> None:
+        """End of a batch: every staged datagram leaves, each flow's in one sendmsg."""
+        if self._done:
+            for flow, run in self._done:
+                self._send(flow, run.views, run.seg, run.nbytes)
+            self._done.clear()
+        for flow in self._queued:
+            cur = flow.run
+            if cur is not None:
+                flow.run = None
+                self._send(flow, cur.views, cur.seg, cur.nbytes)
+            flow.queued = False
+        self._queued.clear()
+        self._staged = 0
+
+    def _send_one(self, flow: UdpFlow, data: memoryview, n: int) -> None:
+        stats = self.ctx.stats
         try:
             client = flow.client
             if client is None:
-                flow.sock.send(pkt[off : off + plen])
+                flow.sock.send(data)
             else:
-                flow.sock.sendto(pkt[off : off + plen], client)
-                flow.tally.bytes_to_host += plen  # type: ignore[union-attr]
+                flow.sock.sendto(data, client)
+                flow.tally.bytes_to_host += n  # type: ignore[union-attr]
         except BlockingIOError:
             stats.udp_send_errors += 1
             return
@@ -141,7 +238,38 @@ class UdpBridge:
                 stats.udp_send_errors += 1
             return
         stats.udp_tx_packets += 1
-        stats.udp_tx_bytes += plen
+        stats.udp_tx_bytes += n
+
+    def _send(self, flow: UdpFlow, views: list[memoryview], seg: int, nbytes: int) -> None:
+        stats = self.ctx.stats
+        count = len(views)
+        for attempt in (0, 1):
+            try:
+                if count == 1:
+                    flow.sock.send(views[0])
+                else:
+                    flow.sock.sendmsg(views, [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg))])
+            except BlockingIOError:
+                stats.udp_send_errors += count
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    # An earlier ICMP error, reported by this send (which clears it): tell
+                    # the guest, then send the datagrams after all.
+                    self._drain_errqueue(flow)
+                    if attempt == 0:
+                        continue
+                elif count > 1 and exc.errno in _NO_GSO:
+                    if exc.errno not in (errno.EINVAL, errno.EMSGSIZE):  # else: this run only
+                        self._gso = False
+                    for v in views:
+                        self._send(flow, [v], len(v), len(v))
+                    return
+                stats.udp_send_errors += count
+                return
+            stats.udp_tx_packets += count
+            stats.udp_tx_bytes += nbytes
+            return
 
     def _open(self, key: UdpKey, peer: int, pkt: memoryview, n: int, now: float) -> UdpFlow | None:
         _, src, sport, dst, dport = key
@@ -334,6 +462,8 @@ class UdpBridge:
             self._close(flow)
 
     def _close(self, flow: UdpFlow) -> None:
+        if flow.queued:
+            self.flush()  # its staged datagrams still leave, as if sent one by one
         if flow.client is not None:  # the socket is the forward's, shared
             key: UdpKey = flow.key  # type: ignore[assignment]
             if self._unbound.get(key[1:]) is flow:
