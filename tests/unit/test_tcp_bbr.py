@@ -302,13 +302,19 @@ def test_a_probe_that_loses_too_much_bounds_the_window_where_the_path_overflowed
         assert bbr.cwnd <= bbr.inflight_hi
 
 
-def test_probing_rounds_without_loss_raise_the_bound_doubling() -> None:
-    bw, rtt = 8e6, 0.04
-    bdp = int(bw * rtt)
+def _bounded(bw: float, rtt: float) -> tuple[Bbr, _Samples, float]:
+    """A controller whose probe lost 20 segments at one BDP in flight: inflight_hi set."""
     bbr, rs, now = _cruising(bw, rtt)
     now = _to_probe(bbr, rs, now, bw, rtt)
     bbr.on_lost(20 * MSS)
-    rs.feed(bbr, bw, rtt, now + 0.001, bdp)
+    rs.feed(bbr, bw, rtt, now + 0.001, int(bw * rtt))
+    assert bbr.inflight_hi < tcp_bbr.UNBOUNDED
+    return bbr, rs, now + 0.001
+
+
+def test_probing_rounds_without_loss_raise_the_bound_doubling() -> None:
+    bw, rtt = 8e6, 0.04
+    bbr, rs, now = _bounded(bw, rtt)
     hi = bbr.inflight_hi
     now = _to_probe(bbr, rs, now, bw, rtt)
     steps = []
@@ -345,10 +351,7 @@ def test_probes_into_a_shallow_queue_resend_what_was_dropped_not_what_was_sacked
 def test_once_bounded_it_probes_every_two_seconds_not_every_eight_rounds() -> None:
     bw, rtt = 8e6, 0.04
     bdp = int(bw * rtt)
-    bbr, rs, now = _cruising(bw, rtt)
-    now = _to_probe(bbr, rs, now, bw, rtt)
-    bbr.on_lost(20 * MSS)
-    rs.feed(bbr, bw, rtt, now + 0.001, bdp)
+    bbr, rs, now = _bounded(bw, rtt)
     probes = []
     for _ in range(200):  # 8 s of rounds
         now += rtt + 0.001

@@ -192,6 +192,22 @@ class TcpParams:
     ack_idle_min_inflight: int = 0  # 0 = one MSS
 
 
+def _move(old: memoryview, cap: int, new: memoryview, want: int, pos: int, n: int) -> None:
+    """Copy `n` bytes from offset `pos` (modulo each ring's size) of the ring `old` to the
+    same offset of the bigger ring `new`: a byte of sequence number s lives at (s - base)
+    % size in either, so nothing else changes when a ring grows. At most three pieces:
+    either ring may wrap once."""
+    src = pos % cap
+    dst = pos % want
+    done = 0
+    while done < n:
+        k = min(n - done, cap - src, want - dst)
+        new[dst : dst + k] = old[src : src + k]
+        done += k
+        src = (src + k) % cap
+        dst = (dst + k) % want
+
+
 class TcpEndpoint:
     """One guest connection; see the module docstring for the shape."""
 
@@ -1566,17 +1582,7 @@ class TcpEndpoint:
             return
         new, nmv = POOL.take(want)
         head = max(min(self._snd_una, self._snd_end), self._snd_base)
-        live = self._snd_end - head
-        src = (head - self._snd_base) % cap
-        dst = (head - self._snd_base) % want
-        mv = self._snd_mv
-        done = 0
-        while done < live:  # at most three pieces: either ring may wrap once
-            k = min(live - done, cap - src, want - dst)
-            nmv[dst : dst + k] = mv[src : src + k]
-            done += k
-            src = (src + k) % cap
-            dst = (dst + k) % want
+        _move(self._snd_mv, cap, nmv, want, head - self._snd_base, self._snd_end - head)
         POOL.give(cap, self._snd_buf)
         self._snd_buf = new
         self._snd_mv = nmv
@@ -1747,18 +1753,8 @@ class TcpEndpoint:
             self._ooo.max_bytes = want
             return
         new, nmv = POOL.take(want)
-        mv = self._rcv_mv
-        # Every byte held (in order or beyond a hole) lies in [RCV.READ, RCV.READ + cap)
-        # at index (seq - base) % cap; it moves to (seq - base) % want.
-        src = (self._rcv_read - self._rcv_base) % cap
-        dst = (self._rcv_read - self._rcv_base) % want
-        done = 0
-        while done < cap:  # at most three pieces: either ring may wrap once
-            k = min(cap - done, cap - src, want - dst)
-            nmv[dst : dst + k] = mv[src : src + k]
-            done += k
-            src = (src + k) % cap
-            dst = (dst + k) % want
+        # Every byte held (in order or beyond a hole) lies in [RCV.READ, RCV.READ + cap).
+        _move(self._rcv_mv, cap, nmv, want, self._rcv_read - self._rcv_base, cap)
         POOL.give(cap, self._rcv_buf)
         self._rcv_buf = new
         self._rcv_mv = nmv
