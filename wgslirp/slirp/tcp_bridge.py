@@ -265,15 +265,7 @@ class TcpBridge:
             ctx.stats.socket_errors += 1
             self._connect_failed(pkt, n, peer, exc.errno or errno.EAFNOSUPPORT, now)
             return
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sock_rcvbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
-            if self.sock_sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
-        except OSError:
-            pass
+        self._tune(sock)
         flow = TcpFlow(key, peer, now, ep, sock)
         flow.syn = bytes(pkt[:n])
         flow.dial_deadline = now + self.fast_dial
@@ -292,6 +284,19 @@ class TcpBridge:
         self._schedule(flow, flow.dial_deadline)
         if err == 0:
             self._connected(flow, now)
+
+    def _tune(self, sock: socket.socket) -> None:
+        """A host socket of a bridged connection: non-blocking, no Nagle (the guest's
+        own stack already decided when to send), and TCP_SOCK_RCVBUF / SNDBUF if set."""
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock_rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
+            if self.sock_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
+        except OSError:
+            pass
 
     # ------------------------------------------------------- inbound forwards
 
@@ -329,15 +334,7 @@ class TcpBridge:
             peer=ROUTE_BY_DESTINATION,
             budget=self.send_budget,
         )
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sock_rcvbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
-            if self.sock_sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_sndbuf)
-        except OSError:
-            pass
+        self._tune(sock)
         flow = TcpFlow(key, ROUTE_BY_DESTINATION, now, ep, sock)
         flow.connecting = False
         flow.synack_sent = True
