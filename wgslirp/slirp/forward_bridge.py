@@ -113,7 +113,54 @@ def nat_port_for(
     return None
 
 
-class TcpForwards:
+class _Listeners:
+    """One worker's listening sockets of one protocol's forwards: what TCP and UDP share
+    (binding, reload, the per-forward tally); the subclass says how a socket is served
+    (`_serve`) and what closing one also ends (`_closing`)."""
+
+    proto = PROTO_TCP
+    poller: Poller
+    listeners: dict[Forward, socket.socket]
+    tallies: dict[Forward, ForwardTally]
+
+    def _serve(self, sock: socket.socket, tally: ForwardTally, now: float, mask: int) -> None:
+        raise NotImplementedError
+
+    def _closing(self, sock: socket.socket) -> None:
+        """A listening socket is about to close."""
+
+    def listen(self, forwards: Iterable[Forward]) -> list[tuple[Forward, OSError]]:
+        """Listen on exactly these forwards: new ones are bound, ones no longer wanted
+        closed (a reload), kept ones untouched. Returns the ones that could not be bound."""
+        wanted = list(dict.fromkeys(forwards))
+        for fwd in [f for f in self.listeners if f not in wanted]:
+            self._drop(self.listeners.pop(fwd))
+        failed: list[tuple[Forward, OSError]] = []
+        for fwd in wanted:
+            if fwd in self.listeners:
+                continue
+            try:
+                sock = open_listener(fwd, self.proto)
+            except OSError as exc:
+                failed.append((fwd, exc))
+                continue
+            self.listeners[fwd] = sock
+            tally = self.tallies.setdefault(fwd, ForwardTally(fwd))
+            self.poller.register(sock, partial(self._serve, sock, tally))
+        return failed
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._closing(sock)
+        self.poller.unregister(sock)
+        sock.close()
+
+    def close(self) -> None:
+        for sock in self.listeners.values():
+            self._drop(sock)
+        self.listeners.clear()
+
+
+class TcpForwards(_Listeners):
     """The listening sockets of WG_FORWARD_TCP in one worker."""
 
     def __init__(
@@ -136,29 +183,7 @@ class TcpForwards:
         self.listeners: dict[Forward, socket.socket] = {}
         self.tallies: dict[Forward, ForwardTally] = {}
 
-    def listen(self, forwards: Iterable[Forward]) -> list[tuple[Forward, OSError]]:
-        """Listen on exactly these forwards: new ones are bound, ones no longer wanted
-        closed (a reload), kept ones untouched. Returns the ones that could not be bound."""
-        wanted = list(dict.fromkeys(forwards))
-        for fwd in [f for f in self.listeners if f not in wanted]:
-            sock = self.listeners.pop(fwd)
-            self.poller.unregister(sock)
-            sock.close()
-        failed: list[tuple[Forward, OSError]] = []
-        for fwd in wanted:
-            if fwd in self.listeners:
-                continue
-            try:
-                sock = open_listener(fwd)
-            except OSError as exc:
-                failed.append((fwd, exc))
-                continue
-            self.listeners[fwd] = sock
-            tally = self.tallies.setdefault(fwd, ForwardTally(fwd))
-            self.poller.register(sock, partial(self._on_accept, sock, tally))
-        return failed
-
-    def _on_accept(self, lst: socket.socket, tally: ForwardTally, now: float, _mask: int) -> None:
+    def _serve(self, lst: socket.socket, tally: ForwardTally, now: float, _mask: int) -> None:
         fwd = tally.forward
         guest = addr_to_int(fwd.guest_ip)
         bridge = self.bridge
@@ -192,17 +217,13 @@ class TcpForwards:
             tally.accepted += 1
         bridge.ctx.egress.flush(now)
 
-    def close(self) -> None:
-        for sock in self.listeners.values():
-            self.poller.unregister(sock)
-            sock.close()
-        self.listeners.clear()
 
-
-class UdpForwards:
+class UdpForwards(_Listeners):
     """The listening sockets of WG_FORWARD_UDP in one worker. The kernel hands each host
     client's datagrams to one worker's socket (SO_REUSEPORT hashes the 4-tuple), which
     keeps the client's NAT flow in the UDP bridge like any outbound flow."""
+
+    proto = PROTO_UDP
 
     def __init__(
         self,
@@ -221,29 +242,7 @@ class UdpForwards:
         self.listeners: dict[Forward, socket.socket] = {}
         self.tallies: dict[Forward, ForwardTally] = {}
 
-    def listen(self, forwards: Iterable[Forward]) -> list[tuple[Forward, OSError]]:
-        """As TcpForwards.listen; the flows of a forward that goes are closed with it."""
-        wanted = list(dict.fromkeys(forwards))
-        for fwd in [f for f in self.listeners if f not in wanted]:
-            sock = self.listeners.pop(fwd)
-            self.bridge.close_forward(sock)
-            self.poller.unregister(sock)
-            sock.close()
-        failed: list[tuple[Forward, OSError]] = []
-        for fwd in wanted:
-            if fwd in self.listeners:
-                continue
-            try:
-                sock = open_listener(fwd, PROTO_UDP)
-            except OSError as exc:
-                failed.append((fwd, exc))
-                continue
-            self.listeners[fwd] = sock
-            tally = self.tallies.setdefault(fwd, ForwardTally(fwd))
-            self.poller.register(sock, partial(self._on_readable, sock, tally))
-        return failed
-
-    def _on_readable(self, sock: socket.socket, tally: ForwardTally, now: float, _m: int) -> None:
+    def _serve(self, sock: socket.socket, tally: ForwardTally, now: float, _m: int) -> None:
         fwd = tally.forward
         guest = addr_to_int(fwd.guest_ip)
         bridge = self.bridge
@@ -265,12 +264,8 @@ class UdpForwards:
 
         bridge.from_forward(sock, guest, fwd.guest_port, pick, tally, now)
 
-    def close(self) -> None:
-        for sock in self.listeners.values():
-            self.bridge.close_forward(sock)
-            self.poller.unregister(sock)
-            sock.close()
-        self.listeners.clear()
+    def _closing(self, sock: socket.socket) -> None:
+        self.bridge.close_forward(sock)  # the flows of a forward that goes end with it
 
 
 def _name(fwd: Forward) -> str:
