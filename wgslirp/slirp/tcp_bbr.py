@@ -28,8 +28,8 @@ tcp_bbr.c is the reference for details the draft leaves open):
   found in a few rounds, and once bounded it probes every 2 s instead of every eight
   rounds, as BBRv3 does. Random loss below 2 % does not trip it. Measured on pathsim (100
   Mbit/s, 100 ms, 100-packet queue, 15 s): v1 75 Mbit/s with 2,527 drops, with the bound
-  88.5 with 2,050 (most of them STARTUP's). What cwnd may keep of the queue outside probes
-  (HI_QUEUE_SHARE): half of it kept 3.4 ms of wait in the relay rig's 100-packet queue
+  88.5 with 2,050 (most of them STARTUP's). Of the queue the bound found, cwnd keeping
+  half outside probes kept 3.4 ms of wait in the relay rig's 100-packet queue
   against Linux CUBIC's 2.2; none, 1.9 against 2.0 inline and 2.3 against 1.9 with
   workers, at 0.96 / 0.93 of CUBIC's rate (bench_wan --guest-cc cubic, medians of 3);
   pathsim: 3 % less on the lossy reordering path, random-loss paths unchanged.
@@ -71,7 +71,6 @@ UNBOUNDED: Final = 1 << 62
 # pathsim 100 Mbit/s, 100 ms, 100-packet queue, 15 s: mean queue 2.81 -> 0.56 ms, drops
 # 2,050 -> 1,337, throughput 88.5 -> 87.7 Mbit/s.
 CRUISE_BOUNDED: Final = 2.0
-HI_QUEUE_SHARE: Final = 0.0  # of the queue inflight_hi found, what cwnd may fill outside probes
 MIN_CWND_SEGMENTS: Final = 4
 PACING_MARGIN: Final = 0.99  # pace 1 % below the estimate, so the queue it finds drains
 # Segments above gain * BDP: the ACKs of a paced burst come back as a burst (delayed and
@@ -391,7 +390,7 @@ class Bbr(CongestionControl):
                 # retransmissions recovery sends. Measured in the module docstring.
                 bdp = self._bdp(1.0)
                 if hi > bdp:
-                    hi = bdp + int((hi - bdp) * HI_QUEUE_SHARE)
+                    hi = bdp
             if target > hi:
                 target = hi
         cwnd = self.cwnd

@@ -1629,8 +1629,9 @@ class TcpEndpoint:
         if prr is not None and self.cc.uses_prr:
             room = room0 = prr.quota(pipe, self.cc.ssthresh, self._delivered_mark(), una, self._mss)
         else:
+            prr = None
             room = self.cc.recovery_window() - pipe
-            room0 = -1
+            room0 = 0
         log = self._rexmit_log
         if log:
             # RACK (RFC 8985 6.2) for retransmissions: a resent hole is lost again once
@@ -1669,8 +1670,8 @@ class TcpEndpoint:
                 if uses_rate:
                     self.cc.on_lost(end - hole)
             s = end
-        if room0 >= 0:
-            prr.out += room0 - room  # type: ignore[union-attr]
+        if prr is not None:
+            prr.out += room0 - room  # what the resends took
         self._recovery_room = room if room > 0 else 0
 
     def _ecn_in(self, offflags: int, ce: bool, plen: int, now: float) -> None:
