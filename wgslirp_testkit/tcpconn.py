@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wgslirp.net import ipv4, tcp
+from wgslirp.net import ipv4, ipv6, tcp
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, TcpState
 from wgslirp_testkit.clock import FakeClock
 
 GUEST_IP = ipv4.addr_to_int("10.77.0.2")
 HOST_IP = ipv4.addr_to_int("93.184.216.34")
+GUEST_IP6 = ipv6.addr_to_int("fd77::2")
+HOST_IP6 = ipv6.addr_to_int("2001:db8::34")
 GUEST_PORT = 40000
 HOST_PORT = 443
 
@@ -72,20 +74,31 @@ def parse_seg(pkt: bytes) -> Seg:
     assert parsed is not None, "endpoint emitted a malformed segment"
     assert tcp.checksum_ok(pkt, len(pkt)), "bad checksum"
     src, dst, sport, dport, seq, ack, flags, window, ooff, poff, plen = parsed
-    assert (src, sport, dst, dport) == (HOST_IP, HOST_PORT, GUEST_IP, GUEST_PORT)
+    assert (sport, dport) == (HOST_PORT, GUEST_PORT)
+    assert (src, dst) in ((HOST_IP, GUEST_IP), (HOST_IP6, GUEST_IP6))
     opts = tcp.parse_options(pkt, ooff, poff)
     assert opts is not None
     return Seg(seq, ack, flags, window, opts, pkt[poff : poff + plen], pkt)
 
 
 def guest_pkt(
-    seq: int, ack: int, flags: int, data: bytes = b"", window: int = 65535, opts: bytes = b""
+    seq: int,
+    ack: int,
+    flags: int,
+    data: bytes = b"",
+    window: int = 65535,
+    opts: bytes = b"",
+    *,
+    v6: bool = False,
+    tos: int = 0,
 ) -> bytearray:
-    buf = bytearray(40 + len(opts) + len(data))
+    """A guest segment, IPv4 or (`v6`) IPv6; `tos` is the TOS / traffic class byte."""
+    buf = bytearray(60 + len(opts) + len(data))
     n = tcp.build_into(
         buf,
-        src=GUEST_IP,
-        dst=HOST_IP,
+        src=GUEST_IP6 if v6 else GUEST_IP,
+        dst=HOST_IP6 if v6 else HOST_IP,
+        tos=tos,
         sport=GUEST_PORT,
         dport=HOST_PORT,
         seq=seq & 0xFFFFFFFF,
@@ -110,18 +123,21 @@ class Conn:
         window: int = 65535,
         syn_opts: bytes | None = None,
         ts: bool = False,
+        v6: bool = False,
     ) -> None:
         self.clock = FakeClock()
+        self.v6 = v6
         self.egress = Egress()
         self.params = params or TcpParams()
         self.ep = TcpEndpoint(
             self.params,
-            local=(HOST_IP, HOST_PORT),
-            remote=(GUEST_IP, GUEST_PORT),
+            local=(HOST_IP6 if v6 else HOST_IP, HOST_PORT),
+            remote=(GUEST_IP6 if v6 else GUEST_IP, GUEST_PORT),
             iss=iss,
             now=self.clock(),
             egress=self.egress,
             peer=1,
+            v6=v6,
         )
         self.ts = ts
         self.ts_val = 777
@@ -131,7 +147,7 @@ class Conn:
         if syn_opts is None:
             syn_opts = tcp.options_bytes(mss=1460)
         self.syn_opts = syn_opts
-        self.syn = guest_pkt(guest_iss, 0, tcp.SYN, window=window, opts=syn_opts)
+        self.syn = guest_pkt(guest_iss, 0, tcp.SYN, window=window, opts=syn_opts, v6=v6)
         self.peer_ts_recent = 0
 
     @property
@@ -205,6 +221,7 @@ class Conn:
             data,
             self.window if window is None else window,
             self.opts() if opts is None else opts,
+            v6=self.v6,
         )
         if seq is None:
             self.gseq += len(data) + (1 if flags & (tcp.SYN | tcp.FIN) else 0)

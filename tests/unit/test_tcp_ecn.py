@@ -15,11 +15,13 @@ RTT = 0.040
 ECE, CWR, ACK, SYN = tcp.ECE, tcp.CWR, tcp.ACK, tcp.SYN
 
 
-def _conn(ask: bool = True, cc: str = "cubic", ecn: bool = True) -> tuple[Conn, Seg]:
+def _conn(
+    ask: bool = True, cc: str = "cubic", ecn: bool = True, v6: bool = False
+) -> tuple[Conn, Seg]:
     p = TcpParams(mss=MSS, pacing=False, cc=cc, ecn=ecn)
-    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True, wscale=7))
+    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True, wscale=7), v6=v6)
     if ask:
-        c.syn = guest_pkt(c.gseq, 0, SYN | ECE | CWR, window=65535, opts=c.syn_opts)
+        c.syn = guest_pkt(c.gseq, 0, SYN | ECE | CWR, window=65535, opts=c.syn_opts, v6=v6)
     c.ep.on_syn(memoryview(c.syn), len(c.syn), c.now)
     c.ep.accept(c.now)
     (sa,) = c.out()
@@ -82,6 +84,30 @@ def test_a_ce_mark_is_echoed_until_the_guest_sends_cwr() -> None:
     c.send(b"c" * 500, ACK | CWR)  # the guest reduced its window
     after = c.out() + c.tick(0.05)
     assert after and not any(s.flags & ECE for s in after)
+
+
+def test_ipv6_ecn_lives_in_the_traffic_class_not_the_flow_label() -> None:
+    """IPv6 carries ECN in the traffic class's low bits (byte 0's low nibble and byte 1's
+    high one); byte 1's low bits are the flow label, which Linux fills with a hash."""
+    c, sa = _conn(v6=True)
+    assert sa.raw[0] >> 4 == 6 and sa.has(SYN | ACK | ECE)
+    c.ep.write(b"d" * 2 * MSS, c.now)
+    c.ep.flush(c.now)
+    data = c.out()
+    assert data and all((s.raw[1] >> 4) & 3 == 2 for s in data)  # ECT(0) in the class
+    for flow_label_bits in (0x03, 0x0F):  # not CE: the flow label's top bits
+        pkt = guest_pkt(c.gseq, c.gack, ACK, b"a" * 100, v6=True)
+        pkt[1] |= flow_label_bits
+        c.gseq += 100
+        c.ep.receive(memoryview(pkt), len(pkt), c.now)
+    assert c.ep.ecn_ce == 0
+    pkt = guest_pkt(c.gseq, c.gack, ACK, b"b" * 100, v6=True, tos=3)  # CE
+    c.gseq += 100
+    c.ep.receive(memoryview(pkt), len(pkt), c.now)
+    c.ep.flush(c.now)
+    assert c.ep.ecn_ce == 1
+    echoed = c.out() + c.tick(0.05)
+    assert echoed and all(s.flags & ECE for s in echoed)
 
 
 @pytest.mark.parametrize("cc", ["cubic", "newreno"])

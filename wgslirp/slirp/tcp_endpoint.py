@@ -889,8 +889,13 @@ class TcpEndpoint:
         self._last_rx = now
         self._ka_probes = 0
         self._probes = 0
-        if self._ecn_ok and (offflags & 0xC0 or pkt[1] & 3 == 3):
-            self._ecn_in(offflags, pkt[1] & 3 == 3, plen, now)
+        if self._ecn_ok:
+            # IPv6's ECN field is the low two bits of the traffic class, which straddles
+            # bytes 0 and 1; pkt[1]'s own low bits belong to the flow label, which Linux
+            # fills with a hash (read as ECN, one segment in four looked CE-marked).
+            ce = (pkt[1] >> 4 if pkt[0] >> 4 == 6 else pkt[1]) & 3 == 3
+            if offflags & 0xC0 or ce:
+                self._ecn_in(offflags, ce, plen, now)
 
         # ---- header prediction -------------------------------------------------------
         if (
