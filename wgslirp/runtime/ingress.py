@@ -32,6 +32,7 @@ from wgslirp.router.forward import (
     ForwardStats,
 )
 from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.readgate import CHECK_EVERY, ReadGate
 from wgslirp.runtime.uapi_server import UapiServer
 from wgslirp.runtime.worker import FORWARDS_MESSAGE
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
@@ -258,6 +259,12 @@ class Ingress:
         # Reassembled datagrams larger than a slot travel on a small ring of 64 KiB slots.
         self.big_writers = [BatchWriter(p) for p in (to_workers_big or [])]
         self.slot_size = self.writers[0].slot_size if self.writers else 0
+        # Back-pressure (runtime/readgate.py): read only while the rings have room, so
+        # what a busy worker cannot take stays in the socket instead of being decrypted
+        # and dropped.
+        self._gate = ReadGate(self.writers) if self.writers else None
+        self._muted = False
+        self._next_check = 0.0
         self.nworkers = len(self.writers)
         # Peers removed whose "forget" message a full ring has not taken yet: (worker, peer)
         self._forget: list[tuple[int, int, int]] = []  # (ring set, worker, peer index)
@@ -307,6 +314,7 @@ class Ingress:
         loop.hooks.append(self.after_turn)
         loop.timers.append(self)
         loop.timers.append(self.forward)
+        loop.timers.append(_Unmuter(self))
         # wg(8) and `wgslirp peer` talk to the Device here (/var/run/wireguard where
         # permitted, the state directory always); each server closes when the loop stops
         self.uapi = UapiServer.start_all(
@@ -481,6 +489,11 @@ class Ingress:
         if gro is not None and not gro.reading and now >= gro.probe_at:
             gro.switch(sock, True, now)
         budget = RECV_BATCH
+        if self._gate is not None:
+            budget = self._gate.credit(now, RECV_BATCH)
+            if budget <= 0:
+                self._mute(now)
+                return
         while budget > 0:
             try:
                 if gro is not None and gro.reading:
@@ -546,6 +559,23 @@ class Ingress:
         self._flush_outbox()
         if self._forget:
             self._send_forget()
+
+    def _mute(self, now: float) -> None:
+        """A ring is full: stop watching the socket (a readable socket not read would make
+        the loop spin) until the gate opens again."""
+        self.loop.unregister(self.sock)
+        self._muted = True
+        self._next_check = now + CHECK_EVERY
+
+    def try_unmute(self, now: float) -> None:
+        if not self._muted:
+            return
+        assert self._gate is not None
+        if self._gate.ready(now):
+            self._muted = False
+            self.loop.register(self.sock, self._on_readable)
+        else:
+            self._next_check = now + CHECK_EVERY
 
     def _deliver(self, peer: Peer, pkt: memoryview, n: int, now: float, in_slot: bool) -> None:
         """Act on the forwarder's verdict for one decrypted packet; `in_slot` says it
@@ -805,6 +835,8 @@ class Ingress:
                 )
 
     def after_turn(self, now: float) -> None:
+        if self._muted:
+            self.try_unmute(now)
         if self._reload_result is not None:
             self._finish_reload(now)
         if self.config_changed:
@@ -819,6 +851,10 @@ class Ingress:
         out["internal_errors"] = self.internal_errors
         out["send_errors"] = self.send_errors
         out["ring_full_dropped"] = sum(w.dropped for w in (*self.writers, *self.big_writers))
+        gate = self._gate
+        out["read_pauses"] = gate.pauses if gate else 0
+        out["read_paused_ms"] = int(gate.paused_seconds * 1000) if gate else 0
+        out["ring_passed_over"] = gate.passed_over if gate else 0
         out["fragments_reassembled_timeouts"] = self.forward.reassembler.timed_out
         out["unknown_peer_index"] = self.unknown_peer_index
         out["peers"] = len(self.device.peers)
@@ -847,11 +883,29 @@ INGRESS_COUNTERS: tuple[str, ...] = (
     "internal_errors",
     "send_errors",
     "ring_full_dropped",
+    "read_pauses",
+    "read_paused_ms",
+    "ring_passed_over",
     "fragments_reassembled_timeouts",
     "unknown_peer_index",
     "peers",
     *ForwardStats.names(),
 )
+
+
+class _Unmuter:
+    """The loop's timer for a muted socket: looks at the rings every CHECK_EVERY, also when
+    no doorbell or packet wakes the loop."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self._ingress = ingress
+
+    def get_timer(self) -> float | None:
+        ing = self._ingress
+        return ing._next_check if ing._muted else None
+
+    def handle_timer(self, now: float) -> None:
+        self._ingress.try_unmute(now)
 
 
 def _size_buffers(sock: socket.socket) -> None:

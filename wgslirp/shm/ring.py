@@ -410,6 +410,10 @@ class Producer(_Endpoint):
     def slot_size(self) -> int:
         return self._slot_size
 
+    @property
+    def slots(self) -> int:
+        return self._slots
+
     def free_slots(self) -> int:
         """How many slots can be filled now; asking costs nothing and drops nothing."""
         tail: int = self._ctr[_TAIL]
@@ -704,6 +708,14 @@ class BatchWriter:
     @property
     def slot_size(self) -> int:
         return self._prod.slot_size
+
+    @property
+    def slots(self) -> int:
+        return self._prod.slots
+
+    def free_slots(self) -> int:
+        """Slots neither published and unread nor staged in this batch."""
+        return self._prod.free_slots() - self._staged
 
     def reserve(self) -> memoryview | None:
         """The next free slot (whole), or None while the ring is full."""
