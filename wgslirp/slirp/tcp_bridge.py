@@ -51,6 +51,7 @@ TCP_SYN: Final = 0x02
 TCP_RST: Final = 0x04
 TCP_ACK: Final = 0x10
 _PORTS = struct.Struct(">HH")
+_ADDRS6 = struct.Struct(">QQQQ")  # an IPv6 header's source and destination, as halves
 READ_RESUME_FRACTION = 4  # resume reading the host once a quarter of the send buffer is free
 RECV_CHUNK = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -169,11 +170,19 @@ class TcpBridge:
 
     def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
         if pkt[0] >> 4 == 6:
-            ihl, end = tcp.span6(pkt, n)
-            if end < ihl + 20:
+            # The common case (TCP right after the header) without calls: this and the same
+            # in TcpEndpoint.receive took an IPv6 segment from 1.1 to 0.x us of parsing.
+            if n >= 60 and pkt[6] == 6:
+                ihl = 40
+                end = 40 + ((pkt[4] << 8) | pkt[5])
+            else:
+                ihl, end = tcp.span6(pkt, n)
+            if end < ihl + 20 or end > n:
                 self.stats.malformed += 1
                 return
-            src, dst = ipv6.src_dst(pkt)
+            sh, sl, dh, dl = _ADDRS6.unpack_from(pkt, 8)
+            src = (sh << 64) | sl
+            dst = (dh << 64) | dl
         else:
             ihl = (pkt[0] & 0x0F) * 4
             if n < ihl + 20:

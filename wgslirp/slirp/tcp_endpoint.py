@@ -871,7 +871,13 @@ class TcpEndpoint:
     def receive(self, pkt: memoryview, n: int, now: float) -> None:
         """A segment from the guest (a whole IP packet whose header ingress checked)."""
         if pkt[0] >> 4 == 6:
-            ihl, total = tcp.span6(pkt, n)
+            if n >= 60 and pkt[6] == 6:  # TCP right after the header: no chain to walk
+                ihl = 40
+                total = 40 + ((pkt[4] << 8) | pkt[5])
+                if total > n:
+                    return
+            else:
+                ihl, total = tcp.span6(pkt, n)
         else:
             ihl = (pkt[0] & 0x0F) << 2
             total = (pkt[2] << 8) | pkt[3]
