@@ -504,3 +504,33 @@ def test_the_ring_messages_keep_their_peer_index_through_several_flows(
     assert by_peer == {PEER: b"re from 7", OTHER_PEER: b"re from 8"}
     for pkt, _ in replies:
         assert struct.unpack_from(">H", pkt, 22)[0] == 40006  # to the guest's own port
+
+
+def test_a_full_egress_ring_leaves_host_datagrams_in_their_socket(
+    rig: Rig, echo: socket.socket
+) -> None:
+    """Back-pressure towards the host: with the outbound ring (64 slots) not drained, the
+    worker stops reading host sockets instead of reading and dropping datagram after
+    datagram; once ingress has drained the ring, the rest is read and nothing is lost but
+    the one datagram read into a full ring before the mute."""
+    rig.send(udp_packet(40002, port_of(echo), b"go"))
+    rig.turn_until(lambda: readable(echo))
+    _, addr = echo.recvfrom(2048)
+    sent = 150
+    for i in range(sent):
+        echo.sendto(i.to_bytes(2, "big") * 8, addr)
+    rig.turn_until(lambda: rig.worker.host.muted)
+    for _ in range(30):  # the outbound ring stays full: turns must not read and drop more
+        rig.loop.run_once()
+    dropped = rig.counter("egress_full")
+    assert dropped <= 1 and rig.counter("host_read_pauses") == 1
+    got: list[Packet] = []
+
+    def all_in() -> bool:
+        got.extend(rig.take())
+        return len(got) + dropped >= sent
+
+    rig.turn_until(all_in)
+    assert len(got) + dropped == sent and rig.counter("egress_full") == dropped
+    payloads = [p[udp.PAYLOAD_OFFSET : udp.PAYLOAD_OFFSET + 2] for p, _ in got]
+    assert payloads == sorted(payloads)  # in order, none twice

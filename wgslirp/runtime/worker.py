@@ -21,6 +21,7 @@ from wgslirp.net.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, addr_to_int
 from wgslirp.obs.metrics import FORWARD_FIELDS, MAX_FORWARD_METRICS, MetricsBlock, Publisher
 from wgslirp.runtime.host_addresses import HostAddressWatch, open_address_events
 from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.socketgroup import SocketGroup
 from wgslirp.shm.registry import FlowRegistry
 from wgslirp.shm.ring import BatchWriter, Consumer, Producer
 from wgslirp.slirp.bridge_context import ROUTE_BY_DESTINATION, BridgeContext, WorkerStats
@@ -40,6 +41,7 @@ FORWARDS_MESSAGE = b"\x00forwards\n"
 real peer's): the forwards to listen on after a reload, as JSON. An IPv4 packet cannot
 start with a zero byte, so it cannot be taken for one."""
 
+HOST_RECHECK = 0.0005  # while host sockets are muted, look at the egress ring this often
 DRAIN_BUDGET = 512  # inbound packets per loop turn before sockets and timers get a turn
 ERROR_LOG_INTERVAL = 10.0  # seconds in which further per-packet errors are only counted
 
@@ -96,6 +98,7 @@ WORKER_COUNTERS: tuple[str, ...] = (
     "udp_flows",
     "tcp_flows",
     "icmp_flows",
+    "host_read_pauses",
     *(f"fwd{i}_{f}" for i in range(MAX_FORWARD_METRICS) for f in FORWARD_FIELDS),
 )
 
@@ -173,9 +176,15 @@ class Worker:
         self.egress = BatchWriter(outbound)
         self.stats = WorkerStats()
         n = max(1, nworkers)
+        # Every host socket (flows, forward listeners) in one group the loop watches through
+        # one descriptor: muted while the egress ring has no room (see turn).
+        self.host = SocketGroup(loop)
+        slots = self.egress.slots
+        self._mute_below = max(1, slots // 8)
+        self._unmute_at = max(2 * self._mute_below, slots // 4)
         self.ctx = BridgeContext(
             self.egress,
-            loop,  # the Poller the bridges register their host sockets with
+            self.host,  # the Poller the bridges register their host sockets with
             mtu=cfg.mtu,
             ttl=cfg.ip_ttl,
             copy_tos=cfg.copy_tos,
@@ -226,13 +235,13 @@ class Worker:
         loop.timers.append(self.tcp)
         self.tcp_forwards = TcpForwards(
             self.tcp,
-            loop,
+            self.host,
             tcp_params(cfg),
             connect_timeout=cfg.forward_connect_timeout,
             index=index,
             nworkers=n,
         )
-        self.udp_forwards = UdpForwards(self.udp, loop, index=index, nworkers=n)
+        self.udp_forwards = UdpForwards(self.udp, self.host, index=index, nworkers=n)
         self.set_forwards(cfg)
         if registry is not None:
             orphans = registry.adopt()
@@ -266,6 +275,7 @@ class Worker:
         self._udp_in = self.udp.from_guest
         self._icmp_in = self.icmp.from_guest
         self._now = 0.0
+        self._recheck_at = 0.0
         self._chain = ipv6.Chain()
         self._next_error_log = 0.0
         for cons in (inbound, inbound_big):
@@ -306,6 +316,24 @@ class Worker:
         self.udp.flush()
         self.tcp.flush_dirty(now)
         self.egress.flush()
+        self._gate_host(now)
+
+    def _gate_host(self, now: float) -> None:
+        """Back-pressure towards the host (the twin of ingress's read gate): with less
+        than an eighth of the egress ring free, host sockets are left unread until a
+        quarter is free again, so what ingress cannot take yet stays in the kernel's
+        socket buffers (TCP: the host's window closes; UDP: the kernel drops when full,
+        for free) instead of being read and dropped here (egress_full)."""
+        host = self.host
+        free = self.egress.free_slots()
+        if host.muted:
+            if free >= self._unmute_at:
+                host.unmute()
+            else:
+                self._recheck_at = now + HOST_RECHECK
+        elif free < self._mute_below:
+            host.mute()
+            self._recheck_at = now + HOST_RECHECK
 
     def _dispatch(self, pkt: memoryview, peer: int) -> None:
         try:
@@ -358,6 +386,8 @@ class Worker:
 
     def get_timer(self) -> float | None:
         a, b = self.udp.table.get_timer(), self.icmp.table.get_timer()
+        if self.host.muted and (a is None or self._recheck_at < a):
+            a = self._recheck_at  # nothing else may wake the loop while muted
         if a is None:
             return b
         return a if b is None or a < b else b
@@ -366,12 +396,15 @@ class Worker:
         self.udp.expire(now)
         self.icmp.expire(now)
         self.egress.flush()
+        if self.host.muted:
+            self._gate_host(now)
 
     def counters(self) -> dict[str, int]:
         out = self.stats.as_dict() | self.tcp.stats.as_dict()
         out["udp_flows"] = len(self.udp.table)
         out["tcp_flows"] = len(self.tcp.table)
         out["icmp_flows"] = len(self.icmp.table)
+        out["host_read_pauses"] = self.host.mutes
         out.update(_NO_FORWARDS)  # slots of forwards not configured (or gone) read 0
         for i, t in enumerate(self._tallies):
             out[f"fwd{i}_accepted"] = t.accepted
@@ -393,6 +426,7 @@ class Worker:
         if self.addresses.events is not None:
             self._loop.unregister(self.addresses.events)
         self.addresses.close()
+        self.host.close()
         if reset:
             log.info(
                 "worker %d: reset %d guest TCP connection(s) on the way out", self.index, reset

@@ -1,0 +1,74 @@
+"""SocketGroup (runtime/socketgroup.py): sockets watched through one descriptor of the
+loop, muted and unmuted together, a broken handler costing only itself."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.socketgroup import SocketGroup
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_muted_group_is_not_read_until_unmuted(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    loop = Loop(clock=lambda: 5.0)
+    group = SocketGroup(loop)
+    got: list[bytes] = []
+    group.register(a, lambda now, mask: got.append(a.recv(100)))
+    b.send(b"one")
+    loop.run_once()
+    assert got == [b"one"]
+    group.mute()
+    group.mute()  # idempotent
+    b.send(b"two")
+    for _ in range(3):
+        loop.run_once(block=False)
+    assert got == [b"one"] and group.mutes == 1
+    group.unmute()
+    loop.run_once()
+    assert got == [b"one", b"two"]
+    group.unregister(a)
+    group.unregister(a)  # not registered any more: ignored
+    assert len(group) == 0
+    group.close()
+    loop.close()
+
+
+def test_a_handler_that_raises_costs_only_itself(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    c, d = socket.socketpair()
+    try:
+        loop = Loop(clock=lambda: 5.0)
+        group = SocketGroup(loop)
+        got: list[bytes] = []
+
+        def broken(now: float, mask: int) -> None:
+            a.recv(100)
+            raise RuntimeError("bug")
+
+        group.register(a, broken)
+        group.register(c, lambda now, mask: got.append(c.recv(100)))
+        b.send(b"x")
+        d.send(b"y")
+        loop.run_once()
+        assert got == [b"y"] and group.errors == 1 and loop.errors == 1
+        group.close()
+        loop.close()
+    finally:
+        c.close()
+        d.close()
