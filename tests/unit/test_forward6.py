@@ -279,3 +279,16 @@ def test_route_never_raises_on_garbage_after_the_header(body: bytes, nh: int, hl
     verdict = route(f, alice, pkt)
     assert verdict in (DELIVER, DELIVER_WHOLE, DROP, HELD, OVERLAY, REPLY)
     assert f.reassembler.pending_bytes <= f.reassembler.max_bytes
+
+
+def test_a_segment_without_extension_headers_takes_the_short_path_to_the_same_verdicts() -> None:
+    """TCP, UDP and ICMPv6 right after the header skip the chain walk: a payload length
+    beyond the packet is still malformed, and the shard is the flow key's."""
+    f = forwarder()
+    for port in range(20):
+        body = struct.pack(">HHIIHHHH", 40000 + port, 443, 1, 0, 0x5010, 500, 0, 0) + b"d" * 100
+        pkt = packet(ipv6.NH_TCP, body, src=ALICE, dst=REMOTE)
+        assert route(f, alice, pkt) == DELIVER
+        assert f.shard == flowkey.shard_of(pkt, len(pkt), 4)
+    cut = packet(ipv6.NH_TCP, bytes(40), src=ALICE, dst=REMOTE)[:-8]  # payload length lies
+    assert route(f, alice, cut) == DROP and f.stats.ipv6_malformed == 1
