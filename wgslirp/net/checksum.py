@@ -10,7 +10,17 @@ from __future__ import annotations
 import sys
 from typing import Final
 
+import numpy as np
+
 _LITTLE: Final = sys.byteorder == "little"
+_LE16: Final = np.dtype("<u2")
+_U64: Final = np.uint64
+_frombuffer = np.frombuffer
+_add = np.add.reduce
+# From this many bytes on, numpy's word sum beats reading the bytes as one big integer
+# modulo 0xFFFF (CPython divides digit by digit): for a 1380-byte TCP payload 1.2 against
+# 2.7 us (timeit); below it numpy's fixed cost (~0.8 us) loses.
+NUMPY_FROM: Final = 256
 
 
 def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
@@ -25,6 +35,26 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     if _LITTLE:
         s = ((s & 0xFF) << 8) | (s >> 8)
     return s + initial
+
+
+def sum_at(buf: bytes | bytearray | memoryview, off: int, n: int) -> int:
+    """One's-complement sum of `buf[off:off + n]` in network order, up to 0 versus 0xFFFF
+    (congruent modulo 0xFFFF: callers add a non-zero pseudo-header and `fold`). The hot
+    path of every segment and datagram the router builds."""
+    if n < NUMPY_FROM:
+        v = int.from_bytes(memoryview(buf)[off : off + n], "big")
+        if n & 1:
+            v <<= 8
+        small: int = v % 0xFFFF
+        return small
+    # Little-endian words (native on x86, no swap): the sum is the network-order one with
+    # its bytes swapped (RFC 1071 2(B)); an odd last byte is such a word's low byte.
+    s = int(_add(_frombuffer(buf, _LE16, n >> 1, off), dtype=_U64))
+    if n & 1:
+        s += buf[off + n - 1]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ((s & 0xFF) << 8) | (s >> 8)
 
 
 def fold(s: int) -> int:

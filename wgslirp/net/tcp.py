@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from wgslirp.net import ipv4, ipv6
-from wgslirp.net.checksum import fold
+from wgslirp.net.checksum import fold, sum_at
 
 FIN: Final = 0x01
 SYN: Final = 0x02
@@ -218,14 +218,9 @@ def _pseudo(src: int, dst: int) -> int:
 
 
 def _sum(mv: memoryview) -> int:
-    """One's-complement sum of `mv` up to 0 versus 0xFFFF (see net/udp.py `_sum` for why
-    reading the bytes as one big integer modulo 0xFFFF is that sum); the pseudo-header that
-    is always added is non-zero, which makes the ambiguity harmless."""
-    v = int.from_bytes(mv, "big")
-    if len(mv) & 1:
-        v <<= 8
-    result: int = v % 0xFFFF
-    return result
+    """One's-complement sum of `mv` up to 0 versus 0xFFFF (net/checksum.py `sum_at`); the
+    pseudo-header that is always added is non-zero, which makes the ambiguity harmless."""
+    return sum_at(mv, 0, len(mv))
 
 
 def checksum_ok(pkt: bytes | bytearray | memoryview, length: int) -> bool:
@@ -343,10 +338,7 @@ class SegmentWriter:
         if olen:
             out[40 : 40 + olen] = options
         tcp_len = hlen + payload_len
-        v = int.from_bytes(out[20:total], "big")
-        if tcp_len & 1:
-            v <<= 8
-        s = v % 0xFFFF + self._pseudo + tcp_len
+        s = sum_at(out, 20, tcp_len) + self._pseudo + tcp_len
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         _CSUM.pack_into(out, 36, (~s) & 0xFFFF)
@@ -414,10 +406,7 @@ class SegmentWriter6:
         )
         if olen:
             out[60 : 60 + olen] = options
-        v = int.from_bytes(out[40:total], "big")
-        if tcp_len & 1:
-            v <<= 8
-        s = v % 0xFFFF + self._pseudo + tcp_len
+        s = sum_at(out, 40, tcp_len) + self._pseudo + tcp_len
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         _CSUM.pack_into(out, 56, (~s) & 0xFFFF)

@@ -16,7 +16,7 @@ import struct
 from typing import Final
 
 from wgslirp.net import ipv4, ipv6
-from wgslirp.net.checksum import fold
+from wgslirp.net.checksum import fold, sum_at
 
 HEADER = struct.Struct(">HHHH")
 HEADER_LEN: Final = 8
@@ -83,18 +83,10 @@ def parse6(pkt: bytes | bytearray | memoryview, length: int) -> Parsed | None:
 
 
 def _sum(mv: memoryview, initial: int) -> int:
-    """Unfolded one's-complement sum of `mv` plus `initial`, for `fold` to finish.
-
-    Read as one big-endian integer, the data is the sum of its 16-bit words times powers of
-    2**16, and 2**16 is 1 modulo 0xFFFF, so that integer modulo 0xFFFF is the one's-complement
-    sum (up to 0 versus 0xFFFF, which the always non-zero pseudo-header rules out). CPython
-    does both steps in C, several times faster on full-size datagrams than summing words one
-    Python int at a time, and an odd length is padded by a shift instead of a copy.
-    """
-    v = int.from_bytes(mv, "big")
-    if len(mv) & 1:
-        v <<= 8
-    return v % 0xFFFF + initial
+    """Unfolded one's-complement sum of `mv` plus `initial`, for `fold` to finish (up to 0
+    versus 0xFFFF, which the always non-zero pseudo-header rules out; net/checksum.py
+    `sum_at`)."""
+    return sum_at(mv, 0, len(mv)) + initial
 
 
 def _pseudo(src: int, dst: int, ulen: int) -> int:
