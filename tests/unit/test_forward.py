@@ -189,6 +189,24 @@ def test_deliver_names_the_worker_that_owns_the_flow(nworkers: int) -> None:
         assert 0 <= f.shard < nworkers
 
 
+def test_the_shard_remembered_for_a_flow_is_never_another_flows() -> None:
+    """route keeps the last flow's shard (a bulk flow repeats its 5-tuple); interleaved
+    flows, the same ports over another protocol or address, and repeats must each still
+    get their own flow's worker."""
+    f = forwarder(nworkers=7)
+    order = [1, 1, 2, 1, 2, 2, 3, 1, 3, 3]
+    for sport in order:
+        for pkt in (
+            udp_packet(ALICE, REMOTE, sport, 53),
+            udp_packet(ALICE, "192.0.2.77", sport, 53),
+            udp_packet(ALICE, REMOTE, 53, sport),  # ports swapped
+        ):
+            for proto in (17, 6):  # the same bytes as TCP: another flow
+                pkt[9] = proto
+                assert route(f, alice, pkt) == DELIVER
+                assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
+
+
 def test_fragments_are_reassembled_before_the_worker_is_chosen() -> None:
     f = forwarder()
     pkt = udp_packet(ALICE, REMOTE, 5353, 9999, bytes(4000))

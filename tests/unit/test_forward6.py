@@ -290,5 +290,10 @@ def test_a_segment_without_extension_headers_takes_the_short_path_to_the_same_ve
         pkt = packet(ipv6.NH_TCP, body, src=ALICE, dst=REMOTE)
         assert route(f, alice, pkt) == DELIVER
         assert f.shard == flowkey.shard_of(pkt, len(pkt), 4)
+    for sport in (1, 1, 2, 1, 2, 2):  # interleaved flows: the remembered shard is the flow's
+        for dst in (REMOTE, REMOTE + 1):
+            pkt = packet(ipv6.NH_UDP, udp_body(sport, 53, b"q", ALICE, dst), src=ALICE, dst=dst)
+            assert route(f, alice, pkt) == DELIVER
+            assert f.shard == flowkey.shard_of(pkt, len(pkt), 4)
     cut = packet(ipv6.NH_TCP, bytes(40), src=ALICE, dst=REMOTE)[:-8]  # payload length lies
     assert route(f, alice, cut) == DROP and f.stats.ipv6_malformed == 1
