@@ -183,6 +183,17 @@ class TcpBridge:
         sport, dport = _PORTS.unpack_from(pkt, ihl)
         key = (peer, src, sport, dst, dport)
         flow = self.table.get(key)
+        if flow is not None and flow.ep.closed:
+            # It ended earlier in this batch and waits for flush_dirty to be dropped: this
+            # segment is of no connection. A guest reusing a port we still held answers our
+            # challenge ACK with RST and resends its SYN ms later; met by the dead endpoint,
+            # that SYN drew a RST/ACK and the guest's connect() failed (ECONNREFUSED).
+            self._dirty.pop(key, None)
+            try:
+                self._pump(flow, now)  # sends what it still owes the guest, and drops it
+            except Exception:
+                self._fail(flow, now)
+            flow = None
         if flow is None and self._unbound:
             flow = self._unbound.get(key[1:])
             if flow is not None:
