@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import json
 import os
 import resource
@@ -282,19 +283,49 @@ def established(run: Any, ports: list[int] | None) -> int:
     return sum(1 for line in out.splitlines() if line.strip())
 
 
+def full_output(r: Any) -> str:
+    """The router's whole log (RouterProcess.output() keeps the last 20,000 characters:
+    fewer than eight processes' exit counters)."""
+    out: str = r.stdout() + r.stderr()
+    return out
+
+
+def kernel_drops() -> tuple[int, int]:
+    """Machine-wide: UDP datagrams dropped for a full receive buffer, and packets dropped
+    for a full per-CPU input backlog (netdev_max_backlog)."""
+    udp = 0
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    for head, vals in itertools.pairwise(lines):
+        if head.startswith("Udp:") and vals.startswith("Udp:") and head != vals:
+            udp = int(dict(zip(head.split(), vals.split(), strict=True))["RcvbufErrors"])
+            break
+    backlog = sum(
+        int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines()
+    )
+    return udp, backlog
+
+
 def stop_holding(r: Any, c: Any) -> tuple[int, float, str, int]:
     """SIGTERM the router while it holds every connection: each worker resets its
     guests' connections on the way out. Exit code, seconds, output, and how many guest
     connections were still established 10 s later (not told)."""
+    drops0 = kernel_drops()
     t0 = time.monotonic()
     code = r.terminate(timeout=60)
     took = time.monotonic() - t0
+    drops1 = kernel_drops()
+    print(
+        "  kernel drops during the stop: UDP receive buffers "
+        f"{drops1[0] - drops0[0]:,}, softnet backlog {drops1[1] - drops0[1]:,} "
+        "(machine-wide: wireguard-go's socket, and its writes to the guest's TUN)",
+        flush=True,
+    )
     left = established(c.run, None)
     deadline = time.monotonic() + 10.0
     while left > 0 and time.monotonic() < deadline:
         time.sleep(1.0)
         left = established(c.run, None)
-    return code, took, r.output(), left
+    return code, took, full_output(r), left
 
 
 def stop_after_closing(
@@ -316,7 +347,7 @@ def stop_after_closing(
     time.sleep(3.0)  # the endpoints' TIME_WAIT (2 s)
     t0 = time.monotonic()
     code = r.terminate(timeout=120)
-    return code, time.monotonic() - t0, r.output(), 0
+    return code, time.monotonic() - t0, full_output(r), 0
 
 
 def split(n: int, parts: int) -> list[int]:
@@ -333,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
         RouterProcess,
         base_env,
         client_from_router_output,
+        parse_exit_counters,
         router_cmd,
         router_cwd,
         summed_exit_counters,
@@ -499,6 +531,8 @@ def run(args: argparse.Namespace) -> int:
             if code != 0:
                 print(f"  router exited with {code}", flush=True)
             lost_counters = any("did not stop in time" in line for line in noted)
+            roles = parse_exit_counters(output)
+            print(f"  exit counters logged by {', '.join(sorted(roles)) or 'nobody'}", flush=True)
             if counters and not lost_counters:
                 print(
                     f"  router exit counters: "
@@ -523,7 +557,14 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"summary: {n:,} attempted, {held_guest:,} established at once "
                 f"(guest side), {refused:,} refused; router PSS {per_pss / KIB:.2f} KiB per "
-                f"idle flow; mappings per process at most {maps0:,} -> {maps1:,}",
+                f"idle flow; mappings per process at most {maps0:,} -> {maps1:,}; "
+                + (
+                    ""
+                    if args.close_first
+                    else f"stopped holding them in {took:.1f} s, {left:,} guests not reset; "
+                )
+                + f"exit counters from {len(roles)} of {max(workers, 1) + 1} "
+                "processes (ingress, workers)",
                 flush=True,
             )
         return 0 if opened == n else 2
