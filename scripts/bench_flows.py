@@ -544,7 +544,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{counters.get('socket_errors', 0):,}, stray RSTs "
                     f"{counters.get('tcp_rst_sent', 0):,}, ring/egress full "
                     f"{counters.get('ring_full_dropped', 0):,}/{counters.get('egress_full', 0):,}, "
-                    f"guests not told at stop {counters.get('tcp_close_rst_lost', 0):,}",
+                    f"guests not told at stop {counters.get('tcp_close_rst_lost', 0):,}, "
+                    f"ingress send errors {counters.get('send_errors', 0):,}",
                     flush=True,
                 )
             if not args.close_first:
