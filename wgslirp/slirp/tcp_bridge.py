@@ -185,17 +185,6 @@ class TcpBridge:
         sport, dport = _PORTS.unpack_from(pkt, ihl)
         key = (peer, src, sport, dst, dport)
         flow = self.table.get(key)
-        if flow is not None and flow.ep.closed:
-            # It ended earlier in this batch and waits for flush_dirty to be dropped: this
-            # segment is of no connection. A guest reusing a port we still held answers our
-            # challenge ACK with RST and resends its SYN ms later; met by the dead endpoint,
-            # that SYN drew a RST/ACK and the guest's connect() failed (ECONNREFUSED).
-            self._dirty.pop(key, None)
-            try:
-                self._pump(flow, now)  # sends what it still owes the guest, and drops it
-            except Exception:
-                self._fail(flow, now)
-            flow = None
         if flow is None and self._unbound:
             flow = self._unbound.get(key[1:])
             if flow is not None:
@@ -222,11 +211,23 @@ class TcpBridge:
                 self._reset_stray(pkt, n, peer)
             return
         flow.last_active = now
-        flow.ep.receive(pkt, n, now)
-        if flow.ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
+        ep = flow.ep
+        ep.receive(pkt, n, now)
+        if ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
             self._write_host(flow, now)  # hand the host what the old connection still held
             self._drop(flow, rst=False)
             self._open(key, peer, pkt, n, now)
+            return
+        if ep.reset:
+            # The guest reset it: gone now, not at the end of the batch. A guest reusing a
+            # port we still held answers our challenge ACK with RST and resends its SYN ms
+            # later; in the same batch that SYN met the dead endpoint, drew a RST/ACK, and
+            # the guest's connect() failed (ECONNREFUSED).
+            self._dirty.pop(key, None)
+            try:
+                self._pump(flow, now)  # sends what it still owes the guest, and drops it
+            except Exception:
+                self._fail(flow, now)
             return
         # Pumped once per batch of guest packets (flush_dirty), not per segment: one host
         # send() and one ACK cover every segment of the flow in the batch.
