@@ -5,11 +5,17 @@ per idle flow.
 A guest (Debian's wireguard-go + its own kernel, in a namespace) opens ``--flows``
 connections (default 100,000) through a fresh wgslirp router to a host program that
 accepts and holds them on 127.0.0.1, reached via the gateway address, and keeps them idle.
-Printed: how many opened and how fast, the router's user-space memory (PSS and USS summed
-over its processes) per idle flow, after minus before (before = after a warm-up of a few
-hundred connections, opened and closed), and its kernel mappings (``/proc/<pid>/maps``
-lines: rings that were an mmap each made two per connection, and vm.max_map_count, 65,530
-by default, then stopped a process near 32,000 connections).
+Printed: how many opened and how fast, how many were established at once (counted by the
+guest's and the host's kernels, so one reset after it opened does not count), how many
+were refused, the router's user-space memory (PSS and USS summed over its processes) per
+idle flow, after minus before (before = after a warm-up of a few hundred connections,
+opened and closed by the guest; the host program keeps its ends, so the router holds
+them half-closed and the guest later reuses their ports), and its kernel mappings
+(``/proc/<pid>/maps`` lines: rings that were an mmap each made two per connection, and
+vm.max_map_count, 65,530 by default, then stopped a process near 32,000 connections).
+Then the router is stopped (SIGTERM) while it holds them all: how long it took, whether
+every process logged its exit counters, and how many guest connections it left
+established (each should have been reset). A last ``summary:`` line has the figures.
 
 Limits this needs and takes care of:
 
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import json
 import os
 import resource
@@ -261,6 +268,88 @@ class Lines:
         self.proc.stdin.flush()
 
 
+def subprocess_run(cmd: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+
+
+def established(run: Any, ports: list[int] | None) -> int:
+    """Established TCP sockets where `run` runs commands (the guest's namespace: all of
+    them; the host: those of the host programs' `ports`). Counted by the kernel, so a
+    connection reset after it opened is not counted as held."""
+    cmd = ["ss", "-Htn", "state", "established"]
+    if ports:
+        cmd.append("( " + " or ".join(f"sport = :{p}" for p in ports) + " )")
+    out = run(cmd, timeout=60).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def full_output(r: Any) -> str:
+    """The router's whole log (RouterProcess.output() keeps the last 20,000 characters:
+    fewer than eight processes' exit counters)."""
+    out: str = r.stdout() + r.stderr()
+    return out
+
+
+def kernel_drops() -> tuple[int, int]:
+    """Machine-wide: UDP datagrams dropped for a full receive buffer, and packets dropped
+    for a full per-CPU input backlog (netdev_max_backlog)."""
+    udp = 0
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    for head, vals in itertools.pairwise(lines):
+        if head.startswith("Udp:") and vals.startswith("Udp:") and head != vals:
+            udp = int(dict(zip(head.split(), vals.split(), strict=True))["RcvbufErrors"])
+            break
+    backlog = sum(
+        int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines()
+    )
+    return udp, backlog
+
+
+def stop_holding(r: Any, c: Any) -> tuple[int, float, str, int]:
+    """SIGTERM the router while it holds every connection: each worker resets its
+    guests' connections on the way out. Exit code, seconds, output, and how many guest
+    connections were still established 10 s later (not told)."""
+    drops0 = kernel_drops()
+    t0 = time.monotonic()
+    code = r.terminate(timeout=60)
+    took = time.monotonic() - t0
+    drops1 = kernel_drops()
+    print(
+        "  kernel drops during the stop: UDP receive buffers "
+        f"{drops1[0] - drops0[0]:,}, softnet backlog {drops1[1] - drops0[1]:,} "
+        "(machine-wide: wireguard-go's socket, and its writes to the guest's TUN)",
+        flush=True,
+    )
+    left = established(c.run, None)
+    deadline = time.monotonic() + 10.0
+    while left > 0 and time.monotonic() < deadline:
+        time.sleep(1.0)
+        left = established(c.run, None)
+    return code, took, full_output(r), left
+
+
+def stop_after_closing(
+    r: Any, gs: list[Lines], holds: list[Lines], before: dict[str, dict[str, int]], close: Any
+) -> tuple[int, float, str, int]:
+    """Close both ends first, wait until the router's flows are gone (its descriptors say
+    when), then stop it."""
+    closed, took = close(gs)
+    print(f"  closed {closed:,} in {took:.1f} s", flush=True)
+    for h in holds:  # the host side closes too, so the router's flows end
+        h.say("release")
+        h.read(60)
+    base = sum(v["fds"] for v in before.values())
+    deadline = time.monotonic() + 180.0
+    while time.monotonic() < deadline:
+        if sum(v["fds"] for v in router_memory(r.pid).values()) <= base + 64:
+            break
+        time.sleep(1.0)
+    time.sleep(3.0)  # the endpoints' TIME_WAIT (2 s)
+    t0 = time.monotonic()
+    code = r.terminate(timeout=120)
+    return code, time.monotonic() - t0, full_output(r), 0
+
+
 def split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
@@ -275,11 +364,12 @@ def run(args: argparse.Namespace) -> int:
         RouterProcess,
         base_env,
         client_from_router_output,
+        parse_exit_counters,
         router_cmd,
         router_cwd,
         summed_exit_counters,
     )
-    from wgslirp_testkit.wgclient import wait_tunnel
+    from wgslirp_testkit.wgclient import grow_client_buffers, wait_tunnel
 
     if not start_controller(tunnel=True):
         return 1
@@ -337,6 +427,8 @@ def run(args: argparse.Namespace) -> int:
             r.wait_for_line(LISTENING, timeout=30)
             c = stack.enter_context(client_from_router_output(r, port, log_level="error"))
             wait_tunnel(c, GATEWAY, interval=0.1)
+            if args.client_sockbuf:
+                print(grow_client_buffers(c.pid, c.udp_port(), args.client_sockbuf), flush=True)
 
             def guests(count: int) -> list[Lines]:
                 out = []
@@ -390,21 +482,23 @@ def run(args: argparse.Namespace) -> int:
             gs = guests(n)
             opened, errors, seconds = opened_by(gs, args.timeout + 60)
             time.sleep(args.idle)
-            held = 0
-            for h in holds:
-                h.say("count")
-                held += int(h.read(10)["held"])
+            held_guest = established(c.run, None)
+            held_host = established(subprocess_run, ports)
             idle = stable_memory(r.pid)
             slab1 = slab()
+            refused = errors.get("ECONNREFUSED", 0)
             print(
                 f"  opened {opened:,} of {n:,} in {seconds:.1f} s "
                 f"({opened / max(seconds, 1e-9):,.0f}/s); errors {errors or 'none'}; "
-                f"the host programs hold {held - warm:,} (and the warm-up's {warm})",
+                f"established at once: {held_guest:,} in the guest, "
+                f"{held_host:,} in the host programs (the warm-up's are half-closed)",
                 flush=True,
             )
+            per_pss = 0.0
             if opened:
                 for key in ("pss", "uss"):
                     per = (total(idle, key) - total(before, key)) / opened
+                    per_pss = per if key == "pss" else per_pss
                     print(f"  router {key.upper()} per idle flow: {per / KIB:.2f} KiB", flush=True)
                 for name in sorted(idle):
                     b = before.get(name, {"pss": 0, "maps": 0})
@@ -419,30 +513,27 @@ def run(args: argparse.Namespace) -> int:
                     "(three sockets each: guest, router, host; for scale)",
                     flush=True,
                 )
-            closed, took = close(gs)
-            print(f"  closed {closed:,} in {took:.1f} s", flush=True)
-            for h in holds:  # the host side closes too, so the router's flows end
-                h.say("release")
-                h.read(60)
-            # Let the router see the FINs and its endpoints leave TIME_WAIT (2 s): a worker
-            # still holding thousands of connections may outlast the supervisor's stop grace
-            # (1.5 s) and lose its exit counters. Its descriptors say when it is done.
-            base = sum(v["fds"] for v in before.values())
-            deadline = time.monotonic() + 180.0
-            while time.monotonic() < deadline:
-                if sum(v["fds"] for v in router_memory(r.pid).values()) <= base + 64:
-                    break
-                time.sleep(1.0)
-            time.sleep(3.0)
-            code = r.terminate(timeout=120)
-            output = r.output()
+            maps0 = max(v["maps"] for v in before.values())
+            maps1 = max(v["maps"] for v in idle.values())
+            if args.close_first:
+                stopped = stop_after_closing(r, gs, holds, before, close)
+            else:
+                stopped = stop_holding(r, c)
+                close(gs)
+                for h in holds:
+                    h.say("release")
+                    h.read(60)
+            code, took, output, left = stopped
             counters = summed_exit_counters(output)
             noted = [ln for ln in output.splitlines() if " WARNING " in ln or " ERROR " in ln]
             for line in noted[:10]:
                 print(f"  router: {line}", flush=True)
             if code != 0:
                 print(f"  router exited with {code}", flush=True)
-            if counters and not any("did not stop in time" in line for line in noted):
+            lost_counters = any("did not stop in time" in line for line in noted)
+            roles = parse_exit_counters(output)
+            print(f"  exit counters logged by {', '.join(sorted(roles)) or 'nobody'}", flush=True)
+            if counters and not lost_counters:
                 print(
                     f"  router exit counters: "
                     f"tcp_opened {counters.get('tcp_opened', 0):,}, refused at the cap "
@@ -452,9 +543,31 @@ def run(args: argparse.Namespace) -> int:
                     f"{counters.get('tcp_dials_failed', 0):,}, socket errors "
                     f"{counters.get('socket_errors', 0):,}, stray RSTs "
                     f"{counters.get('tcp_rst_sent', 0):,}, ring/egress full "
-                    f"{counters.get('ring_full_dropped', 0):,}/{counters.get('egress_full', 0):,}",
+                    f"{counters.get('ring_full_dropped', 0):,}/{counters.get('egress_full', 0):,}, "
+                    f"guests not told at stop {counters.get('tcp_close_rst_lost', 0):,}, "
+                    f"ingress send errors {counters.get('send_errors', 0):,}",
                     flush=True,
                 )
+            if not args.close_first:
+                print(
+                    f"  stopped holding them in {took:.1f} s (SIGTERM to exit "
+                    f"{code}); exit counters {'LOST' if lost_counters else 'logged'}; "
+                    f"guest connections left established: {left:,}",
+                    flush=True,
+                )
+            print(
+                f"summary: {n:,} attempted, {held_guest:,} established at once "
+                f"(guest side), {refused:,} refused; router PSS {per_pss / KIB:.2f} KiB per "
+                f"idle flow; mappings per process at most {maps0:,} -> {maps1:,}; "
+                + (
+                    ""
+                    if args.close_first
+                    else f"stopped holding them in {took:.1f} s, {left:,} guests not reset; "
+                )
+                + f"exit counters from {len(roles)} of {max(workers, 1) + 1} "
+                "processes (ingress, workers)",
+                flush=True,
+            )
         return 0 if opened == n else 2
     finally:
         for h in holds:
@@ -485,6 +598,20 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to open them all")
     ap.add_argument("--idle", type=float, default=3.0, help="seconds idle before measuring")
     ap.add_argument("--rev", default=None, help="run the router from this git revision")
+    ap.add_argument(
+        "--close-first",
+        action="store_true",
+        help="close both ends and let the router's flows end before stopping it (default: "
+        "stop it while it holds every connection, and see every guest reset)",
+    )
+    ap.add_argument(
+        "--client-sockbuf",
+        type=int,
+        default=32 << 20,
+        help="wireguard-go's UDP socket buffers, bytes (default 32 MiB; Debian's build keeps "
+        "208 KiB, newer ones set 7 MiB, which dropped 6,251 of the 100,000 RSTs of a stop "
+        "while it shared 2 cores with 7 workers); 0 leaves them",
+    )
     args = ap.parse_args()
     if not 1 <= args.flows <= 1_000_000:
         ap.error("--flows must be 1..1000000")

@@ -305,6 +305,43 @@ def tcp_connect_time(host: str, port: int, tries: int, timeout: float) -> dict[s
     return {"results": results}
 
 
+def tcp_connect_many(host: str, port: int, conns: int, concurrency: int) -> dict[str, object]:
+    """Open `conns` connections, at most `concurrency` in progress at once (as a busy client
+    does, and what puts several of them into one of the router's batches), then close them
+    all: how many connected, and the errors of the others by name."""
+    raise_nofile()
+    sel = selectors.DefaultSelector()
+    done: list[socket.socket] = []
+    errors: dict[str, int] = {}
+    started = pending = 0
+    deadline = time.monotonic() + 60
+    while (started < conns or pending) and time.monotonic() < deadline:
+        while started < conns and pending < concurrency:
+            s = socket.socket(_family(host))
+            s.setblocking(False)
+            s.connect_ex((host, port))
+            sel.register(s, selectors.EVENT_WRITE)
+            started += 1
+            pending += 1
+        for key, _ in sel.select(0.2):
+            s = key.fileobj  # type: ignore[assignment]
+            sel.unregister(s)
+            pending -= 1
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                name = errno.errorcode.get(err, str(err))
+                errors[name] = errors.get(name, 0) + 1
+                s.close()
+            else:
+                done.append(s)
+    for key in list(sel.get_map().values()):
+        errors["unfinished"] = errors.get("unfinished", 0) + 1
+        key.fileobj.close()  # type: ignore[union-attr]
+    for s in done:
+        s.close()
+    return {"connected": len(done), "errors": errors}
+
+
 def tcp_hold(host: str, port: int, conns: int, seconds: float) -> dict[str, object]:
     """Open `conns` connections that only wait for data (a download that has not started),
     print "ready" once all are up, then report how each ended: ("reset", unix time) or
@@ -387,6 +424,8 @@ def main() -> None:
         out = tcp_echo_many(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "tcp_connect_time":
         out = tcp_connect_time(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "tcp_connect_many":
+        out = tcp_connect_many(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "tcp_hold":
         out = tcp_hold(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "raw_udp":

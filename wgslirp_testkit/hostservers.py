@@ -207,7 +207,9 @@ class TcpServer:
     - "sink": read to EOF, record sha256 and byte count, close;
     - "source": send `size` bytes of the pattern, then close;
     - "echo": echo everything, close after EOF;
-    - "halfclose": read to EOF, then send `size` bytes of the pattern, then close.
+    - "halfclose": read to EOF, then send `size` bytes of the pattern, then close;
+    - "hold": accept and keep, never read or close (until the server stops): a host that
+      leaves the router holding each connection the guest closed, half-closed.
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class TcpServer:
         self.sel.register(self.lsock, selectors.EVENT_READ, None)
         self.results: list[tuple[int, str]] = []  # (bytes, sha256) per finished sink
         self.accepted = 0
+        self._held: list[socket.socket] = []  # "hold" mode's connections
         self._stop = threading.Event()
         self._deadline = time.monotonic() + lifetime
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -246,6 +249,8 @@ class TcpServer:
         self._thread.join(5)
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
+        for conn in self._held:
+            conn.close()
         self.sel.close()
 
     def _run(self) -> None:
@@ -258,6 +263,9 @@ class TcpServer:
                         continue
                     conn.setblocking(False)
                     self.accepted += 1
+                    if self.mode == "hold":
+                        self._held.append(conn)
+                        continue
                     st = {"sha": hashlib.sha256(), "n": 0, "out": b"", "eof": False, "gen": None}
                     if self.mode == "source":
                         st["gen"] = stream_chunks(self.size)

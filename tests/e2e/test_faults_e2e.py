@@ -22,9 +22,10 @@ from wgslirp_testkit.router import (
     GATEWAY,
     base_env,
     client_from_router_output,
+    parse_exit_counters,
     router,
 )
-from wgslirp_testkit.wgclient import WgClient, first_reply_after
+from wgslirp_testkit.wgclient import WgClient, first_reply_after, grow_client_buffers
 
 pytestmark = pytest.mark.e2e
 
@@ -126,3 +127,36 @@ def test_inline_router_resets_guest_connections_on_sigterm(tmp_path: Path) -> No
         assert r.terminate(timeout=10) == 0
         results = outcome(proc)
     assert [how for _, how, _ in results] == ["reset"] * 4, results
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_resets_more_guest_connections_than_the_egress_ring_holds(
+    tmp_path: Path, workers: int
+) -> None:
+    """Each guest's RST takes a slot of the worker's egress ring, and a worker holds far
+    more connections than it has slots (~14,000 and 1,024 at 100,000 connections): the
+    RSTs that did not fit were lost, and so were the exit counters of a worker that took
+    longer than the stop grace. Here 64 slots (the least WG_TUN_QUEUE_CAP gives) and 400
+    connections."""
+    port = free_udp_port()
+    n = 400
+    env = base_env(tmp_path, port, workers=workers) | {"WG_TUN_QUEUE_CAP": "64"}
+    with (
+        TcpServer("sink") as server,
+        router(env) as r,
+        client_from_router_output(r, port) as c,
+    ):
+        # Debian's wireguard-go keeps the kernel's 208 KiB socket buffers and drops part
+        # of a burst of 400 RSTs (newer builds set 7 MiB themselves): give it those.
+        grow_client_buffers(c.pid, c.udp_port(), 7 << 20)
+        proc = hold(c, server.port, n, 30.0)
+        assert r.terminate(timeout=15) == 0
+        results = outcome(proc)
+        counters = parse_exit_counters(r.output())
+    assert [how for _, how, _ in results] == ["reset"] * n, [x for x in results if x[1] != "reset"][
+        :5
+    ]
+    roles = ["worker 0"] if workers == 0 else [f"worker {k}" for k in range(workers)]
+    assert all(role in counters for role in roles), r.output()[-2000:]
+    assert sum(counters[role]["tcp_close_rst_lost"] for role in roles) == 0
+    assert sum(counters[role]["tcp_closed"] for role in roles) >= n

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,36 @@ def test_idle_connections_add_no_kernel_mappings(tmp_path: Path) -> None:
     assert len(held) == n and all(how == "open" for _, how, _ in held)
     assert counters["tcp_opened"] >= n + 1
     assert during - before < n // 10, (before, during)
+
+
+def test_a_guest_reusing_a_port_the_host_never_closed_connects(tmp_path: Path) -> None:
+    """The guest closed, the host never did (the router holds the connection half-closed),
+    and the guest's FIN_WAIT2 ran out: its next connection from that port meets the old
+    one. Our challenge ACK draws its RST and Linux resends the SYN a few ms later; when both
+    arrived in one batch the SYN met the dead endpoint and drew RST/ACK, and connect()
+    failed with ECONNREFUSED (91-107 of these 780 before the fix, with 2 workers: their
+    batches are larger; 140-468 of 100,000 in bench_flows, whose warm-up connections the
+    host keeps). A port range of 800 makes the guest reuse ports at once, and a short
+    FIN_WAIT2 lets it."""
+    port = free_udp_port()
+    env = base_env(tmp_path, port, 2) | {
+        "TCP_MAX_FLOWS": "2000",
+        "TCP_MAX_FLOWS_PER_PEER": "2000",
+    }
+    with TcpServer("hold") as srv, router(env) as r, client_from_router_output(r, port) as c:
+        c.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40799"])
+        c.run(["sysctl", "-qw", "net.ipv4.tcp_fin_timeout=1"])
+        first = guest(c, "tcp_connect_many", GATEWAY, srv.port, 600, 128)
+        assert first == {"connected": 600, "errors": {}}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the guest's closed ends are gone
+            if not c.run(["ss", "-Htan", "state", "fin-wait-2"]).stdout.strip():
+                break
+            time.sleep(0.5)
+        second = guest(c, "tcp_connect_many", GATEWAY, srv.port, 780, 256)
+        counters = stop_and_counters(r)
+    assert second == {"connected": 780, "errors": {}}, second
+    assert counters["tcp_opened"] >= 1380
 
 
 def test_denied_destination_is_refused_and_never_leaves(tmp_path: Path) -> None:

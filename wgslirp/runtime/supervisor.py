@@ -46,6 +46,12 @@ log = logging.getLogger("wgslirp.supervisor")
 BIG_SLOTS = 16  # per worker, for reassembled datagrams larger than a normal slot
 BIG_SLOT_SIZE = 65536
 STOP_GRACE = 1.5  # seconds children get to exit after SIGTERM before SIGKILL
+# ... plus, for the workers, this much per open TCP connection, up to STOP_GRACE_MAX: each
+# is reset both ways on the way out, and ingress encrypts and sends every guest's RST.
+# STOP_GRACE_MAX plus ingress's STOP_GRACE stays under the 10 s `docker stop` waits before
+# its own SIGKILL.
+STOP_GRACE_PER_FLOW = 50e-6
+STOP_GRACE_MAX = 7.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RESTART_MIN_INTERVAL = 0.2  # per slot, so a crash loop cannot eat the CPU
 # The supervisor turns at least this often: restarts and hang checks are judged on that
@@ -141,8 +147,10 @@ def run_inline(
         announce(ingress.address)
         control.ready(0)
         control.run()
-        worker.close(loop.clock())  # resets the guests' connections ...
-        ingress.finish(loop.clock())  # ... and those RSTs leave before the process does
+        # Resets the guests' connections; ingress sends those RSTs as the egress ring fills
+        # (there are more of them than slots with many connections open) ...
+        worker.close(loop.clock(), exiting=True, drain=lambda: ingress.finish(loop.clock()))
+        ingress.finish(loop.clock())  # ... and the last of them before the process ends
         ingress.close()
         _counters_line("ingress", ingress.stats())
         _counters_line("worker 0", worker.counters())
@@ -382,7 +390,7 @@ class Supervisor:
             )
             loop.install_stop_signals()
             loop.run()
-            worker.close(loop.clock())
+            worker.close(loop.clock(), exiting=True)
             if worker.publisher is not None:
                 worker.publisher.publish()
             _counters_line(f"worker {k}", worker.counters())
@@ -520,8 +528,9 @@ class Supervisor:
     def _stop_children(self) -> None:
         """Workers first: each resets its guests' connections on the way out, and ingress,
         still running, encrypts and sends those RSTs before it is stopped itself."""
-        deadline = time.monotonic() + STOP_GRACE
+        flows = sum(w.read().get("tcp_flows", 0) for w in self.metrics.workers)
         for first in (True, False):
+            deadline = time.monotonic() + (stop_grace(flows) if first else STOP_GRACE)
             for pid, role in list(self.children.items()):
                 if (role != "ingress") == first:
                     try:
@@ -541,6 +550,12 @@ class Supervisor:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.children.pop(pid, None)
+
+
+def stop_grace(tcp_flows: int) -> float:
+    """Seconds the workers get to stop, holding `tcp_flows` connections between them
+    (as last published: at most a second old)."""
+    return min(STOP_GRACE + max(tcp_flows, 0) * STOP_GRACE_PER_FLOW, STOP_GRACE_MAX)
 
 
 def run(

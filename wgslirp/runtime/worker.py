@@ -11,7 +11,8 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from wgslirp.config import Config
 from wgslirp.config.forwards import expand
@@ -35,6 +36,11 @@ from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 
 log = logging.getLogger("wgslirp.worker")
+
+# Stopping: how often a worker whose egress ring is full looks whether ingress made room,
+# and how long it waits for any before it gives up telling the remaining guests.
+ROOM_POLL = 0.0005
+ROOM_STALL = 0.5
 
 FORWARDS_MESSAGE = b"\x00forwards\n"
 """Starts a control message on a worker's ring (peer index ROUTE_BY_DESTINATION, never a
@@ -414,12 +420,19 @@ class Worker:
             out[f"fwd{i}_bytes_to_host"] = t.bytes_to_host
         return out
 
-    def close(self, now: float) -> None:
+    def close(
+        self, now: float, *, exiting: bool = False, drain: Callable[[], None] | None = None
+    ) -> None:
         """Stopping: every guest connection is reset (the guest learns at once instead of
-        waiting on a connection nobody serves any more) and the host sockets closed."""
+        waiting on a connection nobody serves any more) and the host sockets closed.
+
+        The RSTs outnumber the egress ring's slots when many connections are open, so
+        closing waits for ingress to drain it (a process of its own, or `drain`, which
+        drains it in this one) while it makes progress. `exiting`: the process ends next
+        (TcpBridge.close skips what its exit does anyway)."""
         self.tcp_forwards.close()
         self.udp_forwards.close()
-        reset = self.tcp.close(now)
+        reset = self.tcp.close(now, make_room=lambda: self._wait_for_room(drain), exiting=exiting)
         self.egress.flush()
         self.udp.close()
         self.icmp.close()
@@ -428,9 +441,33 @@ class Worker:
         self.addresses.close()
         self.host.close()
         if reset:
+            lost = self.tcp.stats.close_rst_lost
             log.info(
-                "worker %d: reset %d guest TCP connection(s) on the way out", self.index, reset
+                "worker %d: reset %d guest TCP connection(s) on the way out%s",
+                self.index,
+                reset,
+                f" ({lost} not told: the egress ring stayed full)" if lost else "",
             )
+
+    def _wait_for_room(self, drain: Callable[[], None] | None) -> bool:
+        """The egress ring is full (and published): wait until a quarter of it is free,
+        so RSTs go in batches; False once ingress has freed nothing for ROOM_STALL."""
+        eg, clock = self.egress, self._loop.clock
+        want = max(1, eg.slots // 4)
+        free = eg.free_slots()
+        since = clock()
+        while True:
+            if drain is not None:
+                drain()
+            now_free = eg.free_slots()
+            if now_free >= want:
+                return True
+            now = clock()
+            if now_free > free:
+                free, since = now_free, now
+            elif now - since >= ROOM_STALL:
+                return now_free > 0
+            time.sleep(ROOM_POLL)
 
 
 def set_process_name(name: str) -> None:

@@ -81,8 +81,7 @@ class FlowRegistry:
                     int(row["irs"]),
                 )
             )
-        rows["used"] = 0
-        self._free = list(range(self.capacity - 1, -1, -1))
+        self.clear()
         return left
 
     def add(self, e: Entry) -> int:
@@ -106,6 +105,11 @@ class FlowRegistry:
         if slot >= 0:
             self._rows[slot]["used"] = 0
             self._free.append(slot)
+
+    def clear(self) -> None:
+        """Every connection closed at once (a worker on its way out)."""
+        self._rows["used"] = 0
+        self._free = list(range(self.capacity - 1, -1, -1))
 
     def __len__(self) -> int:
         return self.capacity - len(self._free)

@@ -22,7 +22,7 @@ import logging
 import selectors
 import socket
 import struct
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -111,6 +111,8 @@ class ConnectionLog(Protocol):
     ) -> int: ...
 
     def remove(self, slot: int) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 class TcpBridge:
@@ -218,11 +220,23 @@ class TcpBridge:
                 self._reset_stray(pkt, n, peer)
             return
         flow.last_active = now
-        flow.ep.receive(pkt, n, now)
-        if flow.ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
+        ep = flow.ep
+        ep.receive(pkt, n, now)
+        if ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
             self._write_host(flow, now)  # hand the host what the old connection still held
             self._drop(flow, rst=False)
             self._open(key, peer, pkt, n, now)
+            return
+        if ep.reset:
+            # The guest reset it: gone now, not at the end of the batch. A guest reusing a
+            # port we still held answers our challenge ACK with RST and resends its SYN ms
+            # later; in the same batch that SYN met the dead endpoint, drew a RST/ACK, and
+            # the guest's connect() failed (ECONNREFUSED).
+            self._dirty.pop(key, None)
+            try:
+                self._pump(flow, now)  # sends what it still owes the guest, and drops it
+            except Exception:
+                self._fail(flow, now)
             return
         # Pumped once per batch of guest packets (flush_dirty), not per segment: one host
         # send() and one ACK cover every segment of the flow in the batch.
@@ -657,7 +671,7 @@ class TcpBridge:
 
     def _drop(self, flow: TcpFlow, *, rst: bool) -> None:
         self.table.remove(flow)
-        ep, st = flow.ep, self.stats  # how the connection recovered from loss, for metrics
+        ep, st = flow.ep, self.stats
         tally = flow.forward
         if tally is not None:
             key: TcpKey = flow.key  # type: ignore[assignment]
@@ -670,13 +684,7 @@ class TcpBridge:
             elif not ep.syn_acked:
                 st.forward_unanswered += 1
         ep.release()
-        st.retransmits += ep.retransmits
-        st.fast_retransmits += ep.fast_retransmits
-        st.rto_expirations += ep.rto_expirations
-        st.tlp_probes += ep.tlp_probes
-        st.lost_retransmits += ep.lost_retransmits
-        st.spurious_undos += ep.spurious_undos
-        st.ecn_reductions += ep.ecn_reductions
+        self._tally(ep)
         if self.log is not None:
             self.log.remove(flow.slot)
         if flow.events:
@@ -730,14 +738,65 @@ class TcpBridge:
             self._drop(flow, rst=True)
         return len(gone)
 
-    def close(self, now: float) -> int:
-        """The worker stops: reset both ends of every connection; returns how many."""
-        flows = list(self.table.values())
+    def close(
+        self, now: float, *, make_room: Callable[[], bool] | None = None, exiting: bool = False
+    ) -> int:
+        """The worker stops: reset both ends of every connection; returns how many.
+
+        Every guest is told, with the exact sequence number: more connections than the
+        egress ring has slots is the rule here (1,024 slots, 14,000 connections a worker at
+        100,000), so when it is full `make_room` is asked to have it drained; once it
+        cannot, the RSTs that do not fit are counted (`close_rst_lost`).
+
+        `exiting`: the process ends next, so the per-connection work its exit does anyway
+        is skipped: unregistering from the loop, handing rings back to the pool, clearing
+        log rows one by one (the log is cleared at once), closing the sockets (each is
+        marked to reset the host's end, and the kernel closes it at exit, after the exit
+        counters are out). 36 -> 8.5 us a connection (5,000 established, timed in one
+        process; the kernel's close at exit, ~11 us each, comes after the counters)."""
+        flows = self.table.values()
+        egress = self.ctx.egress
         for flow in flows:
-            if not flow.ep.closed:
-                flow.ep.abort(now)  # RST to the guest, with the exact sequence number
-            self._drop(flow, rst=True)
+            ep = flow.ep
+            if not ep.closed:
+                if egress.reserve() is None:
+                    egress.flush(now)
+                    if make_room is not None and not make_room():
+                        make_room = None  # nobody drains the ring: do not ask again
+                ep.abort(now)  # RST to the guest
+                if ep.rst_unsent:
+                    self.stats.close_rst_lost += 1
+            if exiting and flow.forward is None:
+                self._abandon(flow)
+            else:
+                self._drop(flow, rst=True)
+        egress.flush(now)
+        if exiting and self.log is not None:
+            self.log.clear()
         return len(flows)
+
+    def _abandon(self, flow: TcpFlow) -> None:
+        """`_drop` for a process about to exit: counted and reset, the rest left to exit."""
+        self.table.remove(flow)
+        self._tally(flow.ep)
+        try:
+            flow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+        flow.sock.detach()  # the descriptor stays open until the process exits
+        flow.handler = _no_handler
+        self.stats.closed += 1
+
+    def _tally(self, ep: TcpEndpoint) -> None:
+        """How a closed connection recovered from loss, into the bridge's counters."""
+        st = self.stats
+        st.retransmits += ep.retransmits
+        st.fast_retransmits += ep.fast_retransmits
+        st.rto_expirations += ep.rto_expirations
+        st.tlp_probes += ep.tlp_probes
+        st.lost_retransmits += ep.lost_retransmits
+        st.spurious_undos += ep.spurious_undos
+        st.ecn_reductions += ep.ecn_reductions
 
 
 class TcpBridgeStats(Counters):
@@ -755,6 +814,7 @@ class TcpBridgeStats(Counters):
     refused_icmp: int
     rst_suppressed: int  # stray segments not answered: their tuple was reset a moment ago
     rst_sent: int
+    close_rst_lost: int  # guests not told on the way out: the egress ring stayed full
     orphans_probed: int  # connections of a dead predecessor whose guests were made to reset
     forwarded: int  # connections accepted on an inbound forward's port and opened to a guest
     forward_refused: int  # ... that the guest answered with RST

@@ -541,6 +541,11 @@ class TcpEndpoint:
         self._writer.tos = value & 0xFF
 
     @property
+    def rst_unsent(self) -> bool:
+        """A RST is due but found the egress ring full (`flush` retries it)."""
+        return self._pending_rst is not None
+
+    @property
     def syn_acked(self) -> bool:
         """Our SYN (or SYN-ACK) was acknowledged: the connection was opened."""
         return self._snd_una > self.iss
