@@ -190,6 +190,7 @@ def refused_dial(mode: str) -> tuple[TcpBridge, list[bytes]]:
     refusal is in the socket when the fast-dial deadline is handled, before any socket
     event (timers and ring hooks can run first in one turn of a busy worker)."""
     b, eg = dial_bridge(mode)
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
     with closed_tcp_port() as closed:
         syn = syn_to(closed)
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
@@ -205,6 +206,34 @@ def test_a_refused_host_connect_is_answered_with_rst_never_a_synack(mode: str) -
     (pkt,) = packets
     assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)  # RST/ACK for the SYN (ISN 99)
     assert b.stats.refused_rst == 1 and b.stats.refused_icmp == 0
+
+
+def test_a_refusal_known_when_connect_returns_is_answered_in_the_same_call() -> None:
+    """A loopback (or same-softirq) refusal is in the socket before connect() returns: the
+    RST leaves with the SYN's own handling, no connection is built, nothing is watched."""
+    b, eg = dial_bridge("mirror")
+    registered: list[object] = []
+    b.poller.register = lambda *a: registered.append(a)  # type: ignore[method-assign]
+    with closed_tcp_port() as closed:
+        syn = syn_to(closed)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+    (pkt,) = eg.packets
+    assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)
+    assert len(b.table) == 0 and registered == [] and b.get_timer() is None
+    assert b.stats.dials_failed == 1 and b.stats.refused_rst == 1 and b.stats.opened == 0
+
+
+def test_a_dial_without_an_error_is_watched_and_timed() -> None:
+    """Only a refusal short-cuts the dial: a connect with no error to report (here a
+    listener's) keeps its flow, its socket watch and its fast-dial deadline, and the guest
+    hears nothing until the socket says how it went."""
+    b, eg = dial_bridge("mirror")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(b.table) == 1 and b.stats.opened == 1
+        assert b.get_timer() == pytest.approx(1.0 + b.fast_dial)
+        assert eg.packets == []
 
 
 def test_icmp_mode_reports_a_refusal_as_port_unreachable() -> None:
