@@ -223,15 +223,27 @@ def test_a_refusal_known_when_connect_returns_is_answered_in_the_same_call() -> 
     assert b.stats.dials_failed == 1 and b.stats.refused_rst == 1 and b.stats.opened == 0
 
 
-def test_a_dial_without_an_error_is_watched_and_timed() -> None:
-    """Only a refusal short-cuts the dial: a connect with no error to report (here a
-    listener's) keeps its flow, its socket watch and its fast-dial deadline, and the guest
-    hears nothing until the socket says how it went."""
+def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call() -> None:
+    """A loopback listener completes the handshake inside connect(): the guest's SYN-ACK
+    leaves with the SYN's own handling, not after the next poll."""
     b, eg = dial_bridge("mirror")
     with socket.create_server(("127.0.0.1", 0)) as srv:
         syn = syn_to(srv.getsockname()[1])
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
-        assert len(b.table) == 1 and b.stats.opened == 1
+        (pkt,) = eg.packets
+        assert rst_flags_ack(pkt) == (tcp.SYN | tcp.ACK, 100)
+        assert len(b.table) == 1 and b.stats.dials_ok == 1
+
+
+def test_a_dial_still_in_progress_is_watched_and_timed() -> None:
+    """Only an outcome already known short-cuts the dial: one still in progress keeps its
+    flow, its socket watch and its fast-dial deadline, and the guest hears nothing yet."""
+    b, eg = dial_bridge("mirror")
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(b.table) == 1 and b.stats.opened == 1 and b.stats.dials_ok == 0
         assert b.get_timer() == pytest.approx(1.0 + b.fast_dial)
         assert eg.packets == []
 

@@ -259,8 +259,9 @@ class TcpBridge:
         if err not in (0, errno.EINPROGRESS):
             # Refused before connect() returned: a local port, or a LAN host whose RST the
             # kernel handled in the same softirq. Answered in this turn, with no endpoint
-            # built and no socket event waited for; that was ~0.1 ms of a 0.6 ms SYN-to-RST
-            # through the inline router (busy 2-core machine, scripts/bench_latency.py).
+            # built and no socket event waited for (and an established one below gets its
+            # SYN-ACK in this turn too); that was ~0.1 ms of a 0.6 ms SYN-to-RST through
+            # the inline router (busy 2-core machine, scripts/bench_latency.py).
             sock.close()
             self._connect_failed(pkt, n, peer, err, now)
             return
@@ -293,9 +294,14 @@ class TcpBridge:
 
     @staticmethod
     def _outcome_known(sock: socket.socket) -> int:
-        """A non-blocking connect's error if the kernel already has one, else EINPROGRESS
-        (tests replace it to see a refusal arrive only later)."""
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.EINPROGRESS
+        """What a non-blocking connect that returned EINPROGRESS already knows: its error,
+        0 if it is established (a loopback or same-softirq handshake completes inside
+        connect()), else EINPROGRESS (tests replace it to see the outcome arrive later)."""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            return err
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        return 0 if state[0] == _TCP_ESTABLISHED else errno.EINPROGRESS
 
     def _tune(self, sock: socket.socket) -> None:
         """A host socket of a bridged connection: non-blocking, no Nagle (the guest's
@@ -777,6 +783,9 @@ class TcpBridgeStats(Counters):
     internal_errors: int
     bytes_to_guest: int
     bytes_to_host: int
+
+
+_TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (linux/tcp_states.h)
 
 
 def failure_signal(mode: str, err: int | None) -> str:
