@@ -8,6 +8,8 @@ return of the call that sees the answer, so neither ``ping``'s print granularity
 process start-up is in a figure. The cases, each one fresh flow per sample (a new source
 port or ICMP sequence), taken round-robin with ``--gap`` seconds between samples:
 
+- ``tcp open``: ``connect()`` to a listening TCP port of the router's host, until it
+  returns (SYN out, SYN-ACK back; a listener of this file's ``listen`` accepts and closes).
 - ``tcp host``: ``connect()`` to a closed TCP port of the router's host, until it fails
   with ECONNREFUSED (SYN out, RST back).
 - ``tcp far``: the same to a closed port of the far host.
@@ -34,7 +36,7 @@ Printed per router and case: median and p90 in ms, lost samples (no answer withi
 ``--timeout``) and the medians' ratio to the reference. Nothing here asserts a speed; a busy
 machine shows as a wide p90.
 
-    python scripts/bench_latency.py                  # 50 samples per case, ~1.5 minutes
+    python scripts/bench_latency.py                  # 50 samples per case, ~1 minute
     python scripts/bench_latency.py --samples 200 --only wgslirp-2
     python scripts/bench_latency.py --rev HEAD       # router from a commit
 """
@@ -47,6 +49,7 @@ import json
 import os
 import select
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +85,38 @@ def _tcp_connect(host: str, port: int, timeout: float) -> float | None:
         return None  # connected: not the closed port this case needs
     finally:
         s.close()
+
+
+def _tcp_open(host: str, port: int, timeout: float) -> float | None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        t0 = time.perf_counter()
+        try:
+            s.connect((host, port))
+        except OSError:
+            return None
+        return time.perf_counter() - t0
+    finally:
+        s.close()
+
+
+def listen_main(port: int, seconds: float) -> None:
+    """The listener of ``tcp open``: accept and close, on every address, until time is up."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(512)
+    srv.settimeout(0.5)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            continue
+        conn.close()
 
 
 def _udp_refused(host: str, port: int, timeout: float) -> float | None:
@@ -156,6 +191,8 @@ def guest_main(spec: dict[str, Any]) -> None:
             kind = c["kind"]
             if kind == "tcp":
                 rtt = _tcp_connect(c["host"], c["port"], timeout)
+            elif kind == "tcp-open":
+                rtt = _tcp_open(c["host"], c["port"], timeout)
             elif kind == "udp":
                 rtt = _udp_refused(c["host"], c["port"], timeout)
             else:
@@ -167,6 +204,9 @@ def guest_main(spec: dict[str, Any]) -> None:
 
 if len(sys.argv) > 2 and sys.argv[1] == "guest":
     guest_main(json.loads(sys.argv[2]))
+    sys.exit(0)
+if len(sys.argv) > 3 and sys.argv[1] == "listen":
+    listen_main(int(sys.argv[2]), float(sys.argv[3]))
     sys.exit(0)
 
 # =========================================================================== controller
@@ -181,7 +221,14 @@ from wgslirp_testkit.bench import (  # noqa: E402
 )
 from wgslirp_testkit.farhost import FarHost, far_host  # noqa: E402
 from wgslirp_testkit.keys import key_to_base64  # noqa: E402
-from wgslirp_testkit.ports import closed_tcp_port, closed_udp_port, free_udp_port  # noqa: E402
+from wgslirp_testkit.netns import Namespace  # noqa: E402
+from wgslirp_testkit.ports import (  # noqa: E402
+    closed_tcp_port,
+    closed_udp_port,
+    free_tcp_port,
+    free_udp_port,
+)
+from wgslirp_testkit.proc import LineReader, spawn, stop_process  # noqa: E402
 from wgslirp_testkit.reference import reference_router  # noqa: E402
 from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
@@ -211,8 +258,9 @@ class Case:
     size: int = 0  # ICMP payload
 
 
-def cases(tcp_port: int, udp_port: int) -> list[Case]:
+def cases(tcp_port: int, udp_port: int, open_port: int) -> list[Case]:
     return [
+        Case("tcp open", "tcp-open", "host", open_port),
         Case("tcp host", "tcp", "host", tcp_port),
         Case("tcp far", "tcp", "far", REF_CLOSED),
         Case("udp host", "udp", "host", udp_port),
@@ -279,15 +327,31 @@ def wgslirp_setup(workers: int, guest_private: bytes, code_dir: str | None) -> I
 
 
 @contextlib.contextmanager
-def reference_setup(guest_private: bytes) -> Iterator[Setup]:
+def reference_setup(guest_private: bytes, open_port: int, seconds: float) -> Iterator[Setup]:
     with (
         reference_router(
             public_key(guest_private), (f"{GUEST}/32",), mtu=MTU, unlimited_icmp=True
         ) as ref,
         guest_client(guest_private, ref.public, ref.port, ref.far) as g,
+        listener(open_port, seconds, ref.wg.namespace),
     ):
         wait_tunnel(g, ref.far.address, interval=0.1)
         yield Setup(g, "10.77.0.1", ref.far.address, ref.wg.pid)
+
+
+@contextlib.contextmanager
+def listener(port: int, seconds: float, ns: Namespace | None = None) -> Iterator[None]:
+    """This file's ``listen`` on `port` in `ns` (None: here, the router's host), ready."""
+    proc = spawn(
+        [sys.executable, __file__, "listen", str(port), str(seconds)], ns, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        if LineReader(proc.stdout.fileno()).readline(10.0) != "ready":
+            raise RuntimeError(f"the listener on port {port} did not start")
+        yield
+    finally:
+        stop_process(proc, timeout=3.0)
 
 
 def sample(setup: Setup, cs: Sequence[Case], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -341,17 +405,25 @@ def main() -> int:
     guest_private = generate_private_key()
     results: dict[str, dict[str, list[float]]] = {}
     notes: list[str] = []
-    with rev_exported(args.rev) as code_dir, closed_tcp_port() as tport, closed_udp_port() as uport:
-        cs = cases(tport, uport)
+    lifetime = len(routers) * (args.budget + 120)
+    with (
+        rev_exported(args.rev) as code_dir,
+        closed_tcp_port() as tport,
+        closed_udp_port() as uport,
+    ):
+        oport = free_tcp_port()
+        cs = cases(tport, uport, oport)
         if code_dir is None:
             print(router_code_note(), flush=True)
         for name in routers:
             t0 = time.monotonic()
             if name == "reference":
-                cm = reference_setup(guest_private)
+                cm = reference_setup(guest_private, oport, lifetime)
             else:
                 cm = wgslirp_setup(int(name.split("-")[1]), guest_private, code_dir)
-            with cm as setup:
+            with cm as setup, contextlib.ExitStack() as stack:
+                if name != "reference":
+                    stack.enter_context(listener(oport, lifetime))
                 results[name] = sample(setup, cs, args)
                 if setup.stop is not None:
                     counters = setup.stop()
