@@ -18,7 +18,9 @@ port or ICMP sequence), taken round-robin with ``--gap`` seconds between samples
 - ``ping 1420``: ICMP echo whose IP packet is 1420 bytes (``ping -s 1392``, the tunnel MTU)
   to the router's address; ``ping 1448``: ``-s 1420``, so the guest's kernel sends two
   fragments the router reassembles (and fragments the answer).
-- ``ping far``: a 64-byte echo (``-s 56``) to the far host.
+- ``ping far``: a 64-byte echo (``-s 56``) to the far host; ``ping far 1500``: ``-s 1472``
+  to it, reassembled by the router (too big for a ring slot of a 1420 MTU: wgslirp hands
+  it to a worker on the big-packet ring) and fragmented again on the way back.
 
 Routers, each fresh, one after the other:
 
@@ -267,6 +269,7 @@ def cases(tcp_port: int, udp_port: int, open_port: int) -> list[Case]:
         Case("ping 1420", "ping", "host", size=MTU - 28),
         Case("ping 1448", "ping", "host", size=MTU),
         Case("ping far", "ping", "far", size=56),
+        Case("ping far 1500", "ping", "far", size=1472),
     ]
 
 
