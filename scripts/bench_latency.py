@@ -103,14 +103,14 @@ def _tcp_open(host: str, port: int, timeout: float) -> float | None:
         s.close()
 
 
-def listen_main(port: int, seconds: float) -> None:
-    """The listener of ``tcp open``: accept and close, on every address, until time is up."""
+def listen_main(host: str, port: int, seconds: float) -> None:
+    """The listener of ``tcp open``: accept and close until time is up. Says "ready PORT"
+    (port 0: the kernel's choice, so no other program can race us to it)."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
+    srv.bind((host, port))
     srv.listen(512)
     srv.settimeout(0.5)
-    sys.stdout.write("ready\n")
+    sys.stdout.write(f"ready {srv.getsockname()[1]}\n")
     sys.stdout.flush()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -207,8 +207,8 @@ def guest_main(spec: dict[str, Any]) -> None:
 if len(sys.argv) > 2 and sys.argv[1] == "guest":
     guest_main(json.loads(sys.argv[2]))
     sys.exit(0)
-if len(sys.argv) > 3 and sys.argv[1] == "listen":
-    listen_main(int(sys.argv[2]), float(sys.argv[3]))
+if len(sys.argv) > 4 and sys.argv[1] == "listen":
+    listen_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     sys.exit(0)
 
 # =========================================================================== controller
@@ -227,7 +227,6 @@ from wgslirp_testkit.netns import Namespace  # noqa: E402
 from wgslirp_testkit.ports import (  # noqa: E402
     closed_tcp_port,
     closed_udp_port,
-    free_tcp_port,
     free_udp_port,
 )
 from wgslirp_testkit.proc import LineReader, spawn, stop_process  # noqa: E402
@@ -336,23 +335,23 @@ def reference_setup(guest_private: bytes, open_port: int, seconds: float) -> Ite
             public_key(guest_private), (f"{GUEST}/32",), mtu=MTU, unlimited_icmp=True
         ) as ref,
         guest_client(guest_private, ref.public, ref.port, ref.far) as g,
-        listener(open_port, seconds, ref.wg.namespace),
+        listener("0.0.0.0", open_port, seconds, ref.wg.namespace),
     ):
         wait_tunnel(g, ref.far.address, interval=0.1)
         yield Setup(g, "10.77.0.1", ref.far.address, ref.wg.pid)
 
 
 @contextlib.contextmanager
-def listener(port: int, seconds: float, ns: Namespace | None = None) -> Iterator[None]:
-    """This file's ``listen`` on `port` in `ns` (None: here, the router's host), ready."""
-    proc = spawn(
-        [sys.executable, __file__, "listen", str(port), str(seconds)], ns, stdout=subprocess.PIPE
-    )
+def listener(host: str, port: int, seconds: float, ns: Namespace | None = None) -> Iterator[int]:
+    """This file's ``listen`` on host:port in `ns` (None: here), ready; its port."""
+    argv = [sys.executable, __file__, "listen", host, str(port), str(seconds)]
+    proc = spawn(argv, ns, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        if LineReader(proc.stdout.fileno()).readline(10.0) != "ready":
-            raise RuntimeError(f"the listener on port {port} did not start")
-        yield
+        line = LineReader(proc.stdout.fileno()).readline(10.0) or ""
+        if not line.startswith("ready "):
+            raise RuntimeError(f"the listener on {host}:{port} did not start")
+        yield int(line.split()[1])
     finally:
         stop_process(proc, timeout=3.0)
 
@@ -413,8 +412,10 @@ def main() -> int:
         rev_exported(args.rev) as code_dir,
         closed_tcp_port() as tport,
         closed_udp_port() as uport,
+        # one listener on the host for the whole run; the reference's namespace is fresh,
+        # so the same port is free there
+        listener("127.0.0.1", 0, lifetime) as oport,
     ):
-        oport = free_tcp_port()
         cs = cases(tport, uport, oport)
         if code_dir is None:
             print(router_code_note(), flush=True)
@@ -424,9 +425,7 @@ def main() -> int:
                 cm = reference_setup(guest_private, oport, lifetime)
             else:
                 cm = wgslirp_setup(int(name.split("-")[1]), guest_private, code_dir)
-            with cm as setup, contextlib.ExitStack() as stack:
-                if name != "reference":
-                    stack.enter_context(listener(oport, lifetime))
+            with cm as setup:
                 results[name] = sample(setup, cs, args)
                 if setup.stop is not None:
                     counters = setup.stop()
