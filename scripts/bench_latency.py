@@ -41,6 +41,7 @@ machine shows as a wide p90.
     python scripts/bench_latency.py                  # 50 samples per case, ~1 minute
     python scripts/bench_latency.py --samples 200 --only wgslirp-2
     python scripts/bench_latency.py --rev HEAD       # router from a commit
+    python scripts/bench_latency.py --compare HEAD~3 --repeat 3   # before/after, one run
 """
 
 from __future__ import annotations
@@ -399,17 +400,31 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1.0, help="a sample's answer wait, s (1)")
     p.add_argument("--budget", type=float, default=120.0, help="seconds per router at most")
     p.add_argument("--only", action="append", choices=ROUTERS, help="these routers only")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over every router, each a fresh start; samples are pooled (drift and "
+        "a neighbour's load spread over all routers alike)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="REV",
+        default=None,
+        help="also run wgslirp from this git revision (rows NAME@REV), in the same rounds",
+    )
     add_rev_argument(p)
     args = p.parse_args()
     if not start_controller(extra_binaries=("nft",)):
         return 2
-    routers = args.only or list(ROUTERS)
+    wanted = args.only or list(ROUTERS)
     guest_private = generate_private_key()
     results: dict[str, dict[str, list[float]]] = {}
     notes: list[str] = []
-    lifetime = len(routers) * (args.budget + 120)
+    lifetime = (2 * len(wanted) * args.repeat) * (args.budget + 120)
     with (
         rev_exported(args.rev) as code_dir,
+        rev_exported(args.compare) as other_dir,
         closed_tcp_port() as tport,
         closed_udp_port() as uport,
         # one listener on the host for the whole run; the reference's namespace is fresh,
@@ -419,24 +434,32 @@ def main() -> int:
         cs = cases(tport, uport, oport)
         if code_dir is None:
             print(router_code_note(), flush=True)
-        for name in routers:
-            t0 = time.monotonic()
-            if name == "reference":
-                cm = reference_setup(guest_private, oport, lifetime)
-            else:
-                cm = wgslirp_setup(int(name.split("-")[1]), guest_private, code_dir)
-            with cm as setup:
-                results[name] = sample(setup, cs, args)
-                if setup.stop is not None:
-                    counters = setup.stop()
-                    bad = {k: counters[k] for k in FAULTS if counters.get(k)}
-                    if bad:
-                        notes.append(f"{name}: {bad}")
-            print(f"{name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        routers: list[tuple[str, str | None]] = []  # (row name, code directory)
+        for name in wanted:
+            if name != "reference" and other_dir is not None:
+                routers.append((f"{name}@{args.compare}", other_dir))
+            routers.append((name, code_dir))
+        for _ in range(args.repeat):
+            for name, code in routers:
+                t0 = time.monotonic()
+                if name == "reference":
+                    cm = reference_setup(guest_private, oport, lifetime)
+                else:
+                    workers = int(name.split("@")[0].split("-")[1])
+                    cm = wgslirp_setup(workers, guest_private, code)
+                with cm as setup:
+                    for case, xs in sample(setup, cs, args).items():
+                        results.setdefault(name, {}).setdefault(case, []).extend(xs)
+                    if setup.stop is not None:
+                        counters = setup.stop()
+                        bad = {k: counters[k] for k in FAULTS if counters.get(k)}
+                        if bad:
+                            notes.append(f"{name}: {bad}")
+                print(f"{name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     ref = results.get("reference")
     rows = []
     for c in cs:
-        for name in routers:
+        for name, _code in routers:
             xs = results[name][c.name]
             med = quantile(xs, 0.5) * 1000
             p90 = quantile(xs, 0.9) * 1000
@@ -447,8 +470,9 @@ def main() -> int:
             rows.append([c.name, name, f"{med:.3f}", f"{p90:.3f}", str(lost), ratio])
     print(table(["case", "router", "median ms", "p90 ms", "lost", "x ref"], rows))
     print(
-        f"{args.samples} samples per case, {args.gap * 1000:.0f} ms apart; "
-        f"cores: {len(os.sched_getaffinity(0))}; load: {os.getloadavg()[0]:.2f}"
+        f"{args.samples * args.repeat} samples per case and router ({args.repeat} round(s)), "
+        f"{args.gap * 1000:.0f} ms apart; cores: {len(os.sched_getaffinity(0))}; "
+        f"load at the end: {os.getloadavg()[0]:.2f}"
     )
     for n in notes:
         print("counters:", n)
