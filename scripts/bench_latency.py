@@ -413,6 +413,7 @@ def main() -> int:
         default=None,
         help="also run wgslirp from this git revision (rows NAME@REV), in the same rounds",
     )
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     add_rev_argument(p)
     args = p.parse_args()
     if not start_controller(extra_binaries=("nft",)):
@@ -432,6 +433,8 @@ def main() -> int:
         listener("127.0.0.1", 0, lifetime) as oport,
     ):
         cs = cases(tport, uport, oport)
+        if args.cases:
+            cs = [c for c in cs if c.name in args.cases.split(",")]
         if code_dir is None:
             print(router_code_note(), flush=True)
         routers: list[tuple[str, str | None]] = []  # (row name, code directory)
