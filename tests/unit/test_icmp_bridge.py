@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from wgslirp.net import icmp
+from wgslirp.net import icmp, ipv4
+from wgslirp.net.checksum import checksum
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.icmp_bridge import IcmpBridge, echo_id_filter
@@ -30,6 +31,20 @@ def _raw_allowed() -> bool:
 
 
 needs_raw = pytest.mark.skipif(not _raw_allowed(), reason="no raw ICMP socket allowed here")
+
+
+GUEST_INT, GATEWAY_INT = ipv4.addr_to_int("10.77.0.2"), ipv4.addr_to_int("10.77.0.1")
+
+
+def guest_ping(dst: int, ident: int, seq: int, data: bytes) -> bytes:
+    """An IPv4 echo request from the guest to `dst`."""
+    body = echo_request(ident, seq, data)
+    pkt = bytearray(20 + len(body))
+    ipv4.write_header(
+        pkt, total_length=len(pkt), proto=ipv4.PROTO_ICMP, src=GUEST_INT, dst=dst, ttl=64
+    )
+    pkt[20:] = body
+    return bytes(pkt)
 
 
 def raw_bridge(index: int, nworkers: int) -> IcmpBridge:
@@ -89,5 +104,26 @@ def test_a_lone_worker_sees_every_echo_reply_and_no_icmp_error() -> None:
                 tx.sendto(echo_request(ident, 1, b"ping"), ("127.0.0.1", 0))
         # both replies, and the port unreachable never came in
         assert identifiers_read(b._raw, (48890, 48891)) == [48890, 48891]
+    finally:
+        b.close()
+
+
+@needs_raw
+def test_a_local_hosts_answer_is_relayed_within_the_requests_own_handling() -> None:
+    """The host's kernel answers a ping of 127.0.0.1 before sendto() returns: the guest's
+    echo reply is in the egress when from_guest returns, with no poll in between."""
+    ctx = BridgeContext(Egress(), Loop(), mtu=1380)
+    b = IcmpBridge(ctx, EgressPolicy(gateway="10.77.0.1"), FlowTable(30.0), "raw")
+    try:
+        request = guest_ping(GATEWAY_INT, ident=0x4242, seq=9, data=b"x" * 1000)
+        b.from_guest(0, memoryview(request), len(request), 1.0)
+        eg = ctx.egress
+        assert isinstance(eg, Egress)
+        (reply,) = eg.packets
+        assert reply[20] == icmp.ECHO_REPLY and struct.unpack_from(">HH", reply, 24) == (
+            0x4242,
+            9,
+        )
+        assert checksum(reply[20:]) == 0 and bytes(reply[28:]) == b"x" * 1000
     finally:
         b.close()

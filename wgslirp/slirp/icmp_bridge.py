@@ -211,6 +211,11 @@ class IcmpBridge:
             stats.socket_errors += 1
             return
         stats.icmp_echo_requests += 1
+        if not flow.host_v6:
+            # A local or LAN host has usually answered before sendto() returned (the
+            # kernel ran its softirq on the way out): relay the reply in this turn, not
+            # after the next poll; a farther host costs one recv that finds nothing.
+            self.on_readable(flow if flow.sock is not None else None, now)
 
     def _alloc_id(self) -> int | None:
         """Identifiers index + k * nworkers: each worker owns its own residue class, so
