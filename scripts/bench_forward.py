@@ -77,11 +77,11 @@ from wgslirp_testkit.bench import (  # noqa: E402
     start_controller,
     table,
 )
-from wgslirp_testkit.farhost import far_host  # noqa: E402
 from wgslirp_testkit.keys import key_to_base64  # noqa: E402
 from wgslirp_testkit.netns import Namespace  # noqa: E402
 from wgslirp_testkit.ports import free_udp_port  # noqa: E402
 from wgslirp_testkit.proc import die_with_parent, stop_process  # noqa: E402
+from wgslirp_testkit.reference import reference_router  # noqa: E402
 from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
     LISTENING,
@@ -91,7 +91,6 @@ from wgslirp_testkit.router import (  # noqa: E402
     summed_exit_counters,
 )
 from wgslirp_testkit.sampling import process_tree, udp_socket_drops  # noqa: E402
-from wgslirp_testkit.wgclient import WgClient  # noqa: E402
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h
@@ -532,36 +531,18 @@ def wgslirp_target(
 
 @contextlib.contextmanager
 def reference_target(peer_private: bytes, host_port: int) -> Iterator[Target]:
-    """wireguard-go whose TUN is in namespace R, which routes and masquerades to a test
-    host S on a veth: the kernel data path a WireGuard server with NAT has."""
-    server = generate_private_key()
-    with WgClient(
-        server,
-        public_key(peer_private),
-        None,
-        address="10.77.0.1/24",
-        allowed_ips=(f"{GUEST}/32",),
-        mtu=MTU,
-        log_level="error",
-    ) as wg:
-        r_ns = wg.namespace
-        with far_host(203, near=r_ns) as far:
-            r_ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            rules = (
-                "table ip benchnat {\n chain post {\n"
-                "  type nat hook postrouting priority srcnat; policy accept;\n"
-                f'  oifname "{far.near_link}" masquerade\n }}\n}}\n'
-            )
-            r_ns.run(["nft", "-f", "-"], input=rules)
-            yield Target(
-                "wireguard-go",
-                ("127.0.0.1", wg.udp_port()),
-                public_key(server),
-                (far.address, host_port),
-                far.address,
-                far.ns,
-                {wg.pid: "wireguard-go"},
-            )
+    """The kernel data path (wgslirp_testkit/reference.py), its far host as the host."""
+    with reference_router(public_key(peer_private), (f"{GUEST}/32",), mtu=MTU) as ref:
+        far = ref.far
+        yield Target(
+            "wireguard-go",
+            ("127.0.0.1", ref.port),
+            ref.public,
+            (far.address, host_port),
+            far.address,
+            far.ns,
+            {ref.wg.pid: "wireguard-go"},
+        )
 
 
 # --------------------------------------------------------------------------- one cell

@@ -22,6 +22,7 @@ from wgslirp.net import flowkey, icmp, ipv4, udp
 from wgslirp.net.checksum import checksum
 from wgslirp.runtime.ingress import Ingress, open_wg_socket
 from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.supervisor import worker_turn_first
 from wgslirp.shm.ring import Ring
 from wgslirp.wireguard.device import Device
 from wgslirp.wireguard.load import HandshakeGuard
@@ -231,6 +232,26 @@ def test_packets_the_workers_queue_leave_encrypted_to_the_peer(rig: Rig) -> None
     rig.turn_until(lambda: all(r.consumer().available() == 0 for r in rig.from_workers))
     got = sorted(rig.receive() for _ in replies)
     assert got == sorted(replies)
+
+
+def test_inline_what_the_worker_answers_in_its_turn_leaves_in_that_turn(rig: Rig) -> None:
+    """PROCESSOR_WORKERS=0 shares one loop: with the worker's turn first, a packet it queues
+    there is encrypted and sent by the same turn's drain, not one turn (and one
+    epoll_wait) later."""
+    index = next(iter(rig.ingress.device.peers.values())).index
+    reply = udp_packet(REMOTE, GUEST, 9, 20000)
+    queued: list[bool] = []
+
+    def worker_turn(_now: float) -> None:  # a worker's turn publishing one answer
+        if not queued:
+            queued.append(rig.from_workers[0].producer().push(reply, index))
+
+    rig.loop.hooks.append(worker_turn)
+    worker_turn_first(rig.loop, worker_turn)
+    rig.loop.run_once(block=False)
+    assert queued == [True] and rig.from_workers[0].consumer().available() == 0
+    assert select.select([rig.sock], [], [], 0)[0], "the answer waits for another turn"
+    assert rig.receive() == reply
 
 
 def test_a_removed_peer_is_forgotten_by_every_worker(rig: Rig) -> None:

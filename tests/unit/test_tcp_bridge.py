@@ -194,6 +194,7 @@ def refused_dial(mode: str) -> tuple[TcpBridge, list[bytes]]:
     refusal is in the socket when the fast-dial deadline is handled, before any socket
     event (timers and ring hooks can run first in one turn of a busy worker)."""
     b, eg = dial_bridge(mode)
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
     with closed_tcp_port() as closed:
         syn = syn_to(closed)
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
@@ -209,6 +210,46 @@ def test_a_refused_host_connect_is_answered_with_rst_never_a_synack(mode: str) -
     (pkt,) = packets
     assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)  # RST/ACK for the SYN (ISN 99)
     assert b.stats.refused_rst == 1 and b.stats.refused_icmp == 0
+
+
+def test_a_refusal_known_when_connect_returns_is_answered_in_the_same_call() -> None:
+    """A loopback (or same-softirq) refusal is in the socket before connect() returns: the
+    RST leaves with the SYN's own handling, no connection is built, nothing is watched."""
+    b, eg = dial_bridge("mirror")
+    registered: list[object] = []
+    b.poller.register = lambda *a: registered.append(a)  # type: ignore[method-assign]
+    with closed_tcp_port() as closed:
+        syn = syn_to(closed)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+    (pkt,) = eg.packets
+    assert rst_flags_ack(pkt) == (tcp.RST | tcp.ACK, 100)
+    assert len(b.table) == 0 and registered == [] and b.get_timer() is None
+    assert b.stats.dials_failed == 1 and b.stats.refused_rst == 1 and b.stats.opened == 0
+
+
+def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call() -> None:
+    """A loopback listener completes the handshake inside connect(): the guest's SYN-ACK
+    leaves with the SYN's own handling, not after the next poll."""
+    b, eg = dial_bridge("mirror")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        (pkt,) = eg.packets
+        assert rst_flags_ack(pkt) == (tcp.SYN | tcp.ACK, 100)
+        assert len(b.table) == 1 and b.stats.dials_ok == 1
+
+
+def test_a_dial_still_in_progress_is_watched_and_timed() -> None:
+    """Only an outcome already known short-cuts the dial: one still in progress keeps its
+    flow, its socket watch and its fast-dial deadline, and the guest hears nothing yet."""
+    b, eg = dial_bridge("mirror")
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(b.table) == 1 and b.stats.opened == 1 and b.stats.dials_ok == 0
+        assert b.get_timer() == pytest.approx(1.0 + b.fast_dial)
+        assert eg.packets == []
 
 
 def test_icmp_mode_reports_a_refusal_as_port_unreachable() -> None:

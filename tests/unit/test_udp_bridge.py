@@ -9,13 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from wgslirp.net import udp
+from wgslirp.net import icmp, udp
 from wgslirp.net.ipv4 import addr_to_int
 from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
+from wgslirp_testkit.ports import closed_udp_port
 from wgslirp_testkit.tcpconn import Egress
 
 GUEST, GATEWAY = addr_to_int("10.77.0.2"), addr_to_int("10.77.0.1")
@@ -62,6 +63,23 @@ def test_replies_reach_the_guest_through_the_gateway_address(server: socket.sock
     parsed = udp.parse(memoryview(eg.packets[0]), len(eg.packets[0]))
     assert parsed is not None
     assert eg.packets[0].endswith(b"world")
+
+
+def test_a_new_flows_refusal_is_relayed_before_its_first_send_returns_to_the_worker() -> None:
+    """Loopback queues the port unreachable during send(): the guest's error leaves with the
+    datagram's own handling, and the socket is left with nothing to report later."""
+    bridge = plain_bridge()
+    eg = bridge.ctx.egress
+    assert isinstance(eg, Egress)
+    with closed_udp_port() as port:
+        guest_datagrams(bridge, [(port, b"anyone?")])
+    (pkt,) = eg.packets
+    assert pkt[9] == 1 and pkt[20:22] == bytes([icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE])
+    (flow,) = bridge.table.values()
+    sel = selectors.DefaultSelector()
+    sel.register(flow.sock, selectors.EVENT_READ)
+    assert sel.select(0.05) == []  # no error left pending to wake the worker again
+    sel.close()
 
 
 def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(server: socket.socket) -> None:

@@ -91,8 +91,9 @@ def test_closed_port_is_relayed_as_icmpv6_port_unreachable() -> None:
     b, eg = bridge()
     send(b, GW6, port, b"anyone?")
     (flow,) = b.table.values()
-    wait_readable(flow.sock)
-    b.on_readable(flow, 1.0)
+    if not eg.packets:  # loopback relays it during the first send; a slower path later
+        wait_readable(flow.sock)
+        b.on_readable(flow, 1.0)
     (err,) = eg.packets
     parsed = icmpv6.parse(err, len(err))
     assert parsed is not None

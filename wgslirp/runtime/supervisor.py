@@ -30,7 +30,7 @@ from wgslirp.config import Config
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.runtime.control import ControlPlane, ListenError, status_line
 from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, local_endpoint, open_wg_socket
-from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.loop import Hook, Loop
 from wgslirp.runtime.worker import (
     WORKER_COUNTERS,
     Worker,
@@ -90,6 +90,16 @@ def _counters_line(role: str, counters: dict[str, int]) -> None:
     log.info("%s stopped; counters: %s", role, json.dumps(counters, sort_keys=True))
 
 
+def worker_turn_first(loop: Loop, turn: Hook) -> None:
+    """Inline, run the worker's per-turn hook before every other (the ingress's drain of
+    the workers' rings in particular): what the worker answers in its turn (a refused SYN's
+    RST, an echo reply) is then encrypted and sent in the same turn instead of the next
+    one. Measured through the real client, inline, busy 2-core machine: the SYN's RST left
+    ~20 us sooner (one more loop turn and its epoll_wait)."""
+    loop.hooks.remove(turn)
+    loop.hooks.insert(0, turn)
+
+
 def run_inline(
     cfg: Config,
     sock: socket.socket,
@@ -134,6 +144,7 @@ def run_inline(
             metrics=metrics,
             registry=registry,
         )
+        worker_turn_first(loop, worker.turn)
         control.install_signals(ingress.reload)
 
         def forwards_changed(ingress: Ingress = ingress) -> None:  # the metrics' labels

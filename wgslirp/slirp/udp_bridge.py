@@ -157,10 +157,12 @@ class UdpBridge:
         flow = self.table.get(key)
         if flow is None and self._unbound:
             flow = self._bind(key, peer, now)
+        opened = False
         if flow is None:
             flow = self._open(key, peer, pkt, n, now)
             if flow is None:
                 return
+            opened = True
         flow.last_active = now
         if self.ctx.copy_tos:
             flow.tos = traffic_class(pkt)
@@ -174,6 +176,12 @@ class UdpBridge:
             flow.queued = True
             self._queued.append(flow)
             self._send_one(flow, pkt[off : off + plen], plen)
+            if opened:
+                # A closed local port (or a LAN host answering in the same softirq) has
+                # queued its ICMP error before send() returned: relayed now, in this
+                # turn, not after the next poll (one recvmsg per new flow, EAGAIN when
+                # nothing came).
+                self._drain_errqueue(flow)
             return
         if plen > GSO_MAX_SEG or not self._gso:
             if flow.run is not None:
