@@ -28,9 +28,11 @@ __all__ = [
     "workers_for_cpus",
 ]
 
-# Measured on this project's 2-core VM (README, scripts/bench_tcp.py): one process
-# (PROCESSOR_WORKERS=0) beats ingress + 2 workers both ways, because with 2 cores the
-# hand-off between processes costs more than a second core for the bridges gains.
+# Measured on this project's 2-core VM (README, scripts/bench_tcp.py and bench_latency.py):
+# one process (PROCESSOR_WORKERS=0) has the shorter round trips (two process hand-offs
+# fewer), and for throughput it beat ingress + 2 workers in most runs; the last one
+# (2026-12-04, back-pressure and the shard cache in) had 2 workers ahead, so this is a
+# default to re-measure, not a law.
 INLINE_UP_TO = 2
 # Each worker reserves its rings in /dev/shm (about 8.5 MiB with the image's queue caps),
 # and a container's /dev/shm is 64 MiB unless raised (Docker's --shm-size, a memory

@@ -768,8 +768,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             "Worker processes that run the TCP/UDP/ICMP bridges; 0 runs one worker inline "
             "in the ingress process (debugging, tiny hosts). When unset, fitted to the CPUs "
             "this process may use (its affinity mask and its cgroup's CPU quota, as in a "
-            "container with a CPU limit): 0 on 2 CPUs or fewer, where one process is "
-            "measured fastest, else one fewer than the CPUs (ingress takes one), at most 4 "
+            "container with a CPU limit): 0 on 2 CPUs or fewer, where one process has the "
+            "shorter round trips and no clear throughput loss (docs/operations.md), else "
+            "one fewer than the CPUs (ingress takes one), at most 4 "
             "(their rings must fit a container's default 64 MiB /dev/shm).",
             group="Packet processing",
             default_doc="fitted to the usable CPUs",
