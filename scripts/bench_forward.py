@@ -86,6 +86,7 @@ from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
     LISTENING,
     RouterProcess,
+    one_peer_env,
     router_cmd,
     router_cwd,
     summed_exit_counters,
@@ -484,18 +485,15 @@ def wgslirp_target(
     server = generate_private_key()
     port = free_udp_port()
     with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
-        env = {
-            "WGSLIRP_STATE_DIR": str(Path(tmp) / "state"),
-            "WG_LISTEN_ADDR": "127.0.0.1",
-            "WG_LISTEN_PORT": str(port),
-            "WG_PRIVATE_KEY": key_to_base64(server),
-            "WG_GATEWAY_IP": GATEWAY,
-            "WG_PEERS": "0",
-            "WG_PEER_0_PUBLIC_KEY": key_to_base64(public_key(peer_private)),
-            "WG_PEER_0_ALLOWED_IPS": f"{GUEST}/32",
-            "WG_MTU": str(MTU),
-            "PROCESSOR_WORKERS": str(workers),
-        }
+        env = one_peer_env(
+            Path(tmp) / "state",
+            port,
+            key_to_base64(server),
+            key_to_base64(public_key(peer_private)),
+            GUEST,
+            WG_MTU=str(MTU),
+            PROCESSOR_WORKERS=str(workers),
+        )
         cwd = router_cwd(env, code_dir)
         with RouterProcess(router_cmd(), env, cwd=cwd) as r:
             r.wait_for_line(LISTENING, timeout=30)

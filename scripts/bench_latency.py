@@ -236,6 +236,7 @@ from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
     LISTENING,
     RouterProcess,
+    one_peer_env,
     router_cmd,
     router_cwd,
     summed_exit_counters,
@@ -301,18 +302,15 @@ def wgslirp_setup(workers: int, guest_private: bytes, code_dir: str | None) -> I
     server = generate_private_key()
     port = free_udp_port()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        env = {
-            "WGSLIRP_STATE_DIR": str(Path(tmp) / "state"),
-            "WG_LISTEN_ADDR": "127.0.0.1",
-            "WG_LISTEN_PORT": str(port),
-            "WG_PRIVATE_KEY": key_to_base64(server),
-            "WG_GATEWAY_IP": GATEWAY,
-            "WG_PEERS": "0",
-            "WG_PEER_0_PUBLIC_KEY": key_to_base64(public_key(guest_private)),
-            "WG_PEER_0_ALLOWED_IPS": f"{GUEST}/32",
-            "WG_MTU": str(MTU),
-            "PROCESSOR_WORKERS": str(workers),
-        }
+        env = one_peer_env(
+            Path(tmp) / "state",
+            port,
+            key_to_base64(server),
+            key_to_base64(public_key(guest_private)),
+            GUEST,
+            WG_MTU=str(MTU),
+            PROCESSOR_WORKERS=str(workers),
+        )
         cwd = router_cwd(env, code_dir)
         with (
             far_host(204) as far,

@@ -388,6 +388,24 @@ def two_peer_env(
     }
 
 
+def one_peer_env(
+    state_dir: Path, port: int, server: str, peer: str, guest: str, **extra: str
+) -> dict[str, str]:
+    """A router on 127.0.0.1:`port` with one configured peer (keys as base64 text) whose
+    tunnel address is `guest`/32, the gateway at 10.77.0.1; `extra` adds or overrides."""
+    return {
+        "WGSLIRP_STATE_DIR": str(state_dir),
+        "WG_LISTEN_ADDR": "127.0.0.1",
+        "WG_LISTEN_PORT": str(port),
+        "WG_PRIVATE_KEY": server,
+        "WG_GATEWAY_IP": GATEWAY,
+        "WG_PEERS": "0",
+        "WG_PEER_0_PUBLIC_KEY": peer,
+        "WG_PEER_0_ALLOWED_IPS": f"{guest}/32",
+        **extra,
+    }
+
+
 def guest_client(private: str, server_public: str, port: int, host: int, **kw: Any) -> WgClient:
     """A wireguard-go guest with tunnel address 10.77.0.`host` routing 10.77.0.0/24 to the
     router on 127.0.0.1:`port`."""
