@@ -141,6 +141,7 @@ GUEST = "10.77.0.2"  # the tunnel address of the client the router prints (pinge
 GUEST_LIFETIME = 1800.0  # s: the guest program exits (closing everything) after this
 SERVER_LIFETIME = 3600.0
 REF_NET = ("10.78.0.1", "10.78.0.2")  # the reference tunnel's addresses (its own namespaces)
+REF_NET6 = ("fd78::1", "fd78::2")  # and its IPv6 ones, with --family 6
 
 
 # =========================================================================== shared helpers
@@ -631,27 +632,31 @@ class Bench:
             "both ends",
             flush=True,
         )
-        srv_ip = REF_NET[0]
+        v6 = "6" in self.args.family
         with contextlib.ExitStack() as stack:
-            b, c = reference_pair(stack, REF_NET, mtu)
+            b, c = reference_pair(stack, REF_NET, mtu, REF_NET6 if v6 else None)
             self._grow_buffers(c)
             self._grow_buffers(b)
             stack.callback(setattr, self, "_ns", None)
             self._ns = c.namespace.name
-            port = free_tcp_port()
-            with Iperf3Server(srv_ip, port, ns=b) as server:
-                ports = {"cli": c.udp_port(), "srv": b.udp_port()}
-                self._both_ways(
-                    lambda d: self.iperf(
-                        "wg-go<->wg-go",
-                        d,
-                        srv_ip,
-                        server,
-                        c,
-                        {"wg-go": [c.pid, b.pid]},
-                        udp_ports=ports,
+            ports = {"cli": c.udp_port(), "srv": b.udp_port()}
+            # The same pair carries both families when IPv6 is asked for, so the kernel
+            # path's own IPv6/IPv4 ratio sits next to the router's.
+            for label, srv_ip in (("wg-go<->wg-go", REF_NET[0]),) + (
+                (("wg-go<->wg-go ipv6", REF_NET6[0]),) if v6 else ()
+            ):
+                with Iperf3Server(srv_ip, free_tcp_port(), ns=b) as server:
+                    self._both_ways(
+                        lambda d, label=label, srv_ip=srv_ip, server=server: self.iperf(
+                            label,
+                            d,
+                            srv_ip,
+                            server,
+                            c,
+                            {"wg-go": [c.pid, b.pid]},
+                            udp_ports=ports,
+                        )
                     )
-                )
 
     def _grow_buffers(self, c: Any) -> None:
         """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""

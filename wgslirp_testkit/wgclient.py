@@ -609,23 +609,30 @@ def _udp_inodes_on_port(port: int) -> set[int]:
 
 
 def reference_pair(
-    stack: contextlib.ExitStack, net: tuple[str, str], mtu: int
+    stack: contextlib.ExitStack,
+    net: tuple[str, str],
+    mtu: int,
+    net6: tuple[str, str] | None = None,
 ) -> tuple[WgClient, WgClient]:
     """Two stock wireguard-go instances in namespaces of their own, tunnel addresses
-    `net` = (server, client): the kernel-TCP reference the benchmarks measure beside the
-    router. Returns (server side, client side) once a ping crossed the tunnel; both are
-    closed with `stack`."""
+    `net` = (server, client), and `net6` as well when given: the kernel-TCP reference the
+    benchmarks measure beside the router. Returns (server side, client side) once a ping
+    crossed the tunnel; both are closed with `stack`."""
     from wgslirp_testkit.keys import generate_keypair
 
     srv_ip, cli_ip = net
+    srv_addrs, cli_addrs = [f"{srv_ip}/32"], [f"{cli_ip}/32"]
+    if net6 is not None:
+        srv_addrs.append(f"{net6[0]}/128")
+        cli_addrs.append(f"{net6[1]}/128")
     ka, kb = generate_keypair(), generate_keypair()
     b = stack.enter_context(
         WgClient(
             kb.private,
             ka.public,
             None,
-            address=f"{srv_ip}/32",
-            allowed_ips=(f"{cli_ip}/32",),
+            address=srv_addrs,
+            allowed_ips=tuple(cli_addrs),
             mtu=mtu,
             log_level="error",
         )
@@ -635,8 +642,8 @@ def reference_pair(
             ka.private,
             kb.public,
             b.udp_port(),
-            address=f"{cli_ip}/32",
-            allowed_ips=(f"{srv_ip}/32",),
+            address=cli_addrs,
+            allowed_ips=tuple(srv_addrs),
             mtu=mtu,
             keepalive=25,
             log_level="error",
