@@ -171,15 +171,12 @@ class TcpBridge:
     # ------------------------------------------------------------- guest -> host
 
     def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        # The TCP header and the segment's end are found once here, for the flow key and
+        # for the endpoint (TcpEndpoint.segment): parsing them in both cost an IPv6
+        # segment two span6 calls (0.36 us each).
         if pkt[0] >> 4 == 6:
-            # The common case (TCP right after the header) without calls: this and the same
-            # in TcpEndpoint.receive took an IPv6 segment from 1.1 to 0.x us of parsing.
-            if n >= 60 and pkt[6] == 6:
-                ihl = 40
-                end = 40 + ((pkt[4] << 8) | pkt[5])
-            else:
-                ihl, end = tcp.span6(pkt, n)
-            if end < ihl + 20 or end > n:
+            ihl, end = tcp.span6(pkt, n)
+            if end < ihl + 20:
                 self.stats.malformed += 1
                 return
             sh, sl, dh, dl = _ADDRS6.unpack_from(pkt, 8)
@@ -190,6 +187,9 @@ class TcpBridge:
             if n < ihl + 20:
                 self.stats.malformed += 1
                 return
+            end = (pkt[2] << 8) | pkt[3]
+            if end > n:
+                end = n
             src, dst = struct.unpack_from(">II", pkt, 12)
         sport, dport = _PORTS.unpack_from(pkt, ihl)
         key = (peer, src, sport, dst, dport)
@@ -221,7 +221,7 @@ class TcpBridge:
             return
         flow.last_active = now
         ep = flow.ep
-        ep.receive(pkt, n, now)
+        ep.segment(pkt, ihl, end, now)
         if ep.reopen:  # a new SYN for this 4-tuple while the old one sat in TIME_WAIT
             self._write_host(flow, now)  # hand the host what the old connection still held
             self._drop(flow, rst=False)

@@ -876,18 +876,18 @@ class TcpEndpoint:
     def receive(self, pkt: memoryview, n: int, now: float) -> None:
         """A segment from the guest (a whole IP packet whose header ingress checked)."""
         if pkt[0] >> 4 == 6:
-            if n >= 60 and pkt[6] == 6:  # TCP right after the header: no chain to walk
-                ihl = 40
-                total = 40 + ((pkt[4] << 8) | pkt[5])
-                if total > n:
-                    return
-            else:
-                ihl, total = tcp.span6(pkt, n)
+            ihl, total = tcp.span6(pkt, n)
         else:
             ihl = (pkt[0] & 0x0F) << 2
             total = (pkt[2] << 8) | pkt[3]
             if total > n:
                 total = n
+        self.segment(pkt, ihl, total, now)
+
+    def segment(self, pkt: memoryview, ihl: int, total: int, now: float) -> None:
+        """`receive` for a caller that has found the TCP header already (the bridge, which
+        parses every segment for its flow key): the TCP header at `ihl`, the segment's end
+        at `total` (within the buffer)."""
         if total < ihl + 20:
             return
         _, _, seq_w, ack_w, offflags, wnd = _HDR.unpack_from(pkt, ihl)
