@@ -189,3 +189,17 @@ def test_orphans_of_a_dead_worker_are_probed_in_ipv6() -> None:
     probe = parse6(eg.packets[0])
     assert probe.flags == tcp.ACK and probe.seq == 5000 and probe.ack == 100001
     assert (probe.src, probe.dst, probe.sport, probe.dport) == (GW6, GUEST6, 443, GPORT)
+
+
+@pytest.mark.parametrize("how", ["payload length past the datagram", "no room for a TCP header"])
+def test_a_truncated_ipv6_segment_is_counted_malformed_and_never_dialed(how: str) -> None:
+    b, eg = bridge()
+    syn = guest6(9, 1000, 0, tcp.SYN)
+    if how == "payload length past the datagram":
+        n = len(syn) - 1  # the header says one byte more than arrived
+    else:
+        syn[4:6] = (12).to_bytes(2, "big")  # 12 bytes after the IPv6 header: no TCP header
+        n = len(syn)
+    b.from_guest(0, memoryview(syn), n, 1.0)
+    assert b.stats.malformed == 1
+    assert not list(b.table.values()) and not eg.packets

@@ -52,6 +52,7 @@ TCP_RST: Final = 0x04
 TCP_ACK: Final = 0x10
 _PORTS = struct.Struct(">HH")
 _ADDRS6 = struct.Struct(">QQQQ")  # an IPv6 header's source and destination, as halves
+_NH_TCP: Final = ipv6.NH_TCP
 READ_RESUME_FRACTION = 4  # resume reading the host once a quarter of the send buffer is free
 RECV_CHUNK = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -175,7 +176,15 @@ class TcpBridge:
         # for the endpoint (TcpEndpoint.segment): parsing them in both cost an IPv6
         # segment two span6 calls (0.36 us each).
         if pkt[0] >> 4 == 6:
-            ihl, end = tcp.span6(pkt, n)
+            if pkt[6] == _NH_TCP and n >= 60:
+                # TCP right after the IPv6 header, nearly every segment: span6's short path
+                # without the call (3.6 % of an IPv6 upload's samples in py-spy, inline).
+                ihl = 40
+                end = 40 + ((pkt[4] << 8) | pkt[5])
+                if end > n:
+                    end = 0
+            else:
+                ihl, end = tcp.span6(pkt, n)
             if end < ihl + 20:
                 self.stats.malformed += 1
                 return
