@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from wgslirp.slirp.tcp_cc import CongestionControl
+from wgslirp.slirp.tcp_cc import PACE_QUANTUM, CongestionControl
 from wgslirp.slirp.tcp_rate import DeliveryRate
 
 STARTUP: Final = 0
@@ -82,9 +82,20 @@ UNBOUNDED: Final = 1 << 62
 CRUISE_BOUNDED: Final = 2.0
 MIN_CWND_SEGMENTS: Final = 4
 PACING_MARGIN: Final = 0.99  # pace 1 % below the estimate, so the queue it finds drains
-# Segments above gain * BDP: the ACKs of a paced burst come back as a burst (delayed and
-# stretch ACKs, a 1 ms pacing quantum), and cwnd must not stall the sender before they do.
-CWND_HEADROOM_SEGMENTS: Final = 3
+# Room above gain * BDP for the sender's own bursts (Linux's quantization budget, 3 TSO
+# bursts): once STARTUP is over, three pacing quanta (tcp_cc.PACE_QUANTUM, 1 ms of BtlBw),
+# at least a segment and at most 64 KiB each, as Linux caps a TSO burst. The ACKs of a
+# paced burst come back as a burst, and cwnd must not stall the sender before they do.
+# With 3 segments instead, a loopback download (RTprop ~0.25 ms, so 2 BDP ~30 KB) kept ~90
+# KB in flight, and the 2-core pipeline behind it (wireguard-go, the guest's iperf3) ran
+# out of work between ACK clumps: 476 Mbit/s against 545 with the quanta (bench_tcp
+# inline, client buffers 7 MiB, 4 runs each, interleaved); 2 and 4 ms of the rate moved
+# no more. Not in STARTUP: there the larger window kept a 0.1 %-loss path's send ring
+# full, its samples app-limited, and STARTUP's queue for 5 s instead of 1.6 (pathsim 200
+# Mbit/s, 40 ms, seeds 1-8: mean queue 5.8 -> 11.6 ms); as it is, pathsim's profiles
+# (that one, 1 %, reordering, the 100-packet bottleneck) come out exactly as before.
+CWND_QUANTA: Final = 3
+QUANTUM_MAX: Final = 65536
 # ACK aggregation (Linux's extra_acked, BBR since 2019): ACKs come back in clumps (the
 # guest's delayed and stretch ACKs, wireguard-go reading and writing in batches, our own
 # 1 ms pacing bursts), so over a short span more is acknowledged than bandwidth x time.
@@ -394,8 +405,13 @@ class Bbr(CongestionControl):
 
     def _set_cwnd(self, inflight: int, acked: int) -> None:
         mss = self.mss
-        target = self._bdp(self.cwnd_gain) + CWND_HEADROOM_SEGMENTS * mss
+        target = self._bdp(self.cwnd_gain) + CWND_QUANTA * mss
         if self.full_bw_reached:
+            quantum = int(self.btl_bw * PACE_QUANTUM)
+            if quantum > QUANTUM_MAX:
+                quantum = QUANTUM_MAX
+            if quantum > mss:
+                target += CWND_QUANTA * (quantum - mss)
             extra = max(self._extra_acked)
             cap = int(self.btl_bw * EXTRA_ACKED_MAX_TIME)
             target += extra if extra < cap else cap

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 # Window of the "off" controller: far above any receive window (2**30, RFC 7323's ceiling),
 # so only the guest's advertised window limits what is in flight.
 UNLIMITED: Final = 1 << 40
+# Pacing releases new data in bursts of this much time at the pacing rate: the event loop's
+# timers have millisecond resolution (epoll), so a per-segment gap (56 us at 200 Mbit/s) is
+# not to be had; a 1 ms burst is ~18 segments at 200 Mbit/s, which a receiver's default
+# 208 KiB UDP buffer takes, where an unpaced window of several hundred segments did not
+# (docs/tcp-wan.md). Here because a controller that sizes cwnd from its rate (BBR) must
+# leave room for these bursts, as Linux's leaves room for its TSO bursts.
+PACE_QUANTUM: Final = 0.001
 
 
 class CongestionControl:

@@ -87,12 +87,7 @@ _TS_PREFIX_WORD: Final = int.from_bytes(tcp.TS_PREFIX, "big")
 
 CHALLENGE_ACK_LIMIT: Final = 10  # RFC 5961 7: challenge ACKs per second
 EGRESS_RETRY: Final = 0.002  # egress ring full: look again this soon
-# Pacing releases new data in bursts of this much time at the pacing rate: the event loop's
-# timers have millisecond resolution (epoll), so a per-segment gap (56 us at 200 Mbit/s) is
-# not to be had; a 1 ms burst is ~18 segments at 200 Mbit/s, which a receiver's default
-# 208 KiB UDP buffer takes, where an unpaced window of several hundred segments did not
-# (docs/tcp-wan.md).
-PACE_QUANTUM: Final = 0.001
+PACE_QUANTUM: Final = tcp_cc.PACE_QUANTUM  # (the reason is there)
 # Tail loss probes (RFC 8985 7): never sooner than this, and this much later when a single
 # segment is in flight (the guest may hold its ACK for its delayed-ACK time; Linux's
 # minimum is 40 ms).
