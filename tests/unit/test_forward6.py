@@ -297,3 +297,28 @@ def test_a_segment_without_extension_headers_takes_the_short_path_to_the_same_ve
             assert f.shard == flowkey.shard_of(pkt, len(pkt), 4)
     cut = packet(ipv6.NH_TCP, bytes(40), src=ALICE, dst=REMOTE)[:-8]  # payload length lies
     assert route(f, alice, cut) == DROP and f.stats.ipv6_malformed == 1
+
+
+def test_the_remembered_shard_is_the_flows_own_across_families_protocols_and_headers() -> None:
+    """The last flow's shard is reused for the next packet with the same key; interleaving
+    flows, an IPv4 packet, ICMPv6 and an extension header must never inherit another's."""
+    from tests.unit.test_forward import udp_packet
+
+    f = forwarder()
+    tcp_a = packet(ipv6.NH_TCP, bytes(20), src=ALICE, dst=REMOTE)
+    struct.pack_into(">HHIIBB", tcp_a, 40, 40001, 443, 1, 0, 0x50, 0x10)
+    tcp_b = bytearray(tcp_a)
+    struct.pack_into(">H", tcp_b, 40, 40002)
+    udp_a = packet(ipv6.NH_UDP, udp_body(40001, 443, b"q", ALICE, REMOTE), src=ALICE, dst=REMOTE)
+    hop_by_hop = packet(
+        ipv6.NH_HOP_BY_HOP, ext(ipv6.NH_UDP) + udp_body(40003, 53, b"q", ALICE, REMOTE),
+        src=ALICE, dst=REMOTE,
+    )  # fmt: skip
+    v4 = udp_packet("10.77.0.2", "192.0.2.9", 40001, 443)
+    sequence = [tcp_a, tcp_a, tcp_b, tcp_a, udp_a, tcp_a, ping6(REMOTE), hop_by_hop, v4, tcp_a]
+    shards = set()
+    for pkt in sequence:
+        assert route(f, alice, pkt) == DELIVER
+        assert f.shard == flowkey.shard_of(pkt, len(pkt), 4)
+        shards.add(f.shard)
+    assert len(shards) > 1  # the flows do not all share one worker, or this proves nothing
