@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgslirp.net.checksum import NUMPY_FROM, fold, sum_at
+from wgslirp.net.checksum import NUMPY_FROM, fold, run_sums, sum_at
 
 
 def reference(data: bytes) -> int:
@@ -43,3 +43,25 @@ def test_both_routes_agree_at_the_switch() -> None:
 def test_all_ones_words_sum_to_the_negative_zero() -> None:
     data = b"\xff" * 1400  # every word 0xFFFF: one's-complement -0
     assert fold(sum_at(data, 0, len(data)) + 0x1234) == fold(0xFFFF + 0x1234)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=2, max_size=9000),
+    st.integers(min_value=0, max_value=7),
+    st.integers(min_value=1, max_value=700),
+    st.integers(min_value=0x1, max_value=0x1FFFF),
+)
+def test_run_sums_give_each_runs_reference_checksum(
+    data: bytes, off: int, half: int, pseudo: int
+) -> None:
+    size = 2 * half
+    count = (len(data) - off) // size
+    buf = bytearray(data)
+    if count < 1:
+        return
+    got = run_sums(memoryview(buf), off, size, count)
+    assert len(got) == count
+    for i, s in enumerate(got):
+        run = bytes(buf[off + i * size : off + (i + 1) * size])
+        assert fold(s + pseudo) == fold(reference(run) + pseudo)

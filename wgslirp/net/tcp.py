@@ -303,8 +303,11 @@ class SegmentWriter:
         window: int,
         options: bytes,
         payload_len: int,
+        payload_sum: int = -1,
     ) -> int:
-        """Write headers and options in front of the payload; returns the packet length."""
+        """Write headers and options in front of the payload; returns the packet length.
+        `payload_sum`: the payload's `sum_at` when the caller has it (checksum.run_sums
+        over a train of segments), so only the header is summed here."""
         olen = len(options)
         hlen = HEADER_LEN + olen
         total = 20 + hlen + payload_len
@@ -338,7 +341,10 @@ class SegmentWriter:
         if olen:
             out[40 : 40 + olen] = options
         tcp_len = hlen + payload_len
-        s = sum_at(out, 20, tcp_len) + self._pseudo + tcp_len
+        if payload_sum < 0:
+            s = sum_at(out, 20, tcp_len) + self._pseudo + tcp_len
+        else:
+            s = sum_at(out, 20, hlen) + payload_sum + self._pseudo + tcp_len
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         _CSUM.pack_into(out, 36, (~s) & 0xFFFF)
@@ -379,6 +385,7 @@ class SegmentWriter6:
         window: int,
         options: bytes,
         payload_len: int,
+        payload_sum: int = -1,
     ) -> int:
         olen = len(options)
         hlen = HEADER_LEN + olen
@@ -406,7 +413,10 @@ class SegmentWriter6:
         )
         if olen:
             out[60 : 60 + olen] = options
-        s = sum_at(out, 40, tcp_len) + self._pseudo + tcp_len
+        if payload_sum < 0:
+            s = sum_at(out, 40, tcp_len) + self._pseudo + tcp_len
+        else:
+            s = sum_at(out, 40, hlen) + payload_sum + self._pseudo + tcp_len
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         _CSUM.pack_into(out, 56, (~s) & 0xFFFF)
