@@ -125,6 +125,24 @@ def test_build_in_place_wraps_a_payload_already_in_the_buffer() -> None:
     assert struct.unpack_from(">H", out, 6)[0] == ipv4.FLAG_DF
 
 
+@pytest.mark.parametrize("size", [0, 1, 31, 1392])
+def test_relayed_datagrams_differ_from_summed_ones_only_in_the_checksum_field(size: int) -> None:
+    """build_unsummed (host datagrams relayed to guests, IPv4): the same header as
+    build_in_place with DF clear, a valid IPv4 header checksum, UDP checksum field 0 ("none",
+    RFC 768), which checksum_ok accepts as a receiver must."""
+    payload = bytes((i * 13 + 5) & 0xFF for i in range(size))
+    summed, unsummed = bytearray(2048), bytearray(2048)
+    for out in (summed, unsummed):
+        out[udp.PAYLOAD_OFFSET : udp.PAYLOAD_OFFSET + size] = payload
+    n = udp.build_in_place(summed, REMOTE, GUEST, 53, 40000, size, 63, 0x28, 77)
+    assert udp.build_unsummed(unsummed, REMOTE, GUEST, 53, 40000, size, 63, 0x28, 77) == n
+    assert unsummed[26:28] == b"\x00\x00" and summed[26:28] != b"\x00\x00"
+    assert unsummed[:26] == summed[:26] and unsummed[28:n] == summed[28:n]
+    assert ipv4.header_valid(unsummed, n)
+    assert udp.checksum_ok(unsummed, n)
+    assert udp.parse(unsummed, n) == (REMOTE, GUEST, 53, 40000, 28, size)
+
+
 def test_computed_zero_checksum_is_sent_as_all_ones() -> None:
     base = udp_packet(GUEST, REMOTE, 1, 2, b"\x00\x00")
     c = struct.unpack_from(">H", base, 26)[0]

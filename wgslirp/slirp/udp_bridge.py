@@ -359,7 +359,7 @@ class UdpBridge:
                     ctx.ttl, flow.tos,
                 )  # fmt: skip
             else:
-                k = udp.build_in_place(
+                k = udp.build_unsummed(
                     out, flow.src_alias, flow.guest, flow.aport, flow.gport, nbytes,
                     ctx.ttl, flow.tos, ctx.next_ident(),
                 )  # fmt: skip
@@ -548,7 +548,7 @@ class UdpBridge:
                 buf = memoryview(ctx.scratch)
                 buf[udp.PAYLOAD_OFFSET : mtu] = slot[udp.PAYLOAD_OFFSET : mtu]
                 buf[mtu : mtu + nbytes - room] = overflow[: nbytes - room]
-            k = udp.build_in_place(
+            k = udp.build_unsummed(
                 buf, gw, guest, flow.aport, gport, nbytes, ctx.ttl, 0, ctx.next_ident()
             )
             if nbytes <= room:
