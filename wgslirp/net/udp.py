@@ -28,7 +28,7 @@ PAYLOAD_OFFSET6: Final = ipv6.HEADER_LEN + HEADER_LEN
 MAX_PAYLOAD6: Final = 0xFFFF - HEADER_LEN
 
 _CSUM = struct.Struct(">H")
-# An IPv4 header without options and a UDP header whose checksum field is zero, in one pack.
+# An IPv4 header without options and a UDP header, in one pack.
 _IP_UDP = struct.Struct(">BBHHHBBHIIHHHH")
 
 Parsed = tuple[int, int, int, int, int, int]
@@ -135,24 +135,12 @@ def build_in_place(
     if not 0 <= payload_len <= MAX_PAYLOAD:
         raise ValueError(f"UDP payload of {payload_len} bytes does not fit an IPv4 datagram")
     ulen = HEADER_LEN + payload_len
-    total = 20 + ulen
-    o = memoryview(out)
-    HEADER.pack_into(o, 20, sport, dport, ulen, 0)
-    csum = fold(_sum(o[20:total], _pseudo(src, dst, ulen)))
+    # The UDP header's words are summed as values; only the payload is read back.
+    s = _pseudo(src, dst, ulen) + sport + dport + ulen + sum_at(out, PAYLOAD_OFFSET, payload_len)
     # A computed zero is sent as all ones: zero on the wire means "no checksum".
-    _CSUM.pack_into(o, 26, csum or 0xFFFF)
-    ipv4.write_header(
-        o,
-        total_length=total,
-        proto=ipv4.PROTO_UDP,
-        src=src,
-        dst=dst,
-        ttl=ttl,
-        tos=tos,
-        ident=ident,
-        dont_fragment=dont_fragment,
-    )
-    return total
+    csum = fold(s) or 0xFFFF
+    flags = ipv4.FLAG_DF if dont_fragment else 0
+    return _write4(out, src, dst, sport, dport, ulen, ttl, tos, ident, flags, csum)
 
 
 def build_unsummed(
@@ -173,15 +161,32 @@ def build_unsummed(
     byte from the router to the guest, so a sum here would protect nothing more; it cost
     ~2 us of the ~18 a 1,392-byte datagram costs the router (scripts/bench_forward.py).
     IPv6 has no such option (RFC 8200 8.1): build_in_place6 always sums."""
-    ulen = HEADER_LEN + payload_len
+    return _write4(out, src, dst, sport, dport, HEADER_LEN + payload_len, ttl, tos, ident, 0, 0)
+
+
+def _write4(
+    out: bytearray | memoryview,
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    ulen: int,
+    ttl: int,
+    tos: int,
+    ident: int,
+    flags: int,
+    csum: int,
+) -> int:
+    """Both headers in one pack, the IPv4 checksum summed from the field values (as
+    ipv4.write_header does); returns the packet length."""
     total = 20 + ulen
-    s = (0x4500 | tos) + total + ident + (ttl << 8 | ipv4.PROTO_UDP)
+    s = (0x4500 | tos) + total + ident + flags + (ttl << 8 | ipv4.PROTO_UDP)
     s += (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     _IP_UDP.pack_into(
-        out, 0, 0x45, tos, total, ident, 0, ttl, ipv4.PROTO_UDP, ~s & 0xFFFF, src, dst,
-        sport, dport, ulen, 0,
+        out, 0, 0x45, tos, total, ident, flags, ttl, ipv4.PROTO_UDP, ~s & 0xFFFF, src, dst,
+        sport, dport, ulen, csum,
     )  # fmt: skip
     return total
 
