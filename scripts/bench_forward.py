@@ -54,7 +54,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,18 +76,13 @@ from wgslirp_testkit.bench import (  # noqa: E402
     start_controller,
     table,
 )
-from wgslirp_testkit.keys import key_to_base64  # noqa: E402
 from wgslirp_testkit.netns import Namespace  # noqa: E402
 from wgslirp_testkit.ports import free_udp_port  # noqa: E402
 from wgslirp_testkit.proc import die_with_parent, stop_process  # noqa: E402
 from wgslirp_testkit.reference import reference_router  # noqa: E402
 from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
-    LISTENING,
-    RouterProcess,
-    one_peer_env,
-    router_cmd,
-    router_cwd,
+    one_peer_router,
     summed_exit_counters,
 )
 from wgslirp_testkit.sampling import process_tree, udp_socket_drops  # noqa: E402
@@ -482,49 +476,37 @@ FAULTS = (
 def wgslirp_target(
     workers: int, peer_private: bytes, host_port: int, code_dir: str | None
 ) -> Iterator[Target]:
-    server = generate_private_key()
-    port = free_udp_port()
-    with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
-        env = one_peer_env(
-            Path(tmp) / "state",
-            port,
-            key_to_base64(server),
-            key_to_base64(public_key(peer_private)),
-            GUEST,
-            WG_MTU=str(MTU),
-            PROCESSOR_WORKERS=str(workers),
+    with one_peer_router(
+        peer_private, GUEST, workers=workers, mtu=MTU, code_dir=code_dir, prefix="bench-forward-"
+    ) as (r, port, server_public):
+        deadline = time.monotonic() + 20.0
+        while True:  # every worker up (ingress + N; inline: the one process)
+            tree = process_tree(r.pid)
+            up = sum(n == "wgslirp-ingress" or n[:9] == "wgslirp-w" for n in tree.values())
+            if workers == 0 or up >= workers + 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        pids = {}
+        for pid, name in tree.items():
+            if workers == 0 and pid == r.pid:
+                pids[pid] = "main"
+            elif name.startswith("wgslirp-"):
+                pids[pid] = name.removeprefix("wgslirp-")
+
+        def stop() -> dict[str, int]:
+            r.terminate(timeout=10)
+            return summed_exit_counters(r.output())
+
+        yield Target(
+            f"wgslirp-{workers}",
+            ("127.0.0.1", port),
+            server_public,
+            (GATEWAY, host_port),
+            "127.0.0.1",
+            None,
+            pids,
+            stop,
         )
-        cwd = router_cwd(env, code_dir)
-        with RouterProcess(router_cmd(), env, cwd=cwd) as r:
-            r.wait_for_line(LISTENING, timeout=30)
-            deadline = time.monotonic() + 20.0
-            while True:  # every worker up (ingress + N; inline: the one process)
-                tree = process_tree(r.pid)
-                up = sum(n == "wgslirp-ingress" or n[:9] == "wgslirp-w" for n in tree.values())
-                if workers == 0 or up >= workers + 1 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            pids = {}
-            for pid, name in tree.items():
-                if workers == 0 and pid == r.pid:
-                    pids[pid] = "main"
-                elif name.startswith("wgslirp-"):
-                    pids[pid] = name.removeprefix("wgslirp-")
-
-            def stop() -> dict[str, int]:
-                r.terminate(timeout=10)
-                return summed_exit_counters(r.output())
-
-            yield Target(
-                f"wgslirp-{workers}",
-                ("127.0.0.1", port),
-                public_key(server),
-                (GATEWAY, host_port),
-                "127.0.0.1",
-                None,
-                pids,
-                stop,
-            )
 
 
 @contextlib.contextmanager

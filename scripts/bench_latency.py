@@ -54,7 +54,6 @@ import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -211,22 +210,16 @@ from wgslirp_testkit.bench import (  # noqa: E402
     table,
 )
 from wgslirp_testkit.farhost import FarHost, far_host  # noqa: E402
-from wgslirp_testkit.keys import key_to_base64  # noqa: E402
 from wgslirp_testkit.netns import Namespace  # noqa: E402
 from wgslirp_testkit.ports import (  # noqa: E402
     closed_tcp_port,
     closed_udp_port,
-    free_udp_port,
 )
 from wgslirp_testkit.proc import LineReader, spawn, stop_process  # noqa: E402
 from wgslirp_testkit.reference import reference_router  # noqa: E402
 from wgslirp_testkit.router import (  # noqa: E402
     GATEWAY,
-    LISTENING,
-    RouterProcess,
-    one_peer_env,
-    router_cmd,
-    router_cwd,
+    one_peer_router,
     summed_exit_counters,
 )
 from wgslirp_testkit.wgclient import WgClient, wait_tunnel  # noqa: E402
@@ -287,32 +280,21 @@ def guest_client(guest_private: bytes, server: bytes, port: int, far: FarHost) -
 
 @contextlib.contextmanager
 def wgslirp_setup(workers: int, guest_private: bytes, code_dir: str | None) -> Iterator[Setup]:
-    server = generate_private_key()
-    port = free_udp_port()
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        env = one_peer_env(
-            Path(tmp) / "state",
-            port,
-            key_to_base64(server),
-            key_to_base64(public_key(guest_private)),
-            GUEST,
-            WG_MTU=str(MTU),
-            PROCESSOR_WORKERS=str(workers),
-        )
-        cwd = router_cwd(env, code_dir)
-        with (
-            far_host(204) as far,
-            RouterProcess(router_cmd(), env, cwd=cwd) as r,
-        ):
-            r.wait_for_line(LISTENING, timeout=30)
-            with guest_client(guest_private, public_key(server), port, far) as g:
-                wait_tunnel(g, GATEWAY, interval=0.1)
+    with (
+        far_host(204) as far,
+        one_peer_router(
+            guest_private, GUEST, workers=workers, mtu=MTU, code_dir=code_dir,
+            prefix="bench-latency-",
+        ) as (r, port, server_public),
+        guest_client(guest_private, server_public, port, far) as g,
+    ):  # fmt: skip
+        wait_tunnel(g, GATEWAY, interval=0.1)
 
-                def stop() -> dict[str, int]:
-                    r.terminate(timeout=10)
-                    return summed_exit_counters(r.output())
+        def stop() -> dict[str, int]:
+            r.terminate(timeout=10)
+            return summed_exit_counters(r.output())
 
-                yield Setup(g, GATEWAY, far.address, r.pid, stop)
+        yield Setup(g, GATEWAY, far.address, r.pid, stop)
 
 
 @contextlib.contextmanager

@@ -406,6 +406,35 @@ def one_peer_env(
     }
 
 
+@contextlib.contextmanager
+def one_peer_router(
+    peer_private: bytes, guest: str, *, workers: int, mtu: int, code_dir: str | None, prefix: str
+) -> Iterator[tuple[RouterProcess, int, bytes]]:
+    """A router as `one_peer_env` describes, with a fresh key on a free UDP port, its
+    WG_MTU and PROCESSOR_WORKERS set, run from `code_dir` if given (router_cwd); yields
+    (process, port, the router's public key) once it listens. For the benchmarks that
+    measure one router against one peer."""
+    from wgslirp.keys import generate_private_key, public_key
+    from wgslirp_testkit.keys import key_to_base64
+    from wgslirp_testkit.ports import free_udp_port
+
+    server = generate_private_key()
+    port = free_udp_port()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = one_peer_env(
+            Path(tmp) / "state",
+            port,
+            key_to_base64(server),
+            key_to_base64(public_key(peer_private)),
+            guest,
+            WG_MTU=str(mtu),
+            PROCESSOR_WORKERS=str(workers),
+        )
+        with RouterProcess(router_cmd(), env, cwd=router_cwd(env, code_dir)) as r:
+            r.wait_for_line(LISTENING, timeout=30)
+            yield r, port, public_key(server)
+
+
 def guest_client(private: str, server_public: str, port: int, host: int, **kw: Any) -> WgClient:
     """A wireguard-go guest with tunnel address 10.77.0.`host` routing 10.77.0.0/24 to the
     router on 127.0.0.1:`port`."""
