@@ -6,7 +6,7 @@ guest did not SACK (RFC 6675 5.1). Fake clock; the guest is tcpconn.SackReceiver
 from __future__ import annotations
 
 from wgslirp.net import tcp
-from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp.slirp.tcp_endpoint import RACK_PEEK, TcpParams
 from wgslirp_testkit.tcpconn import Conn, SackReceiver, Seg
 
 MSS = 1340
@@ -197,3 +197,77 @@ def test_acks_that_sack_new_data_are_duplicates_even_as_the_window_grows() -> No
     assert c.ep.fast_retransmits == 1
     assert segs[0].seq in [s.seq for s in c.out()]
     assert c.ep.rto_expirations == 0
+
+
+def test_a_lost_retransmission_is_found_by_a_later_one_delivered_without_new_data() -> None:
+    """RACK by send time (RFC 8985 6.2): with nothing new to send, no new data can be
+    SACKed past a lost resend; the resends sent after it and delivered show it lost."""
+    c, rx, segs = _setup(total=20 * MSS, init_cwnd=20)
+    assert len(segs) == 20
+    holes = {0, 2, 4, 6}
+    c.clock.advance(RTT)
+    out: list[Seg] = []
+    for i, s in enumerate(segs):
+        if i not in holes:
+            rx.take(s)
+            rx.ack()
+            out += c.out()
+    resent = [s.seq for s in out]
+    assert [segs[i].seq for i in sorted(holes)] == sorted(set(resent))
+    assert c.ep.fast_retransmits == 1 and c.ep.lost_retransmits == 0
+    # A round trip later the resends arrive, all but the first.
+    c.clock.advance(RTT)
+    again: list[Seg] = []
+    for s in out:
+        if s.seq != segs[0].seq:
+            rx.take(s)
+            rx.ack()
+            again += c.out()
+    assert [s.seq for s in again] == [segs[0].seq], "the lost resend waits for the timer"
+    assert c.ep.lost_retransmits == 1 and c.ep.rto_expirations == 0
+    rx.take(again[0])
+    rx.ack()
+    assert c.gack == segs[-1].seq + MSS
+
+
+def test_going_back_n_after_a_timeout_finds_a_resend_lost_again() -> None:
+    """After a timeout the window is resent in order from SND.UNA; one of those resends
+    lost again is found when a later one is SACKed, not by a second (doubled) timeout."""
+    c, rx, segs = _setup(total=10 * MSS)
+    # Every segment lost, and the tail loss probe too: the timer expires.
+    first = [s for s in c.tick(c.ep.rto + 0.001) if s.seq != segs[-1].seq]
+    assert c.ep.rto_expirations == 1 and [s.seq for s in first] == [segs[0].seq]
+    c.clock.advance(RTT)
+    rx.take(first[0])
+    rx.ack()
+    nxt = c.out()  # the window grew: the next resends
+    assert len(nxt) >= 2 and nxt[0].seq == segs[1].seq
+    c.clock.advance(RTT)
+    found: list[Seg] = []
+    for s in nxt[1:]:  # segment 1 lost again, the ones after it arrive
+        rx.take(s)
+        rx.ack()
+        found += [o for o in c.out() if o.seq == segs[1].seq]
+    assert found, "the resend lost again waits for a second timeout"
+    assert c.ep.lost_retransmits == 1 and c.ep.rto_expirations == 1
+
+
+def test_a_burst_of_lost_retransmissions_longer_than_the_lookahead_is_found() -> None:
+    """More resends lost in a row than RACK_PEEK looks past: the ACK that delivers the
+    resend after them was sent for a segment that left after them, as the round trip
+    says."""
+    c, rx, segs = _setup(total=60 * MSS, init_cwnd=60)
+    lost = RACK_PEEK + 4  # segments 0..lost-1 lost twice; segment `lost` once
+    c.clock.advance(RTT)
+    out: list[Seg] = []
+    for s in segs[lost + 1 :]:
+        rx.take(s)
+        rx.ack()
+        out += c.out()
+    assert [s.seq for s in out] == [segs[i].seq for i in range(lost + 1)]
+    c.clock.advance(1.5 * RTT)
+    rx.take(out[-1])  # only the last resend arrives
+    rx.ack()
+    again = c.out()
+    assert [s.seq for s in again] == [segs[i].seq for i in range(lost)]
+    assert c.ep.lost_retransmits == lost and c.ep.rto_expirations == 0

@@ -61,6 +61,7 @@ class RttEstimator:
         "_rto_min",
         "_window_bytes",
         "latest",
+        "min_rtt",
         "rto",
         "rto_base",
         "rttvar",
@@ -72,6 +73,7 @@ class RttEstimator:
     def __init__(self, rto_initial: float, rto_min: float, rto_max: float) -> None:
         self.srtt = 0.0  # 0.0: no sample yet
         self.latest = 0.0  # the last sample as it was (RACK's RTT, RFC 8985 6.2)
+        self.min_rtt = 0.0  # the least sample ever (0.0: none); RACK's RACK.min_RTT
         self.rttvar = 0.0
         self.rto = rto_initial
         self.rto_base = max(rto_initial, rto_min)
@@ -95,6 +97,8 @@ class RttEstimator:
         if rtt < MIN_SAMPLE:
             rtt = MIN_SAMPLE
         self.latest = rtt
+        if rtt < self.min_rtt or self.min_rtt == 0.0:
+            self.min_rtt = rtt
         srtt = self.srtt
         if srtt == 0.0:
             srtt = rtt
