@@ -271,3 +271,36 @@ def test_a_burst_of_lost_retransmissions_longer_than_the_lookahead_is_found() ->
     again = c.out()
     assert [s.seq for s in again] == [segs[i].seq for i in range(lost)]
     assert c.ep.lost_retransmits == lost and c.ep.rto_expirations == 0
+
+
+def test_resending_the_oldest_segment_restarts_the_timer() -> None:
+    """Each resend of the oldest segment is recovery's progress (RACK finds it lost again
+    a round trip later), so the timer runs from the latest one, as Linux's does; from the
+    first send it expired while the resends went on (pathsim: a segment lost four times
+    in a row at a full queue)."""
+    c, rx, segs = _setup(total=60 * MSS, init_cwnd=20)
+    head = segs[0].seq
+    c.clock.advance(RTT)
+    pending: list[Seg] = []
+    for s in segs[1:]:
+        rx.take(s)
+        rx.ack()
+        pending += c.out()
+    assert [s.seq for s in pending].count(head) == 1  # the fast retransmission
+    c.clock.advance(RTT)
+    again: list[Seg] = []
+    for s in pending:
+        if s.seq != head:  # the resend is lost, what was sent after it arrives
+            rx.take(s)
+            rx.ack()
+            again += c.out()
+    assert [s.seq for s in again].count(head) == 1 and c.ep.lost_retransmits == 1
+    resent_at = c.now
+    rto = c.ep.rto
+    fired_at = 0.0
+    for _ in range(200):  # nothing more arrives: step the clock to the timeout
+        c.tick(0.002)
+        if c.ep.rto_expirations:
+            fired_at = c.now
+            break
+    assert fired_at >= resent_at + rto

@@ -2050,7 +2050,11 @@ class TcpEndpoint:
                 if self._in_recovery:
                     self._rexmit_high = max(self._rexmit_high, seq + n)
             rtt.resent(seq)
-            if self._t_rto == INF:
+            if self._t_rto == INF or (seq == una and self._in_recovery):
+                # Resending the oldest segment restarts the timer, as Linux does: it is
+                # recovery's progress, and when that segment is lost again RACK finds it a
+                # round trip later; a segment lost four times in a row at a full queue
+                # otherwise ran into the timer (pathsim, 300 Mbit/s, 40 ms, 150 packets).
                 self._t_rto = now + rtt.rto
 
         smax = self._snd_max
