@@ -403,3 +403,39 @@ def test_cwnd_leaves_room_for_three_pacing_bursts_above_two_bdp(bw: float, quant
     bdp = bw * rtt
     want = 2 * bdp + tcp_bbr.CWND_QUANTA * quantum
     assert want * 0.97 <= bbr.cwnd <= want + 2 * bdp + 3 * MSS
+
+
+def test_bounded_cruise_keeps_the_probe_cycles_bandwidth_while_the_rtt_runs_above_rtprop() -> None:
+    """Bounded, cwnd keeps to one BDP between probes 2 s apart; with the round trip 5 %
+    above RTprop each round delivers 5 % under BtlBw. A 10-round filter then forgot the
+    probe's rate and the estimate (and cwnd with it) slid down round after round until the
+    next probe (the relay's 20 ms + 1 % path: 216 -> 157 Mbit/s in 4 s); the best of this
+    probe cycle and the last is kept instead, as BBRv3 does."""
+    bw, rtt = 8e6, 0.04
+    bbr, rs, now = _bounded(bw, rtt)
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    for _ in range(20):  # the probe and its drain deliver at the path's rate
+        now += rtt + 0.001
+        rs.feed(bbr, bw, rtt, now, int(bbr.pacing_gain * bw * rtt))
+        if bbr.pacing_gain == 1.0:
+            break
+    assert bbr.pacing_gain == 1.0, "still probing or draining after 20 rounds"
+    lows = []
+    for _ in range(40):  # 1.7 s of cruising: well past 10 rounds, short of the next probe
+        now += rtt * 1.05
+        sample = bbr.btl_bw * rtt / (rtt * 1.05)  # cwnd-limited at a BDP, RTT 5 % up
+        rs.feed(bbr, sample, rtt * 1.05, now, int(bbr.btl_bw * rtt))
+        assert bbr.pacing_gain <= 1.0, "probed again within the test"
+        lows.append(bbr.btl_bw)
+    assert min(lows) >= 0.99 * bw
+
+
+def test_unbounded_the_ten_round_filter_still_follows_a_lower_rate() -> None:
+    """Without a loss bound the cycle is eight rounds and the 10-round filter is BBR v1's:
+    a path whose rate fell is believed within a few cycles, not held at the old rate."""
+    bw, rtt = 8e6, 0.04
+    bbr, rs, now = _cruising(bw, rtt)
+    for _ in range(40):
+        now += rtt + 0.001
+        rs.feed(bbr, bw / 2, rtt, now, int(bbr.pacing_gain * bw * rtt / 2))
+    assert bbr.btl_bw <= 0.5 * bw * 1.26  # at most a probe's 1.25 above the new rate
