@@ -197,3 +197,33 @@ def test_a_spurious_timeout_is_undone_and_does_not_go_back_n(cc: str) -> None:
     assert c.ep.spurious_undos == 1
     assert c.ep.cc.cwnd >= before
     assert not [s for s in after if segs[5].seq <= s.seq < segs[-1].seq + len(segs[-1].data)]
+
+
+def test_a_dsack_shows_reordering_so_the_next_hole_waits_a_reordering_window() -> None:
+    """A D-SACK for a resend says the path delivered what was judged lost; the hole
+    never filled by itself (it was resent), so that is the only sign of reordering. The
+    next overtaken segment is then given srtt / 4 before it is judged lost (RFC 8985
+    6.2.3), and arriving within it, is never resent."""
+    c, segs = _conn("cubic")
+    rx = SackReceiver(c, True, dsack=True)
+    again, new = _reordered_episode(c, segs, rx)
+    c.clock.advance(RTT)  # (a round trip for the samples, as on a path)
+    for s in [segs[0], *segs[8:], *new]:
+        rx.take(s)
+    rx.ack()
+    pending = c.out()
+    rx.take(again)  # the needless copy, reported as a duplicate
+    rx.ack()
+    pending += c.out()
+    assert c.ep.spurious_undos == 1 and len(pending) >= 5
+    c.clock.advance(RTT)
+    for s in pending[1:5]:  # the next segment is overtaken by four after it
+        rx.take(s)
+        rx.ack()
+        assert all(o.seq != pending[0].seq for o in c.out()), "resent at once"
+    c.clock.advance(0.002)
+    c.tick(0.0)
+    rx.take(pending[0])  # it arrives 2 ms late, within the window
+    rx.ack()
+    assert all(o.seq != pending[0].seq for o in c.out())
+    assert c.ep.fast_retransmits == 1  # the first episode's only

@@ -1424,6 +1424,7 @@ class TcpEndpoint:
                 # timeout, so the timeout was spurious (a delay spike, not a loss): take
                 # the window back and stop going back N; any real hole is SACK's work.
                 self._rto_loss = False
+                self._rexmit_log.clear()  # the resends since the timeout were needless
                 self._do_undo()
                 if self._snd_nxt < self._snd_max:
                     self._snd_nxt = self._snd_max
@@ -1807,7 +1808,16 @@ class TcpEndpoint:
 
     def _on_dsack(self, left: int, right: int) -> None:
         """The guest got [left, right) twice: if we resent it in the episode that can
-        still be undone, that resend was not needed (RFC 2883, as Linux counts it)."""
+        still be undone, that resend was not needed (RFC 2883, as Linux counts it).
+
+        Either way the path delivered something we had judged lost: RACK now waits a
+        reordering window before judging (RFC 8985 6.2.3 widens it on a D-SACK). The
+        other sign, a hole that fills with nothing resent, never shows when every hole
+        was resent at once: 1 % of segments 2 ms early at 100 ms made five spurious fast
+        retransmissions in STARTUP, read as 5.5 % loss, and the loss bound stopped the
+        search at 33 of 200 Mbit/s (pathsim, one seed in three at 35-45 Mbit/s, and the
+        relay's reordering profile likewise)."""
+        self._reord = True
         if self._undo_marker < 0 or left < self._undo_marker or self._undo_retrans <= 0:
             return
         self._undo_retrans -= -(-(right - left) // self._mss)
