@@ -1727,7 +1727,7 @@ class TcpEndpoint:
         # trip ago, so a resend sent more than a round trip and a reordering window ago
         # was sent before it (RACK's rule with the delivered segment's send time taken
         # from the latest RTT, for resends lost in a burst longer than RACK_PEEK).
-        mark = una + sack.sacked
+        mark = self._delivered_mark()
         lost_before = -1.0
         if mark > self._rack_mark:
             lost_before = reo_before - rtt.latest

@@ -20,11 +20,10 @@ segment. The endpoint reads the estimator's `srtt`/`rto` and the `ranges` lists 
 segment, so those are plain attributes, and the lists are only ever changed in place (never
 rebound): the header-prediction fast path tests a list for emptiness without a call.
 
-The split is also where recovery is meant to grow: RFC 6675's pipe and NextSeg (HighRxt,
-the per-hole lost test) extend the scoreboard; RACK-TLP adds per-segment send times and a
-minimum RTT next to the estimator; D-SACK (RFC 2883) means learning from the blocks below
-SND.UNA that `SackScoreboard.take` now skips, and reporting the duplicates the receive side
-now absorbs silently.
+The estimator also keeps the least RTT seen (`min_rtt`), which RACK uses to tell a resend's
+delivery from a late original's. The endpoint keeps the send times RACK-TLP judges by
+(per batch of new data, per resend); D-SACKs (RFC 2883) undo needless reductions and mark
+the path as reordering there.
 """
 
 from __future__ import annotations
