@@ -8,12 +8,15 @@ import itertools
 
 import pytest
 
+from wgslirp.net import tcp
 from wgslirp.slirp import tcp_bbr
 from wgslirp.slirp.tcp_bbr import Bbr
 from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_cc import PACE_QUANTUM
+from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp_testkit import pathsim
+from wgslirp_testkit.tcpconn import Conn
 
 MSS = 1340
 
@@ -439,3 +442,45 @@ def test_unbounded_the_ten_round_filter_still_follows_a_lower_rate() -> None:
         now += rtt + 0.001
         rs.feed(bbr, bw / 2, rtt, now, int(bbr.pacing_gain * bw * rtt / 2))
     assert bbr.btl_bw <= 0.5 * bw * 1.26  # at most a probe's 1.25 above the new rate
+
+
+def _ring_limited(written: int) -> bool:
+    """A BBR connection whose window (cwnd 20, the guest's 64 KiB) is larger than its
+    10-segment send ring: `written` bytes go out, the guest acknowledges them all; whether
+    the rate sample of that ACK was marked app-limited."""
+    p = TcpParams(mss=MSS, cc="bbr", pacing=False, init_cwnd=20, snd_buffer=10 * MSS)
+    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True), window=65535)
+    c.handshake()
+    c.ep.write(bytes(written), c.now)
+    c.ep.flush(c.now)
+    segs = c.out()
+    assert sum(len(s.data) for s in segs) == written
+    c.clock.advance(0.040)
+    c.gack = segs[-1].seq + len(segs[-1].data)
+    c.send(b"", tcp.ACK)
+    rate = c.ep._rate
+    assert rate is not None
+    return rate.sample_app_limited
+
+
+def test_a_full_send_ring_is_not_an_app_limited_sender() -> None:
+    """Window to spare and nothing left to send is app-limited only when the host had
+    nothing more to give. With the send ring full (in recovery SND.UNA waits at a hole
+    while the ring fills) the sender is held by its own buffer; marking those rounds
+    app-limited kept BBR without its loss bound in STARTUP for good (pathsim, 300 Mbit/s,
+    40 ms, 150-packet queue: 96,616 drops and 120 Mbit/s; 6,932 and 267 once not marked)."""
+    assert _ring_limited(5 * MSS)  # the host wrote half the ring: it had no more
+    assert not _ring_limited(10 * MSS)  # the ring is full: our buffer, not the host
+
+
+def test_without_the_loss_bound_startup_still_ends_against_a_shallow_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BBR v1's exit from STARTUP (three rounds without 25 % more bandwidth) must work by
+    itself: with the loss bound switched off, a 150-packet queue at 300 Mbit/s overflows
+    every round of STARTUP and recovery keeps the send ring full."""
+    monkeypatch.setattr(tcp_bbr, "LOSS_RATE", 1.0)
+    monkeypatch.setattr(tcp_bbr, "LOSS_RATE_UNQUEUED", 1.0)
+    r = pathsim.run("bbr", rate_mbit=300, rtt=0.040, queue_packets=150, seconds=4)
+    assert r.mbit >= 0.75 * 300
+    assert r.queue_drops < 0.1 * r.delivered / MSS

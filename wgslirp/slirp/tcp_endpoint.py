@@ -2177,8 +2177,12 @@ class TcpEndpoint:
             if nxt > smax:
                 smax = nxt
         else:
-            if self._rate is not None and edge - nxt >= mss:
-                self._rate.app_limited(smax - una)  # window to spare, nothing to send
+            if self._rate is not None and edge - nxt >= mss and self._snd_cap - (end - una) >= mss:
+                # Window to spare and nothing to send. Not when the send ring is full: then
+                # the sender is held by its own buffer (in recovery, SND.UNA waits at a
+                # hole), not by the host, and marking those rounds app-limited stopped
+                # STARTUP from ever seeing the bandwidth stop growing (docs/tcp-wan.md).
+                self._rate.app_limited(smax - una)
             if fin_seq == end and nxt == end and self._t_retry == INF:
                 # All data went out earlier: a bare FIN (it needs no window).
                 if self._emit(nxt, 0, _ACK | _FIN, window, opts):
