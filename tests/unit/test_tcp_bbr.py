@@ -205,9 +205,10 @@ def test_bbr_keeps_its_rate_under_random_loss_where_loss_based_senders_collapse(
     assert bbr.mbit >= 3 * reno.mbit
 
 
-def test_startup_ends_on_heavy_loss_before_the_bandwidth_plateau() -> None:
-    """BBRv2/v3's rule: a round that lost over 2 % (and at least 6 segments) ends
-    STARTUP; v1 went on for three more rounds at 2.89x the path's rate."""
+def _startup_round_with_losses(found: list[tuple[int, bool]]) -> Bbr:
+    """Three rounds of STARTUP doubling, then a round whose ACKs each find (segments lost,
+    whether they start a new run) as `found` says, 20 segments of ~120 in all, closed by
+    a sample still growing fast."""
     bbr = Bbr(MSS, 10 * MSS)
     rs = _Samples(0.0)
     now = 0.0
@@ -215,10 +216,33 @@ def test_startup_ends_on_heavy_loss_before_the_bandwidth_plateau() -> None:
         now += 0.04
         rs.feed(bbr, bw, 0.04, now, bbr.cwnd)
     assert bbr.mode == tcp_bbr.STARTUP
-    bbr.on_lost(20 * MSS)  # 20 segments of a ~120-segment round
+    assert sum(n for n, _ in found) == 20
+    for lost, new_run in found:
+        now += 0.001
+        bbr.on_lost(lost * MSS, new_run)
+        rs.delivered += MSS
+        bbr.on_delivery(rs, False, bbr.cwnd, MSS, now)
     now += 0.04
-    rs.feed(bbr, 8e6, 0.04, now, bbr.cwnd)  # still growing fast, yet the round lost too much
+    rs.feed(bbr, 8e6, 0.04, now, bbr.cwnd)
+    return bbr
+
+
+def test_startup_ends_on_heavy_loss_before_the_bandwidth_plateau() -> None:
+    """BBRv2/v3's rule: a round that lost over 2 % (and at least 6 segments) in
+    STARTUP_LOSS_RUNS separate runs (a drop-tail queue overflowed at twice its rate loses
+    every other segment) ends STARTUP; v1 went on for three more rounds at 2.89x."""
+    bbr = _startup_round_with_losses([(4, True), (4, True)] + [(3, True)] * 4)
+    assert tcp_bbr.STARTUP_LOSS_RUNS == 6
     assert bbr.full_bw_reached and bbr.mode != tcp_bbr.STARTUP
+
+
+def test_one_run_of_losses_does_not_end_startup() -> None:
+    """The same 20 segments lost in one run, found bit by bit on eight ACKs (RACK ages a
+    run past its reordering window as ACKs arrive): a receiver that stalled for a few
+    milliseconds, not a queue overflowing. The search goes on (BBRv3 too)."""
+    bbr = _startup_round_with_losses([(6, True)] + [(2, False)] * 7)
+    assert not bbr.full_bw_reached and bbr.mode == tcp_bbr.STARTUP
+    assert bbr.inflight_hi == tcp_bbr.UNBOUNDED
 
 
 def test_a_few_random_losses_do_not_end_startup() -> None:
@@ -471,6 +495,8 @@ def test_a_full_send_ring_is_not_an_app_limited_sender() -> None:
     40 ms, 150-packet queue: 96,616 drops and 120 Mbit/s; 6,932 and 267 once not marked)."""
     assert _ring_limited(5 * MSS)  # the host wrote half the ring: it had no more
     assert not _ring_limited(10 * MSS)  # the ring is full: our buffer, not the host
+    # Less than a quarter free: the bridge reads the host again only at a quarter.
+    assert not _ring_limited(8 * MSS)
 
 
 def test_without_the_loss_bound_startup_still_ends_against_a_shallow_queue(

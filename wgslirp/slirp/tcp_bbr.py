@@ -75,6 +75,15 @@ LOSS_SEGMENTS: Final = 6
 # bottleneck and 0.1 % profiles unchanged: an overflowing queue raises the round trip).
 QUEUE_EVIDENCE: Final = 1.1
 LOSS_RATE_UNQUEUED: Final = 0.05
+# In STARTUP the losses must also fall in this many separate runs of segments (BBRv3 asks
+# for as many loss events, full_loss_cnt): STARTUP overflowing a drop-tail queue at twice
+# its rate loses every other segment, a run each; a receiver that stalled for a few
+# milliseconds (Debian's wireguard-go client, its 208 KiB socket full) loses one run,
+# and ending the search there left the bandwidth estimate at 157-176 of the ~280 Mbit/s
+# the path carries, regained over 5-10 s of probes 2 s apart (relay rig, +20 ms, traced).
+# (Counted by runs, not by ACKs that found losses: RACK finds one run bit by bit, on as
+# many ACKs as arrive while it ages past the reordering window.)
+STARTUP_LOSS_RUNS: Final = 6
 UNBOUNDED: Final = 1 << 62
 # Once a probe found the queue's depth (inflight_hi), cruise this long between probes:
 # pathsim 100 Mbit/s, 100 ms, 100-packet queue, 15 s: mean queue 2.81 -> 0.56 ms, drops
@@ -130,6 +139,7 @@ class Bbr(CongestionControl):
         "_initial_window",
         "_last_rtt",
         "_loss_round",
+        "_loss_runs",
         "_lost_in_round",
         "_next_round_delivered",
         "_prior_cwnd",
@@ -197,6 +207,7 @@ class Bbr(CongestionControl):
         self.inflight_hi = UNBOUNDED
         self._hi_step = 0  # how much a probing round raises inflight_hi; doubles per round
         self._loss_round = -1  # the round whose losses were already acted on
+        self._loss_runs = 0  # separate runs of lost segments found in this round
 
     # ---------------------------------------------------------------- model inputs
 
@@ -221,6 +232,7 @@ class Bbr(CongestionControl):
                     self._last_rtt > self.rtprop * QUEUE_EVIDENCE
                     or lost > LOSS_RATE_UNQUEUED * (sent + lost)
                 )
+                and (self.full_bw_reached or self._loss_runs >= STARTUP_LOSS_RUNS)
             ):
                 self._on_loss_too_high(inflight, now)
         if not valid:
@@ -232,6 +244,7 @@ class Bbr(CongestionControl):
             self._next_round_delivered = rs.delivered
             self._round_delivered_from = rs.delivered
             self._round_lost = 0
+            self._loss_runs = 0
             self.round_count += 1
             self._round_start = True
             self._bw_slots[self.round_count % BW_ROUNDS] = 0.0
@@ -426,16 +439,17 @@ class Bbr(CongestionControl):
 
     def _set_cwnd(self, inflight: int, acked: int) -> None:
         mss = self.mss
-        target = self._bdp(self.cwnd_gain) + CWND_QUANTA * mss
+        room = CWND_QUANTA * mss  # above gain * BDP: bursts and ACK clumps
         if self.full_bw_reached:
             quantum = int(self.btl_bw * PACE_QUANTUM)
             if quantum > QUANTUM_MAX:
                 quantum = QUANTUM_MAX
             if quantum > mss:
-                target += CWND_QUANTA * (quantum - mss)
+                room += CWND_QUANTA * (quantum - mss)
             extra = max(self._extra_acked)
             cap = int(self.btl_bw * EXTRA_ACKED_MAX_TIME)
-            target += extra if extra < cap else cap
+            room += extra if extra < cap else cap
+        target = self._bdp(self.cwnd_gain) + room
         if self.mode == PROBE_BW and self._cycle_idx == 0:
             target += 2 * mss  # the probing phase needs room above the window it probes
         hi = self.inflight_hi
@@ -445,7 +459,7 @@ class Bbr(CongestionControl):
                 # others (BBRv3 keeps 15 % below inflight_hi, which costs a single flow
                 # throughput when the queue is shallow); a full queue also loses the
                 # retransmissions recovery sends. Measured in the module docstring.
-                bdp = self._bdp(1.0)
+                bdp = self._bdp(1.0) + room
                 if hi > bdp:
                     hi = bdp
             if target > hi:
@@ -496,9 +510,11 @@ class Bbr(CongestionControl):
         # let one segment out per segment delivered.
         self.cwnd = max(flight, MIN_CWND_SEGMENTS * self.mss)
 
-    def on_lost(self, nbytes: int) -> None:
+    def on_lost(self, nbytes: int, new_run: bool = True) -> None:
         self._round_lost += nbytes
         self._lost_in_round = True
+        if new_run:
+            self._loss_runs += 1
 
     def on_recovery_pipe(self, pipe: int) -> None:
         # Linux's BBR starts conservation from packets in flight, which excludes what

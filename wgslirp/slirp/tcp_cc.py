@@ -107,9 +107,10 @@ class CongestionControl:
         self.cwnd = max(self.ssthresh, 2 * self.mss)
         self._ca_acc = 0
 
-    def on_lost(self, nbytes: int) -> None:
+    def on_lost(self, nbytes: int, new_run: bool = True) -> None:
         """Only for controllers with `uses_rate`: SACK recovery presumed these bytes lost
-        (a hole below SACKed data) and queued them for retransmission."""
+        (a hole below SACKed data) and queued them for retransmission; `new_run`: they do
+        not continue the bytes presumed lost before them."""
 
     def on_rtt(self, rtt: float, ack: int, snd_nxt: int) -> None:
         """An RTT sample, taken on an ACK up to `ack` while SND.NXT is `snd_nxt` (the

@@ -101,6 +101,10 @@ MAX_REXMIT_LOG: Final = 4096
 # Entries past a stuck head of that log looked at for a later resend already delivered
 # (see _lost_resends): a bound on the work per ACK while one resend is outstanding.
 RACK_PEEK: Final = 16
+# The host side refills the send ring once this fraction of it is free again (tcp_bridge
+# stops reading the host socket when the ring is full): until then an empty queue of
+# unsent data means our own buffer held the sender, not that the host had nothing.
+SEND_REFILL_FRACTION: Final = 4
 # Never appended to (the endpoint swaps in its own first); only read, cleared when empty.
 _NO_REXMIT: Final[deque[int]] = deque()
 _NO_REXMIT_SET: Final[set[int]] = set()
@@ -236,6 +240,7 @@ class TcpEndpoint:
         "_last_ack_sent",
         "_last_host",
         "_last_rx",
+        "_lost_run_end",
         "_max_snd_wnd",
         "_mss",
         "_next_pace",
@@ -485,6 +490,7 @@ class TcpEndpoint:
         self._rxt_n = 0  # resends logged so far
         self._rack_rxt_n = 0  # the send number of the newest resend known delivered
         self._rack_mark = 0  # _delivered_mark() when _lost_resends last looked
+        self._lost_run_end = -1  # end of the last bytes presumed lost (runs, for BBR)
         self._t_tlp = INF  # tail loss probe due (RFC 8985 7)
         # When new data went out: (time, SND.MAX after) per send batch, from _sent_head
         # on, for RACK's rule that a hole is lost only once it was sent a round trip and a
@@ -1684,7 +1690,8 @@ class TcpEndpoint:
             if self._queue_rexmit(hole):
                 room -= end - hole
                 if uses_rate:
-                    self.cc.on_lost(end - hole)
+                    self.cc.on_lost(end - hole, hole != self._lost_run_end)
+                    self._lost_run_end = end
             s = end
         if prr is not None:
             prr.out += room0 - room  # what the resends took
@@ -2177,11 +2184,15 @@ class TcpEndpoint:
             if nxt > smax:
                 smax = nxt
         else:
-            if self._rate is not None and edge - nxt >= mss and self._snd_cap - (end - una) >= mss:
-                # Window to spare and nothing to send. Not when the send ring is full: then
-                # the sender is held by its own buffer (in recovery, SND.UNA waits at a
-                # hole), not by the host, and marking those rounds app-limited stopped
-                # STARTUP from ever seeing the bandwidth stop growing (docs/tcp-wan.md).
+            if (
+                self._rate is not None
+                and edge - nxt >= mss
+                and (self._snd_cap - (end - una)) * SEND_REFILL_FRACTION >= self._snd_cap
+            ):
+                # Window to spare and nothing to send: app-limited, unless the ring is
+                # (nearly) full. Then the sender is held by its own buffer (in recovery
+                # SND.UNA waits at a hole), and marking those rounds app-limited kept BBR
+                # without its loss bound in STARTUP for good (docs/tcp-wan.md).
                 self._rate.app_limited(smax - una)
             if fin_seq == end and nxt == end and self._t_retry == INF:
                 # All data went out earlier: a bare FIN (it needs no window).
