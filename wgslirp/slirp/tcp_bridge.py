@@ -39,7 +39,7 @@ from wgslirp.slirp.bridge_context import (
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 from wgslirp.slirp.tcp_buffers import SendBudget
-from wgslirp.slirp.tcp_endpoint import SEND_REFILL_FRACTION, TcpEndpoint, TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
 
 if TYPE_CHECKING:
     from wgslirp.slirp.forward_bridge import ForwardTally
@@ -53,9 +53,7 @@ TCP_ACK: Final = 0x10
 _PORTS = struct.Struct(">HH")
 _ADDRS6 = struct.Struct(">QQQQ")  # an IPv6 header's source and destination, as halves
 _NH_TCP: Final = ipv6.NH_TCP
-# resume reading the host once a quarter of the send buffer is free (the endpoint's
-# app-limited test knows this: SEND_REFILL_FRACTION)
-READ_RESUME_FRACTION: Final = SEND_REFILL_FRACTION
+READ_RESUME_FRACTION = 4  # resume reading the host once a quarter of the send buffer is free
 RECV_CHUNK = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
 STRAY_RST_INTERVAL = 0.2  # seconds between RSTs answering stray segments of one tuple

@@ -101,10 +101,6 @@ MAX_REXMIT_LOG: Final = 4096
 # Entries past a stuck head of that log looked at for a later resend already delivered
 # (see _lost_resends): a bound on the work per ACK while one resend is outstanding.
 RACK_PEEK: Final = 16
-# The host side refills the send ring once this fraction of it is free again (tcp_bridge
-# stops reading the host socket when the ring is full): until then an empty queue of
-# unsent data means our own buffer held the sender, not that the host had nothing.
-SEND_REFILL_FRACTION: Final = 4
 # Never appended to (the endpoint swaps in its own first); only read, cleared when empty.
 _NO_REXMIT: Final[deque[int]] = deque()
 _NO_REXMIT_SET: Final[set[int]] = set()
@@ -2184,15 +2180,13 @@ class TcpEndpoint:
             if nxt > smax:
                 smax = nxt
         else:
-            if (
-                self._rate is not None
-                and edge - nxt >= mss
-                and (self._snd_cap - (end - una)) * SEND_REFILL_FRACTION >= self._snd_cap
-            ):
+            if self._rate is not None and edge - nxt >= mss and self._snd_cap - (end - una) >= mss:
                 # Window to spare and nothing to send: app-limited, unless the ring is
-                # (nearly) full. Then the sender is held by its own buffer (in recovery
-                # SND.UNA waits at a hole), and marking those rounds app-limited kept BBR
-                # without its loss bound in STARTUP for good (docs/tcp-wan.md).
+                # full. Then the sender is held by its own buffer (in recovery SND.UNA
+                # waits at a hole), and marking those rounds app-limited kept BBR without
+                # its loss bound in STARTUP for good (docs/tcp-wan.md). (The bridge reads
+                # the host again only at a quarter free; counting up to there as held too
+                # added ~1 ms of queue behind the relay rig's bottleneck: not done.)
                 self._rate.app_limited(smax - una)
             if fin_seq == end and nxt == end and self._t_retry == INF:
                 # All data went out earlier: a bare FIN (it needs no window).
