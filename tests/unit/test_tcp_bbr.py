@@ -16,7 +16,7 @@ from wgslirp.slirp.tcp_cc import PACE_QUANTUM
 from wgslirp.slirp.tcp_endpoint import TcpParams
 from wgslirp.slirp.tcp_rate import DeliveryRate
 from wgslirp_testkit import pathsim
-from wgslirp_testkit.tcpconn import Conn
+from wgslirp_testkit.tcpconn import Conn, SackReceiver
 
 MSS = 1340
 
@@ -508,3 +508,42 @@ def test_without_the_loss_bound_startup_still_ends_against_a_shallow_queue(
     r = pathsim.run("bbr", rate_mbit=300, rtt=0.040, queue_packets=150, seconds=4)
     assert r.mbit >= 0.75 * 300
     assert r.queue_drops < 0.1 * r.delivered / MSS
+
+
+@pytest.mark.parametrize(
+    ("lost", "runs"),
+    [((2, 3, 4, 5, 6, 7), 1), ((2, 4, 6, 8, 10, 12), 5)],
+    ids=["one run", "every other segment"],
+)
+def test_the_endpoint_tells_bbr_where_a_run_of_losses_starts(
+    lost: tuple[int, ...], runs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run count STARTUP's loss exit reads comes from the endpoint: segments lost in a
+    row (a stalled receiver) are one run, segments lost every other one (a queue
+    overflowed at twice its rate) a run each."""
+    starts: list[bool] = []
+    on_lost = Bbr.on_lost
+
+    def record(self: Bbr, nbytes: int, new_run: bool = True) -> None:
+        starts.append(new_run)
+        on_lost(self, nbytes, new_run)
+
+    monkeypatch.setattr(Bbr, "on_lost", record)
+    p = TcpParams(mss=MSS, cc="bbr", pacing=False, init_cwnd=20)
+    c = Conn(p, syn_opts=tcp.options_bytes(mss=MSS, sack_perm=True), window=65535)
+    c.handshake()
+    c.ep.write(bytes(20 * MSS), c.now)
+    c.ep.flush(c.now)
+    segs = c.out()
+    assert len(segs) == 20
+    rx = SackReceiver(c, True)
+    c.clock.advance(0.040)
+    for i, s in enumerate(segs):
+        if i not in lost:
+            rx.take(s)
+            rx.ack()
+    c.tick(0.2)  # RACK's reordering window passes: every hole is presumed lost
+    # The first hole goes as the fast retransmission (on_fast_retransmit, not on_lost);
+    # the rest are reported here, a run of them continuing after it.
+    assert len(starts) == len(lost) - 1
+    assert sum(starts) == runs
