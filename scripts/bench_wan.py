@@ -284,6 +284,7 @@ class Target:
     router: dict[int, str] = field(default_factory=dict)  # router pid -> name
     router_pid: int = -1  # the router's main process
     wg_pids: list[int] = field(default_factory=list)
+    server_pids: list[int] = field(default_factory=list)  # the tunnel's far end (--pin)
     udp_ports: dict[str, int] = field(default_factory=dict)  # label -> local UDP port
     metrics_url: str = ""  # the router's /metrics (METRICS_LISTEN), for its TCP counters
 
@@ -387,6 +388,8 @@ class Bench:
             tcp0 = _router_tcp(t.metrics_url)
             wall0 = time.time()
             proc = spawn(argv, c, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if a.pin:
+                _pin(t, proc.pid, pinger.pid)
             meter = CpuMeter()
             meter.add_router(t.router, t.router_pid)
             meter.add("wg-go", t.wg_pids)
@@ -508,6 +511,7 @@ class Bench:
                         router=process_tree(r.pid),
                         router_pid=r.pid,
                         wg_pids=[c.pid],
+                        server_pids=list(process_tree(r.pid)),
                         udp_ports={"wg-go": c.udp_port(), "router": port},
                         metrics_url=f"http://127.0.0.1:{mport}/metrics",
                     )
@@ -538,9 +542,41 @@ class Bench:
                 b.udp_port(),
                 server,
                 wg_pids=[c.pid, b.pid],
+                server_pids=[b.pid],
                 udp_ports={"wg-go": c.udp_port(), "wg-go srv": b.udp_port()},
             )
             self.measure_all(t, ("down", "up") if self.args.reference == "both" else ("down",))
+
+
+def _pin_cpus() -> tuple[set[int], set[int]]:
+    """--pin's split: the last CPU for the client's side, the rest for the far end."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (wireguard-go runs many; threads made later inherit)."""
+    try:
+        tids = [int(x) for x in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return  # gone already
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def _pin(t: Target, *client_pids: int) -> None:
+    """Keep the tunnel's two ends on different CPUs, as on two machines: the client's
+    wireguard-go and its guest programs on the last CPU, the far end (wgslirp's processes,
+    or the reference's server wireguard-go) on the others. The relay, the host's iperf3
+    and the kernels' softirqs float. Without it the ends share both cores and the far end's
+    CPU time is taken from the client (docs/tcp-wan.md)."""
+    server, client = _pin_cpus()
+    for pid in t.server_pids:
+        _set_affinity(pid, server)
+    for pid in (*t.wg_pids, *client_pids):
+        if pid not in t.server_pids:
+            _set_affinity(pid, client)
 
 
 def _on_port(port: int) -> Callable[[UdpSocketInfo], bool]:
@@ -963,6 +999,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run the router from the wgslirp package in DIR (a patched copy for an "
         "experiment, e.g. one that traces its TCP state) instead of the working tree",
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="put the client's side (its wireguard-go, iperf3 and pinger) on the last CPU and "
+        "the far end (wgslirp, or the reference's server wireguard-go) on the others, as if "
+        "on two machines; both paths get the same split",
+    )
     add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     a.profiles = [x.strip() for x in a.profiles.split(",") if x.strip()]
@@ -991,6 +1034,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--workers must be 0..16")
     if not 0 <= a.client_sockbuf <= 1 << 30:
         p.error("--client-sockbuf must be 0..1 GiB")
+    if a.pin and len(os.sched_getaffinity(0)) < 2:
+        p.error("--pin needs at least 2 CPUs")
     if a.guest_cc and not re.fullmatch(r"[a-z0-9_]+", a.guest_cc):
         p.error("--guest-cc wants an algorithm name such as cubic")
     return a
@@ -1029,6 +1074,12 @@ def main(argv: list[str]) -> int:
         bench.sockbuf_note = (
             "wireguard-go UDP socket buffers: Debian wireguard-go's own (the kernel default, "
             f"net.core.rmem_default {rmem} KiB; --client-sockbuf 7340032 for newer builds)"
+        )
+    if args.pin:
+        far, near = _pin_cpus()
+        bench.sockbuf_note += (
+            f"\n  --pin: the client's side on CPU {','.join(map(str, sorted(near)))}, "
+            f"the far end on CPU {','.join(map(str, sorted(far)))}"
         )
     print(bench.sockbuf_note, flush=True)
     t0 = time.monotonic()
