@@ -515,7 +515,7 @@ class Bench:
                         udp_ports={"wg-go": c.udp_port(), "router": port},
                         metrics_url=f"http://127.0.0.1:{mport}/metrics",
                     )
-                    self.measure_all(t, ("down", "up"))
+                    self.measure_all(t, ("down",) if self.args.down_only else ("down", "up"))
                 r.terminate(timeout=10)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -998,6 +998,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="run the router from the wgslirp package in DIR (a patched copy for an "
         "experiment, e.g. one that traces its TCP state) instead of the working tree",
+    )
+    p.add_argument(
+        "--down-only",
+        action="store_true",
+        help="wgslirp's download only (no upload runs): for A/B runs of the sender",
     )
     p.add_argument(
         "--pin",
