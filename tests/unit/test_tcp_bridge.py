@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import socket
 import struct
 
 import pytest
 
 from wgslirp.net import icmp, tcp
-from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.loop import Handler, Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -116,6 +117,7 @@ def test_every_open_connection_is_in_the_log_until_it_is_dropped() -> None:
         syn = guest_pkt(99, 0, tcp.SYN)
         struct.pack_into(">H", syn, 22, srv.getsockname()[1])  # the listener's port
         b.from_guest(4, memoryview(syn), len(syn), 1.0)
+        b.handle_timer(1.0)  # the turn's timers: logged once the SYN-ACK has left
         assert len(log.open) == 1
         ((peer, guest, gport, remote, rport, _iss, irs),) = log.open.values()
         assert (peer, guest, gport, remote, rport, irs) == (
@@ -237,6 +239,89 @@ def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call
         (pkt,) = eg.packets
         assert rst_flags_ack(pkt) == (tcp.SYN | tcp.ACK, 100)
         assert len(b.table) == 1 and b.stats.dials_ok == 1
+
+
+class RecordingLoop(Loop):
+    """A loop that lists every change to what it watches: (call, events)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def register(
+        self, fileobj: int | object, handler: Handler, events: int = selectors.EVENT_READ
+    ) -> None:
+        self.calls.append(("register", events))
+        super().register(fileobj, handler, events)
+
+    def modify(self, fileobj: int | object, handler: Handler, events: int) -> None:
+        self.calls.append(("modify", events))
+        super().modify(fileobj, handler, events)
+
+
+def settling_bridge() -> tuple[TcpBridge, Egress, RecordingLoop, Log]:
+    eg, loop, log = Egress(), RecordingLoop(), Log()
+    ctx = BridgeContext(eg, loop, mtu=1380, gateway=HOST_IP)
+    pol = EgressPolicy(gateway="93.184.216.34", gateway_host="127.0.0.1")
+    b = TcpBridge(ctx, pol, FlowTable[TcpFlow](float("inf")), TcpParams(mss=1340), log=log)
+    return b, eg, loop, log
+
+
+def test_a_connect_established_when_connect_returns_is_watched_and_logged_after_its_synack() -> (
+    None
+):
+    """What the SYN-ACK does not need waits for the turn's timers, which the loop runs
+    after its hooks (inline: after ingress sent the SYN-ACK): watching the host socket and
+    the connection's log row. The socket is then watched once, for what it is watched for
+    from then on (readable), not first for writable and then changed: one epoll_ctl."""
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        (synack,) = eg.packets
+        assert rst_flags_ack(synack) == (tcp.SYN | tcp.ACK, 100)
+        assert loop.calls == [] and log.open == {} and len(b.table) == 1
+        assert b.get_timer() == 1.0  # due in this turn
+        b.handle_timer(1.0)
+        assert loop.calls == [("register", selectors.EVENT_READ)]
+        assert len(log.open) == 1
+        timer = b.get_timer()
+        assert timer is not None and timer > 1.0  # the SYN-ACK's retransmission, no sooner
+        assert eg.packets == [synack] and b.stats.internal_errors == 0
+        b.close(2.0)
+
+
+def test_a_segment_before_the_connection_is_settled_has_it_watched_once() -> None:
+    """The guest's ACK can be in the SYN's own batch: the pump at the batch's end watches
+    the socket, and settling it afterwards must not watch it again (a second register
+    raises, and would reset the connection)."""
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        syn = syn_to(port)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        ((iss, _, _),) = sent(eg)
+        ack = seg_to(port, 100, iss + 1, tcp.ACK)
+        b.from_guest(0, memoryview(ack), len(ack), 1.0)
+        b.flush_dirty(1.0)
+        b.handle_timer(1.0)
+        assert [c for c, _ in loop.calls].count("register") == 1
+        assert len(b.table) == 1 and len(log.open) == 1 and b.stats.internal_errors == 0
+        b.close(2.0)
+
+
+def test_a_connection_reset_before_it_is_settled_is_never_watched_or_logged() -> None:
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        syn = syn_to(port)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(sent(eg)) == 1  # the SYN-ACK
+        rst = seg_to(port, 100, 0, tcp.RST)
+        b.from_guest(0, memoryview(rst), len(rst), 1.0)
+        b.handle_timer(1.0)
+    assert len(b.table) == 0 and loop.calls == [] and log.open == {}
+    assert b.get_timer() is None and b.stats.internal_errors == 0
 
 
 def test_a_dial_still_in_progress_is_watched_and_timed() -> None:
