@@ -22,7 +22,7 @@ from wgslirp.slirp.tcp_bridge import (
     TcpFlow,
     failure_signal,
 )
-from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
 from wgslirp_testkit.ports import closed_tcp_port
 from wgslirp_testkit.tcpconn import (
     GUEST_IP,
@@ -238,7 +238,9 @@ def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
         (pkt,) = eg.packets
         assert rst_flags_ack(pkt) == (tcp.SYN | tcp.ACK, 100)
-        assert len(b.table) == 1 and b.stats.dials_ok == 1
+        assert b.stats.dials_ok == 1
+        b.handle_timer(1.0)  # the turn's timers build the connection (see _settle)
+        assert len(b.table) == 1 and eg.packets == [pkt]
 
 
 class RecordingLoop(Loop):
@@ -267,22 +269,22 @@ def settling_bridge() -> tuple[TcpBridge, Egress, RecordingLoop, Log]:
     return b, eg, loop, log
 
 
-def test_a_connect_established_when_connect_returns_is_watched_and_logged_after_its_synack() -> (
-    None
-):
+def test_a_connect_established_when_connect_returns_is_built_after_its_synack() -> None:
     """What the SYN-ACK does not need waits for the turn's timers, which the loop runs
-    after its hooks (inline: after ingress sent the SYN-ACK): watching the host socket and
-    the connection's log row. The socket is then watched once, for what it is watched for
-    from then on (readable), not first for writable and then changed: one epoll_ctl."""
+    after its hooks (inline: after ingress sent the SYN-ACK): the endpoint and the flow,
+    the log row, watching the host socket. The socket is then watched once, for what it
+    is watched for from then on (readable), not first for writable and then changed."""
     b, eg, loop, log = settling_bridge()
     with socket.create_server(("127.0.0.1", 0)) as srv:
         syn = syn_to(srv.getsockname()[1])
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
         (synack,) = eg.packets
         assert rst_flags_ack(synack) == (tcp.SYN | tcp.ACK, 100)
-        assert loop.calls == [] and log.open == {} and len(b.table) == 1
+        assert len(b.table) == 0 and loop.calls == [] and log.open == {}
         assert b.get_timer() == 1.0  # due in this turn
         b.handle_timer(1.0)
+        (flow,) = b.table.values()
+        assert flow.ep.state is TcpState.SYN_RECEIVED and not flow.connecting
         assert loop.calls == [("register", selectors.EVENT_READ)]
         assert len(log.open) == 1
         timer = b.get_timer()
@@ -310,7 +312,10 @@ def test_a_segment_before_the_connection_is_settled_has_it_watched_once() -> Non
         b.close(2.0)
 
 
-def test_a_connection_reset_before_it_is_settled_is_never_watched_or_logged() -> None:
+def test_a_connection_reset_in_its_syns_batch_leaves_nothing_behind() -> None:
+    """The guest's RST in the SYN's own batch meets the connection built (every way into
+    the bridge builds what was answered first), which it closes: nothing left watched,
+    logged or timed."""
     b, eg, loop, log = settling_bridge()
     with socket.create_server(("127.0.0.1", 0)) as srv:
         port = srv.getsockname()[1]
@@ -320,8 +325,8 @@ def test_a_connection_reset_before_it_is_settled_is_never_watched_or_logged() ->
         rst = seg_to(port, 100, 0, tcp.RST)
         b.from_guest(0, memoryview(rst), len(rst), 1.0)
         b.handle_timer(1.0)
-    assert len(b.table) == 0 and loop.calls == [] and log.open == {}
-    assert b.get_timer() is None and b.stats.internal_errors == 0
+    assert len(b.table) == 0 and loop.selector.get_map() == {} and log.open == {}
+    assert b.stats.internal_errors == 0 and sent(eg) == []
 
 
 def test_a_dial_still_in_progress_is_watched_and_timed() -> None:

@@ -39,7 +39,7 @@ from wgslirp.slirp.bridge_context import (
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
 from wgslirp.slirp.tcp_buffers import SendBudget
-from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, synack_into
 
 if TYPE_CHECKING:
     from wgslirp.slirp.forward_bridge import ForwardTally
@@ -102,6 +102,32 @@ class TcpFlow(Flow):
         self.handler: SocketHandler = _no_handler
         self.slot = -1  # this connection's entry in the ConnectionLog
         self.forward: ForwardTally | None = None  # an inbound forward's connection
+
+
+class _Unsettled:
+    """A connection answered in `TcpBridge._answer` and not built yet (`_settle`)."""
+
+    __slots__ = ("at", "iss", "key", "peer", "sock", "syn", "v6", "writer")
+
+    def __init__(
+        self,
+        key: TcpKey,
+        peer: int,
+        sock: socket.socket,
+        iss: int,
+        syn: bytes,
+        at: float,
+        v6: bool,
+        writer: tcp.SegmentWriter | tcp.SegmentWriter6 | None,
+    ) -> None:
+        self.key = key
+        self.peer = peer
+        self.sock = sock
+        self.iss = iss
+        self.syn = syn
+        self.at = at  # the SYN's (and the SYN-ACK's) time
+        self.v6 = v6
+        self.writer = writer  # None: the SYN-ACK is the endpoint's to send
 
 
 class ConnectionLog(Protocol):
@@ -168,14 +194,16 @@ class TcpBridge:
         # first segment says which peer it came through (see open_forwarded).
         self._unbound: dict[tuple[int, int, int, int], TcpFlow] = {}
         self._forward_ports: set[tuple[int, int, int]] = set()  # (guest, port, NAT port)
-        # Connections answered in _open whose socket watch and log row wait for _settle,
-        # and the time they became due (the SYN's turn).
-        self._unsettled: list[TcpFlow] = []
+        # Connections answered in _answer and built in _settle, and when they became
+        # due (the SYN's turn).
+        self._unsettled: list[_Unsettled] = []
         self._settle_at = 0.0
 
     # ------------------------------------------------------------- guest -> host
 
     def from_guest(self, peer: int, pkt: memoryview, n: int, now: float) -> None:
+        if self._unsettled:  # a connection answered in this batch: built before the next
+            self._settle(now)
         # The TCP header and the segment's end are found once here, for the flow key and
         # for the endpoint (TcpEndpoint.segment): parsing them in both cost an IPv6
         # segment two span6 calls (0.36 us each).
@@ -303,6 +331,9 @@ class TcpBridge:
             self._connect_failed(pkt, n, peer, err, now)
             return
         iss = int.from_bytes(_random4(), "big")
+        if err == 0:
+            self._answer(key, peer, sock, iss, pkt, n, now, v6)
+            return
         ep = TcpEndpoint(
             self.params6 if v6 else self.params,
             local=(dst, dport),
@@ -319,17 +350,6 @@ class TcpBridge:
         flow.handler = partial(self._on_event, flow)
         self.table.add(flow, now)
         self.stats.opened += 1
-        if err == 0:
-            # Established inside connect(): the SYN-ACK now, and the rest once it has left
-            # (see _settle): watching the socket, the log row, the endpoint's timer.
-            flow.connecting = False
-            flow.synack_sent = True
-            self.stats.dials_ok += 1
-            ep.accept(now)
-            if not self._unsettled:
-                self._settle_at = now
-            self._unsettled.append(flow)
-            return
         flow.syn = bytes(pkt[:n])
         flow.dial_deadline = now + self.fast_dial
         if self.log is not None:
@@ -338,30 +358,100 @@ class TcpBridge:
         self.poller.register(sock, flow.handler, flow.events)
         self._schedule(flow, flow.dial_deadline)
 
+    def _answer(
+        self,
+        key: TcpKey,
+        peer: int,
+        sock: socket.socket,
+        iss: int,
+        pkt: memoryview,
+        n: int,
+        now: float,
+        v6: bool,
+    ) -> None:
+        """A host connect established inside connect(): the SYN-ACK now, written without
+        an endpoint (tcp_endpoint.synack_into), and the connection itself once it has left
+        (`_settle`)."""
+        _, src, sport, dst, dport = key
+        egress = self.ctx.egress
+        slot = egress.reserve()
+        writer = None
+        if slot is not None:
+            k, writer = synack_into(
+                slot,
+                self.params6 if v6 else self.params,
+                local=(dst, dport),
+                remote=(src, sport),
+                iss=iss,
+                syn=pkt,
+                n=n,
+                now=now,
+                v6=v6,
+            )
+            if k:
+                egress.commit(k, peer)
+            else:
+                writer = None  # not a plain SYN: the endpoint answers it as it always did
+        self.stats.opened += 1
+        self.stats.dials_ok += 1
+        if not self._unsettled:
+            self._settle_at = now
+        self._unsettled.append(_Unsettled(key, peer, sock, iss, bytes(pkt[:n]), now, v6, writer))
+
     def _settle(self, now: float) -> None:
-        """The rest of opening the connections whose SYN-ACK left in `_open`: log each,
-        watch its socket (registered once, for what the pump wants: readable; not for
-        writable first and then changed) and schedule its endpoint's timer.
+        """Build the connections answered in `_answer`: the endpoint (told its SYN-ACK is
+        out), the flow, the log row, the socket watch (registered once, for what the pump
+        wants: readable; not for writable first and then changed) and the endpoint's timer.
 
         Deferred to the turn's timers, which the loop runs after its hooks: inline, after
         ingress has encrypted and sent the SYN-ACK; with workers, while ingress does so in
-        its own process. Done in `_open` this was ~70 us of the ~400 us the worker's turn
-        took for an accepted SYN (cold, 20 ms between SYNs, loopback listener, timed in a
-        copy: the log row 19, register 27, the pump's modify and timer 20)."""
-        flows = self._unsettled
+        its own process. Every other way into the bridge settles first (`from_guest`,
+        timers, caps, closing), so no code path ever sees a connection half built.
+
+        Measured in a worker's turn (SYNs 20 ms apart to a loopback listener, medians,
+        timed in a copy): this takes 150-170 us, which the SYN-ACK used to wait for
+        (endpoint, on_syn and accept 83, the log row 19, register 27, the pump's modify
+        and timer 20); the turn up to the published SYN-ACK went from 545-565 to 365-390
+        us on a busy machine (460-480 with only the watch and the log row deferred)."""
+        pending = self._unsettled
         self._unsettled = []
-        for flow in flows:
-            if self.table.get(flow.key) is not flow:
-                continue  # reset or dropped in the SYN's own batch
-            if self.log is not None and flow.slot < 0:
-                key: TcpKey = flow.key  # type: ignore[assignment]
-                _, src, sport, dst, dport = key
-                ep = flow.ep
-                flow.slot = self.log.record(flow.peer, src, sport, dst, dport, ep.iss, ep.irs)
+        for u in pending:
             try:
-                self._pump(flow, now)  # watches the socket unless a segment's pump did
+                flow = self._build(u)
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("tcp: internal error building an accepted connection")
+                u.sock.close()
+                continue
+            try:
+                flow.ep.accept(u.at, sent=u.writer is not None)
+                self._pump(flow, now)
             except Exception:
                 self._fail(flow, now)
+
+    def _build(self, u: _Unsettled) -> TcpFlow:
+        _, src, sport, dst, dport = u.key
+        ep = TcpEndpoint(
+            self.params6 if u.v6 else self.params,
+            local=(dst, dport),
+            remote=(src, sport),
+            iss=u.iss,
+            now=u.at,
+            egress=self.ctx.egress,
+            peer=u.peer,
+            budget=self.send_budget,
+            v6=u.v6,
+            writer=u.writer,
+        )
+        ep.on_syn(memoryview(u.syn), len(u.syn), u.at)
+        flow = TcpFlow(u.key, u.peer, u.at, ep, u.sock)
+        flow.handler = partial(self._on_event, flow)
+        flow.connecting = False
+        flow.synack_sent = True
+        self.table.add(flow, u.at)
+        if self.log is not None:
+            flow.slot = self.log.record(u.peer, src, sport, dst, dport, ep.iss, ep.irs)
+        return flow
 
     @staticmethod
     def _outcome_known(sock: socket.socket) -> int:
@@ -409,6 +499,8 @@ class TcpBridge:
         key = (ROUTE_BY_DESTINATION, guest, gport, gw, nat_port)
         if (guest, gport, nat_port) in self._forward_ports:
             return False
+        if self._unsettled:
+            self._settle(now)  # counted under the caps
         if self._at_cap(ROUTE_BY_DESTINATION):
             self.stats.refused_cap += 1
             return False
@@ -803,6 +895,8 @@ class TcpBridge:
     def forget_peer(self, peer: int) -> int:
         """The peer is gone: abort its connections toward the host (RST), nothing to send
         the guest."""
+        if self._unsettled:
+            self._settle(self._settle_at)
         gone = [f for f in self.table.values() if f.peer == peer]
         for flow in gone:
             self._drop(flow, rst=True)
@@ -824,6 +918,8 @@ class TcpBridge:
         marked to reset the host's end, and the kernel closes it at exit, after the exit
         counters are out). 36 -> 8.5 us a connection (5,000 established, timed in one
         process; the kernel's close at exit, ~11 us each, comes after the counters)."""
+        if self._unsettled:
+            self._settle(now)
         flows = self.table.values()
         egress = self.ctx.egress
         for flow in flows:
