@@ -293,6 +293,23 @@ def test_a_connect_established_when_connect_returns_is_built_after_its_synack() 
         b.close(2.0)
 
 
+def test_host_sockets_are_non_blocking_and_without_nagle_once_connected() -> None:
+    """Both set where they cost least (socket() creates it non-blocking; no Nagle once
+    the dial worked), and both still set, accepted at once or dialled."""
+    for outcome in ("at once", "later"):
+        b, _, _, _ = settling_bridge()
+        if outcome == "later":
+            b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+        with socket.create_server(("127.0.0.1", 0)) as srv:
+            syn = syn_to(srv.getsockname()[1])
+            b.from_guest(0, memoryview(syn), len(syn), 1.0)
+            b.handle_timer(1.0)
+            (flow,) = b.table.values()
+            assert flow.sock.gettimeout() == 0.0 and not flow.sock.getblocking()
+            assert flow.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            b.close(2.0)
+
+
 def test_a_segment_before_the_connection_is_settled_has_it_watched_once() -> None:
     """The guest's ACK can be in the SYN's own batch: the pump at the batch's end watches
     the socket, and settling it afterwards must not watch it again (a second register

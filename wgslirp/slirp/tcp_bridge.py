@@ -309,14 +309,19 @@ class TcpBridge:
             self._signal_failure(pkt, n, peer, None, None, now, force_rst=True)
             return
         try:
+            # Non-blocking from the start (no ioctl after), and no Nagle only once the
+            # dial worked (_no_delay): a refused one never sends, an accepted one gets it
+            # after its SYN-ACK. In a worker's turn (SYNs 20 ms apart, medians of
+            # alternate SYNs): socket() with both 45-53 us, alone 38-45.
             sock = socket.socket(
-                socket.AF_INET6 if decision.v6 else socket.AF_INET, socket.SOCK_STREAM
+                socket.AF_INET6 if decision.v6 else socket.AF_INET,
+                socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
             )
         except OSError as exc:  # no IPv6 on this host: a refusal the guest can act on
             ctx.stats.socket_errors += 1
             self._connect_failed(pkt, n, peer, exc.errno or errno.EAFNOSUPPORT, now)
             return
-        self._tune(sock)
+        self._size_buffers(sock)
         err = sock.connect_ex((sock_addr(decision.host, decision.v6), decision.port))
         if err == errno.EINPROGRESS:
             err = self._outcome_known(sock)
@@ -334,6 +339,7 @@ class TcpBridge:
         if err == 0:
             self._answer(key, peer, sock, iss, pkt, n, now, v6)
             return
+        _no_delay(sock)
         ep = TcpEndpoint(
             self.params6 if v6 else self.params,
             local=(dst, dport),
@@ -444,6 +450,7 @@ class TcpBridge:
             writer=u.writer,
         )
         ep.on_syn(memoryview(u.syn), len(u.syn), u.at)
+        _no_delay(u.sock)  # before any guest byte reaches it
         flow = TcpFlow(u.key, u.peer, u.at, ep, u.sock)
         flow.handler = partial(self._on_event, flow)
         flow.connecting = False
@@ -465,11 +472,16 @@ class TcpBridge:
         return 0 if state[0] == _TCP_ESTABLISHED else errno.EINPROGRESS
 
     def _tune(self, sock: socket.socket) -> None:
-        """A host socket of a bridged connection: non-blocking, no Nagle (the guest's
-        own stack already decided when to send), and TCP_SOCK_RCVBUF / SNDBUF if set."""
+        """An inbound forward's accepted host socket: non-blocking, no Nagle, and
+        TCP_SOCK_RCVBUF / SNDBUF if set."""
         sock.setblocking(False)
+        _no_delay(sock)
+        self._size_buffers(sock)
+
+    def _size_buffers(self, sock: socket.socket) -> None:
+        """TCP_SOCK_RCVBUF / SNDBUF, if set: before connect(), as they decide the window
+        scale the host's SYN offers."""
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.sock_rcvbuf:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_rcvbuf)
             if self.sock_sndbuf:
@@ -1030,6 +1042,14 @@ def _unreachable_code(err: int) -> int:
     if err in (errno.EACCES, errno.EPERM):  # the host's own firewall said no
         return icmp.ADMIN_PROHIBITED
     return icmp.HOST_UNREACHABLE
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """No Nagle on a host socket: the guest's own stack already decided when to send."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
 
 
 def _flow_name(flow: TcpFlow) -> str:
