@@ -13,6 +13,7 @@ import pytest
 
 from wgslirp.net import icmp, tcp
 from wgslirp.runtime.loop import Handler, Loop
+from wgslirp.slirp import tcp_bridge
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -533,3 +534,49 @@ def test_stopping_counts_the_guests_it_could_not_tell() -> None:
     assert b.close(2.0, make_room=lambda: False) == 100
     assert len(eg.packets) == 64 and b.stats.close_rst_lost == 36
     assert len(b.table) == 0
+
+
+def test_initial_sequence_numbers_come_from_one_os_read_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A getrandom() per SYN was on the way to every SYN-ACK; the numbers are as random
+    read in a batch."""
+    reads: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    tcp_bridge._ISN.forget()
+    b, _ = dial_bridge("mirror")
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        for i in range(3):
+            syn = seg_to(srv.getsockname()[1], 1000, 0, tcp.SYN)
+            struct.pack_into(">H", syn, 20, 20000 + i)  # guest port
+            b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        isns = {f.ep.iss for f in b.table.values()}
+        b.close(2.0)
+    assert reads == [4 * tcp_bridge.ISN_BATCH] and len(isns) == 3
+
+
+def test_a_forked_process_draws_its_own_initial_sequence_numbers() -> None:
+    """Workers are forked: a pool copied into the child would hand both processes the
+    same numbers."""
+    tcp_bridge._ISN.next()  # the pool holds numbers now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next number and leave at once
+        try:
+            os.write(w, tcp_bridge._ISN.next().to_bytes(4, "big"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        child = int.from_bytes(os.read(r, 4), "big")
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert child != tcp_bridge._ISN.next()
