@@ -416,10 +416,10 @@ class TcpBridge:
         timers, caps, closing), so no code path ever sees a connection half built.
 
         Measured in a worker's turn (SYNs 20 ms apart to a loopback listener, medians,
-        timed in a copy): this takes 150-170 us, which the SYN-ACK used to wait for
+        timed in a copy): this takes 120-170 us, which the SYN-ACK used to wait for
         (endpoint, on_syn and accept 83, the log row 19, register 27, the pump's modify
-        and timer 20); the turn up to the published SYN-ACK went from 545-565 to 365-390
-        us on a busy machine (460-480 with only the watch and the log row deferred)."""
+        and timer 20); with the other cuts before the connect, the turn up to the
+        published SYN-ACK went from 420-540 to 260-325 us (five interleaved runs)."""
         pending = self._unsettled
         self._unsettled = []
         for u in pending:
