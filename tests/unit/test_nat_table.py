@@ -172,6 +172,38 @@ def test_own_port_guard_follows_an_address_the_moment_it_is_announced() -> None:
         ours.close()
 
 
+class CountingSocket(socket.socket):
+    """A socket that counts its recv calls."""
+
+    recvs = 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self.recvs += 1
+        return super().recv(bufsize, flags)
+
+
+def test_a_decision_with_nothing_announced_reads_nothing() -> None:
+    """sync() runs before every new flow's decision, nearly always with nothing pending:
+    a recv that finds nothing raises BlockingIOError, which cost more than asking poll
+    (sync 1.65 -> 0.63 us in a loop, 45 -> 15 us in a worker's turn on a cold CPU)."""
+    from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
+
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = CountingSocket(fileno=ours.detach())
+    sock.setblocking(False)
+    try:
+        pol, _watch, _host, reads = _watched_policy(sock)
+        for _ in range(3):
+            pol.decide(PROTO_UDP, addr_to_int("198.51.100.7"), 53)
+        assert sock.recvs == 0 and reads == [1]
+        kernel.send(b"RTM_NEWADDR")
+        pol.decide(PROTO_UDP, addr_to_int("198.51.100.7"), 53)
+        assert sock.recvs == 2 and len(reads) == 2  # the message, then EAGAIN
+    finally:
+        kernel.close()
+        sock.close()
+
+
 def test_without_netlink_the_addresses_are_re_read_on_a_timer() -> None:
     from wgslirp.net.ipv4 import PROTO_UDP, addr_to_int
     from wgslirp.runtime.host_addresses import FALLBACK_INTERVAL

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import socket
 import struct
 
 import pytest
 
 from wgslirp.net import icmp, tcp
-from wgslirp.runtime.loop import Loop
+from wgslirp.runtime.loop import Handler, Loop
+from wgslirp.slirp import tcp_bridge
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -21,7 +23,7 @@ from wgslirp.slirp.tcp_bridge import (
     TcpFlow,
     failure_signal,
 )
-from wgslirp.slirp.tcp_endpoint import TcpParams
+from wgslirp.slirp.tcp_endpoint import TcpParams, TcpState
 from wgslirp_testkit.ports import closed_tcp_port
 from wgslirp_testkit.tcpconn import (
     GUEST_IP,
@@ -116,6 +118,7 @@ def test_every_open_connection_is_in_the_log_until_it_is_dropped() -> None:
         syn = guest_pkt(99, 0, tcp.SYN)
         struct.pack_into(">H", syn, 22, srv.getsockname()[1])  # the listener's port
         b.from_guest(4, memoryview(syn), len(syn), 1.0)
+        b.handle_timer(1.0)  # the turn's timers: logged once the SYN-ACK has left
         assert len(log.open) == 1
         ((peer, guest, gport, remote, rport, _iss, irs),) = log.open.values()
         assert (peer, guest, gport, remote, rport, irs) == (
@@ -236,7 +239,112 @@ def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call
         b.from_guest(0, memoryview(syn), len(syn), 1.0)
         (pkt,) = eg.packets
         assert rst_flags_ack(pkt) == (tcp.SYN | tcp.ACK, 100)
-        assert len(b.table) == 1 and b.stats.dials_ok == 1
+        assert b.stats.dials_ok == 1
+        b.handle_timer(1.0)  # the turn's timers build the connection (see _settle)
+        assert len(b.table) == 1 and eg.packets == [pkt]
+
+
+class RecordingLoop(Loop):
+    """A loop that lists every change to what it watches: (call, events)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def register(
+        self, fileobj: int | object, handler: Handler, events: int = selectors.EVENT_READ
+    ) -> None:
+        self.calls.append(("register", events))
+        super().register(fileobj, handler, events)
+
+    def modify(self, fileobj: int | object, handler: Handler, events: int) -> None:
+        self.calls.append(("modify", events))
+        super().modify(fileobj, handler, events)
+
+
+def settling_bridge() -> tuple[TcpBridge, Egress, RecordingLoop, Log]:
+    eg, loop, log = Egress(), RecordingLoop(), Log()
+    ctx = BridgeContext(eg, loop, mtu=1380, gateway=HOST_IP)
+    pol = EgressPolicy(gateway="93.184.216.34", gateway_host="127.0.0.1")
+    b = TcpBridge(ctx, pol, FlowTable[TcpFlow](float("inf")), TcpParams(mss=1340), log=log)
+    return b, eg, loop, log
+
+
+def test_a_connect_established_when_connect_returns_is_built_after_its_synack() -> None:
+    """What the SYN-ACK does not need waits for the turn's timers, which the loop runs
+    after its hooks (inline: after ingress sent the SYN-ACK): the endpoint and the flow,
+    the log row, watching the host socket. The socket is then watched once, for what it
+    is watched for from then on (readable), not first for writable and then changed."""
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        (synack,) = eg.packets
+        assert rst_flags_ack(synack) == (tcp.SYN | tcp.ACK, 100)
+        assert len(b.table) == 0 and loop.calls == [] and log.open == {}
+        assert b.get_timer() == 1.0  # due in this turn
+        b.handle_timer(1.0)
+        (flow,) = b.table.values()
+        assert flow.ep.state is TcpState.SYN_RECEIVED and not flow.connecting
+        assert loop.calls == [("register", selectors.EVENT_READ)]
+        assert len(log.open) == 1
+        timer = b.get_timer()
+        assert timer is not None and timer > 1.0  # the SYN-ACK's retransmission, no sooner
+        assert eg.packets == [synack] and b.stats.internal_errors == 0
+        b.close(2.0)
+
+
+def test_host_sockets_are_non_blocking_and_without_nagle_once_connected() -> None:
+    """Both set where they cost least (socket() creates it non-blocking; no Nagle once
+    the dial worked), and both still set, accepted at once or dialled."""
+    for outcome in ("at once", "later"):
+        b, _, _, _ = settling_bridge()
+        if outcome == "later":
+            b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+        with socket.create_server(("127.0.0.1", 0)) as srv:
+            syn = syn_to(srv.getsockname()[1])
+            b.from_guest(0, memoryview(syn), len(syn), 1.0)
+            b.handle_timer(1.0)
+            (flow,) = b.table.values()
+            assert flow.sock.gettimeout() == 0.0 and not flow.sock.getblocking()
+            assert flow.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            b.close(2.0)
+
+
+def test_a_segment_before_the_connection_is_settled_has_it_watched_once() -> None:
+    """The guest's ACK can be in the SYN's own batch: the pump at the batch's end watches
+    the socket, and settling it afterwards must not watch it again (a second register
+    raises, and would reset the connection)."""
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        syn = syn_to(port)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        ((iss, _, _),) = sent(eg)
+        ack = seg_to(port, 100, iss + 1, tcp.ACK)
+        b.from_guest(0, memoryview(ack), len(ack), 1.0)
+        b.flush_dirty(1.0)
+        b.handle_timer(1.0)
+        assert [c for c, _ in loop.calls].count("register") == 1
+        assert len(b.table) == 1 and len(log.open) == 1 and b.stats.internal_errors == 0
+        b.close(2.0)
+
+
+def test_a_connection_reset_in_its_syns_batch_leaves_nothing_behind() -> None:
+    """The guest's RST in the SYN's own batch meets the connection built (every way into
+    the bridge builds what was answered first), which it closes: nothing left watched,
+    logged or timed."""
+    b, eg, loop, log = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        syn = syn_to(port)
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(sent(eg)) == 1  # the SYN-ACK
+        rst = seg_to(port, 100, 0, tcp.RST)
+        b.from_guest(0, memoryview(rst), len(rst), 1.0)
+        b.handle_timer(1.0)
+    assert len(b.table) == 0 and loop.selector.get_map() == {} and log.open == {}
+    assert b.stats.internal_errors == 0 and sent(eg) == []
 
 
 def test_a_dial_still_in_progress_is_watched_and_timed() -> None:
@@ -426,3 +534,49 @@ def test_stopping_counts_the_guests_it_could_not_tell() -> None:
     assert b.close(2.0, make_room=lambda: False) == 100
     assert len(eg.packets) == 64 and b.stats.close_rst_lost == 36
     assert len(b.table) == 0
+
+
+def test_initial_sequence_numbers_come_from_one_os_read_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A getrandom() per SYN was on the way to every SYN-ACK; the numbers are as random
+    read in a batch."""
+    reads: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    tcp_bridge._ISN.forget()
+    b, _ = dial_bridge("mirror")
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        for i in range(3):
+            syn = seg_to(srv.getsockname()[1], 1000, 0, tcp.SYN)
+            struct.pack_into(">H", syn, 20, 20000 + i)  # guest port
+            b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        isns = {f.ep.iss for f in b.table.values()}
+        b.close(2.0)
+    assert reads == [4 * tcp_bridge.ISN_BATCH] and len(isns) == 3
+
+
+def test_a_forked_process_draws_its_own_initial_sequence_numbers() -> None:
+    """Workers are forked: a pool copied into the child would hand both processes the
+    same numbers."""
+    tcp_bridge._ISN.next()  # the pool holds numbers now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next number and leave at once
+        try:
+            os.write(w, tcp_bridge._ISN.next().to_bytes(4, "big"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        child = int.from_bytes(os.read(r, 4), "big")
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert child != tcp_bridge._ISN.next()

@@ -328,6 +328,33 @@ def test_a_guest_syn_to_the_gateway_dials_the_host_and_is_answered_once_connecte
     assert len(rig.registry) == 1 and rig.counter("tcp_flows") == 1
 
 
+def test_an_accepted_syns_synack_is_on_the_ring_before_its_socket_is_watched(
+    rig: Rig, listener: socket.socket
+) -> None:
+    """Inline, ingress drains the worker's ring in a hook after the worker's turn and the
+    loop's timers run after both: the SYN-ACK of a connect that completed inside connect()
+    is sent before the worker watches the host socket and logs the connection, which it
+    does in the same turn."""
+    watched_before = len(rig.worker.host)
+    seen: list[tuple[Seg, int, int]] = []
+
+    def ingress_drain(_now: float) -> None:
+        for packet in rig.take():
+            seen.append((seg(packet), len(rig.worker.host), len(rig.registry)))
+
+    rig.loop.hooks.append(ingress_drain)  # after the worker's turn, as ingress's drain
+    rig.send(tcp_segment(41002, port_of(listener), GUEST_ISS, 0, tcp.SYN))
+    turns = rig.loop.turns
+    rig.turn_until(lambda: bool(seen))
+    ((synack, watched, logged),) = seen
+    assert synack.flags == tcp.SYN | tcp.ACK and synack.ack == GUEST_ISS + 1
+    assert (watched, logged) == (watched_before, 0)
+    assert rig.loop.turns == turns + 1  # all of it in one turn
+    assert len(rig.worker.host) == watched_before + 1 and len(rig.registry) == 1
+    conn, _ = listener.accept()
+    conn.close()
+
+
 def test_bytes_cross_an_established_connection_both_ways(rig: Rig, listener: socket.socket) -> None:
     synack, conn = establish(rig, listener, 41001)
     with conn:

@@ -7,9 +7,11 @@ from the moment it exists. Polling left a window of up to the poll interval (10 
 #10); this module subscribes to the kernel's address notifications instead, and the policy
 asks `sync` before it decides each new flow. The kernel queues RTM_NEWADDR on our socket
 before the `ip addr add` that caused it returns, so draining that socket before a decision
-sees every address that exists at that moment: one non-blocking recv (EAGAIN, ~1 µs) per
-new flow, never per packet. A change re-reads the full list (getifaddrs) rather than
-applying the messages, so a lost message (ENOBUFS on overflow) cannot leave the set wrong.
+sees every address that exists at that moment: one poll(0) per new flow, never per packet
+(0.6 us in a loop, 15 in a worker's turn on a cold CPU; a recv finding nothing raised
+BlockingIOError, 1.65 and 45), and a recv only when a notification is pending. A change
+re-reads the full list (getifaddrs) rather than applying the messages, so a lost message
+(ENOBUFS on overflow, which poll reports as an error event) cannot leave the set wrong.
 
 Where netlink cannot be opened (a sandbox that forbids it) the set is re-read on a timer
 instead, with a warning that names the gap.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 from collections.abc import Callable
 
@@ -91,6 +94,10 @@ class HostAddressWatch:
         self._apply = apply
         self._source = source
         self.events = events
+        # Whether a notification is pending, asked without a recv (see the module's doc).
+        self._poll = select.poll()
+        if events is not None:
+            self._poll.register(events, select.POLLIN)
         self.interval = FALLBACK_INTERVAL if events is None else BACKSTOP_INTERVAL
         self.due = now + self.interval
         self.current = frozenset[str]()
@@ -100,7 +107,7 @@ class HostAddressWatch:
     def sync(self) -> None:
         """Drain pending notifications; on any change, re-read the addresses."""
         sock = self.events
-        if sock is None:
+        if sock is None or not self._poll.poll(0):
             return
         changed = False
         for _ in range(1024):  # bounded: an address storm is re-read once per sync

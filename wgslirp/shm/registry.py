@@ -14,6 +14,7 @@ ACK, and the RST for that ACK carries exactly the sequence number the guest acce
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +40,14 @@ _DTYPE = np.dtype(
 )
 
 
+# One row as `struct` writes it (the dtype is packed, little-endian): numpy's conversion of
+# a tuple into a structured row took 0.65 us in a loop and ~19 us in a worker's turn on a
+# cold CPU; pack_into 0.29 (clearing `used`: 0.63 -> 0.10).
+_ROW = struct.Struct("<IIQQQQHHII")
+_USED = struct.Struct("<I")
+assert _ROW.size == _DTYPE.itemsize
+
+
 class Entry(NamedTuple):
     peer: int
     guest: int
@@ -58,6 +67,7 @@ class FlowRegistry:
         buf = self._shm.buf
         assert buf is not None
         self._rows = np.ndarray((self.capacity,), dtype=_DTYPE, buffer=buf)
+        self._buf = buf
         self._rows["used"] = 0
         self._free = list(range(self.capacity - 1, -1, -1))
         self.full = 0  # adds refused: those connections cannot be reset by a replacement
@@ -96,14 +106,15 @@ class FlowRegistry:
             return -1
         slot = self._free.pop()
         m = 0xFFFFFFFFFFFFFFFF
-        self._rows[slot] = (
-            1, peer, guest >> 64, guest & m, remote >> 64, remote & m, gport, rport, iss, irs
+        _ROW.pack_into(
+            self._buf, slot * _ROW.size,
+            1, peer, guest >> 64, guest & m, remote >> 64, remote & m, gport, rport, iss, irs,
         )  # fmt: skip
         return slot
 
     def remove(self, slot: int) -> None:
         if slot >= 0:
-            self._rows[slot]["used"] = 0
+            _USED.pack_into(self._buf, slot * _ROW.size, 0)
             self._free.append(slot)
 
     def clear(self) -> None:
@@ -116,6 +127,7 @@ class FlowRegistry:
 
     def close(self) -> None:
         self._rows = np.ndarray((0,), dtype=_DTYPE)
+        self._buf = memoryview(b"")
         try:
             self._shm.close()
         except BufferError:

@@ -212,6 +212,66 @@ def _move(old: memoryview, cap: int, new: memoryview, want: int, pos: int, n: in
         dst = (dst + k) % want
 
 
+def _ts_offset(iss: int) -> int:
+    """What is added to our clock in TSval, from the ISS: hides our uptime."""
+    return ((iss & MASK) * 2654435761) & MASK
+
+
+def _segment_writer(
+    params: TcpParams, local: tuple[int, int], remote: tuple[int, int], iss: int, v6: bool
+) -> tcp.SegmentWriter | tcp.SegmentWriter6:
+    if v6:
+        return tcp.SegmentWriter6(local[0], remote[0], local[1], remote[1], params.ttl)
+    return tcp.SegmentWriter(local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7)
+
+
+def synack_into(
+    out: memoryview,
+    params: TcpParams,
+    *,
+    local: tuple[int, int],
+    remote: tuple[int, int],
+    iss: int,
+    syn: memoryview,
+    n: int,
+    now: float,
+    v6: bool = False,
+) -> tuple[int, tcp.SegmentWriter | tcp.SegmentWriter6]:
+    """The SYN-ACK that `TcpEndpoint(...)`, `on_syn(syn)` and `accept(now)` would send,
+    written into `out` without building the endpoint; its length (0 if `syn` is not a
+    plain SYN: then nothing is written) and the writer, which the endpoint built afterwards
+    takes (`writer=`, then `accept(now, sent=True)`).
+
+    Why: a host connect that completed inside connect() can be answered before the
+    endpoint exists, whose construction (~130 fields, its controller, estimators and
+    scoreboards) was most of the work between the connect and the SYN-ACK on a cold CPU:
+    in a worker's turn, SYNs 20 ms apart, medians, TcpEndpoint + on_syn + accept took 83 us
+    and the bridge's whole answer through this takes 56-60. It decides what `on_syn` and
+    `_syn_options` decide; test_tcp_synack compares both paths' bytes, and what the
+    connection sends afterwards, for every option a guest may offer."""
+    writer = _segment_writer(params, local, remote, iss, v6)
+    parsed = tcp.parse(syn, n)
+    if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
+        return 0, writer
+    opts = tcp.parse_options(syn, parsed[8], parsed[9])
+    if opts is None:
+        opts = tcp.Options()
+    ts = None
+    if opts.ts_val is not None:
+        ts = ((int(now * 1000) + _ts_offset(iss)) & MASK, opts.ts_val)
+    options = tcp.options_bytes(
+        mss=params.mss,
+        wscale=None if opts.wscale is None else min(max(params.wscale, 0), tcp.MAX_WSCALE),
+        sack_perm=opts.sack_perm and params.sack,
+        ts=ts,
+    )
+    flags = _SYN | _ACK
+    if params.ecn and parsed[6] & (_ECE | _CWR) == _ECE | _CWR:
+        flags |= _ECE
+    window = min(max(params.rcv_buffer, 1), 0xFFFF)
+    return writer.write(out, iss & MASK, parsed[4] + 1, flags, window, options, 0), writer
+
+
 class TcpEndpoint:
     """One guest connection; see the module docstring for the shape."""
 
@@ -361,7 +421,10 @@ class TcpEndpoint:
         peer: int = 0,
         budget: SendBudget | None = None,
         v6: bool = False,
+        writer: tcp.SegmentWriter | tcp.SegmentWriter6 | None = None,
     ) -> None:
+        """`writer`: the one `synack_into` wrote this connection's SYN-ACK with (then
+        `accept(now, sent=True)`), so its IPv4 identification carries on from there."""
         self._p = params
         self.local = local
         self.remote = remote
@@ -375,13 +438,9 @@ class TcpEndpoint:
         self.refused = False  # active open: the guest answered our SYN with RST
         self._active = False  # we sent the first SYN (tcp_endpoint.connect)
         self._syn_deadline = INF
-        self._writer: tcp.SegmentWriter | tcp.SegmentWriter6
-        if v6:
-            self._writer = tcp.SegmentWriter6(local[0], remote[0], local[1], remote[1], params.ttl)
-        else:
-            self._writer = tcp.SegmentWriter(
-                local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7
-            )
+        self._writer = (
+            writer if writer is not None else _segment_writer(params, local, remote, iss, v6)
+        )
         self._hlen = self._writer.header_len
         self._ack_delay = params.ack_delay
 
@@ -437,7 +496,7 @@ class TcpEndpoint:
         self._sack_ok = False
         self._ts_ok = False
         self._ts_recent = 0
-        self._ts_offset = (iss * 2654435761) & MASK  # hides our uptime in TSval
+        self._ts_offset = _ts_offset(iss)
 
         self.cc = tcp_cc.make(params.cc, self._mss, params.init_cwnd * self._mss)
         self.cc.paced = params.pacing
@@ -770,8 +829,9 @@ class TcpEndpoint:
         self._rcv_adv_edge = self._rcv_nxt + min(self._rcv_cap, 0xFFFF)
         self._last_rx = now
 
-    def accept(self, now: float) -> None:
-        """Host connect succeeded: answer the guest's SYN."""
+    def accept(self, now: float, *, sent: bool = False) -> None:
+        """Host connect succeeded: answer the guest's SYN. `sent`: the bridge already
+        sent the SYN-ACK at `now` (`synack_into`, with this endpoint's writer)."""
         if self.state is not _LISTEN:
             return
         self.state = _SYN_RCVD
@@ -779,7 +839,11 @@ class TcpEndpoint:
         self._synack_now = True
         self._t_rto = now + self._rtt.rto
         self._rtt.start_timing(self.iss + 1, now)
-        self._send_synack(now)
+        if sent:
+            self._synack_now = False
+            self._ack_sent()
+        else:
+            self._send_synack(now)
 
     def refuse(self, now: float) -> None:
         """Host connect failed and the bridge chose RST: RST/ACK for the guest's SYN."""
