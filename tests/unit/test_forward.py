@@ -207,6 +207,26 @@ def test_the_shard_remembered_for_a_flow_is_never_another_flows() -> None:
                 assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
 
 
+def test_a_packet_too_short_for_its_ports_is_not_remembered_as_the_flow_behind_it() -> None:
+    """A UDP header cut off (total length 20) leaves a flow's ports in the slot past the
+    packet: its worker is its own key's (no ports), and the flow whose bytes those are
+    still gets its own worker afterwards."""
+    f = forwarder(nworkers=7)
+    checked = 0
+    for sport in range(1000, 1100):
+        pkt = udp_packet(ALICE, REMOTE, sport, 53)
+        short = bytearray(pkt)
+        short[2:4] = (20).to_bytes(2, "big")
+        if flowkey.shard_of(short, 20, 7) == flowkey.shard_of(pkt, len(pkt), 7):
+            continue  # the two agree anyway: nothing to tell apart
+        assert f.route(alice, memoryview(short), 20, 100.0) == DELIVER
+        assert f.shard == flowkey.shard_of(short, 20, 7)
+        assert route(f, alice, pkt) == DELIVER
+        assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
+        checked += 1
+    assert checked
+
+
 def test_fragments_are_reassembled_before_the_worker_is_chosen() -> None:
     f = forwarder()
     pkt = udp_packet(ALICE, REMOTE, 5353, 9999, bytes(4000))

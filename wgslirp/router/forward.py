@@ -157,10 +157,16 @@ class Forwarder(Generic[P]):
             self.shard = shard_of(whole, len(whole), self.nworkers) if self.nworkers > 1 else 0
             return DELIVER_WHOLE
         if self.nworkers > 1:
-            if pkt[0] == 0x45 and (pkt[9] == ipv4.PROTO_TCP or pkt[9] == ipv4.PROTO_UDP):
+            if (
+                pkt[0] == 0x45
+                and (pkt[9] == ipv4.PROTO_TCP or pkt[9] == ipv4.PROTO_UDP)
+                and n >= 24
+            ):
                 # A bulk flow sends packet after packet with the same 5-tuple: its shard is
                 # remembered (1.4 us of hashing per packet, in the process everything goes
-                # through, replaced by one unpack and compare).
+                # through, replaced by one unpack and compare). Shorter than its ports, a
+                # packet's key would be read past its end: it is hashed without them, and
+                # must not be remembered under bytes not its own.
                 key = _FLOW4.unpack_from(pkt, 8)
                 if key == self._last_key:
                     self.shard = self._last_shard
