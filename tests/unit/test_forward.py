@@ -10,6 +10,7 @@ import pytest
 from wgslirp.net import flowkey, fragment, icmp, ipv4, udp
 from wgslirp.net.checksum import checksum
 from wgslirp.net.prefix import PrefixTable
+from wgslirp.router import forward
 from wgslirp.router.forward import (
     DELIVER,
     DELIVER_WHOLE,
@@ -17,6 +18,7 @@ from wgslirp.router.forward import (
     HELD,
     OVERLAY,
     REPLY,
+    SHARD_MEMO_MAX,
     Forwarder,
 )
 
@@ -205,6 +207,56 @@ def test_the_shard_remembered_for_a_flow_is_never_another_flows() -> None:
                 pkt[9] = proto
                 assert route(f, alice, pkt) == DELIVER
                 assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
+
+
+def test_interleaved_flows_are_hashed_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows interleave (several in one GRO batch, several peers): each flow's worker is
+    hashed once, not again at every switch between flows."""
+    hashed: list[int] = []
+
+    def counting(pkt: bytes | bytearray | memoryview, n: int, nworkers: int) -> int:
+        hashed.append(n)
+        return flowkey.shard_of(pkt, n, nworkers)
+
+    monkeypatch.setattr(forward, "shard_of", counting)
+    f = forwarder(nworkers=2)
+    pkts = [udp_packet(ALICE, REMOTE, 1000 + i, 53) for i in range(8)]
+    for _ in range(3):
+        for pkt in pkts:
+            assert route(f, alice, pkt) == DELIVER
+            assert f.shard == flowkey.shard_of(pkt, len(pkt), 2)
+    assert len(hashed) == len(pkts)
+
+
+def test_the_flows_remembered_for_their_worker_are_bounded() -> None:
+    """A flood of new flows (spoofed ports) cannot grow what route remembers past its
+    bound, and every flow still gets its own worker after the memo started over."""
+    f = forwarder(nworkers=7)
+    for i in range(SHARD_MEMO_MAX + 100):
+        pkt = udp_packet(ALICE, REMOTE, 1 + i % 65000, 53 + i // 65000)
+        assert route(f, alice, pkt) == DELIVER
+        assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
+        assert len(f._shards) <= SHARD_MEMO_MAX
+
+
+def test_a_packet_too_short_for_its_ports_is_not_remembered_as_the_flow_behind_it() -> None:
+    """A UDP header cut off (total length 20) leaves a flow's ports in the slot past the
+    packet: its worker is its own key's (no ports), and the flow whose bytes those are
+    still gets its own worker afterwards."""
+    f = forwarder(nworkers=7)
+    checked = 0
+    for sport in range(1000, 1100):
+        pkt = udp_packet(ALICE, REMOTE, sport, 53)
+        short = bytearray(pkt)
+        short[2:4] = (20).to_bytes(2, "big")
+        if flowkey.shard_of(short, 20, 7) == flowkey.shard_of(pkt, len(pkt), 7):
+            continue  # the two agree anyway: nothing to tell apart
+        assert f.route(alice, memoryview(short), 20, 100.0) == DELIVER
+        assert f.shard == flowkey.shard_of(short, 20, 7)
+        assert route(f, alice, pkt) == DELIVER
+        assert f.shard == flowkey.shard_of(pkt, len(pkt), 7)
+        checked += 1
+    assert checked
 
 
 def test_fragments_are_reassembled_before_the_worker_is_chosen() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_ipv6 import echo, ext, frag_hdr, packet, udp_body
 from wgslirp.net import flowkey, fragment, icmpv6, ipv6, udp
 from wgslirp.net.prefix import PrefixTable
+from wgslirp.router import forward
 from wgslirp.router.forward import DELIVER, DELIVER_WHOLE, DROP, HELD, OVERLAY, REPLY, Forwarder
 
 MTU = 1420
@@ -279,6 +281,28 @@ def test_route_never_raises_on_garbage_after_the_header(body: bytes, nh: int, hl
     verdict = route(f, alice, pkt)
     assert verdict in (DELIVER, DELIVER_WHOLE, DROP, HELD, OVERLAY, REPLY)
     assert f.reassembler.pending_bytes <= f.reassembler.max_bytes
+
+
+def test_interleaved_flows_are_hashed_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for IPv4 (test_forward.py): a flow's worker is hashed once however the flows
+    interleave."""
+    hashed: list[int] = []
+
+    def counting(src: int, dst: int, proto: int, sport: int, dport: int) -> int:
+        hashed.append(sport)
+        return flowkey.flow_hash(src, dst, proto, sport, dport)
+
+    monkeypatch.setattr(forward, "flow_hash", counting)
+    f = forwarder(nworkers=2)
+    pkts = [
+        packet(ipv6.NH_UDP, udp_body(1000 + i, 53, b"q", ALICE, REMOTE), src=ALICE, dst=REMOTE)
+        for i in range(8)
+    ]
+    for _ in range(3):
+        for pkt in pkts:
+            assert route(f, alice, pkt) == DELIVER
+            assert f.shard == flowkey.shard_of(pkt, len(pkt), 2)
+    assert len(hashed) == len(pkts)
 
 
 def test_a_segment_without_extension_headers_takes_the_short_path_to_the_same_verdicts() -> None:
