@@ -77,7 +77,7 @@ class Rig:
         self.sock.sendto(data, self.target)
 
     def turn_until(self, done: Callable[[], bool]) -> None:
-        for _ in range(500):  # bounded: each turn waits at most the loop's sleep bound
+        for _ in range(500):  # bounded: each turn waits at most the loop's 1 ms bound
             self.loop.run_once()
             if done():
                 return
@@ -355,7 +355,7 @@ def test_a_reload_asked_for_while_one_reads_runs_once_more_after_it() -> None:
         ingress.reload(NOW)  # while the first one reads
         ingress.reload(NOW)
         gate.set()
-        for _ in range(2000):  # bounded: each turn waits at most the loop's sleep bound
+        for _ in range(2000):  # bounded: each turn waits at most 1 ms
             loop.run_once()
             if (
                 len(calls) == 2

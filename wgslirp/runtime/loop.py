@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from wgslirp.shm.ring import MISSED_WAKEUP_BOUND
-
 log = logging.getLogger("wgslirp.loop")
 
 ERROR_LOG_INTERVAL = 10.0
@@ -63,27 +61,15 @@ class Loop:
         # (the supervisor judging its children) shortens it.
         self.max_sleep = MAX_SLEEP
         # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
-        # cost. 5 ms while the selector keeps reporting events (a doorbell, a socket);
+        # cost. 1 ms while the selector keeps reporting events (a doorbell, a socket);
         # after idle_after seconds in which select returned none (ring packets picked up
         # without a doorbell and timers do not count) the loop relaxes it, so an idle
-        # router does not keep waking up.
-        # The beat trades CPU for latency. Each wait it ends is a sleep and a wake-up of
-        # its own: ~35 us of the process's CPU here (a doorbell's wake-up ~15), paid once
-        # per beat in every gap of the traffic longer than the beat, in every process. At
-        # 1 ms, bench_forward with 2 workers (trains 1.6 ms apart) paid it in all three
-        # processes between trains; 1 -> 5 ms, medians of 3, back-to-back runs, us per
-        # packet, up 64/1392, down 64/1392: 2 workers 18.9/20.1/12.0/12.9 ->
-        # 16.4/16.8/11.7/12.1, inline 12.3/13.2/9.8/10.3 -> 12.9/12.9/10.2/9.8 (one wake
-        # per train already); at 5,000 datagrams/s (6.4 ms apart) up/down 64 inline
-        # 21.8/17.5 -> 15.9/12.1, 2 workers 36.1/29.4 -> 24.7/17.7. Latency is what a
-        # longer beat could cost: a process whose CPU went idle answers its doorbell later
-        # (relaxed to 100 ms: a refused SYN 0.51/0.53 -> 0.62/0.67 ms in the router, and
-        # +0.02..+0.16 ms over four cases in bench_latency again). At 5 ms, bench_latency
-        # --compare (tcp open, tcp host, udp host, ping 1420; 150 samples each, 3 runs)
-        # moved medians by -0.03..+0.07 ms with 2 workers (means +0.02/0.00/+0.01/0.00)
-        # and -0.02..+0.15 inline (means +0.06/+0.03/+0.05/+0.01; one run +0.05..+0.15,
-        # two within +-0.04), where medians move 0.05-0.1 ms between runs anyway.
-        self.sleep_bound = MISSED_WAKEUP_BOUND
+        # router does not wake a thousand times a second per process. The 1 ms beat also
+        # keeps latency down: with the workers relaxed to 100 ms while traffic flowed, a
+        # refused SYN spent 0.62/0.67 ms in the router instead of 0.51/0.53 (2 workers,
+        # busy 2-core machine, scripts/bench_latency.py): a process that woke within the
+        # last millisecond answers its doorbell sooner than one whose CPU went idle.
+        self.sleep_bound = 0.001
         self.idle_sleep_bound = 0.1
         self.idle_after = 1.0
         self._last_event = 0.0

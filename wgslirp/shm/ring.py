@@ -38,13 +38,12 @@ execute a full fence between the two steps: acquiring and releasing an uncontend
 are ``lock``-prefixed instructions (full barriers on x86), at about 60 ns and no syscall.
 
 That fence rests on CPython and glibc internals, so a consumer should still bound every wait
-it armed, by :data:`MISSED_WAKEUP_BOUND` (5 ms): should a wake-up ever be missed (another
+it armed, by :data:`MISSED_WAKEUP_BOUND` (1 ms): should a wake-up ever be missed (another
 CPU, another Python), the packet waits at most that long instead of until the next packet or
-timer. The runtime's loop (wgslirp/runtime/loop.py) keeps that 5 ms only while its selector
+timer. The runtime's loop (wgslirp/runtime/loop.py) keeps that 1 ms only while its selector
 reported something in the last second and relaxes it to 100 ms after that, so an idle
-process wakes about ten times a second instead of two hundred; the price is that a wake-up
-missed at the start of a burst could cost up to 100 ms. (Why 5 ms and not less: every wait
-the bound ends is a sleep and a wake-up paid in CPU; loop.py has the figures.)
+process wakes about ten times a second instead of a thousand; the price is that a wake-up
+missed at the start of a burst could cost up to 100 ms.
 
 A consumer loop looks like this::
 
@@ -93,9 +92,9 @@ _DOORBELLS = 3
 _TAIL = CACHE_LINE // 8
 _SLEEPING = 2 * CACHE_LINE // 8
 
-MISSED_WAKEUP_BOUND = 0.005
+MISSED_WAKEUP_BOUND = 0.001
 """Longest a consumer with traffic should wait after :meth:`Consumer.prepare_sleep` returned
-True (the runtime loop's ``sleep_bound``; an idle loop waits longer)."""
+True (the runtime loop's ``sleep_bound`` has the same value; an idle loop waits longer)."""
 
 _U32_MAX = 0xFFFFFFFF
 
