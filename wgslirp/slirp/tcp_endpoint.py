@@ -225,6 +225,26 @@ def _segment_writer(
     return tcp.SegmentWriter(local[0], remote[0], local[1], remote[1], params.ttl, 0, iss >> 7)
 
 
+def _read_syn(pkt: memoryview, n: int) -> tuple[tcp.Parsed, tcp.Options] | None:
+    """A guest's opening SYN (no ACK, no RST) and its options; None for anything else.
+    Shared by `on_syn` and `synack_into`, which must read a SYN alike."""
+    parsed = tcp.parse(pkt, n)
+    if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
+        return None
+    opts = tcp.parse_options(pkt, parsed[8], parsed[9])
+    return parsed, opts if opts is not None else tcp.Options()
+
+
+def _our_wscale(params: TcpParams) -> int:
+    """The window scale we offer (used only if the guest offered one too)."""
+    return min(max(params.wscale, 0), tcp.MAX_WSCALE)
+
+
+def _ecn_asked(params: TcpParams, flags: int) -> bool:
+    """RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; the SYN-ACK's ECE agrees."""
+    return params.ecn and flags & (_ECE | _CWR) == _ECE | _CWR
+
+
 def synack_into(
     out: memoryview,
     params: TcpParams,
@@ -250,23 +270,21 @@ def synack_into(
     `_syn_options` decide; test_tcp_synack compares both paths' bytes, and what the
     connection sends afterwards, for every option a guest may offer."""
     writer = _segment_writer(params, local, remote, iss, v6)
-    parsed = tcp.parse(syn, n)
-    if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
+    got = _read_syn(syn, n)
+    if got is None:
         return 0, writer
-    opts = tcp.parse_options(syn, parsed[8], parsed[9])
-    if opts is None:
-        opts = tcp.Options()
+    parsed, opts = got
     ts = None
     if opts.ts_val is not None:
         ts = ((int(now * 1000) + _ts_offset(iss)) & MASK, opts.ts_val)
     options = tcp.options_bytes(
         mss=params.mss,
-        wscale=None if opts.wscale is None else min(max(params.wscale, 0), tcp.MAX_WSCALE),
+        wscale=None if opts.wscale is None else _our_wscale(params),
         sack_perm=opts.sack_perm and params.sack,
         ts=ts,
     )
     flags = _SYN | _ACK
-    if params.ecn and parsed[6] & (_ECE | _CWR) == _ECE | _CWR:
+    if _ecn_asked(params, parsed[6]):
         flags |= _ECE
     window = min(max(params.rcv_buffer, 1), 0xFFFF)
     return writer.write(out, iss & MASK, parsed[4] + 1, flags, window, options, 0), writer
@@ -786,15 +804,12 @@ class TcpEndpoint:
     def on_syn(self, pkt: memoryview, n: int, now: float) -> None:
         """The guest's first SYN: remember its sequence number and options. The SYN-ACK
         waits for `accept`, so a host that refuses can still be reported as a refusal."""
-        parsed = tcp.parse(pkt, n)
-        if parsed is None or not parsed[6] & _SYN or parsed[6] & (_ACK | _RST):
+        got = _read_syn(pkt, n)
+        if got is None:
             return
-        opts = tcp.parse_options(pkt, parsed[8], parsed[9])
-        if opts is None:
-            opts = tcp.Options()
+        parsed, opts = got
         self._learn_syn(parsed[4], parsed[7], opts, now)
-        # RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; the SYN-ACK's ECE agrees.
-        self._ecn_ok = self._p.ecn and parsed[6] & (_ECE | _CWR) == _ECE | _CWR
+        self._ecn_ok = _ecn_asked(self._p, parsed[6])
         self.state = _LISTEN
 
     def _learn_syn(self, seq: int, wnd: int, opts: tcp.Options, now: float) -> None:
@@ -814,7 +829,7 @@ class TcpEndpoint:
         self._wscale_ok = opts.wscale is not None
         if opts.wscale is not None:
             self._snd_ws = opts.wscale
-            self._rcv_ws = min(max(p.wscale, 0), tcp.MAX_WSCALE)
+            self._rcv_ws = _our_wscale(p)
         else:
             self._snd_ws = self._rcv_ws = 0
         self._sack_ok = opts.sack_perm and p.sack
