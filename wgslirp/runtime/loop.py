@@ -17,10 +17,32 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from wgslirp.shm.ring import MISSED_WAKEUP_BOUND
+
 log = logging.getLogger("wgslirp.loop")
 
 ERROR_LOG_INTERVAL = 10.0
 MAX_SLEEP = 1.0  # wake at least this often to notice stop requests and sweep timers
+
+# The beat of a loop with traffic: the longest an armed wait lasts while events keep
+# coming. It trades CPU for latency. Each wait the beat ends is a sleep and a wake-up of
+# its own, ~35 us of the process's CPU on the 2-core VM (a doorbell's wake-up ~15), paid
+# in every gap of the traffic longer than the beat; but a process that woke within the
+# last beat answers its next packet sooner than one whose CPU went idle (on this VM an
+# idle vCPU halts, and waking it is slow).
+#
+# One process doing everything (PROCESSOR_WORKERS=0) keeps 1 ms: at 5 ms every inline
+# round trip of bench_latency came out slower (tcp open 1.26 -> 1.35 ms, tcp host 0.93 ->
+# 0.95, udp host 0.95 -> 1.00, ping 1420 0.70 -> 0.74, ping far 0.81 -> 0.84; 3 rounds,
+# 180 samples a case), and its CPU per packet at 20,000 datagrams/s did not move (one
+# wake-up per train already). Processes that hand packets over rings (ingress and
+# workers) take 5 ms, which is also the ring's bound on a missed wake-up: bench_forward
+# with 2 workers (trains 1.6 ms apart woke all three processes between trains at 1 ms),
+# medians of 3, us per packet, up 64/1392, down 64/1392: 18.9/20.1/12.0/12.9 ->
+# 16.4/16.8/11.7/12.1, and at 5,000 datagrams/s up/down 64 36.1/29.4 -> 24.7/17.7; its
+# round trips moved -0.03..+0.07 ms (bench_latency --compare, 3 runs, 4 cases).
+SHARED_SLEEP_BOUND = 0.001
+SPLIT_SLEEP_BOUND = MISSED_WAKEUP_BOUND
 
 
 class Sleeper(Protocol):
@@ -51,6 +73,7 @@ class Loop:
         self,
         clock: Callable[[], float] = time.monotonic,
         selector: selectors.BaseSelector | None = None,
+        sleep_bound: float = SHARED_SLEEP_BOUND,
     ) -> None:
         self.clock = clock
         self.selector = selector or selectors.DefaultSelector()
@@ -60,16 +83,12 @@ class Loop:
         # The longest wait of a turn: a process whose hooks must run on a beat of their own
         # (the supervisor judging its children) shortens it.
         self.max_sleep = MAX_SLEEP
-        # Longest wait once a sleeper armed: the bound on what a missed ring wake-up could
-        # cost. 1 ms while the selector keeps reporting events (a doorbell, a socket);
-        # after idle_after seconds in which select returned none (ring packets picked up
-        # without a doorbell and timers do not count) the loop relaxes it, so an idle
-        # router does not wake a thousand times a second per process. The 1 ms beat also
-        # keeps latency down: with the workers relaxed to 100 ms while traffic flowed, a
-        # refused SYN spent 0.62/0.67 ms in the router instead of 0.51/0.53 (2 workers,
-        # busy 2-core machine, scripts/bench_latency.py): a process that woke within the
-        # last millisecond answers its doorbell sooner than one whose CPU went idle.
-        self.sleep_bound = 0.001
+        # Longest wait once a sleeper armed, while the selector keeps reporting events (a
+        # doorbell, a socket); after idle_after seconds in which select returned none (ring
+        # packets picked up without a doorbell and timers do not count) the loop relaxes
+        # it to idle_sleep_bound, so an idle router does not keep waking up. Which beat a
+        # process gets is its shell's choice (SHARED_SLEEP_BOUND, SPLIT_SLEEP_BOUND below).
+        self.sleep_bound = sleep_bound
         self.idle_sleep_bound = 0.1
         self.idle_after = 1.0
         self._last_event = 0.0

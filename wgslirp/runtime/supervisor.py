@@ -30,7 +30,7 @@ from wgslirp.config import Config
 from wgslirp.obs.metrics import MetricsBlock
 from wgslirp.runtime.control import ControlPlane, ListenError, status_line
 from wgslirp.runtime.ingress import INGRESS_COUNTERS, Ingress, local_endpoint, open_wg_socket
-from wgslirp.runtime.loop import Hook, Loop
+from wgslirp.runtime.loop import SPLIT_SLEEP_BOUND, Hook, Loop
 from wgslirp.runtime.worker import (
     WORKER_COUNTERS,
     Worker,
@@ -353,7 +353,7 @@ class Supervisor:
         self.started_ns[pid] = time.monotonic_ns()
 
     def _ingress_body(self) -> int:
-        loop = Loop()
+        loop = Loop(sleep_bound=SPLIT_SLEEP_BOUND)
         self._cfg_r.close()
         ingress = Ingress(
             self.cfg,
@@ -386,7 +386,7 @@ class Supervisor:
             self.sock.close()  # workers never touch the WireGuard socket
             self._cfg_r.close()
             self._cfg_w.close()
-            loop = Loop()
+            loop = Loop(sleep_bound=SPLIT_SLEEP_BOUND)
             worker = Worker(
                 self.cfg,
                 k,

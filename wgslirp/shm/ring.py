@@ -38,12 +38,13 @@ execute a full fence between the two steps: acquiring and releasing an uncontend
 are ``lock``-prefixed instructions (full barriers on x86), at about 60 ns and no syscall.
 
 That fence rests on CPython and glibc internals, so a consumer should still bound every wait
-it armed, by :data:`MISSED_WAKEUP_BOUND` (1 ms): should a wake-up ever be missed (another
+it armed, by :data:`MISSED_WAKEUP_BOUND` (5 ms): should a wake-up ever be missed (another
 CPU, another Python), the packet waits at most that long instead of until the next packet or
-timer. The runtime's loop (wgslirp/runtime/loop.py) keeps that 1 ms only while its selector
+timer. The runtime's loop (wgslirp/runtime/loop.py) keeps that bound only while its selector
 reported something in the last second and relaxes it to 100 ms after that, so an idle
-process wakes about ten times a second instead of a thousand; the price is that a wake-up
-missed at the start of a burst could cost up to 100 ms.
+process wakes about ten times a second; the price is that a wake-up missed at the start of
+a burst could cost up to 100 ms. (A loop that is both producer and consumer, inline, waits
+at most 1 ms for latency's sake, not for this.)
 
 A consumer loop looks like this::
 
@@ -92,9 +93,9 @@ _DOORBELLS = 3
 _TAIL = CACHE_LINE // 8
 _SLEEPING = 2 * CACHE_LINE // 8
 
-MISSED_WAKEUP_BOUND = 0.001
+MISSED_WAKEUP_BOUND = 0.005
 """Longest a consumer with traffic should wait after :meth:`Consumer.prepare_sleep` returned
-True (the runtime loop's ``sleep_bound`` has the same value; an idle loop waits longer)."""
+True (the runtime loop's ``SPLIT_SLEEP_BOUND``; an idle loop waits longer)."""
 
 _U32_MAX = 0xFFFFFFFF
 
