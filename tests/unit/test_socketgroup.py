@@ -72,3 +72,37 @@ def test_a_handler_that_raises_costs_only_itself(pair: tuple[socket.socket, sock
     finally:
         c.close()
         d.close()
+
+
+def test_ready_sockets_wait_for_a_later_turn_once_there_is_no_room() -> None:
+    """Three sockets ready in one turn, room for one handler's output: the first is read,
+    the other two stay ready (level-triggered) and are read in the turn after room came
+    back, none of them lost or read only to be dropped."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        loop = Loop(clock=lambda: 5.0)
+        room = [1]
+        group = SocketGroup(loop, lambda: room[0] > 0)
+        got: list[bytes] = []
+
+        def reader(s: socket.socket) -> None:
+            def handler(now: float, mask: int) -> None:
+                got.append(s.recv(100))
+                room[0] -= 1
+
+            group.register(s, handler)
+
+        for a, b in pairs:
+            reader(a)
+            b.send(b"x")
+        loop.run_once()
+        assert len(got) == 1 and group.deferred == 1
+        room[0] = 10
+        loop.run_once()
+        assert len(got) == 3 and group.deferred == 1
+        group.close()
+        loop.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

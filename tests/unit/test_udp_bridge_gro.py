@@ -17,7 +17,14 @@ from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.udp_bridge import SOL_UDP, UDP_GRO, UDP_SEGMENT, UdpBridge, UdpFlow
+from wgslirp.slirp.udp_bridge import (
+    RECV_BATCH,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    UdpBridge,
+    UdpFlow,
+)
 from wgslirp_testkit.netns import ipv6_unavailable
 from wgslirp_testkit.tcpconn import Egress
 
@@ -175,3 +182,24 @@ def test_an_ipv6_train_becomes_ipv6_datagrams_with_their_checksums() -> None:
         assert payloads(r, v6=True) == [payload[i : i + 300] for i in range(0, 1501, 300)]
     finally:
         r.close()
+
+
+def test_one_readiness_reads_at_most_a_batch_of_datagrams_in_trains_too(rig: Rig) -> None:
+    """RECV_BATCH counts datagrams, not receives: three 32-datagram trains take two calls,
+    64 then 32, so one call never brings more than the host back-pressure (checked
+    between turns) allows for. Counted by receives, the first call took all 96."""
+    payload = bytes(range(64)) * 32
+    cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 64))]
+    for _ in range(3):
+        rig.server.sendmsg([payload], cmsg, 0, rig.flow_addr)
+    sel = selectors.DefaultSelector()
+    sel.register(rig.flow.sock, selectors.EVENT_READ)
+    try:
+        assert sel.select(2)
+        rig.bridge.on_readable(rig.flow, 1.0)
+        assert len(rig.eg.packets) == RECV_BATCH == 64 and rig.trains == 2
+        assert sel.select(0), "the third train is left for the next turn"
+        rig.bridge.on_readable(rig.flow, 1.0)
+        assert len(rig.eg.packets) == 96 and payloads(rig) == [bytes(range(64))] * 96
+    finally:
+        sel.close()

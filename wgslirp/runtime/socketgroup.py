@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+from collections.abc import Callable
 
 from wgslirp.runtime.loop import Handler, Loop
 
@@ -24,8 +25,13 @@ ERROR_LOG_INTERVAL = 10.0
 
 
 class SocketGroup:
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, has_room: Callable[[], bool] | None = None) -> None:
         self._loop = loop
+        # Asked before each ready socket's handler; once it says no, the sockets still
+        # ready wait for a later turn. Muting happens between turns, and one turn's ready
+        # sockets can bring more than the room left (each flow up to its RECV_BATCH).
+        self._has_room = has_room
+        self.deferred = 0  # turns whose ready sockets were cut short for want of room
         self._sel = selectors.DefaultSelector()
         self._fd = self._sel.fileno() if hasattr(self._sel, "fileno") else -1
         if self._fd < 0:  # not epoll/kqueue: nothing to nest, so no muting either
@@ -67,7 +73,11 @@ class SocketGroup:
 
     def _ready(self, _now: float, _mask: int = 0) -> None:
         clock = self._loop.clock
+        has_room = self._has_room
         for key, mask in self._sel.select(0):
+            if has_room is not None and not has_room():
+                self.deferred += 1
+                return
             try:
                 key.data(clock(), mask)
             except Exception:

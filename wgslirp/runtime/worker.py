@@ -184,10 +184,10 @@ class Worker:
         n = max(1, nworkers)
         # Every host socket (flows, forward listeners) in one group the loop watches through
         # one descriptor: muted while the egress ring has no room (see turn).
-        self.host = SocketGroup(loop)
         slots = self.egress.slots
         self._mute_below = max(1, slots // 8)
         self._unmute_at = max(2 * self._mute_below, slots // 4)
+        self.host = SocketGroup(loop, self._egress_has_room)
         self.ctx = BridgeContext(
             self.egress,
             self.host,  # the Poller the bridges register their host sockets with
@@ -323,6 +323,12 @@ class Worker:
         self.tcp.flush_dirty(now)
         self.egress.flush()
         self._gate_host(now)
+
+    def _egress_has_room(self) -> bool:
+        """Asked by the host socket group before each ready socket's handler: past the
+        mute threshold the rest of the turn's ready sockets wait (level-triggered, they
+        stay ready) and _gate_host mutes the group after the turn."""
+        return self.egress.free_slots() >= self._mute_below
 
     def _gate_host(self, now: float) -> None:
         """Back-pressure towards the host (the twin of ingress's read gate): with less

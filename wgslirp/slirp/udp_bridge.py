@@ -70,7 +70,7 @@ _V6_TO_V4_UNREACH = {
     icmpv6.REJECT_ROUTE: icmp.ADMIN_PROHIBITED,
 }
 _EXT_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
-RECV_BATCH = 64  # receives per readiness event per flow
+RECV_BATCH = 64  # datagrams per readiness event per flow
 # UDP GRO on each flow's host socket: a train of datagrams from the host (a GSO send, a
 # QUIC server's for one; or what a NIC's GRO coalesced) is one receive, the kernel's
 # segment size in a control message, instead of one receive per datagram. Driving the
@@ -348,7 +348,9 @@ class UdpBridge:
         room = mtu - off
         overflow = memoryview(ctx.scratch2)
         sock = flow.sock
-        for _ in range(RECV_BATCH):
+        budget = RECV_BATCH  # datagrams, whether read one by one or in coalesced trains
+        while budget > 0:
+            budget -= 1
             slot = egress.reserve()
             if slot is None:
                 # Tail drop, as any router queue does. Leaving the datagram in the socket
@@ -369,6 +371,10 @@ class UdpBridge:
             if anc:
                 seg = _gro_segment(anc)
                 if 0 < seg < nbytes:
+                    # Counted by its datagrams: RECV_BATCH receives of 64-datagram trains
+                    # would bring 4,096 packets in one call, past the egress ring's room
+                    # and the host back-pressure's check between turns (Worker._gate_host).
+                    budget -= (nbytes - 1) // seg
                     if not self._split_train(flow, slot, nbytes, seg):
                         return  # the egress filled: the rest of the train was dropped
                     continue
