@@ -4,7 +4,7 @@ loop, muted and unmuted together, a broken handler costing only itself."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -100,6 +100,40 @@ def test_ready_sockets_wait_for_a_later_turn_once_there_is_no_room() -> None:
         room[0] = 10
         loop.run_once()
         assert len(got) == 3 and group.deferred == 1
+        group.close()
+        loop.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_sockets_that_stay_ready_are_served_in_turn_when_room_is_short() -> None:
+    """Five sockets that stay ready (a byte each, never read), room for two handlers a
+    turn: epoll reports them in the same order every time, so without resuming where the
+    last turn stopped the same two would be served forever. In five turns each socket is
+    served twice."""
+    pairs = [socket.socketpair() for _ in range(5)]
+    try:
+        loop = Loop(clock=lambda: 5.0)
+        room = [0]
+        group = SocketGroup(loop, lambda: room[0] > 0)
+        served: list[int] = []
+
+        def handler_for(i: int) -> Callable[[float, int], None]:
+            def handler(now: float, mask: int) -> None:
+                served.append(i)
+                room[0] -= 1
+
+            return handler
+
+        for i, (a, b) in enumerate(pairs):
+            group.register(a, handler_for(i))
+            b.send(b"x")  # left unread: ready every turn
+        for _ in range(5):
+            room[0] = 2
+            loop.run_once(block=False)
+        assert sorted(served) == sorted(list(range(5)) * 2)
         group.close()
         loop.close()
     finally:

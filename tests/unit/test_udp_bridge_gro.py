@@ -14,6 +14,7 @@ import pytest
 from wgslirp.net import fragment, ipv6, udp
 from wgslirp.net.ipv4 import addr_to_int
 from wgslirp.runtime.loop import Loop
+from wgslirp.shm.ring import BatchWriter, Ring
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
@@ -33,6 +34,36 @@ GUEST6, GW6 = ipv6.addr_to_int("fd77::2"), ipv6.addr_to_int("fd77::1")
 MTU = 1380
 
 
+def _no_gro() -> str | None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as exc:
+        return f"no UDP GRO on this kernel ({exc})"
+    finally:
+        s.close()
+    return None
+
+
+pytestmark = pytest.mark.skipif(_no_gro() is not None, reason=str(_no_gro()))
+
+
+class RingEgress(BatchWriter):
+    """A real ring's BatchWriter (reserve hands out the same slot until commit), whose
+    packets are read back in order."""
+
+    def __init__(self) -> None:
+        self.ring = Ring.create(64, 2048)
+        super().__init__(self.ring.producer())
+        self.cons = self.ring.consumer()
+        self.packets: list[bytes] = []
+
+    def take(self) -> list[bytes]:
+        self.flush()
+        self.cons.drain(lambda view, _peer: self.packets.append(bytes(view)))
+        return self.packets
+
+
 class SmallEgress(Egress):
     """The recording egress with room for `room` packets, then full."""
 
@@ -49,11 +80,13 @@ class SmallEgress(Egress):
 class Rig:
     """A bridge with one flow to a loopback server, and a count of coalesced receives."""
 
-    def __init__(self, family: socket.AddressFamily, room: int = 1000) -> None:
+    def __init__(
+        self, family: socket.AddressFamily, room: int = 1000, egress: Egress | None = None
+    ) -> None:
         self.server = socket.socket(family, socket.SOCK_DGRAM)
         self.server.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
         self.server.settimeout(2)
-        self.eg = SmallEgress(room)
+        self.eg = egress if egress is not None else SmallEgress(room)
         v6 = family == socket.AF_INET6
         ctx = BridgeContext(self.eg, Loop(), mtu=MTU, gateway6=GW6 if v6 else None)
         policy = EgressPolicy(gateway6="fd77::1") if v6 else EgressPolicy(gateway="10.77.0.1")
@@ -164,6 +197,7 @@ def test_a_train_the_egress_cannot_hold_is_cut_and_the_rest_counted() -> None:
         r.train(payload, 100)
         assert payloads(r) == [payload[i : i + 100] for i in range(0, 400, 100)]
         assert r.bridge.ctx.stats.egress_full == 6
+        assert r.bridge.ctx.stats.udp_rx_packets == 4
         sel = selectors.DefaultSelector()
         sel.register(r.flow.sock, selectors.EVENT_READ)
         assert sel.select(0) == []
@@ -203,3 +237,39 @@ def test_one_readiness_reads_at_most_a_batch_of_datagrams_in_trains_too(rig: Rig
         assert len(rig.eg.packets) == 96 and payloads(rig) == [bytes(range(64))] * 96
     finally:
         sel.close()
+
+
+def test_a_train_mixing_datagrams_above_and_below_the_tunnel_mtu_on_a_real_ring() -> None:
+    """3,000 + 3,000 + 500 bytes: the first two are fragmented (their fragments take ring
+    slots of their own, the slot held for the read first), the last goes whole in the
+    next slot, not over a fragment already committed (a real BatchWriter hands out the same
+    slot until commit, unlike the recording egress)."""
+    eg = RingEgress()
+    r = Rig(socket.AF_INET, egress=eg)  # type: ignore[arg-type]
+    try:
+        payload = bytes((i * 11) % 256 for i in range(6500))
+        eg.take()  # nothing yet; the rig's first datagram went to the host, not back
+        r.train(payload, 3000)
+        assert r.trains == 1
+        packets = eg.take()
+        assert all(len(p) <= MTU for p in packets)
+        reasm = fragment.Reassembler()
+        whole = [w for p in packets if (w := reasm.feed(p, len(p), 0.0)) is not None]
+        got = [bytes(w[udp.PAYLOAD_OFFSET :]) for w in whole]
+        assert got == [payload[:3000], payload[3000:6000], payload[6000:]]
+        assert r.bridge.ctx.stats.udp_rx_packets == 3
+    finally:
+        r.close()
+        eg.ring.close()
+
+
+def test_a_train_read_only_to_be_dropped_counts_each_of_its_datagrams() -> None:
+    """No room at all: the tail drop takes the whole coalesced train out of the socket, and
+    egress_full says ten, not one; udp_rx_packets counts none of them."""
+    r = Rig(socket.AF_INET, room=0)
+    try:
+        r.train(bytes(1000), 100)
+        assert r.bridge.ctx.stats.egress_full == 10
+        assert r.bridge.ctx.stats.udp_rx_packets == 0 and r.eg.packets == []
+    finally:
+        r.close()

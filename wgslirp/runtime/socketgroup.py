@@ -32,6 +32,10 @@ class SocketGroup:
         # sockets can bring more than the room left (each flow up to its RECV_BATCH).
         self._has_room = has_room
         self.deferred = 0  # turns whose ready sockets were cut short for want of room
+        # Where the next turn starts in the ready list: epoll reports sockets that stay
+        # ready in the same order every time, so a turn cut short starts the next one
+        # after the last socket it served, or the first few would be served forever.
+        self._resume = 0
         self._sel = selectors.DefaultSelector()
         self._fd = self._sel.fileno() if hasattr(self._sel, "fileno") else -1
         if self._fd < 0:  # not epoll/kqueue: nothing to nest, so no muting either
@@ -74,9 +78,18 @@ class SocketGroup:
     def _ready(self, _now: float, _mask: int = 0) -> None:
         clock = self._loop.clock
         has_room = self._has_room
-        for key, mask in self._sel.select(0):
+        ready = self._sel.select(0)
+        start = self._resume
+        if start:
+            self._resume = 0
+            if start < len(ready):
+                ready = ready[start:] + ready[:start]
+            else:
+                start = 0
+        for served, (key, mask) in enumerate(ready):
             if has_room is not None and not has_room():
                 self.deferred += 1
+                self._resume = (start + served) % len(ready)
                 return
             try:
                 key.data(clock(), mask)

@@ -70,7 +70,7 @@ _V6_TO_V4_UNREACH = {
     icmpv6.REJECT_ROUTE: icmp.ADMIN_PROHIBITED,
 }
 _EXT_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
-RECV_BATCH = 64  # datagrams per readiness event per flow
+RECV_BATCH = 64  # datagrams per readiness event per flow (a last GRO train may overshoot)
 # UDP GRO on each flow's host socket: a train of datagrams from the host (a GSO send, a
 # QUIC server's for one; or what a NIC's GRO coalesced) is one receive, the kernel's
 # segment size in a control message, instead of one receive per datagram. Driving the
@@ -348,7 +348,10 @@ class UdpBridge:
         room = mtu - off
         overflow = memoryview(ctx.scratch2)
         sock = flow.sock
-        budget = RECV_BATCH  # datagrams, whether read one by one or in coalesced trains
+        # Datagrams, whether read one by one or in coalesced trains: no receive starts
+        # once RECV_BATCH came, so a last train may overshoot by up to 63 (the kernel
+        # coalesces at most 64 datagrams).
+        budget = RECV_BATCH
         while budget > 0:
             budget -= 1
             slot = egress.reserve()
@@ -356,9 +359,13 @@ class UdpBridge:
                 # Tail drop, as any router queue does. Leaving the datagram in the socket
                 # would keep it readable, and the level-triggered loop would spin on it
                 # until ingress drained the ring, starving everything else on this core.
-                stats.egress_full += 1
-                with contextlib.suppress(OSError):
-                    sock.recv_into(overflow)
+                # (One receive may be a coalesced train: each of its datagrams counts.)
+                try:
+                    nbytes, anc, _, _ = sock.recvmsg_into([overflow], _GRO_ROOM)
+                except OSError:
+                    return
+                seg = _gro_segment(anc) if anc else 0
+                stats.egress_full += (nbytes + seg - 1) // seg if 0 < seg < nbytes else 1
                 return
             try:
                 nbytes, anc, _, _ = sock.recvmsg_into([slot[off:mtu], overflow], _GRO_ROOM)
@@ -408,8 +415,9 @@ class UdpBridge:
     def _split_train(self, flow: UdpFlow, slot: memoryview, nbytes: int, seg: int) -> bool:
         """One receive returned a train of datagrams the kernel coalesced (UDP GRO: all
         `seg` bytes long, the last may be shorter), read into `slot` and on into scratch2:
-        each becomes a reply of its own. False if the egress filled on the way (the rest
-        is dropped and counted, as datagrams read one by one would be)."""
+        each becomes a reply of its own. False if the egress filled on the way: the rest
+        is dropped and counted in egress_full, not in udp_rx_packets, as datagrams read
+        one by one would be."""
         ctx = self.ctx
         egress, stats, mtu = ctx.egress, ctx.stats, ctx.mtu
         off = udp.PAYLOAD_OFFSET6 if flow.v6 else udp.PAYLOAD_OFFSET
@@ -424,19 +432,27 @@ class UdpBridge:
         else:
             stream[:room] = slot[off:mtu]
             stream[room:nbytes] = overflow[: nbytes - room]
-        stats.udp_rx_packets += (nbytes + seg - 1) // seg
-        stats.udp_rx_bytes += nbytes
         out: memoryview | None = slot
         pos = 0
         while pos < nbytes:
             size = seg if pos + seg <= nbytes else nbytes - pos
-            if size > room:  # each datagram larger than the tunnel MTU: fragment it
+            stats.udp_rx_packets += 1
+            stats.udp_rx_bytes += size
+            if size > room:  # a datagram larger than the tunnel MTU: fragment it
                 overflow[off : off + size] = stream[pos : pos + size]
-                ctx.emit(overflow, self._headers(flow, overflow, size), flow.peer)
+                # emit reserves (and commits) slots of its own, the one held here first
+                out = None
+                if not ctx.emit(overflow, self._headers(flow, overflow, size), flow.peer):
+                    pos += size  # emit counted this one's drop
+                    stats.egress_full += (nbytes - pos + seg - 1) // seg
+                    return False
             else:
                 if out is None:
                     out = egress.reserve()
                     if out is None:
+                        # as read one by one: a datagram with no room is a drop, not rx
+                        stats.udp_rx_packets -= 1
+                        stats.udp_rx_bytes -= size
                         stats.egress_full += (nbytes - pos + seg - 1) // seg
                         return False
                 out[off : off + size] = stream[pos : pos + size]
