@@ -294,6 +294,46 @@ def test_a_connect_established_when_connect_returns_is_built_after_its_synack() 
         b.close(2.0)
 
 
+def _accept_ready(srv: socket.socket) -> bool:
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ)
+    try:
+        return bool(sel.select(0))
+    finally:
+        sel.close()
+
+
+def test_a_local_host_service_is_woken_after_the_synack_not_inside_connect() -> None:
+    """The host handshake's last ACK is held (TCP_QUICKACK off) and sent when the
+    connection is settled, after the guest's SYN-ACK: until then the listener has nothing
+    to accept, so it is not woken while the router answers. Loopback runs the handshake
+    inside the syscalls, so both checks are exact."""
+    b, eg, _, _ = settling_bridge()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        assert len(eg.packets) == 1  # the SYN-ACK
+        assert not _accept_ready(srv), "the host was woken before the guest's SYN-ACK left"
+        b.handle_timer(1.0)
+        assert _accept_ready(srv), "the held ACK was never sent"
+        b.close(2.0)
+
+
+def test_a_dial_answered_later_releases_the_held_ack_when_it_completes() -> None:
+    """The same for a connect whose outcome comes as a socket event (a remote host): the
+    ACK goes when the bridge sees the connection up, with the SYN-ACK."""
+    b, eg, _, _ = settling_bridge()
+    b._outcome_known = lambda _sock: errno.EINPROGRESS  # type: ignore[method-assign]
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        syn = syn_to(srv.getsockname()[1])
+        b.from_guest(0, memoryview(syn), len(syn), 1.0)
+        (flow,) = b.table.values()
+        assert eg.packets == [] and not _accept_ready(srv)
+        b._on_event(flow, 1.001, selectors.EVENT_WRITE)
+        assert len(eg.packets) == 1 and _accept_ready(srv)
+        b.close(2.0)
+
+
 def test_host_sockets_are_non_blocking_and_without_nagle_once_connected() -> None:
     """Both set where they cost least (socket() creates it non-blocking; no Nagle once
     the dial worked), and both still set, accepted at once or dialled."""
