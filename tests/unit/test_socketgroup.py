@@ -3,6 +3,7 @@ loop, muted and unmuted together, a broken handler costing only itself."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
 
@@ -74,15 +75,32 @@ def test_a_handler_that_raises_costs_only_itself(pair: tuple[socket.socket, sock
         d.close()
 
 
+Pairs = list[tuple[socket.socket, socket.socket]]
+
+
+@contextlib.contextmanager
+def rationed_group(n: int) -> Iterator[tuple[Loop, SocketGroup, Pairs, list[int]]]:
+    """`n` socket pairs and a group with room for as many handler calls as `room[0]`
+    says (each handler used here takes one)."""
+    pairs = [socket.socketpair() for _ in range(n)]
+    loop = Loop(clock=lambda: 5.0)
+    room = [0]
+    group = SocketGroup(loop, lambda: room[0] > 0)
+    try:
+        yield loop, group, pairs, room
+    finally:
+        group.close()
+        loop.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_ready_sockets_wait_for_a_later_turn_once_there_is_no_room() -> None:
     """Three sockets ready in one turn, room for one handler's output: the first is read,
     the other two stay ready (level-triggered) and are read in the turn after room came
     back, none of them lost or read only to be dropped."""
-    pairs = [socket.socketpair() for _ in range(3)]
-    try:
-        loop = Loop(clock=lambda: 5.0)
-        room = [1]
-        group = SocketGroup(loop, lambda: room[0] > 0)
+    with rationed_group(3) as (loop, group, pairs, room):
         got: list[bytes] = []
 
         def reader(s: socket.socket) -> None:
@@ -95,17 +113,12 @@ def test_ready_sockets_wait_for_a_later_turn_once_there_is_no_room() -> None:
         for a, b in pairs:
             reader(a)
             b.send(b"x")
+        room[0] = 1
         loop.run_once()
         assert len(got) == 1 and group.deferred == 1
         room[0] = 10
         loop.run_once()
         assert len(got) == 3 and group.deferred == 1
-        group.close()
-        loop.close()
-    finally:
-        for a, b in pairs:
-            a.close()
-            b.close()
 
 
 def test_sockets_that_stay_ready_are_served_in_turn_when_room_is_short() -> None:
@@ -113,11 +126,7 @@ def test_sockets_that_stay_ready_are_served_in_turn_when_room_is_short() -> None
     turn: epoll reports them in the same order every time, so without resuming where the
     last turn stopped the same two would be served forever. In five turns each socket is
     served twice."""
-    pairs = [socket.socketpair() for _ in range(5)]
-    try:
-        loop = Loop(clock=lambda: 5.0)
-        room = [0]
-        group = SocketGroup(loop, lambda: room[0] > 0)
+    with rationed_group(5) as (loop, group, pairs, room):
         served: list[int] = []
 
         def handler_for(i: int) -> Callable[[float, int], None]:
@@ -134,9 +143,3 @@ def test_sockets_that_stay_ready_are_served_in_turn_when_room_is_short() -> None
             room[0] = 2
             loop.run_once(block=False)
         assert sorted(served) == sorted(list(range(5)) * 2)
-        group.close()
-        loop.close()
-    finally:
-        for a, b in pairs:
-            a.close()
-            b.close()
