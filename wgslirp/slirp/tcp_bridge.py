@@ -323,7 +323,8 @@ class TcpBridge:
             self._connect_failed(pkt, n, peer, exc.errno or errno.EAFNOSUPPORT, now)
             return
         self._size_buffers(sock)
-        _hold_ack(sock)
+        if _loopback(decision.host, decision.v6):
+            _hold_ack(sock)
         err = sock.connect_ex((sock_addr(decision.host, decision.v6), decision.port))
         if err == errno.EINPROGRESS:
             err = self._outcome_known(sock)
@@ -436,6 +437,8 @@ class TcpBridge:
                 self._pump(flow, now)
             except Exception:
                 self._fail(flow, now)
+                continue
+            _release_ack(flow.sock)  # the SYN-ACK has left (inline) or is leaving
 
     def _build(self, u: _Unsettled) -> TcpFlow:
         _, src, sport, dst, dport = u.key
@@ -453,7 +456,6 @@ class TcpBridge:
         )
         ep.on_syn(memoryview(u.syn), len(u.syn), u.at)
         _no_delay(u.sock)  # before any guest byte reaches it
-        _release_ack(u.sock)  # the SYN-ACK has left (inline) or is leaving: wake the host
         flow = TcpFlow(u.key, u.peer, u.at, ep, u.sock)
         flow.handler = partial(self._on_event, flow)
         flow.connecting = False
@@ -583,7 +585,6 @@ class TcpBridge:
     # ------------------------------------------------------- connect outcome
 
     def _connected(self, flow: TcpFlow, now: float) -> None:
-        _release_ack(flow.sock)
         flow.connecting = False
         flow.syn = None
         self.stats.dials_ok += 1
@@ -591,6 +592,7 @@ class TcpBridge:
             flow.synack_sent = True
             flow.ep.accept(now)
         self._pump(flow, now)
+        _release_ack(flow.sock)  # after the SYN-ACK, as _settle does
 
     def _connect_failed(
         self, pkt: memoryview | None, n: int, peer: int, err: int, now: float
@@ -1048,16 +1050,24 @@ def _unreachable_code(err: int) -> int:
     return icmp.HOST_UNREACHABLE
 
 
+def _loopback(host: int, v6: bool) -> bool:
+    """A destination on this machine's loopback (the gateway alias's 127.0.0.1 or ::1):
+    where holding the handshake's ACK helps (_hold_ack). A remote server would only get
+    the ACK one loop pass later, and one that speaks first would greet that much later."""
+    return host == 1 if v6 else host >> 24 == 127
+
+
 def _hold_ack(sock: socket.socket) -> None:
     """Ask the kernel to hold the last ACK of the host handshake (delayed-ACK mode,
     TCP_QUICKACK off, in which Linux "saves one ACK" of a connect): a host service on this
     machine is then woken by that ACK after the guest's SYN-ACK has left, not inside our
     connect(), where on 2 cores its wake-up competed with the SYN-ACK for the CPU. With
     the bench's listener waking late (TCP_DEFER_ACCEPT) `tcp open` took 0.63 ms inline
-    instead of 0.76 (bench_latency, 120 samples each). _release_ack sends the ACK, on
-    every path that sees the connection established: _build (answered inside connect())
-    and _connected (answered later); unreleased, the kernel's delayed-ACK timer or the
-    first byte sent would. A kernel that ignores the hint acknowledges at once, as before."""
+    instead of 0.76 (bench_latency, 120 samples each). _release_ack sends the ACK after the
+    SYN-ACK, on every path that sees the connection established: _settle (answered inside
+    connect()) and _connected (answered later); unreleased, the kernel's delayed-ACK timer
+    (~200 ms) or the first byte sent would. A kernel that ignores the hint acknowledges at
+    once, as before. Loopback destinations only (_loopback)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
     except OSError:
