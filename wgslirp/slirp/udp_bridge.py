@@ -436,6 +436,11 @@ class UdpBridge:
         pos = 0
         while pos < nbytes:
             size = seg if pos + seg <= nbytes else nbytes - pos
+            if size <= room and out is None:
+                out = egress.reserve()
+                if out is None:  # as read one by one: a drop, not a datagram received
+                    stats.egress_full += (nbytes - pos + seg - 1) // seg
+                    return False
             stats.udp_rx_packets += 1
             stats.udp_rx_bytes += size
             if size > room:  # a datagram larger than the tunnel MTU: fragment it
@@ -447,14 +452,7 @@ class UdpBridge:
                     stats.egress_full += (nbytes - pos + seg - 1) // seg
                     return False
             else:
-                if out is None:
-                    out = egress.reserve()
-                    if out is None:
-                        # as read one by one: a datagram with no room is a drop, not rx
-                        stats.udp_rx_packets -= 1
-                        stats.udp_rx_bytes -= size
-                        stats.egress_full += (nbytes - pos + seg - 1) // seg
-                        return False
+                assert out is not None
                 out[off : off + size] = stream[pos : pos + size]
                 egress.commit(self._headers(flow, out, size), flow.peer)
                 out = None
