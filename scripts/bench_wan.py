@@ -24,6 +24,10 @@ applies the same one-way delay, loss and so on in both directions:
   which stay on 127.0.0.1): a Linux sender and a Linux receiver with autotuned buffers and
   no wgslirp anywhere (``--reference both`` measures its upload too).
 
+All targets (wgslirp per ``--workers`` value, the reference) are started first and
+measured in turn within each round, so a change in the machine's state over a profile's
+minutes reaches all of them alike.
+
 Ratio columns (medians of ``--repeat`` runs): ``down/up`` is wgslirp's sender against the
 guest kernel's on the same path and router; 1.0 means as good as Linux, below 1 the download
 falls behind.  The upload is itself limited by the router's receive window and uses the
@@ -297,6 +301,7 @@ class Bench:
         self.guest_cc: dict[str, str] = {}  # path -> the guest namespace's congestion control
         self.sockbuf_note = ""
         self.tcp_config: dict[str, Any] | None = None
+        self.failed = False  # a target that did not start
 
     # -------------------------------------------------------------- one run
 
@@ -436,20 +441,24 @@ class Bench:
                 stop_and_close(proc)
             stop_and_close(pinger)
 
-    def measure_all(self, t: Target, directions: tuple[str, ...]) -> None:
-        """For each profile, ``--repeat`` rounds of every direction (interleaved, so drift
-        in the machine's load touches both directions alike)."""
+    def measure_all(self, targets: list[tuple[Target, tuple[str, ...]]]) -> None:
+        """For each profile, ``--repeat`` rounds; each round measures every target (wgslirp
+        inline, with workers, the reference) and every direction in turn, so drift in the
+        machine's state over the minutes a profile takes touches all of them alike.  (One
+        target's rounds back to back, then the next target's, moved the 20 ms ratio
+        0.80-1.04 between invocations of the same code: session 11.)"""
         for prof in self.args.profiles:
             for i in range(1, self.args.repeat + 1):
-                for d in directions:
-                    if not Path("/run/netns", t.client.namespace.name).exists():
-                        raise RuntimeError(
-                            f"network namespace {t.client.namespace.name} was deleted by "
-                            "another process (someone's stale-resource sweep?)"
-                        )
-                    r = self.measure(t, prof, d, i)
-                    self.runs.append(r)
-                    self._print_run(r)
+                for t, directions in targets:
+                    for d in directions:
+                        if not Path("/run/netns", t.client.namespace.name).exists():
+                            raise RuntimeError(
+                                f"network namespace {t.client.namespace.name} was deleted by "
+                                "another process (someone's stale-resource sweep?)"
+                            )
+                        r = self.measure(t, prof, d, i)
+                        self.runs.append(r)
+                        self._print_run(r)
 
     def _print_run(self, r: Run) -> None:
         head = f"  {r.profile:<16} {r.path:<10} {r.direction:<4} #{r.run}"
@@ -486,66 +495,90 @@ class Bench:
         """``wgslirp check-config`` with the routers' code and environment: its TCP part."""
         return effective_tcp_config(lambda tmp: self.router_env(tmp, 51820, 0))
 
-    def run_router(self, workers: int, server: Server) -> None:
+    def router_target(self, stack: contextlib.ExitStack, workers: int, server: Server) -> Target:
+        """A started router and its pinged client, kept until ``stack`` closes."""
         path = f"workers={workers}"
-        print(f"PROCESSOR_WORKERS={workers}", flush=True)
+        print(f"PROCESSOR_WORKERS={workers}: starting", flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="wgslirp-bench-wan-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         port = free_udp_port()
         env, cwd = self.router_env(tmp, port, workers)
         mport = free_tcp_port()
         env["METRICS_LISTEN"] = f"127.0.0.1:{mport}"
-        try:
-            with RouterProcess(router_cmd(), env, cwd=cwd) as r:
-                r.wait_for_line(LISTENING, timeout=30)
-                with pinged_client(r, port) as c:
-                    self.mtu = c.mtu
-                    self.grow_buffers(c)
-                    self.namespace_cc(path, c)
-                    t = Target(
-                        path,
-                        c,
-                        c.server_public_key,
-                        GATEWAY,
-                        port,
-                        server,
-                        router=process_tree(r.pid),
-                        router_pid=r.pid,
-                        wg_pids=[c.pid],
-                        server_pids=list(process_tree(r.pid)),
-                        udp_ports={"wg-go": c.udp_port(), "router": port},
-                        metrics_url=f"http://127.0.0.1:{mport}/metrics",
-                    )
-                    self.measure_all(t, ("down",) if self.args.down_only else ("down", "up"))
-                r.terminate(timeout=10)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        r = stack.enter_context(RouterProcess(router_cmd(), env, cwd=cwd))
+        stack.callback(r.terminate, timeout=10)  # after the client is gone, before close
+        r.wait_for_line(LISTENING, timeout=30)
+        c = stack.enter_context(pinged_client(r, port))
+        self.mtu = c.mtu
+        self.grow_buffers(c)
+        self.namespace_cc(path, c)
+        return Target(
+            path,
+            c,
+            c.server_public_key,
+            GATEWAY,
+            port,
+            server,
+            router=process_tree(r.pid),
+            router_pid=r.pid,
+            wg_pids=[c.pid],
+            server_pids=list(process_tree(r.pid)),
+            udp_ports={"wg-go": c.udp_port(), "router": port},
+            metrics_url=f"http://127.0.0.1:{mport}/metrics",
+        )
 
     # -------------------------------------------------------------- the reference
 
-    def run_reference(self) -> None:
+    def reference_target(self, stack: contextlib.ExitStack) -> Target:
         """wireguard-go <-> wireguard-go over the relay, iperf3 server in the second
         namespace: kernel TCP at both ends."""
         mtu = self.mtu or 1380
         print(f"reference: wireguard-go <-> wireguard-go (MTU {mtu}), kernel TCP", flush=True)
         srv_ip = REF_NET[0]
-        with contextlib.ExitStack() as stack:
-            b, c = reference_pair(stack, REF_NET, mtu)
-            self.grow_buffers(c)
-            self.grow_buffers(b)
-            self.namespace_cc(REFERENCE, b)  # b sends the reference download
-            server = stack.enter_context(Server(srv_ip, ns=b))
-            t = Target(
-                REFERENCE,
-                c,
-                c.server_public_key,
-                srv_ip,
-                b.udp_port(),
-                server,
-                wg_pids=[c.pid, b.pid],
-                server_pids=[b.pid],
-                udp_ports={"wg-go": c.udp_port(), "wg-go srv": b.udp_port()},
-            )
-            self.measure_all(t, ("down", "up") if self.args.reference == "both" else ("down",))
+        b, c = reference_pair(stack, REF_NET, mtu)
+        self.grow_buffers(c)
+        self.grow_buffers(b)
+        self.namespace_cc(REFERENCE, b)  # b sends the reference download
+        server = stack.enter_context(Server(srv_ip, ns=b))
+        return Target(
+            REFERENCE,
+            c,
+            c.server_public_key,
+            srv_ip,
+            b.udp_port(),
+            server,
+            wg_pids=[c.pid, b.pid],
+            server_pids=[b.pid],
+            udp_ports={"wg-go": c.udp_port(), "wg-go srv": b.udp_port()},
+        )
+
+    def targets(self, stack: contextlib.ExitStack) -> list[tuple[Target, tuple[str, ...]]]:
+        """Every target started at once (an idle router with its client took 0.5 % of a
+        core, inline or with 2 workers), each with the directions it is measured in; one
+        that fails to start is reported and left out, and what it started is stopped."""
+        a = self.args
+        out: list[tuple[Target, tuple[str, ...]]] = []
+        dirs = ("down",) if a.down_only else ("down", "up")
+        if a.workers:
+            server = stack.enter_context(Server("127.0.0.1"))
+            for w in a.workers:
+                try:
+                    with contextlib.ExitStack() as one:
+                        out.append((self.router_target(one, w, server), dirs))
+                        stack.enter_context(one.pop_all())
+                except (HarnessError, RuntimeError) as exc:
+                    print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
+                    self.failed = True
+        if a.reference != "none":
+            try:
+                with contextlib.ExitStack() as one:
+                    ref = self.reference_target(one)
+                    out.append((ref, ("down", "up") if a.reference == "both" else ("down",)))
+                    stack.enter_context(one.pop_all())
+            except (HarnessError, RuntimeError) as exc:
+                print(f"reference failed: {exc}", file=sys.stderr)
+                self.failed = True
+        return out
 
 
 def _pin_cpus() -> tuple[set[int], set[int]]:
@@ -1092,20 +1125,10 @@ def main(argv: list[str]) -> int:
     try:
         with _code(args):
             bench.tcp_config = bench.effective_tcp_config()
-            if args.workers:
-                with Server("127.0.0.1") as server:
-                    for w in args.workers:
-                        try:
-                            bench.run_router(w, server)
-                        except (HarnessError, RuntimeError) as exc:
-                            print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
-                            code = 1
-            if args.reference != "none":
-                try:
-                    bench.run_reference()
-                except (HarnessError, RuntimeError) as exc:
-                    print(f"reference failed: {exc}", file=sys.stderr)
-                    code = 1
+            with contextlib.ExitStack() as stack:
+                bench.measure_all(bench.targets(stack))
+        if bench.failed:
+            code = 1
     except KeyboardInterrupt:
         print(
             "\ninterrupted: everything started has been stopped; partial results follow",
