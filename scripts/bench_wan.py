@@ -166,6 +166,9 @@ class Run:
     # how the router's TCP recovered during the run (its counters' increase): resent
     # segments, fast retransmits, timeouts, tail loss probes, lost retransmissions
     router_tcp: dict[str, int] = field(default_factory=dict)
+    # the CPU-measured seconds (time.monotonic), to line a run up with a system-wide
+    # trace taken beside the benchmark (`perf record -k CLOCK_MONOTONIC`)
+    window: tuple[float, float] | None = None
     error: str | None = None
 
     @property
@@ -318,6 +321,11 @@ class Bench:
             lifetime=a.seconds + a.omit + 120.0,
         )
         try:
+            # A fresh server each run: the last segments of a run's connection can go to
+            # the relay that closes with it, and the reference's server (kernel TCP behind
+            # that relay) then stays "busy" until a retransmission meets the next relay;
+            # with the other targets measured in between, that was the next round's run.
+            t.server.restart()
             with relay:
                 self._set_endpoint(t, relay.port)
                 self._transfer(t, res, direction)
@@ -431,6 +439,7 @@ class Bench:
             res.rtt_samples = len(load)
             res.udp_drops = {k: drops_between(drops0[k], drops1[k]) for k in ports}
             pc = meter.percent(snap_a, snap_b)
+            res.window = (snap_a.when, snap_b.when)
             res.router_cpu = (
                 sum(v for k, v in pc.items() if k.startswith("router:")) if t.router else None
             )
