@@ -327,6 +327,9 @@ class Bench:
             # with the other targets measured in between, that was the next round's run.
             t.server.restart()
             with relay:
+                if a.pin and a.relay_cpu != "float":
+                    far, near = _pin_cpus()
+                    _set_affinity(relay.pid, near if a.relay_cpu == "client" else far)
                 self._set_endpoint(t, relay.port)
                 self._transfer(t, res, direction)
         except Exception as exc:
@@ -610,9 +613,17 @@ def _set_affinity(pid: int, cpus: set[int]) -> None:
 def _pin(t: Target, *client_pids: int) -> None:
     """Keep the tunnel's two ends on different CPUs, as on two machines: the client's
     wireguard-go and its guest programs on the last CPU, the far end (wgslirp's processes,
-    or the reference's server wireguard-go) on the others. The relay, the host's iperf3
-    and the kernels' softirqs float. Without it the ends share both cores and the far end's
-    CPU time is taken from the client (docs/tcp-wan.md)."""
+    or the reference's server wireguard-go) on the others. The relay goes where
+    --relay-cpu says (measure: the client's CPU); the host's iperf3 and the kernels'
+    softirqs float. Without it the ends share both cores and the far end's CPU time is
+    taken from the client (docs/tcp-wan.md).
+
+    A floating relay is not neutral either: traced with sched_switch (session 12, 20 ms),
+    it ran on the far end's CPU for about half its time beside the reference's server
+    wireguard-go (which leaves that CPU 47 % idle) and almost never beside wgslirp (27 %
+    idle), so the reference's client shared its CPU with half the relay and wgslirp's with
+    all of it. Pinned to the client's CPU for both, the reference's 20 ms download fell
+    from 314 / 323 Mbit/s to 259-276, wgslirp's stayed at 259-274."""
     server, client = _pin_cpus()
     for pid in t.server_pids:
         _set_affinity(pid, server)
@@ -1053,6 +1064,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the far end (wgslirp, or the reference's server wireguard-go) on the others, as if "
         "on two machines; both paths get the same split",
     )
+    p.add_argument(
+        "--relay-cpu",
+        choices=("client", "float", "far"),
+        default="client",
+        help="with --pin, where the relay runs, for every path alike: on the client's CPU "
+        "(default), left to the scheduler (float: it then goes where the far end leaves "
+        "room, which favours the cheaper far end), or on the far end's",
+    )
     add_quiet_options(p, what="iperf3 run", wait=20.0)
     a = p.parse_args(argv)
     a.profiles = [x.strip() for x in a.profiles.split(",") if x.strip()]
@@ -1126,7 +1145,10 @@ def main(argv: list[str]) -> int:
         far, near = _pin_cpus()
         bench.sockbuf_note += (
             f"\n  --pin: the client's side on CPU {','.join(map(str, sorted(near)))}, "
-            f"the far end on CPU {','.join(map(str, sorted(far)))}"
+            f"the far end on CPU {','.join(map(str, sorted(far)))}, the relay "
+            + {"client": "with the client", "far": "with the far end", "float": "floating"}[
+                args.relay_cpu
+            ]
         )
     print(bench.sockbuf_note, flush=True)
     t0 = time.monotonic()

@@ -301,6 +301,12 @@ class ImpairedRelay:
         self.port = int(line.split()[1])
         return self
 
+    @property
+    def pid(self) -> int:
+        """The relay process (single-threaded), e.g. to pin it to a CPU."""
+        assert self._proc is not None, "the relay is not started"
+        return self._proc.pid
+
     def __exit__(self, *exc: object) -> None:
         proc = self._proc
         if proc is None:
