@@ -376,12 +376,15 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True):
         _doc(
             "TCP_SND_BUFFER_MAX",
             "Size a connection's send buffer may grow to while its congestion window "
-            "wants more than half of what it has (Linux grows up to tcp_wmem's 4 MiB the "
-            "same way), out of TCP_SND_BUFFER_POOL. At or below TCP_SND_BUFFER it never "
+            "wants more than half of what it has (Linux grows toward tcp_wmem's maximum "
+            "the same way), out of TCP_SND_BUFFER_POOL. The buffer holds everything from "
+            "the oldest unacknowledged byte on, so a lost retransmission, which holds that "
+            "byte for several round trips, needs room for that many: at 4 MiB a download "
+            "over 41 ms with 1 % loss stalled on it. At or below TCP_SND_BUFFER it never "
             "grows.",
             group="TCP",
         ),
-    ] = 4 * 1024 * 1024
+    ] = 16 * 1024 * 1024
     rcv_buffer_max: Annotated[
         int,
         Meta(ge=16 * 1024, le=256 * 1024 * 1024),
