@@ -392,6 +392,53 @@ def test_once_bounded_it_probes_every_two_seconds_not_every_eight_rounds() -> No
     assert len(probes) >= 3 and all(g >= tcp_bbr.CRUISE_BOUNDED for g in gaps), gaps
 
 
+def _probes_on_a_path_with_room(room: float, seconds: float) -> tuple[Bbr, list[float], float]:
+    """A flow bounded at 1.6 BDP by a probe's losses (as when a receiver's burst of drops
+    ends STARTUP at a fraction of the path's rate), then on a path carrying `room` x its
+    estimate: each round delivers what the round before had in flight (its rate seen a
+    round trip late), the round trip 12 % above RTprop. Returns the controller, the
+    times its probes began (from the bound) and the time the estimate reached 0.9 of the
+    path (inf if it did not)."""
+    bw, rtt = 8e6, 0.04
+    bbr, rs, now = _cruising(bw, rtt)
+    now = _to_probe(bbr, rs, now, bw, rtt)
+    bbr.on_lost(40 * MSS)
+    now += 0.001
+    rs.feed(bbr, bw, rtt, now, int(1.6 * bw * rtt))
+    assert bbr.inflight_hi == int(1.6 * bw * rtt)
+    start, probes, reached, prev = now, [], float("inf"), int(bw * rtt)
+    for _ in range(int(seconds / rtt)):
+        now += rtt + 0.001
+        was = bbr.pacing_gain
+        inflight = min(bbr.cwnd, int(bbr.pacing_rate(rtt) * 1.12 * rtt))
+        rs.feed(bbr, min(room * bw, prev / (1.12 * rtt)), 1.12 * rtt, now, inflight)
+        prev = inflight
+        if bbr.pacing_gain > 1.0 >= was:
+            probes.append(now - start)
+        if reached == float("inf") and bbr.btl_bw >= 0.9 * room * bw:
+            reached = now - start
+    return bbr, probes, reached
+
+
+def test_once_bounded_far_below_the_path_a_probe_that_found_more_is_followed_sooner() -> None:
+    """Relay rig, 2 workers, 20 ms + 1 %: STARTUP ended on the client's drops at 101 of
+    ~330 Mbit/s, and probes 2 s apart, each raising the estimate at most 25 %, took ~7 s
+    to get there. A probe that found 15 % more is followed by the next after the usual
+    rounds: 4x the estimate is reached ~2 s after the first probe (~10 s when every
+    probe waits 2 s)."""
+    _, probes, reached = _probes_on_a_path_with_room(4.0, 16.0)
+    assert probes[0] >= tcp_bbr.CRUISE_BOUNDED  # the bound's own wait comes first
+    assert reached < probes[0] + 2 * tcp_bbr.CRUISE_BOUNDED, (reached, probes)
+
+
+def test_once_bounded_a_probe_that_found_little_still_waits_two_seconds() -> None:
+    """The bottleneck case: a path with 10 % more than the estimate keeps the probes 2 s
+    apart (each one fills the queue the bound found)."""
+    _, probes, _ = _probes_on_a_path_with_room(1.1, 12.0)
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert len(probes) >= 3 and all(g >= tcp_bbr.CRUISE_BOUNDED for g in gaps), probes
+
+
 @pytest.mark.parametrize("seed", [1, 4, 10])
 def test_random_loss_at_a_large_window_does_not_ratchet_the_loss_bound_down(seed: int) -> None:
     """1 % random loss at 200 Mbit/s and 40 ms (~750 segments a round). Three ways the loss

@@ -90,6 +90,14 @@ UNBOUNDED: Final = 1 << 62
 # pathsim 100 Mbit/s, 100 ms, 100-packet queue, 15 s: mean queue 2.81 -> 0.56 ms, drops
 # 2,050 -> 1,337, throughput 88.5 -> 87.7 Mbit/s.
 CRUISE_BOUNDED: Final = 2.0
+# ... unless the last probe found that much more bandwidth than the estimate it began
+# with: the bound was then set far below what the path carries (STARTUP ended on a
+# receiver's burst of drops, not on a queue), and the next probe comes after the usual
+# eight rounds. A probe paces at 1.25x, so a path with room delivers ~1.2x; a full one
+# ~1.0x. Relay rig, +20 ms + 1 %, 2 workers: STARTUP ended on the client's drops at 101 of
+# ~330 Mbit/s, and probes 2 s apart, each raising the estimate at most 25 %, took ~7 s
+# to get there (docs/tcp-wan.md, session 12).
+PROBE_FOUND: Final = 1.15
 MIN_CWND_SEGMENTS: Final = 4
 PACING_MARGIN: Final = 0.99  # pace 1 % below the estimate, so the queue it finds drains
 # Room above gain * BDP for the sender's own bursts (Linux's quantization budget, 3 TSO
@@ -144,6 +152,7 @@ class Bbr(CongestionControl):
         "_lost_in_round",
         "_next_round_delivered",
         "_prior_cwnd",
+        "_probe_from",
         "_probe_rtt_done",
         "_probe_rtt_round_done",
         "_round_delivered_from",
@@ -187,6 +196,7 @@ class Bbr(CongestionControl):
         self._cycle_idx = 0
         self._cycle_at = 0.0
         self._cycle_bw = [0.0, 0.0]  # max delivery rate in this probe cycle, and the last
+        self._probe_from = 0.0  # BtlBw when the last probe began
         self._probe_rtt_done = 0.0
         self._probe_rtt_round_done = False
         self._prior_cwnd = 0
@@ -387,6 +397,7 @@ class Bbr(CongestionControl):
     def _enter_probe_bw(self, now: float) -> None:
         self.mode = PROBE_BW
         self.cwnd_gain = CWND_GAIN
+        self._probe_from = self.btl_bw  # a bound from STARTUP waits for its first probe
         # Linux starts at a random phase other than the draining one, so flows sharing a
         # bottleneck do not probe in step; the phase after the drain is a fixed choice here.
         self._cycle_idx = 2
@@ -410,8 +421,12 @@ class Bbr(CongestionControl):
         elif self._cycle_idx == len(PACING_GAINS) - 1 and self.inflight_hi < UNBOUNDED:
             # A path whose queue overflowed at a known depth: probe again only after
             # CRUISE_BOUNDED (BBRv3 waits 2-3 s), not every eight rounds; each probe fills
-            # that queue to find the bound again.
-            go = now - self._cycle_at > max(self.rtprop, CRUISE_BOUNDED)
+            # that queue to find the bound again. A probe that found much more bandwidth
+            # found no such queue: the next one comes after the usual round.
+            wait = self.rtprop
+            if self.btl_bw < PROBE_FOUND * self._probe_from and wait < CRUISE_BOUNDED:
+                wait = CRUISE_BOUNDED
+            go = now - self._cycle_at > wait
         else:
             go = full
         if go:
@@ -419,6 +434,7 @@ class Bbr(CongestionControl):
             if self._cycle_idx == 0:
                 self._cycle_bw[1] = self._cycle_bw[0]  # a probe begins a new cycle
                 self._cycle_bw[0] = 0.0
+                self._probe_from = self.btl_bw
             self._cycle_at = now
             self.pacing_gain = PACING_GAINS[self._cycle_idx]
 
