@@ -27,7 +27,8 @@ tcp_bbr.c is the reference for details the draft leaves open):
   path held, which cwnd keeps to (outside probes, to the BDP: none of the queue it found);
   each later probing round raises the bound, 1, 2, 4 ... segments, so more capacity is
   found in a few rounds, and once bounded it probes every 2 s instead of every eight
-  rounds, as BBRv3 does. Random loss below 2 % does not trip it. Measured on pathsim (100
+  rounds, as BBRv3 does (sooner after a probe that found 15 % more: the bound was set far
+  below the path's rate). Random loss below 2 % does not trip it. Measured on pathsim (100
   Mbit/s, 100 ms, 100-packet queue, 15 s): v1 75 Mbit/s with 2,527 drops, with the bound
   88.5 with 2,050 (most of them STARTUP's). Of the queue the bound found, cwnd keeping
   half outside probes kept 3.4 ms of wait in the relay rig's 100-packet queue
