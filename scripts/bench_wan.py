@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -245,8 +246,8 @@ def _read_samples(reader: LineReader, into: list[tuple[float, float]], deadline:
 
 
 class Server:
-    """An iperf3 server that is replaced after a failed run (a client killed mid-test can
-    leave it "busy" for a long time)."""
+    """An iperf3 server replaced before each run (a client killed mid-test, or a run's last
+    segments lost with its relay, can leave it "busy" for a long time)."""
 
     def __init__(self, addr: str, ns: Any = None) -> None:
         self.addr, self.ns = addr, ns
@@ -275,6 +276,9 @@ class Server:
     def server(self) -> Iperf3Server:
         assert self.cur is not None
         return self.cur
+
+
+Dirs = tuple[str, ...]  # the directions a target is measured in: "down", "up"
 
 
 @dataclass
@@ -335,9 +339,6 @@ class Bench:
         except Exception as exc:
             res.error = f"{type(exc).__name__}: {exc}"
         res.relay = _relay_dict(relay.report)
-        if res.error:
-            with contextlib.suppress(Exception):
-                t.server.restart()
         return res
 
     def _set_endpoint(self, t: Target, port: int) -> None:
@@ -461,7 +462,7 @@ class Bench:
                 stop_and_close(proc)
             stop_and_close(pinger)
 
-    def measure_all(self, targets: list[tuple[Target, tuple[str, ...]]]) -> None:
+    def measure_all(self, targets: list[tuple[Target, Dirs]]) -> None:
         """For each profile, ``--repeat`` rounds; each round measures every target (wgslirp
         inline, with workers, the reference) and every direction in turn, so drift in the
         machine's state over the minutes a profile takes touches all of them alike.  (One
@@ -572,32 +573,31 @@ class Bench:
             udp_ports={"wg-go": c.udp_port(), "wg-go srv": b.udp_port()},
         )
 
-    def targets(self, stack: contextlib.ExitStack) -> list[tuple[Target, tuple[str, ...]]]:
+    def targets(self, stack: contextlib.ExitStack) -> list[tuple[Target, Dirs]]:
         """Every target started at once (an idle router with its client took 0.5 % of a
         core, inline or with 2 workers), each with the directions it is measured in; one
         that fails to start is reported and left out, and what it started is stopped."""
         a = self.args
         out: list[tuple[Target, tuple[str, ...]]] = []
-        dirs = ("down",) if a.down_only else ("down", "up")
-        if a.workers:
-            server = stack.enter_context(Server("127.0.0.1"))
-            for w in a.workers:
-                try:
-                    with contextlib.ExitStack() as one:
-                        out.append((self.router_target(one, w, server), dirs))
-                        stack.enter_context(one.pop_all())
-                except (HarnessError, RuntimeError) as exc:
-                    print(f"PROCESSOR_WORKERS={w} failed: {exc}", file=sys.stderr)
-                    self.failed = True
-        if a.reference != "none":
+
+        def start(name: str, build: Callable[[contextlib.ExitStack], Target], dirs: Dirs) -> None:
             try:
                 with contextlib.ExitStack() as one:
-                    ref = self.reference_target(one)
-                    out.append((ref, ("down", "up") if a.reference == "both" else ("down",)))
+                    out.append((build(one), dirs))
                     stack.enter_context(one.pop_all())
             except (HarnessError, RuntimeError) as exc:
-                print(f"reference failed: {exc}", file=sys.stderr)
+                print(f"{name} failed: {exc}", file=sys.stderr)
                 self.failed = True
+
+        if a.workers:
+            server = stack.enter_context(Server("127.0.0.1"))
+            dirs: Dirs = ("down",) if a.down_only else ("down", "up")
+            for w in a.workers:
+                build = functools.partial(self.router_target, workers=w, server=server)
+                start(f"PROCESSOR_WORKERS={w}", build, dirs)
+        if a.reference != "none":
+            both: Dirs = ("down", "up")
+            start("reference", self.reference_target, both if a.reference == "both" else ("down",))
         return out
 
 
