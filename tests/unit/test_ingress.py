@@ -224,7 +224,7 @@ def test_ingress_rehearses_its_cipher_in_a_pause_after_traffic(rig: Rig) -> None
     rig.loop.clock = lambda: at[0]
     rig.loop.run_once()  # the fixture's ping was at NOW: no pause yet
     assert rig.ingress.rehearsal.calls == 0
-    at[0] = NOW + WARM_AFTER
+    at[0] = NOW + 2 * WARM_AFTER
     rig.loop.run_once()
     assert rig.ingress.rehearsal.calls == 1
     got, want = rig.ingress.rehearsal.outputs(0)

@@ -45,14 +45,15 @@ SHARED_SLEEP_BOUND = 0.001
 SPLIT_SLEEP_BOUND = MISSED_WAKEUP_BOUND
 
 # Warmers (rehearsals of the packet path's native code, e.g.
-# wgslirp/wireguard/rehearsal.py) run on a beat once the loop has been quiet for
-# WARM_AFTER, at most every WARM_EVERY, until idle_after: a packet after a short pause
-# then finds that code in cache (on the development VM caches do not survive a few ms
-# of halted vCPU). Traffic with shorter gaps keeps it warm itself and pays nothing (trains
-# 1.6 ms apart in bench_forward); a router idle for idle_after pays nothing either. In
-# between, one rehearsal per WARM_EVERY: a few us, < 0.5 % of a core for a second.
-WARM_AFTER = 0.002
-WARM_EVERY = 0.004
+# wgslirp/wireguard/rehearsal.py) run on every quiet beat (a wait that ended with no
+# event: 1 ms inline, 5 ms with workers) from WARM_AFTER after the last event until
+# idle_after: a packet after a pause then finds that code in cache (on the development
+# VM caches do not survive a few ms of halted vCPU). An idle router pays nothing; in
+# between, a few us per beat, < 1 % of a core for a second. Measured spacing: a
+# rehearsal on every 1 ms beat helped round trips (bench_latency, two runs); one every
+# 4 ms after 2 ms of quiet did not (one run, every case within +-0.05 ms).
+WARM_AFTER = 0.0005
+WARM_EVERY = 0.0009
 
 
 class Sleeper(Protocol):
