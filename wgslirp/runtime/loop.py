@@ -44,14 +44,15 @@ MAX_SLEEP = 1.0  # wake at least this often to notice stop requests and sweep ti
 SHARED_SLEEP_BOUND = 0.001
 SPLIT_SLEEP_BOUND = MISSED_WAKEUP_BOUND
 
-# Warmers (rehearsals of the packet path's native code, e.g.
-# wgslirp/wireguard/rehearsal.py) run on every quiet beat (a wait that ended with no
-# event: 1 ms inline, 5 ms with workers) from WARM_AFTER after the last event until
-# idle_after: a packet after a pause then finds that code in cache (on the development
-# VM caches do not survive a few ms of halted vCPU). An idle router pays nothing; in
-# between, a few us per beat, < 1 % of a core for a second. Measured spacing: a
-# rehearsal on every 1 ms beat helped round trips (bench_latency, two runs); one every
-# 4 ms after 2 ms of quiet did not (one run, every case within +-0.05 ms).
+# Warmers run on every quiet beat (a wait that ended with no event: 1 ms inline, 5 ms
+# with workers) from WARM_AFTER after the last event until idle_after: rehearsals of the
+# packet path's native code (wgslirp/wireguard/rehearsal.py), so a packet after a pause
+# finds it in cache (on the development VM caches do not survive a few ms of halted
+# vCPU), and work best done between packets (wgslirp/slirp/spares.py). An idle router
+# pays nothing; in between, a few us per beat, < 1 % of a core for a second. Measured
+# spacing: a rehearsal on every 1 ms beat helped round trips (bench_latency, three
+# runs); one every 4 ms after 2 ms of quiet did not (one run, every case within +-0.05
+# ms).
 WARM_AFTER = 0.0005
 WARM_EVERY = 0.0009
 

@@ -3,10 +3,10 @@
 Why: a guest's first packet to a new destination waits for its host socket, and making one
 is several system calls (`socket()`; for UDP also the error queue and GRO options) run cold
 when the packet comes after a pause: on the 2-core development VM `socket()` took 61 us
-after 20 ms of sleep, against a few in a loop. A spare made after the last answer left
-takes that off the round trip: the bridge only connects it. One spare per kind and family
-in use is enough for a round trip after a pause; a burst of new flows takes the spare and
-then makes the rest as before.
+after 20 ms of sleep, against a few in a loop. A spare made in the quiet after the last
+flow opened takes that off the round trip: the bridge only connects it. One spare per
+kind and family in use is enough for a round trip after a pause; a burst of new flows
+takes the spare and then makes the rest as before.
 
 The spares are made on the loop's next quiet beat (it calls them as a warmer,
 runtime/loop.py), never in the turn that took one: made in that turn's timers, after the
