@@ -21,7 +21,7 @@ from wgslirp.keys import generate_private_key, public_key
 from wgslirp.net import flowkey, icmp, ipv4, udp
 from wgslirp.net.checksum import checksum
 from wgslirp.runtime.ingress import Ingress, open_wg_socket
-from wgslirp.runtime.loop import WARM_AFTER, Loop
+from wgslirp.runtime.loop import Loop
 from wgslirp.runtime.supervisor import worker_turn_first
 from wgslirp.shm.ring import Ring
 from wgslirp.wireguard.device import Device
@@ -214,24 +214,6 @@ def test_a_ping_of_the_gateway_is_answered_through_the_tunnel(rig: Rig) -> None:
     reply = rig.receive()
     assert reply[20] == icmp.ECHO_REPLY
     assert ipv4.src_dst(reply) == (ipv4.addr_to_int(GATEWAY), ipv4.addr_to_int(GUEST))
-
-
-def test_ingress_rehearses_its_cipher_in_a_pause_after_traffic(rig: Rig) -> None:
-    """The round trip after a few ms of quiet opens and seals with warm code
-    (wgslirp/wireguard/rehearsal.py); a busy or long idle ingress does not rehearse."""
-    assert rig.ingress.rehearsal in rig.loop.warmers
-    at = [NOW]
-    rig.loop.clock = lambda: at[0]
-    rig.loop.run_once()  # the fixture's ping was at NOW: no pause yet
-    assert rig.ingress.rehearsal.calls == 0
-    at[0] = NOW + 2 * WARM_AFTER
-    rig.loop.run_once()
-    assert rig.ingress.rehearsal.calls == 1
-    got, want = rig.ingress.rehearsal.outputs(0)
-    assert got == want
-    at[0] = NOW + rig.loop.idle_after
-    rig.loop.run_once()
-    assert rig.ingress.rehearsal.calls == 1
 
 
 def test_ttl_1_beyond_the_router_is_answered_with_time_exceeded(rig: Rig) -> None:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import selectors
 from typing import Any
 
 import pytest
 
-from wgslirp.runtime.loop import (
-    MAX_SLEEP,
-    SHARED_SLEEP_BOUND,
-    SPLIT_SLEEP_BOUND,
-    WARM_AFTER,
-    WARM_EVERY,
-    Loop,
-)
+from wgslirp.runtime.loop import MAX_SLEEP, SHARED_SLEEP_BOUND, SPLIT_SLEEP_BOUND, Loop
 from wgslirp.shm.ring import MISSED_WAKEUP_BOUND
 from wgslirp_testkit.clock import FakeClock
 
@@ -133,66 +125,6 @@ def test_one_process_doing_everything_keeps_the_short_beat_for_latency() -> None
     """Inline (PROCESSOR_WORKERS=0) round trips were slower at 5 ms in every case of
     bench_latency; the default loop keeps 1 ms."""
     assert armed_wait(None) == SHARED_SLEEP_BOUND == 0.001
-
-
-def warming_loop(clock: FakeClock) -> tuple[Loop, FakeSelector, list[float]]:
-    """A loop with one warmer that notes the clock, right after a turn with an event."""
-    loop, sel = make(clock)
-    warmed: list[float] = []
-    loop.warmers.append(lambda: warmed.append(clock.t))
-    key = selectors.SelectorKey(0, 0, selectors.EVENT_READ, lambda _n, _m: None)
-    sel.ready = [(key, selectors.EVENT_READ)]
-    loop.run_once()  # a packet at clock.t
-    return loop, sel, warmed
-
-
-def test_warmers_rehearse_on_quiet_beats_between_a_short_pause_and_idle() -> None:
-    """A packet after a pause of a few ms finds the rehearsed code warm; traffic with
-    shorter gaps never pays for a rehearsal, nor does an idle router, and in between one
-    runs at most every WARM_EVERY however often the beat comes."""
-    clock = FakeClock(10.0)
-    loop, _sel, warmed = warming_loop(clock)
-    for t in (10.0001, 10.0003, 10.0 + WARM_AFTER * 0.9):  # quiet, but less than WARM_AFTER
-        clock.t = t
-        loop.run_once()
-    assert warmed == []
-    beats = [10.0 + 2 * WARM_AFTER + 0.001 * i for i in range(12)]  # a 1 ms beat
-    for t in beats:
-        clock.t = t
-        loop.run_once()
-    assert warmed[0] == beats[0]
-    assert all(b - a >= WARM_EVERY - 1e-9 for a, b in itertools.pairwise(warmed))
-    assert len(warmed) == len(beats) if WARM_EVERY <= 0.001 else len(warmed) < len(beats)
-    n = len(warmed)
-    clock.t = 10.0 + loop.idle_after  # idle: the next packet may be cold, nothing is paid
-    loop.run_once()
-    assert len(warmed) == n
-
-
-def test_a_turn_with_events_does_not_rehearse() -> None:
-    clock = FakeClock(10.0)
-    loop, sel, warmed = warming_loop(clock)
-    key = selectors.SelectorKey(0, 0, selectors.EVENT_READ, lambda _n, _m: None)
-    clock.t = 10.5
-    sel.ready = [(key, selectors.EVENT_READ)]
-    loop.run_once()
-    assert warmed == []
-    clock.t = 10.5 + 2 * WARM_AFTER  # the pause counts from the last event
-    loop.run_once()
-    assert warmed == [clock.t]
-
-
-def test_a_failing_warmer_is_counted_and_the_others_still_run() -> None:
-    clock = FakeClock(10.0)
-    loop, _sel, warmed = warming_loop(clock)
-
-    def broken() -> None:
-        raise RuntimeError("rehearsal bug")
-
-    loop.warmers.insert(0, broken)
-    clock.t = 10.0 + 2 * WARM_AFTER
-    loop.run_once()
-    assert loop.errors == 1 and warmed == [clock.t]
 
 
 def test_sleeper_with_data_prevents_blocking() -> None:

@@ -17,7 +17,6 @@ from wgslirp.slirp import tcp_bridge
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.spares import Spares
 from wgslirp.slirp.tcp_bridge import (
     STRAY_RST_INTERVAL,
     TcpBridge,
@@ -243,38 +242,6 @@ def test_a_connect_established_when_connect_returns_is_answered_in_the_same_call
         assert b.stats.dials_ok == 1
         b.handle_timer(1.0)  # the turn's timers build the connection (see _settle)
         assert len(b.table) == 1 and eg.packets == [pkt]
-
-
-def test_a_syn_after_a_pause_connects_a_spare_socket_set_up_like_any() -> None:
-    """The worker's spares (slirp/spares.py): the socket() of a new flow was made after
-    the previous one's, with the configured buffer size, so the SYN only connects it."""
-    eg = Egress()
-    ctx = BridgeContext(eg, Loop(), mtu=1380, gateway=HOST_IP)
-    spares = Spares()
-    b = TcpBridge(
-        ctx,
-        EgressPolicy(gateway="93.184.216.34"),
-        FlowTable[TcpFlow](float("inf")),
-        TcpParams(mss=1340),
-        sock_rcvbuf=65536,
-        spares=spares,
-    )
-    with closed_tcp_port() as closed:
-        syn = syn_to(closed)
-        b.from_guest(0, memoryview(syn), len(syn), 1.0)  # refused: RST, no spare yet
-    assert spares.made_late == 1 and spares.due
-    spares()  # the loop's next quiet beat
-    (spare,) = spares._spare[(socket.SOCK_STREAM, False)]
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        syn = syn_to(srv.getsockname()[1])
-        b.from_guest(0, memoryview(syn), len(syn), 2.0)
-        b.handle_timer(2.0)
-        (flow,) = b.table.values()
-        assert flow.sock is spare and spares.taken == 1
-        assert spare.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 65536
-        assert [rst_flags_ack(p)[0] for p in eg.packets] == [tcp.RST | tcp.ACK, tcp.SYN | tcp.ACK]
-        b.close(3.0)
-    spares.close()
 
 
 class RecordingLoop(Loop):

@@ -15,7 +15,6 @@ from wgslirp.runtime.loop import Loop
 from wgslirp.slirp.bridge_context import BridgeContext
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.spares import Spares
 from wgslirp.slirp.udp_bridge import UdpBridge, UdpFlow
 from wgslirp_testkit.ports import closed_udp_port
 from wgslirp_testkit.tcpconn import Egress
@@ -81,32 +80,6 @@ def test_a_new_flows_refusal_is_relayed_before_its_first_send_returns_to_the_wor
     sel.register(flow.sock, selectors.EVENT_READ)
     assert sel.select(0.05) == []  # no error left pending to wake the worker again
     sel.close()
-
-
-def test_a_spare_socket_reports_a_refusal_like_one_made_for_the_flow(
-    server: socket.socket,
-) -> None:
-    """The worker's spares (slirp/spares.py): a new flow after a pause connects a socket
-    made ahead, with the error queue (and GRO) already on, so the guest still hears
-    the host's port unreachable."""
-    spares = Spares()
-    ctx = BridgeContext(egress(10), Loop(), mtu=1380)
-    bridge = UdpBridge(ctx, EgressPolicy(gateway="10.77.0.1"), FlowTable[UdpFlow](60.0), spares)
-    guest_datagrams(bridge, [(server.getsockname()[1], b"first")])
-    assert server.recvfrom(100)[0] == b"first" and spares.made_late == 1
-    spares()  # the loop's next quiet beat
-    (spare,) = spares._spare[(socket.SOCK_DGRAM, False)]
-    assert spare.getsockopt(17, 104) == 1  # UDP_GRO
-    eg = bridge.ctx.egress
-    assert isinstance(eg, Egress)
-    with closed_udp_port() as port:
-        guest_datagrams(bridge, [(port, b"anyone?")])
-    assert spares.taken == 1
-    assert any(f.sock is spare for f in bridge.table.values())
-    (pkt,) = eg.packets
-    assert pkt[20:22] == bytes([icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE])
-    bridge.close()
-    spares.close()
 
 
 def test_a_full_egress_ring_drops_and_counts_instead_of_spinning(server: socket.socket) -> None:

@@ -254,30 +254,6 @@ def establish(rig: Rig, listener: socket.socket, sport: int) -> tuple[Seg, socke
 # ------------------------------------------------------------------------ UDP
 
 
-def test_the_socket_for_the_next_new_flow_is_made_on_a_quiet_beat(
-    rig: Rig, echo: socket.socket
-) -> None:
-    """slirp/spares.py: not in the turn that opened a flow (where it competed with the
-    answer for the CPU), but in the quiet after it; the next flow only connects it."""
-    spares = rig.worker.spares
-    assert spares in rig.loop.warmers
-    rig.send(udp_packet(40004, port_of(echo), b"one"))
-    rig.turn_until(lambda: readable(echo))
-    data, addr = echo.recvfrom(2048)
-    assert data == b"one"
-    echo.sendto(b"ONE", addr)
-    rig.receive()  # the reply's turn had an event at NOW
-    assert spares.due and spares.ready(socket.SOCK_DGRAM, False) == 0
-    rig.clock.t = NOW + 0.01  # a quiet beat 10 ms later
-    rig.loop.run_once()
-    assert not spares.due and spares.ready(socket.SOCK_DGRAM, False) == 1
-    (spare,) = spares._spare[(socket.SOCK_DGRAM, False)]
-    rig.send(udp_packet(40005, port_of(echo), b"two"))
-    rig.turn_until(lambda: readable(echo))
-    assert echo.recvfrom(2048)[0] == b"two"
-    assert spares.taken == 1 and any(f.sock is spare for f in rig.worker.udp.table.values())
-
-
 def test_a_guest_datagram_to_the_gateway_reaches_the_host_and_the_answer_comes_back(
     rig: Rig, echo: socket.socket
 ) -> None:

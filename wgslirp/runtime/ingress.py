@@ -49,7 +49,6 @@ from wgslirp.wireguard.endpoint import Addr, SockAddr, format_endpoint, from_soc
 from wgslirp.wireguard.messages import MSG_TRANSPORT
 from wgslirp.wireguard.peer import Peer
 from wgslirp.wireguard.peerset import PeerSpec
-from wgslirp.wireguard.rehearsal import CipherRehearsal
 from wgslirp.wireguard.timers import REJECT_AFTER_TIME
 
 log = logging.getLogger("wgslirp.ingress")
@@ -316,10 +315,6 @@ class Ingress:
         loop.timers.append(self)
         loop.timers.append(self.forward)
         loop.timers.append(_Unmuter(self))
-        # Every round trip opens one transport message and seals one: keep that code warm
-        # through short pauses (wgslirp/wireguard/rehearsal.py, Loop.warmers).
-        self.rehearsal = CipherRehearsal()
-        loop.warmers.append(self.rehearsal)
         # wg(8) and `wgslirp peer` talk to the Device here (/var/run/wireguard where
         # permitted, the state directory always); each server closes when the loop stops
         self.uapi = UapiServer.start_all(

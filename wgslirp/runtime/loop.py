@@ -44,18 +44,6 @@ MAX_SLEEP = 1.0  # wake at least this often to notice stop requests and sweep ti
 SHARED_SLEEP_BOUND = 0.001
 SPLIT_SLEEP_BOUND = MISSED_WAKEUP_BOUND
 
-# Warmers run on every quiet beat (a wait that ended with no event: 1 ms inline, 5 ms
-# with workers) from WARM_AFTER after the last event until idle_after: rehearsals of the
-# packet path's native code (wgslirp/wireguard/rehearsal.py), so a packet after a pause
-# finds it in cache (on the development VM caches do not survive a few ms of halted
-# vCPU), and work best done between packets (wgslirp/slirp/spares.py). An idle router
-# pays nothing; in between, a few us per beat, < 1 % of a core for a second. Measured
-# spacing: a rehearsal on every 1 ms beat helped round trips (bench_latency, three
-# runs); one every 4 ms after 2 ms of quiet did not (one run, every case within +-0.05
-# ms).
-WARM_AFTER = 0.0005
-WARM_EVERY = 0.0009
-
 
 class Sleeper(Protocol):
     """A ring consumer: may the loop block, and the notice that it woke up."""
@@ -110,8 +98,6 @@ class Loop:
         self.errors = 0
         self._next_error_log = float("-inf")
         self.turns = 0  # health: proves the loop is ticking
-        self.warmers: list[Callable[[], None]] = []
-        self._next_warm = 0.0
 
     def register(
         self, fileobj: int | object, handler: Handler, events: int = selectors.EVENT_READ
@@ -167,8 +153,6 @@ class Loop:
         events = self.selector.select(timeout)
         if events:
             self._last_event = now
-        elif self.warmers:
-            self._warm()
         for sleeper in armed:
             sleeper.woke(False)  # the doorbell handler drains the eventfd when it fired
         for key, mask in events:
@@ -192,20 +176,6 @@ class Loop:
                 except Exception:
                     self._error("a timer")
         self.turns += 1
-
-    def _warm(self) -> None:
-        """A quiet beat: rehearse, if the last event is WARM_AFTER to idle_after old and
-        the last rehearsal WARM_EVERY."""
-        now = self.clock()
-        quiet = now - self._last_event
-        if quiet < WARM_AFTER or quiet >= self.idle_after or now < self._next_warm:
-            return
-        self._next_warm = now + WARM_EVERY
-        for warm in self.warmers:
-            try:
-                warm()
-            except Exception:
-                self._error("a warmer")
 
     def _error(self, what: str) -> None:
         """A bug in one component must not stop the process: count it, log it (at most

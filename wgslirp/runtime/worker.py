@@ -30,7 +30,6 @@ from wgslirp.slirp.forward_bridge import ForwardTally, TcpForwards, UdpForwards
 from wgslirp.slirp.icmp_bridge import ECHO_IDLE_TIMEOUT, EchoFlow, IcmpBridge, probe_mode
 from wgslirp.slirp.nat_table import FlowTable
 from wgslirp.slirp.policy import EgressPolicy
-from wgslirp.slirp.spares import Spares
 from wgslirp.slirp.tcp_bridge import TcpBridge, TcpBridgeStats, TcpFlow
 from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpParams
@@ -202,9 +201,6 @@ class Worker:
             gateway6=ipv6.addr_to_int(cfg.gateway_ip6) if cfg.gateway_ip6 else None,
         )
         policy = build_policy(cfg)
-        # a host socket ready for the next new TCP/UDP flow (wgslirp/slirp/spares.py)
-        self.spares = Spares()
-        loop.warmers.append(self.spares)
         self.udp = UdpBridge(
             self.ctx,
             policy,
@@ -213,7 +209,6 @@ class Worker:
                 _share(cfg.udp.max_flows, n),
                 _share(cfg.udp.max_flows_per_peer, n),
             ),
-            self.spares,
         )
         self.icmp = IcmpBridge(
             self.ctx,
@@ -240,7 +235,6 @@ class Worker:
             ack_idle_gate=cfg.tcp.ack_idle_gate_ms / 1000.0,
             ack_idle_min_inflight=cfg.tcp.ack_idle_min_inflight or 0,
             send_budget=SendBudget(cfg.tcp.snd_buffer_pool),
-            spares=self.spares,
             gate_log=cfg.tcp.gate_log,
             log=registry,
         )
@@ -448,7 +442,6 @@ class Worker:
         self.egress.flush()
         self.udp.close()
         self.icmp.close()
-        self.spares.close()
         if self.addresses.events is not None:
             self._loop.unregister(self.addresses.events)
         self.addresses.close()

@@ -39,7 +39,6 @@ from wgslirp.slirp.bridge_context import (
 )
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
-from wgslirp.slirp.spares import Spares
 from wgslirp.slirp.tcp_buffers import SendBudget
 from wgslirp.slirp.tcp_endpoint import TcpEndpoint, TcpParams, synack_into
 
@@ -162,7 +161,6 @@ class TcpBridge:
         iss_source: itertools.count[int] | None = None,
         log: ConnectionLog | None = None,
         send_budget: SendBudget | None = None,
-        spares: Spares | None = None,
     ) -> None:
         self.ctx = ctx
         self.send_budget = send_budget
@@ -177,9 +175,6 @@ class TcpBridge:
         self.fast_dial = fast_dial
         self.sock_rcvbuf = sock_rcvbuf
         self.sock_sndbuf = sock_sndbuf
-        # host sockets for new flows, made ahead (without a worker's: made on the spot)
-        self.spares = Spares(keep=0) if spares is None else spares
-        self.spares.prepare(socket.SOCK_STREAM, self._size_buffers)
         # TCP_ACK_IDLE_GATE_MS: stop reading the host while the guest has acknowledged
         # nothing for this long with data in flight; a stalled guest then pins no more.
         self.ack_idle_gate = ack_idle_gate
@@ -315,16 +310,19 @@ class TcpBridge:
             self._signal_failure(pkt, n, peer, None, None, now, force_rst=True)
             return
         try:
-            # Non-blocking from the start (no ioctl after), the buffer sizes set, made
-            # ahead of this SYN when a spare was ready (spares.py); no Nagle only once the
+            # Non-blocking from the start (no ioctl after), and no Nagle only once the
             # dial worked (_no_delay): a refused one never sends, an accepted one gets it
             # after its SYN-ACK. In a worker's turn (SYNs 20 ms apart, medians of
             # alternate SYNs): socket() with both 45-53 us, alone 38-45.
-            sock = self.spares.take(socket.SOCK_STREAM, decision.v6)
+            sock = socket.socket(
+                socket.AF_INET6 if decision.v6 else socket.AF_INET,
+                socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
+            )
         except OSError as exc:  # no IPv6 on this host: a refusal the guest can act on
             ctx.stats.socket_errors += 1
             self._connect_failed(pkt, n, peer, exc.errno or errno.EAFNOSUPPORT, now)
             return
+        self._size_buffers(sock)
         if _loopback(decision.host, decision.v6):
             _hold_ack(sock)
         err = sock.connect_ex((sock_addr(decision.host, decision.v6), decision.port))

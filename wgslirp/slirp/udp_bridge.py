@@ -42,7 +42,6 @@ from wgslirp.slirp.bridge_context import (
 )
 from wgslirp.slirp.nat_table import Flow, FlowTable
 from wgslirp.slirp.policy import EgressPolicy, Verdict
-from wgslirp.slirp.spares import Spares
 
 if TYPE_CHECKING:
     from wgslirp.slirp.forward_bridge import ForwardTally
@@ -86,17 +85,6 @@ ERRQUEUE_BATCH = 16
 UdpKey = tuple[int, int, int, int, int]  # peer, guest addr, guest port, dst addr, dst port
 # sendmsg errors that mean "no GSO here" (EINVAL also: a segment over the path MTU)
 _NO_GSO = frozenset({errno.EINVAL, errno.EMSGSIZE, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
-
-
-def _prepare_socket(sock: socket.socket) -> None:
-    """A flow's host socket before its connect: ICMP errors on the error queue (so the
-    guest hears what the host heard) and GRO (a GSO train from the host is one read)."""
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-    else:
-        sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
-    with contextlib.suppress(OSError):  # before Linux 5.0: a receive per datagram
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
 
 
 def _gro_segment(anc: list[tuple[int, int, bytes]]) -> int:
@@ -157,19 +145,10 @@ class UdpFlow(Flow):
 
 
 class UdpBridge:
-    def __init__(
-        self,
-        ctx: BridgeContext,
-        policy: EgressPolicy,
-        table: FlowTable[UdpFlow],
-        spares: Spares | None = None,
-    ) -> None:
+    def __init__(self, ctx: BridgeContext, policy: EgressPolicy, table: FlowTable[UdpFlow]) -> None:
         self.ctx = ctx
         self.policy = policy
         self.table = table
-        # host sockets for new flows, set up ahead (without a worker's: made on the spot)
-        self.spares = Spares(keep=0) if spares is None else spares
-        self.spares.prepare(socket.SOCK_DGRAM, _prepare_socket)
         self._quote = bytearray(1024)
         # Inbound forwards (see TcpBridge's twins): flows whose guest has not answered yet,
         # by (guest, guest port, gateway, NAT port); NAT ports in use; flows by listening
@@ -331,20 +310,28 @@ class UdpBridge:
             ctx.stats.udp_flows_evicted += 1
             self._close(old)
         remote = (sock_addr(decision.host, decision.v6), decision.port)
+        family = socket.AF_INET6 if decision.v6 else socket.AF_INET
         try:
-            sock = self.spares.take(socket.SOCK_DGRAM, decision.v6)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError:
             ctx.stats.socket_errors += 1
             if decision.v6:  # a host without IPv6: say so at once (RFC 8305 fallback)
                 ctx.send_unreachable(pkt, n, icmp.NET_UNREACHABLE, peer, now)
             return None
         try:
+            sock.setblocking(False)
+            if decision.v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
             sock.connect(remote)
         except OSError:
             sock.close()
             ctx.stats.socket_errors += 1
             ctx.send_unreachable(pkt, n, icmp.HOST_UNREACHABLE, peer, now)
             return None
+        with contextlib.suppress(OSError):  # before Linux 5.0: a receive per datagram
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         flow = UdpFlow(key, peer, now, sock, src, sport, dst, dport, remote, v6)
         ctx.poller.register(sock, partial(self.on_readable, flow))
         self.table.add(flow, now)
