@@ -167,13 +167,13 @@ def hold_main(nports: int, need: int) -> None:
         ls.setblocking(False)
         sel.register(ls, selectors.EVENT_READ)
         lsocks.append(ls)
-    sel.register(sys.stdin, selectors.EVENT_READ)
+    sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
     held: list[socket.socket] = []
     errors = 0
     emit({"ports": [ls.getsockname()[1] for ls in lsocks]})
     while True:
         for key, _ in sel.select(1.0):
-            if key.fileobj is sys.stdin:
+            if key.data == "stdin":
                 cmd = sys.stdin.readline().strip()
                 if cmd == "count":
                     emit({"held": len(held), "errors": errors})
@@ -185,11 +185,11 @@ def hold_main(nports: int, need: int) -> None:
                 elif cmd in ("", "quit"):
                     return
                 continue
-            ls = key.fileobj
-            assert isinstance(ls, socket.socket)
+            lsock = key.fileobj
+            assert isinstance(lsock, socket.socket)
             for _ in range(512):
                 try:
-                    c, _ = ls.accept()
+                    c, _ = lsock.accept()
                 except BlockingIOError:
                     break
                 except OSError:
@@ -453,7 +453,8 @@ def run(args: argparse.Namespace) -> int:
                 return out
 
             def opened_by(gs: list[Lines], timeout: float) -> tuple[int, dict[str, int], float]:
-                ok, errors, seconds = 0, {}, 0.0
+                errors: dict[str, int] = {}
+                ok, seconds = 0, 0.0
                 for g in gs:
                     o = g.read(timeout)
                     ok += int(o["ok"])

@@ -273,6 +273,7 @@ class Host:
         cmd += ["--port", str(port), "--size", str(size), "--flows", str(FLOWS)]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         kw: dict[str, Any] = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc: subprocess.Popen[str]
         if ns is not None:
             self.proc = ns.popen(cmd, **kw)
         else:
@@ -592,8 +593,9 @@ def run_down(
     sent = -1
     quiet_since = None
     deadline = time.monotonic() + seconds + 10.0
+    watched: list[Any] = [peer.sock, host.stdout]  # a socket and a pipe, both selectable
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([peer.sock, host.stdout], [], [], 0.05)
+        ready, _, _ = select.select(watched, [], [], 0.05)
         if peer.sock in ready:
             got += peer.receive()
             quiet_since = None

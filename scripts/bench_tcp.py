@@ -124,6 +124,7 @@ from wgslirp_testkit.router import (
 )
 from wgslirp_testkit.sampling import (
     CpuMeter,
+    UdpSocketInfo,
     drops_between,
     process_tree,
     router_label,
@@ -345,6 +346,15 @@ def _hold_serve(counters: Any, lsock: socket.socket, need: int, lifetime: float)
         counters[0], counters[1], counters[2], counters[3] = accepted, open_, echoed, errors
 
 
+def _on_port(port: int) -> Callable[[UdpSocketInfo], bool]:
+    """A /proc/net/udp filter: the socket bound to local `port`."""
+
+    def match(si: UdpSocketInfo) -> bool:
+        return bool(si.local[1] == port)
+
+    return match
+
+
 class HoldServer(ForkedServer):
     """Accept TCP connections on 127.0.0.1 and hold them (echoing anything received) in a
     forked process; ``accepted``/``open`` come from shared memory (updated every turn)."""
@@ -539,7 +549,7 @@ class Bench:
         ports = udp_ports or {}
 
         def drops() -> dict[str, dict[int, int]]:
-            return {k: udp_socket_drops(lambda si, p=p: si.local[1] == p) for k, p in ports.items()}
+            return {k: udp_socket_drops(_on_port(p)) for k, p in ports.items()}
 
         drops0 = drops()
         proc = spawn(argv, client_ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -646,17 +656,14 @@ class Bench:
                 (("wg-go<->wg-go ipv6", REF_NET6[0]),) if v6 else ()
             ):
                 with Iperf3Server(srv_ip, free_tcp_port(), ns=b) as server:
-                    self._both_ways(
-                        lambda d, label=label, srv_ip=srv_ip, server=server: self.iperf(
-                            label,
-                            d,
-                            srv_ip,
-                            server,
-                            c,
-                            {"wg-go": [c.pid, b.pid]},
-                            udp_ports=ports,
-                        )
-                    )
+
+                    def run(
+                        d: str, label: str = label, srv_ip: str = srv_ip, server: Any = server
+                    ) -> Tput:
+                        groups = {"wg-go": [c.pid, b.pid]}
+                        return self.iperf(label, d, srv_ip, server, c, groups, udp_ports=ports)
+
+                    self._both_ways(run)
 
     def _grow_buffers(self, c: Any) -> None:
         """--client-sockbuf: the socket buffers newer wireguard-go builds set themselves."""
@@ -1119,24 +1126,24 @@ def summary(b: Bench, args: argparse.Namespace) -> None:
             f"{', '.join(parts)} Mbit/s -> "
             + ("MET" if ok else "NOT MET" if ok is False else "INCOMPLETE")
         )
-    for m in b.mem:
-        v = m.per_flow("idle")
+    for mem in b.mem:
+        v = mem.per_flow("idle")
         if v is None:
-            print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode}: no result")
+            print(f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {mem.mode}: no result")
             continue
-        uss = m.per_flow("idle", "uss") or 0.0
+        uss = mem.per_flow("idle", "uss") or 0.0
         tail = ""
-        if m.touched:
-            t = m.per_flow("touched") or 0.0
+        if mem.touched:
+            t = mem.per_flow("touched") or 0.0
             tail = (
                 f"; after {args.touch} B each way {t / KIB:.1f} KiB "
                 f"({'within' if t / KIB <= TARGET_FLOW_KIB else 'over'} target)"
             )
-        if m.closed:
-            c = m.per_flow("closed") or 0.0
+        if mem.closed:
+            c = mem.per_flow("closed") or 0.0
             tail += f"; still held after close {c / KIB:.1f} KiB"
         print(
-            f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {m.mode} ({m.opened} flows):"
+            f"  memory <= {TARGET_FLOW_KIB:.0f} KiB per idle flow, {mem.mode} ({mem.opened} flows):"
             f" PSS {v / KIB:.1f} KiB (USS {uss / KIB:.1f}) -> "
             f"{'MET' if v / KIB <= TARGET_FLOW_KIB else 'NOT MET'}{tail}"
         )

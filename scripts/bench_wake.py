@@ -101,9 +101,9 @@ def main() -> None:
     print(f"receiver CPU per wake-up, us (median of {args.repeats}; gap {args.gap * 1e3:g} ms)")
     print(f"{'wait':8} {'other CPU':>10} {'same CPU':>10} {'ratio':>7}")
     for mode in ("epoll", "read"):
-        other = statistics.median(results[(mode, False)])
-        same = statistics.median(results[(mode, True)])
-        print(f"{mode:8} {other:10.1f} {same:10.1f} {other / same:7.2f}")
+        far = statistics.median(results[(mode, False)])
+        near = statistics.median(results[(mode, True)])
+        print(f"{mode:8} {far:10.1f} {near:10.1f} {far / near:7.2f}")
 
 
 if __name__ == "__main__":

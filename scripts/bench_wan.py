@@ -697,7 +697,7 @@ def _router_tcp(url: str) -> dict[str, int]:
         return {}
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
-    out = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         key = ROUTER_TCP_NAMES.get(name.split("{")[0])

@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from wgslirp_testkit.proc import die_with_parent
@@ -186,7 +186,7 @@ def pattern(seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(PATTERN_LEN)
 
 
-def stream_chunks(total: int, seed: int = 7, chunk: int = 256 * 1024):
+def stream_chunks(total: int, seed: int = 7, chunk: int = 256 * 1024) -> Iterator[bytes]:
     """The deterministic byte stream both ends of a transfer agree on, in chunks."""
     pat = pattern(seed)
     pos = 0

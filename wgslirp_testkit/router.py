@@ -353,8 +353,8 @@ def client_from_router_output(r: RouterProcess, port: int, **kw: object) -> WgCl
         address=addresses,
         allowed_ips=kw.pop("allowed_ips", ("10.77.0.0/24",)),  # type: ignore[arg-type]
         mtu=kw.pop("mtu", int(cfg["MTU"])),  # type: ignore[arg-type]
-        **kw,
-    )  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @contextlib.contextmanager

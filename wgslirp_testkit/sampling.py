@@ -228,7 +228,7 @@ class UdpSocketInfo:
 
 def udp_sockets(path: str = "/proc/net/udp") -> list[UdpSocketInfo]:
     """IPv4 UDP sockets of the current network namespace."""
-    out = []
+    out: list[UdpSocketInfo] = []
     try:
         lines = Path(path).read_text().splitlines()[1:]
     except OSError:

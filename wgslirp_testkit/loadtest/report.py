@@ -264,10 +264,10 @@ def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
 def plot(path: str, result: dict[str, Any], summary: dict[str, Any]) -> str:
     """Write the PNG; a one-line message saying what happened."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]  # optional
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return f"--plot {path}: matplotlib is not installed (pip install matplotlib); skipped"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
