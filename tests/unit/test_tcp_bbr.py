@@ -331,12 +331,15 @@ def test_a_probe_that_loses_too_much_bounds_the_window_where_the_path_overflowed
         assert bbr.cwnd <= bbr.inflight_hi
 
 
-def _bounded(bw: float, rtt: float) -> tuple[Bbr, _Samples, float]:
-    """A controller whose probe lost 20 segments at one BDP in flight: inflight_hi set."""
+def _bounded(
+    bw: float, rtt: float, bdps: float = 1.0, lost: int = 20
+) -> tuple[Bbr, _Samples, float]:
+    """A controller whose probe lost `lost` segments at `bdps` BDP in flight: inflight_hi
+    set."""
     bbr, rs, now = _cruising(bw, rtt)
     now = _to_probe(bbr, rs, now, bw, rtt)
-    bbr.on_lost(20 * MSS)
-    rs.feed(bbr, bw, rtt, now + 0.001, int(bw * rtt))
+    bbr.on_lost(lost * MSS)
+    rs.feed(bbr, bw, rtt, now + 0.001, int(bdps * bw * rtt))
     assert bbr.inflight_hi < tcp_bbr.UNBOUNDED
     return bbr, rs, now + 0.001
 
@@ -400,11 +403,7 @@ def _probes_on_a_path_with_room(room: float, seconds: float) -> tuple[Bbr, list[
     times its probes began (from the bound) and the time the estimate reached 0.9 of the
     path (inf if it did not)."""
     bw, rtt = 8e6, 0.04
-    bbr, rs, now = _cruising(bw, rtt)
-    now = _to_probe(bbr, rs, now, bw, rtt)
-    bbr.on_lost(40 * MSS)
-    now += 0.001
-    rs.feed(bbr, bw, rtt, now, int(1.6 * bw * rtt))
+    bbr, rs, now = _bounded(bw, rtt, bdps=1.6, lost=40)
     assert bbr.inflight_hi == int(1.6 * bw * rtt)
     start, probes, reached, prev = now, [], float("inf"), int(bw * rtt)
     for _ in range(int(seconds / rtt)):
