@@ -578,7 +578,7 @@ class Bench:
         core, inline or with 2 workers), each with the directions it is measured in; one
         that fails to start is reported and left out, and what it started is stopped."""
         a = self.args
-        out: list[tuple[Target, tuple[str, ...]]] = []
+        out: list[tuple[Target, Dirs]] = []
 
         def start(name: str, build: Callable[[contextlib.ExitStack], Target], dirs: Dirs) -> None:
             try:
